@@ -1,0 +1,118 @@
+// Package cli is the gotyledon command line. The stock gotyledon binary is a
+// one-line main over it, and so is any Go program that embeds its own Go
+// services: such a program registers them in a service.Registry and calls
+// Main, and the same binary then serves as manager and as worker.
+//
+//	func main() {
+//		reg := service.NewRegistry()
+//		reg.Register("printer", newPrinter)
+//		os.Exit(cli.Main(os.Args, reg))
+//	}
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/alecthomas/kong"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/service"
+)
+
+// Exit codes of Main.
+const (
+	ExitOK    = 0 // the command did what was asked; run: a requested shutdown completed
+	ExitError = 1 // the command failed: an invalid configuration, a failed start
+	ExitUsage = 2 // the command line itself is wrong
+)
+
+// commandLine is the grammar of the gotyledon command.
+type commandLine struct {
+	LogFormat string `name:"log-format" enum:"console,json" default:"console" help:"Log format: console (human-readable) or json (one object per line)."`
+	LogLevel  string `name:"log-level" enum:"debug,info,warn,error" default:"info" help:"Least severe log level written: debug, info, warn or error."`
+
+	Run   runCommand   `cmd:"" help:"Run the services of a configuration file in the foreground, as a systemd unit does."`
+	Check checkCommand `cmd:"" help:"Validate a configuration file: exit 0 if it is good, 1 with every error if not."`
+}
+
+// env is what every command's Run gets: the program's registry and streams.
+type env struct {
+	program        string
+	registry       *service.Registry
+	stdout, stderr io.Writer
+}
+
+// Main runs the gotyledon command line with args (os.Args) and returns the
+// process exit code. If the environment marks this process as a Go worker
+// started by a manager, it runs that worker instead (see service.Main). reg
+// holds the Go services this program offers; nil means none.
+func Main(args []string, reg *service.Registry) int {
+	if reg == nil {
+		reg = service.NewRegistry()
+	}
+	if service.IsWorker() {
+		return service.Main(reg)
+	}
+	return mainWith(args, reg, os.Stdout, os.Stderr)
+}
+
+func mainWith(args []string, reg *service.Registry, stdout, stderr io.Writer) int {
+	program := "gotyledon"
+	if len(args) > 0 {
+		program = filepath.Base(args[0])
+		args = args[1:]
+	}
+	e := &env{program: program, registry: reg, stdout: stdout, stderr: stderr}
+	var cl commandLine
+	parser, err := kong.New(&cl,
+		kong.Name(program),
+		kong.Description("gotyledon runs the services of a YAML file as supervised worker processes."),
+		kong.Writers(e.stdout, e.stderr),
+		kong.UsageOnError(),
+	)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "%s: %v\n", program, err)
+		return ExitError
+	}
+	ctx, err := parser.Parse(args)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "%s: %v\n", program, err)
+		return ExitUsage
+	}
+	if err := ctx.Run(e, &cl); err != nil {
+		var code exitCode
+		if errors.As(err, &code) {
+			return int(code)
+		}
+		fmt.Fprintf(e.stderr, "%s: %v\n", program, err)
+		return ExitError
+	}
+	return ExitOK
+}
+
+// exitCode is returned by a command that has already said why it failed.
+type exitCode int
+
+func (c exitCode) Error() string { return fmt.Sprintf("exit code %d", int(c)) }
+
+type checkCommand struct {
+	Config string `short:"c" required:"" placeholder:"FILE" help:"Configuration file to validate."`
+}
+
+func (c *checkCommand) Run(e *env) error {
+	cfg, err := config.Load(c.Config, e.registry.Names())
+	if err != nil {
+		fmt.Fprintln(e.stderr, err)
+		return exitCode(ExitError)
+	}
+	workers := 0
+	for _, s := range cfg.Services {
+		workers += s.Workers
+	}
+	fmt.Fprintf(e.stdout, "%s: ok (%d services, %d workers)\n", cfg.File, len(cfg.Services), workers)
+	return nil
+}

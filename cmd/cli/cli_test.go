@@ -1,0 +1,66 @@
+package cli
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/gotyledon/gotyledon/service"
+)
+
+func writeConfig(t *testing.T, yaml string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "g.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func runCLI(reg *service.Registry, args ...string) (code int, stdout, stderr string) {
+	var out, errOut bytes.Buffer
+	code = mainWith(append([]string{"gotyledon"}, args...), reg, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestCheckAcceptsAGoodConfig(t *testing.T) {
+	path := writeConfig(t, "services:\n  a: {command: [/bin/true], workers: 2}\n  b: {run: printer}\n")
+	reg := service.NewRegistry()
+	reg.Register("printer", func(service.Worker) (service.Service, error) { return nil, nil })
+	code, stdout, stderr := runCLI(reg, "check", "-c", path)
+	if code != ExitOK || stdout != path+": ok (2 services, 3 workers)\n" || stderr != "" {
+		t.Errorf("exit %d stdout %q stderr %q", code, stdout, stderr)
+	}
+}
+
+func TestCheckReportsEveryErrorAndExits1(t *testing.T) {
+	path := writeConfig(t, "services:\n  a: {command: [/bin/true], workers: -1}\n  b: {run: printer}\n")
+	code, stdout, stderr := runCLI(service.NewRegistry(), "check", "--config", path)
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	if code != ExitError || stdout != "" || len(lines) != 2 {
+		t.Fatalf("exit %d stdout %q stderr %q; want 1 and two errors", code, stdout, stderr)
+	}
+	for i, want := range []string{path + ":2:38: workers must be a whole number from 0 to 10000 (got -1)", path + ":3:12: unknown Go service \"printer\""} {
+		if !strings.HasPrefix(lines[i], want) {
+			t.Errorf("error %d = %q, want it to start %q", i, lines[i], want)
+		}
+	}
+}
+
+func TestCheckOnAMissingFile(t *testing.T) {
+	code, _, stderr := runCLI(nil, "check", "-c", "/nonexistent/g.yaml")
+	if code != ExitError || !strings.Contains(stderr, "/nonexistent/g.yaml") || !strings.Contains(stderr, "no such file") {
+		t.Errorf("exit %d stderr %q", code, stderr)
+	}
+}
+
+func TestUsageErrorsExit2(t *testing.T) {
+	for _, args := range [][]string{{}, {"run"}, {"frobnicate"}, {"--log-format", "xml", "check", "-c", "x"}} {
+		code, _, stderr := runCLI(nil, args...)
+		if code != ExitUsage || !strings.HasPrefix(stderr, "gotyledon: ") {
+			t.Errorf("%q: exit %d stderr %q; want 2 and a message", args, code, stderr)
+		}
+	}
+}

@@ -1,0 +1,96 @@
+package cli
+
+import (
+	"errors"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/oklog/run"
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/supervisor"
+)
+
+type runCommand struct {
+	Config string `short:"c" required:"" placeholder:"FILE" help:"Configuration file (YAML)."`
+}
+
+// Run is the manager: one run.Group, one actor per long-lived job. The group
+// ends when the supervisor returns, which it does once a requested shutdown
+// has stopped every worker; if any actor fails, the others are interrupted.
+func (c *runCommand) Run(e *env, cl *commandLine) error {
+	// Subscribe before anything else, so that a signal that arrives during
+	// start-up is acted on once the actors run, not lost or fatal.
+	signals := make(chan os.Signal, 8)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(signals)
+
+	log, err := newLogger(cl.LogFormat, cl.LogLevel, e.stderr)
+	if err != nil {
+		return err
+	}
+	defer log.Sync() //nolint:errcheck // stderr; nothing to do if it fails
+
+	cfg, err := config.Load(c.Config, e.registry.Names())
+	if err != nil {
+		logConfigError(log, err)
+		return exitCode(ExitError)
+	}
+	sup, err := supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: e.program})
+	if err != nil {
+		return err
+	}
+
+	var g run.Group
+	// Signals: SIGTERM stops gracefully; SIGINT too, and a second SIGINT
+	// kills what is still running.
+	{
+		cancel := make(chan struct{})
+		g.Add(func() error {
+			interrupts := 0
+			for {
+				select {
+				case <-cancel:
+					return nil
+				case sig := <-signals:
+					switch sig {
+					case syscall.SIGINT:
+						interrupts++
+						log.Info("signal received", zap.Stringer("signal", sig), zap.Bool("fast", interrupts > 1))
+						sup.Shutdown(interrupts > 1)
+					case syscall.SIGTERM:
+						log.Info("signal received", zap.Stringer("signal", sig))
+						sup.Shutdown(false)
+					case syscall.SIGHUP:
+						log.Warn("SIGHUP received: live reload is not implemented yet; the configuration is unchanged")
+					}
+				}
+			}
+		}, func(error) {
+			close(cancel)
+		})
+	}
+	// Supervisor: starts, restarts and stops the workers.
+	{
+		g.Add(sup.Run, func(error) {
+			sup.Shutdown(false)
+		})
+	}
+	return g.Run()
+}
+
+// logConfigError logs each configuration error as its own entry, so that
+// every FILE:LINE:COL stands at the start of a line an editor can jump to.
+func logConfigError(log *zap.Logger, err error) {
+	var list config.ErrorList
+	if !errors.As(err, &list) {
+		log.Error("cannot load configuration", zap.Error(err))
+		return
+	}
+	for _, e := range list {
+		log.Error(e.Error())
+	}
+	log.Error("configuration is invalid; nothing was started", zap.Int("errors", len(list)))
+}

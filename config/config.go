@@ -1,0 +1,112 @@
+// Package config reads and validates gotyledon's YAML configuration.
+//
+// The format is strict: unknown keys, duplicate keys, wrong types, bad
+// durations and impossible values are errors. Every error names the file,
+// line and column it is about and says what would be right:
+//
+//	/etc/gotyledon/gotyledon.yaml:7:14: workers must be a whole number from 0 to 10000 (got "two")
+//
+// Load and Parse report every error they find, not just the first, as an
+// [ErrorList]. A Config returned without error has every default filled in
+// and is ready for the supervisor: nothing downstream re-validates it.
+package config
+
+import (
+	"syscall"
+	"time"
+)
+
+// Defaults applied where the file says nothing. They are documented in the
+// README's configuration reference; keep the two in step.
+const (
+	DefaultShutdownTimeout = 10 * time.Second
+	DefaultWorkers         = 1
+	DefaultStopSignal      = syscall.SIGTERM
+
+	// DefaultMinUptime is how long a worker must stay up for its exit to
+	// count as a normal one (restarted at once, backoff reset) rather than a
+	// failure to start (restarted after a growing delay). Same as
+	// supervisord's startsecs and cotyledon's one-fork-a-second rule.
+	DefaultMinUptime = 1 * time.Second
+	// DefaultBackoffInitial is the delay before the first restart of a
+	// worker that died within MinUptime; each further quick death doubles it.
+	DefaultBackoffInitial = 100 * time.Millisecond
+	// DefaultBackoffMax caps the doubling.
+	DefaultBackoffMax = 30 * time.Second
+
+	// MaxWorkers bounds a service's worker count; more is taken as a typo.
+	MaxWorkers = 10000
+	// MaxDuration bounds every duration in the file, for the same reason.
+	MaxDuration = 24 * time.Hour
+)
+
+// Config is one loaded, validated and defaulted configuration file.
+type Config struct {
+	// File is the path the configuration was read from, as given to Load.
+	File string
+	// ShutdownTimeout is the default stop timeout of every service
+	// (`shutdown_timeout`, default 10s).
+	ShutdownTimeout time.Duration
+	// Services in the order the file lists them; names are unique.
+	Services []*Service
+}
+
+// Service returns the service called name, or nil.
+func (c *Config) Service(name string) *Service {
+	for _, s := range c.Services {
+		if s.Name == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// Service is one entry under `services:`: a program (or a registered Go
+// service) run as Workers identical worker processes.
+type Service struct {
+	// Name is the key under `services:`. It matches [A-Za-z][A-Za-z0-9_-]*
+	// and is at most 63 bytes, so it is safe in argv[0], env and log fields.
+	Name string
+	// Command is the argv of a command service, exec'd directly (no shell).
+	// Exactly one of Command and Run is set.
+	Command []string
+	// Run names a Go service registered by the program that embeds the
+	// library; the manager re-executes its own binary to run it.
+	Run string
+	// Workers is the number of worker processes, ids 0..Workers-1
+	// (default 1; 0 keeps the service defined but stopped).
+	Workers int
+	// Env is added to the worker's environment, over the manager's own.
+	Env map[string]string
+	// Dir is the worker's working directory, made absolute against the
+	// config file's directory; empty means the manager's working directory.
+	Dir string
+	// StopSignal is sent to the worker's process group to ask it to stop
+	// (default SIGTERM).
+	StopSignal syscall.Signal
+	// StopTimeout is how long a stopping worker has before SIGKILL
+	// (default: the file's ShutdownTimeout).
+	StopTimeout time.Duration
+	// Restart is the policy for restarting workers that exit.
+	Restart Restart
+	// Pos is where the service's name stands in the file.
+	Pos Position
+}
+
+// Restart says how soon a worker that exited is started again. A worker that
+// ran at least MinUptime is restarted at once. One that died sooner has
+// failed to start: it is restarted after BackoffInitial, doubling with each
+// further quick death up to BackoffMax (with ±20% jitter), and the count
+// resets once a worker stays up MinUptime. Workers are never given up on.
+type Restart struct {
+	MinUptime      time.Duration // `min_uptime`, default 1s; > 0, so that no setting allows a busy restart loop
+	BackoffInitial time.Duration // `backoff_initial`, default 100ms
+	BackoffMax     time.Duration // `backoff_max`, default 30s
+}
+
+// Position is a place in a configuration file, 1-based like editors count.
+type Position struct {
+	File string
+	Line int
+	Col  int
+}

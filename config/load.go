@@ -1,0 +1,862 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/goccy/go-yaml"
+	"github.com/goccy/go-yaml/ast"
+	"github.com/goccy/go-yaml/parser"
+	"github.com/goccy/go-yaml/token"
+)
+
+// maxNameLen bounds a service name, in bytes.
+const maxNameLen = 63
+
+// maxExpanded bounds the number of values a file stands for with every
+// alias expanded. Aliases of aliases can make a small file stand for a huge
+// tree ("billion laughs"), and the decoder walks an aliased value once per
+// use; real configurations stay far below this.
+const maxExpanded = 1_000_000
+
+// Keys allowed in each mapping, sorted: error messages list them in this order.
+var (
+	topKeys     = []string{"services", "shutdown_timeout"}
+	serviceKeys = []string{"command", "dir", "env", "restart", "run", "stop_signal", "stop_timeout", "workers"}
+	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
+)
+
+// stopSignals maps the accepted stop_signal names, without "SIG", to signals.
+var stopSignals = map[string]syscall.Signal{
+	"HUP":   syscall.SIGHUP,
+	"INT":   syscall.SIGINT,
+	"QUIT":  syscall.SIGQUIT,
+	"KILL":  syscall.SIGKILL,
+	"USR1":  syscall.SIGUSR1,
+	"USR2":  syscall.SIGUSR2,
+	"TERM":  syscall.SIGTERM,
+	"WINCH": syscall.SIGWINCH,
+}
+
+// systemdEnv are the variables systemd hands the manager about itself; the
+// manager removes them from workers' environment, so env may not set them.
+var systemdEnv = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+// Load reads the configuration file at path and parses it with [Parse].
+//
+// If the file cannot be read, the error wraps the one from the operating
+// system (so errors.Is(err, fs.ErrNotExist) works) and reads
+// "load config: open PATH: ...". If the file has problems, the error is an
+// [ErrorList] of all of them.
+func Load(path string, goServices []string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	return Parse(path, data, goServices)
+}
+
+// Parse parses and validates data, the contents of the configuration file
+// named file. file is used in error positions and as Config.File, and a
+// relative `dir:` is resolved against its directory (made absolute against
+// the working directory). goServices lists the Go services the running
+// program registers; `run:` must name one of them.
+//
+// Parse returns either a Config with every default filled in, or nil and an
+// [ErrorList] holding every problem found, sorted by position. It never
+// panics, whatever data holds.
+func Parse(file string, data []byte, goServices []string) (*Config, error) {
+	d := &decoder{
+		file:       file,
+		goServices: goServices,
+		aliases:    map[*ast.AliasNode]ast.Node{},
+		sizes:      map[ast.Node]int{},
+		seen:       map[Error]bool{},
+	}
+	cfg := d.decode(data)
+	if len(d.errs) > 0 {
+		sortErrors(d.errs)
+		return nil, d.errs
+	}
+	return cfg, nil
+}
+
+// decoder walks the YAML syntax tree of one file into a Config, collecting
+// every error on the way. Methods that decode a value take the node as
+// written in the file (possibly an alias) so that errors point there.
+type decoder struct {
+	file       string
+	goServices []string
+	aliases    map[*ast.AliasNode]ast.Node // each alias's anchored node
+	sizes      map[ast.Node]int            // expanded size of each anchored node
+	expanded   int                         // values linkAliases has seen so far, aliases expanded
+	errs       ErrorList
+	seen       map[Error]bool // errors already in errs: an aliased node is walked once per use
+}
+
+// entry is one key: value pair of a mapping, or a value named like one
+// (a list element is "command[1]").
+type entry struct {
+	key    string
+	keyPos Position
+	val    ast.Node // as written; see deref
+	pos    Position // of val, or of the key if the value is left out
+}
+
+// element makes an entry of the list element n, named what.
+func (d *decoder) element(what string, n ast.Node) entry {
+	pos := d.pos(n)
+	return entry{key: what, keyPos: pos, val: n, pos: pos}
+}
+
+// errorf records an error at pos, unless the same one is already recorded.
+func (d *decoder) errorf(pos Position, format string, args ...any) {
+	e := Error{Pos: pos, Msg: fmt.Sprintf(format, args...)}
+	if !d.seen[e] {
+		d.seen[e] = true
+		d.errs = append(d.errs, &e)
+	}
+}
+
+// decode parses data and decodes its one document.
+func (d *decoder) decode(data []byte) *Config {
+	f, err := parseYAML(data)
+	if err != nil {
+		d.syntaxError(err)
+		return nil
+	}
+	// Documents without a body (a lone "---", trailing "---") and directive
+	// documents ("%YAML 1.2") hold no configuration.
+	var body ast.Node
+	for _, doc := range f.Docs {
+		if doc == nil || doc.Body == nil {
+			continue
+		}
+		if _, ok := doc.Body.(*ast.DirectiveNode); ok {
+			continue
+		}
+		if body != nil {
+			pos := d.pos(doc.Body)
+			if doc.Start != nil {
+				pos = d.tokenPos(doc.Start)
+			}
+			d.errorf(pos, `second YAML document (a config file holds exactly one; remove this "---" and merge what follows into the first document)`)
+			break
+		}
+		body = doc.Body
+	}
+	if body == nil {
+		d.errorf(d.start(), `the file is empty (expected a mapping with a "services" key listing at least one service)`)
+		return nil
+	}
+	if !d.linkAliases(body, map[string]ast.Node{}) {
+		return nil
+	}
+	return d.config(d.element("", body))
+}
+
+// parseYAML parses data into a syntax tree. Duplicate keys are left in, to
+// be reported with both positions. A panic in the parser, which would be a
+// bug there, is turned into an error so that a bad file cannot crash the
+// program loading it.
+func parseYAML(data []byte) (f *ast.File, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			f, err = nil, fmt.Errorf("the YAML parser failed: %v", r)
+		}
+	}()
+	return parser.ParseBytes(data, 0, parser.AllowDuplicateMapKey())
+}
+
+func (d *decoder) syntaxError(err error) {
+	var ye yaml.Error
+	if errors.As(err, &ye) {
+		d.errorf(d.tokenPos(ye.GetToken()), "YAML syntax error: %s (check the indentation, quotes and brackets here)", ye.GetMessage())
+		return
+	}
+	d.errorf(d.start(), "cannot read the file as YAML: %v (the file must be a YAML mapping)", err)
+}
+
+// linkAliases records in d.aliases, for every alias under n, the node its
+// anchor stands for: that of the latest anchor of the name before the alias.
+// An alias inside its own anchor's node is an error, so links never form a
+// cycle and deref always ends. linkAliases also counts the values under n
+// with aliases expanded, and returns false, having reported it, once the
+// count passes maxExpanded.
+func (d *decoder) linkAliases(n ast.Node, anchors map[string]ast.Node) bool {
+	d.expanded++
+	ok := true
+	switch n := n.(type) {
+	case *ast.MappingNode:
+		for _, v := range n.Values {
+			ok = ok && d.linkAliases(v, anchors)
+		}
+	case *ast.MappingValueNode:
+		ok = d.linkAliases(n.Key, anchors) && d.linkAliases(n.Value, anchors)
+	case *ast.MappingKeyNode:
+		ok = d.linkAliases(n.Value, anchors)
+	case *ast.SequenceNode:
+		for _, v := range n.Values {
+			ok = ok && d.linkAliases(v, anchors)
+		}
+	case *ast.TagNode:
+		ok = d.linkAliases(n.Value, anchors)
+	case *ast.AnchorNode:
+		name := nodeName(n.Name)
+		anchors[name] = nil // in progress
+		before := d.expanded
+		ok = d.linkAliases(n.Value, anchors)
+		anchors[name] = n.Value
+		d.sizes[n.Value] = d.expanded - before
+	case *ast.AliasNode:
+		name := nodeName(n.Value)
+		target, found := anchors[name]
+		switch {
+		case !found:
+			d.errorf(d.pos(n), "unknown alias *%s (define the anchor &%s on a value before this point)", name, name)
+		case target == nil:
+			d.errorf(d.pos(n), "alias *%s is inside the value anchored as &%s (an alias must refer to a complete earlier value)", name, name)
+		default:
+			d.aliases[n] = target
+			d.expanded += d.sizes[target]
+		}
+	}
+	if ok && d.expanded > maxExpanded {
+		d.errorf(d.pos(n), "aliases expand the file to over %d values here (a configuration needs far fewer; use fewer or smaller aliases)", maxExpanded)
+		return false
+	}
+	return ok
+}
+
+// nodeName is the text of an anchor's or alias's name node.
+func nodeName(n ast.Node) string {
+	if s, ok := scalarText(n); ok {
+		return s
+	}
+	return ""
+}
+
+// deref follows n through aliases, anchors and "? key" markers to the node
+// that holds the value. It returns ok=false, having reported why, for tags
+// (not supported) and for aliases linkAliases could not link (reported there).
+func (d *decoder) deref(n ast.Node) (ast.Node, bool) {
+	for {
+		switch m := n.(type) {
+		case *ast.AnchorNode:
+			n = m.Value
+		case *ast.MappingKeyNode:
+			n = m.Value
+		case *ast.AliasNode:
+			target, ok := d.aliases[m]
+			if !ok {
+				return nil, false
+			}
+			n = target
+		case *ast.TagNode:
+			tag := "!"
+			if m.Start != nil {
+				tag = m.Start.Value
+			}
+			d.errorf(d.pos(m), "unsupported tag %s (remove it; each key reads its value as the type it needs)", tag)
+			return nil, false
+		default:
+			return n, true
+		}
+	}
+}
+
+// start is the position of the file's first character.
+func (d *decoder) start() Position {
+	return Position{File: d.file, Line: 1, Col: 1}
+}
+
+// pos is where node n, as written, starts in the file. A block mapping
+// starts at its first key (the parser places it at the first colon).
+func (d *decoder) pos(n ast.Node) Position {
+	if n == nil {
+		return d.start()
+	}
+	if m, ok := n.(*ast.MappingNode); ok && !m.IsFlowStyle && len(m.Values) > 0 && m.Values[0] != nil && m.Values[0].Key != nil {
+		return d.pos(m.Values[0].Key)
+	}
+	return d.tokenPos(n.GetToken())
+}
+
+func (d *decoder) tokenPos(tk *token.Token) Position {
+	if tk == nil || tk.Position == nil {
+		return d.start()
+	}
+	return Position{File: d.file, Line: max(tk.Position.Line, 1), Col: max(tk.Position.Column, 1)}
+}
+
+// scalarText is the text of a non-null scalar: the value of a string (quotes
+// and escapes resolved), or the literal text of any other scalar, so 8080
+// gives "8080" and True gives "True".
+func scalarText(n ast.Node) (string, bool) {
+	switch n := n.(type) {
+	case *ast.StringNode:
+		return n.Value, true
+	case *ast.LiteralNode:
+		if n.Value == nil {
+			return "", true
+		}
+		return n.Value.Value, true
+	case *ast.IntegerNode, *ast.FloatNode, *ast.BoolNode, *ast.InfinityNode, *ast.NanNode:
+		if tk := n.GetToken(); tk != nil {
+			return tk.Value, true
+		}
+	}
+	return "", false
+}
+
+// describe says what a derefed value is, for "(got ...)": strings quoted,
+// other scalars as written, collections by kind.
+func describe(n ast.Node) string {
+	switch n := n.(type) {
+	case nil, *ast.NullNode:
+		return "null"
+	case *ast.MappingNode, *ast.MappingValueNode:
+		return "a mapping"
+	case *ast.SequenceNode:
+		return "a list"
+	case *ast.StringNode, *ast.LiteralNode:
+		s, _ := scalarText(n)
+		return strconv.Quote(s)
+	}
+	if s, ok := scalarText(n); ok {
+		return s
+	}
+	return "a " + n.Type().String()
+}
+
+func isNull(n ast.Node) bool {
+	_, null := n.(*ast.NullNode)
+	return n == nil || null
+}
+
+// isImplicitNull reports whether n stands for a value left out, as in "key:"
+// with nothing after it. The parser places such a null oddly, so errors
+// about it point at the key instead.
+func isImplicitNull(n ast.Node) bool {
+	null, ok := n.(*ast.NullNode)
+	return n == nil || ok && null.Token != nil && null.Token.Type == token.ImplicitNullType
+}
+
+// expectMapping derefs e.val and returns its entries, reporting
+// "MUSTBE (got ...)" if it is not a mapping. A null value is an empty
+// mapping. keyKind names the keys in errors about them ("key", "env name").
+func (d *decoder) expectMapping(e entry, mustBe, keyKind string) ([]entry, bool) {
+	n, ok := d.deref(e.val)
+	if !ok {
+		return nil, false
+	}
+	var pairs []*ast.MappingValueNode
+	switch n := n.(type) {
+	case nil, *ast.NullNode:
+	case *ast.MappingNode:
+		pairs = n.Values
+	case *ast.MappingValueNode:
+		pairs = []*ast.MappingValueNode{n}
+	default:
+		d.errorf(e.pos, "%s (got %s)", mustBe, describe(n))
+		return nil, false
+	}
+	return d.entries(pairs, keyKind), true
+}
+
+// entries turns mapping pairs into entries, reporting and leaving out merge
+// keys, keys that are not scalars and repeated keys.
+func (d *decoder) entries(pairs []*ast.MappingValueNode, keyKind string) []entry {
+	first := map[string]Position{}
+	out := make([]entry, 0, len(pairs))
+	for _, p := range pairs {
+		if p == nil {
+			continue
+		}
+		keyPos := d.pos(p.Key)
+		k, ok := d.deref(p.Key)
+		if !ok {
+			continue
+		}
+		if _, merge := k.(*ast.MergeKeyNode); merge {
+			d.errorf(keyPos, `merge keys ("<<") are not supported (write the keys out; an alias can still stand for a whole value, as in "restart: *defaults")`)
+			continue
+		}
+		name, ok := scalarText(k)
+		if !ok {
+			d.errorf(keyPos, "a %s must be a plain scalar (got %s)", keyKind, describe(k))
+			continue
+		}
+		if at, dup := first[name]; dup {
+			d.errorf(keyPos, "duplicate %s %q (first at line %d, col %d; each %s may appear once)", keyKind, name, at.Line, at.Col, keyKind)
+			continue
+		}
+		first[name] = keyPos
+		pos := keyPos
+		if !isImplicitNull(p.Value) {
+			pos = d.pos(p.Value)
+		}
+		out = append(out, entry{key: name, keyPos: keyPos, val: p.Value, pos: pos})
+	}
+	return out
+}
+
+// unknownKey reports e as not one of known; where says which mapping it is in.
+func (d *decoder) unknownKey(e entry, where string, known []string) {
+	hint := ""
+	if s := suggest(e.key, known); s != "" {
+		hint = fmt.Sprintf("did you mean %q? ", s)
+	}
+	d.errorf(e.keyPos, "unknown key %q%s (%sknown keys: %s)", e.key, where, hint, strings.Join(known, ", "))
+}
+
+// suggest returns the known key nearest to key by edit distance, if it is
+// at most 2 edits away; the first of equally near ones.
+func suggest(key string, known []string) string {
+	best, bestDist := "", 3
+	for _, k := range known {
+		if dist := editDistance(key, k); dist < bestDist {
+			best, bestDist = k, dist
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b, in bytes.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// text derefs e.val and returns its text (see scalarText), reporting
+// "WHAT must be WANT (got ...)" for null and collections.
+func (d *decoder) text(e entry, want string) (string, bool) {
+	n, ok := d.deref(e.val)
+	if !ok {
+		return "", false
+	}
+	if s, ok := scalarText(n); ok {
+		return s, true
+	}
+	d.errorf(e.pos, "%s must be %s (got %s)", e.key, want, describe(n))
+	return "", false
+}
+
+// intRange derefs e.val and returns it as a whole number in [lo, hi], 0 <= hi.
+func (d *decoder) intRange(e entry, lo, hi int64) (int64, bool) {
+	n, ok := d.deref(e.val)
+	if !ok {
+		return 0, false
+	}
+	if in, ok := n.(*ast.IntegerNode); ok {
+		var x int64
+		switch val := in.Value.(type) {
+		case int64:
+			x, ok = val, true
+		case uint64:
+			x, ok = int64(val), val <= uint64(hi)
+		}
+		if ok && lo <= x && x <= hi {
+			return x, true
+		}
+	}
+	d.errorf(e.pos, "%s must be a whole number from %d to %d (got %s)", e.key, lo, hi, describe(n))
+	return 0, false
+}
+
+// duration derefs e.val and parses it with time.ParseDuration. The result must
+// be more than 0 and at most MaxDuration. No duration may be 0: a zero stop
+// timeout would skip the polite stop, a zero min_uptime would let a worker
+// that dies at once be restarted in a busy loop.
+func (d *decoder) duration(e entry) (time.Duration, bool) {
+	n, ok := d.deref(e.val)
+	if !ok {
+		return 0, false
+	}
+	pos, what := e.pos, e.key
+	s, ok := scalarText(n)
+	if !ok {
+		d.errorf(pos, `%s must be a duration like "5s" or "1m30s" (got %s)`, what, describe(n))
+		return 0, false
+	}
+	if isDecimal(s) {
+		d.errorf(pos, `%s must be a duration with a unit (got %s; write "%ss")`, what, describe(n), s)
+		return 0, false
+	}
+	t, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		d.errorf(pos, `%s must be a duration like "5s" or "1m30s" (got %s)`, what, describe(n))
+	case t <= 0:
+		d.errorf(pos, `%s must be more than 0 (got %s)`, what, describe(n))
+	case t > MaxDuration:
+		d.errorf(pos, `%s must be at most %s (got %s)`, what, shortDuration(MaxDuration), describe(n))
+	default:
+		return t, true
+	}
+	return 0, false
+}
+
+// isDecimal reports whether s is a plain decimal number such as 10, -1 or 1.5.
+func isDecimal(s string) bool {
+	if s != "" && (s[0] == '+' || s[0] == '-') {
+		s = s[1:]
+	}
+	digits, dots := 0, 0
+	for _, c := range []byte(s) {
+		switch {
+		case '0' <= c && c <= '9':
+			digits++
+		case c == '.':
+			dots++
+		default:
+			return false
+		}
+	}
+	return digits > 0 && dots <= 1
+}
+
+// shortDuration formats t without zero minutes and seconds: 24h, not 24h0m0s.
+func shortDuration(t time.Duration) string {
+	s := t.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// config decodes the top-level mapping.
+func (d *decoder) config(top entry) *Config {
+	cfg := &Config{File: d.file, ShutdownTimeout: DefaultShutdownTimeout}
+	ents, ok := d.expectMapping(top, `the top level must be a mapping with a "services" key`, "key")
+	if !ok {
+		return nil
+	}
+	var services *entry
+	for i, e := range ents {
+		switch e.key {
+		case "shutdown_timeout":
+			if t, ok := d.duration(e); ok {
+				cfg.ShutdownTimeout = t
+			}
+		case "services":
+			services = &ents[i]
+		default:
+			d.unknownKey(e, "", topKeys)
+		}
+	}
+	// Services come last: their stop_timeout defaults to shutdown_timeout.
+	if services == nil {
+		d.errorf(d.start(), `missing "services" key (add "services:" with at least one service under it)`)
+		return nil
+	}
+	svcs, ok := d.expectMapping(*services, "services must be a mapping from service names to services", "service name")
+	if !ok {
+		return nil
+	}
+	if len(svcs) == 0 {
+		d.errorf(services.pos, `services is empty (list at least one service, e.g. "web: {command: [/usr/bin/web]}")`)
+	}
+	for _, e := range svcs {
+		cfg.Services = append(cfg.Services, d.service(e, cfg.ShutdownTimeout))
+	}
+	return cfg
+}
+
+// service decodes one entry under services:.
+func (d *decoder) service(e entry, shutdownTimeout time.Duration) *Service {
+	s := &Service{
+		Name:        e.key,
+		Pos:         e.keyPos,
+		Workers:     DefaultWorkers,
+		Env:         map[string]string{},
+		StopSignal:  DefaultStopSignal,
+		StopTimeout: shutdownTimeout,
+		Restart: Restart{
+			MinUptime:      DefaultMinUptime,
+			BackoffInitial: DefaultBackoffInitial,
+			BackoffMax:     DefaultBackoffMax,
+		},
+	}
+	if !validServiceName(e.key) {
+		d.errorf(e.keyPos, `invalid service name %q (a name starts with a letter and has only letters, digits, "-" and "_", at most %d bytes)`, e.key, maxNameLen)
+	}
+	ents, ok := d.expectMapping(e, fmt.Sprintf("service %q must be a mapping with command or run", e.key), "key")
+	if !ok {
+		return s
+	}
+	var hasCommand, hasRun bool
+	for _, f := range ents {
+		switch f.key {
+		case "command":
+			hasCommand = true
+			s.Command = d.command(f)
+		case "run":
+			hasRun = true
+			s.Run = d.run(f)
+		case "workers":
+			if n, ok := d.intRange(f, 0, MaxWorkers); ok {
+				s.Workers = int(n)
+			}
+		case "env":
+			s.Env = d.env(f)
+		case "dir":
+			s.Dir = d.dir(f)
+		case "stop_signal":
+			if sig, ok := d.signal(f); ok {
+				s.StopSignal = sig
+			}
+		case "stop_timeout":
+			if t, ok := d.duration(f); ok {
+				s.StopTimeout = t
+			}
+		case "restart":
+			d.restart(f, e.key, &s.Restart)
+		default:
+			d.unknownKey(f, fmt.Sprintf(" in service %q", e.key), serviceKeys)
+		}
+	}
+	switch {
+	case hasCommand && hasRun:
+		d.errorf(e.pos, "service %q has both command and run (keep one: command runs a program, run names a Go service)", e.key)
+	case !hasCommand && !hasRun:
+		d.errorf(e.pos, "service %q has neither command nor run (add one: command runs a program, run names a Go service)", e.key)
+	}
+	return s
+}
+
+func validServiceName(s string) bool {
+	if s == "" || len(s) > maxNameLen {
+		return false
+	}
+	for i, c := range []byte(s) {
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '-' || c == '_'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func validEnvName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, c := range []byte(s) {
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', c == '_':
+		case i > 0 && '0' <= c && c <= '9':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// command decodes command:, an argv list.
+func (d *decoder) command(e entry) []string {
+	n, ok := d.deref(e.val)
+	if !ok {
+		return nil
+	}
+	seq, ok := n.(*ast.SequenceNode)
+	switch {
+	case ok && len(seq.Values) == 0:
+		d.errorf(e.pos, `command is empty (give at least the program to run, as in ["/usr/bin/app"])`)
+		return nil
+	case ok:
+	case isStringNode(n):
+		d.errorf(e.pos, `command must be a list of strings (write ["/bin/sh", "-c", "..."] to run a shell line)`)
+		return nil
+	default:
+		d.errorf(e.pos, `command must be a list of strings like ["/usr/bin/app", "--flag"] (got %s)`, describe(n))
+		return nil
+	}
+	argv := make([]string, 0, len(seq.Values))
+	for i, n := range seq.Values {
+		el := d.element(fmt.Sprintf("command[%d]", i), n)
+		arg, ok := d.text(el, "a string")
+		switch {
+		case !ok:
+		case i == 0 && arg == "":
+			d.errorf(el.pos, `command[0] is empty (it names the program to run, as in "/usr/bin/app")`)
+		case strings.IndexByte(arg, 0) >= 0:
+			d.errorf(el.pos, `%s contains a NUL byte (a program argument cannot hold "\0")`, el.key)
+		}
+		argv = append(argv, arg)
+	}
+	return argv
+}
+
+func isStringNode(n ast.Node) bool {
+	switch n.(type) {
+	case *ast.StringNode, *ast.LiteralNode:
+		return true
+	}
+	return false
+}
+
+// run decodes run:, the name of a registered Go service.
+func (d *decoder) run(e entry) string {
+	name, ok := d.text(e, "the name of a Go service")
+	switch {
+	case !ok:
+	case slices.Contains(d.goServices, name):
+		return name
+	case len(d.goServices) == 0:
+		d.errorf(e.pos, "unknown Go service %q (this program registers no Go services; use command: to run a program)", name)
+	default:
+		known := slices.Sorted(slices.Values(d.goServices))
+		d.errorf(e.pos, "unknown Go service %q (this program registers: %s)", name, strings.Join(known, ", "))
+	}
+	return ""
+}
+
+// env decodes env:, a mapping of variable names to scalar values.
+func (d *decoder) env(m entry) map[string]string {
+	env := map[string]string{}
+	ents, _ := d.expectMapping(m, "env must be a mapping of NAME: value", "env name")
+	for _, e := range ents {
+		switch {
+		case !validEnvName(e.key):
+			d.errorf(e.keyPos, `invalid env name %q (a name starts with a letter or "_" and has only letters, digits and "_")`, e.key)
+		case strings.HasPrefix(e.key, "GOTYLEDON_"):
+			d.errorf(e.keyPos, "env name %q is reserved (gotyledon sets the GOTYLEDON_ variables of each worker itself; pick another name)", e.key)
+		case slices.Contains(systemdEnv, e.key):
+			d.errorf(e.keyPos, "env name %q is reserved (gotyledon removes this systemd variable from workers' environment; pick another name)", e.key)
+		}
+		n, ok := d.deref(e.val)
+		if !ok {
+			continue
+		}
+		val, ok := scalarText(n)
+		switch {
+		case isNull(n):
+			d.errorf(e.pos, `env %s has no value (write %s: "" for an empty value)`, e.key, e.key)
+		case !ok:
+			d.errorf(e.pos, `env %s must be a single value like "C.UTF-8" or 8080 (got %s)`, e.key, describe(n))
+		case strings.IndexByte(val, 0) >= 0:
+			d.errorf(e.pos, `env %s contains a NUL byte (an environment value cannot hold "\0")`, e.key)
+		default:
+			env[e.key] = val
+		}
+	}
+	return env
+}
+
+// dir decodes dir:, made absolute against the config file's directory.
+func (d *decoder) dir(e entry) string {
+	dir, ok := d.text(e, "a directory path")
+	switch {
+	case !ok:
+		return ""
+	case dir == "":
+		d.errorf(e.pos, `dir is empty (write a directory path, or leave dir out to run in gotyledon's working directory)`)
+		return ""
+	case strings.IndexByte(dir, 0) >= 0:
+		d.errorf(e.pos, `dir contains a NUL byte (a path cannot hold "\0")`)
+		return ""
+	case dir == "~" || strings.HasPrefix(dir, "~/"):
+		d.errorf(e.pos, `dir %q starts with "~" (gotyledon does not expand "~"; write the full path)`, dir)
+		return ""
+	case filepath.IsAbs(dir):
+		return filepath.Clean(dir)
+	}
+	base, err := filepath.Abs(filepath.Dir(d.file))
+	if err != nil {
+		d.errorf(e.pos, "cannot resolve dir %q against the config file's directory: %v (write an absolute path)", dir, err)
+		return ""
+	}
+	return filepath.Join(base, dir)
+}
+
+// signal decodes stop_signal: a name from stopSignals, with or without
+// "SIG", in any case.
+func (d *decoder) signal(e entry) (syscall.Signal, bool) {
+	name, ok := d.text(e, "a signal name like TERM")
+	if !ok {
+		return 0, false
+	}
+	if sig, ok := stopSignals[strings.TrimPrefix(upperASCII(name), "SIG")]; ok {
+		return sig, true
+	}
+	d.errorf(e.pos, `invalid stop_signal %q (use one of HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH, with or without "SIG")`, name)
+	return 0, false
+}
+
+// upperASCII upper-cases ASCII letters only, so that no Unicode case
+// folding can turn an odd name into a valid one.
+func upperASCII(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'a' <= c && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
+}
+
+// restart decodes restart: into r, which holds the defaults.
+func (d *decoder) restart(m entry, service string, r *Restart) {
+	ents, _ := d.expectMapping(m, "restart must be a mapping of min_uptime, backoff_initial and backoff_max", "key")
+	var initialAt, maxAt *Position // where valid backoff values were set
+	valid := true
+	for _, e := range ents {
+		switch e.key {
+		case "min_uptime":
+			if t, ok := d.duration(e); ok {
+				r.MinUptime = t
+			}
+		case "backoff_initial", "backoff_max":
+			t, ok := d.duration(e)
+			if !ok {
+				valid = false
+				continue
+			}
+			pos := e.pos
+			if e.key == "backoff_initial" {
+				r.BackoffInitial, initialAt = t, &pos
+			} else {
+				r.BackoffMax, maxAt = t, &pos
+			}
+		default:
+			d.unknownKey(e, fmt.Sprintf(" in restart of service %q", service), restartKeys)
+		}
+	}
+	switch {
+	case !valid || r.BackoffMax >= r.BackoffInitial:
+	case maxAt != nil:
+		d.errorf(*maxAt, "backoff_max must be at least backoff_initial (got %s, backoff_initial is %s)",
+			shortDuration(r.BackoffMax), shortDuration(r.BackoffInitial))
+	case initialAt != nil:
+		d.errorf(*initialAt, "backoff_initial must be at most backoff_max (got %s, backoff_max is %s by default; raise it too)",
+			shortDuration(r.BackoffInitial), shortDuration(r.BackoffMax))
+	}
+}

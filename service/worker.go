@@ -1,0 +1,113 @@
+package service
+
+// This file is the worker's side of the manager/worker contract; the
+// manager's side is in package supervisor (spawn.go).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// orphanGrace bounds how long a Go worker whose manager died may take to
+// return from Run before it exits anyway: with nobody left to send SIGKILL,
+// the worker must not outlive its manager for long.
+const orphanGrace = time.Second
+
+// IsWorker reports whether the environment marks this process as a Go worker
+// started by a gotyledon manager.
+func IsWorker() bool {
+	_, ok := os.LookupEnv(EnvRun)
+	return ok
+}
+
+// Main runs this process as the Go worker its environment describes and
+// returns the process exit code: 0 when the service's Run returned nil, 1 when
+// it failed (the error is written to stderr, which the manager logs), 2 when
+// the environment is not a valid worker environment. Call it only when
+// IsWorker reports true; the command line in package cmd/cli does.
+func Main(reg *Registry) int {
+	w, managerFD, stopSig, err := workerFromEnv()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "gotyledon worker: %v\n", err)
+		return 2
+	}
+	factory, ok := reg.Lookup(w.Run)
+	if !ok {
+		fmt.Fprintf(os.Stderr, "%s worker %d: no Go service %q is registered in this program (it registers %v)\n",
+			w.Service, w.ID, w.Run, reg.Names())
+		return 2
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, stopSig)
+	defer stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if managerFD >= 0 {
+		go watchManager(managerFD, cancel)
+	}
+
+	svc, err := factory(w)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "%s worker %d: set up: %v\n", w.Service, w.ID, err)
+		return 1
+	}
+	if err := svc.Run(ctx); err != nil && !(errors.Is(err, context.Canceled) && ctx.Err() != nil) {
+		fmt.Fprintf(os.Stderr, "%s worker %d: %v\n", w.Service, w.ID, err)
+		return 1
+	}
+	return 0
+}
+
+// workerFromEnv reads the worker's identity and removes the variables that
+// must not reach the worker's own children.
+func workerFromEnv() (w Worker, managerFD int, stopSig syscall.Signal, err error) {
+	w.Run = os.Getenv(EnvRun)
+	w.Service = os.Getenv(EnvService)
+	w.PID = os.Getpid()
+	if w.Run == "" || w.Service == "" {
+		return w, -1, 0, fmt.Errorf("%s and %s must both be set", EnvRun, EnvService)
+	}
+	if w.ID, err = strconv.Atoi(os.Getenv(EnvWorkerID)); err != nil || w.ID < 0 {
+		return w, -1, 0, fmt.Errorf("%s=%q is not a worker id", EnvWorkerID, os.Getenv(EnvWorkerID))
+	}
+	managerFD = -1
+	if s, ok := os.LookupEnv(EnvManagerFD); ok {
+		if managerFD, err = strconv.Atoi(s); err != nil || managerFD < 3 {
+			return w, -1, 0, fmt.Errorf("%s=%q is not a file descriptor", EnvManagerFD, s)
+		}
+		// Our own children must not keep the manager's pipe.
+		syscall.CloseOnExec(managerFD)
+	}
+	stopSig = syscall.SIGTERM
+	if s, ok := os.LookupEnv(EnvStopSignal); ok {
+		n, err := strconv.Atoi(s)
+		if err != nil || n <= 0 || n >= 65 {
+			return w, -1, 0, fmt.Errorf("%s=%q is not a signal number", EnvStopSignal, s)
+		}
+		stopSig = syscall.Signal(n)
+	}
+	for _, k := range []string{EnvRun, EnvManagerFD, EnvStopSignal} {
+		os.Unsetenv(k)
+	}
+	return w, managerFD, stopSig, nil
+}
+
+// watchManager blocks until the manager's end of the pipe is closed, which
+// happens only when the manager process is gone, then cancels the service and
+// makes sure the worker does not linger.
+func watchManager(fd int, cancel context.CancelFunc) {
+	f := os.NewFile(uintptr(fd), "gotyledon-manager")
+	// The manager never writes: any read result means it is gone.
+	_, _ = io.Copy(io.Discard, f)
+	fmt.Fprintln(os.Stderr, "gotyledon worker: manager is gone; stopping")
+	cancel()
+	time.Sleep(orphanGrace)
+	os.Exit(1)
+}

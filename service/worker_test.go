@@ -1,0 +1,194 @@
+package service_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gotyledon/gotyledon/service"
+)
+
+// Re-executed with a worker environment, the test binary is a Go worker.
+func TestMain(m *testing.M) {
+	if service.IsWorker() {
+		os.Exit(service.Main(registry()))
+	}
+	os.Exit(m.Run())
+}
+
+func registry() *service.Registry {
+	reg := service.NewRegistry()
+	reg.Register("waiter", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			fmt.Printf("ready %s %d %s\n", w.Service, w.ID, os.Getenv(service.EnvRun))
+			<-ctx.Done()
+			fmt.Println("context ended")
+			return ctx.Err()
+		}), nil
+	})
+	reg.Register("failer", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(context.Context) error { return errors.New("disk on fire") }), nil
+	})
+	reg.Register("badsetup", func(w service.Worker) (service.Service, error) {
+		return nil, errors.New("no config")
+	})
+	return reg
+}
+
+type worker struct {
+	cmd    *exec.Cmd
+	lines  chan string
+	stderr strings.Builder
+	pipeW  *os.File
+}
+
+// startWorker runs the test binary as Go worker run, with the manager pipe
+// as fd 3 unless noPipe.
+func startWorker(t *testing.T, run string, env ...string) *worker {
+	t.Helper()
+	exe, _ := os.Executable()
+	w := &worker{lines: make(chan string, 16)}
+	w.cmd = exec.Command(exe)
+	w.cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0", service.EnvRun+"="+run, service.EnvService+"=svc", service.EnvWorkerID+"=4")
+	w.cmd.Env = append(w.cmd.Env, env...)
+	r, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.pipeW = pw
+	w.cmd.ExtraFiles = []*os.File{r}
+	w.cmd.Env = append(w.cmd.Env, service.EnvManagerFD+"=3")
+	out, err := w.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.cmd.Stderr = &w.stderr
+	if err := w.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	t.Cleanup(func() { pw.Close(); _ = w.cmd.Process.Kill(); _ = w.cmd.Wait() })
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			w.lines <- sc.Text()
+		}
+		close(w.lines)
+	}()
+	return w
+}
+
+func (w *worker) expect(t *testing.T, want string) {
+	t.Helper()
+	select {
+	case got, ok := <-w.lines:
+		if !ok || got != want {
+			t.Fatalf("worker wrote %q (open %v), want %q; stderr %q", got, ok, want, w.stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("timed out waiting for %q", want)
+	}
+}
+
+// exitCode drains stdout and waits for the worker to exit.
+func (w *worker) exitCode(t *testing.T) int {
+	t.Helper()
+	for range w.lines {
+	}
+	_ = w.cmd.Wait()
+	return w.cmd.ProcessState.ExitCode()
+}
+
+func TestWorkerStopsGracefullyOnSIGTERM(t *testing.T) {
+	w := startWorker(t, "waiter")
+	// The runtime hides its private variables from the service's children.
+	w.expect(t, "ready svc 4 ")
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	w.expect(t, "context ended")
+	if code := w.exitCode(t); code != 0 {
+		t.Errorf("exit code %d, want 0 (stderr %q)", code, w.stderr.String())
+	}
+}
+
+func TestWorkerStopsOnItsServiceStopSignal(t *testing.T) {
+	w := startWorker(t, "waiter", service.EnvStopSignal+"="+strconv.Itoa(int(syscall.SIGUSR2)))
+	w.expect(t, "ready svc 4 ")
+	if err := w.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	w.expect(t, "context ended")
+	if code := w.exitCode(t); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+}
+
+func TestWorkerStopsWhenTheManagerIsGone(t *testing.T) {
+	w := startWorker(t, "waiter")
+	w.expect(t, "ready svc 4 ")
+	w.pipeW.Close() // what the kernel does when the manager dies
+	w.expect(t, "context ended")
+	if code := w.exitCode(t); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+	if !strings.Contains(w.stderr.String(), "manager is gone") {
+		t.Errorf("stderr %q does not say why the worker stopped", w.stderr.String())
+	}
+}
+
+func TestWorkerExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		run, env, stderr string
+		code             int
+	}{
+		{"failer", "", "svc worker 4: disk on fire\n", 1},
+		{"badsetup", "", "svc worker 4: set up: no config\n", 1},
+		{"nosuch", "", "svc worker 4: no Go service \"nosuch\" is registered in this program (it registers [badsetup failer waiter])\n", 2},
+		{"waiter", service.EnvWorkerID + "=-1", "gotyledon worker: GOTYLEDON_WORKER_ID=\"-1\" is not a worker id\n", 2},
+		{"waiter", service.EnvStopSignal + "=99", "gotyledon worker: GOTYLEDON_STOP_SIGNAL=\"99\" is not a signal number\n", 2},
+	} {
+		t.Run(tc.run, func(t *testing.T) {
+			var env []string
+			if tc.env != "" {
+				env = append(env, tc.env)
+			}
+			w := startWorker(t, tc.run, env...)
+			if code := w.exitCode(t); code != tc.code || w.stderr.String() != tc.stderr {
+				t.Errorf("exit %d stderr %q, want %d %q", code, w.stderr.String(), tc.code, tc.stderr)
+			}
+		})
+	}
+}
+
+func TestRegisterRejectsProgrammingErrors(t *testing.T) {
+	f := func(service.Worker) (service.Service, error) { return nil, nil }
+	for name, register := range map[string]func(*service.Registry){
+		"bad name":  func(r *service.Registry) { r.Register("9x", f) },
+		"nil":       func(r *service.Registry) { r.Register("x", nil) },
+		"duplicate": func(r *service.Registry) { r.Register("x", f); r.Register("x", f) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: Register did not panic", name)
+				}
+			}()
+			register(service.NewRegistry())
+		}()
+	}
+	r := service.NewRegistry()
+	r.Register("b", f)
+	r.Register("a", f)
+	if got := strings.Join(r.Names(), ","); got != "a,b" {
+		t.Errorf("Names() = %s, want a,b", got)
+	}
+}

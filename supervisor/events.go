@@ -1,0 +1,94 @@
+package supervisor
+
+import (
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// event is a message to the supervisor loop. Every change of worker state
+// arrives as one; the loop is the only goroutine that reads or writes the
+// worker table.
+type event interface{ isEvent() }
+
+// workerStarted: the process table forked and exec'd token's process.
+type workerStarted struct {
+	token uint64
+	pid   int
+	at    time.Time
+}
+
+// startFailed: token's process could not be started (no such program,
+// permission denied, bad working directory...).
+type startFailed struct {
+	token uint64
+	err   error
+	at    time.Time
+}
+
+// workerExited: token's process was reaped with status.
+type workerExited struct {
+	token  uint64
+	pid    int
+	status unix.WaitStatus
+	at     time.Time
+}
+
+// restartDue: a worker's backoff delay is over. seq tells a stale timer
+// (one the loop has since cancelled or replaced) from the current one.
+type restartDue struct {
+	key workerKey
+	seq uint64
+}
+
+// killDue: a stopping process's stop timeout is over.
+type killDue struct{ token uint64 }
+
+// shutdownRequested: stop every worker and return from Run. fast skips the
+// polite stop signal and kills at once.
+type shutdownRequested struct{ fast bool }
+
+func (workerStarted) isEvent()     {}
+func (startFailed) isEvent()       {}
+func (workerExited) isEvent()      {}
+func (restartDue) isEvent()        {}
+func (killDue) isEvent()           {}
+func (shutdownRequested) isEvent() {}
+
+// workerKey names a worker slot: a service's worker id. The slot outlives
+// the processes that fill it, which is how a restarted worker keeps its id
+// and its restart history.
+type workerKey struct {
+	service string
+	id      int
+}
+
+// workerState is where a worker slot is in its life.
+type workerState int
+
+const (
+	// stateStarting: a spawn was requested; no pid yet.
+	stateStarting workerState = iota
+	// stateRunning: the process is up.
+	stateRunning
+	// stateStopping: the stop signal was sent; SIGKILL follows at the
+	// stop timeout if the process is still there.
+	stateStopping
+	// stateBackoff: the process exited soon after its start and the slot
+	// waits out its restart delay with no process.
+	stateBackoff
+)
+
+var stateNames = [...]string{"starting", "running", "stopping", "backoff"}
+
+func (s workerState) String() string { return stateNames[s] }
+
+// stopSignalFor is the signal a stop sends: the service's own, or SIGKILL
+// for a fast stop.
+func stopSignalFor(w *worker, fast bool) syscall.Signal {
+	if fast {
+		return syscall.SIGKILL
+	}
+	return w.svc.StopSignal
+}

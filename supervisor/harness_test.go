@@ -1,0 +1,470 @@
+package supervisor_test
+
+// The test binary is its own cast of processes, as in os/exec's tests:
+//
+//   - run with GOTYLEDON_TEST_MANAGER=1 it is a gotyledon manager (cli.Main
+//     with the Go services below registered);
+//   - re-executed by that manager for a `run:` service it is a Go worker
+//     (cli.Main sees the worker environment);
+//   - run with TEST_HELPER=name it is a small command (helperCommands), for
+//     `command:` services and for the grandchildren of workers.
+//
+// Tests start a manager with --log-format json and wait, with deadlines, for
+// the events it logs; nothing waits on a bare sleep.
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/gotyledon/gotyledon/cmd/cli"
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/service"
+	"github.com/gotyledon/gotyledon/supervisor"
+)
+
+const envTestManager = "GOTYLEDON_TEST_MANAGER"
+const envHelper = "TEST_HELPER"
+
+func TestMain(m *testing.M) {
+	if service.IsWorker() || os.Getenv(envTestManager) == "1" {
+		os.Exit(cli.Main(os.Args, testRegistry()))
+	}
+	if name := os.Getenv(envHelper); name != "" {
+		os.Exit(helperCommands[name]())
+	}
+	os.Exit(m.Run())
+}
+
+// testRegistry holds the Go services the tests' managers can run.
+func testRegistry() *service.Registry {
+	reg := service.NewRegistry()
+	// sleeper says who it is, then works until asked to stop.
+	reg.Register("sleeper", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			fmt.Printf("ready service=%s id=%d pid=%d\n", w.Service, w.ID, w.PID)
+			<-ctx.Done()
+			fmt.Printf("bye id=%d\n", w.ID)
+			return nil
+		}), nil
+	})
+	// crasher fails at once, every time.
+	reg.Register("crasher", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(context.Context) error {
+			return errors.New("crashing on purpose")
+		}), nil
+	})
+	// stubborn ignores the request to stop; only SIGKILL ends it.
+	reg.Register("stubborn", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			fmt.Printf("ready id=%d\n", w.ID)
+			select {} // never returns, ctx or not
+		}), nil
+	})
+	// parent starts a child in its own process group and reports its pid.
+	reg.Register("parent", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			child := helperCmd("block")
+			if err := child.Start(); err != nil {
+				return err
+			}
+			fmt.Printf("child pid=%d\n", child.Process.Pid)
+			<-ctx.Done()
+			return nil
+		}), nil
+	})
+	// orphaner starts grandchildren in sessions of their own (beyond the
+	// reach of its process group), reports their pids, and exits with code
+	// 10+id on SIGUSR1: its grandchildren, which read its pipe, then die with
+	// it, as orphans of the manager.
+	reg.Register("orphaner", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			usr1 := make(chan os.Signal, 1)
+			signal.Notify(usr1, syscall.SIGUSR1)
+			n, _ := strconv.Atoi(os.Getenv("ORPHANS"))
+			r, wr, err := os.Pipe()
+			if err != nil {
+				return err
+			}
+			var pids []string
+			for range n {
+				c := helperCmd("until-stdin-closes")
+				c.Stdin = r
+				c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+				if err := c.Start(); err != nil {
+					return err
+				}
+				pids = append(pids, strconv.Itoa(c.Process.Pid))
+			}
+			r.Close()
+			fmt.Printf("orphans pids=%s\n", strings.Join(pids, ","))
+			select {
+			case <-usr1:
+				os.Exit(10 + w.ID)
+			case <-ctx.Done():
+			}
+			wr.Close()
+			return nil
+		}), nil
+	})
+	// longline writes one line longer than the manager logs in one entry.
+	reg.Register("longline", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			fmt.Println(strings.Repeat("0123456789", 4000)) // 40,000 bytes
+			fmt.Println("after the long line")
+			<-ctx.Done()
+			return nil
+		}), nil
+	})
+	return reg
+}
+
+// helperCommands are the test binary's small commands (TEST_HELPER=name).
+var helperCommands = map[string]func() int{
+	// block waits to be killed.
+	"block": func() int { select {} },
+	// until-stdin-closes exits when its stdin reaches end of file.
+	"until-stdin-closes": func() int { _, _ = io.Copy(io.Discard, os.Stdin); return 0 },
+	// bench-worker tells the benchmark it runs, by connecting to
+	// $BENCH_SOCKET and writing its pid, then lives until the benchmark
+	// closes the connection or kills it.
+	"bench-worker": func() int {
+		c, err := net.Dial("unix", os.Getenv("BENCH_SOCKET"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		fmt.Fprintf(c, "%d\n", os.Getpid())
+		_, _ = io.Copy(io.Discard, c)
+		return 0
+	},
+	// early-shutdown runs a Supervisor whose Shutdown came before Run, and
+	// says how many workers it started.
+	"early-shutdown": func() int {
+		cfg, err := config.Parse("early.yaml", []byte("services:\n  s: {command: [/bin/sleep, '1000'], workers: 3}\n"), nil)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		core, logs := observer.New(zap.InfoLevel)
+		sup, err := supervisor.New(cfg, supervisor.Options{Logger: zap.New(core)})
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		sup.Shutdown(false)
+		err = sup.Run()
+		fmt.Printf("run returned %v; workers started: %d\n", err, logs.FilterMessage("worker started").Len())
+		return 0
+	},
+	// env prints the variables a worker may or may not see, then waits.
+	"env": func() int {
+		for _, k := range []string{"GOTYLEDON_SERVICE", "GOTYLEDON_WORKER_ID", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC", "GOTYLEDON_RUN", "GOTYLEDON_EXTRA", "FOO"} {
+			v, ok := os.LookupEnv(k)
+			if !ok {
+				v = "<unset>"
+			}
+			fmt.Printf("env %s=%s\n", k, v)
+		}
+		wd, _ := os.Getwd()
+		fmt.Printf("cwd %s\n", wd)
+		select {}
+	},
+}
+
+// helperCmd is a command that runs the test binary as helper name.
+func helperCmd(name string) *exec.Cmd {
+	exe, _ := os.Executable()
+	c := exec.Command(exe)
+	c.Env = append(os.Environ(), envHelper+"="+name, "GORACE=atexit_sleep_ms=0")
+	return c
+}
+
+// entry is one log line of a manager: a JSON object, or {"raw": line}.
+type entry map[string]any
+
+func (e entry) str(k string) string { s, _ := e[k].(string); return s }
+func (e entry) int(k string) int {
+	f, ok := e[k].(float64)
+	if !ok {
+		return -1
+	}
+	return int(f)
+}
+func (e entry) has(k string) bool { _, ok := e[k]; return ok }
+
+// is reports whether e's message is msg and its fields hold the given
+// values (strings or ints).
+func (e entry) is(msg string, kv ...any) bool {
+	if e.str("msg") != msg {
+		return false
+	}
+	for i := 0; i+1 < len(kv); i += 2 {
+		k := kv[i].(string)
+		switch v := kv[i+1].(type) {
+		case string:
+			if e.str(k) != v {
+				return false
+			}
+		case int:
+			if e.int(k) != v {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// manager is a gotyledon manager process under test.
+type manager struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	config string
+
+	mu      sync.Mutex
+	entries []entry
+	changed chan struct{} // closed and replaced when entries grow or the process ends
+	exited  bool
+	code    int
+}
+
+// waitTimeout bounds every wait for an event; generous, for -race on a
+// loaded two-core machine. A test that needs it is failing anyway.
+const waitTimeout = 20 * time.Second
+
+// startManager writes yaml to a file and runs a manager on it.
+func startManager(t *testing.T, yaml string, extraEnv ...string) *manager {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "gotyledon.yaml")
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return startManagerArgs(t, path, []string{"run", "--log-format", "json", "--log-level", "debug", "-c", path}, extraEnv...)
+}
+
+func startManagerArgs(t *testing.T, config string, args []string, extraEnv ...string) *manager {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manager{t: t, config: config, changed: make(chan struct{})}
+	m.cmd = exec.Command(exe, args...)
+	// The race detector waits a second at each exit by default; managers and
+	// workers exit often. A race still makes a manager exit 66, which every
+	// test's exit-code check catches.
+	m.cmd.Env = append(append(os.Environ(), envTestManager+"=1", "GORACE=atexit_sleep_ms=0"), extraEnv...)
+	stderr, err := m.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go m.read(stderr)
+	t.Cleanup(func() {
+		if !m.hasExited() {
+			_ = m.cmd.Process.Kill()
+			m.waitExit()
+		}
+		if t.Failed() {
+			m.dump()
+		}
+	})
+	return m
+}
+
+func (m *manager) read(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var e entry
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			e = entry{"raw": sc.Text(), "msg": sc.Text()}
+		}
+		m.mu.Lock()
+		m.entries = append(m.entries, e)
+		close(m.changed)
+		m.changed = make(chan struct{})
+		m.mu.Unlock()
+	}
+	err := m.cmd.Wait()
+	m.mu.Lock()
+	m.exited = true
+	m.code = m.cmd.ProcessState.ExitCode()
+	if err != nil && m.code == 0 {
+		m.code = -1
+	}
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+func (m *manager) hasExited() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.exited
+}
+
+// snapshot returns the entries so far and a channel closed on the next change.
+func (m *manager) snapshot() ([]entry, chan struct{}, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.entries, m.changed, m.exited
+}
+
+// waitN waits until n entries match and returns them; it fails the test at
+// the deadline or if the manager exits first.
+func (m *manager) waitN(what string, n int, match func(entry) bool) []entry {
+	m.t.Helper()
+	deadline := time.After(waitTimeout)
+	for {
+		entries, changed, exited := m.snapshot()
+		var got []entry
+		for _, e := range entries {
+			if match(e) {
+				got = append(got, e)
+			}
+		}
+		if len(got) >= n {
+			return got
+		}
+		if exited {
+			m.t.Fatalf("manager exited while waiting for %s (%d of %d seen)", what, len(got), n)
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			m.t.Fatalf("timed out after %v waiting for %s (%d of %d seen)", waitTimeout, what, len(got), n)
+		}
+	}
+}
+
+// waitFor waits for the first entry that matches.
+func (m *manager) waitFor(what string, match func(entry) bool) entry {
+	m.t.Helper()
+	return m.waitN(what, 1, match)[0]
+}
+
+// all returns the entries so far that match.
+func (m *manager) all(match func(entry) bool) []entry {
+	entries, _, _ := m.snapshot()
+	var got []entry
+	for _, e := range entries {
+		if match(e) {
+			got = append(got, e)
+		}
+	}
+	return got
+}
+
+// signal sends sig to the manager process.
+func (m *manager) signal(sig syscall.Signal) {
+	m.t.Helper()
+	if err := m.cmd.Process.Signal(sig); err != nil {
+		m.t.Fatalf("signal manager: %v", err)
+	}
+}
+
+// waitExit waits for the manager to exit and returns its exit code.
+func (m *manager) waitExit() int {
+	m.t.Helper()
+	deadline := time.After(waitTimeout)
+	for {
+		_, changed, exited := m.snapshot()
+		if exited {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			return m.code
+		}
+		select {
+		case <-changed:
+		case <-deadline:
+			m.t.Fatalf("manager did not exit within %v", waitTimeout)
+		}
+	}
+}
+
+func (m *manager) dump() {
+	entries, _, _ := m.snapshot()
+	start := max(0, len(entries)-80)
+	m.t.Logf("last %d manager log lines:", len(entries)-start)
+	for _, e := range entries[start:] {
+		b, _ := json.Marshal(e)
+		m.t.Log(string(b))
+	}
+}
+
+// started matches the manager's "worker started" entry for service/id.
+func started(svc string, id int) func(entry) bool {
+	return func(e entry) bool { return e.is("worker started", "service", svc, "worker", id) }
+}
+
+// output matches a line a worker wrote on stdout that starts with prefix.
+func output(svc string, prefix string) func(entry) bool {
+	return func(e entry) bool {
+		return e.str("service") == svc && e.str("stream") == "stdout" && strings.HasPrefix(e.str("msg"), prefix)
+	}
+}
+
+// waitGone waits until process pid has ended (exited, zombie or not), using
+// a pidfd, which becomes readable exactly when the process terminates.
+func waitGone(t *testing.T, pid int, within time.Duration) {
+	t.Helper()
+	fd, err := unix.PidfdOpen(pid, 0)
+	if errors.Is(err, unix.ESRCH) {
+		return
+	}
+	if err != nil {
+		t.Fatalf("pidfd_open %d: %v", pid, err)
+	}
+	defer unix.Close(fd)
+	deadline := time.Now().Add(within)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			t.Fatalf("process %d still runs %v later", pid, within)
+		}
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("poll pidfd of %d: %v", pid, err)
+		}
+		if n > 0 {
+			return
+		}
+	}
+}
+
+// alive reports whether pid runs now (a zombie does not).
+func alive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+}

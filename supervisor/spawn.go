@@ -1,0 +1,132 @@
+package supervisor
+
+// This file is the manager's side of the manager/worker contract: what a
+// worker process is given. The worker's side is in package service.
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/service"
+)
+
+// spawnSpec is everything the process table needs to start one worker.
+type spawnSpec struct {
+	service  string
+	id       int
+	argv0    string   // program to exec: a path, or a name looked up in PATH
+	argv     []string // argv[0] included
+	env      []string
+	dir      string
+	goWorker bool // hand the manager pipe to the worker as fd 3
+	restarts int  // processes started in this slot before, for the log
+}
+
+// managerPipeFD is where a Go worker finds the read end of the manager pipe:
+// right after stdin, stdout and stderr.
+const managerPipeFD = 3
+
+// hiddenEnv lists the variables of the manager's own environment that must
+// not reach a worker: they address the manager (systemd's notify socket,
+// watchdog and socket activation), not the worker.
+var hiddenEnv = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+// workerBaseEnv returns environ without the variables no worker may see:
+// systemd's, and any GOTYLEDON_ variable the manager itself inherited.
+func workerBaseEnv(environ []string) []string {
+	var env []string
+	for _, kv := range environ {
+		k, _, _ := strings.Cut(kv, "=")
+		if slices.Contains(hiddenEnv, k) || strings.HasPrefix(k, "GOTYLEDON_") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	return env
+}
+
+// setEnv sets k=v in env, replacing an earlier value: a duplicate key would
+// leave it to each program's getenv which one wins.
+func setEnv(env []string, k, v string) []string {
+	prefix := k + "="
+	for i, kv := range env {
+		if strings.HasPrefix(kv, prefix) {
+			env[i] = prefix + v
+			return env
+		}
+	}
+	return append(env, prefix+v)
+}
+
+// buildSpawnSpec says how to start worker id of svc.
+//
+// A command service runs its command. A Go service runs executable (this
+// very program) with argv[0] set to a title that `ps` shows, such as
+// "gotyledon: printer worker 3", and the variables that make the program's
+// main run that worker (see service.Main).
+func buildSpawnSpec(svc *config.Service, id int, baseEnv []string, executable, program string) *spawnSpec {
+	env := slices.Clone(baseEnv)
+	keys := make([]string, 0, len(svc.Env))
+	for k := range svc.Env {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		env = setEnv(env, k, svc.Env[k])
+	}
+	env = setEnv(env, service.EnvService, svc.Name)
+	env = setEnv(env, service.EnvWorkerID, strconv.Itoa(id))
+	s := &spawnSpec{service: svc.Name, id: id, env: env, dir: svc.Dir}
+	if svc.Run == "" {
+		s.argv0 = svc.Command[0]
+		s.argv = slices.Clone(svc.Command)
+		return s
+	}
+	s.goWorker = true
+	s.argv0 = executable
+	s.argv = []string{fmt.Sprintf("%s: %s worker %d", program, svc.Name, id)}
+	s.env = setEnv(s.env, service.EnvRun, svc.Run)
+	s.env = setEnv(s.env, service.EnvManagerFD, strconv.Itoa(managerPipeFD))
+	s.env = setEnv(s.env, service.EnvStopSignal, strconv.Itoa(int(svc.StopSignal)))
+	return s
+}
+
+// defaultPath is searched when the worker's environment has no PATH, as
+// execvp does.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// lookPath finds the program a worker runs. A name with a slash is used as
+// it is (relative to the worker's dir, where exec resolves it); a bare name
+// is searched in the worker's own PATH, since that is what the worker would
+// see if it ran the command itself.
+func lookPath(name string, env []string, dir string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	path := defaultPath
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, d := range filepath.SplitList(path) {
+		if d == "" {
+			d = "."
+		}
+		p := filepath.Join(d, name)
+		if !filepath.IsAbs(p) && dir != "" {
+			p = filepath.Join(dir, p)
+		}
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && unix.Access(p, unix.X_OK) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("exec %s: executable file not found in PATH %s", name, path)
+}

@@ -1,0 +1,401 @@
+// Package supervisor is gotyledon's manager: it starts the workers of every
+// configured service as child processes, restarts them when they exit, and
+// stops them all on shutdown.
+//
+// One goroutine, the loop, owns all worker state. Everything that can change
+// it (a process started or exited, a backoff or stop timer fired, a shutdown
+// was asked for) reaches the loop as a message in its mailbox. The process
+// table (procs.go) is the only code that forks, reaps or signals a process,
+// from one locked OS thread. Nothing else holds worker state, so the worker
+// table needs no locks.
+//
+// A Supervisor is one of the actors of the manager's run.Group (see package
+// cmd/cli): Run is its execute function and Shutdown its interrupt.
+package supervisor
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+
+	"github.com/gotyledon/gotyledon/config"
+)
+
+// Options are a Supervisor's collaborators. The zero value works.
+type Options struct {
+	// Logger receives the manager's events and every line workers write.
+	// Default: no logging.
+	Logger *zap.Logger
+	// Executable is the program re-executed to run a Go service's worker.
+	// Default "/proc/self/exe": the running binary, even if the file on disk
+	// has been replaced since it started.
+	Executable string
+	// ProgramName starts a Go worker's argv[0] ("NAME: printer worker 3").
+	// Default: the base name of os.Args[0].
+	ProgramName string
+	// Environ is the environment workers inherit (before the manager-only
+	// variables are removed). Default os.Environ().
+	Environ []string
+}
+
+// Supervisor runs the services of one configuration. Create it with New,
+// call Run once; Shutdown may be called from any goroutine at any time.
+type Supervisor struct {
+	cfg     *config.Config
+	log     *zap.Logger
+	exe     string
+	program string
+	baseEnv []string
+	now     func() time.Time
+	// afterFunc runs f after d on its own goroutine; the returned function
+	// cancels it. Injected so timer logic can be driven without sleeping.
+	afterFunc func(d time.Duration, f func()) (cancel func() bool)
+	rnd       func() float64
+
+	inbox *mailbox[event]
+	ran   chan struct{} // closed when Run starts; guards against a second Run
+
+	// Below: owned by the loop goroutine (Run) alone.
+	procs      *procTable
+	workers    map[workerKey]*worker
+	byToken    map[uint64]*worker // slots with a live or starting process
+	nextToken  uint64
+	nextSeq    uint64
+	stopping   bool // shutdown asked for: start nothing new
+	pendingUp  int  // initial starts not yet answered
+	startedAt  time.Time
+	readyNoted bool
+}
+
+// worker is one slot: a service's worker id, and the process filling it.
+type worker struct {
+	svc   *config.Service
+	key   workerKey
+	state workerState
+
+	// The current process; token is 0 in stateBackoff.
+	token     uint64
+	pid       int
+	startedAt time.Time
+
+	failures    int    // quick exits in a row: sets the backoff delay
+	restarts    int    // processes started after the first
+	timerSeq    uint64 // identifies the pending restart timer
+	cancelTimer func() bool
+	retryAt     time.Time
+}
+
+// New prepares a Supervisor for cfg, which must come from config.Load or
+// config.Parse (it is not validated again).
+func New(cfg *config.Config, opts Options) (*Supervisor, error) {
+	if cfg == nil || len(cfg.Services) == 0 {
+		return nil, errors.New("supervisor: a configuration with at least one service is required")
+	}
+	s := &Supervisor{
+		cfg:       cfg,
+		log:       opts.Logger,
+		exe:       opts.Executable,
+		program:   opts.ProgramName,
+		now:       time.Now,
+		afterFunc: func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
+		rnd:       rand.Float64,
+		inbox:     newMailbox[event](),
+		ran:       make(chan struct{}),
+		workers:   make(map[workerKey]*worker),
+		byToken:   make(map[uint64]*worker),
+	}
+	if s.log == nil {
+		s.log = zap.NewNop()
+	}
+	if s.exe == "" {
+		s.exe = "/proc/self/exe"
+	}
+	if s.program == "" {
+		s.program = filepath.Base(os.Args[0])
+	}
+	environ := opts.Environ
+	if environ == nil {
+		environ = os.Environ()
+	}
+	s.baseEnv = workerBaseEnv(environ)
+	return s, nil
+}
+
+// Shutdown asks Run to stop every worker and return. A graceful shutdown
+// sends each worker its service's stop signal and SIGKILL after its stop
+// timeout; a fast one sends SIGKILL at once, and may follow a graceful one
+// that is taking too long. It does not block, and is safe to call any number
+// of times from any goroutine, before or during Run.
+func (s *Supervisor) Shutdown(fast bool) {
+	s.inbox.put(shutdownRequested{fast: fast})
+}
+
+// Run makes the manager process a child subreaper, starts every service's
+// workers and supervises them until Shutdown is called. It then stops them
+// all in parallel and returns nil once every one has been reaped, or an
+// error if supervision could not start. Run may be called only once per
+// Supervisor and, since it reaps every child of the process, by only one
+// Supervisor per process; nothing else in the process may wait for children.
+func (s *Supervisor) Run() error {
+	select {
+	case <-s.ran:
+		return errors.New("supervisor: Run called twice")
+	default:
+		close(s.ran)
+	}
+	// Orphans of our workers are reparented to us, not to PID 1, so that
+	// they are reaped here and do not escape supervision.
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fmt.Errorf("become child subreaper: %w", err)
+	}
+	devNull, err := os.Open(os.DevNull)
+	if err != nil {
+		return fmt.Errorf("open %s for worker stdin: %w", os.DevNull, err)
+	}
+	defer devNull.Close()
+	// Only this process holds the write end (close-on-exec), so Go workers
+	// see end of file on the read end exactly when the manager is gone.
+	managerR, managerW, err := os.Pipe()
+	if err != nil {
+		return fmt.Errorf("create manager pipe: %w", err)
+	}
+	defer managerR.Close()
+	defer managerW.Close()
+
+	s.procs = &procTable{
+		log:         s.log,
+		now:         s.now,
+		inbox:       newMailbox[procRequest](),
+		post:        s.inbox.put,
+		devNull:     devNull,
+		managerPipe: managerR,
+		byPid:       make(map[int]uint64),
+		byToken:     make(map[uint64]int),
+	}
+	stopProcs := startProcTable(s.procs)
+	defer stopProcs()
+	defer s.inbox.close()
+
+	// A shutdown asked for before Run (a signal during start-up) is
+	// honoured before anything is started.
+	var batch []event
+	select {
+	case <-s.inbox.wake:
+		batch = s.inbox.take(batch)
+		for _, ev := range batch {
+			s.handle(ev)
+		}
+	default:
+	}
+	s.startedAt = s.now()
+	if !s.stopping {
+		total := 0
+		for _, svc := range s.cfg.Services {
+			total += svc.Workers
+			for id := range svc.Workers {
+				w := &worker{svc: svc, key: workerKey{svc.Name, id}}
+				s.workers[w.key] = w
+				s.pendingUp++
+				s.start(w)
+			}
+		}
+		s.log.Info("manager started", zap.Int("pid", os.Getpid()), zap.Int("services", len(s.cfg.Services)),
+			zap.Int("workers", total), zap.String("config", s.cfg.File))
+		s.noteReady()
+	}
+
+	for !(s.stopping && len(s.byToken) == 0) {
+		<-s.inbox.wake
+		batch = s.inbox.take(batch)
+		for _, ev := range batch {
+			s.handle(ev)
+		}
+	}
+	s.log.Info("manager stopped: every worker has exited")
+	return nil
+}
+
+func (s *Supervisor) handle(ev event) {
+	switch ev := ev.(type) {
+	case workerStarted:
+		s.onStarted(ev)
+	case startFailed:
+		s.onStartFailed(ev)
+	case workerExited:
+		s.onExited(ev)
+	case restartDue:
+		if w := s.workers[ev.key]; w != nil && w.state == stateBackoff && w.timerSeq == ev.seq {
+			w.cancelTimer = nil
+			s.start(w)
+		}
+	case killDue:
+		if w := s.byToken[ev.token]; w != nil && w.state == stateStopping {
+			s.log.Warn("worker did not stop in time; killing it", s.fields(w, zap.Duration("stop_timeout", w.svc.StopTimeout))...)
+			s.procs.inbox.put(procRequest{token: w.token, sig: syscall.SIGKILL})
+		}
+	case shutdownRequested:
+		s.onShutdown(ev.fast)
+	}
+}
+
+// start asks the process table for a new process in w's slot.
+func (s *Supervisor) start(w *worker) {
+	s.nextToken++
+	w.token = s.nextToken
+	w.pid = 0
+	w.state = stateStarting
+	s.byToken[w.token] = w
+	spec := buildSpawnSpec(w.svc, w.key.id, s.baseEnv, s.exe, s.program)
+	spec.restarts = w.restarts
+	s.procs.inbox.put(procRequest{token: w.token, spawn: spec})
+}
+
+func (s *Supervisor) onStarted(ev workerStarted) {
+	w := s.byToken[ev.token]
+	if w == nil {
+		return
+	}
+	w.pid = ev.pid
+	w.startedAt = ev.at
+	if w.state == stateStopping {
+		// Shutdown came while the spawn was under way; its stop signal is
+		// queued behind the spawn in the process table.
+		return
+	}
+	w.state = stateRunning
+	s.initialStartDone(w)
+}
+
+func (s *Supervisor) onStartFailed(ev startFailed) {
+	w := s.byToken[ev.token]
+	if w == nil {
+		return
+	}
+	delete(s.byToken, ev.token)
+	w.token = 0
+	s.log.Error("worker failed to start", s.fields(w, zap.Error(ev.err))...)
+	s.initialStartDone(w)
+	if w.state == stateStopping {
+		delete(s.workers, w.key)
+		return
+	}
+	// A start that fails is the quickest of quick exits.
+	s.scheduleRestart(w, 0)
+}
+
+func (s *Supervisor) onExited(ev workerExited) {
+	w := s.byToken[ev.token]
+	if w == nil {
+		return
+	}
+	delete(s.byToken, ev.token)
+	w.token = 0
+	uptime := ev.at.Sub(w.startedAt)
+	fields := s.fields(w, zap.String("status", describeStatus(ev.status)), zap.Duration("uptime", uptime))
+	if w.state == stateStopping {
+		if w.cancelTimer != nil {
+			w.cancelTimer() // the kill timer
+		}
+		s.log.Info("worker stopped", fields...)
+		delete(s.workers, w.key)
+		return
+	}
+	s.log.Warn("worker exited", fields...)
+	s.scheduleRestart(w, uptime)
+}
+
+// scheduleRestart starts w again, at once or after its backoff delay.
+func (s *Supervisor) scheduleRestart(w *worker, uptime time.Duration) {
+	w.restarts++
+	delay, failures := restartDelay(w.svc.Restart, uptime, w.failures, s.rnd)
+	w.failures = failures
+	if delay == 0 {
+		s.log.Info("restarting worker", s.fields(w)...)
+		s.start(w)
+		return
+	}
+	w.state = stateBackoff
+	w.pid = 0
+	w.retryAt = s.now().Add(delay)
+	s.nextSeq++
+	w.timerSeq = s.nextSeq
+	key, seq := w.key, w.timerSeq
+	w.cancelTimer = s.afterFunc(delay, func() { s.inbox.put(restartDue{key: key, seq: seq}) })
+	s.log.Warn("worker is failing soon after start; restart delayed",
+		s.fields(w, zap.Int("failures", failures), zap.Duration("delay", delay),
+			zap.Duration("min_uptime", w.svc.Restart.MinUptime))...)
+}
+
+// onShutdown stops every worker. A fast shutdown, or a second request
+// while workers are still stopping, kills what is left.
+func (s *Supervisor) onShutdown(fast bool) {
+	if s.stopping && !fast {
+		return
+	}
+	if !s.stopping {
+		s.log.Info("stopping all workers", zap.Bool("fast", fast), zap.Int("running", len(s.byToken)))
+	} else {
+		s.log.Warn("fast shutdown: killing workers still running", zap.Int("running", len(s.byToken)))
+	}
+	s.stopping = true
+	for _, w := range s.workers {
+		s.stop(w, fast)
+	}
+}
+
+// stop ends w's slot: its process gets the stop signal (SIGKILL if fast,
+// or after the stop timeout); a slot waiting out a backoff is dropped.
+func (s *Supervisor) stop(w *worker, fast bool) {
+	switch w.state {
+	case stateBackoff:
+		if w.cancelTimer != nil {
+			w.cancelTimer()
+		}
+		delete(s.workers, w.key)
+		return
+	case stateStopping:
+		if !fast {
+			return
+		}
+	default:
+		w.state = stateStopping
+		if !fast {
+			token := w.token
+			w.cancelTimer = s.afterFunc(w.svc.StopTimeout, func() { s.inbox.put(killDue{token: token}) })
+		}
+	}
+	s.log.Debug("stopping worker", s.fields(w, zap.Stringer("signal", stopSignalFor(w, fast)))...)
+	s.procs.inbox.put(procRequest{token: w.token, sig: stopSignalFor(w, fast)})
+}
+
+// initialStartDone counts the answers to the first round of starts, so the
+// manager can say when it is up.
+func (s *Supervisor) initialStartDone(w *worker) {
+	if w.restarts == 0 && s.pendingUp > 0 {
+		s.pendingUp--
+		s.noteReady()
+	}
+}
+
+func (s *Supervisor) noteReady() {
+	if s.pendingUp == 0 && !s.readyNoted {
+		s.readyNoted = true
+		s.log.Info("all workers started", zap.Int("workers", len(s.workers)),
+			zap.Duration("took", s.now().Sub(s.startedAt)))
+	}
+}
+
+func (s *Supervisor) fields(w *worker, extra ...zap.Field) []zap.Field {
+	f := append(make([]zap.Field, 0, 3+len(extra)), zap.String("service", w.key.service), zap.Int("worker", w.key.id))
+	if w.pid != 0 {
+		f = append(f, zap.Int("pid", w.pid))
+	}
+	return append(f, extra...)
+}

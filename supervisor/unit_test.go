@@ -1,0 +1,208 @@
+package supervisor
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/gotyledon/gotyledon/config"
+)
+
+var policy = config.Restart{MinUptime: time.Second, BackoffInitial: 100 * time.Millisecond, BackoffMax: 30 * time.Second}
+
+func TestRestartDelayDoublesToTheCap(t *testing.T) {
+	mid := func() float64 { return 0.5 } // no jitter
+	failures := 0
+	var got []time.Duration
+	for range 12 {
+		var d time.Duration
+		d, failures = restartDelay(policy, 10*time.Millisecond, failures, mid)
+		got = append(got, d)
+	}
+	want := []time.Duration{100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000}
+	for i := range want {
+		want[i] *= time.Millisecond
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("delays %v, want %v", got, want)
+	}
+	if failures != 12 {
+		t.Errorf("failures = %d, want 12", failures)
+	}
+}
+
+func TestRestartDelayResetsAfterMinUptime(t *testing.T) {
+	d, failures := restartDelay(policy, time.Second, 7, func() float64 { return 0.99 })
+	if d != 0 || failures != 0 {
+		t.Errorf("after a run of min_uptime: delay %v failures %d, want 0 0", d, failures)
+	}
+	d, failures = restartDelay(policy, time.Second-time.Nanosecond, 0, func() float64 { return 0.5 })
+	if d != 100*time.Millisecond || failures != 1 {
+		t.Errorf("just short of min_uptime: delay %v failures %d, want 100ms 1", d, failures)
+	}
+}
+
+func TestRestartDelayJitterStaysInBoundsAndUnderTheCap(t *testing.T) {
+	for _, r := range []float64{0, 0.25, 0.5, 0.75, 0.999999} {
+		rnd := func() float64 { return r }
+		d, _ := restartDelay(policy, 0, 0, rnd)
+		if d < 80*time.Millisecond || d > 120*time.Millisecond {
+			t.Errorf("rnd %v: first delay %v outside 100ms ±20%%", r, d)
+		}
+		d, _ = restartDelay(policy, 0, 50, rnd)
+		if d < 24*time.Second || d > 30*time.Second {
+			t.Errorf("rnd %v: capped delay %v outside [24s, 30s]", r, d)
+		}
+	}
+	// The doubling must not overflow however long a worker keeps failing.
+	if d, _ := restartDelay(policy, 0, 1<<20, func() float64 { return 0.5 }); d != 30*time.Second {
+		t.Errorf("after 2^20 failures: delay %v, want 30s", d)
+	}
+}
+
+func observed() (*zap.Logger, *observer.ObservedLogs) {
+	core, logs := observer.New(zap.InfoLevel)
+	return zap.New(core), logs
+}
+
+func messages(logs *observer.ObservedLogs) (msgs []string, parts []int64) {
+	for _, e := range logs.All() {
+		msgs = append(msgs, e.Message)
+		p, _ := e.ContextMap()["part"].(int64)
+		parts = append(parts, p)
+	}
+	return msgs, parts
+}
+
+func TestLineWriterSplitsOnNewlinesAcrossWrites(t *testing.T) {
+	log, logs := observed()
+	lw := &lineWriter{log: log}
+	for _, chunk := range []string{"hel", "lo\nwor", "ld\r\n", "\n", "tail without newline"} {
+		lw.write([]byte(chunk))
+	}
+	lw.flush()
+	msgs, parts := messages(logs)
+	want := []string{"hello", "world", "", "tail without newline"}
+	if !slices.Equal(msgs, want) {
+		t.Errorf("lines %q, want %q", msgs, want)
+	}
+	if slices.ContainsFunc(parts, func(p int64) bool { return p != 0 }) {
+		t.Errorf("short lines got part numbers %v", parts)
+	}
+}
+
+func TestLineWriterSplitsLongLinesIntoNumberedParts(t *testing.T) {
+	log, logs := observed()
+	lw := &lineWriter{log: log}
+	long := strings.Repeat("x", 2*maxLineBytes+10)
+	// Fed one byte short of the line end, then the rest with the next line.
+	lw.write([]byte(long[:len(long)-1]))
+	lw.write([]byte(long[len(long)-1:] + "\nnext\n"))
+	msgs, parts := messages(logs)
+	if len(msgs) != 4 {
+		t.Fatalf("%d entries, want 3 parts and the next line", len(msgs))
+	}
+	if got := strings.Join(msgs[:3], ""); got != long {
+		t.Errorf("parts join to %d bytes, want %d", len(got), len(long))
+	}
+	if !slices.Equal(parts, []int64{1, 2, 3, 0}) || msgs[3] != "next" {
+		t.Errorf("parts %v, last %q; want [1 2 3 0] and \"next\"", parts, msgs[3])
+	}
+	for _, m := range msgs {
+		if len(m) > maxLineBytes {
+			t.Errorf("an entry of %d bytes exceeds %d", len(m), maxLineBytes)
+		}
+	}
+}
+
+func TestLineWriterFlushesALongUnterminatedLine(t *testing.T) {
+	log, logs := observed()
+	lw := &lineWriter{log: log}
+	lw.write([]byte(strings.Repeat("y", maxLineBytes+5)))
+	lw.flush()
+	msgs, parts := messages(logs)
+	if len(msgs) != 2 || len(msgs[1]) != 5 || !slices.Equal(parts, []int64{1, 2}) {
+		t.Errorf("got %d entries with parts %v, want 2 entries, parts [1 2], the last 5 bytes", len(msgs), parts)
+	}
+}
+
+func TestSpawnSpecForCommandAndGoServices(t *testing.T) {
+	base := workerBaseEnv([]string{"PATH=/bin", "HOME=/root", "NOTIFY_SOCKET=/run/n", "LISTEN_FDS=2",
+		"LISTEN_PID=9", "LISTEN_FDNAMES=a", "WATCHDOG_USEC=5", "WATCHDOG_PID=9", "GOTYLEDON_SERVICE=outer", "LANG=C"})
+	if want := []string{"PATH=/bin", "HOME=/root", "LANG=C"}; !slices.Equal(base, want) {
+		t.Fatalf("base env %q, want %q", base, want)
+	}
+	cmd := &config.Service{Name: "printer", Command: []string{"printer", "--verbose"}, Env: map[string]string{"LANG": "C.UTF-8", "B": "2", "A": "1"},
+		Dir: "/srv", StopSignal: syscall.SIGTERM}
+	s := buildSpawnSpec(cmd, 3, base, "/proc/self/exe", "gotyledon")
+	wantEnv := []string{"PATH=/bin", "HOME=/root", "LANG=C.UTF-8", "A=1", "B=2", "GOTYLEDON_SERVICE=printer", "GOTYLEDON_WORKER_ID=3"}
+	if !slices.Equal(s.env, wantEnv) || s.argv0 != "printer" || !slices.Equal(s.argv, cmd.Command) || s.dir != "/srv" || s.goWorker {
+		t.Errorf("command spec %+v", s)
+	}
+	goSvc := &config.Service{Name: "fast-printer", Run: "printer", StopSignal: syscall.SIGINT}
+	s = buildSpawnSpec(goSvc, 0, base, "/proc/self/exe", "demo")
+	if s.argv0 != "/proc/self/exe" || !slices.Equal(s.argv, []string{"demo: fast-printer worker 0"}) || !s.goWorker {
+		t.Errorf("Go spec argv0 %q argv %q goWorker %v", s.argv0, s.argv, s.goWorker)
+	}
+	for _, kv := range []string{"GOTYLEDON_RUN=printer", "GOTYLEDON_MANAGER_FD=3", "GOTYLEDON_STOP_SIGNAL=2", "GOTYLEDON_SERVICE=fast-printer"} {
+		if !slices.Contains(s.env, kv) {
+			t.Errorf("Go worker env lacks %s: %q", kv, s.env)
+		}
+	}
+	s.env[0] = "PATH=/changed"
+	if base[0] != "PATH=/bin" {
+		t.Error("a spec's env shares its array with the base env of every worker")
+	}
+}
+
+func TestLookPathUsesTheWorkersPath(t *testing.T) {
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "tool")
+	if err := os.WriteFile(prog, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "data"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"PATH=/nonexistent:" + dir}
+	if p, err := lookPath("tool", env, ""); err != nil || p != prog {
+		t.Errorf("lookPath(tool) = %q, %v; want %q", p, err, prog)
+	}
+	if _, err := lookPath("data", env, ""); err == nil {
+		t.Error("a file without execute permission was found")
+	}
+	_, err := lookPath("missing", env, "")
+	if want := "exec missing: executable file not found in PATH /nonexistent:" + dir; err == nil || err.Error() != want {
+		t.Errorf("err %v, want %q", err, want)
+	}
+	if p, _ := lookPath("./rel/tool", env, ""); p != "./rel/tool" {
+		t.Errorf("a name with a slash was changed to %q", p)
+	}
+	if p, err := lookPath("sh", nil, ""); err != nil || !strings.HasSuffix(p, "/sh") {
+		t.Errorf("without PATH, sh resolved to %q, %v; want the default path", p, err)
+	}
+}
+
+func TestMailboxKeepsOrderAndNeverBlocks(t *testing.T) {
+	m := newMailbox[int]()
+	for i := range 1000 {
+		m.put(i) // no reader yet: must not block
+	}
+	<-m.wake
+	got := m.take(nil)
+	if len(got) != 1000 || got[0] != 0 || got[999] != 999 || !slices.IsSorted(got) {
+		t.Fatalf("took %d items, not 0..999 in order", len(got))
+	}
+	m.close()
+	m.put(1)
+	if got := m.take(nil); len(got) != 0 {
+		t.Errorf("put after close queued %v", got)
+	}
+}
