@@ -34,6 +34,14 @@ const (
 	// DefaultBackoffMax caps the doubling.
 	DefaultBackoffMax = 30 * time.Second
 
+	// MinUptimeFloor is the least min_uptime a file may set: with it, a
+	// worker that keeps crashing is restarted at once at most 10 times a
+	// second; anything quicker goes through the backoff.
+	MinUptimeFloor = 100 * time.Millisecond
+	// BackoffFloor is the least backoff_initial a file may set, so that a
+	// delayed restart is never, after jitter, an immediate one.
+	BackoffFloor = 10 * time.Millisecond
+
 	// MaxWorkers bounds a service's worker count; more is taken as a typo.
 	MaxWorkers = 10000
 	// MaxDuration bounds every duration in the file, for the same reason.
@@ -99,8 +107,8 @@ type Service struct {
 // further quick death up to BackoffMax (with ±20% jitter), and the count
 // resets once a worker stays up MinUptime. Workers are never given up on.
 type Restart struct {
-	MinUptime      time.Duration // `min_uptime`, default 1s; > 0, so that no setting allows a busy restart loop
-	BackoffInitial time.Duration // `backoff_initial`, default 100ms
+	MinUptime      time.Duration // `min_uptime`, default 1s, at least MinUptimeFloor
+	BackoffInitial time.Duration // `backoff_initial`, default 100ms, at least BackoffFloor
 	BackoffMax     time.Duration // `backoff_max`, default 30s
 }
 

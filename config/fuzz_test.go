@@ -66,7 +66,7 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("service %q: stop timeout %v", s.Name, s.StopTimeout)
 			}
 			r := s.Restart
-			if r.MinUptime <= 0 || r.BackoffInitial <= 0 || r.BackoffMax < r.BackoffInitial || r.BackoffMax > MaxDuration {
+			if r.MinUptime < MinUptimeFloor || r.BackoffInitial < BackoffFloor || r.BackoffInitial <= 0 || r.BackoffMax < r.BackoffInitial || r.BackoffMax > MaxDuration {
 				t.Fatalf("service %q: bad restart policy %+v", s.Name, r)
 			}
 			if s.Env == nil {

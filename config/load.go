@@ -49,6 +49,12 @@ var stopSignals = map[string]syscall.Signal{
 // manager removes them from workers' environment, so env may not set them.
 var systemdEnv = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
 
+// IsManagerOnlyEnv reports whether name is one of the variables systemd
+// gives the manager about itself (NOTIFY_SOCKET, LISTEN_*, WATCHDOG_*). The
+// supervisor removes them from every worker's environment, and a
+// configuration may not set them.
+func IsManagerOnlyEnv(name string) bool { return slices.Contains(systemdEnv, name) }
+
 // Load reads the configuration file at path and parses it with [Parse].
 //
 // If the file cannot be read, the error wraps the one from the operating
@@ -832,10 +838,19 @@ func (d *decoder) restart(m entry, service string, r *Restart) {
 		switch e.key {
 		case "min_uptime":
 			if t, ok := d.duration(e); ok {
+				if t < MinUptimeFloor {
+					d.errorf(e.pos, "min_uptime must be at least %s (got %s; a shorter one would let a crashing worker restart in a busy loop)",
+						shortDuration(MinUptimeFloor), shortDuration(t))
+					continue
+				}
 				r.MinUptime = t
 			}
 		case "backoff_initial", "backoff_max":
 			t, ok := d.duration(e)
+			if ok && e.key == "backoff_initial" && t < BackoffFloor {
+				d.errorf(e.pos, "backoff_initial must be at least %s (got %s)", shortDuration(BackoffFloor), shortDuration(t))
+				ok = false
+			}
 			if !ok {
 				valid = false
 				continue

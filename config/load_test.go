@@ -207,6 +207,16 @@ func TestParseErrors(t *testing.T) {
 			want: `c.yaml:5:19: min_uptime must be more than 0 (got "-1s")`,
 		},
 		{
+			name: "min_uptime under the floor",
+			src:  "services:\n  web:\n    command: [a]\n    restart: {min_uptime: 99ms}\n",
+			want: `c.yaml:4:27: min_uptime must be at least 100ms (got 99ms; a shorter one would let a crashing worker restart in a busy loop)`,
+		},
+		{
+			name: "backoff_initial under the floor",
+			src:  "services:\n  web:\n    command: [a]\n    restart: {backoff_initial: 1ns}\n",
+			want: `c.yaml:4:32: backoff_initial must be at least 10ms (got 1ns)`,
+		},
+		{
 			name: "zero min_uptime",
 			src:  "services:\n  web:\n    command: [a]\n    restart: {min_uptime: 0s}\n",
 			want: `c.yaml:4:27: min_uptime must be more than 0 (got "0s")`,
@@ -474,7 +484,7 @@ services:
     stop_signal: int
     stop_timeout: 5s
     restart: &restart
-      min_uptime: 1ms
+      min_uptime: 100ms
       backoff_initial: 1s
       backoff_max: 1m30s
   printer:
@@ -496,7 +506,7 @@ services:
 		"LANG": "C.UTF-8", "PORT": "8080", "DEBUG": "true", "RATIO": "1.50",
 		"HEX": "0x1F", "EMPTY": "", "QUOTED": "it's", "_UNDER": "a\tb",
 	}
-	restart := Restart{MinUptime: time.Millisecond, BackoffInitial: time.Second, BackoffMax: 90 * time.Second}
+	restart := Restart{MinUptime: 100 * time.Millisecond, BackoffInitial: time.Second, BackoffMax: 90 * time.Second}
 	file := "/etc/gotyledon/gotyledon.yaml"
 	want := &Config{
 		File:            file,

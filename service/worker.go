@@ -18,7 +18,7 @@ import (
 // orphanGrace bounds how long a Go worker whose manager died may take to
 // return from Run before it exits anyway: with nobody left to send SIGKILL,
 // the worker must not outlive its manager for long.
-const orphanGrace = time.Second
+const orphanGrace = 500 * time.Millisecond
 
 // IsWorker reports whether the environment marks this process as a Go worker
 // started by a gotyledon manager.
@@ -47,6 +47,9 @@ func Main(reg *Registry) int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, stopSig)
 	defer stop()
+	// When the manager is gone, so is the reader of our stdout and stderr:
+	// a write must fail, not kill the worker before it finishes its item.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if managerFD >= 0 {
@@ -104,8 +107,13 @@ func workerFromEnv() (w Worker, managerFD int, stopSig syscall.Signal, err error
 // makes sure the worker does not linger.
 func watchManager(fd int, cancel context.CancelFunc) {
 	f := os.NewFile(uintptr(fd), "gotyledon-manager")
-	// The manager never writes: any read result means it is gone.
-	_, _ = io.Copy(io.Discard, f)
+	// The manager never writes: end of file means it is gone. An error
+	// means the descriptor is not the manager's pipe; then there is nothing
+	// to watch, which is no reason to stop.
+	if _, err := io.Copy(io.Discard, f); err != nil {
+		fmt.Fprintf(os.Stderr, "gotyledon worker: cannot watch the manager on fd %d: %v\n", fd, err)
+		return
+	}
 	fmt.Fprintln(os.Stderr, "gotyledon worker: manager is gone; stopping")
 	cancel()
 	time.Sleep(orphanGrace)

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -34,6 +35,18 @@ func registry() *service.Registry {
 			return ctx.Err()
 		}), nil
 	})
+	// fdlister runs a child and prints the descriptors the child has.
+	reg.Register("fdlister", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			out, err := exec.Command("/bin/ls", "-l", "/proc/self/fd").Output()
+			if err != nil {
+				return err
+			}
+			fmt.Printf("child fds: %s\n", strings.Join(strings.Fields(string(out)), " "))
+			<-ctx.Done()
+			return nil
+		}), nil
+	})
 	reg.Register("failer", func(w service.Worker) (service.Service, error) {
 		return service.Func(func(context.Context) error { return errors.New("disk on fire") }), nil
 	})
@@ -43,15 +56,33 @@ func registry() *service.Registry {
 	return reg
 }
 
+// lockedBuffer is a stderr that a test may read while the process writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
 type worker struct {
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr strings.Builder
+	stderr lockedBuffer
 	pipeW  *os.File
 }
 
-// startWorker runs the test binary as Go worker run, with the manager pipe
-// as fd 3 unless noPipe.
+// startWorker runs the test binary as Go worker run, with the write end of
+// a manager pipe held by the test (pipeW) and its read end as fd 3.
 func startWorker(t *testing.T, run string, env ...string) *worker {
 	t.Helper()
 	exe, _ := os.Executable()
@@ -152,7 +183,7 @@ func TestWorkerExitCodes(t *testing.T) {
 	}{
 		{"failer", "", "svc worker 4: disk on fire\n", 1},
 		{"badsetup", "", "svc worker 4: set up: no config\n", 1},
-		{"nosuch", "", "svc worker 4: no Go service \"nosuch\" is registered in this program (it registers [badsetup failer waiter])\n", 2},
+		{"nosuch", "", "svc worker 4: no Go service \"nosuch\" is registered in this program (it registers [badsetup failer fdlister waiter])\n", 2},
 		{"waiter", service.EnvWorkerID + "=-1", "gotyledon worker: GOTYLEDON_WORKER_ID=\"-1\" is not a worker id\n", 2},
 		{"waiter", service.EnvStopSignal + "=99", "gotyledon worker: GOTYLEDON_STOP_SIGNAL=\"99\" is not a signal number\n", 2},
 	} {
@@ -190,5 +221,27 @@ func TestRegisterRejectsProgrammingErrors(t *testing.T) {
 	r.Register("a", f)
 	if got := strings.Join(r.Names(), ","); got != "a,b" {
 		t.Errorf("Names() = %s, want a,b", got)
+	}
+}
+
+// The manager pipe is the worker's alone: a child it starts does not inherit
+// it (ls's own directory descriptor is 3; the pipe would push it to 4).
+func TestManagerPipeDoesNotReachTheWorkersChildren(t *testing.T) {
+	w := startWorker(t, "fdlister")
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(w.pipeW.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	pipe := fmt.Sprintf("pipe:[%d]", st.Ino)
+	select {
+	case line := <-w.lines:
+		if !strings.HasPrefix(line, "child fds: ") || !strings.Contains(line, "-> /proc/") {
+			t.Fatalf("worker wrote %q, want its child's descriptor listing", line)
+		}
+		if strings.Contains(line, pipe) {
+			t.Errorf("the worker's child holds the manager pipe %s: %s", pipe, line)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("timed out waiting for the listing")
 	}
 }

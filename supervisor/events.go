@@ -1,7 +1,6 @@
 package supervisor
 
 import (
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,12 +26,20 @@ type startFailed struct {
 	at    time.Time
 }
 
-// workerExited: token's process was reaped with status.
+// workerExited: token's process was reaped with status (at is when), and
+// its output has been logged to the end.
 type workerExited struct {
 	token  uint64
 	pid    int
 	status unix.WaitStatus
 	at     time.Time
+}
+
+// stopSignalSent: the stop signal has gone out to token's process group;
+// its stop timeout starts now.
+type stopSignalSent struct {
+	token uint64
+	at    time.Time
 }
 
 // restartDue: a worker's backoff delay is over. seq tells a stale timer
@@ -52,6 +59,7 @@ type shutdownRequested struct{ fast bool }
 func (workerStarted) isEvent()     {}
 func (startFailed) isEvent()       {}
 func (workerExited) isEvent()      {}
+func (stopSignalSent) isEvent()    {}
 func (restartDue) isEvent()        {}
 func (killDue) isEvent()           {}
 func (shutdownRequested) isEvent() {}
@@ -83,12 +91,3 @@ const (
 var stateNames = [...]string{"starting", "running", "stopping", "backoff"}
 
 func (s workerState) String() string { return stateNames[s] }
-
-// stopSignalFor is the signal a stop sends: the service's own, or SIGKILL
-// for a fast stop.
-func stopSignalFor(w *worker, fast bool) syscall.Signal {
-	if fast {
-		return syscall.SIGKILL
-	}
-	return w.svc.StopSignal
-}

@@ -80,10 +80,14 @@ func testRegistry() *service.Registry {
 			select {} // never returns, ctx or not
 		}), nil
 	})
-	// parent starts a child in its own process group and reports its pid.
+	// parent starts a child in the worker's process group, on the worker's
+	// stdout and stderr, reports its pid, and returns as soon as its context
+	// ends, leaving the child (which takes a while to clean up on SIGTERM)
+	// behind.
 	reg.Register("parent", func(w service.Worker) (service.Service, error) {
 		return service.Func(func(ctx context.Context) error {
-			child := helperCmd("block")
+			child := helperCmd("clean-up-on-term")
+			child.Stdout, child.Stderr = os.Stdout, os.Stderr
 			if err := child.Start(); err != nil {
 				return err
 			}
@@ -107,7 +111,9 @@ func testRegistry() *service.Registry {
 			}
 			var pids []string
 			for range n {
-				c := helperCmd("until-stdin-closes")
+				// cat reads the pipe until it closes; stdout and stderr
+				// are /dev/null.
+				c := exec.Command("/bin/cat")
 				c.Stdin = r
 				c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 				if err := c.Start(); err != nil {
@@ -126,6 +132,55 @@ func testRegistry() *service.Registry {
 			return nil
 		}), nil
 	})
+	// drainer, when asked to stop, writes 3000 numbered lines and "LAST" in
+	// one go, and returns at once: its output is still in the pipe when it
+	// exits.
+	reg.Register("drainer", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			fmt.Printf("ready id=%d\n", w.ID)
+			<-ctx.Done()
+			out := bufio.NewWriterSize(os.Stdout, 64<<10)
+			for i := range drainLines {
+				fmt.Fprintf(out, "n=%d\n", i)
+			}
+			fmt.Fprintln(out, "LAST")
+			return out.Flush()
+		}), nil
+	})
+	// byer, when its context ends, writes to stdout until a write fails (as
+	// it does once the manager, its reader, is gone; for 300ms at most),
+	// then creates $DIR/bye-ID holding that write's error, and returns. A
+	// worker killed by SIGPIPE would never get to the file.
+	reg.Register("byer", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			fmt.Printf("ready id=%d\n", w.ID)
+			<-ctx.Done()
+			werr := errors.New("stdout still writable after 300ms")
+			for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+				if _, err := fmt.Printf("bye id=%d\n", w.ID); err != nil {
+					werr = err
+					break
+				}
+			}
+			return os.WriteFile(filepath.Join(os.Getenv("DIR"), fmt.Sprintf("bye-%d", w.ID)), []byte(werr.Error()), 0o644)
+		}), nil
+	})
+	// fdlister writes where each of its open descriptors leads, then waits.
+	reg.Register("fdlister", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			entries, err := os.ReadDir("/proc/self/fd")
+			if err != nil {
+				return err
+			}
+			for _, e := range entries {
+				target, _ := os.Readlink("/proc/self/fd/" + e.Name())
+				fmt.Printf("fd %s -> %s\n", e.Name(), target)
+			}
+			fmt.Println("fds listed")
+			<-ctx.Done()
+			return nil
+		}), nil
+	})
 	// longline writes one line longer than the manager logs in one entry.
 	reg.Register("longline", func(w service.Worker) (service.Service, error) {
 		return service.Func(func(ctx context.Context) error {
@@ -140,10 +195,17 @@ func testRegistry() *service.Registry {
 
 // helperCommands are the test binary's small commands (TEST_HELPER=name).
 var helperCommands = map[string]func() int{
-	// block waits to be killed.
-	"block": func() int { select {} },
-	// until-stdin-closes exits when its stdin reaches end of file.
-	"until-stdin-closes": func() int { _, _ = io.Copy(io.Discard, os.Stdin); return 0 },
+	// clean-up-on-term says it is ready once it catches SIGTERM; on SIGTERM
+	// it takes 300ms to clean up, says so, and exits 0.
+	"clean-up-on-term": func() int {
+		term := make(chan os.Signal, 1)
+		signal.Notify(term, syscall.SIGTERM)
+		fmt.Println("child ready")
+		<-term
+		time.Sleep(300 * time.Millisecond) // the clean-up
+		fmt.Println("child cleaned up")
+		return 0
+	},
 	// bench-worker tells the benchmark it runs, by connecting to
 	// $BENCH_SOCKET and writing its pid, then lives until the benchmark
 	// closes the connection or kills it.
@@ -191,11 +253,22 @@ var helperCommands = map[string]func() int{
 	},
 }
 
+// goraceEnv is the race detector's setting for every process the tests
+// start (managers, and so their workers, and helpers): stop at the first
+// race, so that a racy process fails (exit 66) rather than run on, and do not
+// wait the default second at each exit, since managers and workers exit
+// often. A manager's race report is on its stderr, which startManager's
+// cleanup checks; a worker's is logged by its manager.
+const goraceEnv = "GORACE=halt_on_error=1 atexit_sleep_ms=0"
+
+// drainLines is how many numbered lines a drainer writes when it stops.
+const drainLines = 3000
+
 // helperCmd is a command that runs the test binary as helper name.
 func helperCmd(name string) *exec.Cmd {
 	exe, _ := os.Executable()
 	c := exec.Command(exe)
-	c.Env = append(os.Environ(), envHelper+"="+name, "GORACE=atexit_sleep_ms=0")
+	c.Env = append(os.Environ(), envHelper+"="+name, goraceEnv)
 	return c
 }
 
@@ -211,6 +284,17 @@ func (e entry) int(k string) int {
 	return int(f)
 }
 func (e entry) has(k string) bool { _, ok := e[k]; return ok }
+
+// at is when the manager logged e: its "ts", ISO8601 to the millisecond
+// (2026-11-25T18:36:11.397Z).
+func (e entry) at(t *testing.T) time.Time {
+	t.Helper()
+	ts, err := time.Parse("2006-01-02T15:04:05.000Z0700", e.str("ts"))
+	if err != nil {
+		t.Fatalf("entry %q: bad ts: %v", e.str("msg"), err)
+	}
+	return ts
+}
 
 // is reports whether e's message is msg and its fields hold the given
 // values (strings or ints).
@@ -254,15 +338,27 @@ const waitTimeout = 20 * time.Second
 // startManager writes yaml to a file and runs a manager on it.
 func startManager(t *testing.T, yaml string, extraEnv ...string) *manager {
 	t.Helper()
+	return startManagerFiles(t, yaml, nil, extraEnv...)
+}
+
+// startManagerFiles is startManager for a manager that inherits files, as
+// descriptors 3, 4... (exec.Cmd.ExtraFiles).
+func startManagerFiles(t *testing.T, yaml string, files []*os.File, extraEnv ...string) *manager {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "gotyledon.yaml")
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return startManagerArgs(t, path, []string{"run", "--log-format", "json", "--log-level", "debug", "-c", path}, extraEnv...)
+	return launchManager(t, path, []string{"run", "--log-format", "json", "--log-level", "debug", "-c", path}, files, extraEnv...)
 }
 
 func startManagerArgs(t *testing.T, config string, args []string, extraEnv ...string) *manager {
+	t.Helper()
+	return launchManager(t, config, args, nil, extraEnv...)
+}
+
+func launchManager(t *testing.T, config string, args []string, files []*os.File, extraEnv ...string) *manager {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -270,10 +366,8 @@ func startManagerArgs(t *testing.T, config string, args []string, extraEnv ...st
 	}
 	m := &manager{t: t, config: config, changed: make(chan struct{})}
 	m.cmd = exec.Command(exe, args...)
-	// The race detector waits a second at each exit by default; managers and
-	// workers exit often. A race still makes a manager exit 66, which every
-	// test's exit-code check catches.
-	m.cmd.Env = append(append(os.Environ(), envTestManager+"=1", "GORACE=atexit_sleep_ms=0"), extraEnv...)
+	m.cmd.Env = append(append(os.Environ(), envTestManager+"=1", goraceEnv), extraEnv...)
+	m.cmd.ExtraFiles = files
 	stderr, err := m.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -286,6 +380,16 @@ func startManagerArgs(t *testing.T, config string, args []string, extraEnv ...st
 		if !m.hasExited() {
 			_ = m.cmd.Process.Kill()
 			m.waitExit()
+		}
+		// A race fails the test even if it did not look at the exit code:
+		// the manager's own report comes as raw lines on its stderr, a
+		// worker's as lines of the worker's output that the manager logged.
+		for _, e := range m.all(func(e entry) bool { return strings.Contains(e.str("msg"), "DATA RACE") }) {
+			if e.has("raw") {
+				t.Errorf("the manager reported a data race: %s", e.str("raw"))
+			} else {
+				t.Errorf("worker %s %d (pid %d) reported a data race", e.str("service"), e.int("worker"), e.int("pid"))
+			}
 		}
 		if t.Failed() {
 			m.dump()
@@ -431,6 +535,14 @@ func output(svc string, prefix string) func(entry) bool {
 // a pidfd, which becomes readable exactly when the process terminates.
 func waitGone(t *testing.T, pid int, within time.Duration) {
 	t.Helper()
+	waitGoneBy(t, pid, time.Now().Add(within))
+}
+
+// waitGoneBy waits until process pid has ended, failing the test if it still
+// runs at deadline. A process that has already ended passes even if the
+// deadline is past.
+func waitGoneBy(t *testing.T, pid int, deadline time.Time) {
+	t.Helper()
 	fd, err := unix.PidfdOpen(pid, 0)
 	if errors.Is(err, unix.ESRCH) {
 		return
@@ -439,13 +551,12 @@ func waitGone(t *testing.T, pid int, within time.Duration) {
 		t.Fatalf("pidfd_open %d: %v", pid, err)
 	}
 	defer unix.Close(fd)
-	deadline := time.Now().Add(within)
 	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			t.Fatalf("process %d still runs %v later", pid, within)
+		ms := 0
+		if left := time.Until(deadline); left > 0 {
+			ms = int(left.Milliseconds()) + 1
 		}
-		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, ms)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -454,6 +565,9 @@ func waitGone(t *testing.T, pid int, within time.Duration) {
 		}
 		if n > 0 {
 			return
+		}
+		if time.Until(deadline) <= 0 {
+			t.Fatalf("process %d still runs at its deadline (%v ago)", pid, time.Since(deadline).Round(time.Millisecond))
 		}
 	}
 }
@@ -467,4 +581,48 @@ func alive(pid int) bool {
 	s := string(b)
 	i := strings.LastIndexByte(s, ')')
 	return i > 0 && i+2 < len(s) && s[i+2] != 'Z' && s[i+2] != 'X'
+}
+
+// delayedMsg is the manager's entry for a restart put off by the backoff.
+const delayedMsg = "worker is failing soon after start; restart delayed"
+
+// checkDelaysHonoured checks svc's restart history in entries (in log order)
+// and returns its delayed-restart entries. Attempts to run the worker
+// (entries with message attempt: "worker started", or "worker failed to
+// start") and delayed restarts must alternate, beginning with an attempt, so
+// that no attempt comes without a delay; and each attempt must come at least
+// the logged delay after the delayed restart before it, less 2ms (ts has
+// millisecond resolution, and is taken just after the timer was armed), so
+// that a timer that is not honoured fails.
+func checkDelaysHonoured(t *testing.T, entries []entry, svc, attempt string) (delayed []entry) {
+	t.Helper()
+	attempts := 0
+	var pending entry // the delayed restart the next attempt must follow
+	for _, e := range entries {
+		switch {
+		case e.is(attempt, "service", svc):
+			attempts++
+			if attempts > 1 && pending == nil {
+				t.Errorf("%s: attempt %d (%s at %s) came without a delayed restart before it", svc, attempts, attempt, e.str("ts"))
+			}
+			if pending != nil {
+				d, err := time.ParseDuration(pending.str("delay"))
+				if err != nil {
+					t.Fatalf("%s: delayed restart with delay %q: %v", svc, pending.str("delay"), err)
+				}
+				if gap := e.at(t).Sub(pending.at(t)); gap < d-2*time.Millisecond {
+					t.Errorf("%s: attempt %d came %v after the restart delayed by %v (at %s, then %s)",
+						svc, attempts, gap, d, pending.str("ts"), e.str("ts"))
+				}
+			}
+			pending = nil
+		case e.is(delayedMsg, "service", svc):
+			if attempts == 0 || pending != nil {
+				t.Errorf("%s: delayed restart at %s does not follow an attempt", svc, e.str("ts"))
+			}
+			pending = e
+			delayed = append(delayed, e)
+		}
+	}
+	return delayed
 }

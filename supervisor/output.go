@@ -44,7 +44,9 @@ func (lw *lineWriter) write(data []byte) {
 		i := bytes.IndexByte(data, '\n')
 		if i < 0 {
 			lw.pending = append(lw.pending, data...)
-			for len(lw.pending) >= maxLineBytes {
+			// Strictly more than a piece: a line of exactly maxLineBytes
+			// whose newline is still to come stays one entry.
+			for len(lw.pending) > maxLineBytes {
 				lw.part++
 				lw.emit(lw.pending[:maxLineBytes])
 				lw.pending = append(lw.pending[:0], lw.pending[maxLineBytes:]...)
@@ -125,6 +127,8 @@ func logOutput(f *os.File, log *zap.Logger, bufs *readBuffers) {
 			bufs.put(buf)
 		}
 		switch {
+		case errors.Is(err, os.ErrClosed):
+			return // the manager closed it: the worker is gone, a leftover held it
 		case err != nil:
 			log.Error("cannot read worker output", zap.Error(err))
 			return

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -22,7 +24,7 @@ import (
 //     thread that forked it exits, not the process (golang/go#27505). Forking
 //     from a thread that lives as long as the manager makes the signal mean
 //     "the manager is gone". When run returns, the thread exits with it, and
-//     any child still alive then is killed.
+//     any child still alive then gets its parent-death signal.
 //
 //   - Exit statuses and pids. wait4(-1) reaps every child, workers and the
 //     orphans reparented to us as subreaper alike, so it must have one owner
@@ -33,85 +35,178 @@ import (
 //
 // The table never blocks on the loop: it posts results to the loop's
 // mailbox. It knows processes by token (one per start of a worker), so the
-// loop never has to reason about pids being reused.
+// loop never has to reason about pids.
+//
+// A worker's life here ends when two things have happened: its process was
+// reaped, and its stdout and stderr reached end of file, so that every line
+// it wrote is logged before its exit is. Only then is workerExited posted.
+// Something outside the worker's process group (a daemon it started) may
+// hold the pipes open for ever; outputGrace bounds that wait.
 type procTable struct {
-	log   *zap.Logger
-	now   func() time.Time
-	inbox *mailbox[procRequest]
-	post  func(event) // into the loop's mailbox; never blocks
+	log     *zap.Logger
+	now     func() time.Time
+	inbox   *mailbox[procMsg]
+	post    func(event) // into the loop's mailbox; never blocks
+	sigchld chan os.Signal
 
 	devNull     *os.File // every worker's stdin
 	managerPipe *os.File // read end handed to Go workers as fd 3
 	bufs        readBuffers
+	outputGrace time.Duration
 
-	byPid   map[int]uint64 // live (unreaped) children we started → token
-	byToken map[uint64]int
+	procs map[uint64]*proc // started and not yet finished, by token
+	byPid map[int]*proc    // started and not yet reaped, by pid
 }
 
-// procRequest is a message to the process table: a spawn or a signal.
-type procRequest struct {
+// proc is one worker process as the process table sees it.
+type proc struct {
+	token   uint64
+	pid     int // also its process group id: workers lead their own group
+	outputs [2]*os.File
+	open    int  // output streams not yet at end of file
+	stop    bool // a stop was asked for: the group is spared at the leader's exit
+	killed  bool // the group was sent SIGKILL, or is empty: nothing in it holds the output
+	reaped  bool
+	status  unix.WaitStatus
+	exitAt  time.Time
+	grace   func() bool // cancels the output grace timer, once armed
+
+	checkArmed bool // a groupCheckDue is on its way
+}
+
+// procMsg is a message to the process table.
+type procMsg interface{ isProcMsg() }
+
+// spawnReq: start a process for token.
+type spawnReq struct {
 	token uint64
-	spawn *spawnSpec     // start a process for token
-	sig   syscall.Signal // or send sig to token's process group
+	spec  *spawnSpec
 }
 
-// run serves requests and reaps children until quit is closed. It returns
-// only after releasing its OS thread to die, which kills, by their
-// parent-death signal, any child still running.
-func (p *procTable) run(quit <-chan struct{}, sigchld <-chan os.Signal) {
+// signalReq: send sig to token's process group. stop marks the start of a
+// graceful stop: the group is then spared when its leader exits, so that
+// the rest of it can finish within the stop timeout, and the loop is told
+// (stopSignalSent) when the signal has actually gone out.
+type signalReq struct {
+	token uint64
+	sig   syscall.Signal
+	stop  bool
+}
+
+// outputClosed: one of token's output streams reached end of file (or was
+// closed) and its reader is done.
+type outputClosed struct{ token uint64 }
+
+// outputGraceOver: token's exited process still has its output open after
+// outputGrace.
+type outputGraceOver struct{ token uint64 }
+
+// groupCheckDue: time to look whether a stopping worker's group, whose
+// leader has exited, is empty yet.
+type groupCheckDue struct{ token uint64 }
+
+// sweepReq: stop whatever children the workers left behind (see sweep) and
+// close done.
+type sweepReq struct {
+	fast    bool
+	timeout time.Duration
+	done    chan<- struct{}
+}
+
+func (spawnReq) isProcMsg()        {}
+func (signalReq) isProcMsg()       {}
+func (outputClosed) isProcMsg()    {}
+func (outputGraceOver) isProcMsg() {}
+func (groupCheckDue) isProcMsg()   {}
+func (sweepReq) isProcMsg()        {}
+
+// run serves messages and reaps children until quit is closed. When it
+// returns, its OS thread exits with it (see the type's comment).
+func (p *procTable) run(quit <-chan struct{}) {
 	runtime.LockOSThread() // never unlocked: see the type's comment
-	var batch []procRequest
+	var batch []procMsg
 	for {
 		select {
 		case <-quit:
 			return
-		case <-sigchld:
+		case <-p.sigchld:
 			p.reap()
 		case <-p.inbox.wake:
 			batch = p.inbox.take(batch)
-			for _, req := range batch {
-				if req.spawn != nil {
-					p.spawn(req.token, req.spawn)
-				} else {
-					p.signal(req.token, req.sig)
+			for _, m := range batch {
+				p.handle(m)
+				// Reap between the spawns of a long batch, so that an exit
+				// is not timed late (a quick crash taken for a long run).
+				select {
+				case <-p.sigchld:
+					p.reap()
+				default:
 				}
 			}
-			// A child may have died while we forked; its SIGCHLD is
-			// buffered, but reaping now keeps exit order close to real.
-			p.reap()
 		}
 	}
 }
 
+func (p *procTable) handle(m procMsg) {
+	switch m := m.(type) {
+	case spawnReq:
+		p.spawn(m.token, m.spec)
+	case signalReq:
+		p.signal(m)
+	case outputClosed:
+		if pr := p.procs[m.token]; pr != nil {
+			pr.open--
+			p.tryFinish(pr)
+		}
+	case outputGraceOver:
+		if pr := p.procs[m.token]; pr != nil && pr.reaped {
+			p.log.Warn("worker exited but its output is still open: a process outside its group holds it; closing it",
+				zap.Int("pid", pr.pid), zap.Duration("waited", p.outputGrace))
+			p.finish(pr)
+		}
+	case groupCheckDue:
+		if pr := p.procs[m.token]; pr != nil {
+			pr.checkArmed = false
+			if !groupHasChildOf(pr.pid, os.Getpid()) {
+				pr.killed = true // as good as: nothing is left in it
+			}
+			p.tryFinish(pr)
+		}
+	case sweepReq:
+		p.sweep(m.fast, m.timeout)
+		close(m.done)
+	}
+}
+
 // spawn forks and execs one worker. The process gets its own process group
-// (so a stop signal reaches its children too), SIGKILL as its parent-death
-// signal, /dev/null as stdin, and pipes for stdout and stderr that are read
-// to the end and logged line by line.
+// (so a stop signal reaches its children too), a parent-death signal, /dev/null
+// as stdin, and pipes for stdout and stderr that are read to the end and
+// logged line by line.
 func (p *procTable) spawn(token uint64, s *spawnSpec) {
-	pid, err := p.forkExec(s)
+	pr, err := p.forkExec(token, s)
 	if err != nil {
 		p.post(startFailed{token: token, err: err, at: p.now()})
 		return
 	}
-	p.byPid[pid] = token
-	p.byToken[token] = pid
-	p.post(workerStarted{token: token, pid: pid, at: p.now()})
+	p.procs[token] = pr
+	p.byPid[pr.pid] = pr
+	p.post(workerStarted{token: token, pid: pr.pid, at: p.now()})
 }
 
-func (p *procTable) forkExec(s *spawnSpec) (pid int, err error) {
+func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	path, err := lookPath(s.argv0, s.env, s.dir)
 	if err != nil {
-		return 0, fmt.Errorf("start %s worker %d: %w", s.service, s.id, err)
+		return nil, fmt.Errorf("start %s worker %d: %w", s.service, s.id, err)
 	}
 	outR, outW, err := os.Pipe()
 	if err != nil {
-		return 0, fmt.Errorf("start %s worker %d: stdout pipe: %w", s.service, s.id, err)
+		return nil, fmt.Errorf("start %s worker %d: stdout pipe: %w", s.service, s.id, err)
 	}
 	errR, errW, err := os.Pipe()
 	if err != nil {
 		outR.Close()
 		outW.Close()
-		return 0, fmt.Errorf("start %s worker %d: stderr pipe: %w", s.service, s.id, err)
+		return nil, fmt.Errorf("start %s worker %d: stderr pipe: %w", s.service, s.id, err)
 	}
 	// Fd also puts the write ends back in blocking mode, which the worker
 	// shares with us: a worker must block, not fail, when its pipe is full.
@@ -119,11 +214,11 @@ func (p *procTable) forkExec(s *spawnSpec) (pid int, err error) {
 	if s.goWorker {
 		files = append(files, p.managerPipe.Fd())
 	}
-	pid, err = syscall.ForkExec(path, s.argv, &syscall.ProcAttr{
+	pid, err := syscall.ForkExec(path, s.argv, &syscall.ProcAttr{
 		Dir:   s.dir,
 		Env:   s.env,
 		Files: files,
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: s.deathSignal},
 	})
 	outW.Close()
 	errW.Close()
@@ -132,38 +227,57 @@ func (p *procTable) forkExec(s *spawnSpec) (pid int, err error) {
 		errR.Close()
 		if s.dir != "" && errors.Is(err, syscall.ENOENT) {
 			if _, serr := os.Stat(s.dir); serr != nil {
-				return 0, fmt.Errorf("start %s worker %d: chdir %s: %w", s.service, s.id, s.dir, serr)
+				return nil, fmt.Errorf("start %s worker %d: chdir %s: %w", s.service, s.id, s.dir, serr)
 			}
 		}
-		return 0, fmt.Errorf("start %s worker %d: exec %s: %w", s.service, s.id, path, err)
+		return nil, fmt.Errorf("start %s worker %d: exec %s: %w", s.service, s.id, path, err)
 	}
 	log := p.log.With(zap.String("service", s.service), zap.Int("worker", s.id), zap.Int("pid", pid))
 	// Logged here rather than by the loop, so that it always comes before
 	// the worker's first line of output.
 	log.Info("worker started", zap.Int("restarts", s.restarts))
-	go logOutput(outR, log.With(zap.String("stream", "stdout")), &p.bufs)
-	go logOutput(errR, log.With(zap.String("stream", "stderr")), &p.bufs)
-	return pid, nil
+	pr := &proc{token: token, pid: pid, outputs: [2]*os.File{outR, errR}, open: 2}
+	for i, stream := range []string{"stdout", "stderr"} {
+		f, slog := pr.outputs[i], log.With(zap.String("stream", stream))
+		go func() {
+			logOutput(f, slog, &p.bufs)
+			p.inbox.put(outputClosed{token: token})
+		}()
+	}
+	return pr, nil
 }
 
-// signal sends sig to the process group of token's process, if that process
-// has not been reaped yet; otherwise it does nothing, so it is safe to ask
-// twice, or after the process has exited.
-func (p *procTable) signal(token uint64, sig syscall.Signal) {
-	pid, ok := p.byToken[token]
-	if !ok {
+// signal sends a signal to a process group, if it is safe to: while the
+// leader is unreaped its pid is the group's id and cannot belong to anyone
+// else; after, the group is only signalled if one of our children is still
+// in it (which keeps the id from being reused). Asking again, or after the
+// process has finished, does nothing.
+func (p *procTable) signal(req signalReq) {
+	pr := p.procs[req.token]
+	if pr == nil {
 		return
 	}
-	// The leader is unreaped, so its pid is still the group's id and cannot
-	// belong to anyone else.
-	if err := unix.Kill(-pid, sig); err != nil && !errors.Is(err, unix.ESRCH) {
-		p.log.Error("signal worker", zap.Int("pid", pid), zap.Stringer("signal", sig), zap.Error(err))
+	if req.stop {
+		pr.stop = true
+	}
+	if !pr.reaped || groupHasChildOf(pr.pid, os.Getpid()) {
+		if err := unix.Kill(-pr.pid, req.sig); err != nil && !errors.Is(err, unix.ESRCH) {
+			p.log.Error("signal worker", zap.Int("pid", pr.pid), zap.Stringer("signal", req.sig), zap.Error(err))
+		}
+	}
+	if req.stop {
+		p.post(stopSignalSent{token: req.token, at: p.now()})
+	}
+	if req.sig == syscall.SIGKILL {
+		pr.killed = true
+		p.tryFinish(pr)
 	}
 }
 
-// reap collects every child that has exited: workers are reported to the
-// loop; anything else is an orphan a worker left behind, reparented to us as
-// the child subreaper, and is only logged.
+// reap collects every child that has exited: workers are finished (once
+// their output is closed, see tryFinish); anything else is an orphan a
+// worker left behind, reparented to us as the child subreaper, and is only
+// logged.
 func (p *procTable) reap() {
 	for {
 		var ws unix.WaitStatus
@@ -174,19 +288,182 @@ func (p *procTable) reap() {
 		if err != nil || pid <= 0 {
 			return // ECHILD: no children; 0: none has exited
 		}
-		at := p.now()
-		token, ours := p.byPid[pid]
-		if !ours {
+		pr := p.byPid[pid]
+		if pr == nil {
 			p.log.Debug("reaped orphan", zap.Int("pid", pid), zap.String("status", describeStatus(ws)))
 			continue
 		}
-		delete(p.byPid, pid)
-		delete(p.byToken, token)
-		// Whatever the worker left in its process group goes with it. No
-		// fork can happen between the reap above and this kill (both run
-		// here), so the group id cannot have been reused by one of ours.
-		_ = unix.Kill(-pid, unix.SIGKILL)
-		p.post(workerExited{token: token, pid: pid, status: ws, at: at})
+		p.exited(pr, ws)
+	}
+}
+
+// exited records that pr's process was reaped with status ws.
+func (p *procTable) exited(pr *proc, ws unix.WaitStatus) {
+	delete(p.byPid, pr.pid)
+	pr.reaped, pr.status, pr.exitAt = true, ws, p.now()
+	if !pr.stop {
+		// A worker that died on its own takes what is left of its group
+		// with it. No fork can come between the reap and this kill (both
+		// run here), so the group id is not one of our new workers'.
+		_ = unix.Kill(-pr.pid, unix.SIGKILL)
+		pr.killed = true
+	}
+	p.tryFinish(pr)
+}
+
+// tryFinish finishes pr if it has been reaped and its output is closed. Once
+// its group has been killed (at its own death, or by SIGKILL), what still
+// holds the output is outside the group, and it gets outputGrace. A stopping
+// worker's group is spared: its output may stay open until the group ends
+// or the loop's SIGKILL at the stop timeout.
+//
+// Whether the group still has members is looked at only after groupCheck,
+// and again every groupCheck while the output stays open: the output of a
+// worker that exited normally closes within that time, and most reaps then
+// cost no scan of /proc.
+func (p *procTable) tryFinish(pr *proc) {
+	switch {
+	case !pr.reaped:
+	case pr.open <= 0:
+		p.finish(pr)
+	case !pr.stop || pr.killed:
+		p.armGrace(pr)
+	case !pr.checkArmed:
+		pr.checkArmed = true
+		token := pr.token
+		time.AfterFunc(groupCheck, func() { p.inbox.put(groupCheckDue{token: token}) })
+	}
+}
+
+// groupCheck is how often a stopping worker whose leader has exited, but
+// whose output is still open, is looked at for an empty group.
+const groupCheck = 200 * time.Millisecond
+
+func (p *procTable) armGrace(pr *proc) {
+	if pr.grace != nil {
+		return
+	}
+	token := pr.token
+	pr.grace = time.AfterFunc(p.outputGrace, func() { p.inbox.put(outputGraceOver{token: token}) }).Stop
+}
+
+// finish forgets pr and tells the loop the worker has exited.
+func (p *procTable) finish(pr *proc) {
+	if pr.grace != nil {
+		pr.grace()
+	}
+	for _, f := range pr.outputs {
+		f.Close() // unblocks a reader still waiting on a pipe held elsewhere
+	}
+	delete(p.procs, pr.token)
+	p.post(workerExited{token: pr.token, pid: pr.pid, status: pr.status, at: pr.exitAt})
+}
+
+// sweep stops the processes that workers left behind and that were
+// reparented to us: daemons that left their worker's process group. They get
+// SIGTERM (SIGKILL if fast), then SIGKILL at timeout, and are reaped.
+func (p *procTable) sweep(fast bool, timeout time.Duration) {
+	self := os.Getpid()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	sig := unix.SIGTERM
+	if fast {
+		sig = unix.SIGKILL
+	}
+	signalled := make(map[int]unix.Signal)
+	tick := time.NewTicker(50 * time.Millisecond) // for children that die without a SIGCHLD we catch
+	defer tick.Stop()
+	logged := false
+	for {
+		p.reap()
+		kids := childrenOf(self)
+		if len(kids) == 0 {
+			return
+		}
+		if !logged {
+			p.log.Info("stopping processes the workers left behind", zap.Ints("pids", kids), zap.Stringer("signal", sig))
+			logged = true
+		}
+		for _, pid := range kids {
+			if signalled[pid] != sig {
+				_ = unix.Kill(pid, sig) // our unreaped child: the pid is still its
+				signalled[pid] = sig
+			}
+		}
+		select {
+		case <-p.sigchld:
+		case <-tick.C:
+		case <-deadline.C:
+			if sig == unix.SIGKILL {
+				// Only a process stuck in the kernel survives SIGKILL;
+				// waiting longer would hang the shutdown.
+				p.log.Error("processes the workers left behind survive SIGKILL; leaving them", zap.Ints("pids", kids))
+				return
+			}
+			p.log.Warn("processes the workers left behind did not stop in time; killing them", zap.Ints("pids", kids))
+			sig = unix.SIGKILL
+			deadline.Reset(sweepKillWait)
+		}
+	}
+}
+
+// sweepKillWait bounds the wait for SIGKILLed leftovers to be reaped.
+const sweepKillWait = 5 * time.Second
+
+// childrenOf lists the processes whose parent is pid, from /proc.
+func childrenOf(pid int) []int {
+	var kids []int
+	forEachProcess(func(p, ppid, _ int) {
+		if ppid == pid {
+			kids = append(kids, p)
+		}
+	})
+	return kids
+}
+
+// groupHasChildOf reports whether a child of parent is in process group pgid.
+// After a group's leader is reaped, its surviving members are reparented to
+// us (the subreaper); finding one proves the group id is still that group's.
+func groupHasChildOf(pgid, parent int) bool {
+	found := false
+	forEachProcess(func(_, ppid, pgrp int) {
+		found = found || (pgrp == pgid && ppid == parent)
+	})
+	return found
+}
+
+// forEachProcess calls f with the pid, parent pid and process group of every
+// process in /proc. Processes that vanish while it reads are skipped.
+func forEachProcess(f func(pid, ppid, pgrp int)) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// The command name, in parentheses, may hold spaces: the fields
+		// that follow it are state, ppid, pgrp.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(s[i+1:])
+		if len(fields) < 3 {
+			continue
+		}
+		ppid, err1 := strconv.Atoi(fields[1])
+		pgrp, err2 := strconv.Atoi(fields[2])
+		if err1 == nil && err2 == nil {
+			f(pid, ppid, pgrp)
+		}
 	}
 }
 
@@ -209,17 +486,17 @@ func describeStatus(ws unix.WaitStatus) string {
 // startProcTable starts the process table's goroutine. SIGCHLD is
 // subscribed before it returns, so no exit is missed.
 func startProcTable(p *procTable) (stop func()) {
-	sigchld := make(chan os.Signal, 1)
-	signal.Notify(sigchld, syscall.SIGCHLD)
+	p.sigchld = make(chan os.Signal, 1)
+	signal.Notify(p.sigchld, syscall.SIGCHLD)
 	quit := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		p.run(quit, sigchld)
+		p.run(quit)
 	}()
 	return func() {
 		close(quit)
 		<-done
-		signal.Stop(sigchld)
+		signal.Stop(p.sigchld)
 	}
 }

@@ -6,10 +6,12 @@ package supervisor
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -27,33 +29,38 @@ type spawnSpec struct {
 	dir      string
 	goWorker bool // hand the manager pipe to the worker as fd 3
 	restarts int  // processes started in this slot before, for the log
+	// deathSignal is what the worker gets when the manager dies. SIGKILL
+	// for a command: nothing says it would stop otherwise. A Go worker gets
+	// its stop signal, which cancels its context so it can finish the item
+	// in hand; its runtime then also sees the manager pipe close and exits
+	// within a bounded grace (service.Main).
+	deathSignal syscall.Signal
 }
 
 // managerPipeFD is where a Go worker finds the read end of the manager pipe:
 // right after stdin, stdout and stderr.
 const managerPipeFD = 3
 
-// hiddenEnv lists the variables of the manager's own environment that must
-// not reach a worker: they address the manager (systemd's notify socket,
-// watchdog and socket activation), not the worker.
-var hiddenEnv = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
-
 // workerBaseEnv returns environ without the variables no worker may see:
-// systemd's, and any GOTYLEDON_ variable the manager itself inherited.
+// systemd's, which address the manager, and any GOTYLEDON_ variable the
+// manager itself inherited (a manager may run as another's worker). A
+// variable set twice keeps its first value, the one getenv would return.
 func workerBaseEnv(environ []string) []string {
 	var env []string
+	seen := make(map[string]bool, len(environ))
 	for _, kv := range environ {
 		k, _, _ := strings.Cut(kv, "=")
-		if slices.Contains(hiddenEnv, k) || strings.HasPrefix(k, "GOTYLEDON_") {
+		if seen[k] || config.IsManagerOnlyEnv(k) || strings.HasPrefix(k, "GOTYLEDON_") {
 			continue
 		}
+		seen[k] = true
 		env = append(env, kv)
 	}
 	return env
 }
 
-// setEnv sets k=v in env, replacing an earlier value: a duplicate key would
-// leave it to each program's getenv which one wins.
+// setEnv sets k=v in env, replacing an earlier value (env has no duplicate
+// keys: see workerBaseEnv), so that no program's getenv has to choose.
 func setEnv(env []string, k, v string) []string {
 	prefix := k + "="
 	for i, kv := range env {
@@ -83,13 +90,14 @@ func buildSpawnSpec(svc *config.Service, id int, baseEnv []string, executable, p
 	}
 	env = setEnv(env, service.EnvService, svc.Name)
 	env = setEnv(env, service.EnvWorkerID, strconv.Itoa(id))
-	s := &spawnSpec{service: svc.Name, id: id, env: env, dir: svc.Dir}
+	s := &spawnSpec{service: svc.Name, id: id, env: env, dir: svc.Dir, deathSignal: syscall.SIGKILL}
 	if svc.Run == "" {
 		s.argv0 = svc.Command[0]
 		s.argv = slices.Clone(svc.Command)
 		return s
 	}
 	s.goWorker = true
+	s.deathSignal = svc.StopSignal
 	s.argv0 = executable
 	s.argv = []string{fmt.Sprintf("%s: %s worker %d", program, svc.Name, id)}
 	s.env = setEnv(s.env, service.EnvRun, svc.Run)
@@ -128,5 +136,5 @@ func lookPath(name string, env []string, dir string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("exec %s: executable file not found in PATH %s", name, path)
+	return "", fmt.Errorf("exec %s: %w (PATH=%s)", name, exec.ErrNotFound, path)
 }

@@ -19,6 +19,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -59,8 +61,9 @@ type Supervisor struct {
 	afterFunc func(d time.Duration, f func()) (cancel func() bool)
 	rnd       func() float64
 
-	inbox *mailbox[event]
-	ran   chan struct{} // closed when Run starts; guards against a second Run
+	inbox       *mailbox[event]
+	ran         atomic.Bool // set by the first Run
+	outputGrace time.Duration
 
 	// Below: owned by the loop goroutine (Run) alone.
 	procs      *procTable
@@ -69,7 +72,9 @@ type Supervisor struct {
 	nextToken  uint64
 	nextSeq    uint64
 	stopping   bool // shutdown asked for: start nothing new
+	fast       bool // and kill rather than ask
 	pendingUp  int  // initial starts not yet answered
+	failedUp   int  // initial starts that failed
 	startedAt  time.Time
 	readyNoted bool
 }
@@ -85,11 +90,12 @@ type worker struct {
 	pid       int
 	startedAt time.Time
 
-	failures    int    // quick exits in a row: sets the backoff delay
-	restarts    int    // processes started after the first
-	timerSeq    uint64 // identifies the pending restart timer
-	cancelTimer func() bool
-	retryAt     time.Time
+	failures      int    // quick exits in a row: sets the backoff delay
+	restarts      int    // processes started after the first
+	timerSeq      uint64 // identifies the pending restart timer
+	cancelRestart func() bool
+	cancelKill    func() bool
+	retryAt       time.Time
 }
 
 // New prepares a Supervisor for cfg, which must come from config.Load or
@@ -99,17 +105,17 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		return nil, errors.New("supervisor: a configuration with at least one service is required")
 	}
 	s := &Supervisor{
-		cfg:       cfg,
-		log:       opts.Logger,
-		exe:       opts.Executable,
-		program:   opts.ProgramName,
-		now:       time.Now,
-		afterFunc: func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
-		rnd:       rand.Float64,
-		inbox:     newMailbox[event](),
-		ran:       make(chan struct{}),
-		workers:   make(map[workerKey]*worker),
-		byToken:   make(map[uint64]*worker),
+		cfg:         cfg,
+		log:         opts.Logger,
+		exe:         opts.Executable,
+		program:     opts.ProgramName,
+		now:         time.Now,
+		afterFunc:   func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
+		rnd:         rand.Float64,
+		inbox:       newMailbox[event](),
+		outputGrace: defaultOutputGrace,
+		workers:     make(map[workerKey]*worker),
+		byToken:     make(map[uint64]*worker),
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -144,16 +150,20 @@ func (s *Supervisor) Shutdown(fast bool) {
 // Supervisor and, since it reaps every child of the process, by only one
 // Supervisor per process; nothing else in the process may wait for children.
 func (s *Supervisor) Run() error {
-	select {
-	case <-s.ran:
+	if !s.ran.CompareAndSwap(false, true) {
 		return errors.New("supervisor: Run called twice")
-	default:
-		close(s.ran)
 	}
 	// Orphans of our workers are reparented to us, not to PID 1, so that
 	// they are reaped here and do not escape supervision.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
 		return fmt.Errorf("become child subreaper: %w", err)
+	}
+	// Descriptors the manager inherited (systemd's LISTEN_FDS sockets, a
+	// pipe from whatever started us) must not reach workers: a worker
+	// holding the write end of its launcher's pipe would keep the launcher
+	// waiting for end of file as long as it lives.
+	if err := closeInheritedOnExec(); err != nil {
+		return fmt.Errorf("mark inherited descriptors close-on-exec: %w", err)
 	}
 	devNull, err := os.Open(os.DevNull)
 	if err != nil {
@@ -169,15 +179,22 @@ func (s *Supervisor) Run() error {
 	defer managerR.Close()
 	defer managerW.Close()
 
+	// Go's time package opens the zone file without close-on-exec, the first
+	// time a local time is formatted (here: the first log entry). Done while
+	// the process table forks, it would leak into a worker; done now, it
+	// cannot.
+	_, _ = time.Now().Zone()
+
 	s.procs = &procTable{
 		log:         s.log,
 		now:         s.now,
-		inbox:       newMailbox[procRequest](),
+		inbox:       newMailbox[procMsg](),
 		post:        s.inbox.put,
 		devNull:     devNull,
 		managerPipe: managerR,
-		byPid:       make(map[int]uint64),
-		byToken:     make(map[uint64]int),
+		outputGrace: s.outputGrace,
+		procs:       make(map[uint64]*proc),
+		byPid:       make(map[int]*proc),
 	}
 	stopProcs := startProcTable(s.procs)
 	defer stopProcs()
@@ -194,33 +211,69 @@ func (s *Supervisor) Run() error {
 		}
 	default:
 	}
-	s.startedAt = s.now()
 	if !s.stopping {
-		total := 0
-		for _, svc := range s.cfg.Services {
-			total += svc.Workers
-			for id := range svc.Workers {
-				w := &worker{svc: svc, key: workerKey{svc.Name, id}}
-				s.workers[w.key] = w
-				s.pendingUp++
-				s.start(w)
-			}
-		}
-		s.log.Info("manager started", zap.Int("pid", os.Getpid()), zap.Int("services", len(s.cfg.Services)),
-			zap.Int("workers", total), zap.String("config", s.cfg.File))
-		s.noteReady()
+		s.startAll()
 	}
-
-	for !(s.stopping && len(s.byToken) == 0) {
+	for !s.done() {
 		<-s.inbox.wake
 		batch = s.inbox.take(batch)
 		for _, ev := range batch {
 			s.handle(ev)
 		}
 	}
+	swept := make(chan struct{})
+	s.procs.inbox.put(sweepReq{fast: s.fast, timeout: s.cfg.ShutdownTimeout, done: swept})
+	<-swept
 	s.log.Info("manager stopped: every worker has exited")
 	return nil
 }
+
+// closeInheritedOnExec sets close-on-exec on every descriptor above stderr.
+// The ones Go opens have it already; this catches what we inherited.
+func closeInheritedOnExec() error {
+	err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC)
+	if err == nil {
+		return nil
+	}
+	// Before Linux 5.11: one by one.
+	entries, rerr := os.ReadDir("/proc/self/fd")
+	if rerr != nil {
+		return fmt.Errorf("close_range: %w; list /proc/self/fd: %w", err, rerr)
+	}
+	for _, e := range entries {
+		if fd, err := strconv.Atoi(e.Name()); err == nil && fd > 2 {
+			syscall.CloseOnExec(fd)
+		}
+	}
+	return nil
+}
+
+// defaultOutputGrace bounds how long the manager waits, after a worker that
+// died on its own is reaped, for its stdout and stderr to reach end of file
+// before it closes them. Only a process that left the worker's process group
+// (and so outlived it) can hold them that long.
+const defaultOutputGrace = time.Second
+
+// startAll starts every worker of every service, in the file's order.
+func (s *Supervisor) startAll() {
+	s.startedAt = s.now()
+	total := 0
+	for _, svc := range s.cfg.Services {
+		total += svc.Workers
+		for id := range svc.Workers {
+			w := &worker{svc: svc, key: workerKey{svc.Name, id}}
+			s.workers[w.key] = w
+			s.pendingUp++
+			s.start(w)
+		}
+	}
+	s.log.Info("manager started", zap.Int("pid", os.Getpid()), zap.Int("services", len(s.cfg.Services)),
+		zap.Int("workers", total), zap.String("config", s.cfg.File))
+	s.noteReady()
+}
+
+// done reports whether a shutdown has finished: no process is left.
+func (s *Supervisor) done() bool { return s.stopping && len(s.byToken) == 0 }
 
 func (s *Supervisor) handle(ev event) {
 	switch ev := ev.(type) {
@@ -230,15 +283,20 @@ func (s *Supervisor) handle(ev event) {
 		s.onStartFailed(ev)
 	case workerExited:
 		s.onExited(ev)
+	case stopSignalSent:
+		if w := s.byToken[ev.token]; w != nil && w.state == stateStopping && w.cancelKill == nil && !s.fast {
+			token := w.token
+			w.cancelKill = s.afterFunc(w.svc.StopTimeout, func() { s.inbox.put(killDue{token: token}) })
+		}
 	case restartDue:
 		if w := s.workers[ev.key]; w != nil && w.state == stateBackoff && w.timerSeq == ev.seq {
-			w.cancelTimer = nil
+			w.cancelRestart = nil
 			s.start(w)
 		}
 	case killDue:
 		if w := s.byToken[ev.token]; w != nil && w.state == stateStopping {
 			s.log.Warn("worker did not stop in time; killing it", s.fields(w, zap.Duration("stop_timeout", w.svc.StopTimeout))...)
-			s.procs.inbox.put(procRequest{token: w.token, sig: syscall.SIGKILL})
+			s.procs.inbox.put(signalReq{token: w.token, sig: syscall.SIGKILL})
 		}
 	case shutdownRequested:
 		s.onShutdown(ev.fast)
@@ -254,7 +312,7 @@ func (s *Supervisor) start(w *worker) {
 	s.byToken[w.token] = w
 	spec := buildSpawnSpec(w.svc, w.key.id, s.baseEnv, s.exe, s.program)
 	spec.restarts = w.restarts
-	s.procs.inbox.put(procRequest{token: w.token, spawn: spec})
+	s.procs.inbox.put(spawnReq{token: w.token, spec: spec})
 }
 
 func (s *Supervisor) onStarted(ev workerStarted) {
@@ -281,8 +339,12 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 	delete(s.byToken, ev.token)
 	w.token = 0
 	s.log.Error("worker failed to start", s.fields(w, zap.Error(ev.err))...)
+	if w.restarts == 0 {
+		s.failedUp++
+	}
 	s.initialStartDone(w)
 	if w.state == stateStopping {
+		cancel(&w.cancelKill)
 		delete(s.workers, w.key)
 		return
 	}
@@ -300,9 +362,7 @@ func (s *Supervisor) onExited(ev workerExited) {
 	uptime := ev.at.Sub(w.startedAt)
 	fields := s.fields(w, zap.String("status", describeStatus(ev.status)), zap.Duration("uptime", uptime))
 	if w.state == stateStopping {
-		if w.cancelTimer != nil {
-			w.cancelTimer() // the kill timer
-		}
+		cancel(&w.cancelKill)
 		s.log.Info("worker stopped", fields...)
 		delete(s.workers, w.key)
 		return
@@ -327,16 +387,16 @@ func (s *Supervisor) scheduleRestart(w *worker, uptime time.Duration) {
 	s.nextSeq++
 	w.timerSeq = s.nextSeq
 	key, seq := w.key, w.timerSeq
-	w.cancelTimer = s.afterFunc(delay, func() { s.inbox.put(restartDue{key: key, seq: seq}) })
+	w.cancelRestart = s.afterFunc(delay, func() { s.inbox.put(restartDue{key: key, seq: seq}) })
 	s.log.Warn("worker is failing soon after start; restart delayed",
 		s.fields(w, zap.Int("failures", failures), zap.Duration("delay", delay),
 			zap.Duration("min_uptime", w.svc.Restart.MinUptime))...)
 }
 
-// onShutdown stops every worker. A fast shutdown, or a second request
-// while workers are still stopping, kills what is left.
+// onShutdown stops every worker. A fast shutdown, or a fast request while a
+// graceful one is under way, kills what is left.
 func (s *Supervisor) onShutdown(fast bool) {
-	if s.stopping && !fast {
+	if s.stopping && (s.fast || !fast) {
 		return
 	}
 	if !s.stopping {
@@ -344,35 +404,42 @@ func (s *Supervisor) onShutdown(fast bool) {
 	} else {
 		s.log.Warn("fast shutdown: killing workers still running", zap.Int("running", len(s.byToken)))
 	}
-	s.stopping = true
+	s.stopping, s.fast = true, fast
 	for _, w := range s.workers {
-		s.stop(w, fast)
+		s.stop(w)
 	}
 }
 
-// stop ends w's slot: its process gets the stop signal (SIGKILL if fast,
-// or after the stop timeout); a slot waiting out a backoff is dropped.
-func (s *Supervisor) stop(w *worker, fast bool) {
+// stop ends w's slot: its process group gets the stop signal (SIGKILL in a
+// fast shutdown), and SIGKILL when the stop timeout, counted from the
+// signal's delivery, is over; a slot waiting out a backoff is dropped.
+func (s *Supervisor) stop(w *worker) {
 	switch w.state {
 	case stateBackoff:
-		if w.cancelTimer != nil {
-			w.cancelTimer()
-		}
+		cancel(&w.cancelRestart)
 		delete(s.workers, w.key)
 		return
 	case stateStopping:
-		if !fast {
+		if !s.fast {
 			return
 		}
-	default:
-		w.state = stateStopping
-		if !fast {
-			token := w.token
-			w.cancelTimer = s.afterFunc(w.svc.StopTimeout, func() { s.inbox.put(killDue{token: token}) })
-		}
+		cancel(&w.cancelKill)
 	}
-	s.log.Debug("stopping worker", s.fields(w, zap.Stringer("signal", stopSignalFor(w, fast)))...)
-	s.procs.inbox.put(procRequest{token: w.token, sig: stopSignalFor(w, fast)})
+	w.state = stateStopping
+	sig := w.svc.StopSignal
+	if s.fast {
+		sig = syscall.SIGKILL
+	}
+	s.log.Debug("stopping worker", s.fields(w, zap.Stringer("signal", sig))...)
+	s.procs.inbox.put(signalReq{token: w.token, sig: sig, stop: true})
+}
+
+// cancel stops the timer *c refers to, if any, and forgets it.
+func cancel(c *func() bool) {
+	if *c != nil {
+		(*c)()
+		*c = nil
+	}
 }
 
 // initialStartDone counts the answers to the first round of starts, so the
@@ -387,8 +454,8 @@ func (s *Supervisor) initialStartDone(w *worker) {
 func (s *Supervisor) noteReady() {
 	if s.pendingUp == 0 && !s.readyNoted {
 		s.readyNoted = true
-		s.log.Info("all workers started", zap.Int("workers", len(s.workers)),
-			zap.Duration("took", s.now().Sub(s.startedAt)))
+		s.log.Info("initial start done", zap.Int("started", len(s.workers)-s.failedUp),
+			zap.Int("failed", s.failedUp), zap.Duration("took", s.now().Sub(s.startedAt)))
 	}
 }
 

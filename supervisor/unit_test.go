@@ -1,7 +1,9 @@
 package supervisor
 
 import (
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -11,6 +13,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
 
 	"github.com/gotyledon/gotyledon/config"
 )
@@ -134,7 +137,7 @@ func TestLineWriterFlushesALongUnterminatedLine(t *testing.T) {
 }
 
 func TestSpawnSpecForCommandAndGoServices(t *testing.T) {
-	base := workerBaseEnv([]string{"PATH=/bin", "HOME=/root", "NOTIFY_SOCKET=/run/n", "LISTEN_FDS=2",
+	base := workerBaseEnv([]string{"PATH=/bin", "HOME=/root", "PATH=/second", "NOTIFY_SOCKET=/run/n", "LISTEN_FDS=2",
 		"LISTEN_PID=9", "LISTEN_FDNAMES=a", "WATCHDOG_USEC=5", "WATCHDOG_PID=9", "GOTYLEDON_SERVICE=outer", "LANG=C"})
 	if want := []string{"PATH=/bin", "HOME=/root", "LANG=C"}; !slices.Equal(base, want) {
 		t.Fatalf("base env %q, want %q", base, want)
@@ -179,7 +182,7 @@ func TestLookPathUsesTheWorkersPath(t *testing.T) {
 		t.Error("a file without execute permission was found")
 	}
 	_, err := lookPath("missing", env, "")
-	if want := "exec missing: executable file not found in PATH /nonexistent:" + dir; err == nil || err.Error() != want {
+	if want := "exec missing: executable file not found in $PATH (PATH=/nonexistent:" + dir + ")"; err == nil || err.Error() != want || !errors.Is(err, exec.ErrNotFound) {
 		t.Errorf("err %v, want %q", err, want)
 	}
 	if p, _ := lookPath("./rel/tool", env, ""); p != "./rel/tool" {
@@ -204,5 +207,88 @@ func TestMailboxKeepsOrderAndNeverBlocks(t *testing.T) {
 	m.put(1)
 	if got := m.take(nil); len(got) != 0 {
 		t.Errorf("put after close queued %v", got)
+	}
+}
+
+func TestLineWriterKeepsALineOfExactlyOnePieceWhole(t *testing.T) {
+	log, logs := observed()
+	lw := &lineWriter{log: log}
+	line := strings.Repeat("z", maxLineBytes-1) + "\r"
+	lw.write([]byte(line)) // the newline comes in a later read
+	lw.write([]byte("\n"))
+	msgs, parts := messages(logs)
+	if len(msgs) != 1 || msgs[0] != line[:maxLineBytes-1] || parts[0] != 0 {
+		t.Errorf("got %d entries (parts %v), want the line whole, without its \\r, in one entry", len(msgs), parts)
+	}
+}
+
+// procRig is a process table that is never run: messages are handled by
+// hand and what it posts to the loop is collected.
+func procRig(grace time.Duration) (*procTable, *[]event) {
+	var posted []event
+	return &procTable{
+		log: zap.NewNop(), now: time.Now, inbox: newMailbox[procMsg](),
+		post:        func(ev event) { posted = append(posted, ev) },
+		outputGrace: grace,
+		procs:       make(map[uint64]*proc), byPid: make(map[int]*proc),
+	}, &posted
+}
+
+// noSuchPid is above the kernel's pid_max: no process, no group, has it.
+const noSuchPid = 1 << 30
+
+func TestProcTableWaitsForOutputBeforeReportingAnExit(t *testing.T) {
+	p, posted := procRig(time.Hour)
+	pr := &proc{token: 1, pid: noSuchPid, open: 2, reaped: true, stop: true}
+	p.procs[1] = pr
+	p.tryFinish(pr)
+	if len(*posted) != 0 || pr.grace != nil {
+		t.Fatal("a stopping worker with open output was finished, or given a grace timer")
+	}
+	p.handle(outputClosed{token: 1})
+	if len(*posted) != 0 {
+		t.Fatal("finished with one stream still open")
+	}
+	p.handle(outputClosed{token: 1})
+	if len(*posted) != 1 || (*posted)[0].(workerExited).token != 1 || p.procs[1] != nil {
+		t.Fatalf("after both streams closed: posted %v, want one workerExited", *posted)
+	}
+}
+
+func TestProcTableClosesOutputHeldAfterTheGroupWasKilled(t *testing.T) {
+	p, posted := procRig(time.Millisecond)
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer outW.Close() // the "escaped process" still holding the pipe
+	pr := &proc{token: 7, pid: noSuchPid, outputs: [2]*os.File{outR, outR}, open: 2}
+	p.procs[7], p.byPid[noSuchPid] = pr, pr
+	// A fast stop: SIGKILL to the group before the leader is reaped...
+	p.handle(signalReq{token: 7, sig: syscall.SIGKILL, stop: true})
+	// ...then the reap, with the output still held by something outside.
+	p.exited(pr, unix.WaitStatus(syscall.SIGKILL))
+	if pr.grace == nil {
+		t.Fatal("no output grace armed after the group was killed")
+	}
+	select {
+	case <-p.inbox.wake:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the grace timer did not fire")
+	}
+	for _, m := range p.inbox.take(nil) {
+		p.handle(m)
+	}
+	var exits []workerExited
+	for _, ev := range *posted {
+		if ex, ok := ev.(workerExited); ok {
+			exits = append(exits, ex)
+		}
+	}
+	if len(exits) != 1 || exits[0].token != 7 {
+		t.Fatalf("posted %v, want the exit once the grace was over", *posted)
+	}
+	if _, err := outR.Read(make([]byte, 1)); !errors.Is(err, os.ErrClosed) {
+		t.Errorf("the held output was not closed: read error %v", err)
 	}
 }

@@ -68,19 +68,24 @@ func mainWith(args []string, reg *service.Registry, stdout, stderr io.Writer) in
 	}
 	e := &env{program: program, registry: reg, stdout: stdout, stderr: stderr}
 	var cl commandLine
+	// kong ends the process after printing --help; Main returns instead.
+	helpShown := false
 	parser, err := kong.New(&cl,
 		kong.Name(program),
 		kong.Description("gotyledon runs the services of a YAML file as supervised worker processes."),
 		kong.Writers(e.stdout, e.stderr),
-		kong.UsageOnError(),
+		kong.Exit(func(int) { helpShown = true }),
 	)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "%s: %v\n", program, err)
 		return ExitError
 	}
 	ctx, err := parser.Parse(args)
+	if helpShown {
+		return ExitOK
+	}
 	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: %v\n", program, err)
+		fmt.Fprintf(e.stderr, "%s: %v (see %s --help)\n", program, err, program)
 		return ExitUsage
 	}
 	if err := ctx.Run(e, &cl); err != nil {

@@ -26,6 +26,12 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(signals)
+	// Catching SIGPIPE (and never reading it) turns a write to a closed
+	// stderr, say when the log reader dies, into an error zap drops instead
+	// of the signal's default action: killing the manager and, with it,
+	// every worker. Caught, not ignored, so workers still start with the
+	// default action.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 
 	log, err := newLogger(cl.LogFormat, cl.LogLevel, e.stderr)
 	if err != nil {
@@ -44,12 +50,12 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	}
 
 	var g run.Group
-	// Signals: SIGTERM stops gracefully; SIGINT too, and a second SIGINT
-	// kills what is still running.
+	// Signals: SIGTERM stops gracefully; SIGINT too, and a SIGINT while a
+	// stop is under way (Ctrl-C twice, or after SIGTERM) kills what is left.
 	{
 		cancel := make(chan struct{})
 		g.Add(func() error {
-			interrupts := 0
+			stopping := false
 			for {
 				select {
 				case <-cancel:
@@ -57,12 +63,13 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 				case sig := <-signals:
 					switch sig {
 					case syscall.SIGINT:
-						interrupts++
-						log.Info("signal received", zap.Stringer("signal", sig), zap.Bool("fast", interrupts > 1))
-						sup.Shutdown(interrupts > 1)
+						log.Info("signal received", zap.Stringer("signal", sig), zap.Bool("fast", stopping))
+						sup.Shutdown(stopping)
+						stopping = true
 					case syscall.SIGTERM:
 						log.Info("signal received", zap.Stringer("signal", sig))
 						sup.Shutdown(false)
+						stopping = true
 					case syscall.SIGHUP:
 						log.Warn("SIGHUP received: live reload is not implemented yet; the configuration is unchanged")
 					}

@@ -1,0 +1,298 @@
+package supervisor
+
+// Deterministic tests of the loop's decisions. No process is started: the
+// process table is only an inbox the test reads, events are fed by hand,
+// and time is a fake clock whose timers fire when the test says so.
+
+import (
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+	"golang.org/x/sys/unix"
+
+	"github.com/gotyledon/gotyledon/config"
+)
+
+// fakeClock is the loop's now and afterFunc, advanced by the test.
+type fakeClock struct {
+	now    time.Time
+	timers []*fakeTimer
+}
+
+type fakeTimer struct {
+	d              time.Duration
+	f              func()
+	stopped, fired bool
+}
+
+func (c *fakeClock) afterFunc(d time.Duration, f func()) func() bool {
+	t := &fakeTimer{d: d, f: f}
+	c.timers = append(c.timers, t)
+	return func() bool {
+		pending := !t.stopped && !t.fired
+		t.stopped = true
+		return pending
+	}
+}
+
+// pending returns the timers neither stopped nor fired.
+func (c *fakeClock) pending() []*fakeTimer {
+	var p []*fakeTimer
+	for _, t := range c.timers {
+		if !t.stopped && !t.fired {
+			p = append(p, t)
+		}
+	}
+	return p
+}
+
+// fire runs t's function as its expiry would, stopped or not: a timer whose
+// stop came too late still fires, and the loop must cope.
+func (t *fakeTimer) fire() {
+	t.fired = true
+	t.f()
+}
+
+type loopRig struct {
+	t     *testing.T
+	s     *Supervisor
+	clock *fakeClock
+	logs  *observer.ObservedLogs
+}
+
+// newRig builds a Supervisor over yaml whose process table is never run.
+func newRig(t *testing.T, yaml string) *loopRig {
+	t.Helper()
+	cfg, err := config.Parse("loop.yaml", []byte(yaml), []string{"svc"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	s, err := New(cfg, Options{Logger: zap.New(core), Environ: []string{"PATH=/bin"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := &fakeClock{now: time.Unix(1_000_000, 0)}
+	s.now = func() time.Time { return clock.now }
+	s.afterFunc = clock.afterFunc
+	s.rnd = func() float64 { return 0.5 } // no jitter
+	s.procs = &procTable{inbox: newMailbox[procMsg]()}
+	return &loopRig{t: t, s: s, clock: clock, logs: logs}
+}
+
+// deliver hands the loop everything in its mailbox, as Run would.
+func (r *loopRig) deliver() {
+	for _, ev := range r.s.inbox.take(nil) {
+		r.s.handle(ev)
+	}
+}
+
+// requests returns what the loop asked of the process table since last time.
+func (r *loopRig) requests() []procMsg { return r.s.procs.inbox.take(nil) }
+
+// spawned returns the tokens of the spawn requests in msgs.
+func spawned(msgs []procMsg) []spawnReq {
+	var out []spawnReq
+	for _, m := range msgs {
+		if sp, ok := m.(spawnReq); ok {
+			out = append(out, sp)
+		}
+	}
+	return out
+}
+
+func signals(msgs []procMsg) []signalReq {
+	var out []signalReq
+	for _, m := range msgs {
+		if sg, ok := m.(signalReq); ok {
+			out = append(out, sg)
+		}
+	}
+	return out
+}
+
+const oneWorker = "services:\n  w:\n    command: [/bin/true]\n    stop_timeout: 7s\n    restart: {min_uptime: 1s, backoff_initial: 100ms, backoff_max: 400ms}\n"
+
+// startOne starts the single worker and reports it running as pid.
+func (r *loopRig) startOne(pid int) uint64 {
+	r.t.Helper()
+	r.s.startAll()
+	sp := spawned(r.requests())
+	if len(sp) != 1 {
+		r.t.Fatalf("%d spawns, want 1", len(sp))
+	}
+	r.s.handle(workerStarted{token: sp[0].token, pid: pid, at: r.clock.now})
+	return sp[0].token
+}
+
+func TestLoopRestartsAHealthyWorkerAtOnceInItsSlot(t *testing.T) {
+	r := newRig(t, oneWorker)
+	tok := r.startOne(100)
+	r.clock.now = r.clock.now.Add(time.Second)
+	r.s.handle(workerExited{token: tok, pid: 100, status: unix.WaitStatus(9), at: r.clock.now})
+	sp := spawned(r.requests())
+	if len(sp) != 1 || sp[0].spec.service != "w" || sp[0].spec.id != 0 || sp[0].spec.restarts != 1 || sp[0].token == tok {
+		t.Fatalf("after a healthy exit: spawns %+v, want one new token for w/0 with restarts 1", sp)
+	}
+	if n := len(r.clock.pending()); n != 0 {
+		t.Errorf("%d timers armed for an immediate restart", n)
+	}
+}
+
+func TestLoopBacksOffWithTimersAndResetsAfterAHealthyRun(t *testing.T) {
+	r := newRig(t, oneWorker)
+	tok := r.startOne(100)
+	var delays []time.Duration
+	for i := range 4 {
+		r.clock.now = r.clock.now.Add(10 * time.Millisecond)
+		r.s.handle(workerExited{token: tok, pid: 100 + i, status: 256, at: r.clock.now})
+		if sp := spawned(r.requests()); len(sp) != 0 {
+			t.Fatalf("quick exit %d restarted at once", i)
+		}
+		p := r.clock.pending()
+		if len(p) != 1 {
+			t.Fatalf("quick exit %d: %d pending timers, want 1", i, len(p))
+		}
+		delays = append(delays, p[0].d)
+		p[0].fire()
+		r.deliver()
+		sp := spawned(r.requests())
+		if len(sp) != 1 {
+			t.Fatalf("restart timer %d fired: %d spawns, want 1", i, len(sp))
+		}
+		tok = sp[0].token
+		r.s.handle(workerStarted{token: tok, pid: 101 + i, at: r.clock.now})
+	}
+	if want := []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 400 * time.Millisecond}; !slices.Equal(delays, want) {
+		t.Errorf("delays %v, want %v", delays, want)
+	}
+	// A run past min_uptime: restarted at once, and the next quick exit
+	// starts again from the first delay.
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	r.s.handle(workerExited{token: tok, pid: 200, status: 256, at: r.clock.now})
+	sp := spawned(r.requests())
+	if len(sp) != 1 {
+		t.Fatalf("healthy exit after backoff: %d spawns, want 1", len(sp))
+	}
+	r.s.handle(workerStarted{token: sp[0].token, pid: 201, at: r.clock.now})
+	r.s.handle(workerExited{token: sp[0].token, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
+	if p := r.clock.pending(); len(p) != 1 || p[0].d != 100*time.Millisecond {
+		t.Errorf("after a reset, the first delay is %v, want 100ms", p)
+	}
+}
+
+func TestLoopStopDuringBackoffDropsTheSlotAndIgnoresTheStaleTimer(t *testing.T) {
+	r := newRig(t, oneWorker)
+	tok := r.startOne(100)
+	r.s.handle(workerExited{token: tok, pid: 100, status: 256, at: r.clock.now.Add(time.Millisecond)})
+	timer := r.clock.pending()[0]
+	r.s.Shutdown(false)
+	r.deliver()
+	if !r.s.done() {
+		t.Fatal("shutdown with the only worker in backoff is not done")
+	}
+	if !timer.stopped {
+		t.Error("the restart timer was not stopped")
+	}
+	timer.fire() // as if the stop had come too late
+	r.deliver()
+	if msgs := r.requests(); len(spawned(msgs)) != 0 || len(signals(msgs)) != 0 {
+		t.Errorf("a stale restart timer acted after shutdown: %v", msgs)
+	}
+}
+
+func TestLoopArmsTheKillTimerWhenTheStopSignalIsSent(t *testing.T) {
+	r := newRig(t, oneWorker)
+	tok := r.startOne(100)
+	r.s.Shutdown(false)
+	r.deliver()
+	sg := signals(r.requests())
+	if len(sg) != 1 || sg[0].sig != syscall.SIGTERM || !sg[0].stop || sg[0].token != tok {
+		t.Fatalf("stop requests %+v, want one SIGTERM stop for the worker", sg)
+	}
+	if n := len(r.clock.pending()); n != 0 {
+		t.Fatalf("kill timer armed before the signal was sent (%d timers)", n)
+	}
+	r.s.handle(stopSignalSent{token: tok, at: r.clock.now})
+	p := r.clock.pending()
+	if len(p) != 1 || p[0].d != 7*time.Second {
+		t.Fatalf("after delivery: timers %v, want one of the 7s stop timeout", p)
+	}
+	p[0].fire()
+	r.deliver()
+	if sg := signals(r.requests()); len(sg) != 1 || sg[0].sig != syscall.SIGKILL {
+		t.Fatalf("at the stop timeout: %+v, want SIGKILL", sg)
+	}
+	r.s.handle(workerExited{token: tok, pid: 100, status: unix.WaitStatus(syscall.SIGKILL), at: r.clock.now})
+	if !r.s.done() {
+		t.Error("not done after the last worker exited")
+	}
+}
+
+func TestLoopCancelsTheKillTimerWhenTheWorkerStopsInTime(t *testing.T) {
+	r := newRig(t, oneWorker)
+	tok := r.startOne(100)
+	r.s.Shutdown(false)
+	r.deliver()
+	r.requests()
+	r.s.handle(stopSignalSent{token: tok, at: r.clock.now})
+	kill := r.clock.pending()[0]
+	r.s.handle(workerExited{token: tok, pid: 100, status: 0, at: r.clock.now})
+	if !kill.stopped {
+		t.Error("kill timer still armed after the worker stopped")
+	}
+	kill.fire() // too late to stop
+	r.deliver()
+	if sg := signals(r.requests()); len(sg) != 0 {
+		t.Errorf("a stale kill timer signalled %+v", sg)
+	}
+	if got := r.logs.FilterMessage("worker stopped").Len(); got != 1 {
+		t.Errorf("%d 'worker stopped' entries, want 1", got)
+	}
+}
+
+func TestLoopFastShutdownDuringAGracefulOneKillsWhileStarting(t *testing.T) {
+	r := newRig(t, oneWorker)
+	r.s.startAll() // spawn requested, no answer yet
+	r.s.Shutdown(false)
+	r.s.Shutdown(false) // a repeat changes nothing
+	r.s.Shutdown(true)
+	r.deliver()
+	msgs := r.requests()
+	if len(spawned(msgs)) != 1 {
+		t.Fatalf("want the spawn first: %v", msgs)
+	}
+	sg := signals(msgs)
+	if len(sg) != 2 || sg[0].sig != syscall.SIGTERM || sg[1].sig != syscall.SIGKILL {
+		t.Fatalf("signals %+v, want SIGTERM then SIGKILL, in the order they were asked", sg)
+	}
+	// The spawn then fails: the slot is gone and nothing restarts.
+	r.s.handle(startFailed{token: spawned(msgs)[0].token, err: syscall.ENOENT, at: r.clock.now})
+	if !r.s.done() || len(r.requests()) != 0 || len(r.clock.pending()) != 0 {
+		t.Errorf("after a failed start while stopping: done %v, requests or timers left", r.s.done())
+	}
+}
+
+func TestLoopReportsFailedInitialStarts(t *testing.T) {
+	r := newRig(t, "services:\n  a: {command: [/bin/true], workers: 2}\n")
+	r.s.startAll()
+	sp := spawned(r.requests())
+	r.s.handle(workerStarted{token: sp[0].token, pid: 10, at: r.clock.now})
+	r.s.handle(startFailed{token: sp[1].token, err: syscall.EACCES, at: r.clock.now})
+	e := r.logs.FilterMessage("initial start done").All()
+	if len(e) != 1 || e[0].ContextMap()["started"] != int64(1) || e[0].ContextMap()["failed"] != int64(1) {
+		t.Errorf("initial start entries %v, want one with started 1, failed 1", e)
+	}
+}
+
+func TestRunTwiceIsAnError(t *testing.T) {
+	r := newRig(t, oneWorker)
+	r.s.ran.Store(true) // as if Run had been called; a real Run would make this process a subreaper
+	if err := r.s.Run(); err == nil {
+		t.Error("a second Run did not fail")
+	}
+}
