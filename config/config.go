@@ -42,6 +42,14 @@ const (
 	// delayed restart is never, after jitter, an immediate one.
 	BackoffFloor = 10 * time.Millisecond
 
+	// DefaultCapacity is a queue's capacity when the file gives none.
+	DefaultCapacity = 10000
+	// MaxCapacity bounds a queue's capacity, items waiting in memory.
+	MaxCapacity = 10_000_000
+	// MaxSocketPath is the longest Unix socket path the kernel takes
+	// (sun_path holds 108 bytes with the terminating NUL).
+	MaxSocketPath = 107
+
 	// MaxWorkers bounds a service's worker count; more is taken as a typo.
 	MaxWorkers = 10000
 	// MaxDuration bounds every duration in the file, for the same reason.
@@ -57,6 +65,40 @@ type Config struct {
 	ShutdownTimeout time.Duration
 	// Services in the order the file lists them; names are unique.
 	Services []*Service
+	// Queues the broker serves, in the order the file lists them (`queues`).
+	Queues []*Queue
+	// Broker says where the queue broker listens and whom it lets in.
+	Broker Broker
+}
+
+// Queue is one entry under `queues:`: a named work queue of the broker.
+type Queue struct {
+	// Name is the key under `queues:`; same rules as a service name.
+	Name string
+	// Capacity bounds the items waiting in the queue (not those in
+	// flight): a put on a full queue waits (`capacity`, default 10000).
+	Capacity int
+	// Pos is where the queue's name stands in the file.
+	Pos Position
+}
+
+// Broker is the `broker:` mapping: the queue socket and who may use it.
+// The manager's own uid and root may always connect.
+type Broker struct {
+	// Socket is the absolute path of the queue socket (`socket`; a relative
+	// path is taken from the config file's directory). Empty means the
+	// default: $RUNTIME_DIRECTORY/queue.sock, else
+	// $XDG_RUNTIME_DIR/gotyledon/queue.sock, else /run/gotyledon/queue.sock.
+	Socket string
+	// Group, a group name or number (`group`), makes the socket 0660 and
+	// owned by that group; empty leaves it 0600.
+	Group string
+	// GID is Group resolved, or -1 when Group is empty.
+	GID int
+	// AllowUIDs and AllowGIDs (`allow_uids`, `allow_gids`) let peers with
+	// those user ids, or those primary group ids, connect as well.
+	AllowUIDs []int
+	AllowGIDs []int
 }
 
 // Service returns the service called name, or nil.

@@ -28,7 +28,9 @@ const maxExpanded = 1_000_000
 
 // Keys allowed in each mapping, sorted: error messages list them in this order.
 var (
-	topKeys     = []string{"services", "shutdown_timeout"}
+	topKeys     = []string{"broker", "queues", "services", "shutdown_timeout"}
+	brokerKeys  = []string{"allow_gids", "allow_uids", "group", "socket"}
+	queueKeys   = []string{"capacity"}
 	serviceKeys = []string{"command", "dir", "env", "restart", "run", "stop_signal", "stop_timeout", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
 )
@@ -558,7 +560,7 @@ func shortDuration(t time.Duration) string {
 
 // config decodes the top-level mapping.
 func (d *decoder) config(top entry) *Config {
-	cfg := &Config{File: d.file, ShutdownTimeout: DefaultShutdownTimeout}
+	cfg := &Config{File: d.file, ShutdownTimeout: DefaultShutdownTimeout, Broker: Broker{GID: -1}}
 	ents, ok := d.expectMapping(top, `the top level must be a mapping with a "services" key`, "key")
 	if !ok {
 		return nil
@@ -572,6 +574,10 @@ func (d *decoder) config(top entry) *Config {
 			}
 		case "services":
 			services = &ents[i]
+		case "queues":
+			cfg.Queues = d.queues(e)
+		case "broker":
+			d.broker(e, &cfg.Broker)
 		default:
 			d.unknownKey(e, "", topKeys)
 		}

@@ -59,12 +59,12 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key with suggestion",
 			src:  "services:\n  web: {command: [a]}\nshutdown_timout: 5s\n",
-			want: `c.yaml:3:1: unknown key "shutdown_timout" (did you mean "shutdown_timeout"? known keys: services, shutdown_timeout)`,
+			want: `c.yaml:3:1: unknown key "shutdown_timout" (did you mean "shutdown_timeout"? known keys: broker, queues, services, shutdown_timeout)`,
 		},
 		{
 			name: "unknown top-level key without suggestion",
 			src:  "logging: debug\nservices:\n  web: {command: [a]}\n",
-			want: `c.yaml:1:1: unknown key "logging" (known keys: services, shutdown_timeout)`,
+			want: `c.yaml:1:1: unknown key "logging" (known keys: broker, queues, services, shutdown_timeout)`,
 		},
 		{
 			name: "unknown service key with suggestion",
@@ -541,6 +541,7 @@ services:
 			Restart:     Restart{MinUptime: DefaultMinUptime, BackoffInitial: DefaultBackoffInitial, BackoffMax: DefaultBackoffMax},
 			Pos:         Position{File: file, Line: 30, Col: 3},
 		}},
+		Broker: Broker{GID: -1},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got\n%s\nwant\n%s", dump(cfg), dump(want))
@@ -555,9 +556,12 @@ services:
 
 func dump(c *Config) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s %v\n", c.File, c.ShutdownTimeout)
+	fmt.Fprintf(&b, "%s %v broker %+v\n", c.File, c.ShutdownTimeout, c.Broker)
 	for _, s := range c.Services {
 		fmt.Fprintf(&b, "%+v\n", *s)
+	}
+	for _, q := range c.Queues {
+		fmt.Fprintf(&b, "queue %+v\n", *q)
 	}
 	return b.String()
 }
@@ -585,6 +589,7 @@ func TestParseDefaults(t *testing.T) {
 			},
 			Pos: Position{File: "c.yaml", Line: 2, Col: 3},
 		}},
+		Broker: Broker{GID: -1},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got\n%s\nwant\n%s", dump(cfg), dump(want))

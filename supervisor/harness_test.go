@@ -38,6 +38,7 @@ import (
 
 	"github.com/gotyledon/gotyledon/cmd/cli"
 	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/ipc"
 	"github.com/gotyledon/gotyledon/service"
 	"github.com/gotyledon/gotyledon/supervisor"
 )
@@ -188,6 +189,35 @@ func testRegistry() *service.Registry {
 			fmt.Println("after the long line")
 			<-ctx.Done()
 			return nil
+		}), nil
+	})
+	// consumer takes items from $QUEUE one at a time and prints each as
+	// "got ITEM deliveries N", then acknowledges it; with HOLD=1 it keeps
+	// the first item it gets, unacknowledged, until it is killed.
+	reg.Register("consumer", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			q, err := ipc.DialEnv(ctx)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			for {
+				d, err := q.Get(ctx, os.Getenv("QUEUE"))
+				if err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				fmt.Printf("got %s deliveries %d\n", d.Body, d.Deliveries)
+				if os.Getenv("HOLD") == "1" {
+					<-ctx.Done()
+					return nil
+				}
+				if err := q.Ack(ctx, d); err != nil {
+					return err
+				}
+			}
 		}), nil
 	})
 	return reg

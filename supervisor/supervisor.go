@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -45,6 +46,10 @@ type Options struct {
 	// Environ is the environment workers inherit (before the manager-only
 	// variables are removed). Default os.Environ().
 	Environ []string
+	// WorkerEnv are "KEY=value" variables the manager sets in every worker,
+	// over Environ (the queue socket's path, for one). A service's own env
+	// cannot override them: the config refuses GOTYLEDON_ names.
+	WorkerEnv []string
 }
 
 // Supervisor runs the services of one configuration. Create it with New,
@@ -131,6 +136,13 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		environ = os.Environ()
 	}
 	s.baseEnv = workerBaseEnv(environ)
+	for _, kv := range opts.WorkerEnv {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("supervisor: worker variable %q is not KEY=value", kv)
+		}
+		s.baseEnv = setEnv(s.baseEnv, k, v)
+	}
 	return s, nil
 }
 

@@ -28,6 +28,9 @@ const (
 	ExitOK    = 0 // the command did what was asked; run: a requested shutdown completed
 	ExitError = 1 // the command failed: an invalid configuration, a failed start
 	ExitUsage = 2 // the command line itself is wrong
+	// ExitTimeout: queue get found nothing, or queue put found the queue
+	// full, within --timeout.
+	ExitTimeout = 3
 )
 
 // commandLine is the grammar of the gotyledon command.
@@ -37,12 +40,14 @@ type commandLine struct {
 
 	Run   runCommand   `cmd:"" help:"Run the services of a configuration file in the foreground, as a systemd unit does."`
 	Check checkCommand `cmd:"" help:"Validate a configuration file: exit 0 if it is good, 1 with every error if not."`
+	Queue queueCommand `cmd:"" help:"Put items on, or take them from, a queue of a running manager (for shell workers)."`
 }
 
 // env is what every command's Run gets: the program's registry and streams.
 type env struct {
 	program        string
 	registry       *service.Registry
+	stdin          io.Reader
 	stdout, stderr io.Writer
 }
 
@@ -57,16 +62,16 @@ func Main(args []string, reg *service.Registry) int {
 	if service.IsWorker() {
 		return service.Main(reg)
 	}
-	return mainWith(args, reg, os.Stdout, os.Stderr)
+	return mainWith(args, reg, os.Stdin, os.Stdout, os.Stderr)
 }
 
-func mainWith(args []string, reg *service.Registry, stdout, stderr io.Writer) int {
+func mainWith(args []string, reg *service.Registry, stdin io.Reader, stdout, stderr io.Writer) int {
 	program := "gotyledon"
 	if len(args) > 0 {
 		program = filepath.Base(args[0])
 		args = args[1:]
 	}
-	e := &env{program: program, registry: reg, stdout: stdout, stderr: stderr}
+	e := &env{program: program, registry: reg, stdin: stdin, stdout: stdout, stderr: stderr}
 	var cl commandLine
 	// kong ends the process after printing --help; Main returns instead.
 	helpShown := false
@@ -94,6 +99,10 @@ func mainWith(args []string, reg *service.Registry, stdout, stderr io.Writer) in
 			return int(code)
 		}
 		fmt.Fprintf(e.stderr, "%s: %v\n", program, err)
+		var m exitMessage
+		if errors.As(err, &m) {
+			return m.code
+		}
 		return ExitError
 	}
 	return ExitOK

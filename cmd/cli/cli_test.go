@@ -21,7 +21,7 @@ func writeConfig(t *testing.T, yaml string) string {
 
 func runCLI(reg *service.Registry, args ...string) (code int, stdout, stderr string) {
 	var out, errOut bytes.Buffer
-	code = mainWith(append([]string{"gotyledon"}, args...), reg, &out, &errOut)
+	code = mainWith(append([]string{"gotyledon"}, args...), reg, strings.NewReader(""), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 

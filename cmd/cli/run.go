@@ -2,14 +2,18 @@ package cli
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 
 	"github.com/oklog/run"
 	"go.uber.org/zap"
 
 	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/ipc"
 	"github.com/gotyledon/gotyledon/supervisor"
 )
 
@@ -44,7 +48,37 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 		logConfigError(log, err)
 		return exitCode(ExitError)
 	}
-	sup, err := supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: e.program})
+	// The broker listens before the first worker starts, since workers
+	// dial it at once. Without queues there is no broker and no socket.
+	var (
+		broker    *ipc.Broker
+		listener  net.Listener
+		workerEnv []string
+	)
+	if len(cfg.Queues) > 0 {
+		path := cfg.Broker.Socket
+		if path == "" {
+			path = ipc.DefaultSocketPath(os.Getenv)
+		}
+		ul, err := ipc.Listen(path, cfg.Broker.GID)
+		if err != nil {
+			log.Error("cannot serve the queues", zap.String("socket", path), zap.Error(err))
+			return exitCode(ExitError)
+		}
+		listener = ul
+		broker, err = ipc.NewBroker(ipc.BrokerOptions{
+			Queues: brokerQueues(cfg.Queues),
+			Allow:  allowPeer(cfg.Broker, os.Getuid()),
+			Logger: log.Named("broker"),
+		})
+		if err != nil {
+			listener.Close()
+			return fmt.Errorf("start the queue broker: %w", err)
+		}
+		log.Info("queue broker listening", zap.String("socket", path), zap.Int("queues", len(cfg.Queues)))
+		workerEnv = append(workerEnv, ipc.EnvSocket+"="+path)
+	}
+	sup, err := supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: e.program, WorkerEnv: workerEnv})
 	if err != nil {
 		return err
 	}
@@ -79,13 +113,45 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 			close(cancel)
 		})
 	}
-	// Supervisor: starts, restarts and stops the workers.
+	// Supervisor: starts, restarts and stops the workers. Its return, once
+	// every worker is gone, ends the group.
 	{
 		g.Add(sup.Run, func(error) {
 			sup.Shutdown(false)
 		})
 	}
+	// Queue broker: serves until the group ends, so that stopping workers
+	// can still ack what they finish; items in flight when it closes are
+	// lost with the manager (at least once holds while the manager lives).
+	if broker != nil {
+		g.Add(func() error {
+			return broker.Serve(listener)
+		}, func(error) {
+			broker.Close()
+		})
+	}
 	return g.Run()
+}
+
+// brokerQueues turns the configuration's queues into the broker's.
+func brokerQueues(qs []*config.Queue) []ipc.QueueConfig {
+	out := make([]ipc.QueueConfig, len(qs))
+	for i, q := range qs {
+		out[i] = ipc.QueueConfig{Name: q.Name, Capacity: q.Capacity}
+	}
+	return out
+}
+
+// allowPeer is the broker's peer check: the manager's own user and root
+// always; then the users and primary groups the configuration names, and
+// the socket's group when it has one (the file mode already lets its
+// members connect).
+func allowPeer(b config.Broker, self int) func(ipc.Peer) bool {
+	return func(p ipc.Peer) bool {
+		return p.UID == self || p.UID == 0 ||
+			slices.Contains(b.AllowUIDs, p.UID) || slices.Contains(b.AllowGIDs, p.GID) ||
+			(b.GID >= 0 && p.GID == b.GID)
+	}
 }
 
 // logConfigError logs each configuration error as its own entry, so that

@@ -1,0 +1,90 @@
+// Command seed is the cotyledon program this project grew from, in Go: a
+// producer puts an increasing integer on the queue "jobs" every second, and
+// printer workers take them and print them. One binary is the manager and
+// every worker:
+//
+//	go run ./cmd/seed run --config deploy/seed.yaml
+//
+// The YAML says how many workers each service has (printer: 2); kill one
+// and it comes back with the same worker id, and the number it was printing
+// is printed by another (it was not acknowledged).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/gotyledon/gotyledon/cmd/cli"
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/service"
+)
+
+// queue is the name the YAML gives the queue between the two services.
+const queue = "jobs"
+
+func main() {
+	reg := service.NewRegistry()
+	reg.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
+	reg.Register("printer", func(w service.Worker) (service.Service, error) { return printer{w}, nil })
+	os.Exit(cli.Main(os.Args, reg))
+}
+
+// producer puts 0, 1, 2 ... on the queue, one a second, like the seed's
+// ProducerService.
+type producer struct{}
+
+func (producer) Run(ctx context.Context) error {
+	q, err := ipc.DialEnv(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to the queue: %w", err)
+	}
+	defer q.Close()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		if err := q.Put(ctx, queue, []byte(strconv.Itoa(i))); err != nil {
+			return stopped(ctx, fmt.Errorf("put %d: %w", i, err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// printer prints what it takes from the queue, like the seed's
+// PrinterService, and acknowledges each number once it is printed.
+type printer struct{ w service.Worker }
+
+func (p printer) Run(ctx context.Context) error {
+	q, err := ipc.DialEnv(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to the queue: %w", err)
+	}
+	defer q.Close()
+	for {
+		job, err := q.Get(ctx, queue)
+		if err != nil {
+			return stopped(ctx, fmt.Errorf("get: %w", err))
+		}
+		fmt.Printf("I am worker #%d, PID:%d and I hereby print %s\n", p.w.ID, p.w.PID, job.Body)
+		// Acknowledged even if we are being stopped: it was printed.
+		if err := q.Ack(context.WithoutCancel(ctx), job); err != nil {
+			return fmt.Errorf("ack %s: %w", job.Body, err)
+		}
+	}
+}
+
+// stopped turns the error of a call that a stop interrupted into the clean
+// end of the service.
+func stopped(ctx context.Context, err error) error {
+	if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+		return nil
+	}
+	return err
+}

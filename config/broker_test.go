@@ -1,0 +1,87 @@
+package config
+
+import (
+	"errors"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+func TestParseBrokerAndQueues(t *testing.T) {
+	t.Parallel()
+	src := `broker:
+  socket: run/queue.sock
+  group: 0
+  allow_uids: [1000, 1001]
+  allow_gids: [50]
+queues:
+  jobs: {capacity: 5}
+  results:
+services:
+  web: {command: [a]}
+`
+	cfg, err := Parse("/etc/gotyledon/g.yaml", []byte(src), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantBroker := Broker{Socket: "/etc/gotyledon/run/queue.sock", Group: "0", GID: 0, AllowUIDs: []int{1000, 1001}, AllowGIDs: []int{50}}
+	if !reflect.DeepEqual(cfg.Broker, wantBroker) {
+		t.Errorf("broker %+v, want %+v", cfg.Broker, wantBroker)
+	}
+	wantQueues := []*Queue{
+		{Name: "jobs", Capacity: 5, Pos: Position{File: "/etc/gotyledon/g.yaml", Line: 7, Col: 3}},
+		{Name: "results", Capacity: DefaultCapacity, Pos: Position{File: "/etc/gotyledon/g.yaml", Line: 8, Col: 3}},
+	}
+	if !reflect.DeepEqual(cfg.Queues, wantQueues) {
+		t.Errorf("queues %+v, want %+v", cfg.Queues, wantQueues)
+	}
+}
+
+func TestParseBrokerGroupByName(t *testing.T) {
+	t.Parallel()
+	cfg, err := Parse("g.yaml", []byte("broker: {group: root}\nservices:\n  web: {command: [a]}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Broker.Group != "root" || cfg.Broker.GID != 0 {
+		t.Errorf("group root resolved to %+v", cfg.Broker)
+	}
+}
+
+func TestParseBrokerAndQueueErrors(t *testing.T) {
+	t.Parallel()
+	const svc = "services:\n  web: {command: [a]}\n"
+	long := "/" + strings.Repeat("s", MaxSocketPath)
+	for _, tc := range []struct{ name, src, want string }{
+		{"queues a list", "queues: [jobs]\n" + svc,
+			`g.yaml:1:9: queues must be a mapping from queue names to queues (e.g. "jobs: {capacity: 10000}") (got a list)`},
+		{"bad queue name", "queues:\n  2jobs: {}\n" + svc,
+			`g.yaml:2:3: invalid queue name "2jobs" (a name starts with a letter and has only letters, digits, "-" and "_", at most 63 bytes)`},
+		{"capacity zero", "queues:\n  jobs: {capacity: 0}\n" + svc,
+			`g.yaml:2:20: capacity must be a whole number from 1 to 10000000 (got 0)`},
+		{"capacity absurd", "queues:\n  jobs: {capacity: 100000000}\n" + svc,
+			`g.yaml:2:20: capacity must be a whole number from 1 to 10000000 (got 100000000)`},
+		{"unknown queue key", "queues:\n  jobs: {capactiy: 10}\n" + svc,
+			`g.yaml:2:10: unknown key "capactiy" in queue "jobs" (did you mean "capacity"? known keys: capacity)`},
+		{"duplicate queue", "queues:\n  jobs: {}\n  jobs: {}\n" + svc,
+			`g.yaml:3:3: duplicate queue name "jobs" (first at line 2, col 3; each queue name may appear once)`},
+		{"socket too long", "broker: {socket: " + long + "}\n" + svc,
+			`g.yaml:1:18: socket path "` + long + `" is 108 bytes long (a Unix socket path has at most 107; choose a shorter one)`},
+		{"unknown group", "broker: {group: no-such-group-here}\n" + svc,
+			`g.yaml:1:17: unknown group "no-such-group-here" (no such group on this machine; create it, or give its number)`},
+		{"allow_uids not a list", "broker: {allow_uids: 1000}\n" + svc,
+			`g.yaml:1:22: allow_uids must be a list of user ids, e.g. [1000, 1001] (got 1000)`},
+		{"negative uid", "broker: {allow_uids: [-1]}\n" + svc,
+			`g.yaml:1:23: allow_uids[0] must be a whole number from 0 to 2147483647 (got -1)`},
+		{"unknown broker key", "broker: {sokcet: /run/x.sock}\n" + svc,
+			`g.yaml:1:10: unknown key "sokcet" in broker (did you mean "socket"? known keys: allow_gids, allow_uids, group, socket)`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("g.yaml", []byte(tc.src), nil)
+			var list ErrorList
+			if !errors.As(err, &list) || err.Error() != tc.want {
+				t.Errorf("got\n%v\nwant\n%s", err, tc.want)
+			}
+		})
+	}
+}

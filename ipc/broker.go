@@ -1,0 +1,868 @@
+package ipc
+
+import (
+	"bufio"
+	"cmp"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"regexp"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Limits and defaults.
+const (
+	// ProtocolVersion is the version of PROTOCOL.md spoken here.
+	ProtocolVersion = 1
+	// DefaultMaxItem is the largest item a broker accepts unless configured
+	// otherwise, in bytes; it is announced in WELCOME.
+	DefaultMaxItem = 1<<20 - 64
+	// DefaultCapacity is a queue's capacity, in waiting items, unless
+	// configured otherwise.
+	DefaultCapacity = 10000
+	// EnvSocket is the environment variable that tells workers the path of
+	// the broker's socket.
+	EnvSocket = "GOTYLEDON_QUEUE_SOCKET"
+
+	// defaultFrameDeadline bounds the HELLO and every started frame.
+	defaultFrameDeadline = 10 * time.Second
+	// maxQueueName is the longest queue name, as config's service names.
+	maxQueueName = 63
+	// maxOutbox is how many replies a connection may have waiting for its
+	// writer before its reader stops reading requests (flow control: a
+	// client that does not read its replies stops being served, alone).
+	maxOutbox = 1024
+	// writeChunk is how much the writer encodes before it writes, and the
+	// item size from which a body is written from its own buffer rather
+	// than copied into the writer's.
+	writeChunk = 64 << 10
+	bigBody    = 16 << 10
+)
+
+var queueNameRE = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_-]*$`)
+
+// QueueConfig configures one queue of a broker.
+type QueueConfig struct {
+	// Name is how clients name the queue. It matches
+	// [A-Za-z][A-Za-z0-9_-]* and has at most 63 bytes, as service names in
+	// the configuration.
+	Name string
+	// Capacity bounds the items waiting in the queue (not those in
+	// flight). <= 0 means DefaultCapacity.
+	Capacity int
+}
+
+// Peer is the process at the other end of a connection, as the kernel
+// reports it (SO_PEERCRED) when it connected. Fields are -1 when the
+// connection is not a Unix socket.
+type Peer struct{ PID, UID, GID int }
+
+// BrokerOptions configure a broker. The zero value is a broker with no
+// queues, every default applied.
+type BrokerOptions struct {
+	// Queues served; names are unique.
+	Queues []QueueConfig
+	// MaxItem is the largest item accepted, in bytes. <= 0: DefaultMaxItem.
+	MaxItem int
+	// FrameDeadline bounds the time from accepting a connection to its
+	// HELLO, and from the first byte of any frame to its last. A
+	// connection that exceeds it is closed. <= 0: 10s.
+	FrameDeadline time.Duration
+	// Allow decides whether a connected peer may use the broker. It is
+	// called once per connection, from the connection's goroutine, so it
+	// must be safe for concurrent use. nil: the peer's uid is the broker
+	// process's uid, or 0.
+	Allow func(Peer) bool
+	// Logger receives connection events: refusals and protocol violations
+	// at Warn, connects and disconnects at Debug. nil: no logs.
+	Logger *zap.Logger
+}
+
+// Broker serves named queues to clients on stream sockets, speaking
+// PROTOCOL.md. Create it with NewBroker, run Serve (on one or more
+// listeners, each from its own goroutine), and Close it once done. Stats
+// and Close are safe to call from any goroutine at any time.
+//
+// Each connection has two goroutines: a reader that decodes and carries out
+// requests in order, and a writer that encodes the replies and writes
+// whatever has accumulated in one system call. Nothing a connection does
+// waits for another connection's socket: a consumer that does not read its
+// replies stops being served once its replies pile up, and holds only the
+// items already handed to it.
+type Broker struct {
+	queues        map[string]*queue
+	queueList     []*queue // in configuration order
+	maxItem       int
+	maxFrame      int
+	frameDeadline time.Duration
+	allow         func(Peer) bool
+	log           *zap.Logger
+
+	nextDelivery atomic.Uint64 // last delivery id handed out
+	nextConn     atomic.Uint64
+
+	mu        sync.Mutex
+	closing   bool
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	wg        sync.WaitGroup // connections and their goroutines
+	closeOnce sync.Once
+}
+
+// NewBroker validates opts and returns a broker that serves nothing until
+// Serve is called. It fails on an invalid or duplicate queue name or a
+// MaxItem too large for the protocol.
+func NewBroker(opts BrokerOptions) (*Broker, error) {
+	b := &Broker{
+		queues:        make(map[string]*queue, len(opts.Queues)),
+		maxItem:       opts.MaxItem,
+		frameDeadline: opts.FrameDeadline,
+		allow:         opts.Allow,
+		log:           opts.Logger,
+		listeners:     make(map[net.Listener]struct{}),
+		conns:         make(map[*conn]struct{}),
+	}
+	if b.maxItem <= 0 {
+		b.maxItem = DefaultMaxItem
+	}
+	if b.frameDeadline <= 0 {
+		b.frameDeadline = defaultFrameDeadline
+	}
+	if b.log == nil {
+		b.log = zap.NewNop()
+	}
+	if b.allow == nil {
+		uid := os.Getuid()
+		b.allow = func(p Peer) bool { return p.UID == uid || p.UID == 0 }
+	}
+	longest := 0
+	for i, qc := range opts.Queues {
+		if len(qc.Name) > maxQueueName || !queueNameRE.MatchString(qc.Name) {
+			return nil, fmt.Errorf("ipc: new broker: queue %d: invalid name %q (a name starts with a letter and has only letters, digits, \"-\" and \"_\", at most %d bytes)", i, qc.Name, maxQueueName)
+		}
+		if _, dup := b.queues[qc.Name]; dup {
+			return nil, fmt.Errorf("ipc: new broker: queue %q configured twice", qc.Name)
+		}
+		capacity := qc.Capacity
+		if capacity <= 0 {
+			capacity = DefaultCapacity
+		}
+		q := &queue{name: qc.Name, capacity: capacity, b: b}
+		b.queues[qc.Name] = q
+		b.queueList = append(b.queueList, q)
+		longest = max(longest, len(qc.Name))
+	}
+	// max_frame leaves room for a one-item PUT of max_item bytes on any of
+	// the queues (its overhead grows with the queue's name) and at least
+	// the 64 bytes PROTOCOL.md promises.
+	b.maxFrame = b.maxItem + max(frameSlack, putFixedLen+longest+putItemLen)
+	if b.maxFrame > 1<<31 {
+		return nil, fmt.Errorf("ipc: new broker: max item %d too large (the protocol's frames stay under 2 GiB)", b.maxItem)
+	}
+	return b, nil
+}
+
+// Stats returns a snapshot of every queue, in configuration order; each
+// queue's figures are consistent with each other. Safe concurrently.
+func (b *Broker) Stats() []QueueStats {
+	out := make([]QueueStats, len(b.queueList))
+	for i, q := range b.queueList {
+		out[i] = q.snapshot()
+	}
+	return out
+}
+
+// QueueStats describe one queue at one instant.
+type QueueStats struct {
+	Name     string
+	Capacity int
+	Depth    int // items waiting
+	InFlight int // items handed out and not yet acked or requeued
+	// Totals since the broker started: items accepted by PUTs, handed out
+	// (a redelivery counts again), acked (auto-ack items count when written
+	// out), and handed out again after a NACK or a closed connection.
+	Put, Delivered, Acked, Redelivered uint64
+}
+
+// Serve accepts connections on l and serves them until Close. It blocks,
+// and returns nil after Close (l is closed by then) or the error that made
+// Accept fail otherwise; connections already accepted are still served
+// until Close. Serve may run on several listeners at once.
+func (b *Broker) Serve(l net.Listener) error {
+	b.mu.Lock()
+	if b.closing {
+		b.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	b.listeners[l] = struct{}{}
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.listeners, l)
+		b.mu.Unlock()
+	}()
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			b.mu.Lock()
+			closing := b.closing
+			b.mu.Unlock()
+			if closing {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+				// Out of descriptors for a moment: wait, as net/http does.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				b.log.Warn("queue broker: accept failed; retrying", zap.Error(err), zap.Duration("in", backoff))
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("ipc: serve: accepting a connection: %w", err)
+		}
+		backoff = 0
+		b.mu.Lock()
+		if b.closing {
+			b.mu.Unlock()
+			nc.Close()
+			return nil
+		}
+		c := b.newConn(nc)
+		b.conns[c] = struct{}{}
+		b.wg.Add(1)
+		b.mu.Unlock()
+		go c.serve()
+	}
+}
+
+// Close stops the broker: it closes the listeners, answers every waiting
+// GET and PUT with SHUTTING_DOWN, sends FATAL SHUTTING_DOWN to every
+// connection and closes it (a connection whose peer does not read is closed
+// after the frame deadline), and returns when all connection goroutines
+// have ended. Items still queued or in flight are dropped with the broker.
+// Safe to call twice and concurrently; every call waits. Always nil.
+func (b *Broker) Close() error {
+	b.closeOnce.Do(func() {
+		b.mu.Lock()
+		b.closing = true
+		for l := range b.listeners {
+			l.Close()
+		}
+		b.mu.Unlock()
+		for _, q := range b.queueList {
+			q.shutdown()
+		}
+		b.mu.Lock()
+		conns := make([]*conn, 0, len(b.conns))
+		for c := range b.conns {
+			conns = append(conns, c)
+		}
+		b.mu.Unlock()
+		for _, c := range conns {
+			c.fatal(statusShuttingDown, "broker shutting down")
+		}
+	})
+	b.wg.Wait()
+	return nil
+}
+
+// ---- connections
+
+// msgKind is the kind of a reply waiting in a connection's outbox.
+type msgKind uint8
+
+const (
+	msgResult msgKind = iota
+	msgItems
+	msgFatal
+)
+
+// outMsg is one reply waiting for the connection's writer. Items are
+// encoded by the writer, straight from the items' buffers.
+type outMsg struct {
+	kind    msgKind
+	autoAck bool
+	status  uint16
+	id      uint32
+	n       uint32
+	message string
+	q       *queue
+	items   []item
+	first   uint64 // delivery id of items[0]; the others follow
+}
+
+type inflightItem struct {
+	q  *queue
+	it item
+}
+
+// conn is one client connection.
+type conn struct {
+	b      *Broker
+	nc     net.Conn
+	id     uint64
+	peer   Peer
+	client string // from HELLO, for the logs
+	log    *zap.Logger
+
+	wake       chan struct{} // an outbox append, for the writer (cap 1)
+	drained    chan struct{} // the writer took the outbox (cap 1)
+	quit       chan struct{} // closed to stop the writer
+	quitOnce   sync.Once
+	writerDone chan struct{}
+
+	mu       sync.Mutex
+	outbox   []outMsg
+	spare    []outMsg
+	closed   bool // cleanup took the in-flight items: deliver nothing more
+	fatalSet bool // a FATAL is in the outbox: nothing else is read or sent
+	inflight map[uint64]inflightItem
+	waiting  map[uint32]*waiter // by request id, for CANCEL
+}
+
+func (b *Broker) newConn(nc net.Conn) *conn {
+	c := &conn{
+		b:          b,
+		nc:         nc,
+		id:         b.nextConn.Add(1),
+		peer:       peerOf(nc),
+		wake:       make(chan struct{}, 1),
+		drained:    make(chan struct{}, 1),
+		quit:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+		inflight:   make(map[uint64]inflightItem),
+		waiting:    make(map[uint32]*waiter),
+	}
+	c.log = b.log.With(zap.Uint64("conn", c.id), zap.Int("pid", c.peer.PID), zap.Int("uid", c.peer.UID), zap.Int("gid", c.peer.GID))
+	return c
+}
+
+// peerOf asks the kernel who is at the other end of a Unix socket.
+func peerOf(nc net.Conn) Peer {
+	p := Peer{PID: -1, UID: -1, GID: -1}
+	uc, ok := nc.(*net.UnixConn)
+	if !ok {
+		return p
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return p
+	}
+	raw.Control(func(fd uintptr) {
+		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
+			p = Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}
+		}
+	})
+	return p
+}
+
+func (c *conn) signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// reply queues a RESULT. Never blocks.
+func (c *conn) reply(id uint32, status uint16, n uint32, message string) {
+	c.mu.Lock()
+	c.outbox = append(c.outbox, outMsg{kind: msgResult, id: id, status: status, n: n, message: message})
+	c.mu.Unlock()
+	c.signal(c.wake)
+}
+
+// deliver queues an ITEMS reply and, without auto-ack, records the items
+// in flight on this connection. Called under q.mu; never blocks. It reports
+// false, taking nothing, when the connection's cleanup already ran.
+func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck bool) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	if !autoAck {
+		for i := range items {
+			c.inflight[first+uint64(i)] = inflightItem{q: q, it: items[i]}
+		}
+	}
+	c.outbox = append(c.outbox, outMsg{kind: msgItems, id: id, q: q, items: items, first: first, autoAck: autoAck})
+	c.mu.Unlock()
+	c.signal(c.wake)
+	return true
+}
+
+func (c *conn) addWaiter(w *waiter) {
+	c.mu.Lock()
+	c.waiting[w.id] = w
+	c.mu.Unlock()
+}
+
+func (c *conn) removeWaiter(w *waiter) {
+	c.mu.Lock()
+	if c.waiting[w.id] == w {
+		delete(c.waiting, w.id)
+	}
+	c.mu.Unlock()
+}
+
+// fatal queues a FATAL after which the writer closes the connection, and
+// bounds the time the writer may take to write it.
+func (c *conn) fatal(status uint16, message string) {
+	c.mu.Lock()
+	if c.fatalSet {
+		c.mu.Unlock()
+		return
+	}
+	c.fatalSet = true
+	c.outbox = append(c.outbox, outMsg{kind: msgFatal, status: status, message: message})
+	c.mu.Unlock()
+	c.nc.SetWriteDeadline(time.Now().Add(c.b.frameDeadline))
+	c.nc.SetReadDeadline(time.Now()) // the reader stops at once
+	c.signal(c.wake)
+}
+
+func (c *conn) fatalPending() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fatalSet
+}
+
+func (c *conn) stopWriter() { c.quitOnce.Do(func() { close(c.quit) }) }
+
+// serve runs the connection: handshake, then the reader loop here and the
+// writer on its own goroutine, then the cleanup that requeues what the
+// connection held.
+func (c *conn) serve() {
+	defer c.b.wg.Done()
+	defer func() {
+		c.b.mu.Lock()
+		delete(c.b.conns, c)
+		c.b.mu.Unlock()
+	}()
+	if !c.handshake() {
+		c.nc.Close()
+		c.mu.Lock()
+		c.closed = true
+		c.mu.Unlock()
+		return
+	}
+	if c.fatalPending() { // Close came during the handshake, which reset the deadlines
+		c.nc.SetWriteDeadline(time.Now().Add(c.b.frameDeadline))
+		c.nc.SetReadDeadline(time.Now())
+	}
+	go c.writeLoop()
+	c.readLoop()
+	c.cleanup()
+}
+
+// writeDirect writes one frame before the writer goroutine exists, within
+// the frame deadline.
+func (c *conn) writeDirect(frame []byte) error {
+	c.nc.SetWriteDeadline(time.Now().Add(c.b.frameDeadline))
+	_, err := c.nc.Write(frame)
+	c.nc.SetWriteDeadline(time.Time{})
+	return err
+}
+
+func (c *conn) fatalDirect(status uint16, message string) {
+	c.writeDirect(appendFatal(nil, &fatalFrame{Status: status, Message: message}))
+	if uc, ok := c.nc.(*net.UnixConn); ok {
+		uc.CloseWrite()
+	}
+}
+
+// handshake reads the HELLO, checks the peer and answers WELCOME, all
+// within the frame deadline. It reports whether the connection may go on.
+func (c *conn) handshake() bool {
+	allowed := c.b.allow(c.peer)
+	if !allowed {
+		// Logged at once, even if the peer never says HELLO; answered
+		// after its HELLO, so a client that writes HELLO and then reads
+		// gets the FATAL rather than a broken pipe.
+		c.log.Warn("queue client refused: this peer may not use the queue broker")
+	}
+	c.nc.SetReadDeadline(time.Now().Add(c.b.frameDeadline))
+	fr := frameReader{r: bufio.NewReaderSize(c.nc, maxHelloLen+frameHeaderLen)}
+	payload, err := fr.read(maxHelloLen, nil)
+	if err != nil && !errors.Is(err, errBadFrame) {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && !c.fatalPending() {
+			c.log.Warn("queue client sent no HELLO within the frame deadline; closing its connection", zap.Duration("deadline", c.b.frameDeadline))
+		} else {
+			c.log.Debug("queue client gone before HELLO", zap.Error(err))
+		}
+		return false
+	}
+	if !allowed {
+		c.fatalDirect(statusRefused, "peer refused")
+		return false
+	}
+	var f any
+	if err == nil {
+		f, err = decodeFrame(payload)
+	}
+	if err != nil {
+		c.log.Warn("queue client sent a malformed HELLO", zap.Error(err))
+		c.fatalDirect(statusBadFrame, err.Error())
+		return false
+	}
+	h, ok := f.(*helloFrame)
+	if !ok {
+		c.log.Warn("queue client did not start with HELLO", zap.String("frame", fmt.Sprintf("%T", f)))
+		c.fatalDirect(statusBadHello, "expected HELLO")
+		return false
+	}
+	c.client = h.Client
+	if string(h.Magic[:]) != helloMagic || h.Version != ProtocolVersion {
+		c.log.Warn("queue client sent a bad HELLO", zap.String("client", h.Client), zap.Uint16("version", h.Version))
+		c.fatalDirect(statusBadHello, fmt.Sprintf("want magic %q version %d", helloMagic, ProtocolVersion))
+		return false
+	}
+	err = c.writeDirect(appendWelcome(nil, &welcomeFrame{Version: ProtocolVersion, MaxFrame: uint32(c.b.maxFrame), MaxItem: uint32(c.b.maxItem)}))
+	if err != nil {
+		c.log.Debug("queue client gone before WELCOME", zap.Error(err))
+		return false
+	}
+	c.nc.SetReadDeadline(time.Time{})
+	c.log = c.log.With(zap.String("client", h.Client))
+	c.log.Debug("queue client connected")
+	return true
+}
+
+// readLoop reads and carries out requests until the connection ends or
+// breaks the protocol.
+func (c *conn) readLoop() {
+	fr := frameReader{
+		r:     bufio.NewReaderSize(c.nc, writeChunk),
+		began: func() error { return c.nc.SetReadDeadline(time.Now().Add(c.b.frameDeadline)) },
+		ended: func() error { return c.nc.SetReadDeadline(time.Time{}) },
+	}
+	keepPut := func(typ byte) bool { return typ == typePut }
+	for {
+		payload, err := fr.read(c.b.maxFrame, keepPut)
+		if err == nil {
+			err = c.handle(payload)
+		}
+		if err != nil {
+			var ne net.Error
+			switch {
+			case errors.Is(err, errBadFrame):
+				c.log.Warn("queue client broke the protocol; closing its connection", zap.Error(err))
+				c.fatal(statusBadFrame, err.Error())
+			case c.fatalPending():
+			case errors.As(err, &ne) && ne.Timeout():
+				c.log.Warn("queue client did not finish a frame within the frame deadline; closing its connection", zap.Duration("deadline", c.b.frameDeadline))
+			case errors.Is(err, io.EOF):
+				c.log.Debug("queue client disconnected")
+			default:
+				c.log.Debug("queue client connection ended", zap.Error(err))
+			}
+			return
+		}
+		// Flow control: let the writer catch up before reading more.
+		for {
+			c.mu.Lock()
+			n, dead := len(c.outbox), c.fatalSet
+			c.mu.Unlock()
+			if dead {
+				return
+			}
+			if n < maxOutbox {
+				break
+			}
+			select {
+			case <-c.drained:
+			case <-c.writerDone:
+				return
+			}
+		}
+	}
+}
+
+// handle carries out one request. An error is a protocol violation.
+func (c *conn) handle(payload []byte) error {
+	f, err := decodeFrame(payload)
+	if err != nil {
+		return err
+	}
+	switch f := f.(type) {
+	case *putFrame:
+		q := c.b.queues[f.Queue]
+		if q == nil {
+			c.reply(f.ID, statusNoSuchQueue, 0, "no queue "+f.Queue)
+			return nil
+		}
+		for i, it := range f.Items {
+			if len(it) > c.b.maxItem {
+				c.reply(f.ID, statusTooLarge, 0, fmt.Sprintf("item %d has %d bytes, max_item is %d", i, len(it), c.b.maxItem))
+				return nil
+			}
+		}
+		q.put(c, f.ID, f.TimeoutMS, f.Items)
+	case *getFrame:
+		q := c.b.queues[f.Queue]
+		if q == nil {
+			c.reply(f.ID, statusNoSuchQueue, 0, "no queue "+f.Queue)
+			return nil
+		}
+		q.get(c, f.ID, f.TimeoutMS, int(min(f.Max, 1<<24)), f.Flags&flagAutoAck != 0)
+	case *ackFrame:
+		c.ack(f)
+	case *cancelFrame:
+		c.mu.Lock()
+		w := c.waiting[f.ID]
+		c.mu.Unlock()
+		if w != nil {
+			w.q.finish(w, statusCancelled, "cancelled")
+		}
+	default:
+		return badFrame("unexpected %T from a client", f)
+	}
+	return nil
+}
+
+// ack carries out an ACK or NACK: only this connection's in-flight items
+// are found (rules 3 and 4).
+func (c *conn) ack(f *ackFrame) {
+	type found struct {
+		delivery uint64
+		inflightItem
+	}
+	var nacked []found
+	var ackQ *queue // the queue of the acked items while there is only one
+	ackN := 0
+	perQueue := map[*queue]int(nil)
+	c.mu.Lock()
+	n := 0
+	for _, d := range f.Deliveries {
+		e, ok := c.inflight[d]
+		if !ok {
+			continue
+		}
+		delete(c.inflight, d)
+		n++
+		if f.Nack {
+			nacked = append(nacked, found{d, e})
+			continue
+		}
+		switch {
+		case ackQ == nil || ackQ == e.q:
+			ackQ = e.q
+			ackN++
+		default:
+			if perQueue == nil {
+				perQueue = make(map[*queue]int)
+			}
+			perQueue[e.q]++
+		}
+	}
+	c.mu.Unlock()
+	if ackQ != nil {
+		ackQ.ack(ackN)
+	}
+	for q, k := range perQueue {
+		q.ack(k)
+	}
+	if len(nacked) > 0 {
+		slices.SortFunc(nacked, func(a, b found) int { return cmp.Compare(a.delivery, b.delivery) })
+		requeueGrouped(len(nacked), func(i int) (*queue, item) { return nacked[i].q, nacked[i].it })
+	}
+	status, msg := statusOK, ""
+	if n < len(f.Deliveries) {
+		status, msg = statusUnknownDelivery, fmt.Sprintf("%d of %d deliveries are not this connection's in-flight items", len(f.Deliveries)-n, len(f.Deliveries))
+	}
+	c.reply(f.ID, status, uint32(n), msg)
+}
+
+// requeueGrouped requeues n items, given in delivery order, queue by queue,
+// each queue's items keeping that order.
+func requeueGrouped(n int, at func(int) (*queue, item)) {
+	byQueue := make(map[*queue][]item)
+	var order []*queue
+	for i := range n {
+		q, it := at(i)
+		if _, seen := byQueue[q]; !seen {
+			order = append(order, q)
+		}
+		byQueue[q] = append(byQueue[q], it)
+	}
+	for _, q := range order {
+		q.requeue(byQueue[q])
+	}
+}
+
+// writeLoop encodes the outbox and writes it, as much as has accumulated
+// per system call, until the connection ends or a FATAL is written.
+func (c *conn) writeLoop() {
+	defer close(c.writerDone)
+	defer c.nc.Close() // wakes the reader if the writer stops first
+	var buf []byte
+	write := func() error {
+		if len(buf) == 0 {
+			return nil
+		}
+		_, err := c.nc.Write(buf)
+		buf = buf[:0]
+		return err
+	}
+	for {
+		select {
+		case <-c.wake:
+		case <-c.quit:
+			return
+		}
+		fatal := false
+		for !fatal && len(buf) < writeChunk {
+			c.mu.Lock()
+			batch := c.outbox
+			c.outbox, c.spare = c.spare[:0], nil
+			c.mu.Unlock()
+			c.signal(c.drained)
+			if len(batch) == 0 {
+				c.mu.Lock()
+				c.spare = batch
+				c.mu.Unlock()
+				break
+			}
+			var err error
+			for i := range batch {
+				m := &batch[i]
+				switch m.kind {
+				case msgResult:
+					buf = appendResult(buf, &resultFrame{ID: m.id, Status: m.status, N: m.n, Message: m.message})
+				case msgFatal:
+					buf = appendFatal(buf, &fatalFrame{Status: m.status, Message: m.message})
+					fatal = true
+				case msgItems:
+					if m.autoAck {
+						m.q.ack(len(m.items)) // rule 5: gone once written
+					}
+					err = c.encodeItems(&buf, m, write)
+				}
+				if err == nil && len(buf) >= writeChunk {
+					err = write()
+				}
+				if err != nil || fatal {
+					break
+				}
+			}
+			clear(batch)
+			c.mu.Lock()
+			c.spare = batch[:0]
+			c.mu.Unlock()
+			if err != nil {
+				c.log.Debug("queue client connection: write failed", zap.Error(err))
+				return
+			}
+		}
+		if err := write(); err != nil {
+			c.log.Debug("queue client connection: write failed", zap.Error(err))
+			return
+		}
+		if fatal {
+			if uc, ok := c.nc.(*net.UnixConn); ok {
+				uc.CloseWrite()
+			}
+			return
+		}
+	}
+}
+
+// encodeItems appends an ITEMS frame to *buf; a big body is written from
+// its own buffer instead of being copied.
+func (c *conn) encodeItems(buf *[]byte, m *outMsg, write func() error) error {
+	size := itemsFixedLen
+	for i := range m.items {
+		size += itemsEntryLen + len(m.items[i].body)
+	}
+	b := *buf
+	b = appendUint32(b, uint32(size))
+	b = append(b, typeItems)
+	b = appendUint32(b, m.id)
+	b = appendUint32(b, uint32(len(m.items)))
+	for i := range m.items {
+		d := m.first + uint64(i)
+		if m.autoAck {
+			d = 0
+		}
+		b = appendUint64(b, d)
+		b = appendUint32(b, m.items[i].deliveries)
+		body := m.items[i].body
+		b = appendUint32(b, uint32(len(body)))
+		if len(body) < bigBody {
+			b = append(b, body...)
+			continue
+		}
+		*buf = b
+		if err := write(); err != nil {
+			return err
+		}
+		if _, err := c.nc.Write(body); err != nil {
+			return err
+		}
+		b = (*buf)[:0]
+	}
+	*buf = b
+	return nil
+}
+
+// cleanup runs once the reader has stopped: it stops the writer, withdraws
+// the connection's waiting requests and requeues every item the connection
+// held (rule 4), in delivery order.
+func (c *conn) cleanup() {
+	c.mu.Lock()
+	fatal := c.fatalSet
+	c.mu.Unlock()
+	if fatal {
+		// Let the writer write the FATAL; its write deadline bounds this.
+		<-c.writerDone
+	}
+	c.nc.Close()
+	c.stopWriter()
+	<-c.writerDone
+	for _, q := range c.b.queueList {
+		q.dropConn(c)
+	}
+	c.mu.Lock()
+	c.closed = true
+	type held struct {
+		delivery uint64
+		inflightItem
+	}
+	all := make([]held, 0, len(c.inflight))
+	for d, e := range c.inflight {
+		all = append(all, held{d, e})
+	}
+	for _, m := range c.outbox {
+		if m.kind == msgItems && m.autoAck { // never written: still the broker's
+			for i, it := range m.items {
+				all = append(all, held{m.first + uint64(i), inflightItem{m.q, it}})
+			}
+		}
+	}
+	c.inflight, c.outbox, c.spare = nil, nil, nil
+	c.mu.Unlock()
+	if len(all) > 0 {
+		slices.SortFunc(all, func(a, b held) int { return cmp.Compare(a.delivery, b.delivery) })
+		requeueGrouped(len(all), func(i int) (*queue, item) { return all[i].q, all[i].it })
+		c.log.Debug("queue client connection closed; its in-flight items are requeued", zap.Int("items", len(all)))
+	}
+}
+
+func appendUint32(b []byte, v uint32) []byte {
+	return append(b, byte(v>>24), byte(v>>16), byte(v>>8), byte(v))
+}
+
+func appendUint64(b []byte, v uint64) []byte {
+	return appendUint32(appendUint32(b, uint32(v>>32)), uint32(v))
+}

@@ -1,0 +1,656 @@
+package ipc
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+const (
+	// maxClientBuffer is how many encoded bytes callers may queue ahead of
+	// the client's writer before they wait for it.
+	maxClientBuffer = 4 << 20
+	// cancelGrace bounds how long a cancelled PUT waits for the broker's
+	// answer to its CANCEL, which says how many items were accepted.
+	cancelGrace = 5 * time.Second
+)
+
+// Client is a connection to a queue broker. It is safe for concurrent use
+// by any number of goroutines, and pipelined: a call sends its request and
+// waits for its own reply only, so calls from several goroutines share the
+// connection without waiting for each other's round trips, and requests
+// queued at the same moment go out in one write. Create it with Dial or
+// DialEnv; Close it when done.
+//
+// Every call takes a context. Its deadline becomes the request's wait limit
+// (timeout_ms); with no deadline a GET or PUT waits as long as it takes. A
+// context cancelled while a GET or PUT waits withdraws it (CANCEL) and the
+// call returns an error wrapping ctx.Err(); items the broker had already
+// sent for that GET are put back (NACK). When the deadline is what ended
+// the wait, the error wraps both ErrTimeout and context.DeadlineExceeded.
+//
+// When the connection ends (Close, the broker's Close, the manager's
+// death), every pending and later call returns an error wrapping ErrClosed.
+type Client struct {
+	nc       net.Conn
+	maxFrame int
+	maxItem  int
+
+	wake    chan struct{} // out has bytes (cap 1)
+	room    chan struct{} // the writer took out (cap 1)
+	done    chan struct{} // closed when the connection is gone
+	stopped chan struct{} // closed when reader and writer have ended
+
+	// writeMu is held by whoever writes to nc: the writer goroutine, or a
+	// caller that found it idle and writes its own request (one goroutine
+	// handoff less on an idle connection).
+	writeMu sync.Mutex
+
+	mu      sync.Mutex
+	nextID  uint32
+	out     []byte // frames waiting for the writer
+	spare   []byte
+	pending map[uint32]*call
+	err     error // why done was closed; wraps ErrClosed
+}
+
+// call is a request waiting for its reply.
+type call struct {
+	ch        chan clientReply // cap 1
+	queue     string
+	autoAck   bool
+	abandoned bool // its caller gave up: a late ITEMS is NACKed (c.mu)
+}
+
+type clientReply struct {
+	result *resultFrame
+	items  *itemsFrame
+}
+
+// Delivery is an item handed out by GET. It stays in flight, owned by the
+// client's connection, until Ack or Nack; if the connection closes first,
+// the broker delivers it again.
+type Delivery struct {
+	Queue      string
+	ID         uint64 // the broker's delivery id
+	Deliveries int    // 1 the first time; more when redelivered
+	Body       []byte
+}
+
+// Dial connects to the broker listening on the Unix socket at path and
+// shakes hands. ctx bounds the connect and handshake only. A broker that
+// refuses this process (SO_PEERCRED) makes an error wrapping ErrRefused.
+func Dial(ctx context.Context, path string) (*Client, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)
+	}
+	c, err := handshakeClient(ctx, nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// DialEnv is Dial to the path in GOTYLEDON_QUEUE_SOCKET, which the manager
+// sets in every worker's environment.
+func DialEnv(ctx context.Context) (*Client, error) {
+	path := os.Getenv(EnvSocket)
+	if path == "" {
+		return nil, fmt.Errorf("ipc: dial: %s is not set (not started by a gotyledon manager?)", EnvSocket)
+	}
+	return Dial(ctx, path)
+}
+
+// clientName names this process in the broker's logs.
+func clientName() string {
+	if s := os.Getenv("GOTYLEDON_SERVICE"); s != "" {
+		return s + "/" + os.Getenv("GOTYLEDON_WORKER_ID")
+	}
+	return fmt.Sprintf("%s[%d]", filepath.Base(os.Args[0]), os.Getpid())
+}
+
+func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	h := helloFrame{Version: ProtocolVersion, Client: clientName()}
+	copy(h.Magic[:], helloMagic)
+	if _, err := nc.Write(appendHello(nil, &h)); err != nil {
+		return nil, handshakeErr(ctx, fmt.Errorf("sending HELLO: %w", err))
+	}
+	r := bufio.NewReaderSize(nc, writeChunk)
+	fr := frameReader{r: r}
+	payload, err := fr.read(1<<16, nil)
+	if err != nil {
+		return nil, handshakeErr(ctx, fmt.Errorf("reading WELCOME: %w", err))
+	}
+	f, err := decodeFrame(payload)
+	if err != nil {
+		return nil, fmt.Errorf("reading WELCOME: %w", err)
+	}
+	var w *welcomeFrame
+	switch f := f.(type) {
+	case *fatalFrame:
+		return nil, fmt.Errorf("%w (%w)", &StatusError{Code: f.Status, Message: f.Message}, ErrClosed)
+	case *welcomeFrame:
+		w = f
+	default:
+		return nil, fmt.Errorf("reading WELCOME: %w: got %T", errBadFrame, f)
+	}
+	if w.Version != ProtocolVersion || int64(w.MaxFrame) < int64(w.MaxItem)+frameSlack {
+		return nil, fmt.Errorf("unusable WELCOME: version %d, max_frame %d, max_item %d", w.Version, w.MaxFrame, w.MaxItem)
+	}
+	nc.SetDeadline(time.Time{})
+	if ctx.Err() != nil { // the AfterFunc may have fired after the read
+		return nil, ctx.Err()
+	}
+	c := &Client{
+		nc:       nc,
+		maxFrame: int(w.MaxFrame),
+		maxItem:  int(w.MaxItem),
+		wake:     make(chan struct{}, 1),
+		room:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+		pending:  make(map[uint32]*call),
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); c.writeLoop() }()
+	go func() { defer wg.Done(); c.readLoop(r) }()
+	go func() { wg.Wait(); close(c.stopped) }()
+	return c, nil
+}
+
+func handshakeErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%w)", ctx.Err(), err)
+	}
+	return err
+}
+
+// Close closes the connection; pending calls return ErrClosed, and items
+// this client holds in flight are requeued by the broker. It waits for the
+// client's goroutines to end. Safe twice and concurrently.
+func (c *Client) Close() error {
+	c.fail(fmt.Errorf("%w: client closed", ErrClosed))
+	<-c.stopped
+	return nil
+}
+
+// fail ends the connection for err (the first one wins).
+func (c *Client) fail(err error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = err
+	close(c.done)
+	c.mu.Unlock()
+	c.nc.Close()
+}
+
+func (c *Client) gone() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// send encodes a request into the outgoing buffer and, with cl, registers
+// it for its reply. It waits while the buffer is over its limit.
+func (c *Client) send(ctx context.Context, cl *call, encode func(dst []byte, id uint32) []byte) (uint32, error) {
+	for {
+		c.mu.Lock()
+		if c.err != nil {
+			c.mu.Unlock()
+			return 0, c.err
+		}
+		if len(c.out) < maxClientBuffer {
+			break
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.room:
+		case <-c.done:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+	c.nextID++
+	id := c.nextID
+	c.out = encode(c.out, id)
+	if cl != nil {
+		c.pending[id] = cl
+	}
+	c.mu.Unlock()
+	if c.writeMu.TryLock() {
+		err := c.writeOut()
+		c.writeMu.Unlock()
+		if err != nil {
+			return id, nil // fail ran: the caller's wait sees ErrClosed
+		}
+		c.mu.Lock()
+		more := len(c.out) > 0 // queued while we wrote, by callers who found us busy
+		c.mu.Unlock()
+		if !more {
+			return id, nil
+		}
+	}
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+	return id, nil
+}
+
+// writeOut writes what is queued in c.out; the caller holds writeMu.
+func (c *Client) writeOut() error {
+	c.mu.Lock()
+	buf := c.out
+	c.out, c.spare = c.spare[:0], nil
+	c.mu.Unlock()
+	select {
+	case c.room <- struct{}{}:
+	default:
+	}
+	var err error
+	if len(buf) > 0 {
+		if _, err = c.nc.Write(buf); err != nil {
+			c.fail(fmt.Errorf("%w: writing to the broker: %w", ErrClosed, err))
+		}
+	}
+	c.mu.Lock()
+	if cap(buf) <= 2*maxClientBuffer && c.spare == nil { // do not keep a huge one around
+		c.spare = buf[:0]
+	}
+	c.mu.Unlock()
+	return err
+}
+
+func (c *Client) writeLoop() {
+	for {
+		select {
+		case <-c.wake:
+		case <-c.done:
+			return
+		}
+		c.writeMu.Lock()
+		err := c.writeOut()
+		c.writeMu.Unlock()
+		if err != nil {
+			return
+		}
+	}
+}
+
+func (c *Client) readLoop(r *bufio.Reader) {
+	fr := frameReader{r: r}
+	keep := func(typ byte) bool { return typ == typeItems }
+	for {
+		payload, err := fr.read(c.maxFrame, keep)
+		if err != nil {
+			c.fail(fmt.Errorf("%w: reading from the broker: %w", ErrClosed, err))
+			return
+		}
+		f, err := decodeFrame(payload)
+		if err != nil {
+			c.fail(fmt.Errorf("%w: the broker sent a bad frame: %w", ErrClosed, err))
+			return
+		}
+		var id uint32
+		var rep clientReply
+		switch f := f.(type) {
+		case *resultFrame:
+			id, rep.result = f.ID, f
+		case *itemsFrame:
+			id, rep.items = f.ID, f
+		case *fatalFrame:
+			c.fail(fmt.Errorf("%w: %w", ErrClosed, &StatusError{Code: f.Status, Message: f.Message}))
+			return
+		default:
+			c.fail(fmt.Errorf("%w: the broker sent an unexpected %T", ErrClosed, f))
+			return
+		}
+		c.mu.Lock()
+		cl := c.pending[id]
+		delete(c.pending, id)
+		late := false // ITEMS nobody waits for: give them back
+		switch {
+		case cl == nil:
+			late = rep.items != nil && rep.items.Items[0].Delivery != 0
+		case cl.abandoned:
+			late = rep.items != nil && !cl.autoAck
+		default:
+			cl.ch <- rep // cap 1, one reply per call: never blocks
+		}
+		c.mu.Unlock()
+		if late {
+			c.nackLate(rep.items)
+		}
+	}
+}
+
+// nackLate gives back the items of an ITEMS nobody waits for any more.
+func (c *Client) nackLate(f *itemsFrame) {
+	ids := make([]uint64, 0, len(f.Items))
+	for _, it := range f.Items {
+		if it.Delivery != 0 {
+			ids = append(ids, it.Delivery)
+		}
+	}
+	if len(ids) == 0 {
+		return
+	}
+	c.send(context.Background(), nil, func(dst []byte, id uint32) []byte {
+		return appendAck(dst, &ackFrame{Nack: true, ID: id, Deliveries: ids})
+	})
+}
+
+// timeoutMS turns ctx's deadline into a wait limit.
+func timeoutMS(ctx context.Context) uint32 {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return waitForever
+	}
+	d := time.Until(dl)
+	if d <= 0 {
+		return 1 // 0 would mean "do not wait": a FULL, not the TIMEOUT it is
+	}
+	ms := (d + time.Millisecond - 1) / time.Millisecond
+	return uint32(min(int64(ms), math.MaxUint32-1))
+}
+
+// statusErr turns a RESULT into an error (nil for OK). A TIMEOUT caused
+// by ctx's deadline also wraps context.DeadlineExceeded.
+func statusErr(ctx context.Context, r *resultFrame) error {
+	if r.Status == statusOK {
+		return nil
+	}
+	err := &StatusError{Code: r.Status, Message: r.Message}
+	if r.Status == statusTimeout {
+		if _, ok := ctx.Deadline(); ok {
+			return fmt.Errorf("%w (%w)", err, context.DeadlineExceeded)
+		}
+	}
+	return err
+}
+
+// ctxErr is the error of a call its context ended.
+func ctxErr(ctx context.Context) error {
+	err := ctx.Err()
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w (%w)", ErrTimeout, err)
+	}
+	return err
+}
+
+// wait waits for cl's reply. When ctx ends first it withdraws the request
+// (CANCEL) and either abandons it (abandon: a late ITEMS is NACKed) or
+// waits a little for the broker's answer to the CANCEL.
+func (c *Client) wait(ctx context.Context, id uint32, cl *call, cancellable, abandon bool) (clientReply, error) {
+	select {
+	case r := <-cl.ch:
+		return r, nil
+	case <-c.done:
+		select {
+		case r := <-cl.ch:
+			return r, nil
+		default:
+		}
+		return clientReply{}, c.gone()
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	_, waiting := c.pending[id]
+	if waiting && abandon {
+		cl.abandoned = true
+	}
+	c.mu.Unlock()
+	if !waiting { // the reply is in cl.ch already
+		return <-cl.ch, nil
+	}
+	if cancellable {
+		c.send(context.Background(), nil, func(dst []byte, _ uint32) []byte {
+			return appendCancel(dst, &cancelFrame{ID: id})
+		})
+	}
+	if abandon {
+		return clientReply{}, ctxErr(ctx)
+	}
+	t := time.NewTimer(cancelGrace)
+	defer t.Stop()
+	select {
+	case r := <-cl.ch:
+		return r, ctxErr(ctx)
+	case <-c.done:
+		return clientReply{}, c.gone()
+	case <-t.C:
+		c.mu.Lock()
+		cl.abandoned = true
+		c.mu.Unlock()
+		return clientReply{}, ctxErr(ctx)
+	}
+}
+
+// Put appends item to the tail of queue, waiting for room while the queue
+// is full (up to ctx's deadline). See PutBatch.
+func (c *Client) Put(ctx context.Context, queue string, item []byte) error {
+	_, err := c.PutBatch(ctx, queue, [][]byte{item})
+	return err
+}
+
+// TryPut is Put without waiting: a full queue makes an error wrapping
+// ErrFull.
+func (c *Client) TryPut(queue string, item []byte) error {
+	_, err := c.putFrames(context.Background(), queue, [][]byte{item}, false)
+	return err
+}
+
+// PutBatch appends items, in order, to the tail of queue, waiting for room
+// while the queue is full, up to ctx's deadline. It returns how many were
+// accepted: the first accepted items are queued, the others are not.
+// Items go in one frame, or in as few as max_frame allows, each sent once
+// the previous one is fully accepted. If ctx is cancelled while the PUT
+// waits, PutBatch withdraws it (CANCEL) and waits for the broker's answer,
+// which says how many got in, for at most 5 seconds (after that it reports
+// only the frames it knows were accepted). An item longer than the broker's
+// max_item makes an error wrapping ErrTooLarge before anything is sent.
+// The items' bytes are copied before PutBatch returns.
+func (c *Client) PutBatch(ctx context.Context, queue string, items [][]byte) (accepted int, err error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.putFrames(ctx, queue, items, true)
+}
+
+// putFrames sends items in as few PUTs as max_frame allows, one after the
+// other; wait false makes them TryPuts (timeout_ms 0).
+func (c *Client) putFrames(ctx context.Context, queue string, items [][]byte, wait bool) (int, error) {
+	if len(queue) > maxStr8 {
+		return 0, fmt.Errorf("ipc: put on %.40q...: %w", queue, ErrNoSuchQueue)
+	}
+	for i, it := range items {
+		if len(it) > c.maxItem {
+			return 0, fmt.Errorf("ipc: put on %q: item %d: %w", queue, i,
+				&StatusError{Code: statusTooLarge, Message: fmt.Sprintf("%d bytes, max_item is %d", len(it), c.maxItem)})
+		}
+	}
+	accepted := 0
+	for {
+		// As many items as fit in one frame.
+		size, n := putFixedLen+len(queue), 0
+		for n < len(items) && (n == 0 || size+putItemLen+len(items[n]) <= c.maxFrame) {
+			size += putItemLen + len(items[n])
+			n++
+		}
+		chunk := items[:n]
+		items = items[n:]
+		var timeout uint32 // what is left of ctx's time, for each frame
+		if wait {
+			timeout = timeoutMS(ctx)
+		}
+		cl := &call{ch: make(chan clientReply, 1)}
+		id, err := c.send(ctx, cl, func(dst []byte, id uint32) []byte {
+			return appendPut(dst, &putFrame{ID: id, TimeoutMS: timeout, Queue: queue, Items: chunk})
+		})
+		if err != nil {
+			return accepted, fmt.Errorf("ipc: put on %q: %w", queue, err)
+		}
+		r, err := c.wait(ctx, id, cl, true, false)
+		if r.result != nil {
+			accepted += int(r.result.N)
+			if err == nil {
+				err = statusErr(ctx, r.result)
+			}
+		} else if err == nil {
+			err = fmt.Errorf("%w: ITEMS in reply to a PUT", errBadFrame)
+		}
+		if err != nil {
+			return accepted, fmt.Errorf("ipc: put on %q: %w", queue, err)
+		}
+		if len(items) == 0 {
+			break
+		}
+	}
+	return accepted, nil
+}
+
+// Get takes one item from the head of queue, waiting for one as long as
+// ctx allows. The item is in flight until Ack or Nack.
+func (c *Client) Get(ctx context.Context, queue string) (*Delivery, error) {
+	ds, err := c.GetBatch(ctx, queue, 1)
+	if err != nil {
+		return nil, err
+	}
+	return ds[0], nil
+}
+
+// GetBatch takes up to max items from the head of queue, waiting as long
+// as ctx allows for the first one (never for more). Each is in flight
+// until Ack or Nack. max must be at least 1.
+func (c *Client) GetBatch(ctx context.Context, queue string, max int) ([]*Delivery, error) {
+	f, err := c.get(ctx, queue, max, false)
+	if err != nil {
+		return nil, err
+	}
+	ds := make([]Delivery, len(f.Items))
+	out := make([]*Delivery, len(f.Items))
+	for i, it := range f.Items {
+		ds[i] = Delivery{Queue: queue, ID: it.Delivery, Deliveries: int(it.Deliveries), Body: it.Body}
+		out[i] = &ds[i]
+	}
+	return out, nil
+}
+
+// GetAutoAck takes one item from the head of queue and ends it at once:
+// nothing to ack, but an item this process dies with is lost (at most
+// once). It waits for an item as long as ctx allows; if ctx ends while
+// the broker is sending one, that item is lost.
+func (c *Client) GetAutoAck(ctx context.Context, queue string) ([]byte, error) {
+	f, err := c.get(ctx, queue, 1, true)
+	if err != nil {
+		return nil, err
+	}
+	return f.Items[0].Body, nil
+}
+
+func (c *Client) get(ctx context.Context, queue string, max int, autoAck bool) (*itemsFrame, error) {
+	if max < 1 {
+		return nil, fmt.Errorf("ipc: get from %q: max %d, want at least 1", queue, max)
+	}
+	if len(queue) > maxStr8 {
+		return nil, fmt.Errorf("ipc: get from %.40q...: %w", queue, ErrNoSuchQueue)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var flags byte
+	if autoAck {
+		flags = flagAutoAck
+	}
+	cl := &call{ch: make(chan clientReply, 1), queue: queue, autoAck: autoAck}
+	timeout := timeoutMS(ctx)
+	id, err := c.send(ctx, cl, func(dst []byte, id uint32) []byte {
+		return appendGet(dst, &getFrame{ID: id, TimeoutMS: timeout, Queue: queue, Max: uint32(min(max, math.MaxUint32)), Flags: flags})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ipc: get from %q: %w", queue, err)
+	}
+	r, err := c.wait(ctx, id, cl, true, true)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: get from %q: %w", queue, err)
+	}
+	if r.result != nil {
+		err := statusErr(ctx, r.result)
+		if err == nil {
+			err = fmt.Errorf("%w: RESULT OK in reply to a GET", errBadFrame)
+		}
+		return nil, fmt.Errorf("ipc: get from %q: %w", queue, err)
+	}
+	return r.items, nil
+}
+
+// Ack ends the given deliveries: the broker forgets their items. A
+// delivery that is not this connection's in flight (already acked, say)
+// makes a *StatusError with code UNKNOWN_DELIVERY; the others are still
+// acked. ctx bounds the wait for the broker's answer only.
+func (c *Client) Ack(ctx context.Context, ds ...*Delivery) error {
+	return c.ack(ctx, false, ds)
+}
+
+// Nack puts the given deliveries back at the head of their queues, in
+// delivery order, to be delivered again. Errors as Ack.
+func (c *Client) Nack(ctx context.Context, ds ...*Delivery) error {
+	return c.ack(ctx, true, ds)
+}
+
+func (c *Client) ack(ctx context.Context, nack bool, ds []*Delivery) error {
+	what := "ack"
+	if nack {
+		what = "nack"
+	}
+	ids := make([]uint64, 0, len(ds))
+	for _, d := range ds {
+		if d == nil {
+			return fmt.Errorf("ipc: %s: nil delivery", what)
+		}
+		ids = append(ids, d.ID)
+	}
+	perFrame := (c.maxFrame - ackFixedLen) / 8
+	var firstErr error
+	for len(ids) > 0 {
+		chunk := ids[:min(len(ids), perFrame)]
+		ids = ids[len(chunk):]
+		cl := &call{ch: make(chan clientReply, 1)}
+		id, err := c.send(ctx, cl, func(dst []byte, id uint32) []byte {
+			return appendAck(dst, &ackFrame{Nack: nack, ID: id, Deliveries: chunk})
+		})
+		if err != nil {
+			return fmt.Errorf("ipc: %s: %w", what, err)
+		}
+		r, err := c.wait(ctx, id, cl, false, true)
+		if err != nil {
+			return fmt.Errorf("ipc: %s: %w", what, err)
+		}
+		if r.result == nil {
+			return fmt.Errorf("ipc: %s: %w: ITEMS in reply", what, errBadFrame)
+		}
+		if err := statusErr(ctx, r.result); err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("ipc: %s: %w", what, err)
+		}
+	}
+	return firstErr
+}

@@ -1,0 +1,98 @@
+"""The shape of manager_queue_bench.py against a gotyledon broker, with the
+Python client: 1 producer process, 2 consumer processes, 100-byte items, N
+items, get + ack (at least once), or get_auto_ack with --auto-ack (at most
+once, as Manager().Queue() is). Prints items/s and put-to-get latency.
+
+The queue must exist on the broker at --socket. From the repository, an
+in-process broker is started by:  GOTYLEDON_PY_BENCH=1 go test -run PythonBench -v ./ipc/
+
+    python3 gotyledon_bench.py --socket PATH --queue bench --n 100000 [--batch 64] [--runs 5]
+"""
+import argparse
+import multiprocessing as mp
+import struct
+import time
+
+from gotyledon_queue import Client
+from manager_queue_bench import STOP, make_item, report, summary
+
+
+def producer(path, queue, n, size, consumers, batch, barrier):
+    with Client.connect(path, timeout=10) as c:
+        barrier.wait()
+        if batch > 1:
+            for k in range(0, n, batch):
+                c.put_batch(queue, [make_item(size) for _ in range(min(batch, n - k))])
+        else:
+            for _ in range(n):
+                c.put(queue, make_item(size))
+        c.put_batch(queue, [STOP] * consumers)
+
+
+def consumer(path, queue, batch, auto_ack, barrier, results):
+    lats = []
+    with Client.connect(path, timeout=10) as c:
+        barrier.wait()
+        stop = False
+        while auto_ack and not stop:  # at most once, like Manager().Queue(): one round trip per item
+            body = c.get_auto_ack(queue)
+            if body == STOP:
+                stop = True
+            else:
+                lats.append(time.monotonic_ns() - struct.unpack_from(">Q", body)[0])
+        while not stop:
+            ds = c.get_batch(queue, batch)
+            now = time.monotonic_ns()
+            done, extra = [], []  # a batch may hold another consumer's STOP: give it back
+            for d in ds:
+                if d.body != STOP:
+                    lats.append(now - struct.unpack_from(">Q", d.body)[0])
+                elif stop:
+                    extra.append(d)
+                    continue
+                else:
+                    stop = True
+                done.append(d)
+            c.ack(*done)
+            if extra:
+                c.nack(*extra)
+    results.put((time.monotonic_ns(), lats))
+
+
+def run(path, queue, n, size, consumers, batch, auto_ack):
+    barrier, results = mp.Barrier(consumers + 2), mp.Queue()
+    procs = [mp.Process(target=producer, args=(path, queue, n, size, consumers, batch, barrier))]
+    procs += [mp.Process(target=consumer, args=(path, queue, batch, auto_ack, barrier, results)) for _ in range(consumers)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    t0 = time.monotonic_ns()
+    done = [results.get() for _ in range(consumers)]
+    for p in procs:
+        p.join()
+    lats = [x for _, ls in done for x in ls]
+    assert len(lats) == n, (len(lats), n)
+    return report(bench_name(batch, auto_ack), n, (max(t for t, _ in done) - t0) / 1e9, lats)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--queue", default="bench")
+    ap.add_argument("--n", type=int, default=100000)
+    ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--consumers", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=1, help="put_batch/get_batch of up to K items")
+    ap.add_argument("--auto-ack", action="store_true", help="consumers use get_auto_ack (at most once; ignores --batch for gets)")
+    ap.add_argument("--runs", type=int, default=1)
+    a = ap.parse_args()
+    summary(bench_name(a.batch, a.auto_ack),
+            [run(a.socket, a.queue, a.n, a.size, a.consumers, a.batch, a.auto_ack) for _ in range(a.runs)])
+
+
+def bench_name(batch, auto_ack):
+    return "gotyledon Python client" + (" auto-ack" if auto_ack else "") + (f" (batch {batch})" if batch > 1 else "")
+
+
+if __name__ == "__main__":
+    main()

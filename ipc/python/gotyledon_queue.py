@@ -1,0 +1,380 @@
+"""Client for the gotyledon queue broker, protocol version 1 (see ../PROTOCOL.md).
+
+Standard library only, Python 3.9+.
+
+    from gotyledon_queue import Client, Timeout
+
+    with Client.connect() as c:              # path from $GOTYLEDON_QUEUE_SOCKET
+        c.put("jobs", b"hello")
+        d = c.get("jobs", timeout=5)          # raises Timeout if nothing comes
+        handle(d.body)
+        d.ack()                               # or d.nack(): delivered again
+
+Timeouts are in seconds: None waits without limit, 0 does not wait at all.
+The client sends one request at a time (calls from several threads are
+serialised); replies are matched to requests by id all the same. It never
+sends CANCEL: a call interrupted while it waits (e.g. by Ctrl-C) closes the
+connection instead, which gives its in-flight items back to the broker.
+"""
+
+import copy
+import itertools
+import math
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+__all__ = [
+    "Client", "Delivery", "QueueError", "Timeout", "QueueFull", "NoSuchQueue",
+    "TooLarge", "UnknownDelivery", "ProtocolError", "Refused", "ShuttingDown",
+    "Cancelled", "Closed", "ENV_SOCKET",
+]
+
+ENV_SOCKET = "GOTYLEDON_QUEUE_SOCKET"
+MAGIC, VERSION, WAIT_FOREVER = b"GTYQ", 1, 0xFFFFFFFF
+HELLO, PUT, GET, ACK, NACK, CANCEL = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+WELCOME, RESULT, ITEMS, FATAL = 0x81, 0x82, 0x83, 0xFF
+STATUS_NAMES = ["OK", "TIMEOUT", "FULL", "NO_SUCH_QUEUE", "TOO_LARGE", "UNKNOWN_DELIVERY",
+                "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED"]
+
+
+# ---- errors: one class per status code (QueueError.status), plus Closed
+
+class QueueError(Exception):
+    """Base class. .status: the protocol status code (None if the error is the
+    client's own); .message: the broker's message; .n: the reply's n (for a
+    PUT, the items accepted and queued before it failed)."""
+    status = None
+
+    def __init__(self, message="", status=None, n=0):
+        if status is not None:
+            self.status = status
+        self.message, self.n = message, n
+        s = self.status
+        name = STATUS_NAMES[s] if s is not None and s < len(STATUS_NAMES) else s
+        super().__init__(f"{name}: {message}" if name is not None and message else message or name)
+
+class Timeout(QueueError): status = 1          # nothing (GET) or not everything (PUT) in time
+class QueueFull(QueueError): status = 2        # try_put (no wait) on a full queue
+class NoSuchQueue(QueueError): status = 3      # the queue is not configured
+class TooLarge(QueueError): status = 4         # item longer than max_item; nothing queued
+class UnknownDelivery(QueueError): status = 5  # ack/nack of deliveries not ours in flight
+class ProtocolError(QueueError): status = 6    # BAD_FRAME/BAD_HELLO, or a broker frame we cannot parse
+class Refused(QueueError): status = 8          # FATAL: this uid/gid may not use the broker
+class ShuttingDown(QueueError): status = 9     # the broker is stopping
+class Cancelled(QueueError): status = 10       # the request was withdrawn by CANCEL
+class Closed(QueueError):
+    """The client was closed or the connection is gone; .message keeps the
+    broker's FATAL message if it sent one."""
+
+_ERRORS = {c.status: c for c in (Timeout, QueueFull, NoSuchQueue, TooLarge, UnknownDelivery,
+                                  Refused, ShuttingDown, Cancelled)}
+_ERRORS[7] = ProtocolError
+
+
+def error_for(status, message="", n=0):
+    """The exception for a status code (ProtocolError for codes we do not know)."""
+    return _ERRORS.get(status, ProtocolError)(message, status, n)
+
+
+# ---- encoding (module level so it can be checked byte for byte, see test_gotyledon_queue.py)
+
+def _frame(ftype, body):
+    return struct.pack(">IB", len(body) + 1, ftype) + body
+
+def _str8(s):
+    b = s.encode("utf-8") if isinstance(s, str) else bytes(s)
+    if len(b) > 255:
+        raise ValueError(f"name longer than 255 bytes: {b[:32]!r}...")
+    return bytes([len(b)]) + b
+
+def encode_hello(client):
+    return _frame(HELLO, MAGIC + struct.pack(">H", VERSION) + _str8(client))
+
+def encode_put(rid, timeout_ms, queue, items):
+    parts = [struct.pack(">II", rid, timeout_ms), _str8(queue), struct.pack(">I", len(items))]
+    for it in items:
+        parts += [struct.pack(">I", len(it)), it]
+    return _frame(PUT, b"".join(parts))
+
+def encode_get(rid, timeout_ms, queue, max_items=1, auto_ack=False):
+    return _frame(GET, struct.pack(">II", rid, timeout_ms) + _str8(queue)
+                  + struct.pack(">IB", max_items, 1 if auto_ack else 0))
+
+def encode_ack(rid, ids, nack=False):
+    return _frame(NACK if nack else ACK, struct.pack(f">II{len(ids)}Q", rid, len(ids), *ids))
+
+def encode_cancel(rid):
+    return _frame(CANCEL, struct.pack(">I", rid))
+
+def decode(ftype, body):
+    """Decode the body of a broker frame into a tuple:
+    ("WELCOME", version, max_frame, max_item) | ("RESULT", id, status, n, message)
+    | ("ITEMS", id, [(delivery, deliveries, item), ...]) | ("FATAL", status, message)."""
+    try:
+        if ftype == WELCOME:
+            out, off = ("WELCOME",) + struct.unpack_from(">HII", body), 10
+        elif ftype == RESULT:
+            rid, status, n, ln = struct.unpack_from(">IHIB", body)
+            out, off = ("RESULT", rid, status, n, body[11:11 + ln].decode("utf-8", "replace")), 11 + ln
+        elif ftype == FATAL:
+            status, ln = struct.unpack_from(">HB", body)
+            out, off = ("FATAL", status, body[3:3 + ln].decode("utf-8", "replace")), 3 + ln
+        elif ftype == ITEMS:
+            rid, count = struct.unpack_from(">II", body)
+            items, off = [], 8
+            for _ in range(count):
+                delivery, deliveries, ln = struct.unpack_from(">QII", body, off)
+                items.append((delivery, deliveries, bytes(body[off + 16:off + 16 + ln])))
+                off += 16 + ln
+            out = ("ITEMS", rid, items)
+        else:
+            raise ProtocolError(f"unknown frame type 0x{ftype:02x} from the broker")
+    except struct.error as e:
+        raise ProtocolError(f"short frame 0x{ftype:02x} from the broker: {e}") from None
+    if off != len(body):
+        raise ProtocolError(f"frame 0x{ftype:02x} from the broker: {len(body) - off} bytes too many or too few")
+    return out
+
+
+def _timeout_ms(timeout):
+    """Seconds (None = forever) -> timeout_ms."""
+    if timeout is None:
+        return WAIT_FOREVER
+    if timeout <= 0:
+        return 0
+    return min(max(1, math.ceil(timeout * 1000)), WAIT_FOREVER - 1)
+
+
+class Delivery:
+    """An item handed out by get(): .queue, .id (delivery id; 0 if auto-acked),
+    .deliveries (1 the first time), .body (bytes). Ack or nack it exactly once."""
+    __slots__ = ("queue", "id", "deliveries", "body", "_client")
+
+    def __init__(self, client, queue, id, deliveries, body):
+        self._client, self.queue, self.id, self.deliveries, self.body = client, queue, id, deliveries, body
+
+    def ack(self):
+        """Done with the item: the broker forgets it."""
+        return self._client.ack(self)
+
+    def nack(self):
+        """Give the item back: it goes to the head of its queue, to be delivered again."""
+        return self._client.nack(self)
+
+    def __repr__(self):
+        return f"Delivery(queue={self.queue!r}, id={self.id}, deliveries={self.deliveries}, body={self.body[:40]!r})"
+
+
+class Client:
+    """A connection to the broker. Use Client.connect(); close() when done
+    (or use it as a context manager). If the connection goes away (closed,
+    broker stopped, or a call interrupted, e.g. by Ctrl-C), items still in
+    flight return to their queues and every later call raises Closed."""
+
+    def __init__(self, sock):
+        self._sock, self._rfile = sock, sock.makefile("rb")
+        self._lock, self._ids, self._closed = threading.Lock(), itertools.count(1), None
+        self.max_frame = 1 << 20  # until WELCOME says
+        self.max_item = 0
+
+    @classmethod
+    def connect(cls, path=None, timeout=None, name=None):
+        """Connect to the broker at path (default $GOTYLEDON_QUEUE_SOCKET) and
+        shake hands, within timeout seconds (None: no limit). Raises Closed if
+        it cannot connect, Timeout, Refused or ProtocolError."""
+        path = path or os.environ.get(ENV_SOCKET)
+        if not path:
+            raise Closed(f"no socket path given and ${ENV_SOCKET} is not set")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            c = cls(sock)
+            name = name or f"python:{os.path.basename(sys.argv[0] or 'python')}:{os.getpid()}"
+            sock.sendall(encode_hello(name.encode("utf-8")[:255].decode("utf-8", "ignore")))
+            reply = c._read()
+            if reply[0] != "WELCOME":
+                raise ProtocolError(f"expected WELCOME, got {reply[0]}")
+            _, version, c.max_frame, c.max_item = reply
+            if version != VERSION:
+                raise ProtocolError(f"broker speaks version {version}, we speak {VERSION}")
+            sock.settimeout(None)
+            return c
+        except socket.timeout:
+            sock.close()
+            raise Timeout(f"connecting to {path}: no WELCOME within {timeout} s") from None
+        except OSError as e:
+            sock.close()
+            raise Closed(f"cannot connect to {path}: {e}") from e
+        except BaseException:
+            sock.close()
+            raise
+
+    def close(self):
+        """Close the connection (safe twice, and from another thread: a call
+        waiting in it raises Closed). The broker requeues our unacked items."""
+        if self._closed is None:
+            self._closed = Closed("client closed")
+        for step in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close, self._rfile.close):
+            try:
+                step()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- the calls
+
+    def put(self, queue, item, timeout=None):
+        """Append item (bytes) to queue, waiting up to timeout s while it is full.
+        Raises Timeout, QueueFull (timeout 0), NoSuchQueue, TooLarge."""
+        self.put_batch(queue, [item], timeout)
+
+    def try_put(self, queue, item):
+        """put() without waiting: raises QueueFull if the queue is full."""
+        self.put_batch(queue, [item], 0)
+
+    def put_batch(self, queue, items, timeout=None):
+        """Append items, in order, waiting up to timeout s in all for room.
+        Returns the number accepted (all); on error the exception's .n says
+        how many were accepted (the first .n, which stay queued). A batch
+        larger than a frame is sent as several PUTs."""
+        items = [it if isinstance(it, bytes) else bytes(it) for it in items]
+        for it in items:
+            if len(it) > self.max_item:
+                raise TooLarge(f"item of {len(it)} bytes, max_item is {self.max_item}")
+        qlen = len(_str8(queue))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        accepted, i = 0, 0
+        while i < len(items):
+            j, size = i, 1 + 8 + qlen + 4  # PUT frame length so far
+            while j < len(items) and size + 4 + len(items[j]) <= self.max_frame:
+                size += 4 + len(items[j])
+                j += 1
+            if j == i:
+                raise TooLarge(f"item of {len(items[i])} bytes and queue name {queue!r} "
+                               f"do not fit in a frame of {self.max_frame} bytes", n=accepted)
+            if i == 0 or deadline is None or timeout <= 0:
+                ms = _timeout_ms(timeout)
+            else:  # later frames get what is left of the timeout
+                ms = max(1, _timeout_ms(deadline - time.monotonic()))
+            rid = self._new_id()
+            accepted += self._result(self._request(rid, encode_put(rid, ms, queue, items[i:j])), accepted)
+            i = j
+        return accepted
+
+    def get(self, queue, timeout=None):
+        """Take one item, waiting up to timeout s for it: a Delivery to ack() or
+        nack(). Raises Timeout, NoSuchQueue."""
+        return self.get_batch(queue, 1, timeout)[0]
+
+    def get_batch(self, queue, max, timeout=None):
+        """Take 1..max items (a list of Delivery), waiting up to timeout s for the first only."""
+        return self._get(queue, max, timeout, False)
+
+    def get_auto_ack(self, queue, timeout=None):
+        """Take one item that needs no ack (gone from the broker once sent:
+        at most once). Returns its bytes."""
+        return self._get(queue, 1, timeout, True)[0].body
+
+    def ack(self, *deliveries):
+        """End deliveries (Delivery objects or ids). Returns how many the broker
+        found; raises UnknownDelivery (with .n) if some were not ours."""
+        return self._ack(deliveries, False)
+
+    def nack(self, *deliveries):
+        """Give deliveries back to the head of their queues, to be delivered again."""
+        return self._ack(deliveries, True)
+
+    # ---- internals
+
+    def _get(self, queue, max_items, timeout, auto_ack):
+        if not 1 <= max_items <= 0xFFFFFFFF:
+            raise ValueError("max must be at least 1")
+        rid = self._new_id()
+        reply = self._request(rid, encode_get(rid, _timeout_ms(timeout), queue, max_items, auto_ack))
+        if reply[0] == "RESULT":
+            self._result(reply)
+            raise ProtocolError("RESULT OK for a GET")
+        return [Delivery(self, queue, d, n, body) for d, n, body in reply[2]]
+
+    def _ack(self, deliveries, nack):
+        ids = [d.id if isinstance(d, Delivery) else int(d) for d in deliveries]
+        per_frame = (self.max_frame - 9) // 8
+        found = 0
+        for k in range(0, len(ids), per_frame):
+            rid = self._new_id()
+            found += self._result(self._request(rid, encode_ack(rid, ids[k:k + per_frame], nack)), found)
+        return found
+
+    def _result(self, reply, before=0):
+        """n of a RESULT OK; otherwise raise its error (with .n counting `before`)."""
+        if reply[0] != "RESULT":
+            raise ProtocolError(f"unexpected {reply[0]} reply")
+        _, _, status, n, message = reply
+        if status != 0:
+            raise error_for(status, message, before + n)
+        return n
+
+    def _new_id(self):
+        return next(self._ids) & 0xFFFFFFFF or 1  # never 0: stray NACKs use id 0
+
+    def _request(self, rid, frame):
+        """Send one request, return its reply (a decode() tuple)."""
+        with self._lock:
+            if self._closed is not None:
+                raise copy.copy(self._closed)
+            if len(frame) - 4 > self.max_frame:
+                raise TooLarge(f"request of {len(frame) - 4} bytes, max_frame is {self.max_frame}")
+            try:
+                self._sock.sendall(frame)
+                while True:
+                    reply = self._read()
+                    if reply[1] == rid:
+                        return reply
+                    if reply[0] == "ITEMS":  # a reply nobody waits for: give the items back
+                        ids = [d for d, _, _ in reply[2] if d]
+                        if ids:
+                            self._sock.sendall(encode_ack(0, ids, nack=True))
+            except QueueError:
+                raise
+            except BaseException as e:  # I/O error, or interrupted mid-frame: the stream is lost
+                if self._closed is None:
+                    self._closed = Closed(f"connection lost: {e!r}")
+                self.close()
+                if isinstance(e, (OSError, ValueError)):  # ValueError: read from a closed file
+                    raise copy.copy(self._closed) from e
+                raise
+
+    def _read(self):
+        """Read and decode one frame; FATAL, EOF or a bad frame close the client and raise."""
+        head = self._rfile.read(5)
+        err = self._closed or Closed("connection closed by the broker")
+        if len(head) == 5:
+            length, ftype = struct.unpack(">IB", head)
+            body = self._rfile.read(length - 1) if 1 <= length <= self.max_frame else None
+            if body is None:
+                err = ProtocolError(f"frame of {length} bytes from the broker")
+            elif len(body) == length - 1:
+                try:
+                    reply = decode(ftype, body)
+                except ProtocolError as e:
+                    reply, err = ("BAD",), e
+                if reply[0] not in ("FATAL", "BAD"):
+                    return reply
+                if reply[0] == "FATAL":
+                    err = error_for(reply[1], reply[2])
+                    self._closed = Closed(f"closed by the broker: {err}")
+                    self._closed.message = reply[2]  # the FATAL message, kept
+        if self._closed is None:
+            self._closed = err if isinstance(err, Closed) else Closed(f"connection closed after: {err}")
+        self.close()
+        raise copy.copy(err) if err is self._closed else err

@@ -1,0 +1,92 @@
+"""Baseline for the README: multiprocessing.Manager().Queue() in the shape
+"1 producer process, 2 consumer processes, 100-byte items, N items".
+
+Each item carries its put time (time.monotonic_ns, which is system-wide on
+Linux); consumers record put-to-get latency. Prints items/s and latency
+p50/p99. The queue is bounded like a gotyledon queue (--maxsize, default
+10000 = ipc.DefaultCapacity; 0 = unbounded).
+
+    python3 manager_queue_bench.py --n 100000 [--runs 5]
+"""
+import argparse
+import multiprocessing as mp
+import statistics
+import struct
+import time
+
+STOP = b""
+
+
+def make_item(size):
+    return struct.pack(">Q", time.monotonic_ns()) + b"x" * (size - 8)
+
+
+def report(name, n, elapsed_s, lats_ns):
+    """One result line; returns (items/s, p50 ms, p99 ms)."""
+    lats_ns.sort()
+    p50 = lats_ns[len(lats_ns) // 2] / 1e6
+    p99 = lats_ns[min(len(lats_ns) - 1, int(len(lats_ns) * 0.99))] / 1e6
+    rate = n / elapsed_s
+    print(f"{name}: {n} items in {elapsed_s:.2f} s = {rate:,.0f} items/s, latency p50 {p50:.3f} ms p99 {p99:.3f} ms", flush=True)
+    return rate, p50, p99
+
+
+def summary(name, results):
+    if len(results) > 1:
+        rates, p50s, p99s = zip(*results)
+        print(f"{name}: median of {len(results)} runs: {statistics.median(rates):,.0f} items/s, "
+              f"p50 {statistics.median(p50s):.3f} ms, p99 {statistics.median(p99s):.3f} ms "
+              f"(items/s min {min(rates):,.0f} max {max(rates):,.0f})", flush=True)
+
+
+def producer(q, n, size, consumers, barrier):
+    barrier.wait()
+    for _ in range(n):
+        q.put(make_item(size))
+    for _ in range(consumers):
+        q.put(STOP)
+
+
+def consumer(q, barrier, results):
+    barrier.wait()
+    lats = []
+    while True:
+        item = q.get()
+        now = time.monotonic_ns()
+        if item == STOP:
+            break
+        lats.append(now - struct.unpack_from(">Q", item)[0])
+    results.put((time.monotonic_ns(), lats))
+
+
+def run(n, size, consumers, maxsize):
+    with mp.Manager() as m:
+        q = m.Queue(maxsize)
+        barrier, results = mp.Barrier(consumers + 2), mp.Queue()
+        procs = [mp.Process(target=producer, args=(q, n, size, consumers, barrier))]
+        procs += [mp.Process(target=consumer, args=(q, barrier, results)) for _ in range(consumers)]
+        for p in procs:
+            p.start()
+        barrier.wait()
+        t0 = time.monotonic_ns()
+        done = [results.get() for _ in range(consumers)]
+        for p in procs:
+            p.join()
+        lats = [x for _, ls in done for x in ls]
+        assert len(lats) == n, (len(lats), n)
+        return report("Manager().Queue()", n, (max(t for t, _ in done) - t0) / 1e9, lats)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=100000)
+    ap.add_argument("--size", type=int, default=100)
+    ap.add_argument("--consumers", type=int, default=2)
+    ap.add_argument("--maxsize", type=int, default=10000)
+    ap.add_argument("--runs", type=int, default=1)
+    a = ap.parse_args()
+    summary("Manager().Queue()", [run(a.n, a.size, a.consumers, a.maxsize) for _ in range(a.runs)])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Unit checks of gotyledon_queue without a broker: the encoder and decoder
+against the worked example of ../PROTOCOL.md (exact bytes), and the Client
+against a scripted peer that replays that example on a real Unix socket.
+
+    cd ipc/python && python3 -m unittest -v test_gotyledon_queue
+"""
+
+import os
+import socket
+import struct
+import tempfile
+import threading
+import unittest
+
+import gotyledon_queue as gq
+
+def h(s):
+    return bytes.fromhex(s.replace(" ", "").replace("\n", ""))
+
+# The worked example of PROTOCOL.md, frame by frame.
+HELLO = h("00 00 00 0d  01  47 54 59 51  00 01  05 77 6f 72 6b 72")
+WELCOME = h("00 00 00 0b  81  00 01  00 10 00 00  00 0f ff c0")
+PUT = h("00 00 00 18  02  00 00 00 01  ff ff ff ff  04 6a 6f 62 73  00 00 00 01  00 00 00 02 68 69")
+RESULT1 = h("00 00 00 0c  82  00 00 00 01  00 00  00 00 00 01  00")
+GET = h("00 00 00 13  03  00 00 00 02  00 00 03 e8  04 6a 6f 62 73  00 00 00 01  00")
+ITEMS = h("00 00 00 1b  83  00 00 00 02  00 00 00 01  00 00 00 00 00 00 00 01  00 00 00 01  00 00 00 02 68 69")
+ACK = h("00 00 00 11  04  00 00 00 03  00 00 00 01  00 00 00 00 00 00 00 01")
+RESULT3 = h("00 00 00 0c  82  00 00 00 03  00 00  00 00 00 01  00")
+
+
+class Encoding(unittest.TestCase):
+    def test_client_frames(self):
+        self.assertEqual(gq.encode_hello("workr"), HELLO)
+        self.assertEqual(gq.encode_put(1, gq.WAIT_FOREVER, "jobs", [b"hi"]), PUT)
+        self.assertEqual(gq.encode_get(2, 1000, "jobs", 1, False), GET)
+        self.assertEqual(gq.encode_ack(3, [1]), ACK)
+        self.assertEqual(gq.encode_ack(3, [1], nack=True), b"\x00\x00\x00\x11\x05" + ACK[5:])
+        self.assertEqual(gq.encode_get(2, 0, "jobs", 7, True)[-5:], b"\x00\x00\x00\x07\x01")
+        self.assertEqual(gq.encode_cancel(9), h("00 00 00 05 06 00 00 00 09"))
+
+    def test_broker_frames(self):
+        self.assertEqual(gq.decode(WELCOME[4], WELCOME[5:]), ("WELCOME", 1, 1 << 20, (1 << 20) - 64))
+        self.assertEqual(gq.decode(RESULT1[4], RESULT1[5:]), ("RESULT", 1, 0, 1, ""))
+        self.assertEqual(gq.decode(ITEMS[4], ITEMS[5:]), ("ITEMS", 2, [(1, 1, b"hi")]))
+        fatal = h("ff 00 08 03 6e 6f 21")
+        self.assertEqual(gq.decode(fatal[0], fatal[1:]), ("FATAL", 8, "no!"))
+
+    def test_bad_broker_frames(self):
+        for ftype, body in [(0x81, WELCOME[5:] + b"x"), (0x82, RESULT1[5:-1]), (0x83, ITEMS[5:-1]), (0x99, b"")]:
+            with self.assertRaises(gq.ProtocolError):
+                gq.decode(ftype, body)
+
+    def test_timeouts(self):
+        self.assertEqual(gq._timeout_ms(None), 0xFFFFFFFF)
+        self.assertEqual(gq._timeout_ms(0), 0)
+        self.assertEqual(gq._timeout_ms(1), 1000)
+        self.assertEqual(gq._timeout_ms(0.0001), 1)
+        self.assertEqual(gq._timeout_ms(1e9), 0xFFFFFFFE)
+
+    def test_errors(self):
+        e = gq.error_for(3, 'no queue "x"', 0)
+        self.assertIsInstance(e, gq.NoSuchQueue)
+        self.assertEqual((e.status, e.message), (3, 'no queue "x"'))
+        self.assertIsInstance(gq.error_for(1), gq.Timeout)
+        self.assertIsInstance(gq.error_for(7), gq.ProtocolError)
+        self.assertIsInstance(gq.error_for(99), gq.QueueError)
+        self.assertTrue(all(issubclass(c, gq.QueueError) for c in (gq.Closed, gq.Refused, gq.Cancelled)))
+
+    def test_long_name(self):
+        with self.assertRaises(ValueError):
+            gq.encode_get(1, 0, "q" * 256)
+
+
+class ScriptedPeer(unittest.TestCase):
+    """The Client against a peer that expects exact bytes and answers with exact bytes."""
+
+    def serve(self, script):
+        d = tempfile.TemporaryDirectory()
+        self.addCleanup(d.cleanup)
+        path = os.path.join(d.name, "q.sock")
+        ls = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        ls.bind(path)
+        ls.listen(1)
+        self.failures = []
+
+        def run():
+            conn, _ = ls.accept()
+            with conn, conn.makefile("rb") as f:
+                for expect, answer in script:
+                    if expect is not None:
+                        got = f.read(len(expect))
+                        if got != expect:
+                            self.failures.append((expect.hex(" "), got.hex(" ")))
+                            return
+                    if answer is None:
+                        return  # hang up
+                    if answer:
+                        conn.sendall(answer)
+                f.read()  # until the client closes
+        self.addCleanup(ls.close)
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        return path
+
+    def test_worked_example(self):
+        path = self.serve([(HELLO, WELCOME), (PUT, RESULT1), (GET, ITEMS), (ACK, RESULT3)])
+        with gq.Client.connect(path, timeout=5, name="workr") as c:
+            self.assertEqual((c.max_frame, c.max_item), (1 << 20, (1 << 20) - 64))
+            c.put("jobs", b"hi")
+            d = c.get("jobs", timeout=1)
+            self.assertEqual((d.queue, d.id, d.deliveries, d.body), ("jobs", 1, 1, b"hi"))
+            self.assertEqual(d.ack(), 1)
+        self.thread.join(5)
+        self.assertEqual(self.failures, [])
+
+    def test_replies_matched_by_id(self):
+        # A stray ITEMS (id 77) before the awaited reply is NACKed, then the
+        # RESULT for id 1 is taken.
+        stray = gq._frame(gq.ITEMS, struct.pack(">IIQII", 77, 1, 5, 1, 1) + b"z")
+        nack5 = gq.encode_ack(0, [5], nack=True)
+        path = self.serve([(HELLO, WELCOME), (PUT, stray + RESULT1), (nack5, b"")])
+        with gq.Client.connect(path, timeout=5, name="workr") as c:
+            c.put("jobs", b"hi")
+        self.thread.join(5)
+        self.assertEqual(self.failures, [])
+
+    def test_status_and_fatal(self):
+        timeout = gq._frame(gq.RESULT, struct.pack(">IHIB", 1, 1, 0, 0))
+        fatal = gq._frame(gq.FATAL, struct.pack(">HB", 9, 3) + b"bye")
+        get1 = gq.encode_get(1, 0, "jobs")
+        path = self.serve([(HELLO, WELCOME), (get1, timeout), (gq.encode_get(2, 0, "jobs"), fatal)])
+        c = gq.Client.connect(path, timeout=5, name="workr")
+        with self.assertRaises(gq.Timeout):
+            c.get("jobs", timeout=0)
+        with self.assertRaises(gq.ShuttingDown) as cm:
+            c.get("jobs", timeout=0)
+        self.assertEqual(cm.exception.message, "bye")
+        with self.assertRaises(gq.Closed) as cm:
+            c.get("jobs", timeout=0)
+        self.assertEqual(cm.exception.message, "bye")
+        c.close()
+        c.close()
+        self.assertEqual(self.failures, [])
+
+    def test_close_wakes_waiting_call(self):
+        # Either close() wakes the waiting get, or it comes first: Closed both ways.
+        path = self.serve([(HELLO, WELCOME), (gq.encode_get(1, gq.WAIT_FOREVER, "jobs"), b"")])
+        c = gq.Client.connect(path, timeout=5, name="workr")
+        t = threading.Timer(0.1, c.close)
+        t.start()
+        with self.assertRaises(gq.Closed):
+            c.get("jobs")
+        t.join()
+        with self.assertRaises(gq.Closed):
+            c.put("jobs", b"x")
+
+    def test_broker_gone(self):
+        path = self.serve([(HELLO, WELCOME), (gq.encode_get(1, 0, "jobs"), None)])  # None: hang up
+        c = gq.Client.connect(path, timeout=5, name="workr")
+        with self.assertRaises(gq.Closed):
+            c.get("jobs", timeout=0)
+        with self.assertRaises(gq.Closed):
+            c.get("jobs", timeout=0)
+        c.close()
+
+    def test_too_large_client_side(self):
+        path = self.serve([(HELLO, WELCOME)])
+        with gq.Client.connect(path, timeout=5, name="workr") as c:
+            with self.assertRaises(gq.TooLarge):
+                c.put("jobs", b"x" * ((1 << 20) - 63))
+            with self.assertRaises(gq.TooLarge):  # fits max_item but not max_frame with a long name
+                c.put("j" * 255, b"x" * ((1 << 20) - 64))
+
+    def test_connect_errors(self):
+        with self.assertRaises(gq.Closed):
+            gq.Client.connect(os.path.join(tempfile.mkdtemp(), "none.sock"), timeout=1)
+
+
+if __name__ == "__main__":
+    unittest.main()
