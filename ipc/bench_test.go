@@ -9,7 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,8 +25,8 @@ import (
 // Client and two consumer Clients, each on its own connection over a real
 // Unix socket. The baseline, BenchmarkRawUnixSocket, is the limit: bare
 // 100-byte length-prefixed frames between two processes (this test binary
-// re-executed as the peer). The Python multiprocessing.Manager().Queue()
-// baseline belongs to ipc/python (manager_queue_bench.py, TestPythonBench).
+// re-executed as the peer). The other baseline, BenchmarkManagerQueue, runs
+// Python's multiprocessing.Manager().Queue() in the same shape.
 //
 //	go test -run '^$' -bench . -count 5 ./ipc/
 
@@ -302,4 +305,36 @@ func BenchmarkRawUnixSocket(b *testing.B) {
 		b.StopTimer()
 		reportPercentiles(b, lat)
 	})
+}
+
+// BenchmarkManagerQueue is the other baseline, measured in the same run:
+// Python's multiprocessing.Manager().Queue() in the same shape (1 producer
+// process, 2 consumer processes, 100-byte items with their put time in
+// them), by ipc/python/manager_queue_bench.py. Each op is one run of 20,000
+// items; its figures are reported as metrics.
+func BenchmarkManagerQueue(b *testing.B) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		b.Skip("python3 is not on PATH")
+	}
+	line := regexp.MustCompile(`= ([0-9,]+) items/s, latency p50 ([0-9.]+) ms p99 ([0-9.]+) ms`)
+	var rate, p50, p99 float64
+	for range b.N {
+		out, err := exec.Command(py, "python/manager_queue_bench.py", "--n", "20000", "--size", strconv.Itoa(benchItemSize)).CombinedOutput()
+		if err != nil {
+			b.Fatalf("manager_queue_bench.py: %v\n%s", err, out)
+		}
+		m := line.FindSubmatch(out)
+		if m == nil {
+			b.Fatalf("no result line in:\n%s", out)
+		}
+		r, _ := strconv.ParseFloat(strings.ReplaceAll(string(m[1]), ",", ""), 64)
+		l50, _ := strconv.ParseFloat(string(m[2]), 64)
+		l99, _ := strconv.ParseFloat(string(m[3]), 64)
+		rate, p50, p99 = rate+r, p50+l50, p99+l99
+	}
+	n := float64(b.N)
+	b.ReportMetric(rate/n, "items/s")
+	b.ReportMetric(p50/n*1e3, "p50-µs")
+	b.ReportMetric(p99/n*1e3, "p99-µs")
 }
