@@ -237,21 +237,7 @@ func BenchmarkRawUnixSocket(b *testing.B) {
 	})
 	b.Run("roundtrip", func(b *testing.B) {
 		nc := rawPeerProcess(b, "raw-echo")
-		buf := make([]byte, len(frame))
-		lat := make([]time.Duration, 0, b.N)
-		b.ResetTimer()
-		for range b.N {
-			t0 := time.Now()
-			if _, err := nc.Write(frame); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := io.ReadFull(nc, buf); err != nil {
-				b.Fatal(err)
-			}
-			lat = append(lat, time.Since(t0))
-		}
-		b.StopTimer()
-		reportPercentiles(b, lat)
+		timeRoundTrips(b, nc, frame)
 	})
 	// The same round trip to an echoing goroutine of this process, which
 	// is where the queue benchmarks' clients and broker are: the floor the
@@ -289,22 +275,28 @@ func BenchmarkRawUnixSocket(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer nc.Close()
-		buf := make([]byte, len(frame))
-		lat := make([]time.Duration, 0, b.N)
-		b.ResetTimer()
-		for range b.N {
-			t0 := time.Now()
-			if _, err := nc.Write(frame); err != nil {
-				b.Fatal(err)
-			}
-			if _, err := io.ReadFull(nc, buf); err != nil {
-				b.Fatal(err)
-			}
-			lat = append(lat, time.Since(t0))
-		}
-		b.StopTimer()
-		reportPercentiles(b, lat)
+		timeRoundTrips(b, nc, frame)
 	})
+}
+
+// timeRoundTrips writes frame to an echoing peer and reads it back, b.N
+// times, and reports the round trips' percentiles.
+func timeRoundTrips(b *testing.B, nc net.Conn, frame []byte) {
+	buf := make([]byte, len(frame))
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		if _, err := nc.Write(frame); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(nc, buf); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	b.StopTimer()
+	reportPercentiles(b, lat)
 }
 
 // BenchmarkManagerQueue is the other baseline, measured in the same run:

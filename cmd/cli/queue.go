@@ -45,6 +45,11 @@ func (q *queueCommand) socketPath() string {
 	return ipc.DefaultSocketPath(os.Getenv)
 }
 
+// dial connects to the queue; its error says "ipc: dial PATH: ...".
+func (q *queueCommand) dial(ctx context.Context) (*ipc.Client, error) {
+	return ipc.Dial(ctx, q.socketPath())
+}
+
 // queueContext is cancelled by SIGTERM or SIGINT (a worker being stopped
 // while it waits), and ends after timeout when timeout > 0.
 func queueContext(timeout time.Duration) (context.Context, context.CancelFunc) {
@@ -65,9 +70,9 @@ func (c *queuePutCommand) Run(e *env, q *queueCommand) error {
 	}
 	ctx, cancel := queueContext(c.Timeout)
 	defer cancel()
-	client, err := ipc.Dial(ctx, q.socketPath())
+	client, err := q.dial(ctx)
 	if err != nil {
-		return err // "ipc: dial PATH: ..."
+		return err
 	}
 	defer client.Close()
 
@@ -104,9 +109,9 @@ func (c *queuePutCommand) Run(e *env, q *queueCommand) error {
 func (c *queueGetCommand) Run(e *env, q *queueCommand) error {
 	ctx, cancel := queueContext(c.Timeout)
 	defer cancel()
-	client, err := ipc.Dial(ctx, q.socketPath())
+	client, err := q.dial(ctx)
 	if err != nil {
-		return err // "ipc: dial PATH: ..."
+		return err
 	}
 	defer client.Close()
 	d, err := client.Get(ctx, c.Queue)
