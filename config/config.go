@@ -96,7 +96,8 @@ type Broker struct {
 	// GID is Group resolved, or -1 when Group is empty.
 	GID int
 	// AllowUIDs and AllowGIDs (`allow_uids`, `allow_gids`) let peers with
-	// those user ids, or those primary group ids, connect as well.
+	// those user ids, or in those groups (primary or supplementary), connect
+	// as well; so does membership of Group.
 	AllowUIDs []int
 	AllowGIDs []int
 }

@@ -123,8 +123,10 @@ func (c *queueGetCommand) Run(e *env, q *queueCommand) error {
 		out = append(out, '\n')
 	}
 	// The item is acknowledged only once it is written: if the reader of
-	// our output is gone, it goes back to the queue for someone else.
-	// The context is not the caller's: a stop signal now must not lose it.
+	// our output is gone, it goes back to the queue for someone else (by
+	// the NACK below, or, when SIGPIPE ends us first, by the broker when
+	// our connection closes). The context is not the caller's: a stop
+	// signal now must not lose it.
 	if _, werr := e.stdout.Write(out); werr != nil {
 		nerr := client.Nack(context.Background(), d)
 		return errors.Join(fmt.Errorf("write the item: %w", werr), nerr)

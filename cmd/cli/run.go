@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/oklog/run"
@@ -50,37 +52,36 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	}
 	// The broker listens before the first worker starts, since workers
 	// dial it at once. Without queues there is no broker and no socket.
-	var (
-		broker    *ipc.Broker
-		listener  net.Listener
-		workerEnv []string
-	)
+	socket := cfg.Broker.Socket
+	if socket == "" {
+		socket = ipc.DefaultSocketPath(os.Getenv)
+	}
+	var workerEnv []string
 	if len(cfg.Queues) > 0 {
-		path := cfg.Broker.Socket
-		if path == "" {
-			path = ipc.DefaultSocketPath(os.Getenv)
-		}
-		ul, err := ipc.Listen(path, cfg.Broker.GID)
-		if err != nil {
-			log.Error("cannot serve the queues", zap.String("socket", path), zap.Error(err))
-			return exitCode(ExitError)
-		}
-		listener = ul
-		broker, err = ipc.NewBroker(ipc.BrokerOptions{
-			Queues: brokerQueues(cfg.Queues),
-			Allow:  allowPeer(cfg.Broker, os.Getuid()),
-			Logger: log.Named("broker"),
-		})
-		if err != nil {
-			listener.Close()
-			return fmt.Errorf("start the queue broker: %w", err)
-		}
-		log.Info("queue broker listening", zap.String("socket", path), zap.Int("queues", len(cfg.Queues)))
-		workerEnv = append(workerEnv, ipc.EnvSocket+"="+path)
+		workerEnv = append(workerEnv, ipc.EnvSocket+"="+socket)
 	}
 	sup, err := supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: e.program, WorkerEnv: workerEnv})
 	if err != nil {
 		return err
+	}
+	var (
+		broker   *ipc.Broker
+		listener net.Listener
+	)
+	if len(cfg.Queues) > 0 {
+		broker, err = ipc.NewBroker(ipc.BrokerOptions{
+			Queues: brokerQueues(cfg.Queues),
+			Allow:  allowPeer(cfg.Broker, os.Getuid(), processGroups),
+			Logger: log.Named("broker"),
+		})
+		if err != nil {
+			return fmt.Errorf("start the queue broker: %w", err)
+		}
+		if listener, err = ipc.Listen(socket, cfg.Broker.GID); err != nil {
+			log.Error("cannot serve the queues", zap.String("socket", socket), zap.Error(err))
+			return exitCode(ExitError)
+		}
+		log.Info("queue broker listening", zap.String("socket", socket), zap.Int("queues", len(cfg.Queues)))
 	}
 
 	var g run.Group
@@ -143,15 +144,51 @@ func brokerQueues(qs []*config.Queue) []ipc.QueueConfig {
 }
 
 // allowPeer is the broker's peer check: the manager's own user and root
-// always; then the users and primary groups the configuration names, and
-// the socket's group when it has one (the file mode already lets its
-// members connect).
-func allowPeer(b config.Broker, self int) func(ipc.Peer) bool {
-	return func(p ipc.Peer) bool {
-		return p.UID == self || p.UID == 0 ||
-			slices.Contains(b.AllowUIDs, p.UID) || slices.Contains(b.AllowGIDs, p.GID) ||
-			(b.GID >= 0 && p.GID == b.GID)
+// always; then the users the configuration names, and the members of the
+// groups it names and of the socket's group (whose members the 0660 file
+// mode already lets connect). Membership is the peer's primary group or one
+// of its process's supplementary groups (groupsOf), the ones the kernel
+// consulted when it let the peer open the socket.
+func allowPeer(b config.Broker, self int, groupsOf func(pid int) []int) func(ipc.Peer) bool {
+	groups := slices.Clone(b.AllowGIDs)
+	if b.GID >= 0 {
+		groups = append(groups, b.GID)
 	}
+	return func(p ipc.Peer) bool {
+		if p.UID == self || p.UID == 0 || slices.Contains(b.AllowUIDs, p.UID) || slices.Contains(groups, p.GID) {
+			return true
+		}
+		if len(groups) == 0 {
+			return false
+		}
+		for _, g := range groupsOf(p.PID) {
+			if slices.Contains(groups, g) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// processGroups returns the supplementary group ids of process pid, from
+// /proc/PID/status; none if it cannot be read (the process is gone).
+func processGroups(pid int) []int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Groups:"); ok {
+			var gids []int
+			for _, f := range strings.Fields(rest) {
+				if g, err := strconv.Atoi(f); err == nil {
+					gids = append(gids, g)
+				}
+			}
+			return gids
+		}
+	}
+	return nil
 }
 
 // logConfigError logs each configuration error as its own entry, so that
