@@ -3,6 +3,8 @@ package supervisor
 import (
 	"time"
 
+	"github.com/gotyledon/gotyledon/config"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -52,6 +54,9 @@ type restartDue struct {
 // killDue: a stopping process's stop timeout is over.
 type killDue struct{ token uint64 }
 
+// reloadRequested: apply cfg in place of the running configuration.
+type reloadRequested struct{ cfg *config.Config }
+
 // shutdownRequested: stop every worker and return from Run. fast skips the
 // polite stop signal and kills at once.
 type shutdownRequested struct{ fast bool }
@@ -63,6 +68,7 @@ func (stopSignalSent) isEvent()    {}
 func (restartDue) isEvent()        {}
 func (killDue) isEvent()           {}
 func (shutdownRequested) isEvent() {}
+func (reloadRequested) isEvent()   {}
 
 // workerKey names a worker slot: a service's worker id. The slot outlives
 // the processes that fill it, which is how a restarted worker keeps its id

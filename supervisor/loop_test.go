@@ -6,6 +6,7 @@ package supervisor
 
 import (
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -294,5 +295,79 @@ func TestRunTwiceIsAnError(t *testing.T) {
 	r.s.ran.Store(true) // as if Run had been called; a real Run would make this process a subreaper
 	if err := r.s.Run(); err == nil {
 		t.Error("a second Run did not fail")
+	}
+}
+
+func parse(t *testing.T, yaml string) *config.Config {
+	t.Helper()
+	cfg, err := config.Parse("loop.yaml", []byte(yaml), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
+const scaled = "services:\n  w:\n    command: [/bin/true]\n    workers: %d\n"
+
+// startAllRunning starts the rig's workers and reports each running; it
+// returns their tokens and ids.
+func (r *loopRig) startAllRunning() map[uint64]int {
+	r.t.Helper()
+	r.s.startAll()
+	tokens := map[uint64]int{}
+	for i, sp := range spawned(r.requests()) {
+		r.s.handle(workerStarted{token: sp.token, pid: 100 + i, at: r.clock.now})
+		tokens[sp.token] = sp.spec.id
+	}
+	return tokens
+}
+
+func TestLoopReloadSupersededBeforeItsWorkersStarted(t *testing.T) {
+	r := newRig(t, strings.Replace(scaled, "%d", "1", 1))
+	r.startAllRunning()
+	r.s.Reload(parse(t, strings.Replace(scaled, "%d", "5", 1)))
+	r.s.Reload(parse(t, strings.Replace(scaled, "%d", "1", 1)))
+	r.deliver()
+	msgs := r.requests()
+	sp, sg := spawned(msgs), signals(msgs)
+	if len(sp) != 4 || len(sg) != 4 {
+		t.Fatalf("%d spawns and %d stops, want ids 1-4 started then stopped", len(sp), len(sg))
+	}
+	for i, sp := range sp {
+		r.s.handle(workerStarted{token: sp.token, pid: 200 + i, at: r.clock.now})
+		r.s.handle(workerExited{token: sp.token, pid: 200 + i, status: 0, at: r.clock.now})
+	}
+	if got := len(r.s.workers); got != 1 || r.s.workers[workerKey{"w", 0}] == nil {
+		t.Errorf("%d slots left, want only w/0", got)
+	}
+	if len(spawned(r.requests())) != 0 {
+		t.Error("a superseded slot was started again")
+	}
+}
+
+func TestLoopScaleDownReversedWhileStopping(t *testing.T) {
+	r := newRig(t, strings.Replace(scaled, "%d", "3", 1))
+	tokens := r.startAllRunning()
+	r.s.Reload(parse(t, strings.Replace(scaled, "%d", "1", 1)))
+	r.deliver()
+	if sg := signals(r.requests()); len(sg) != 2 {
+		t.Fatalf("%d stops, want 2", len(sg))
+	}
+	r.s.Reload(parse(t, strings.Replace(scaled, "%d", "3", 1))) // back up before they exit
+	r.deliver()
+	if msgs := r.requests(); len(spawned(msgs)) != 0 {
+		t.Fatalf("slots still stopping were started twice: %v", msgs)
+	}
+	for tok, id := range tokens {
+		if id > 0 {
+			r.s.handle(workerExited{token: tok, pid: 100 + id, status: 0, at: r.clock.now})
+		}
+	}
+	sp := spawned(r.requests())
+	if len(sp) != 2 {
+		t.Fatalf("%d restarts after the stops, want ids 1 and 2 started again for the newest configuration", len(sp))
+	}
+	if len(r.s.workers) != 3 {
+		t.Errorf("%d slots, want 3", len(r.s.workers))
 	}
 }

@@ -16,9 +16,11 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -95,6 +97,10 @@ type worker struct {
 	pid       int
 	startedAt time.Time
 
+	// stale: the process runs a definition the configuration has since
+	// changed; it is replaced, one slot of its service at a time.
+	stale bool
+
 	failures      int    // quick exits in a row: sets the backoff delay
 	restarts      int    // processes started after the first
 	timerSeq      uint64 // identifies the pending restart timer
@@ -153,6 +159,15 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 // of times from any goroutine, before or during Run.
 func (s *Supervisor) Shutdown(fast bool) {
 	s.inbox.put(shutdownRequested{fast: fast})
+}
+
+// Reload asks Run to apply cfg, which must come from config.Load or
+// config.Parse, in place of the running configuration (see onReload for
+// what changes). It does not block and is safe from any goroutine; reloads
+// are applied in the order they are asked for, the last one winning, and a
+// reload asked for before Run is applied before the first workers start.
+func (s *Supervisor) Reload(cfg *config.Config) {
+	s.inbox.put(reloadRequested{cfg: cfg})
 }
 
 // Run makes the manager process a child subreaper, starts every service's
@@ -312,11 +327,17 @@ func (s *Supervisor) handle(ev event) {
 		}
 	case shutdownRequested:
 		s.onShutdown(ev.fast)
+	case reloadRequested:
+		s.onReload(ev.cfg)
 	}
 }
 
 // start asks the process table for a new process in w's slot.
 func (s *Supervisor) start(w *worker) {
+	if svc := s.cfg.Service(w.key.service); svc != nil {
+		w.svc = svc // the current definition, after a reload too
+	}
+	w.stale = false
 	s.nextToken++
 	w.token = s.nextToken
 	w.pid = 0
@@ -341,6 +362,7 @@ func (s *Supervisor) onStarted(ev workerStarted) {
 	}
 	w.state = stateRunning
 	s.initialStartDone(w)
+	s.replaceNext(w.key.service)
 }
 
 func (s *Supervisor) onStartFailed(ev startFailed) {
@@ -357,8 +379,11 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 	s.initialStartDone(w)
 	if w.state == stateStopping {
 		cancel(&w.cancelKill)
-		delete(s.workers, w.key)
-		return
+		if !s.wanted(w.key) {
+			delete(s.workers, w.key)
+			s.replaceNext(w.key.service)
+			return
+		}
 	}
 	// A start that fails is the quickest of quick exits.
 	s.scheduleRestart(w, 0)
@@ -376,7 +401,15 @@ func (s *Supervisor) onExited(ev workerExited) {
 	if w.state == stateStopping {
 		cancel(&w.cancelKill)
 		s.log.Info("worker stopped", fields...)
+		// A slot stopped for a reload whose configuration still wants it
+		// (its definition changed, or a later reload scaled back up) is
+		// started again, with the current definition.
+		if s.wanted(w.key) {
+			s.start(w)
+			return
+		}
 		delete(s.workers, w.key)
+		s.replaceNext(w.key.service)
 		return
 	}
 	s.log.Warn("worker exited", fields...)
@@ -403,6 +436,110 @@ func (s *Supervisor) scheduleRestart(w *worker, uptime time.Duration) {
 	s.log.Warn("worker is failing soon after start; restart delayed",
 		s.fields(w, zap.Int("failures", failures), zap.Duration("delay", delay),
 			zap.Duration("min_uptime", w.svc.Restart.MinUptime))...)
+}
+
+// wanted reports whether the current configuration wants slot key filled:
+// its service exists with more workers than its id, and no shutdown is
+// under way.
+func (s *Supervisor) wanted(key workerKey) bool {
+	svc := s.cfg.Service(key.service)
+	return !s.stopping && svc != nil && key.id < svc.Workers
+}
+
+// onReload applies cfg in place of the running configuration, changing
+// only what differs: slots beyond a service's new worker count, and every
+// slot of a removed service, are stopped (gracefully, highest ids first);
+// missing slots are started; slots whose process runs a changed definition
+// (command, run, env, dir, stop_signal) are replaced one at a time per
+// service, a new process started before the next old one is stopped. A
+// slot whose definition did not change keeps its process, restart count and
+// backoff state; a changed stop_timeout or restart policy applies from now
+// on. A reload during another's replacements supersedes it: every slot is
+// measured against the newest configuration.
+func (s *Supervisor) onReload(cfg *config.Config) {
+	if s.stopping {
+		s.log.Warn("reload ignored: the manager is stopping")
+		return
+	}
+	s.cfg = cfg
+	if s.startedAt.IsZero() {
+		return // before the first start: startAll will start what cfg says
+	}
+	var stopping, starting, replacing int
+	// Highest ids first, so that a scale-down stops them in that order.
+	slots := make([]*worker, 0, len(s.workers))
+	for _, w := range s.workers {
+		slots = append(slots, w)
+	}
+	slices.SortFunc(slots, func(a, b *worker) int {
+		if c := strings.Compare(a.key.service, b.key.service); c != 0 {
+			return c
+		}
+		return b.key.id - a.key.id
+	})
+	for _, w := range slots {
+		svc := cfg.Service(w.key.service)
+		switch {
+		case svc == nil || w.key.id >= svc.Workers:
+			if w.state != stateStopping {
+				stopping++
+				s.stop(w)
+			}
+		case w.state == stateBackoff:
+			w.svc = svc // its next start uses the new definition
+		case processChanged(w.svc, svc):
+			w.stale = true
+			replacing++
+		default:
+			w.svc = svc
+		}
+	}
+	for _, svc := range cfg.Services {
+		for id := range svc.Workers {
+			key := workerKey{svc.Name, id}
+			if s.workers[key] == nil {
+				w := &worker{svc: svc, key: key}
+				s.workers[key] = w
+				starting++
+				s.start(w)
+			}
+		}
+		s.replaceNext(svc.Name)
+	}
+	s.log.Info("reload applied", zap.String("config", cfg.File), zap.Int("starting", starting),
+		zap.Int("stopping", stopping), zap.Int("replacing", replacing))
+}
+
+// processChanged reports whether a worker running definition old must be
+// replaced to run new: what its process was started with differs. The stop
+// timeout and the restart policy are the manager's business and apply
+// without a restart.
+func processChanged(old, new *config.Service) bool {
+	return !slices.Equal(old.Command, new.Command) || old.Run != new.Run || !maps.Equal(old.Env, new.Env) ||
+		old.Dir != new.Dir || old.StopSignal != new.StopSignal
+}
+
+// replaceNext stops the lowest stale slot of service, unless one of its
+// slots is already starting or stopping: replacements go one at a time, so
+// a service keeps all but one of its workers through a rolling change.
+func (s *Supervisor) replaceNext(service string) {
+	var next *worker
+	for _, w := range s.workers {
+		if w.key.service != service {
+			continue
+		}
+		if w.state == stateStarting || w.state == stateStopping {
+			return
+		}
+		if w.stale && w.state == stateRunning && (next == nil || w.key.id < next.key.id) {
+			next = w
+		}
+	}
+	if next != nil {
+		next.stale = false
+		s.log.Info("replacing worker: its definition changed", s.fields(next)...)
+		s.stop(next)
+	}
 }
 
 // onShutdown stops every worker. A fast shutdown, or a fast request while a

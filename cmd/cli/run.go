@@ -47,7 +47,7 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 
 	cfg, err := config.Load(c.Config, e.registry.Names())
 	if err != nil {
-		logConfigError(log, err)
+		logConfigError(log, err, "configuration is invalid; nothing was started")
 		return exitCode(ExitError)
 	}
 	// The broker listens before the first worker starts, since workers
@@ -87,8 +87,10 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	var g run.Group
 	// Signals: SIGTERM stops gracefully; SIGINT too, and a SIGINT while a
 	// stop is under way (Ctrl-C twice, or after SIGTERM) kills what is left.
+	// SIGHUP reloads the file and applies the difference.
 	{
 		cancel := make(chan struct{})
+		current := cfg // the configuration last handed to the supervisor
 		g.Add(func() error {
 			stopping := false
 			for {
@@ -106,7 +108,15 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 						sup.Shutdown(false)
 						stopping = true
 					case syscall.SIGHUP:
-						log.Warn("SIGHUP received: live reload is not implemented yet; the configuration is unchanged")
+						log.Info("signal received", zap.Stringer("signal", sig))
+						if stopping {
+							log.Warn("reload ignored: the manager is stopping")
+							continue
+						}
+						if next := c.reload(e, log, current); next != nil {
+							current = next
+							sup.Reload(next)
+						}
 					}
 				}
 			}
@@ -191,16 +201,48 @@ func processGroups(pid int) []int {
 	return nil
 }
 
+// reload loads the configuration file again for a SIGHUP. It returns the
+// new configuration, or nil if it cannot be applied: then it has logged why,
+// and the running services are left exactly as they are.
+func (c *runCommand) reload(e *env, log *zap.Logger, current *config.Config) *config.Config {
+	next, err := config.Load(c.Config, e.registry.Names())
+	if err != nil {
+		logConfigError(log, err, "reload failed: the running services are unchanged")
+		return nil
+	}
+	if why := brokerChange(current, next); why != "" {
+		log.Error("reload refused: the running services are unchanged", zap.String("reason", why))
+		return nil
+	}
+	return next
+}
+
+// brokerChange says what differs between two configurations' queues and
+// broker settings, which a reload cannot change yet: the broker's queues
+// are fixed when it starts.
+func brokerChange(old, new *config.Config) string {
+	if !slices.EqualFunc(old.Queues, new.Queues, func(a, b *config.Queue) bool { return a.Name == b.Name && a.Capacity == b.Capacity }) {
+		return "the queues changed; adding, removing or resizing queues takes a restart of the manager for now"
+	}
+	ob, nb := old.Broker, new.Broker
+	if ob.Socket != nb.Socket || ob.GID != nb.GID || !slices.Equal(ob.AllowUIDs, nb.AllowUIDs) || !slices.Equal(ob.AllowGIDs, nb.AllowGIDs) {
+		return "the broker settings changed; they take a restart of the manager for now"
+	}
+	return ""
+}
+
 // logConfigError logs each configuration error as its own entry, so that
-// every FILE:LINE:COL stands at the start of a line an editor can jump to.
-func logConfigError(log *zap.Logger, err error) {
+// every FILE:LINE:COL stands at the start of a line an editor can jump to,
+// then outcome.
+func logConfigError(log *zap.Logger, err error, outcome string) {
 	var list config.ErrorList
 	if !errors.As(err, &list) {
 		log.Error("cannot load configuration", zap.Error(err))
+		log.Error(outcome)
 		return
 	}
 	for _, e := range list {
 		log.Error(e.Error())
 	}
-	log.Error("configuration is invalid; nothing was started", zap.Int("errors", len(list)))
+	log.Error(outcome, zap.Int("errors", len(list)))
 }

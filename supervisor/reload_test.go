@@ -1,0 +1,158 @@
+package supervisor_test
+
+// Live reconfiguration by SIGHUP: the file is edited, the manager applies
+// the difference, and what did not change keeps its processes.
+
+import (
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// rewrite replaces the manager's config file and sends SIGHUP.
+func (m *manager) rewrite(yaml string) {
+	m.t.Helper()
+	if err := os.WriteFile(m.config, []byte(yaml), 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	m.signal(syscall.SIGHUP)
+}
+
+// startsOf returns the pids the manager logged starting for svc, by worker id.
+func startsOf(m *manager, svc string) map[int][]int {
+	out := map[int][]int{}
+	for _, e := range m.all(func(e entry) bool { return e.is("worker started", "service", svc) }) {
+		out[e.int("worker")] = append(out[e.int("worker")], e.int("pid"))
+	}
+	return out
+}
+
+const reloadBase = `
+services:
+  other:
+    run: sleeper
+  sleeper:
+    run: sleeper
+    workers: %d
+`
+
+func TestReloadScalesUpAndDownLeavingTheRestAlone(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, strings.Replace(reloadBase, "%d", "2", 1))
+	m.waitN("3 ready", 3, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	before := startsOf(m, "sleeper")
+	other := startsOf(m, "other")
+
+	m.rewrite(strings.Replace(reloadBase, "%d", "5", 1))
+	for id := 2; id < 5; id++ {
+		m.waitFor("new worker", started("sleeper", id))
+	}
+	m.waitN("5 sleepers ready", 5, output("sleeper", "ready"))
+
+	m.rewrite(strings.Replace(reloadBase, "%d", "1", 1))
+	stops := m.waitN("4 stops", 4, func(e entry) bool { return e.is("worker stopped", "service", "sleeper") })
+	var order []int
+	for _, e := range m.all(func(e entry) bool { return e.is("stopping worker", "service", "sleeper") }) {
+		order = append(order, e.int("worker"))
+	}
+	if len(order) != 4 || order[0] != 4 || order[1] != 3 || order[2] != 2 || order[3] != 1 {
+		t.Errorf("stopped in the order %v, want [4 3 2 1]", order)
+	}
+	for _, e := range stops {
+		if e.str("status") != "exit code 0" || e.int("worker") == 0 {
+			t.Errorf("stop of worker %d: %s, want a graceful exit of ids 1-4", e.int("worker"), e.str("status"))
+		}
+	}
+	after := startsOf(m, "sleeper")
+	if len(after[0]) != 1 || after[0][0] != before[0][0] || len(after[1]) != 1 {
+		t.Errorf("sleeper 0 or 1 restarted by a rescale: before %v, after %v", before, after)
+	}
+	if got := startsOf(m, "other"); len(got[0]) != 1 || got[0][0] != other[0][0] {
+		t.Errorf("an unchanged service was touched: before %v, after %v", other, got)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exit code %d, want 0", code)
+	}
+}
+
+func TestBadReloadChangesNothingAndAGoodOneApplies(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, strings.Replace(reloadBase, "%d", "2", 1))
+	m.waitN("3 ready", 3, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	m.rewrite("services:\n  sleeper:\n    run: sleeper\n    workers: many\n")
+	m.waitFor("reload failure", func(e entry) bool { return e.str("msg") == "reload failed: the running services are unchanged" })
+	if len(m.all(func(e entry) bool { return strings.HasPrefix(e.str("msg"), m.config+":4:14: workers must be") })) != 1 {
+		t.Error("the reload's error does not name FILE:LINE:COL")
+	}
+	if n := len(m.all(func(e entry) bool { return e.str("msg") == "stopping worker" || e.str("msg") == "worker stopped" })); n != 0 {
+		t.Errorf("a bad reload stopped %d workers", n/2)
+	}
+	m.rewrite(strings.Replace(reloadBase, "%d", "3", 1))
+	m.waitFor("the good reload", started("sleeper", 2))
+	if n := len(m.all(func(e entry) bool { return e.str("msg") == "worker started" })); n != 4 {
+		t.Errorf("%d starts in all, want the 3 first and 1 new", n)
+	}
+}
+
+func TestReloadReplacesAChangedServiceOneWorkerAtATime(t *testing.T) {
+	t.Parallel()
+	conf := `
+services:
+  other:
+    run: sleeper
+  gen:
+    command: ["/bin/sh", "-c", "echo gen $GEN; exec /bin/sleep 1000"]
+    workers: 3
+    env: {GEN: "%s"}
+`
+	m := startManager(t, strings.Replace(conf, "%s", "1", 1))
+	m.waitN("3 of gen 1", 3, output("gen", "gen 1"))
+	other := startsOf(m, "other")
+	m.rewrite(strings.Replace(conf, "%s", "2", 1))
+	m.waitN("3 of gen 2", 3, output("gen", "gen 2"))
+
+	// Through the change, at most one of the three was down at any time,
+	// and each was replaced by a new process in its own slot.
+	down, maxDown, seenReload := 0, 0, false
+	for _, e := range m.all(func(e entry) bool { return true }) {
+		switch {
+		case e.str("msg") == "reload applied":
+			seenReload = true
+		case !seenReload || e.str("service") != "gen":
+		case e.str("msg") == "worker stopped":
+			down++
+			maxDown = max(maxDown, down)
+		case e.str("msg") == "worker started":
+			down--
+		}
+	}
+	if maxDown != 1 || down != 0 {
+		t.Errorf("during the rolling replacement up to %d workers were down (end: %d), want 1 (0)", maxDown, down)
+	}
+	for id, pids := range startsOf(m, "gen") {
+		if len(pids) != 2 {
+			t.Errorf("gen worker %d started %d times, want 2 (the first and its replacement)", id, len(pids))
+		}
+	}
+	if got := startsOf(m, "other"); len(got[0]) != 1 || got[0][0] != other[0][0] {
+		t.Errorf("an unchanged service was touched: before %v, after %v", other, got)
+	}
+}
+
+func TestReloadStopsRemovedAndStartsAddedServices(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, "services:\n  keep:\n    run: sleeper\n  old:\n    run: sleeper\n    workers: 2\n")
+	m.waitN("3 ready", 3, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	keep := startsOf(m, "keep")
+	m.rewrite("services:\n  keep:\n    run: sleeper\n  new:\n    run: sleeper\n")
+	m.waitN("old stopped", 2, func(e entry) bool { return e.is("worker stopped", "service", "old") })
+	m.waitFor("new ready", output("new", "ready"))
+	if got := startsOf(m, "keep"); len(got[0]) != 1 || got[0][0] != keep[0][0] {
+		t.Errorf("an unchanged service was touched: before %v, after %v", keep, got)
+	}
+	if n := len(m.all(func(e entry) bool { return e.is("worker started", "service", "old") })); n != 2 {
+		t.Errorf("the removed service was started again (%d starts)", n)
+	}
+}
