@@ -40,6 +40,13 @@ const (
 	// writer before its reader stops reading requests (flow control: a
 	// client that does not read its replies stops being served, alone).
 	maxOutbox = 1024
+	// maxWaiting and maxWaitingBytes bound a connection's waiting requests
+	// the same way: while it has maxWaiting GETs and PUTs waiting, or its
+	// waiting PUTs hold maxWaitingBytes of items, its reader stops reading
+	// (each waiting PUT keeps its whole frame alive). The reader reads one
+	// request past the bound at most, so a PUT of any size gets in.
+	maxWaiting      = 1024
+	maxWaitingBytes = 16 << 20
 	// writeChunk is how much the writer encodes before it writes, and the
 	// item size from which a body is written from its own buffer rather
 	// than copied into the writer's.
@@ -317,6 +324,7 @@ type conn struct {
 
 	wake       chan struct{} // an outbox append, for the writer (cap 1)
 	drained    chan struct{} // the writer took the outbox (cap 1)
+	unwaited   chan struct{} // a waiting request was answered (cap 1)
 	quit       chan struct{} // closed to stop the writer
 	quitOnce   sync.Once
 	writerDone chan struct{}
@@ -324,10 +332,14 @@ type conn struct {
 	mu       sync.Mutex
 	outbox   []outMsg
 	spare    []outMsg
-	closed   bool // cleanup took the in-flight items: deliver nothing more
-	fatalSet bool // a FATAL is in the outbox: nothing else is read or sent
+	closed   bool     // cleanup took the in-flight items: deliver nothing more
+	fatalSet bool     // a FATAL is in the outbox: nothing else is read or sent
+	unsent   []outMsg // auto-ack replies the writer took but did not write
 	inflight map[uint64]inflightItem
 	waiting  map[uint32]*waiter // by request id, for CANCEL
+	// Waiting requests and the bytes of their PUTs' items, for flow
+	// control. Counted apart from waiting, which a reused id overwrites.
+	nWaiting, waitingBytes int
 }
 
 func (b *Broker) newConn(nc net.Conn) *conn {
@@ -338,6 +350,7 @@ func (b *Broker) newConn(nc net.Conn) *conn {
 		peer:       peerOf(nc),
 		wake:       make(chan struct{}, 1),
 		drained:    make(chan struct{}, 1),
+		unwaited:   make(chan struct{}, 1),
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		inflight:   make(map[uint64]inflightItem),
@@ -383,10 +396,12 @@ func (c *conn) reply(id uint32, status uint16, n uint32, message string) {
 
 // deliver queues an ITEMS reply and, without auto-ack, records the items
 // in flight on this connection. Called under q.mu; never blocks. It reports
-// false, taking nothing, when the connection's cleanup already ran.
+// false, taking nothing, when the connection's cleanup already ran or a
+// FATAL is queued: the writer stops at the FATAL, so nothing queued behind
+// it would ever be written.
 func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck bool) bool {
 	c.mu.Lock()
-	if c.closed {
+	if c.closed || c.fatalSet {
 		c.mu.Unlock()
 		return false
 	}
@@ -401,9 +416,14 @@ func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck 
 	return true
 }
 
+// addWaiter registers a request that starts waiting; removeWaiter, called
+// exactly once for each, when it is answered or withdrawn, wakes the
+// reader in case it stopped for too many waiting requests.
 func (c *conn) addWaiter(w *waiter) {
 	c.mu.Lock()
 	c.waiting[w.id] = w
+	c.nWaiting++
+	c.waitingBytes += w.held
 	c.mu.Unlock()
 }
 
@@ -412,7 +432,10 @@ func (c *conn) removeWaiter(w *waiter) {
 	if c.waiting[w.id] == w {
 		delete(c.waiting, w.id)
 	}
+	c.nWaiting--
+	c.waitingBytes -= w.held
 	c.mu.Unlock()
+	c.signal(c.unwaited)
 }
 
 // fatal queues a FATAL after which the writer closes the connection, and
@@ -449,7 +472,8 @@ func (c *conn) serve() {
 		delete(c.b.conns, c)
 		c.b.mu.Unlock()
 	}()
-	if !c.handshake() {
+	br, ok := c.handshake()
+	if !ok {
 		c.nc.Close()
 		c.mu.Lock()
 		c.closed = true
@@ -461,7 +485,7 @@ func (c *conn) serve() {
 		c.nc.SetReadDeadline(time.Now())
 	}
 	go c.writeLoop()
-	c.readLoop()
+	c.readLoop(br)
 	c.cleanup()
 }
 
@@ -482,8 +506,11 @@ func (c *conn) fatalDirect(status uint16, message string) {
 }
 
 // handshake reads the HELLO, checks the peer and answers WELCOME, all
-// within the frame deadline. It reports whether the connection may go on.
-func (c *conn) handshake() bool {
+// within the frame deadline. It reports whether the connection may go on,
+// and returns the connection's only reader: a client may pipeline requests
+// right behind its HELLO, and whatever the HELLO's read buffered of them
+// belongs to readLoop, so the two must share one bufio.Reader.
+func (c *conn) handshake() (*bufio.Reader, bool) {
 	allowed := c.b.allow(c.peer)
 	if !allowed {
 		// Logged at once, even if the peer never says HELLO; answered
@@ -492,8 +519,9 @@ func (c *conn) handshake() bool {
 		c.log.Warn("queue client refused: this peer may not use the queue broker")
 	}
 	c.nc.SetReadDeadline(time.Now().Add(c.b.frameDeadline))
-	fr := frameReader{r: bufio.NewReaderSize(c.nc, maxHelloLen+frameHeaderLen)}
-	payload, err := fr.read(maxHelloLen, nil)
+	br := bufio.NewReaderSize(c.nc, writeChunk)
+	fr := frameReader{r: br}
+	payload, err := fr.read(maxHelloLen, nil) // the frame limit before WELCOME
 	if err != nil && !errors.Is(err, errBadFrame) {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() && !c.fatalPending() {
@@ -501,11 +529,11 @@ func (c *conn) handshake() bool {
 		} else {
 			c.log.Debug("queue client gone before HELLO", zap.Error(err))
 		}
-		return false
+		return nil, false
 	}
 	if !allowed {
 		c.fatalDirect(statusRefused, "peer refused")
-		return false
+		return nil, false
 	}
 	var f any
 	if err == nil {
@@ -514,36 +542,36 @@ func (c *conn) handshake() bool {
 	if err != nil {
 		c.log.Warn("queue client sent a malformed HELLO", zap.Error(err))
 		c.fatalDirect(statusBadFrame, err.Error())
-		return false
+		return nil, false
 	}
 	h, ok := f.(*helloFrame)
 	if !ok {
 		c.log.Warn("queue client did not start with HELLO", zap.String("frame", fmt.Sprintf("%T", f)))
 		c.fatalDirect(statusBadHello, "expected HELLO")
-		return false
+		return nil, false
 	}
 	c.client = h.Client
 	if string(h.Magic[:]) != helloMagic || h.Version != ProtocolVersion {
 		c.log.Warn("queue client sent a bad HELLO", zap.String("client", h.Client), zap.Uint16("version", h.Version))
 		c.fatalDirect(statusBadHello, fmt.Sprintf("want magic %q version %d", helloMagic, ProtocolVersion))
-		return false
+		return nil, false
 	}
 	err = c.writeDirect(appendWelcome(nil, &welcomeFrame{Version: ProtocolVersion, MaxFrame: uint32(c.b.maxFrame), MaxItem: uint32(c.b.maxItem)}))
 	if err != nil {
 		c.log.Debug("queue client gone before WELCOME", zap.Error(err))
-		return false
+		return nil, false
 	}
 	c.nc.SetReadDeadline(time.Time{})
 	c.log = c.log.With(zap.String("client", h.Client))
 	c.log.Debug("queue client connected")
-	return true
+	return br, true
 }
 
-// readLoop reads and carries out requests until the connection ends or
-// breaks the protocol.
-func (c *conn) readLoop() {
+// readLoop reads and carries out requests from br, the reader the
+// handshake used, until the connection ends or breaks the protocol.
+func (c *conn) readLoop(br *bufio.Reader) {
 	fr := frameReader{
-		r:     bufio.NewReaderSize(c.nc, writeChunk),
+		r:     br,
 		began: func() error { return c.nc.SetReadDeadline(time.Now().Add(c.b.frameDeadline)) },
 		ended: func() error { return c.nc.SetReadDeadline(time.Time{}) },
 	}
@@ -569,19 +597,22 @@ func (c *conn) readLoop() {
 			}
 			return
 		}
-		// Flow control: let the writer catch up before reading more.
+		// Flow control: let the writer catch up, and waiting requests be
+		// answered, before reading more.
 		for {
 			c.mu.Lock()
 			n, dead := len(c.outbox), c.fatalSet
+			waits := c.nWaiting >= maxWaiting || c.waitingBytes >= maxWaitingBytes
 			c.mu.Unlock()
 			if dead {
 				return
 			}
-			if n < maxOutbox {
+			if n < maxOutbox && !waits {
 				break
 			}
 			select {
 			case <-c.drained:
+			case <-c.unwaited:
 			case <-c.writerDone:
 				return
 			}
@@ -703,17 +734,43 @@ func requeueGrouped(n int, at func(int) (*queue, item)) {
 
 // writeLoop encodes the outbox and writes it, as much as has accumulated
 // per system call, until the connection ends or a FATAL is written.
+//
+// An auto-ack item leaves the broker only once its ITEMS frame is written
+// (rule 5): the writer acks it after the write that carried its last byte.
+// When the writer stops part-way (a write fails, or a FATAL ends the
+// connection), the auto-ack replies it took but did not write go to
+// c.unsent, and cleanup requeues them with the rest of what the connection
+// held. A failed write may have sent part of a frame; the client cannot
+// decode a partial frame, so that item counts as not written.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
 	defer c.nc.Close() // wakes the reader if the writer stops first
 	var buf []byte
+	var encoded []outMsg // auto-ack replies encoded and not all written yet
 	write := func() error {
-		if len(buf) == 0 {
-			return nil
+		if len(buf) > 0 {
+			_, err := c.nc.Write(buf)
+			buf = buf[:0]
+			if err != nil {
+				return err
+			}
 		}
-		_, err := c.nc.Write(buf)
-		buf = buf[:0]
-		return err
+		for i := range encoded {
+			encoded[i].q.ack(len(encoded[i].items)) // rule 5: gone once written
+		}
+		clear(encoded)
+		encoded = encoded[:0]
+		return nil
+	}
+	var unsent []outMsg // auto-ack replies taken from the outbox, not encoded
+	handBack := func() {
+		all := slices.Concat(encoded, unsent)
+		if len(all) == 0 {
+			return
+		}
+		c.mu.Lock()
+		c.unsent = append(c.unsent, all...)
+		c.mu.Unlock()
 	}
 	for {
 		select {
@@ -735,6 +792,7 @@ func (c *conn) writeLoop() {
 				break
 			}
 			var err error
+			rest := len(batch) // batch[rest:] was not encoded
 			for i := range batch {
 				m := &batch[i]
 				switch m.kind {
@@ -744,16 +802,26 @@ func (c *conn) writeLoop() {
 					buf = appendFatal(buf, &fatalFrame{Status: m.status, Message: m.message})
 					fatal = true
 				case msgItems:
-					if m.autoAck {
-						m.q.ack(len(m.items)) // rule 5: gone once written
-					}
 					err = c.encodeItems(&buf, m, write)
+					if err == nil && m.autoAck {
+						encoded = append(encoded, *m)
+					}
 				}
-				if err == nil && len(buf) >= writeChunk {
+				if err != nil {
+					rest = i
+					break
+				}
+				if len(buf) >= writeChunk {
 					err = write()
 				}
 				if err != nil || fatal {
+					rest = i + 1
 					break
+				}
+			}
+			for _, m := range batch[rest:] {
+				if m.kind == msgItems && m.autoAck {
+					unsent = append(unsent, m)
 				}
 			}
 			clear(batch)
@@ -762,14 +830,17 @@ func (c *conn) writeLoop() {
 			c.mu.Unlock()
 			if err != nil {
 				c.log.Debug("queue client connection: write failed", zap.Error(err))
+				handBack()
 				return
 			}
 		}
 		if err := write(); err != nil {
 			c.log.Debug("queue client connection: write failed", zap.Error(err))
+			handBack()
 			return
 		}
 		if fatal {
+			handBack()
 			if uc, ok := c.nc.(*net.UnixConn); ok {
 				uc.CloseWrite()
 			}
@@ -843,14 +914,14 @@ func (c *conn) cleanup() {
 	for d, e := range c.inflight {
 		all = append(all, held{d, e})
 	}
-	for _, m := range c.outbox {
-		if m.kind == msgItems && m.autoAck { // never written: still the broker's
+	for _, m := range slices.Concat(c.unsent, c.outbox) {
+		if m.kind == msgItems && m.autoAck { // never written: still the broker's (rule 5)
 			for i, it := range m.items {
 				all = append(all, held{m.first + uint64(i), inflightItem{m.q, it}})
 			}
 		}
 	}
-	c.inflight, c.outbox, c.spare = nil, nil, nil
+	c.inflight, c.outbox, c.spare, c.unsent = nil, nil, nil, nil
 	c.mu.Unlock()
 	if len(all) > 0 {
 		slices.SortFunc(all, func(a, b held) int { return cmp.Compare(a.delivery, b.delivery) })

@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -330,6 +331,9 @@ func TestClosedConsumerRequeuesAtHead(t *testing.T) {
 		t.Fatal(err)
 	}
 	dying.Close()
+	// The broker learns of the close when it reads end of file, after
+	// Close returns: wait for the requeue before a new consumer asks.
+	eventually(t, "the closed consumer's items requeued", func() bool { return h.stats("jobs").InFlight == 0 })
 	other := h.dial()
 	var got []string
 	for range 4 {
@@ -380,7 +384,12 @@ func TestConsumersKilledAtRandom(t *testing.T) {
 			defer wg.Done()
 			rnd := rand.New(rand.NewPCG(uint64(w), 42))
 			for {
-				if h.stats("jobs").Acked == total {
+				if s := h.stats("jobs"); s.Acked == total {
+					return
+				} else if ctx.Err() != nil {
+					// A lost item would keep the consumers looking for it
+					// for ever: give up with the test's context.
+					t.Errorf("test context done with %d of %d items acked: %+v", s.Acked, total, s)
 					return
 				}
 				c := h.dial()
@@ -394,7 +403,7 @@ func TestConsumersKilledAtRandom(t *testing.T) {
 						break // maybe done; the loop above checks
 					}
 					if err != nil {
-						if !errors.Is(err, ErrClosed) {
+						if !errors.Is(err, ErrClosed) && ctx.Err() == nil { // the loop above reports ctx
 							t.Error(err)
 						}
 						break
@@ -1106,4 +1115,192 @@ func TestSlowConsumerDoesNotStallOthers(t *testing.T) {
 	// Its items come back when it goes.
 	slow.nc.Close()
 	eventually(t, "the slow consumer's items requeued", func() bool { return h.stats("jobs").Depth == 100 })
+}
+
+// Requests pipelined in the same write as the HELLO are served: the
+// handshake and the reader loop share one buffered reader, so the bytes the
+// HELLO's read buffered past the HELLO are not lost.
+func TestPipelinedAfterHello(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{})
+	rc := h.raw(false)
+	var b []byte
+	b = appendHello(b, &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: 1, Client: "raw"})
+	b = appendPut(b, &putFrame{ID: 1, TimeoutMS: 0, Queue: "jobs", Items: [][]byte{[]byte("hi")}})
+	b = appendGet(b, &getFrame{ID: 2, TimeoutMS: 0, Queue: "jobs", Max: 1})
+	rc.write(b)
+	if _, ok := rc.read().(*welcomeFrame); !ok {
+		t.Fatal("no WELCOME")
+	}
+	if r, ok := rc.read().(*resultFrame); !ok || r.ID != 1 || r.Status != statusOK || r.N != 1 {
+		t.Fatalf("PUT: got %#v, want RESULT id 1 OK n 1", r)
+	}
+	it, ok := rc.read().(*itemsFrame)
+	if !ok || it.ID != 2 || len(it.Items) != 1 || string(it.Items[0].Body) != "hi" {
+		t.Fatalf("GET: got %#v, want ITEMS id 2 with \"hi\"", it)
+	}
+}
+
+// Auto-ack items the writer took but could not write are requeued, not
+// lost (rule 5: an auto-ack item leaves the broker when it is written),
+// whether the writer stops on a failed write (the peer closes) or at a
+// FATAL whose write times out (the broker closes, the peer does not read).
+func TestAutoAckUnwrittenRequeued(t *testing.T) {
+	for _, brokerCloses := range []bool{false, true} {
+		t.Run(fmt.Sprintf("brokerCloses=%v", brokerCloses), func(t *testing.T) {
+			h := newBrokerHarness(t, BrokerOptions{FrameDeadline: 300 * time.Millisecond})
+			rc := h.rawT(t, true)
+			const n = 100
+			var gets []byte
+			for i := range n {
+				gets = appendGet(gets, &getFrame{ID: uint32(i + 1), TimeoutMS: waitForever, Queue: "jobs", Max: 1, Flags: flagAutoAck})
+			}
+			rc.write(gets)
+			q := h.b.queues["jobs"]
+			eventually(t, "GETs wait", func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.liveGets() == n })
+			p := h.dial()
+			items := make([][]byte, n)
+			for i := range items {
+				items[i] = make([]byte, 10<<10) // 1 MiB in all: more than the socket buffers
+			}
+			if _, err := p.PutBatch(ctxT(t), "jobs", items); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "items handed to the GETs", func() bool { return h.stats("jobs").Delivered == n })
+			time.Sleep(50 * time.Millisecond) // let the writer block on the full socket
+			if brokerCloses {
+				h.b.Close()
+			} else {
+				rc.nc.Close()
+				eventually(t, "connection gone", func() bool { h.b.mu.Lock(); defer h.b.mu.Unlock(); return len(h.b.conns) == 1 })
+			}
+			s := h.stats("jobs")
+			if s.InFlight != 0 || int(s.Acked)+s.Depth != n || s.Acked == n {
+				t.Fatalf("want every auto-ack item written (acked) or requeued, some unwritten; got %+v", s)
+			}
+		})
+	}
+}
+
+// A connection's waiting requests are bounded: pipelined wait-forever PUTs
+// on a full queue stop being read once the connection has maxWaiting of
+// them waiting, or maxWaitingBytes of items in them, and are read again as
+// a consumer frees room.
+func TestWaitingRequestsBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		puts     int
+		size     int
+		maxWaits int // at most this many waiting PUTs: the bound, plus the one read past it
+	}{
+		{"count", maxWaiting + 100, 1, maxWaiting},
+		{"bytes", 40, DefaultMaxItem, maxWaitingBytes/DefaultMaxItem + 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newBrokerHarness(t, BrokerOptions{Queues: []QueueConfig{{Name: "jobs", Capacity: 1}}})
+			rc := h.rawT(t, true)
+			rc.write(appendPut(nil, &putFrame{ID: 1, Queue: "jobs", Items: [][]byte{{0}}}))
+			if r, ok := rc.read().(*resultFrame); !ok || r.Status != statusOK {
+				t.Fatalf("filling PUT: got %#v", r)
+			}
+			body := make([]byte, tc.size)
+			wrote := make(chan error, 1)
+			go func() { // blocks once the broker stops reading
+				var b []byte
+				for i := range tc.puts {
+					b = appendPut(b[:0], &putFrame{ID: uint32(i + 2), TimeoutMS: waitForever, Queue: "jobs", Items: [][]byte{body}})
+					if _, err := rc.nc.Write(b); err != nil {
+						wrote <- err
+						return
+					}
+				}
+				wrote <- nil
+			}()
+			q := h.b.queues["jobs"]
+			waiting := func() int { q.mu.Lock(); defer q.mu.Unlock(); return q.livePuts() }
+			eventually(t, "PUTs wait", func() bool { return waiting() >= tc.maxWaits-1 })
+			time.Sleep(100 * time.Millisecond) // the reader would read on meanwhile
+			if n := waiting(); n > tc.maxWaits {
+				t.Fatalf("%d PUTs of one connection wait, want at most %d", n, tc.maxWaits)
+			}
+			// A consumer frees room: every PUT gets in, in order.
+			c := h.dial()
+			ctx := ctxT(t)
+			for range tc.puts + 1 {
+				if _, err := c.GetAutoAck(ctx, "jobs"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := <-wrote; err != nil {
+				t.Fatal(err)
+			}
+			for i := range tc.puts {
+				r, ok := rc.read().(*resultFrame)
+				if !ok || r.ID != uint32(i+2) || r.Status != statusOK || r.N != 1 {
+					t.Fatalf("PUT %d: got %#v, want RESULT OK n 1", i+2, r)
+				}
+			}
+		})
+	}
+}
+
+// The client's read loop never blocks on writing: a late ITEMS (nobody
+// waits for it) while the client's outgoing buffer is full and its socket
+// does not drain is NACKed through the writer, and the replies behind it
+// are still read.
+func TestClientLateNackDoesNotBlockReader(t *testing.T) {
+	cnc, snc := net.Pipe() // unbuffered: the client's writes block until the broker reads
+	t.Cleanup(func() { snc.Close() })
+	welcomed := make(chan error, 1)
+	go func() {
+		fr := frameReader{r: bufio.NewReader(snc)}
+		if _, err := fr.read(maxHelloLen, nil); err != nil {
+			welcomed <- err
+			return
+		}
+		_, err := snc.Write(appendWelcome(nil, &welcomeFrame{Version: ProtocolVersion, MaxFrame: 1 << 20, MaxItem: 1<<20 - frameSlack}))
+		welcomed <- err
+	}()
+	c, err := handshakeClient(ctxT(t), cnc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-welcomed; err != nil {
+		t.Fatal(err)
+	}
+	// The fake broker reads nothing more: fill the client's buffer.
+	var puts sync.WaitGroup
+	t.Cleanup(func() { c.Close(); puts.Wait() })
+	item := make([]byte, 1<<19)
+	for range 2 * maxClientBuffer / len(item) {
+		puts.Add(1)
+		go func() { defer puts.Done(); c.Put(context.Background(), "jobs", item) }()
+	}
+	var id uint32 // a request that waits for its reply
+	eventually(t, "the client's buffer full", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for id = range c.pending {
+			break
+		}
+		return len(c.out) >= maxClientBuffer && id != 0
+	})
+	// The reader gets an ITEMS nobody asked for, then a reply.
+	frames := appendItems(nil, &itemsFrame{ID: 1 << 30, Items: []wireItem{{Delivery: 7, Deliveries: 1, Body: []byte("x")}}})
+	frames = appendResult(frames, &resultFrame{ID: id, Status: statusOK, N: 1})
+	if _, err := snc.Write(frames); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the reply behind the late ITEMS read", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		_, waits := c.pending[id]
+		return !waits
+	})
+	c.mu.Lock()
+	nack := appendAck(nil, &ackFrame{Nack: true, ID: c.nextID, Deliveries: []uint64{7}})
+	queued := bytes.HasSuffix(c.out, nack)
+	c.mu.Unlock()
+	if !queued {
+		t.Fatal("the late ITEMS was not NACKed")
+	}
 }

@@ -343,7 +343,12 @@ func (c *Client) readLoop(r *bufio.Reader) {
 	}
 }
 
-// nackLate gives back the items of an ITEMS nobody waits for any more.
+// nackLate gives back the items of an ITEMS nobody waits for any more. It
+// runs on the read loop, which must never block on writing: a reader
+// stuck behind a full socket would stop reading the replies the broker's
+// own flow control waits on, and both sides would wait for ever. So the
+// NACK is queued past maxClientBuffer (it is small, and one per late
+// ITEMS) and handed to the writer goroutine, never written from here.
 func (c *Client) nackLate(f *itemsFrame) {
 	ids := make([]uint64, 0, len(f.Items))
 	for _, it := range f.Items {
@@ -354,9 +359,18 @@ func (c *Client) nackLate(f *itemsFrame) {
 	if len(ids) == 0 {
 		return
 	}
-	c.send(context.Background(), nil, func(dst []byte, id uint32) []byte {
-		return appendAck(dst, &ackFrame{Nack: true, ID: id, Deliveries: ids})
-	})
+	c.mu.Lock()
+	if c.err != nil { // the connection is gone: the broker requeues them
+		c.mu.Unlock()
+		return
+	}
+	c.nextID++
+	c.out = appendAck(c.out, &ackFrame{Nack: true, ID: c.nextID, Deliveries: ids})
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
 }
 
 // timeoutMS turns ctx's deadline into a wait limit.

@@ -35,8 +35,9 @@ import (
 // connection's in-flight table (conn.inflight) in the same critical section
 // that assigns their delivery ids, so an item is always in exactly one
 // place: the ring, one connection's in-flight table, or an ITEMS reply not
-// yet written (auto-ack, rule 5: it leaves the broker when the connection's
-// writer picks the reply up; a connection closed before that requeues it).
+// yet written (auto-ack, rule 5: it leaves the broker once the connection's
+// writer has written the reply; a connection that ends before that, or
+// whose writer stops first, requeues it).
 // ack (rule 3) and requeue (rule 4) are called only with items a connection
 // removed from its own table, so another connection's deliveries are never
 // touched. put never grows the ring past capacity; requeue does (rule 6).
@@ -99,6 +100,7 @@ type waiter struct {
 	// PUT: items not yet accepted, and how many were
 	items    [][]byte
 	accepted int
+	held     int // bytes of items when it started waiting, for flow control
 	timer    *time.Timer
 }
 
@@ -167,6 +169,9 @@ func (q *queue) put(c *conn, id, timeoutMS uint32, items [][]byte) {
 	case timeoutMS == 0:
 		c.reply(id, statusFull, uint32(w.accepted), "queue full")
 	default:
+		for _, it := range w.items {
+			w.held += len(it)
+		}
 		q.puts = append(q.puts, w)
 		q.wait(w, timeoutMS)
 	}

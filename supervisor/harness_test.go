@@ -48,7 +48,7 @@ const envHelper = "TEST_HELPER"
 
 func TestMain(m *testing.M) {
 	if service.IsWorker() || os.Getenv(envTestManager) == "1" {
-		os.Exit(cli.Main(os.Args, testRegistry()))
+		os.Exit(cli.Main(os.Args, testRegistry(), cli.WithHooks(testHooks())))
 	}
 	if name := os.Getenv(envHelper); name != "" {
 		os.Exit(helperCommands[name]())
@@ -221,6 +221,33 @@ func testRegistry() *service.Registry {
 		}), nil
 	})
 	return reg
+}
+
+// testHooks are the test manager's hooks, driven by its environment:
+// TEST_HOOK_LOG=1 has each hook say on stderr that it ran ("hook ..."), and
+// TEST_RELOAD_GROW=SERVICE=N has the reload hook Reconfigure SERVICE to N.
+func testHooks() supervisor.Hooks {
+	say := func(format string, args ...any) {
+		if os.Getenv("TEST_HOOK_LOG") == "1" {
+			fmt.Fprintf(os.Stderr, "hook "+format+"\n", args...)
+		}
+	}
+	return supervisor.Hooks{
+		OnReload: func(m *supervisor.Supervisor) {
+			say("reload")
+			if svc, n, ok := strings.Cut(os.Getenv("TEST_RELOAD_GROW"), "="); ok {
+				workers, _ := strconv.Atoi(n)
+				if err := m.Reconfigure(context.Background(), svc, workers); err != nil {
+					say("reconfigure failed: %v", err)
+				}
+			}
+		},
+		OnNewWorker: func(w supervisor.WorkerEvent) { say("new-worker %s %d %d", w.Service, w.ID, w.PID) },
+		OnDeadWorker: func(w supervisor.WorkerEvent) {
+			say("dead-worker %s %d %d %s %d %d", w.Service, w.ID, w.PID, w.Status, w.ExitCode, w.Signal)
+		},
+		OnTerminate: func() { say("terminate") },
+	}
 }
 
 // helperCommands are the test binary's small commands (TEST_HELPER=name).

@@ -5,6 +5,8 @@ package supervisor
 // and time is a fake clock whose timers fire when the test says so.
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"strings"
 	"syscall"
@@ -369,5 +371,72 @@ func TestLoopScaleDownReversedWhileStopping(t *testing.T) {
 	}
 	if len(r.s.workers) != 3 {
 		t.Errorf("%d slots, want 3", len(r.s.workers))
+	}
+}
+
+// reconfigure calls Reconfigure as another goroutine would, serving the
+// loop's mailbox, as Run does, until the call returns.
+func (r *loopRig) reconfigure(service string, n int) error {
+	r.t.Helper()
+	errc := make(chan error, 1)
+	go func() { errc <- r.s.Reconfigure(context.Background(), service, n) }()
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case err := <-errc:
+			return err
+		case <-r.s.inbox.wake:
+			for _, ev := range r.s.inbox.take(nil) {
+				r.s.handle(ev)
+			}
+		case <-deadline:
+			r.t.Fatal("Reconfigure did not return")
+		}
+	}
+}
+
+func TestLoopReconfigureLastsUntilTheFileIsReloaded(t *testing.T) {
+	r := newRig(t, strings.Replace(scaled, "%d", "1", 1))
+	file := r.s.cfg
+	r.startAllRunning()
+	if err := r.reconfigure("w", 3); err != nil {
+		t.Fatal(err)
+	}
+	sp := spawned(r.requests())
+	if len(sp) != 2 || sp[0].spec.id+sp[1].spec.id != 3 {
+		t.Fatalf("Reconfigure to 3 spawned %v, want ids 1 and 2", sp)
+	}
+	for i, p := range sp {
+		r.s.handle(workerStarted{token: p.token, pid: 300 + i, at: r.clock.now})
+	}
+	// The next reload of the file wins: back to 1.
+	r.s.Reload(file)
+	r.deliver()
+	if sg := signals(r.requests()); len(sg) != 2 {
+		t.Errorf("reload of the file stopped %d workers, want the 2 Reconfigure added", len(sg))
+	}
+	if err := r.reconfigure("nope", 2); !errors.Is(err, ErrNoSuchService) {
+		t.Errorf("Reconfigure of an unknown service: %v, want ErrNoSuchService", err)
+	}
+	if err := r.s.Reconfigure(context.Background(), "w", -1); err == nil {
+		t.Error("Reconfigure to -1 workers was accepted")
+	}
+}
+
+func TestHooksRunInOrderAndSurviveAPanic(t *testing.T) {
+	r := newRig(t, oneWorker)
+	var ran []string
+	r.s.hook(func() { ran = append(ran, "first") })
+	r.s.hook(func() { panic("a program's bug") })
+	r.s.hook(func() { ran = append(ran, "third") })
+	quit, done := make(chan struct{}), make(chan struct{})
+	close(quit) // run what is queued, then return
+	r.s.runHooks(quit, done)
+	<-done
+	if !slices.Equal(ran, []string{"first", "third"}) {
+		t.Errorf("hooks ran %v, want first and third, in order", ran)
+	}
+	if r.logs.FilterMessage("a hook panicked").Len() != 1 {
+		t.Error("the panicking hook was not logged")
 	}
 }

@@ -4,6 +4,7 @@ package supervisor_test
 // the difference, and what did not change keeps its processes.
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"syscall"
@@ -118,7 +119,7 @@ services:
 	down, maxDown, seenReload := 0, 0, false
 	for _, e := range m.all(func(e entry) bool { return true }) {
 		switch {
-		case e.str("msg") == "reload applied":
+		case e.str("msg") == "configuration applied":
 			seenReload = true
 		case !seenReload || e.str("service") != "gen":
 		case e.str("msg") == "worker stopped":
@@ -154,5 +155,43 @@ func TestReloadStopsRemovedAndStartsAddedServices(t *testing.T) {
 	}
 	if n := len(m.all(func(e entry) bool { return e.is("worker started", "service", "old") })); n != 2 {
 		t.Errorf("the removed service was started again (%d starts)", n)
+	}
+}
+
+// The hooks run in the manager on their events, and a reload hook may
+// Reconfigure, as the seed's program grows its printers on SIGHUP.
+func TestHooksAndReconfigureFromTheReloadHook(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := dir + "/gotyledon.yaml"
+	if err := os.WriteFile(path, []byte("services:\n  sleeper:\n    run: sleeper\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := startManagerArgs(t, path, []string{"run", "--log-format", "json", "--log-level", "debug", "-c", path},
+		"TEST_HOOK_LOG=1", "TEST_RELOAD_GROW=sleeper=3")
+	first := m.waitFor("worker 0", started("sleeper", 0))
+	m.waitFor("new-worker hook", func(e entry) bool {
+		return e.str("msg") == fmt.Sprintf("hook new-worker sleeper 0 %d", first.int("pid"))
+	})
+	m.signal(syscall.SIGHUP) // the file is unchanged: only the hook grows it
+	m.waitFor("reload hook", func(e entry) bool { return e.str("msg") == "hook reload" })
+	for id := 1; id < 3; id++ {
+		m.waitFor("grown by the hook", started("sleeper", id))
+	}
+	if err := syscall.Kill(first.int("pid"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	m.waitFor("dead-worker hook", func(e entry) bool {
+		return e.str("msg") == fmt.Sprintf("hook dead-worker sleeper 0 %d killed by SIGKILL -1 9", first.int("pid"))
+	})
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exit code %d, want 0", code)
+	}
+	if len(m.all(func(e entry) bool { return e.str("msg") == "hook terminate" })) != 1 {
+		t.Error("the terminate hook did not run once")
+	}
+	if n := len(m.all(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "hook reconfigure failed") })); n != 0 {
+		t.Error("Reconfigure from the reload hook failed")
 	}
 }

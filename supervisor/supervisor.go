@@ -48,6 +48,9 @@ type Options struct {
 	// Environ is the environment workers inherit (before the manager-only
 	// variables are removed). Default os.Environ().
 	Environ []string
+	// Hooks are the program's callbacks on reloads, workers' starts and
+	// exits, and shutdown.
+	Hooks Hooks
 	// WorkerEnv are "KEY=value" variables the manager sets in every worker,
 	// over Environ (the queue socket's path, for one). A service's own env
 	// cannot override them: the config refuses GOTYLEDON_ names.
@@ -69,8 +72,11 @@ type Supervisor struct {
 	rnd       func() float64
 
 	inbox       *mailbox[event]
-	ran         atomic.Bool // set by the first Run
+	ran         atomic.Bool   // set by the first Run
+	finished    chan struct{} // closed when Run returns
 	outputGrace time.Duration
+	hooks       Hooks
+	hooksInbox  *mailbox[func()]
 
 	// Below: owned by the loop goroutine (Run) alone.
 	procs      *procTable
@@ -124,7 +130,10 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		afterFunc:   func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
 		rnd:         rand.Float64,
 		inbox:       newMailbox[event](),
+		finished:    make(chan struct{}),
 		outputGrace: defaultOutputGrace,
+		hooks:       opts.Hooks,
+		hooksInbox:  newMailbox[func()](),
 		workers:     make(map[workerKey]*worker),
 		byToken:     make(map[uint64]*worker),
 	}
@@ -180,6 +189,13 @@ func (s *Supervisor) Run() error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return errors.New("supervisor: Run called twice")
 	}
+	defer close(s.finished)
+	hooksQuit, hooksDone := make(chan struct{}), make(chan struct{})
+	go s.runHooks(hooksQuit, hooksDone)
+	defer func() {
+		close(hooksQuit)
+		s.waitHooks(hooksDone, s.cfg.ShutdownTimeout)
+	}()
 	// Orphans of our workers are reparented to us, not to PID 1, so that
 	// they are reaped here and do not escape supervision.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
@@ -329,6 +345,8 @@ func (s *Supervisor) handle(ev event) {
 		s.onShutdown(ev.fast)
 	case reloadRequested:
 		s.onReload(ev.cfg)
+	case reconfigureRequested:
+		s.onReconfigure(ev)
 	}
 }
 
@@ -362,6 +380,10 @@ func (s *Supervisor) onStarted(ev workerStarted) {
 	}
 	w.state = stateRunning
 	s.initialStartDone(w)
+	if s.hooks.OnNewWorker != nil {
+		ev := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: w.pid}
+		s.hook(func() { s.hooks.OnNewWorker(ev) })
+	}
 	s.replaceNext(w.key.service)
 }
 
@@ -397,7 +419,15 @@ func (s *Supervisor) onExited(ev workerExited) {
 	delete(s.byToken, ev.token)
 	w.token = 0
 	uptime := ev.at.Sub(w.startedAt)
-	fields := s.fields(w, zap.String("status", describeStatus(ev.status)), zap.Duration("uptime", uptime))
+	status := describeStatus(ev.status)
+	fields := s.fields(w, zap.String("status", status), zap.Duration("uptime", uptime))
+	if s.hooks.OnDeadWorker != nil {
+		dead := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: ev.pid, Status: status, ExitCode: ev.status.ExitStatus()}
+		if ev.status.Signaled() {
+			dead.Signal = ev.status.Signal()
+		}
+		s.hook(func() { s.hooks.OnDeadWorker(dead) })
+	}
 	if w.state == stateStopping {
 		cancel(&w.cancelKill)
 		s.log.Info("worker stopped", fields...)
@@ -461,6 +491,15 @@ func (s *Supervisor) onReload(cfg *config.Config) {
 		s.log.Warn("reload ignored: the manager is stopping")
 		return
 	}
+	s.apply(cfg)
+	if s.hooks.OnReload != nil {
+		s.hook(func() { s.hooks.OnReload(s) })
+	}
+}
+
+// apply makes cfg the running configuration and changes the workers to
+// match it, as onReload describes.
+func (s *Supervisor) apply(cfg *config.Config) {
 	s.cfg = cfg
 	if s.startedAt.IsZero() {
 		return // before the first start: startAll will start what cfg says
@@ -506,7 +545,7 @@ func (s *Supervisor) onReload(cfg *config.Config) {
 		}
 		s.replaceNext(svc.Name)
 	}
-	s.log.Info("reload applied", zap.String("config", cfg.File), zap.Int("starting", starting),
+	s.log.Info("configuration applied", zap.String("config", cfg.File), zap.Int("starting", starting),
 		zap.Int("stopping", stopping), zap.Int("replacing", replacing))
 }
 
@@ -550,6 +589,9 @@ func (s *Supervisor) onShutdown(fast bool) {
 	}
 	if !s.stopping {
 		s.log.Info("stopping all workers", zap.Bool("fast", fast), zap.Int("running", len(s.byToken)))
+		if s.hooks.OnTerminate != nil {
+			s.hook(s.hooks.OnTerminate)
+		}
 	} else {
 		s.log.Warn("fast shutdown: killing workers still running", zap.Int("running", len(s.byToken)))
 	}

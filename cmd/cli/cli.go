@@ -21,6 +21,7 @@ import (
 
 	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/service"
+	"github.com/gotyledon/gotyledon/supervisor"
 )
 
 // Exit codes of Main.
@@ -43,35 +44,49 @@ type commandLine struct {
 	Queue queueCommand `cmd:"" help:"Put items on, or take them from, a queue of a running manager (for shell workers)."`
 }
 
-// env is what every command's Run gets: the program's registry and streams.
+// env is what every command's Run gets: the program's registry, options
+// and streams.
 type env struct {
 	program        string
 	registry       *service.Registry
+	hooks          supervisor.Hooks
 	stdin          io.Reader
 	stdout, stderr io.Writer
+}
+
+// Option changes how Main runs the manager.
+type Option func(*env)
+
+// WithHooks has the manager call a program's hooks (see supervisor.Hooks),
+// as cotyledon's register_hooks.
+func WithHooks(h supervisor.Hooks) Option {
+	return func(e *env) { e.hooks = h }
 }
 
 // Main runs the gotyledon command line with args (os.Args) and returns the
 // process exit code. If the environment marks this process as a Go worker
 // started by a manager, it runs that worker instead (see service.Main). reg
 // holds the Go services this program offers; nil means none.
-func Main(args []string, reg *service.Registry) int {
+func Main(args []string, reg *service.Registry, opts ...Option) int {
 	if reg == nil {
 		reg = service.NewRegistry()
 	}
 	if service.IsWorker() {
 		return service.Main(reg)
 	}
-	return mainWith(args, reg, os.Stdin, os.Stdout, os.Stderr)
+	return mainWith(args, reg, os.Stdin, os.Stdout, os.Stderr, opts...)
 }
 
-func mainWith(args []string, reg *service.Registry, stdin io.Reader, stdout, stderr io.Writer) int {
+func mainWith(args []string, reg *service.Registry, stdin io.Reader, stdout, stderr io.Writer, opts ...Option) int {
 	program := "gotyledon"
 	if len(args) > 0 {
 		program = filepath.Base(args[0])
 		args = args[1:]
 	}
 	e := &env{program: program, registry: reg, stdin: stdin, stdout: stdout, stderr: stderr}
+	for _, o := range opts {
+		o(e)
+	}
 	var cl commandLine
 	// kong ends the process after printing --help; Main returns instead.
 	helpShown := false

@@ -60,7 +60,7 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	if len(cfg.Queues) > 0 {
 		workerEnv = append(workerEnv, ipc.EnvSocket+"="+socket)
 	}
-	sup, err := supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: e.program, WorkerEnv: workerEnv})
+	sup, err := supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: e.program, WorkerEnv: workerEnv, Hooks: e.hooks})
 	if err != nil {
 		return err
 	}

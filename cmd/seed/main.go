@@ -7,7 +7,9 @@
 //
 // The YAML says how many workers each service has (printer: 2); kill one
 // and it comes back with the same worker id, and the number it was printing
-// is printed by another (it was not acknowledged).
+// is printed by another (it was not acknowledged). On `kill -HUP`, the
+// manager reloads the file, then runs the seed's reload hook, which grows
+// printer to 5 workers, as the cotyledon program's reconfigure(printer, 5).
 package main
 
 import (
@@ -21,6 +23,7 @@ import (
 	"github.com/gotyledon/gotyledon/cmd/cli"
 	"github.com/gotyledon/gotyledon/ipc"
 	"github.com/gotyledon/gotyledon/service"
+	"github.com/gotyledon/gotyledon/supervisor"
 )
 
 // queue is the name the YAML gives the queue between the two services.
@@ -30,7 +33,17 @@ func main() {
 	reg := service.NewRegistry()
 	reg.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
 	reg.Register("printer", func(w service.Worker) (service.Service, error) { return printer{w}, nil })
-	os.Exit(cli.Main(os.Args, reg))
+	os.Exit(cli.Main(os.Args, reg, cli.WithHooks(supervisor.Hooks{OnReload: growPrinters})))
+}
+
+// growPrinters is the seed's reload hook: printer gets 5 workers. It runs
+// after every reload of the file, so it wins over the file's count.
+func growPrinters(m *supervisor.Supervisor) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := m.Reconfigure(ctx, "printer", 5); err != nil {
+		fmt.Fprintf(os.Stderr, "seed: reload hook: %v\n", err)
+	}
 }
 
 // producer puts 0, 1, 2 ... on the queue, one a second, like the seed's

@@ -1,0 +1,162 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/config"
+)
+
+// Hooks are a program's callbacks on the manager's life, as cotyledon's
+// register_hooks. They run in the manager process, one at a time and in the
+// order of the events, on a goroutine of their own: a slow hook delays the
+// hooks after it, never supervision. Any may be nil.
+type Hooks struct {
+	// OnReload runs after a reload of the configuration file (SIGHUP) has
+	// been applied. It may call the Supervisor's Reconfigure, as the seed's
+	// cotyledon program grows its printers on reload.
+	OnReload func(s *Supervisor)
+	// OnNewWorker runs when a worker process has started.
+	OnNewWorker func(w WorkerEvent)
+	// OnDeadWorker runs when a worker process has exited, for any reason;
+	// w.Status says how.
+	OnDeadWorker func(w WorkerEvent)
+	// OnTerminate runs once, when a shutdown begins.
+	OnTerminate func()
+}
+
+// WorkerEvent describes a worker process to a hook.
+type WorkerEvent struct {
+	Service string
+	ID      int
+	PID     int
+	// Status is how an exited worker ended ("exit code 1", "killed by
+	// SIGKILL"); empty for a new worker. ExitCode is its exit code, or -1
+	// when a signal ended it; Signal is that signal, or 0.
+	Status   string
+	ExitCode int
+	Signal   syscall.Signal
+}
+
+// ErrNoSuchService is wrapped by Reconfigure's error for a service the
+// running configuration does not have.
+var ErrNoSuchService = errors.New("no such service")
+
+// ErrStopped is wrapped by Reconfigure's error when the supervisor is
+// shutting down or has stopped.
+var ErrStopped = errors.New("supervisor stopping or stopped")
+
+// reconfigureRequested: set a service's worker count without a file.
+type reconfigureRequested struct {
+	service string
+	workers int
+	reply   chan<- error // buffered: the loop never waits on it
+}
+
+func (reconfigureRequested) isEvent() {}
+
+// Reconfigure sets service's worker count to workers without editing the
+// configuration file, as cotyledon's reconfigure: missing ids start, surplus
+// ones stop gracefully, highest first. The change lasts until the next
+// reload of the file, which applies the file's count again (the file wins).
+//
+// It blocks until the loop has applied the change (not until the workers
+// have started or stopped), ctx ends, or the supervisor stops. It is safe
+// from any goroutine and from a hook; asked before Run, it is applied
+// before the first workers start.
+func (s *Supervisor) Reconfigure(ctx context.Context, service string, workers int) error {
+	if workers < 0 || workers > config.MaxWorkers {
+		return fmt.Errorf("reconfigure %s: %d workers: want 0 to %d", service, workers, config.MaxWorkers)
+	}
+	reply := make(chan error, 1)
+	s.inbox.put(reconfigureRequested{service: service, workers: workers, reply: reply})
+	select {
+	case err := <-reply:
+		return err
+	case <-s.finished:
+		return fmt.Errorf("reconfigure %s: %w", service, ErrStopped)
+	case <-ctx.Done():
+		return fmt.Errorf("reconfigure %s: %w", service, ctx.Err())
+	}
+}
+
+func (s *Supervisor) onReconfigure(r reconfigureRequested) {
+	if s.stopping {
+		r.reply <- fmt.Errorf("reconfigure %s: %w", r.service, ErrStopped)
+		return
+	}
+	if s.cfg.Service(r.service) == nil {
+		r.reply <- fmt.Errorf("reconfigure %s: %w", r.service, ErrNoSuchService)
+		return
+	}
+	s.log.Info("reconfigure", zap.String("service", r.service), zap.Int("workers", r.workers))
+	s.apply(withWorkers(s.cfg, r.service, r.workers))
+	r.reply <- nil
+}
+
+// withWorkers returns a copy of cfg in which service has n workers.
+func withWorkers(cfg *config.Config, service string, n int) *config.Config {
+	c := *cfg
+	c.Services = slices.Clone(cfg.Services)
+	for i, svc := range c.Services {
+		if svc.Name == service {
+			changed := *svc
+			changed.Workers = n
+			c.Services[i] = &changed
+		}
+	}
+	return &c
+}
+
+// hook queues f for the hook goroutine.
+func (s *Supervisor) hook(f func()) {
+	s.hooksInbox.put(f)
+}
+
+// runHooks runs queued hooks in order until quit is closed, then runs what
+// is still queued and closes done. A panicking hook is logged and the next
+// one runs: a program's bug in a hook must not take the manager down.
+func (s *Supervisor) runHooks(quit <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	var batch []func()
+	for {
+		select {
+		case <-s.hooksInbox.wake:
+			batch = s.hooksInbox.take(batch)
+			for _, f := range batch {
+				s.callHook(f)
+			}
+		case <-quit:
+			for _, f := range s.hooksInbox.take(batch) {
+				s.callHook(f)
+			}
+			return
+		}
+	}
+}
+
+func (s *Supervisor) callHook(f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("a hook panicked", zap.Any("panic", r))
+		}
+	}()
+	f()
+}
+
+// waitHooks waits, up to limit, for the hooks still queued to run.
+func (s *Supervisor) waitHooks(done <-chan struct{}, limit time.Duration) {
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		s.log.Warn("hooks still running at exit; not waiting for them", zap.Duration("waited", limit))
+	}
+}
