@@ -195,3 +195,106 @@ func TestHooksAndReconfigureFromTheReloadHook(t *testing.T) {
 		t.Error("Reconfigure from the reload hook failed")
 	}
 }
+
+// An edit of the file is applied without a signal, however the editor saves
+// it; the same bytes written again change nothing.
+func TestConfigFileEditsAreApplied(t *testing.T) {
+	t.Parallel()
+	yaml := func(n int) string { return strings.Replace(reloadBase, "%d", fmt.Sprint(n), 1) }
+	for _, tc := range []struct {
+		name string
+		save func(t *testing.T, path string, content string)
+	}{
+		{"in place", func(t *testing.T, path, content string) {
+			if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"rename over it", func(t *testing.T, path, content string) {
+			tmp := path + ".swp"
+			if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, path); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			m := startManager(t, yaml(1))
+			m.waitN("2 ready", 2, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+			// The same bytes again: seen, and nothing to do.
+			tc.save(t, m.config, yaml(1))
+			m.waitFor("unchanged", func(e entry) bool { return e.str("msg") == "config file unchanged; nothing to do" })
+			tc.save(t, m.config, yaml(3))
+			m.waitFor("worker 2", started("sleeper", 2))
+			if n := len(m.all(func(e entry) bool { return e.str("msg") == "configuration applied" })); n != 1 {
+				t.Errorf("%d configurations applied, want 1 (the touch must not count)", n)
+			}
+		})
+	}
+}
+
+// A Kubernetes ConfigMap volume: the file is a symlink through "..data",
+// which is swapped to a new directory in one rename.
+func TestConfigMapSymlinkSwapIsApplied(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	version := func(name string, n int) {
+		if err := os.Mkdir(dir+"/"+name, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(dir+"/"+name+"/gotyledon.yaml", []byte(strings.Replace(reloadBase, "%d", fmt.Sprint(n), 1)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..2026_11_25_v1", 1)
+	if err := os.Symlink("..2026_11_25_v1", dir+"/..data"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/gotyledon.yaml", dir+"/gotyledon.yaml"); err != nil {
+		t.Fatal(err)
+	}
+	path := dir + "/gotyledon.yaml"
+	m := startManagerArgs(t, path, []string{"run", "--log-format", "json", "--log-level", "debug", "-c", path})
+	m.waitN("2 ready", 2, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	version("..2026_11_25_v2", 4)
+	if err := os.Symlink("..2026_11_25_v2", dir+"/..data_tmp"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dir+"/..data_tmp", dir+"/..data"); err != nil {
+		t.Fatal(err)
+	}
+	m.waitFor("worker 3", started("sleeper", 3))
+}
+
+// Twenty edits in a burst converge on the last file: intermediate ones may
+// or may not be applied, the last one is, and the workers end as it says.
+func TestABurstOfEditsConvergesOnTheLast(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, strings.Replace(reloadBase, "%d", "1", 1))
+	m.waitN("2 ready", 2, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	for i := range 20 {
+		// 6 to 25 workers: no intermediate total equals the last one's.
+		m.rewriteQuietly(strings.Replace(reloadBase, "%d", fmt.Sprint(5+i), 1))
+	}
+	m.rewriteQuietly(strings.Replace(reloadBase, "%d", "3", 1))
+	m.waitFor("the last file applied", func(e entry) bool { return e.is("configuration applied", "workers", 4) })
+	// Every worker an intermediate file started beyond id 2 is stopped.
+	m.waitFor("worker 2", started("sleeper", 2))
+	for id := 3; id < 25; id++ {
+		starts := len(m.all(started("sleeper", id)))
+		if starts > 0 {
+			m.waitN("surplus stopped", starts, func(e entry) bool { return e.is("worker stopped", "service", "sleeper", "worker", id) })
+		}
+	}
+}
+
+// rewriteQuietly replaces the manager's config file without a signal.
+func (m *manager) rewriteQuietly(yaml string) {
+	m.t.Helper()
+	if err := os.WriteFile(m.config, []byte(yaml), 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+}

@@ -545,7 +545,11 @@ func (s *Supervisor) apply(cfg *config.Config) {
 		}
 		s.replaceNext(svc.Name)
 	}
-	s.log.Info("configuration applied", zap.String("config", cfg.File), zap.Int("starting", starting),
+	desired := 0
+	for _, svc := range cfg.Services {
+		desired += svc.Workers
+	}
+	s.log.Info("configuration applied", zap.String("config", cfg.File), zap.Int("workers", desired), zap.Int("starting", starting),
 		zap.Int("stopping", stopping), zap.Int("replacing", replacing))
 }
 

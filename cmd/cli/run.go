@@ -45,7 +45,12 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	}
 	defer log.Sync() //nolint:errcheck // stderr; nothing to do if it fails
 
-	cfg, err := config.Load(c.Config, e.registry.Names())
+	data, err := os.ReadFile(c.Config)
+	if err != nil {
+		logConfigError(log, fmt.Errorf("load config: %w", err), "nothing was started")
+		return exitCode(ExitError)
+	}
+	cfg, err := config.Parse(c.Config, data, e.registry.Names())
 	if err != nil {
 		logConfigError(log, err, "configuration is invalid; nothing was started")
 		return exitCode(ExitError)
@@ -87,16 +92,28 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	var g run.Group
 	// Signals: SIGTERM stops gracefully; SIGINT too, and a SIGINT while a
 	// stop is under way (Ctrl-C twice, or after SIGTERM) kills what is left.
-	// SIGHUP reloads the file and applies the difference.
+	// SIGHUP reloads the file and applies the difference; so does an edit
+	// of the file, seen by the config watch below.
+	changes := make(chan []byte, 1)
 	{
 		cancel := make(chan struct{})
 		current := cfg // the configuration last handed to the supervisor
+		apply := func(data []byte) {
+			if next := c.reload(e, log, current, data); next != nil {
+				current = next
+				sup.Reload(next)
+			}
+		}
 		g.Add(func() error {
 			stopping := false
 			for {
 				select {
 				case <-cancel:
 					return nil
+				case data := <-changes:
+					if !stopping {
+						apply(data)
+					}
 				case sig := <-signals:
 					switch sig {
 					case syscall.SIGINT:
@@ -113,15 +130,28 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 							log.Warn("reload ignored: the manager is stopping")
 							continue
 						}
-						if next := c.reload(e, log, current); next != nil {
-							current = next
-							sup.Reload(next)
+						data, err := os.ReadFile(c.Config)
+						if err != nil {
+							logConfigError(log, fmt.Errorf("load config: %w", err), "reload failed: the running services are unchanged")
+							continue
 						}
+						apply(data)
 					}
 				}
 			}
 		}, func(error) {
 			close(cancel)
+		})
+	}
+	// Config watch: edits of the file, applied as SIGHUP is. Without it
+	// (no inotify, say) the manager still runs, and SIGHUP still reloads.
+	if w, err := newConfigWatch(c.Config, data, log); err != nil {
+		log.Warn("config file not watched; SIGHUP still reloads it", zap.Error(err))
+	} else {
+		g.Add(func() error {
+			return w.run(changes)
+		}, func(error) {
+			w.stop()
 		})
 	}
 	// Supervisor: starts, restarts and stops the workers. Its return, once
@@ -201,11 +231,12 @@ func processGroups(pid int) []int {
 	return nil
 }
 
-// reload loads the configuration file again for a SIGHUP. It returns the
-// new configuration, or nil if it cannot be applied: then it has logged why,
-// and the running services are left exactly as they are.
-func (c *runCommand) reload(e *env, log *zap.Logger, current *config.Config) *config.Config {
-	next, err := config.Load(c.Config, e.registry.Names())
+// reload parses the configuration file's new content, for a SIGHUP or an
+// edit. It returns the new configuration, or nil if it cannot be applied:
+// then it has logged why, and the running services are left exactly as they
+// are.
+func (c *runCommand) reload(e *env, log *zap.Logger, current *config.Config, data []byte) *config.Config {
+	next, err := config.Parse(c.Config, data, e.registry.Names())
 	if err != nil {
 		logConfigError(log, err, "reload failed: the running services are unchanged")
 		return nil

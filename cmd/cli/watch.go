@@ -1,0 +1,95 @@
+package cli
+
+import (
+	"crypto/sha256"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"go.uber.org/zap"
+)
+
+// watchQuiet is how long the config file's directory must be quiet before
+// a change is read: editors and deploy tools write in bursts (a temporary
+// file, a rename, a chmod), and only the end state matters.
+const watchQuiet = 150 * time.Millisecond
+
+// configWatch sees edits of the configuration file and hands its new
+// content to the reload path, as a SIGHUP would. It watches the file's
+// directory, not the file: editors replace a file by renaming another over
+// it, and Kubernetes ConfigMaps swap a "..data" symlink; either way the
+// watched inode would be gone. Any event in the directory starts a quiet
+// period, after which the file (through its symlinks) is read and, if its
+// content differs from the last content seen, sent on. A touch, or a rewrite
+// with the same bytes, changes nothing.
+type configWatch struct {
+	path    string
+	log     *zap.Logger
+	fs      *fsnotify.Watcher
+	lastSum [sha256.Size]byte
+	quit    chan struct{}
+}
+
+// newConfigWatch starts watching path's directory; loaded is the content
+// the manager started with.
+func newConfigWatch(path string, loaded []byte, log *zap.Logger) (*configWatch, error) {
+	fs, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("watch %s: %w", path, err)
+	}
+	if err := fs.Add(filepath.Dir(path)); err != nil {
+		fs.Close()
+		return nil, fmt.Errorf("watch %s: %w", filepath.Dir(path), err)
+	}
+	return &configWatch{path: path, log: log, fs: fs, lastSum: sha256.Sum256(loaded), quit: make(chan struct{})}, nil
+}
+
+// run sends the file's content on changes until stop is called. A send
+// replaces a content not yet taken: the newest edit wins.
+func (w *configWatch) run(changes chan []byte) error {
+	defer w.fs.Close()
+	quiet := time.NewTimer(watchQuiet)
+	quiet.Stop()
+	for {
+		select {
+		case <-w.quit:
+			return nil
+		case _, ok := <-w.fs.Events:
+			if !ok {
+				return nil
+			}
+			quiet.Reset(watchQuiet)
+		case err, ok := <-w.fs.Errors:
+			if !ok {
+				return nil
+			}
+			// An overflow loses events, not the file: read it anyway.
+			w.log.Warn("config watch", zap.Error(err))
+			quiet.Reset(watchQuiet)
+		case <-quiet.C:
+			data, err := os.ReadFile(w.path)
+			if err != nil {
+				// Mid-swap, or removed: the next event says more.
+				w.log.Warn("config watch: cannot read the file", zap.Error(err))
+				continue
+			}
+			sum := sha256.Sum256(data)
+			if sum == w.lastSum {
+				w.log.Debug("config file unchanged; nothing to do", zap.String("config", w.path))
+				continue
+			}
+			w.lastSum = sum
+			w.log.Info("config file changed; reloading", zap.String("config", w.path))
+			select {
+			case <-changes: // an older content nobody took yet
+			default:
+			}
+			changes <- data
+		}
+	}
+}
+
+// stop ends run; safe to call once.
+func (w *configWatch) stop() { close(w.quit) }
