@@ -95,8 +95,8 @@ type BrokerOptions struct {
 
 // Broker serves named queues to clients on stream sockets, speaking
 // PROTOCOL.md. Create it with NewBroker, run Serve (on one or more
-// listeners, each from its own goroutine), and Close it once done. Stats
-// and Close are safe to call from any goroutine at any time.
+// listeners, each from its own goroutine), and Close it once done. Stats,
+// SetQueues and Close are safe to call from any goroutine at any time.
 //
 // Each connection has two goroutines: a reader that decodes and carries out
 // requests in order, and a writer that encodes the replies and writes
@@ -105,8 +105,11 @@ type BrokerOptions struct {
 // replies stops being served once its replies pile up, and holds only the
 // items already handed to it.
 type Broker struct {
-	queues        map[string]*queue
-	queueList     []*queue // in configuration order
+	// queues is the current set of queues. A set is never modified once
+	// published: SetQueues publishes a new one, so connections read it
+	// without a lock and a request sees the old set or the new one.
+	queues        atomic.Pointer[queueSet]
+	setMu         sync.Mutex // serializes SetQueues, and Close's shutdown of the queues
 	maxItem       int
 	maxFrame      int
 	frameDeadline time.Duration
@@ -129,7 +132,6 @@ type Broker struct {
 // MaxItem too large for the protocol.
 func NewBroker(opts BrokerOptions) (*Broker, error) {
 	b := &Broker{
-		queues:        make(map[string]*queue, len(opts.Queues)),
 		maxItem:       opts.MaxItem,
 		frameDeadline: opts.FrameDeadline,
 		allow:         opts.Allow,
@@ -150,23 +152,19 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		uid := os.Getuid()
 		b.allow = func(p Peer) bool { return p.UID == uid || p.UID == 0 }
 	}
+	qcs, err := validQueues(opts.Queues, maxQueueName)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: new broker: %w", err)
+	}
+	set := &queueSet{byName: make(map[string]*queue, len(qcs))}
 	longest := 0
-	for i, qc := range opts.Queues {
-		if len(qc.Name) > maxQueueName || !queueNameRE.MatchString(qc.Name) {
-			return nil, fmt.Errorf("ipc: new broker: queue %d: invalid name %q (a name starts with a letter and has only letters, digits, \"-\" and \"_\", at most %d bytes)", i, qc.Name, maxQueueName)
-		}
-		if _, dup := b.queues[qc.Name]; dup {
-			return nil, fmt.Errorf("ipc: new broker: queue %q configured twice", qc.Name)
-		}
-		capacity := qc.Capacity
-		if capacity <= 0 {
-			capacity = DefaultCapacity
-		}
-		q := &queue{name: qc.Name, capacity: capacity, b: b}
-		b.queues[qc.Name] = q
-		b.queueList = append(b.queueList, q)
+	for _, qc := range qcs {
+		q := &queue{name: qc.Name, capacity: qc.Capacity, b: b}
+		set.byName[qc.Name] = q
+		set.list = append(set.list, q)
 		longest = max(longest, len(qc.Name))
 	}
+	b.queues.Store(set)
 	// max_frame leaves room for a one-item PUT of max_item bytes on any of
 	// the queues (its overhead grows with the queue's name) and at least
 	// the 64 bytes PROTOCOL.md promises.
@@ -177,11 +175,142 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 	return b, nil
 }
 
+// queueSet is one configuration of the broker's queues. It is immutable
+// once published in Broker.queues.
+type queueSet struct {
+	byName map[string]*queue
+	list   []*queue // in configuration order
+}
+
+// queue returns the queue named name in the current set, or nil.
+func (b *Broker) queue(name string) *queue { return b.queues.Load().byName[name] }
+
+// validQueues checks names and capacities as NewBroker does, names at most
+// maxName bytes, and returns qs with default capacities applied.
+func validQueues(qs []QueueConfig, maxName int) ([]QueueConfig, error) {
+	out := make([]QueueConfig, len(qs))
+	seen := make(map[string]bool, len(qs))
+	for i, qc := range qs {
+		if len(qc.Name) > maxQueueName || !queueNameRE.MatchString(qc.Name) {
+			return nil, fmt.Errorf("queue %d: invalid name %q (a name starts with a letter and has only letters, digits, \"-\" and \"_\", at most %d bytes)", i, qc.Name, maxQueueName)
+		}
+		if len(qc.Name) > maxName {
+			// max_frame, announced in every WELCOME, was sized for the
+			// names configured at start: a one-item PUT of max_item
+			// bytes on a longer name would not fit in a frame.
+			return nil, fmt.Errorf("queue %d: name %q longer than %d bytes, the most this broker's max_frame leaves room for", i, qc.Name, maxName)
+		}
+		if seen[qc.Name] {
+			return nil, fmt.Errorf("queue %q configured twice", qc.Name)
+		}
+		seen[qc.Name] = true
+		if qc.Capacity <= 0 {
+			qc.Capacity = DefaultCapacity
+		}
+		out[i] = qc
+	}
+	return out, nil
+}
+
+// SetQueues makes qs the broker's queues, as a configuration reload asks:
+// a queue new in qs is created; a queue whose capacity changed takes the
+// new capacity at once (waiting PUTs are let in if it grew; if it shrank
+// below the items already waiting, nothing is dropped: puts wait until the
+// depth falls under the new capacity); a queue missing from qs is removed,
+// unless it holds items (waiting or in flight) or has PUTs waiting on it —
+// then SetQueues changes nothing at all and returns an error wrapping
+// ErrQueueNotEmpty that names the queue and what it holds. GETs waiting on
+// a removed (empty) queue are answered NO_SUCH_QUEUE "queue removed", and
+// later requests naming it get NO_SUCH_QUEUE. Names and capacities are
+// validated as NewBroker does (an invalid list also changes nothing); a
+// name may also not be longer than max_frame, fixed at NewBroker, leaves
+// room for. Queues kept keep their items, waiting requests and counters;
+// Stats follows qs's order. Safe concurrently with serving and with
+// itself; the change is atomic with respect to requests (a request sees
+// the old set or the new one). After Close, queues created are shut down.
+func (b *Broker) SetQueues(qs []QueueConfig) error {
+	qcs, err := validQueues(qs, b.maxFrame-b.maxItem-putFixedLen-putItemLen)
+	if err != nil {
+		return fmt.Errorf("ipc: set queues: %w", err)
+	}
+	b.setMu.Lock()
+	defer b.setMu.Unlock()
+	old := b.queues.Load()
+	b.mu.Lock()
+	closing := b.closing
+	b.mu.Unlock()
+
+	set := &queueSet{byName: make(map[string]*queue, len(qcs))}
+	type resize struct {
+		q        *queue
+		capacity int
+	}
+	var resized []resize
+	for _, qc := range qcs {
+		q := old.byName[qc.Name]
+		if q == nil {
+			q = &queue{name: qc.Name, capacity: qc.Capacity, b: b, closed: closing}
+		} else if q.capacity != qc.Capacity { // capacity is written only here, under setMu
+			resized = append(resized, resize{q, qc.Capacity})
+		}
+		set.byName[qc.Name] = q
+		set.list = append(set.list, q)
+	}
+	var removed []*queue
+	for _, q := range old.list {
+		if set.byName[q.name] == nil {
+			removed = append(removed, q)
+		}
+	}
+
+	// Every queue that changes is locked at once, so the check that the
+	// removed ones are empty, their removal, the new capacities and the
+	// new set take effect together: a request that found a queue in the
+	// old set and locks it afterwards sees it removed (answered
+	// NO_SUCH_QUEUE, as if it had read the new set) or with its new
+	// capacity. No other code holds two queue locks; the name order rules
+	// out a deadlock between two SetQueues anyway.
+	locked := slices.Clone(removed)
+	for _, r := range resized {
+		locked = append(locked, r.q)
+	}
+	slices.SortFunc(locked, func(a, b *queue) int { return cmp.Compare(a.name, b.name) })
+	for _, q := range locked {
+		q.mu.Lock()
+	}
+	defer func() {
+		for _, q := range locked {
+			q.mu.Unlock()
+		}
+	}()
+	for _, q := range removed {
+		if q.ring.size > 0 || q.inFlight > 0 || q.livePuts() > 0 {
+			return fmt.Errorf("ipc: set queues: cannot remove queue %q: %d items waiting, %d in flight, %d PUTs waiting: %w",
+				q.name, q.ring.size, q.inFlight, q.livePuts(), ErrQueueNotEmpty)
+		}
+	}
+	for _, r := range resized {
+		r.q.capacity = r.capacity
+		if !r.q.closed {
+			r.q.serve() // a grown queue lets waiting PUTs in
+		}
+	}
+	for _, q := range removed {
+		q.removed = true
+		for _, w := range slices.Concat(q.gets, q.puts) {
+			q.finishLocked(w, statusNoSuchQueue, "queue removed")
+		}
+	}
+	b.queues.Store(set)
+	return nil
+}
+
 // Stats returns a snapshot of every queue, in configuration order; each
 // queue's figures are consistent with each other. Safe concurrently.
 func (b *Broker) Stats() []QueueStats {
-	out := make([]QueueStats, len(b.queueList))
-	for i, q := range b.queueList {
+	list := b.queues.Load().list
+	out := make([]QueueStats, len(list))
+	for i, q := range list {
 		out[i] = q.snapshot()
 	}
 	return out
@@ -266,9 +395,13 @@ func (b *Broker) Close() error {
 			l.Close()
 		}
 		b.mu.Unlock()
-		for _, q := range b.queueList {
+		// Under setMu, so that a SetQueues either ran before (its queues
+		// are shut down here) or runs after and sees closing.
+		b.setMu.Lock()
+		for _, q := range b.queues.Load().list {
 			q.shutdown()
 		}
+		b.setMu.Unlock()
 		b.mu.Lock()
 		conns := make([]*conn, 0, len(b.conns))
 		for c := range b.conns {
@@ -628,7 +761,7 @@ func (c *conn) handle(payload []byte) error {
 	}
 	switch f := f.(type) {
 	case *putFrame:
-		q := c.b.queues[f.Queue]
+		q := c.b.queue(f.Queue)
 		if q == nil {
 			c.reply(f.ID, statusNoSuchQueue, 0, "no queue "+f.Queue)
 			return nil
@@ -641,7 +774,7 @@ func (c *conn) handle(payload []byte) error {
 		}
 		q.put(c, f.ID, f.TimeoutMS, f.Items)
 	case *getFrame:
-		q := c.b.queues[f.Queue]
+		q := c.b.queue(f.Queue)
 		if q == nil {
 			c.reply(f.ID, statusNoSuchQueue, 0, "no queue "+f.Queue)
 			return nil
@@ -901,7 +1034,10 @@ func (c *conn) cleanup() {
 	c.nc.Close()
 	c.stopWriter()
 	<-c.writerDone
-	for _, q := range c.b.queueList {
+	// Only queues of the current set can hold this connection's waiting
+	// requests: a removed queue answered its own, and the reader, which
+	// alone adds waiting requests, has stopped.
+	for _, q := range c.b.queues.Load().list {
 		q.dropConn(c)
 	}
 	c.mu.Lock()

@@ -483,7 +483,7 @@ func TestFullQueueHoldsProducerBack(t *testing.T) {
 	}
 	done := make(chan error, 1)
 	go func() { done <- p.Put(ctx, "small", []byte("3")) }()
-	q := h.b.queues["small"]
+	q := h.b.queue("small")
 	eventually(t, "the PUT to wait", func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.livePuts() == 1 })
 	select {
 	case err := <-done:
@@ -531,7 +531,7 @@ func TestCancelledGet(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { _, err := c.Get(cctx, "jobs"); done <- err }()
-	q := h.b.queues["jobs"]
+	q := h.b.queue("jobs")
 	eventually(t, "the GET to wait", func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.liveGets() == 1 })
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
@@ -881,7 +881,7 @@ func TestCloseWakesWaiters(t *testing.T) {
 	go func() { _, err := c.Get(ctx, "jobs"); getErr <- err }()
 	go func() { putErr <- c.Put(ctx, "full", []byte("y")) }()
 	eventually(t, "both to wait", func() bool {
-		a, b := h.b.queues["jobs"], h.b.queues["full"]
+		a, b := h.b.queue("jobs"), h.b.queue("full")
 		a.mu.Lock()
 		b.mu.Lock()
 		defer a.mu.Unlock()
@@ -917,7 +917,7 @@ func TestClientClose(t *testing.T) {
 	ctx := ctxT(t)
 	errc := make(chan error, 1)
 	go func() { _, err := c.Get(ctx, "jobs"); errc <- err }()
-	q := h.b.queues["jobs"]
+	q := h.b.queue("jobs")
 	eventually(t, "the GET to wait", func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.liveGets() == 1 })
 	c.Close()
 	c.Close()
@@ -1086,7 +1086,7 @@ func TestSlowConsumerDoesNotStallOthers(t *testing.T) {
 		gets = appendGet(gets, &getFrame{ID: uint32(i + 1), TimeoutMS: waitForever, Queue: "jobs", Max: 1})
 	}
 	slow.write(gets) // and never reads again
-	q := h.b.queues["jobs"]
+	q := h.b.queue("jobs")
 	eventually(t, "the slow consumer's GETs to wait", func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.liveGets() == 100 })
 	p, g := h.dial(), h.dial()
 	big := make([]byte, 64<<10)
@@ -1155,7 +1155,7 @@ func TestAutoAckUnwrittenRequeued(t *testing.T) {
 				gets = appendGet(gets, &getFrame{ID: uint32(i + 1), TimeoutMS: waitForever, Queue: "jobs", Max: 1, Flags: flagAutoAck})
 			}
 			rc.write(gets)
-			q := h.b.queues["jobs"]
+			q := h.b.queue("jobs")
 			eventually(t, "GETs wait", func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.liveGets() == n })
 			p := h.dial()
 			items := make([][]byte, n)
@@ -1215,7 +1215,7 @@ func TestWaitingRequestsBounded(t *testing.T) {
 				}
 				wrote <- nil
 			}()
-			q := h.b.queues["jobs"]
+			q := h.b.queue("jobs")
 			waiting := func() int { q.mu.Lock(); defer q.mu.Unlock(); return q.livePuts() }
 			eventually(t, "PUTs wait", func() bool { return waiting() >= tc.maxWaits-1 })
 			time.Sleep(100 * time.Millisecond) // the reader would read on meanwhile
@@ -1271,7 +1271,11 @@ func TestClientLateNackDoesNotBlockReader(t *testing.T) {
 	var puts sync.WaitGroup
 	t.Cleanup(func() { c.Close(); puts.Wait() })
 	item := make([]byte, 1<<19)
-	for range 2 * maxClientBuffer / len(item) {
+	// The first send to write takes what is queued by then, up to
+	// maxClientBuffer plus one item, and blocks on the pipe with it: three
+	// buffers' worth leaves at least maxClientBuffer to fill c.out (two
+	// did not, when that first write took more than half of them).
+	for range 3 * maxClientBuffer / len(item) {
 		puts.Add(1)
 		go func() { defer puts.Done(); c.Put(context.Background(), "jobs", item) }()
 	}

@@ -25,6 +25,9 @@ var (
 	ErrClosed = errors.New("connection to the queue broker closed")
 	// ErrShuttingDown: the broker is stopping (status SHUTTING_DOWN).
 	ErrShuttingDown = errors.New("queue broker shutting down")
+	// ErrQueueNotEmpty is wrapped by SetQueues' error when it would remove
+	// a queue that holds items (waiting or in flight).
+	ErrQueueNotEmpty = errors.New("queue not empty")
 )
 
 var statusSentinels = map[uint16]error{

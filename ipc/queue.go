@@ -48,6 +48,12 @@ import (
 // PUTs enter the queue in the order they were sent. A waiting PUT's
 // accepted items are queued at once (they are its first n).
 //
+// Removal (Broker.SetQueues): a queue is removed only while, under q.mu, it
+// holds no item (ring, in flight, or waiting PUT), so no item is ever lost
+// with it; removed, set under the same lock, turns away the requests that
+// found the queue in the set just replaced, and the GETs waiting on it are
+// answered. Nothing can be requeued to it later: nothing was in flight.
+//
 // Items are never copied: an item's body is a slice of the buffer its PUT
 // frame was read into (frameReader.read with keep), and that buffer stays
 // alive, through the garbage collector, as long as any item sliced from it
@@ -63,7 +69,7 @@ import (
 // I/O: replies go to the connection's outbox, which its writer drains.
 type queue struct {
 	name     string
-	capacity int
+	capacity int // guarded by mu; written by SetQueues under mu and b.setMu
 	b        *Broker
 
 	mu       sync.Mutex
@@ -73,6 +79,7 @@ type queue struct {
 	deadGets int       // done waiters still in gets
 	deadPuts int
 	closed   bool // the broker is shutting down
+	removed  bool // SetQueues removed it: requests that still found it get NO_SUCH_QUEUE
 	inFlight int
 	stats    counters
 }
@@ -156,6 +163,10 @@ func (q *queue) put(c *conn, id, timeoutMS uint32, items [][]byte) {
 		c.reply(id, statusShuttingDown, 0, "broker shutting down")
 		return
 	}
+	if q.removed { // the request read the set before SetQueues replaced it
+		c.reply(id, statusNoSuchQueue, 0, "no queue "+q.name)
+		return
+	}
 	w := &waiter{q: q, c: c, id: id, items: items}
 	// Behind waiting PUTs nothing is accepted (FIFO); otherwise take room
 	// until there is none, letting waiting GETs drain the ring meanwhile.
@@ -184,6 +195,10 @@ func (q *queue) get(c *conn, id, timeoutMS uint32, maxItems int, autoAck bool) {
 	defer q.mu.Unlock()
 	if q.closed {
 		c.reply(id, statusShuttingDown, 0, "broker shutting down")
+		return
+	}
+	if q.removed {
+		c.reply(id, statusNoSuchQueue, 0, "no queue "+q.name)
 		return
 	}
 	w := &waiter{q: q, c: c, id: id, get: true, max: maxItems, autoAck: autoAck}

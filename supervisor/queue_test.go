@@ -7,8 +7,10 @@ package supervisor_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -143,4 +145,82 @@ func TestItemsSurviveConsumersKilledAtRandom(t *testing.T) {
 		t.Errorf("%d redelivered, %d duplicates for %d kills: want redelivered <= kills and duplicates <= redelivered", redelivered, dups, kills)
 	}
 	t.Logf("%d items, %d kills: %d redelivered, %d consumed twice", items, kills, redelivered, dups)
+}
+
+// editConfig rewrites the manager's config file with old replaced by new
+// (the change is seen by the config watch).
+func editConfig(t *testing.T, m *manager, old, new string) {
+	t.Helper()
+	b, err := os.ReadFile(m.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), old) {
+		t.Fatalf("config has no %q", old)
+	}
+	if err := os.WriteFile(m.config, []byte(strings.Replace(string(b), old, new, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Queues change by reload: one is added, one resized; none loses an item.
+func TestReloadAddsAndResizesQueuesKeepingItems(t *testing.T) {
+	t.Parallel()
+	m, q := queueManager(t, "  idle:\n    run: sleeper\n")
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	items := [][]byte{[]byte("1"), []byte("2"), []byte("3"), []byte("4"), []byte("5")}
+	if n, err := q.PutBatch(ctx, "jobs", items); err != nil || n != 5 {
+		t.Fatalf("put %d: %v", n, err)
+	}
+	editConfig(t, m, "jobs: {capacity: 20000}", "jobs: {capacity: 2}\n  results: {capacity: 10}")
+	m.waitFor("reload", func(e entry) bool { return e.str("msg") == "configuration applied" })
+	if err := q.Put(ctx, "results", []byte("new queue works")); err != nil {
+		t.Fatalf("put on the added queue: %v", err)
+	}
+	if err := q.TryPut("jobs", []byte("6")); !errors.Is(err, ipc.ErrFull) {
+		t.Errorf("put on jobs over its new capacity: %v, want ErrFull", err)
+	}
+	for i := range 5 {
+		d, err := q.Get(ctx, "jobs")
+		if err != nil || string(d.Body) != string(items[i]) {
+			t.Fatalf("item %d after the resize: %v %v", i, d, err)
+		}
+		if err := q.Ack(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A reload that would remove a queue holding items is refused whole: the
+// queue stays, and the file's other changes wait for a good one.
+func TestReloadRemovingAQueueWithItemsIsRefused(t *testing.T) {
+	t.Parallel()
+	m, q := queueManager(t, "  idle:\n    run: sleeper\n")
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	if err := q.Put(ctx, "jobs", []byte("keep me")); err != nil {
+		t.Fatal(err)
+	}
+	m.waitFor("idle ready", output("idle", "ready"))
+	b, err := os.ReadFile(m.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noQueue := strings.Replace(string(b), "  jobs: {capacity: 20000}\n", "  other: {}\n", 1)
+	noQueue = strings.Replace(noQueue, "    run: sleeper\n", "    run: sleeper\n    workers: 2\n", 1)
+	if err := os.WriteFile(m.config, []byte(noQueue), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	refused := m.waitFor("refusal", func(e entry) bool { return e.str("msg") == "reload refused: the running services are unchanged" })
+	if !strings.Contains(refused.str("error"), "jobs") {
+		t.Errorf("the refusal %q does not name the queue", refused.str("error"))
+	}
+	d, err := q.Get(ctx, "jobs")
+	if err != nil || string(d.Body) != "keep me" {
+		t.Fatalf("the queue's item after the refused reload: %v %v", d, err)
+	}
+	if n := len(m.all(started("idle", 1))); n != 0 {
+		t.Error("the refused file's other change (idle: 2 workers) was applied")
+	}
 }

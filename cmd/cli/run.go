@@ -99,10 +99,20 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 		cancel := make(chan struct{})
 		current := cfg // the configuration last handed to the supervisor
 		apply := func(data []byte) {
-			if next := c.reload(e, log, current, data); next != nil {
-				current = next
-				sup.Reload(next)
+			next := c.reload(e, log, current, data)
+			if next == nil {
+				return
 			}
+			// The broker's queues change first: if it refuses (a queue
+			// to remove still holds items), nothing changes at all.
+			if broker != nil && !sameQueues(current.Queues, next.Queues) {
+				if err := broker.SetQueues(brokerQueues(next.Queues)); err != nil {
+					log.Error("reload refused: the running services are unchanged", zap.Error(err))
+					return
+				}
+			}
+			current = next
+			sup.Reload(next)
 		}
 		g.Add(func() error {
 			stopping := false
@@ -248,18 +258,25 @@ func (c *runCommand) reload(e *env, log *zap.Logger, current *config.Config, dat
 	return next
 }
 
-// brokerChange says what differs between two configurations' queues and
-// broker settings, which a reload cannot change yet: the broker's queues
-// are fixed when it starts.
+// brokerChange says what a reload cannot change: the broker's socket and
+// peer rules (the socket is bound and its path given to every worker), and
+// queues where there is no broker (none was configured at start, so no
+// socket exists). Queues of a running broker change by reload.
 func brokerChange(old, new *config.Config) string {
-	if !slices.EqualFunc(old.Queues, new.Queues, func(a, b *config.Queue) bool { return a.Name == b.Name && a.Capacity == b.Capacity }) {
-		return "the queues changed; adding, removing or resizing queues takes a restart of the manager for now"
+	if len(old.Queues) == 0 && len(new.Queues) > 0 {
+		return "the first queues take a restart of the manager: it started without a queue socket"
 	}
 	ob, nb := old.Broker, new.Broker
 	if ob.Socket != nb.Socket || ob.GID != nb.GID || !slices.Equal(ob.AllowUIDs, nb.AllowUIDs) || !slices.Equal(ob.AllowGIDs, nb.AllowGIDs) {
 		return "the broker settings changed; they take a restart of the manager for now"
 	}
 	return ""
+}
+
+// sameQueues reports whether two configurations' queues are the same
+// names with the same capacities.
+func sameQueues(a, b []*config.Queue) bool {
+	return slices.EqualFunc(a, b, func(x, y *config.Queue) bool { return x.Name == y.Name && x.Capacity == y.Capacity })
 }
 
 // logConfigError logs each configuration error as its own entry, so that
