@@ -73,6 +73,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // benchTimeout bounds every wait in the benchmarks.
@@ -723,4 +725,103 @@ func procStatus(tb testing.TB, pid int) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// BenchmarkReload: live reconfiguration by SIGHUP, timed from the signal.
+// Each op runs a fresh manager with an "anchor" service of one worker (its
+// report says the manager is up and will take the signal) and a "bench"
+// service of from workers; it rewrites the file to to workers and sends
+// SIGHUP (either alone would do: the file is watched), and times from the
+// write until the new workers have reported (growing) or the surplus
+// processes have exited, seen on pidfds opened beforehand (shrinking).
+//
+//	go test -run '^$' -bench Reload -benchtime 3x -count 5 ./supervisor/
+func BenchmarkReload(b *testing.B) {
+	for _, c := range []struct{ from, to int }{{2, 5}, {0, 1000}, {1000, 10}} {
+		b.Run(fmt.Sprintf("%d-to-%d", c.from, c.to), func(b *testing.B) { benchReload(b, c.from, c.to) })
+	}
+}
+
+func benchReload(b *testing.B, from, to int) {
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	conf := func(s *workerSocket, n int) string {
+		anchor := strings.Replace(benchConfig(exe, 1, s), "  bench:", "  anchor:", 1)
+		return anchor + strings.TrimPrefix(benchConfig(exe, n, s), "services:\n")
+	}
+	var total time.Duration
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		s := listenWorkers(b)
+		path := writeBenchConfig(b, conf(s, from))
+		m := prepareBenchManager(b, path)
+		m.start()
+		_, first := benchWaitN(b, s, from+1, "the first workers", m.done)
+		var fds []unix.PollFd
+		if to < from {
+			fds = openPidfds(b, first)
+		}
+		b.StartTimer()
+		t0 := time.Now()
+		if err := os.WriteFile(path, []byte(conf(s, to)), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := syscall.Kill(m.pid(), syscall.SIGHUP); err != nil {
+			b.Fatal(err)
+		}
+		if to > from {
+			last, _ := benchWaitN(b, s, to-from, "the new workers", m.done)
+			total += last.Sub(t0)
+		} else {
+			total += waitExits(b, fds, from-to, t0)
+		}
+		b.StopTimer()
+		m.stop()
+		s.close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(total.Nanoseconds())/float64(b.N), "ns/op")
+}
+
+// openPidfds opens a pidfd for each process that arrived, closed at the
+// end of the benchmark.
+func openPidfds(tb testing.TB, arrived []arrival) []unix.PollFd {
+	tb.Helper()
+	fds := make([]unix.PollFd, 0, len(arrived))
+	for _, a := range arrived {
+		fd, err := unix.PidfdOpen(a.pid, 0)
+		if err != nil {
+			tb.Fatalf("pidfd_open %d: %v", a.pid, err)
+		}
+		tb.Cleanup(func() { unix.Close(fd) })
+		fds = append(fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+	}
+	return fds
+}
+
+// waitExits waits until n of the processes behind fds have exited and
+// returns how long after t0 the last of them did.
+func waitExits(tb testing.TB, fds []unix.PollFd, n int, t0 time.Time) time.Duration {
+	tb.Helper()
+	deadline := time.Now().Add(benchTimeout)
+	exited := 0
+	for exited < n {
+		left := time.Until(deadline)
+		if left <= 0 {
+			tb.Fatalf("%d of %d processes exited within %v", exited, n, benchTimeout)
+		}
+		if _, err := unix.Poll(fds, int(left.Milliseconds())+1); err != nil && !errors.Is(err, unix.EINTR) {
+			tb.Fatal(err)
+		}
+		for i := range fds {
+			if fds[i].Revents != 0 && fds[i].Fd >= 0 {
+				exited++
+				fds[i].Fd = -1 // poll ignores it from now on
+			}
+		}
+	}
+	return time.Since(t0)
 }
