@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -83,5 +84,24 @@ func TestParseBrokerAndQueueErrors(t *testing.T) {
 				t.Errorf("got\n%v\nwant\n%s", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestParseReloadSignal(t *testing.T) {
+	t.Parallel()
+	cfg, err := Parse("g.yaml", []byte("services:\n  web: {command: [a], reload_signal: hup}\n  db: {command: [b]}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Services[0].ReloadSignal != syscall.SIGHUP || cfg.Services[1].ReloadSignal != 0 {
+		t.Errorf("reload signals %v and %v, want SIGHUP and none", cfg.Services[0].ReloadSignal, cfg.Services[1].ReloadSignal)
+	}
+	for src, want := range map[string]string{
+		"services:\n  web: {command: [a], reload_signal: KILL}\n": `g.yaml:2:38: reload_signal KILL would kill the workers at every reload (use HUP, USR1 or USR2, which the workers can handle)`,
+		"services:\n  web: {command: [a], reload_signal: PIPE}\n": `g.yaml:2:38: invalid reload_signal "PIPE" (use one of HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH, with or without "SIG")`,
+	} {
+		if _, err := Parse("g.yaml", []byte(src), nil); err == nil || err.Error() != want {
+			t.Errorf("got %v, want %s", err, want)
+		}
 	}
 }

@@ -138,6 +138,11 @@ type Service struct {
 	// StopTimeout is how long a stopping worker has before SIGKILL
 	// (default: the file's ShutdownTimeout).
 	StopTimeout time.Duration
+	// ReloadSignal, if set (`reload_signal`), is sent to the service's
+	// workers on each reload of the file that leaves their definition
+	// unchanged, so they can reload in place (a Go service's Reload runs on
+	// SIGHUP). 0: reloads leave them alone.
+	ReloadSignal syscall.Signal
 	// Restart is the policy for restarting workers that exit.
 	Restart Restart
 	// Pos is where the service's name stands in the file.

@@ -31,7 +31,7 @@ var (
 	topKeys     = []string{"broker", "queues", "services", "shutdown_timeout"}
 	brokerKeys  = []string{"allow_gids", "allow_uids", "group", "socket"}
 	queueKeys   = []string{"capacity"}
-	serviceKeys = []string{"command", "dir", "env", "restart", "run", "stop_signal", "stop_timeout", "workers"}
+	serviceKeys = []string{"command", "dir", "env", "reload_signal", "restart", "run", "stop_signal", "stop_timeout", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
 )
 
@@ -647,6 +647,12 @@ func (d *decoder) service(e entry, shutdownTimeout time.Duration) *Service {
 			if t, ok := d.duration(f); ok {
 				s.StopTimeout = t
 			}
+		case "reload_signal":
+			if sig, ok := d.signal(f); ok && sig == syscall.SIGKILL {
+				d.errorf(f.pos, "reload_signal KILL would kill the workers at every reload (use HUP, USR1 or USR2, which the workers can handle)")
+			} else if ok {
+				s.ReloadSignal = sig
+			}
 		case "restart":
 			d.restart(f, e.key, &s.Restart)
 		default:
@@ -819,7 +825,7 @@ func (d *decoder) signal(e entry) (syscall.Signal, bool) {
 	if sig, ok := stopSignals[strings.TrimPrefix(upperASCII(name), "SIG")]; ok {
 		return sig, true
 	}
-	d.errorf(e.pos, `invalid stop_signal %q (use one of HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH, with or without "SIG")`, name)
+	d.errorf(e.pos, `invalid %s %q (use one of HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH, with or without "SIG")`, e.key, name)
 	return 0, false
 }
 

@@ -69,7 +69,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown service key with suggestion",
 			src:  "services:\n  printer:\n    run: printer\n    wokers: 2\n",
-			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, restart, run, stop_signal, stop_timeout, workers)`,
+			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, reload_signal, restart, run, stop_signal, stop_timeout, workers)`,
 		},
 		{
 			name: "unknown restart key",

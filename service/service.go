@@ -41,6 +41,11 @@ const (
 	// worker to stop (its service's stop_signal); the runtime cancels the
 	// service's context on it as well as on SIGTERM and SIGINT.
 	EnvStopSignal = "GOTYLEDON_STOP_SIGNAL"
+	// EnvReloadSignal is the signal number the manager sends, on a reload
+	// of its configuration, to ask a Go worker to reload in place (its
+	// service's reload_signal); the runtime calls the service's Reload on
+	// it. Without it, SIGHUP is the reload signal.
+	EnvReloadSignal = "GOTYLEDON_RELOAD_SIGNAL"
 )
 
 // Service is a Go service: the body of one worker process.
@@ -56,8 +61,12 @@ type Service interface {
 	Run(ctx context.Context) error
 }
 
-// Reloader is implemented by a Service that can apply a configuration reload
-// in place instead of being restarted.
+// Reloader is implemented by a Service that can reload in place. The worker
+// runtime calls Reload when the manager sends the worker its reload signal
+// (the service's reload_signal, on each reload of the manager's
+// configuration), one call at a time, while Run goes on. An error is written
+// to stderr (and so logged); the worker keeps running. A Service without
+// Reload ignores the reload signal rather than die of it.
 type Reloader interface {
 	Reload(ctx context.Context) error
 }

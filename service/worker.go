@@ -33,7 +33,7 @@ func IsWorker() bool {
 // the environment is not a valid worker environment. Call it only when
 // IsWorker reports true; the command line in package cmd/cli does.
 func Main(reg *Registry) int {
-	w, managerFD, stopSig, err := workerFromEnv()
+	w, managerFD, stopSig, reloadSig, err := workerFromEnv()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "gotyledon worker: %v\n", err)
 		return 2
@@ -45,6 +45,13 @@ func Main(reg *Registry) int {
 		return 2
 	}
 
+	// The reload signal is caught before anything else, so that one that
+	// comes early is not the default action (for SIGHUP: death).
+	reloads := make(chan os.Signal, 1)
+	if reloadSig != stopSig {
+		signal.Notify(reloads, reloadSig)
+		defer signal.Stop(reloads)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT, stopSig)
 	defer stop()
 	// When the manager is gone, so is the reader of our stdout and stderr:
@@ -61,6 +68,7 @@ func Main(reg *Registry) int {
 		fmt.Fprintf(os.Stderr, "%s worker %d: set up: %v\n", w.Service, w.ID, err)
 		return 1
 	}
+	go serveReloads(ctx, w, svc, reloads)
 	if err := svc.Run(ctx); err != nil && !(errors.Is(err, context.Canceled) && ctx.Err() != nil) {
 		fmt.Fprintf(os.Stderr, "%s worker %d: %v\n", w.Service, w.ID, err)
 		return 1
@@ -68,38 +76,70 @@ func Main(reg *Registry) int {
 	return 0
 }
 
+// serveReloads calls svc's Reload for each reload signal, one at a time,
+// until ctx ends.
+func serveReloads(ctx context.Context, w Worker, svc Service, reloads <-chan os.Signal) {
+	r, ok := svc.(Reloader)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-reloads:
+			if !ok {
+				fmt.Fprintf(os.Stderr, "%s worker %d: reload signal ignored: the service has no Reload\n", w.Service, w.ID)
+				continue
+			}
+			if err := r.Reload(ctx); err != nil {
+				fmt.Fprintf(os.Stderr, "%s worker %d: reload: %v\n", w.Service, w.ID, err)
+			}
+		}
+	}
+}
+
 // workerFromEnv reads the worker's identity and removes the variables that
 // must not reach the worker's own children.
-func workerFromEnv() (w Worker, managerFD int, stopSig syscall.Signal, err error) {
+func workerFromEnv() (w Worker, managerFD int, stopSig, reloadSig syscall.Signal, err error) {
 	w.Run = os.Getenv(EnvRun)
 	w.Service = os.Getenv(EnvService)
 	w.PID = os.Getpid()
 	if w.Run == "" || w.Service == "" {
-		return w, -1, 0, fmt.Errorf("%s and %s must both be set", EnvRun, EnvService)
+		return w, -1, 0, 0, fmt.Errorf("%s and %s must both be set", EnvRun, EnvService)
 	}
 	if w.ID, err = strconv.Atoi(os.Getenv(EnvWorkerID)); err != nil || w.ID < 0 {
-		return w, -1, 0, fmt.Errorf("%s=%q is not a worker id", EnvWorkerID, os.Getenv(EnvWorkerID))
+		return w, -1, 0, 0, fmt.Errorf("%s=%q is not a worker id", EnvWorkerID, os.Getenv(EnvWorkerID))
 	}
 	managerFD = -1
 	if s, ok := os.LookupEnv(EnvManagerFD); ok {
 		if managerFD, err = strconv.Atoi(s); err != nil || managerFD < 3 {
-			return w, -1, 0, fmt.Errorf("%s=%q is not a file descriptor", EnvManagerFD, s)
+			return w, -1, 0, 0, fmt.Errorf("%s=%q is not a file descriptor", EnvManagerFD, s)
 		}
 		// Our own children must not keep the manager's pipe.
 		syscall.CloseOnExec(managerFD)
 	}
-	stopSig = syscall.SIGTERM
-	if s, ok := os.LookupEnv(EnvStopSignal); ok {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 || n >= 65 {
-			return w, -1, 0, fmt.Errorf("%s=%q is not a signal number", EnvStopSignal, s)
-		}
-		stopSig = syscall.Signal(n)
+	if stopSig, err = signalFromEnv(EnvStopSignal, syscall.SIGTERM); err != nil {
+		return w, -1, 0, 0, err
 	}
-	for _, k := range []string{EnvRun, EnvManagerFD, EnvStopSignal} {
+	if reloadSig, err = signalFromEnv(EnvReloadSignal, syscall.SIGHUP); err != nil {
+		return w, -1, 0, 0, err
+	}
+	for _, k := range []string{EnvRun, EnvManagerFD, EnvStopSignal, EnvReloadSignal} {
 		os.Unsetenv(k)
 	}
-	return w, managerFD, stopSig, nil
+	return w, managerFD, stopSig, reloadSig, nil
+}
+
+// signalFromEnv reads a signal number from the variable k, or returns def
+// when it is not set.
+func signalFromEnv(k string, def syscall.Signal) (syscall.Signal, error) {
+	s, ok := os.LookupEnv(k)
+	if !ok {
+		return def, nil
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 || n >= 65 {
+		return 0, fmt.Errorf("%s=%q is not a signal number", k, s)
+	}
+	return syscall.Signal(n), nil
 }
 
 // watchManager blocks until the manager's end of the pipe is closed, which

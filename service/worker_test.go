@@ -47,6 +47,7 @@ func registry() *service.Registry {
 			return nil
 		}), nil
 	})
+	reg.Register("reloader", func(w service.Worker) (service.Service, error) { return &reloader{}, nil })
 	reg.Register("failer", func(w service.Worker) (service.Service, error) {
 		return service.Func(func(context.Context) error { return errors.New("disk on fire") }), nil
 	})
@@ -183,7 +184,7 @@ func TestWorkerExitCodes(t *testing.T) {
 	}{
 		{"failer", "", "svc worker 4: disk on fire\n", 1},
 		{"badsetup", "", "svc worker 4: set up: no config\n", 1},
-		{"nosuch", "", "svc worker 4: no Go service \"nosuch\" is registered in this program (it registers [badsetup failer fdlister waiter])\n", 2},
+		{"nosuch", "", "svc worker 4: no Go service \"nosuch\" is registered in this program (it registers [badsetup failer fdlister reloader waiter])\n", 2},
 		{"waiter", service.EnvWorkerID + "=-1", "gotyledon worker: GOTYLEDON_WORKER_ID=\"-1\" is not a worker id\n", 2},
 		{"waiter", service.EnvStopSignal + "=99", "gotyledon worker: GOTYLEDON_STOP_SIGNAL=\"99\" is not a signal number\n", 2},
 	} {
@@ -243,5 +244,61 @@ func TestManagerPipeDoesNotReachTheWorkersChildren(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("timed out waiting for the listing")
+	}
+}
+
+// reloader prints "reloaded N" on each Reload.
+type reloader struct{ n int }
+
+func (r *reloader) Run(ctx context.Context) error {
+	fmt.Println("ready")
+	<-ctx.Done()
+	return nil
+}
+
+func (r *reloader) Reload(context.Context) error {
+	r.n++
+	fmt.Printf("reloaded %d\n", r.n)
+	return nil
+}
+
+func TestReloadSignalCallsReload(t *testing.T) {
+	w := startWorker(t, "reloader")
+	w.expect(t, "ready")
+	for i := 1; i <= 2; i++ {
+		if err := w.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		w.expect(t, fmt.Sprintf("reloaded %d", i))
+	}
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := w.exitCode(t); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+}
+
+// Without Reload, the reload signal is ignored, not the death SIGHUP's
+// default action would be.
+func TestReloadSignalWithoutReloadIsIgnored(t *testing.T) {
+	w := startWorker(t, "waiter", service.EnvReloadSignal+"="+strconv.Itoa(int(syscall.SIGUSR1)))
+	w.expect(t, "ready svc 4 ")
+	if err := w.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(w.stderr.String(), "reload signal ignored") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no word of the ignored reload signal; stderr %q", w.stderr.String())
+		}
+		time.Sleep(5 * time.Millisecond) // stderr has no event to wait on
+	}
+	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	w.expect(t, "context ended")
+	if code := w.exitCode(t); code != 0 {
+		t.Errorf("exit code %d, want 0: the reload signal must not have killed it", code)
 	}
 }

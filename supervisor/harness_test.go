@@ -68,6 +68,8 @@ func testRegistry() *service.Registry {
 			return nil
 		}), nil
 	})
+	// reloader says "reloaded N" each time the manager tells it to reload.
+	reg.Register("reloader", func(w service.Worker) (service.Service, error) { return &reloadingSleeper{}, nil })
 	// crasher fails at once, every time.
 	reg.Register("crasher", func(w service.Worker) (service.Service, error) {
 		return service.Func(func(context.Context) error {
@@ -221,6 +223,21 @@ func testRegistry() *service.Registry {
 		}), nil
 	})
 	return reg
+}
+
+// reloadingSleeper works until stopped and reloads in place.
+type reloadingSleeper struct{ reloads int }
+
+func (r *reloadingSleeper) Run(ctx context.Context) error {
+	fmt.Println("ready")
+	<-ctx.Done()
+	return nil
+}
+
+func (r *reloadingSleeper) Reload(context.Context) error {
+	r.reloads++
+	fmt.Printf("reloaded %d\n", r.reloads)
+	return nil
 }
 
 // testHooks are the test manager's hooks, driven by its environment:

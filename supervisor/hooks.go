@@ -96,7 +96,7 @@ func (s *Supervisor) onReconfigure(r reconfigureRequested) {
 		return
 	}
 	s.log.Info("reconfigure", zap.String("service", r.service), zap.Int("workers", r.workers))
-	s.apply(withWorkers(s.cfg, r.service, r.workers))
+	s.apply(withWorkers(s.cfg, r.service, r.workers), false)
 	r.reply <- nil
 }
 

@@ -298,3 +298,42 @@ func (m *manager) rewriteQuietly(yaml string) {
 		m.t.Fatal(err)
 	}
 }
+
+// A worker that takes its whole stop timeout does not hold up the next
+// reload: it is accepted and applied while that worker still stops.
+func TestSlowStopDoesNotBlockTheNextReload(t *testing.T) {
+	t.Parallel()
+	conf := "services:\n  stubborn:\n    run: stubborn\n    workers: %d\n    stop_timeout: 1h\n  sleeper:\n    run: sleeper\n    workers: %d\n"
+	m := startManager(t, fmt.Sprintf(conf, 2, 1))
+	m.waitN("ready", 3, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	m.rewrite(fmt.Sprintf(conf, 1, 1)) // stubborn 1 will not stop for an hour
+	m.waitFor("stop sent", func(e entry) bool { return e.is("stopping worker", "service", "stubborn", "worker", 1) })
+	m.rewrite(fmt.Sprintf(conf, 1, 3))
+	m.waitFor("second reload applied", started("sleeper", 2))
+	if n := len(m.all(func(e entry) bool { return e.is("worker stopped", "service", "stubborn") })); n != 0 {
+		t.Fatalf("the stubborn worker stopped (%d); the test proves nothing", n)
+	}
+}
+
+// A service with a reload_signal is told to reload in place by each reload
+// of the file: same process, its Reload called; others are left alone.
+func TestReloadSignalReachesGoServicesInPlace(t *testing.T) {
+	t.Parallel()
+	conf := "services:\n  inplace:\n    run: reloader\n    reload_signal: SIGHUP\n  plain:\n    run: reloader\n"
+	m := startManager(t, conf)
+	m.waitN("ready", 2, func(e entry) bool { return e.str("msg") == "ready" })
+	first := m.waitFor("inplace started", started("inplace", 0))
+	m.signal(syscall.SIGHUP)
+	got := m.waitFor("reloaded", output("inplace", "reloaded 1"))
+	if got.int("pid") != first.int("pid") {
+		t.Errorf("reloaded in pid %d, want the running %d", got.int("pid"), first.int("pid"))
+	}
+	m.signal(syscall.SIGHUP)
+	m.waitFor("reloaded again", output("inplace", "reloaded 2"))
+	if n := len(m.all(output("plain", "reloaded"))); n != 0 {
+		t.Error("a service without reload_signal was told to reload")
+	}
+	if n := len(m.all(func(e entry) bool { return e.str("msg") == "worker started" })); n != 2 {
+		t.Errorf("%d starts, want 2: a reload in place restarts nothing", n)
+	}
+}

@@ -103,6 +103,9 @@ func buildSpawnSpec(svc *config.Service, id int, baseEnv []string, executable, p
 	s.env = setEnv(s.env, service.EnvRun, svc.Run)
 	s.env = setEnv(s.env, service.EnvManagerFD, strconv.Itoa(managerPipeFD))
 	s.env = setEnv(s.env, service.EnvStopSignal, strconv.Itoa(int(svc.StopSignal)))
+	if svc.ReloadSignal != 0 {
+		s.env = setEnv(s.env, service.EnvReloadSignal, strconv.Itoa(int(svc.ReloadSignal)))
+	}
 	return s
 }
 

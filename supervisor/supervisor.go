@@ -491,15 +491,16 @@ func (s *Supervisor) onReload(cfg *config.Config) {
 		s.log.Warn("reload ignored: the manager is stopping")
 		return
 	}
-	s.apply(cfg)
+	s.apply(cfg, true)
 	if s.hooks.OnReload != nil {
 		s.hook(func() { s.hooks.OnReload(s) })
 	}
 }
 
 // apply makes cfg the running configuration and changes the workers to
-// match it, as onReload describes.
-func (s *Supervisor) apply(cfg *config.Config) {
+// match it, as onReload describes. With fromFile, the workers left running
+// of a service with a reload_signal get that signal.
+func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 	s.cfg = cfg
 	if s.startedAt.IsZero() {
 		return // before the first start: startAll will start what cfg says
@@ -531,6 +532,10 @@ func (s *Supervisor) apply(cfg *config.Config) {
 			replacing++
 		default:
 			w.svc = svc
+			if fromFile && svc.ReloadSignal != 0 && w.state == stateRunning {
+				s.log.Info("telling worker to reload", s.fields(w, zap.Stringer("signal", svc.ReloadSignal))...)
+				s.procs.inbox.put(signalReq{token: w.token, sig: svc.ReloadSignal})
+			}
 		}
 	}
 	for _, svc := range cfg.Services {
