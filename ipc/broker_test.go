@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 	"syscall"
 	"testing"
@@ -1267,27 +1268,29 @@ func TestClientLateNackDoesNotBlockReader(t *testing.T) {
 	if err := <-welcomed; err != nil {
 		t.Fatal(err)
 	}
-	// The fake broker reads nothing more: fill the client's buffer.
-	var puts sync.WaitGroup
-	t.Cleanup(func() { c.Close(); puts.Wait() })
-	item := make([]byte, 1<<19)
-	// The first send to write takes what is queued by then, up to
-	// maxClientBuffer plus one item, and blocks on the pipe with it: three
-	// buffers' worth leaves at least maxClientBuffer to fill c.out (two
-	// did not, when that first write took more than half of them).
-	for range 3 * maxClientBuffer / len(item) {
-		puts.Add(1)
-		go func() { defer puts.Done(); c.Put(context.Background(), "jobs", item) }()
-	}
-	var id uint32 // a request that waits for its reply
-	eventually(t, "the client's buffer full", func() bool {
+	// The fake broker reads nothing more. One request's frame blocks the
+	// client's writer on the pipe and leaves its id pending; then the
+	// client's buffer is filled to its limit by hand (its contents never
+	// reach anyone), so that any send would have to wait for room.
+	var put sync.WaitGroup
+	put.Add(1)
+	go func() { defer put.Done(); c.Put(context.Background(), "jobs", []byte("blocked")) }()
+	t.Cleanup(func() { c.Close(); put.Wait() })
+	var id uint32
+	// Pending, and its frame taken from the buffer: the writer holds it,
+	// blocked on the pipe for good, and will take nothing more.
+	eventually(t, "a request pending and its frame being written", func() bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		for id = range c.pending {
-			break
+			return len(c.out) == 0
 		}
-		return len(c.out) >= maxClientBuffer && id != 0
+		return false
 	})
+	c.mu.Lock()
+	c.out = append(c.out, make([]byte, maxClientBuffer)...)
+	filled := len(c.out)
+	c.mu.Unlock()
 	// The reader gets an ITEMS nobody asked for, then a reply.
 	frames := appendItems(nil, &itemsFrame{ID: 1 << 30, Items: []wireItem{{Delivery: 7, Deliveries: 1, Body: []byte("x")}}})
 	frames = appendResult(frames, &resultFrame{ID: id, Status: statusOK, N: 1})
@@ -1300,10 +1303,25 @@ func TestClientLateNackDoesNotBlockReader(t *testing.T) {
 		_, waits := c.pending[id]
 		return !waits
 	})
+	// The NACK is queued behind the padding: decode what is there.
 	c.mu.Lock()
-	nack := appendAck(nil, &ackFrame{Nack: true, ID: c.nextID, Deliveries: []uint64{7}})
-	queued := bytes.HasSuffix(c.out, nack)
+	out := bytes.Clone(c.out[min(filled, len(c.out)):])
 	c.mu.Unlock()
+	fr := frameReader{r: bufio.NewReader(bytes.NewReader(out))}
+	queued := false
+	for {
+		payload, err := fr.read(1<<21, nil)
+		if err != nil {
+			break
+		}
+		f, err := decodeFrame(payload)
+		if err != nil {
+			t.Fatalf("the client's buffer holds a bad frame: %v", err)
+		}
+		if a, ok := f.(*ackFrame); ok && a.Nack && slices.Equal(a.Deliveries, []uint64{7}) {
+			queued = true
+		}
+	}
 	if !queued {
 		t.Fatal("the late ITEMS was not NACKed")
 	}
