@@ -109,24 +109,37 @@ func mainWith(args []string, reg *service.Registry, stdin io.Reader, stdout, std
 		return ExitUsage
 	}
 	if err := ctx.Run(e, &cl); err != nil {
-		var code exitCode
-		if errors.As(err, &code) {
-			return int(code)
+		var ee exitError
+		if !errors.As(err, &ee) {
+			ee = exitError{code: ExitError, err: err}
 		}
-		fmt.Fprintf(e.stderr, "%s: %v\n", program, err)
-		var m exitMessage
-		if errors.As(err, &m) {
-			return m.code
+		if ee.err != nil {
+			fmt.Fprintf(e.stderr, "%s: %v\n", program, ee)
 		}
-		return ExitError
+		return ee.code
 	}
 	return ExitOK
 }
 
-// exitCode is returned by a command that has already said why it failed.
-type exitCode int
+// exitError ends a command with an exit code other than ExitError, or
+// without a message: err is printed unless it is nil (the command has said
+// why already, as the manager does in its log).
+type exitError struct {
+	code int
+	err  error
+}
 
-func (c exitCode) Error() string { return fmt.Sprintf("exit code %d", int(c)) }
+func (e exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit code %d", e.code)
+	}
+	return e.err.Error()
+}
+
+func (e exitError) Unwrap() error { return e.err }
+
+// exitCode is the error of a command that has already said why it failed.
+func exitCode(code int) error { return exitError{code: code} }
 
 type checkCommand struct {
 	Config string `short:"c" required:"" placeholder:"FILE" help:"Configuration file to validate."`

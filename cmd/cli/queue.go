@@ -141,21 +141,12 @@ func (c *queueGetCommand) Run(e *env, q *queueCommand) error {
 // "nothing came" from a failure.
 func queueError(err error) error {
 	if errors.Is(err, ipc.ErrTimeout) || errors.Is(err, context.DeadlineExceeded) {
-		return exitMessage{code: ExitTimeout, err: err}
+		return exitError{code: ExitTimeout, err: err}
 	}
 	return err
 }
 
 // usageError is a wrong command line found after parsing.
 func usageError(msg string) error {
-	return exitMessage{code: ExitUsage, err: errors.New(msg)}
+	return exitError{code: ExitUsage, err: errors.New(msg)}
 }
-
-// exitMessage is an error to print, with the exit code it calls for.
-type exitMessage struct {
-	code int
-	err  error
-}
-
-func (m exitMessage) Error() string { return m.err.Error() }
-func (m exitMessage) Unwrap() error { return m.err }

@@ -9,12 +9,11 @@ in-process broker is started by:  GOTYLEDON_PY_BENCH=1 go test -run PythonBench 
     python3 gotyledon_bench.py --socket PATH --queue bench --n 100000 [--batch 64] [--runs 5]
 """
 import argparse
-import multiprocessing as mp
 import struct
 import time
 
 from gotyledon_queue import Client
-from manager_queue_bench import STOP, make_item, report, summary
+from manager_queue_bench import STOP, make_item, measure, summary
 
 
 def producer(path, queue, n, size, consumers, batch, barrier):
@@ -60,19 +59,9 @@ def consumer(path, queue, batch, auto_ack, barrier, results):
 
 
 def run(path, queue, n, size, consumers, batch, auto_ack):
-    barrier, results = mp.Barrier(consumers + 2), mp.Queue()
-    procs = [mp.Process(target=producer, args=(path, queue, n, size, consumers, batch, barrier))]
-    procs += [mp.Process(target=consumer, args=(path, queue, batch, auto_ack, barrier, results)) for _ in range(consumers)]
-    for p in procs:
-        p.start()
-    barrier.wait()
-    t0 = time.monotonic_ns()
-    done = [results.get() for _ in range(consumers)]
-    for p in procs:
-        p.join()
-    lats = [x for _, ls in done for x in ls]
-    assert len(lats) == n, (len(lats), n)
-    return report(bench_name(batch, auto_ack), n, (max(t for t, _ in done) - t0) / 1e9, lats)
+    return measure(bench_name(batch, auto_ack), n, consumers,
+                   producer, (path, queue, n, size, consumers, batch),
+                   consumer, (path, queue, batch, auto_ack))
 
 
 def main():

@@ -59,22 +59,31 @@ def consumer(q, barrier, results):
     results.put((time.monotonic_ns(), lats))
 
 
+def measure(name, n, consumers, producer, producer_args, consumer, consumer_args):
+    """Runs one producer process and `consumers` consumer processes, timed
+    from a barrier they all pass to the last consumer's finish, and reports.
+    The producer gets a barrier after producer_args; each consumer gets the
+    barrier and a results queue, on which it puts (finish time, latencies).
+    Shared by this baseline and gotyledon_bench.py, so both are measured alike."""
+    barrier, results = mp.Barrier(consumers + 2), mp.Queue()
+    procs = [mp.Process(target=producer, args=(*producer_args, barrier))]
+    procs += [mp.Process(target=consumer, args=(*consumer_args, barrier, results)) for _ in range(consumers)]
+    for p in procs:
+        p.start()
+    barrier.wait()
+    t0 = time.monotonic_ns()
+    done = [results.get() for _ in range(consumers)]
+    for p in procs:
+        p.join()
+    lats = [x for _, ls in done for x in ls]
+    assert len(lats) == n, (len(lats), n)
+    return report(name, n, (max(t for t, _ in done) - t0) / 1e9, lats)
+
+
 def run(n, size, consumers, maxsize):
     with mp.Manager() as m:
         q = m.Queue(maxsize)
-        barrier, results = mp.Barrier(consumers + 2), mp.Queue()
-        procs = [mp.Process(target=producer, args=(q, n, size, consumers, barrier))]
-        procs += [mp.Process(target=consumer, args=(q, barrier, results)) for _ in range(consumers)]
-        for p in procs:
-            p.start()
-        barrier.wait()
-        t0 = time.monotonic_ns()
-        done = [results.get() for _ in range(consumers)]
-        for p in procs:
-            p.join()
-        lats = [x for _, ls in done for x in ls]
-        assert len(lats) == n, (len(lats), n)
-        return report("Manager().Queue()", n, (max(t for t, _ in done) - t0) / 1e9, lats)
+        return measure("Manager().Queue()", n, consumers, producer, (q, n, size, consumers), consumer, (q,))
 
 
 def main():
