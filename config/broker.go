@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -41,25 +42,73 @@ func (d *decoder) queues(e entry) []*Queue {
 }
 
 // broker decodes broker: into b, which holds the defaults.
-func (d *decoder) broker(e entry, b *Broker) {
+func (d *decoder) broker(e entry, b *SocketAccess) {
 	ents, ok := d.expectMapping(e, "broker must be a mapping of socket, group, allow_uids and allow_gids", "key")
 	if !ok {
 		return
 	}
 	for _, f := range ents {
-		switch f.key {
-		case "socket":
-			b.Socket = d.socketPath(f)
-		case "group":
-			b.Group, b.GID = d.group(f)
-		case "allow_uids":
-			b.AllowUIDs = d.ids(f, "user")
-		case "allow_gids":
-			b.AllowGIDs = d.ids(f, "group")
-		default:
+		if !d.access(f, b) {
 			d.unknownKey(f, " in broker", brokerKeys)
 		}
 	}
+}
+
+// control decodes control: into c, which holds the defaults.
+func (d *decoder) control(e entry, c *Control) {
+	ents, ok := d.expectMapping(e, "control must be a mapping of socket, group, allow_uids, allow_gids and metrics_listen", "key")
+	if !ok {
+		return
+	}
+	for _, f := range ents {
+		switch {
+		case d.access(f, &c.SocketAccess):
+		case f.key == "metrics_listen":
+			c.MetricsListen = d.listenAddress(f)
+		default:
+			d.unknownKey(f, " in control", controlKeys)
+		}
+	}
+}
+
+// access decodes f into a if it is one of a socket's access keys, and
+// reports whether it was.
+func (d *decoder) access(f entry, a *SocketAccess) bool {
+	switch f.key {
+	case "socket":
+		a.Socket = d.socketPath(f)
+	case "group":
+		a.Group, a.GID = d.group(f)
+	case "allow_uids":
+		a.AllowUIDs = d.ids(f, "user")
+	case "allow_gids":
+		a.AllowGIDs = d.ids(f, "group")
+	default:
+		return false
+	}
+	return true
+}
+
+// listenAddress decodes a TCP "host:port" to listen on.
+func (d *decoder) listenAddress(e entry) string {
+	a, ok := d.text(e, `a "host:port" address`)
+	if !ok {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		d.errorf(e.pos, `metrics_listen must be "host:port", e.g. "127.0.0.1:9464" (got %q)`, a)
+		return ""
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		d.errorf(e.pos, `metrics_listen's port must be a number from 1 to 65535, e.g. "127.0.0.1:9464" (got %q)`, port)
+		return ""
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		d.errorf(e.pos, `metrics_listen's host must be an IP address or "localhost", e.g. "127.0.0.1:9464" (got %q)`, host)
+		return ""
+	}
+	return a
 }
 
 // socketPath decodes a socket path, made absolute against the config

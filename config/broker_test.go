@@ -25,7 +25,7 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	wantBroker := Broker{Socket: "/etc/gotyledon/run/queue.sock", Group: "0", GID: 0, AllowUIDs: []int{1000, 1001}, AllowGIDs: []int{50}}
+	wantBroker := SocketAccess{Socket: "/etc/gotyledon/run/queue.sock", Group: "0", GID: 0, AllowUIDs: []int{1000, 1001}, AllowGIDs: []int{50}}
 	if !reflect.DeepEqual(cfg.Broker, wantBroker) {
 		t.Errorf("broker %+v, want %+v", cfg.Broker, wantBroker)
 	}
@@ -103,5 +103,55 @@ func TestParseReloadSignal(t *testing.T) {
 		if _, err := Parse("g.yaml", []byte(src), nil); err == nil || err.Error() != want {
 			t.Errorf("got %v, want %s", err, want)
 		}
+	}
+}
+
+func TestParseControl(t *testing.T) {
+	t.Parallel()
+	src := "control:\n  socket: ctl.sock\n  group: 0\n  allow_uids: [1000]\n  metrics_listen: 127.0.0.1:9464\nservices:\n  web: {command: [a], replace: all}\n  db: {command: [b]}\n"
+	cfg, err := Parse("/etc/gotyledon/g.yaml", []byte(src), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Control{SocketAccess: SocketAccess{Socket: "/etc/gotyledon/ctl.sock", Group: "0", GID: 0, AllowUIDs: []int{1000}}, MetricsListen: "127.0.0.1:9464"}
+	if !reflect.DeepEqual(cfg.Control, want) {
+		t.Errorf("control %+v, want %+v", cfg.Control, want)
+	}
+	if cfg.Services[0].Replace != ReplaceAll || cfg.Services[1].Replace != ReplaceRolling {
+		t.Errorf("replace %v and %v, want all and rolling", cfg.Services[0].Replace, cfg.Services[1].Replace)
+	}
+	def, err := Parse("g.yaml", []byte("services:\n  web: {command: [a]}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(def.Control, Control{SocketAccess: SocketAccess{GID: -1}}) {
+		t.Errorf("default control %+v, want no socket path, no group, no metrics address", def.Control)
+	}
+}
+
+func TestParseControlErrors(t *testing.T) {
+	t.Parallel()
+	const svc = "services:\n  web: {command: [a]}\n"
+	for _, tc := range []struct{ name, src, want string }{
+		{"control a list", "control: [a]\n" + svc,
+			`g.yaml:1:10: control must be a mapping of socket, group, allow_uids, allow_gids and metrics_listen (got a list)`},
+		{"unknown control key", "control: {metrics: 1}\n" + svc,
+			`g.yaml:1:11: unknown key "metrics" in control (known keys: allow_gids, allow_uids, group, metrics_listen, socket)`},
+		{"metrics_listen no port", "control: {metrics_listen: localhost}\n" + svc,
+			`g.yaml:1:27: metrics_listen must be "host:port", e.g. "127.0.0.1:9464" (got "localhost")`},
+		{"metrics_listen bad port", "control: {metrics_listen: \"127.0.0.1:http\"}\n" + svc,
+			`g.yaml:1:27: metrics_listen's port must be a number from 1 to 65535, e.g. "127.0.0.1:9464" (got "http")`},
+		{"metrics_listen host name", "control: {metrics_listen: \"example.com:9464\"}\n" + svc,
+			`g.yaml:1:27: metrics_listen's host must be an IP address or "localhost", e.g. "127.0.0.1:9464" (got "example.com")`},
+		{"replace unknown", "services:\n  web: {command: [a], replace: blue-green}\n",
+			`g.yaml:2:32: replace must be "rolling" (one worker at a time) or "all" (all at once) (got "blue-green")`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Parse("g.yaml", []byte(tc.src), nil)
+			var list ErrorList
+			if !errors.As(err, &list) || err.Error() != tc.want {
+				t.Errorf("got\n%v\nwant\n%s", err, tc.want)
+			}
+		})
 	}
 }

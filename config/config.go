@@ -67,8 +67,12 @@ type Config struct {
 	Services []*Service
 	// Queues the broker serves, in the order the file lists them (`queues`).
 	Queues []*Queue
-	// Broker says where the queue broker listens and whom it lets in.
-	Broker Broker
+	// Broker says where the queue broker listens and whom it lets in
+	// (`broker`).
+	Broker SocketAccess
+	// Control says where the control socket (status, scale, reload,
+	// metrics) listens and whom it lets in (`control`).
+	Control Control
 }
 
 // Queue is one entry under `queues:`: a named work queue of the broker.
@@ -82,13 +86,15 @@ type Queue struct {
 	Pos Position
 }
 
-// Broker is the `broker:` mapping: the queue socket and who may use it.
-// The manager's own uid and root may always connect.
-type Broker struct {
-	// Socket is the absolute path of the queue socket (`socket`; a relative
-	// path is taken from the config file's directory). Empty means the
-	// default: $RUNTIME_DIRECTORY/queue.sock, else
-	// $XDG_RUNTIME_DIR/gotyledon/queue.sock, else /run/gotyledon/queue.sock.
+// SocketAccess is a socket of the manager and who may use it: the
+// `broker:` mapping for the queue socket, and the first keys of `control:`
+// for the control socket. The manager's own uid and root may always
+// connect.
+type SocketAccess struct {
+	// Socket is the socket's absolute path (`socket`; a relative path is
+	// taken from the config file's directory). Empty means the default, in
+	// $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/gotyledon, else
+	// /run/gotyledon: queue.sock for the broker, control.sock for control.
 	Socket string
 	// Group, a group name or number (`group`), makes the socket 0660 and
 	// owned by that group; empty leaves it 0600.
@@ -100,6 +106,18 @@ type Broker struct {
 	// as well; so does membership of Group.
 	AllowUIDs []int
 	AllowGIDs []int
+}
+
+// Control is the `control:` mapping: the control socket that `gotyledon
+// status`, `scale` and `reload` talk to (HTTP and JSON over a Unix socket,
+// with /metrics in Prometheus's format), and an optional TCP address for
+// the metrics alone.
+type Control struct {
+	SocketAccess
+	// MetricsListen, a "host:port" (`metrics_listen`), serves /metrics on
+	// TCP as well, for a Prometheus that cannot reach the Unix socket.
+	// Empty (the default): no TCP listener.
+	MetricsListen string
 }
 
 // Service returns the service called name, or nil.
@@ -145,8 +163,33 @@ type Service struct {
 	ReloadSignal syscall.Signal
 	// Restart is the policy for restarting workers that exit.
 	Restart Restart
+	// Replace says how workers running a changed definition are replaced
+	// (`replace`, default ReplaceRolling).
+	Replace Replace
 	// Pos is where the service's name stands in the file.
 	Pos Position
+}
+
+// Replace is how a reload replaces the workers of a service whose
+// definition (command, run, env, dir, stop_signal) changed.
+type Replace int
+
+const (
+	// ReplaceRolling (`replace: rolling`): one worker at a time; the next
+	// old worker is stopped only once the new one before it has started,
+	// so all but one keep running through the change.
+	ReplaceRolling Replace = iota
+	// ReplaceAll (`replace: all`): every old worker is stopped at once and
+	// each is started again as soon as it has exited, for programs that
+	// cannot run two versions side by side.
+	ReplaceAll
+)
+
+func (r Replace) String() string {
+	if r == ReplaceAll {
+		return "all"
+	}
+	return "rolling"
 }
 
 // Restart says how soon a worker that exited is started again. A worker that

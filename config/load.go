@@ -28,10 +28,11 @@ const maxExpanded = 1_000_000
 
 // Keys allowed in each mapping, sorted: error messages list them in this order.
 var (
-	topKeys     = []string{"broker", "queues", "services", "shutdown_timeout"}
+	topKeys     = []string{"broker", "control", "queues", "services", "shutdown_timeout"}
 	brokerKeys  = []string{"allow_gids", "allow_uids", "group", "socket"}
+	controlKeys = []string{"allow_gids", "allow_uids", "group", "metrics_listen", "socket"}
 	queueKeys   = []string{"capacity"}
-	serviceKeys = []string{"command", "dir", "env", "reload_signal", "restart", "run", "stop_signal", "stop_timeout", "workers"}
+	serviceKeys = []string{"command", "dir", "env", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
 )
 
@@ -560,7 +561,7 @@ func shortDuration(t time.Duration) string {
 
 // config decodes the top-level mapping.
 func (d *decoder) config(top entry) *Config {
-	cfg := &Config{File: d.file, ShutdownTimeout: DefaultShutdownTimeout, Broker: Broker{GID: -1}}
+	cfg := &Config{File: d.file, ShutdownTimeout: DefaultShutdownTimeout, Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}}}
 	ents, ok := d.expectMapping(top, `the top level must be a mapping with a "services" key`, "key")
 	if !ok {
 		return nil
@@ -578,6 +579,8 @@ func (d *decoder) config(top entry) *Config {
 			cfg.Queues = d.queues(e)
 		case "broker":
 			d.broker(e, &cfg.Broker)
+		case "control":
+			d.control(e, &cfg.Control)
 		default:
 			d.unknownKey(e, "", topKeys)
 		}
@@ -655,6 +658,16 @@ func (d *decoder) service(e entry, shutdownTimeout time.Duration) *Service {
 			}
 		case "restart":
 			d.restart(f, e.key, &s.Restart)
+		case "replace":
+			switch v, ok := d.text(f, `"rolling" or "all"`); {
+			case !ok:
+			case v == "rolling":
+				s.Replace = ReplaceRolling
+			case v == "all":
+				s.Replace = ReplaceAll
+			default:
+				d.errorf(f.pos, `replace must be "rolling" (one worker at a time) or "all" (all at once) (got %q)`, v)
+			}
 		default:
 			d.unknownKey(f, fmt.Sprintf(" in service %q", e.key), serviceKeys)
 		}

@@ -59,17 +59,17 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key with suggestion",
 			src:  "services:\n  web: {command: [a]}\nshutdown_timout: 5s\n",
-			want: `c.yaml:3:1: unknown key "shutdown_timout" (did you mean "shutdown_timeout"? known keys: broker, queues, services, shutdown_timeout)`,
+			want: `c.yaml:3:1: unknown key "shutdown_timout" (did you mean "shutdown_timeout"? known keys: broker, control, queues, services, shutdown_timeout)`,
 		},
 		{
 			name: "unknown top-level key without suggestion",
 			src:  "logging: debug\nservices:\n  web: {command: [a]}\n",
-			want: `c.yaml:1:1: unknown key "logging" (known keys: broker, queues, services, shutdown_timeout)`,
+			want: `c.yaml:1:1: unknown key "logging" (known keys: broker, control, queues, services, shutdown_timeout)`,
 		},
 		{
 			name: "unknown service key with suggestion",
 			src:  "services:\n  printer:\n    run: printer\n    wokers: 2\n",
-			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, reload_signal, restart, run, stop_signal, stop_timeout, workers)`,
+			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, reload_signal, replace, restart, run, stop_signal, stop_timeout, workers)`,
 		},
 		{
 			name: "unknown restart key",
@@ -541,7 +541,7 @@ services:
 			Restart:     Restart{MinUptime: DefaultMinUptime, BackoffInitial: DefaultBackoffInitial, BackoffMax: DefaultBackoffMax},
 			Pos:         Position{File: file, Line: 30, Col: 3},
 		}},
-		Broker: Broker{GID: -1},
+		Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got\n%s\nwant\n%s", dump(cfg), dump(want))
@@ -589,7 +589,7 @@ func TestParseDefaults(t *testing.T) {
 			},
 			Pos: Position{File: "c.yaml", Line: 2, Col: 3},
 		}},
-		Broker: Broker{GID: -1},
+		Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}},
 	}
 	if !reflect.DeepEqual(cfg, want) {
 		t.Errorf("got\n%s\nwant\n%s", dump(cfg), dump(want))
