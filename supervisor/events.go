@@ -54,8 +54,13 @@ type restartDue struct {
 // killDue: a stopping process's stop timeout is over.
 type killDue struct{ token uint64 }
 
-// reloadRequested: apply cfg in place of the running configuration.
-type reloadRequested struct{ cfg *config.Config }
+// reloadRequested: apply cfg, read from the file for source, in place of
+// the running configuration; then answer on reply, if any (buffered).
+type reloadRequested struct {
+	cfg    *config.Config
+	source string
+	reply  chan<- error
+}
 
 // shutdownRequested: stop every worker and return from Run. fast skips the
 // polite stop signal and kills at once.

@@ -14,6 +14,7 @@
 package supervisor
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -90,6 +91,15 @@ type Supervisor struct {
 	failedUp   int  // initial starts that failed
 	startedAt  time.Time
 	readyNoted bool
+	ready      chan struct{} // closed when readyNoted is set
+
+	// fileCfg is the configuration as the file last said it; cfg differs
+	// from it after a Reconfigure, until the next reload.
+	fileCfg       *config.Config
+	totals        map[string]*ServiceCounters
+	lastReload    *ReloadResult
+	reloadsOK     uint64
+	reloadsFailed uint64
 }
 
 // worker is one slot: a service's worker id, and the process filling it.
@@ -113,6 +123,8 @@ type worker struct {
 	cancelRestart func() bool
 	cancelKill    func() bool
 	retryAt       time.Time
+	lastExit      string // how the previous process ended
+	lastExitAt    time.Time
 }
 
 // New prepares a Supervisor for cfg, which must come from config.Load or
@@ -136,6 +148,9 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		hooksInbox:  newMailbox[func()](),
 		workers:     make(map[workerKey]*worker),
 		byToken:     make(map[uint64]*worker),
+		ready:       make(chan struct{}),
+		fileCfg:     cfg,
+		totals:      make(map[string]*ServiceCounters),
 	}
 	if s.log == nil {
 		s.log = zap.NewNop()
@@ -177,6 +192,25 @@ func (s *Supervisor) Shutdown(fast bool) {
 // reload asked for before Run is applied before the first workers start.
 func (s *Supervisor) Reload(cfg *config.Config) {
 	s.inbox.put(reloadRequested{cfg: cfg})
+}
+
+// ApplyReload is Reload for a reload asked for by source ("SIGHUP",
+// "file", "control"; see ReloadResult), which it blocks on until the loop
+// has applied it: every start and stop it calls for has been asked of the
+// process table, not waited for. It returns an error wrapping ErrStopped
+// if the manager is shutting down (the reload is then ignored), or ctx's
+// error if ctx ends first (the reload is applied all the same).
+func (s *Supervisor) ApplyReload(ctx context.Context, cfg *config.Config, source string) error {
+	reply := make(chan error, 1)
+	s.inbox.put(reloadRequested{cfg: cfg, source: source, reply: reply})
+	select {
+	case err := <-reply:
+		return err
+	case <-s.finished:
+		return fmt.Errorf("reload: %w", ErrStopped)
+	case <-ctx.Done():
+		return fmt.Errorf("reload: %w", ctx.Err())
+	}
 }
 
 // Run makes the manager process a child subreaper, starts every service's
@@ -344,9 +378,16 @@ func (s *Supervisor) handle(ev event) {
 	case shutdownRequested:
 		s.onShutdown(ev.fast)
 	case reloadRequested:
-		s.onReload(ev.cfg)
+		err := s.onReload(ev.cfg, ev.source)
+		if ev.reply != nil {
+			ev.reply <- err
+		}
+	case reloadFailed:
+		s.recordReload(ev.source, ev.err)
 	case reconfigureRequested:
 		s.onReconfigure(ev)
+	case statusRequested:
+		ev.reply <- s.status()
 	}
 }
 
@@ -395,6 +436,8 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 	delete(s.byToken, ev.token)
 	w.token = 0
 	s.log.Error("worker failed to start", s.fields(w, zap.Error(ev.err))...)
+	w.lastExit, w.lastExitAt = "failed to start: "+ev.err.Error(), ev.at
+	s.counters(w.key.service).Exits[ExitStartFailed]++
 	if w.restarts == 0 {
 		s.failedUp++
 	}
@@ -420,6 +463,8 @@ func (s *Supervisor) onExited(ev workerExited) {
 	w.token = 0
 	uptime := ev.at.Sub(w.startedAt)
 	status := describeStatus(ev.status)
+	w.lastExit, w.lastExitAt = status, ev.at
+	s.counters(w.key.service).Exits[exitReason(w.state, ev.status)]++
 	fields := s.fields(w, zap.String("status", status), zap.Duration("uptime", uptime))
 	if s.hooks.OnDeadWorker != nil {
 		dead := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: ev.pid, Status: status, ExitCode: ev.status.ExitStatus()}
@@ -446,9 +491,24 @@ func (s *Supervisor) onExited(ev workerExited) {
 	s.scheduleRestart(w, uptime)
 }
 
+// exitReason classifies how a process in state ended, for the counters.
+func exitReason(state workerState, ws unix.WaitStatus) ExitReason {
+	switch {
+	case state == stateStopping:
+		return ExitStopped
+	case ws.Signaled():
+		return ExitSignal
+	case ws.ExitStatus() == 0:
+		return ExitClean
+	default:
+		return ExitError
+	}
+}
+
 // scheduleRestart starts w again, at once or after its backoff delay.
 func (s *Supervisor) scheduleRestart(w *worker, uptime time.Duration) {
 	w.restarts++
+	s.counters(w.key.service).Restarts++
 	delay, failures := restartDelay(w.svc.Restart, uptime, w.failures, s.rnd)
 	w.failures = failures
 	if delay == 0 {
@@ -486,15 +546,18 @@ func (s *Supervisor) wanted(key workerKey) bool {
 // backoff state; a changed stop_timeout or restart policy applies from now
 // on. A reload during another's replacements supersedes it: every slot is
 // measured against the newest configuration.
-func (s *Supervisor) onReload(cfg *config.Config) {
+func (s *Supervisor) onReload(cfg *config.Config, source string) error {
 	if s.stopping {
 		s.log.Warn("reload ignored: the manager is stopping")
-		return
+		return fmt.Errorf("reload: %w", ErrStopped)
 	}
+	s.fileCfg = cfg
 	s.apply(cfg, true)
+	s.recordReload(source, nil)
 	if s.hooks.OnReload != nil {
 		s.hook(func() { s.hooks.OnReload(s) })
 	}
+	return nil
 }
 
 // apply makes cfg the running configuration and changes the workers to
@@ -570,7 +633,18 @@ func processChanged(old, new *config.Service) bool {
 // replaceNext stops the lowest stale slot of service, unless one of its
 // slots is already starting or stopping: replacements go one at a time, so
 // a service keeps all but one of its workers through a rolling change.
+// With `replace: all`, every stale slot is stopped at once instead.
 func (s *Supervisor) replaceNext(service string) {
+	if svc := s.cfg.Service(service); svc != nil && svc.Replace == config.ReplaceAll {
+		for _, w := range s.workers {
+			if w.key.service == service && w.stale && w.state == stateRunning {
+				w.stale = false
+				s.log.Info("replacing worker: its definition changed", s.fields(w)...)
+				s.stop(w)
+			}
+		}
+		return
+	}
 	var next *worker
 	for _, w := range s.workers {
 		if w.key.service != service {
@@ -654,6 +728,7 @@ func (s *Supervisor) initialStartDone(w *worker) {
 func (s *Supervisor) noteReady() {
 	if s.pendingUp == 0 && !s.readyNoted {
 		s.readyNoted = true
+		close(s.ready)
 		s.log.Info("initial start done", zap.Int("started", len(s.workers)-s.failedUp),
 			zap.Int("failed", s.failedUp), zap.Duration("took", s.now().Sub(s.startedAt)))
 	}

@@ -1,0 +1,246 @@
+package supervisor
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// Status is a snapshot of the supervisor, taken by its loop at one instant:
+// every figure in it is consistent with the others.
+type Status struct {
+	// Config is the file the running configuration came from.
+	Config string
+	// StartedAt is when the first workers were started; zero before.
+	StartedAt time.Time
+	// Ready: every worker's first start has been answered (started or
+	// failed). Stopping: a shutdown is under way.
+	Ready, Stopping bool
+	// Services in the running configuration's order, then services a
+	// reload removed whose workers are still stopping.
+	Services []ServiceStatus
+	// LastReload is the result of the newest reload; nil before the first.
+	LastReload *ReloadResult
+	// ReloadsOK and ReloadsFailed count reloads since the manager started.
+	ReloadsOK, ReloadsFailed uint64
+}
+
+// ServiceStatus is one service in a Status.
+type ServiceStatus struct {
+	Name string
+	// Desired is how many workers the manager keeps running now. It
+	// differs from Configured, the file's count, after a Reconfigure and
+	// until the next reload of the file (which wins).
+	Desired, Configured int
+	// Running counts the workers whose process is up and not stopping;
+	// Backoff those waiting out a restart delay.
+	Running, Backoff int
+	// Counters since the manager started, kept across reloads.
+	Counters ServiceCounters
+	// Workers by id, including surplus ones still stopping.
+	Workers []WorkerStatus
+}
+
+// ServiceCounters are a service's totals since the manager started.
+type ServiceCounters struct {
+	// Restarts counts processes started to replace one that exited on its
+	// own (not those started for a reload or a rescale).
+	Restarts uint64
+	// Exits counts processes that ended, by ExitReason.
+	Exits map[ExitReason]uint64
+}
+
+// ExitReason says why a worker's process ended, for counting.
+type ExitReason string
+
+const (
+	// ExitStopped: it ended after the manager asked it to stop (a
+	// shutdown, a rescale, a replacement), however it ended.
+	ExitStopped ExitReason = "stopped"
+	// ExitClean: it exited with code 0 on its own.
+	ExitClean ExitReason = "clean"
+	// ExitError: it exited with a non-zero code on its own.
+	ExitError ExitReason = "error"
+	// ExitSignal: a signal the manager did not send ended it.
+	ExitSignal ExitReason = "signal"
+	// ExitStartFailed: it could not be started at all (exec failed).
+	ExitStartFailed ExitReason = "start_failed"
+)
+
+// ExitReasons lists every ExitReason, for those who report all of them.
+var ExitReasons = []ExitReason{ExitStopped, ExitClean, ExitError, ExitSignal, ExitStartFailed}
+
+// WorkerStatus is one worker slot in a ServiceStatus.
+type WorkerStatus struct {
+	ID int
+	// State is "starting", "running", "stopping" or "backoff".
+	State string
+	// PID of the current process; 0 when there is none (backoff, or a
+	// start not yet answered).
+	PID int
+	// StartedAt is when the current process started; zero without one.
+	StartedAt time.Time
+	// Restarts counts the processes started in this slot after its first.
+	Restarts int
+	// Failures counts quick exits in a row (below min_uptime); it sets
+	// the backoff delay and resets once a process stays up.
+	Failures int
+	// LastExit says how the slot's previous process ended ("exit code 1",
+	// "killed by SIGKILL"), and LastExitAt when; empty before any exit.
+	LastExit   string
+	LastExitAt time.Time
+	// RetryAt is when a slot in backoff starts again.
+	RetryAt time.Time
+	// Outdated: the process runs a definition a reload changed, and waits
+	// its turn to be replaced.
+	Outdated bool
+}
+
+// ReloadResult is what became of one reload.
+type ReloadResult struct {
+	At time.Time
+	// Source says what asked for it: "SIGHUP", "file" (an edit seen by the
+	// watch), "control" (gotyledon reload), or "" (the library's Reload).
+	Source string
+	// Error is why the reload changed nothing; empty when it was applied.
+	Error string
+}
+
+// statusRequested: answer with a Status.
+type statusRequested struct{ reply chan<- Status } // buffered
+
+// reloadFailed: a reload could not be applied; record why.
+type reloadFailed struct {
+	source string
+	err    error
+}
+
+func (statusRequested) isEvent() {}
+func (reloadFailed) isEvent()    {}
+
+// Status returns a snapshot of the supervisor. It blocks until the loop
+// answers, ctx ends or the supervisor stops (then the error wraps
+// ErrStopped). The loop answers between two events, so a Status that comes
+// back also shows the loop is not stuck: the systemd watchdog relies on it.
+// Safe from any goroutine; asked before Run, it is answered once Run starts.
+func (s *Supervisor) Status(ctx context.Context) (Status, error) {
+	reply := make(chan Status, 1)
+	s.inbox.put(statusRequested{reply: reply})
+	select {
+	case st := <-reply:
+		return st, nil
+	case <-s.finished:
+		return Status{}, fmt.Errorf("status: %w", ErrStopped)
+	case <-ctx.Done():
+		return Status{}, fmt.Errorf("status: %w", ctx.Err())
+	}
+}
+
+// ReloadFailed records that a reload from source could not be applied
+// (the file did not load, or the broker refused its queues), for Status
+// and the reload counters. It does not block and is safe from any
+// goroutine.
+func (s *Supervisor) ReloadFailed(source string, err error) {
+	s.inbox.put(reloadFailed{source: source, err: err})
+}
+
+// Ready returns a channel closed once every worker's first start has been
+// answered (started, or failed and put in backoff). It is never closed if
+// a shutdown comes first.
+func (s *Supervisor) Ready() <-chan struct{} { return s.ready }
+
+// Done returns a channel closed when Run has returned.
+func (s *Supervisor) Done() <-chan struct{} { return s.finished }
+
+// serviceCounters are the loop's running totals of one service; they
+// outlive reloads, and a removed service's too, as counters must.
+func (s *Supervisor) counters(service string) *ServiceCounters {
+	c := s.totals[service]
+	if c == nil {
+		c = &ServiceCounters{Exits: make(map[ExitReason]uint64)}
+		s.totals[service] = c
+	}
+	return c
+}
+
+func (s *Supervisor) recordReload(source string, err error) {
+	r := &ReloadResult{At: s.now(), Source: source}
+	if err != nil {
+		r.Error = err.Error()
+		s.reloadsFailed++
+	} else {
+		s.reloadsOK++
+	}
+	s.lastReload = r
+}
+
+// status builds the snapshot Status returns. Only the loop calls it.
+func (s *Supervisor) status() Status {
+	st := Status{
+		Config:        s.cfg.File,
+		StartedAt:     s.startedAt,
+		Ready:         s.readyNoted,
+		Stopping:      s.stopping,
+		ReloadsOK:     s.reloadsOK,
+		ReloadsFailed: s.reloadsFailed,
+	}
+	if s.lastReload != nil {
+		r := *s.lastReload
+		st.LastReload = &r
+	}
+	index := make(map[string]int)
+	add := func(name string, desired, configured int) {
+		index[name] = len(st.Services)
+		c := s.counters(name)
+		st.Services = append(st.Services, ServiceStatus{
+			Name: name, Desired: desired, Configured: configured,
+			Counters: ServiceCounters{Restarts: c.Restarts, Exits: cloneExits(c.Exits)},
+		})
+	}
+	for _, svc := range s.cfg.Services {
+		configured := svc.Workers
+		if f := s.fileCfg.Service(svc.Name); f != nil {
+			configured = f.Workers
+		}
+		add(svc.Name, svc.Workers, configured)
+	}
+	for _, w := range s.workers {
+		i, ok := index[w.key.service]
+		if !ok {
+			add(w.key.service, 0, 0) // removed by a reload, still stopping
+			i = index[w.key.service]
+		}
+		sv := &st.Services[i]
+		switch w.state {
+		case stateRunning:
+			sv.Running++
+		case stateBackoff:
+			sv.Backoff++
+		}
+		ws := WorkerStatus{
+			ID: w.key.id, State: w.state.String(), PID: w.pid, Restarts: w.restarts, Failures: w.failures,
+			LastExit: w.lastExit, LastExitAt: w.lastExitAt, Outdated: w.stale,
+		}
+		if w.pid != 0 {
+			ws.StartedAt = w.startedAt
+		}
+		if w.state == stateBackoff {
+			ws.RetryAt = w.retryAt
+		}
+		sv.Workers = append(sv.Workers, ws)
+	}
+	for i := range st.Services {
+		slices.SortFunc(st.Services[i].Workers, func(a, b WorkerStatus) int { return cmp.Compare(a.ID, b.ID) })
+	}
+	return st
+}
+
+func cloneExits(m map[ExitReason]uint64) map[ExitReason]uint64 {
+	out := make(map[ExitReason]uint64, len(ExitReasons))
+	for _, r := range ExitReasons {
+		out[r] = m[r]
+	}
+	return out
+}
