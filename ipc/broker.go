@@ -480,7 +480,7 @@ func (b *Broker) newConn(nc net.Conn) *conn {
 		b:          b,
 		nc:         nc,
 		id:         b.nextConn.Add(1),
-		peer:       peerOf(nc),
+		peer:       PeerOf(nc),
 		wake:       make(chan struct{}, 1),
 		drained:    make(chan struct{}, 1),
 		unwaited:   make(chan struct{}, 1),
@@ -493,8 +493,11 @@ func (b *Broker) newConn(nc net.Conn) *conn {
 	return c
 }
 
-// peerOf asks the kernel who is at the other end of a Unix socket.
-func peerOf(nc net.Conn) Peer {
+// PeerOf asks the kernel (SO_PEERCRED) who is at the other end of a Unix
+// socket connection: the pid, uid and gid of the process that connected,
+// as they were when it did. Fields are -1 if nc is not a Unix socket or the
+// kernel does not say.
+func PeerOf(nc net.Conn) Peer {
 	p := Peer{PID: -1, UID: -1, GID: -1}
 	uc, ok := nc.(*net.UnixConn)
 	if !ok {

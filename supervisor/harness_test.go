@@ -398,6 +398,10 @@ type manager struct {
 	cmd    *exec.Cmd
 	config string
 
+	// runtimeDir is the manager's $RUNTIME_DIRECTORY: its default sockets
+	// are there.
+	runtimeDir string
+
 	mu      sync.Mutex
 	entries []entry
 	changed chan struct{} // closed and replaced when entries grow or the process ends
@@ -440,7 +444,17 @@ func launchManager(t *testing.T, config string, args []string, files []*os.File,
 	}
 	m := &manager{t: t, config: config, changed: make(chan struct{})}
 	m.cmd = exec.Command(exe, args...)
-	m.cmd.Env = append(append(os.Environ(), envTestManager+"=1", goraceEnv), extraEnv...)
+	// Each manager gets its own socket directory, as systemd's
+	// RuntimeDirectory gives one: managers of tests that run in parallel
+	// must not meet on the default control socket. A short path, since a
+	// socket's path has at most 107 bytes.
+	runtimeDir, err := os.MkdirTemp("", "gty")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runtimeDir) })
+	m.runtimeDir = runtimeDir
+	m.cmd.Env = append(append(os.Environ(), envTestManager+"=1", goraceEnv, "RUNTIME_DIRECTORY="+runtimeDir), extraEnv...)
 	m.cmd.ExtraFiles = files
 	stderr, err := m.cmd.StderrPipe()
 	if err != nil {

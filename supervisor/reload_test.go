@@ -229,6 +229,9 @@ func TestConfigFileEditsAreApplied(t *testing.T) {
 			m.waitFor("unchanged", func(e entry) bool { return e.str("msg") == "config file unchanged; nothing to do" })
 			tc.save(t, m.config, yaml(3))
 			m.waitFor("worker 2", started("sleeper", 2))
+			// The loop logs "configuration applied" after it asked for the
+			// starts, which the process table may log first.
+			m.waitFor("configuration applied", func(e entry) bool { return e.str("msg") == "configuration applied" })
 			if n := len(m.all(func(e entry) bool { return e.str("msg") == "configuration applied" })); n != 1 {
 				t.Errorf("%d configurations applied, want 1 (the touch must not count)", n)
 			}

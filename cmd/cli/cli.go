@@ -36,12 +36,17 @@ const (
 
 // commandLine is the grammar of the gotyledon command.
 type commandLine struct {
-	LogFormat string `name:"log-format" enum:"console,json" default:"console" help:"Log format: console (human-readable) or json (one object per line)."`
+	LogFormat string `name:"log-format" enum:"auto,console,json,journal" default:"auto" help:"Log format: console (human-readable), json (one object per line), journal (for systemd's journal: priority prefix, no timestamp), or auto (journal when stderr is the journal's stream, else console)."`
 	LogLevel  string `name:"log-level" enum:"debug,info,warn,error" default:"info" help:"Least severe log level written: debug, info, warn or error."`
+	LogFile   string `name:"log-file" type:"path" placeholder:"PATH" help:"Append the log to this file (created 0640) instead of stderr; SIGUSR1 reopens it, after logrotate."`
 
 	Run   runCommand   `cmd:"" help:"Run the services of a configuration file in the foreground, as a systemd unit does."`
 	Check checkCommand `cmd:"" help:"Validate a configuration file: exit 0 if it is good, 1 with every error if not."`
 	Queue queueCommand `cmd:"" help:"Put items on, or take them from, a queue of a running manager (for shell workers)."`
+
+	Status statusCommand `cmd:"" help:"Show a running manager's services, workers, queues and last reload."`
+	Scale  scaleCommand  `cmd:"" help:"Set services' worker counts in a running manager (SERVICE=N ...), until the file's next reload."`
+	Reload reloadCommand `cmd:"" help:"Have a running manager reload its configuration file, and say whether it could."`
 }
 
 // env is what every command's Run gets: the program's registry, options

@@ -99,7 +99,7 @@ func TestAllowPeer(t *testing.T) {
 		}
 		return nil
 	}
-	withGroup := allowPeer(config.Broker{GID: 900, AllowUIDs: []int{1001}, AllowGIDs: []int{50}}, 1000, groupsOf)
+	withGroup := allowPeer(config.SocketAccess{GID: 900, AllowUIDs: []int{1001}, AllowGIDs: []int{50}}, 1000, groupsOf)
 	for _, tc := range []struct {
 		p    ipc.Peer
 		want bool
@@ -116,7 +116,7 @@ func TestAllowPeer(t *testing.T) {
 			t.Errorf("peer %+v: allowed %v, want %v", tc.p, got, tc.want)
 		}
 	}
-	noGroups := allowPeer(config.Broker{GID: -1}, 1000, groupsOf)
+	noGroups := allowPeer(config.SocketAccess{GID: -1}, 1000, groupsOf)
 	if noGroups(ipc.Peer{PID: 42, UID: 2000, GID: 900}) {
 		t.Error("a stranger was allowed by a broker that names no groups")
 	}

@@ -1,15 +1,18 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"slices"
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/oklog/run"
 	"go.uber.org/zap"
@@ -30,7 +33,7 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	// Subscribe before anything else, so that a signal that arrives during
 	// start-up is acted on once the actors run, not lost or fatal.
 	signals := make(chan os.Signal, 8)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGUSR1)
 	defer signal.Stop(signals)
 	// Catching SIGPIPE (and never reading it) turns a write to a closed
 	// stderr, say when the log reader dies, into an error zap drops instead
@@ -39,11 +42,14 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	// default action.
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 
-	log, err := newLogger(cl.LogFormat, cl.LogLevel, e.stderr)
+	log, logFile, err := newLogger(cl.LogFormat, cl.LogLevel, cl.LogFile, e.stderr, os.Getenv)
 	if err != nil {
 		return err
 	}
-	defer log.Sync() //nolint:errcheck // stderr; nothing to do if it fails
+	if logFile != nil {
+		defer logFile.Close() // after the Sync below
+	}
+	defer log.Sync() //nolint:errcheck // nothing to do if it fails
 
 	data, err := os.ReadFile(c.Config)
 	if err != nil {
@@ -72,6 +78,7 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	var (
 		broker   *ipc.Broker
 		listener net.Listener
+		queues   func() []ipc.QueueStats // nil without a broker
 	)
 	if len(cfg.Queues) > 0 {
 		broker, err = ipc.NewBroker(ipc.BrokerOptions{
@@ -86,66 +93,121 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 			log.Error("cannot serve the queues", zap.String("socket", socket), zap.Error(err))
 			return exitCode(ExitError)
 		}
+		queues = broker.Stats
 		log.Info("queue broker listening", zap.String("socket", socket), zap.Int("queues", len(cfg.Queues)))
+	}
+	// The control socket listens before the workers start, so that status
+	// answers during start-up. A live manager on it means this one must
+	// not start: it would run every worker a second time. Any other
+	// failure (no right to create it, say) leaves the manager running
+	// without status, scale and reload, as it ran before they existed.
+	controlPath := controlSocketPath(cfg, os.Getenv)
+	controlListener, err := ipc.Listen(controlPath, cfg.Control.GID)
+	switch {
+	case errors.Is(err, ipc.ErrInUse):
+		log.Error("another manager runs with this control socket; not starting a second one", zap.String("socket", controlPath), zap.Error(err))
+		return exitCode(ExitError)
+	case err != nil:
+		log.Error("cannot serve the control socket: status, scale and reload will not answer (set control.socket to a writable place)",
+			zap.String("socket", controlPath), zap.Error(err))
+	}
+	var metricsListener net.Listener
+	if addr := cfg.Control.MetricsListen; addr != "" {
+		if metricsListener, err = net.Listen("tcp", addr); err != nil {
+			log.Error("cannot serve metrics", zap.String("address", addr), zap.Error(err))
+			return exitCode(ExitError)
+		}
+		log.Info("metrics listening", zap.String("address", metricsListener.Addr().String()))
+	}
+	notify := newSystemdNotifier(os.Getenv, log)
+	reloads := make(chan reloadAsk)
+	summary := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		st, err := sup.Status(ctx)
+		if err != nil {
+			return "status unavailable: " + err.Error()
+		}
+		var qs []ipc.QueueStats
+		if queues != nil {
+			qs = queues()
+		}
+		return statusSummary(st, qs)
 	}
 
 	var g run.Group
-	// Signals: SIGTERM stops gracefully; SIGINT too, and a SIGINT while a
-	// stop is under way (Ctrl-C twice, or after SIGTERM) kills what is left.
-	// SIGHUP reloads the file and applies the difference; so does an edit
-	// of the file, seen by the config watch below.
+	// Manager events: signals, edits of the file, and reloads asked for on
+	// the control socket, handled one at a time in the order they come.
+	// SIGTERM stops gracefully; SIGINT too, and a SIGINT while a stop is
+	// under way (Ctrl-C twice, or after SIGTERM) kills what is left. SIGHUP
+	// reloads the file and applies the difference, as an edit of the file
+	// does; a reload asked for before the first start is done waits for it.
+	// SIGUSR1 reopens the log file (after logrotate moved it).
 	changes := make(chan []byte, 1)
 	{
 		cancel := make(chan struct{})
-		current := cfg // the configuration last handed to the supervisor
-		apply := func(data []byte) {
-			next := c.reload(e, log, current, data)
-			if next == nil {
-				return
-			}
-			// The broker's queues change first: if it refuses (a queue
-			// to remove still holds items), nothing changes at all.
-			if broker != nil && !sameQueues(current.Queues, next.Queues) {
-				if err := broker.SetQueues(brokerQueues(next.Queues)); err != nil {
-					log.Error("reload refused: the running services are unchanged", zap.Error(err))
-					return
-				}
-			}
-			current = next
-			sup.Reload(next)
-		}
+		m := &manager{cmd: c, env: e, log: log, sup: sup, broker: broker, notify: notify, summary: summary, current: cfg}
 		g.Add(func() error {
 			stopping := false
+			ready := sup.Ready()
+			var pending []reloadAsk
+			ask := func(r reloadAsk) {
+				switch {
+				case stopping:
+					log.Warn("reload ignored: the manager is stopping", zap.String("source", r.source))
+					r.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
+				case ready != nil:
+					log.Info("reload waits until the first start is done", zap.String("source", r.source))
+					pending = append(pending, r)
+				default:
+					m.reload(r)
+				}
+			}
+			stop := func(fast bool) {
+				if !stopping {
+					notify.stopping()
+					for _, r := range pending {
+						r.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
+					}
+					pending = nil
+				}
+				sup.Shutdown(fast)
+				stopping = true
+			}
 			for {
 				select {
 				case <-cancel:
 					return nil
-				case data := <-changes:
-					if !stopping {
-						apply(data)
+				case <-ready:
+					ready = nil
+					notify.ready(summary())
+					for _, r := range pending {
+						m.reload(r)
 					}
+					pending = nil
+				case data := <-changes:
+					ask(reloadAsk{source: "file", data: data})
+				case r := <-reloads:
+					ask(r)
 				case sig := <-signals:
 					switch sig {
 					case syscall.SIGINT:
 						log.Info("signal received", zap.Stringer("signal", sig), zap.Bool("fast", stopping))
-						sup.Shutdown(stopping)
-						stopping = true
+						stop(stopping)
 					case syscall.SIGTERM:
 						log.Info("signal received", zap.Stringer("signal", sig))
-						sup.Shutdown(false)
-						stopping = true
+						stop(false)
 					case syscall.SIGHUP:
 						log.Info("signal received", zap.Stringer("signal", sig))
-						if stopping {
-							log.Warn("reload ignored: the manager is stopping")
-							continue
+						ask(reloadAsk{source: "SIGHUP"})
+					case syscall.SIGUSR1:
+						if logFile == nil {
+							log.Info("SIGUSR1 ignored: the log goes to stderr, not to a file")
+						} else if err := logFile.Reopen(); err != nil {
+							log.Error("cannot reopen the log file; still writing to the old one", zap.Error(err))
+						} else {
+							log.Info("log file reopened", zap.String("file", cl.LogFile))
 						}
-						data, err := os.ReadFile(c.Config)
-						if err != nil {
-							logConfigError(log, fmt.Errorf("load config: %w", err), "reload failed: the running services are unchanged")
-							continue
-						}
-						apply(data)
 					}
 				}
 			}
@@ -181,7 +243,147 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 			broker.Close()
 		})
 	}
+	// Control socket: status, scale, reload and metrics, until the group
+	// ends. The queues' rates are sampled beside it.
+	metrics := newMetricsHandler(sup.Status, queues, log)
+	{
+		quit := make(chan struct{})
+		ctl := &controlServer{
+			status: sup.Status,
+			scale:  sup.Reconfigure,
+			reload: func(ctx context.Context) error {
+				answer := make(chan error, 1)
+				select {
+				case reloads <- reloadAsk{source: "control", reply: answer}:
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-quit:
+					return fmt.Errorf("reload: %w", supervisor.ErrStopped)
+				}
+				select {
+				case err := <-answer:
+					return err
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			},
+			queues:  queues,
+			allow:   allowPeer(cfg.Control.SocketAccess, os.Getuid(), processGroups),
+			log:     log.Named("control"),
+			now:     time.Now,
+			rates:   &queueRates{},
+			metrics: metrics,
+		}
+		if controlListener != nil {
+			g.Add(func() error {
+				go ctl.rates.runSampler(queues, quit)
+				log.Info("control socket listening", zap.String("socket", controlPath))
+				return ctl.serve(controlListener)
+			}, func(error) {
+				close(quit)
+				ctl.close()
+			})
+		}
+	}
+	// Metrics on TCP, when the file asks for it: /metrics only.
+	if metricsListener != nil {
+		srv := &http.Server{Handler: metricsOnly(metrics), ReadHeaderTimeout: 10 * time.Second}
+		g.Add(func() error {
+			if err := srv.Serve(metricsListener); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("metrics: %w", err)
+			}
+			return nil
+		}, func(error) {
+			srv.Close()
+		})
+	}
+	// systemd: STATUS= kept current and, when systemd asks for it, the
+	// watchdog pinged, each only after the supervisor's loop has answered.
+	if notify.enabled() {
+		interval, watchdog := watchdogInterval(), true
+		if interval == 0 {
+			interval, watchdog = 5*time.Second, false
+		}
+		quit := make(chan struct{})
+		g.Add(func() error {
+			notify.watch(interval, watchdog, sup.Status, queues, quit)
+			return nil
+		}, func(error) {
+			close(quit)
+		})
+	}
 	return g.Run()
+}
+
+// metricsOnly serves GET /metrics and nothing else.
+func metricsOnly(metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metrics)
+	return mux
+}
+
+// reloadAsk is one request to reload the configuration file.
+type reloadAsk struct {
+	source string       // "SIGHUP", "file" or "control"
+	data   []byte       // the file's content when the watch read it; nil: read it now
+	reply  chan<- error // buffered, or nil when nobody waits
+}
+
+func (r reloadAsk) answer(err error) {
+	if r.reply != nil {
+		r.reply <- err
+	}
+}
+
+// manager carries out reloads for the events actor, which alone calls it.
+type manager struct {
+	cmd     *runCommand
+	env     *env
+	log     *zap.Logger
+	sup     *supervisor.Supervisor
+	broker  *ipc.Broker // nil without queues
+	notify  *notifier
+	summary func() string
+	current *config.Config // the configuration last handed to the supervisor
+}
+
+// reload reads (unless r carries it) and applies the file. A file that does
+// not load, or that the broker refuses, changes nothing; either way the
+// outcome is logged, recorded for status, told to systemd and answered.
+func (m *manager) reload(r reloadAsk) {
+	m.notify.reloading()
+	err := m.apply(r)
+	if err != nil {
+		m.sup.ReloadFailed(r.source, err)
+	}
+	m.notify.ready(m.summary())
+	r.answer(err)
+}
+
+func (m *manager) apply(r reloadAsk) error {
+	data := r.data
+	if data == nil {
+		var err error
+		if data, err = os.ReadFile(m.cmd.Config); err != nil {
+			err = fmt.Errorf("load config: %w", err)
+			logConfigError(m.log, err, "reload failed: the running services are unchanged")
+			return err
+		}
+	}
+	next, err := m.cmd.reload(m.env, m.log, m.current, data)
+	if err != nil {
+		return err
+	}
+	// The broker's queues change first: if it refuses (a queue to remove
+	// still holds items), nothing changes at all.
+	if m.broker != nil && !sameQueues(m.current.Queues, next.Queues) {
+		if err := m.broker.SetQueues(brokerQueues(next.Queues)); err != nil {
+			m.log.Error("reload refused: the running services are unchanged", zap.Error(err))
+			return err
+		}
+	}
+	m.current = next
+	return m.sup.ApplyReload(context.Background(), next, r.source)
 }
 
 // brokerQueues turns the configuration's queues into the broker's.
@@ -199,7 +401,7 @@ func brokerQueues(qs []*config.Queue) []ipc.QueueConfig {
 // mode already lets connect). Membership is the peer's primary group or one
 // of its process's supplementary groups (groupsOf), the ones the kernel
 // consulted when it let the peer open the socket.
-func allowPeer(b config.Broker, self int, groupsOf func(pid int) []int) func(ipc.Peer) bool {
+func allowPeer(b config.SocketAccess, self int, groupsOf func(pid int) []int) func(ipc.Peer) bool {
 	groups := slices.Clone(b.AllowGIDs)
 	if b.GID >= 0 {
 		groups = append(groups, b.GID)
@@ -241,36 +443,42 @@ func processGroups(pid int) []int {
 	return nil
 }
 
-// reload parses the configuration file's new content, for a SIGHUP or an
-// edit. It returns the new configuration, or nil if it cannot be applied:
-// then it has logged why, and the running services are left exactly as they
-// are.
-func (c *runCommand) reload(e *env, log *zap.Logger, current *config.Config, data []byte) *config.Config {
+// reload parses the configuration file's new content, for a reload. It
+// returns the new configuration, or why it cannot be applied: then it has
+// logged that, and the running services are left exactly as they are.
+func (c *runCommand) reload(e *env, log *zap.Logger, current *config.Config, data []byte) (*config.Config, error) {
 	next, err := config.Parse(c.Config, data, e.registry.Names())
 	if err != nil {
 		logConfigError(log, err, "reload failed: the running services are unchanged")
-		return nil
+		return nil, err
 	}
-	if why := brokerChange(current, next); why != "" {
+	if why := socketsChange(current, next); why != "" {
 		log.Error("reload refused: the running services are unchanged", zap.String("reason", why))
-		return nil
+		return nil, errors.New(why)
 	}
-	return next
+	return next, nil
 }
 
-// brokerChange says what a reload cannot change: the broker's socket and
-// peer rules (the socket is bound and its path given to every worker), and
-// queues where there is no broker (none was configured at start, so no
+// socketsChange says what a reload cannot change: the broker's and the
+// control socket's paths and peer rules, and the metrics address (the
+// sockets are bound, and the queue socket's path given to every worker),
+// and queues where there is no broker (none was configured at start, so no
 // socket exists). Queues of a running broker change by reload.
-func brokerChange(old, new *config.Config) string {
+func socketsChange(old, new *config.Config) string {
 	if len(old.Queues) == 0 && len(new.Queues) > 0 {
 		return "the first queues take a restart of the manager: it started without a queue socket"
 	}
-	ob, nb := old.Broker, new.Broker
-	if ob.Socket != nb.Socket || ob.GID != nb.GID || !slices.Equal(ob.AllowUIDs, nb.AllowUIDs) || !slices.Equal(ob.AllowGIDs, nb.AllowGIDs) {
+	if !sameAccess(old.Broker, new.Broker) {
 		return "the broker settings changed; they take a restart of the manager for now"
 	}
+	if !sameAccess(old.Control.SocketAccess, new.Control.SocketAccess) || old.Control.MetricsListen != new.Control.MetricsListen {
+		return "the control settings changed; they take a restart of the manager for now"
+	}
 	return ""
+}
+
+func sameAccess(a, b config.SocketAccess) bool {
+	return a.Socket == b.Socket && a.GID == b.GID && slices.Equal(a.AllowUIDs, b.AllowUIDs) && slices.Equal(a.AllowGIDs, b.AllowGIDs)
 }
 
 // sameQueues reports whether two configurations' queues are the same

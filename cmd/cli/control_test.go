@@ -1,0 +1,256 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor"
+)
+
+// fullStatus has every optional part of a Status filled in.
+func fullStatus(at time.Time) supervisor.Status {
+	return supervisor.Status{
+		Config: "/etc/gotyledon/gotyledon.yaml", StartedAt: at, Ready: true,
+		Services: []supervisor.ServiceStatus{{
+			Name: "printer", Desired: 5, Configured: 2, Running: 4, Backoff: 1,
+			Counters: supervisor.ServiceCounters{Restarts: 3, Exits: map[supervisor.ExitReason]uint64{supervisor.ExitError: 3}},
+			Workers: []supervisor.WorkerStatus{
+				{ID: 0, State: "running", PID: 10, StartedAt: at},
+				{ID: 1, State: "backoff", Restarts: 3, Failures: 3, LastExit: "exit code 1", LastExitAt: at, RetryAt: at.Add(time.Second)},
+			},
+		}},
+		LastReload: &supervisor.ReloadResult{At: at, Source: "SIGHUP", Error: "c.yaml:1:1: bad"},
+		ReloadsOK:  2, ReloadsFailed: 1,
+	}
+}
+
+// keysOf returns the sorted keys of a JSON object.
+func keysOf(t *testing.T, v any) []string {
+	t.Helper()
+	m, ok := v.(map[string]any)
+	if !ok {
+		t.Fatalf("%v is not an object", v)
+	}
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// The status document is a contract with scripts: this test pins every key
+// at every level. Adding a key means adding it here and in the README;
+// renaming or removing one means a new schema number.
+func TestStatusJSONSchemaIsPinned(t *testing.T) {
+	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	queues := []ipc.QueueStats{{Name: "jobs", Capacity: 10, Depth: 2, InFlight: 1, Put: 7, Delivered: 5, Acked: 4, Redelivered: 1}}
+	doc := buildStatusDoc(fullStatus(at), queues, map[string]queueRate{"jobs": {put: 1.5, acked: 1}}, at.Add(time.Minute))
+	b, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var top map[string]any
+	if err := json.Unmarshal(b, &top); err != nil {
+		t.Fatal(err)
+	}
+	pinned := map[string][]string{
+		"top":         {"config", "last_reload", "pid", "queues", "ready", "reloads", "schema", "services", "started_at", "stopping", "uptime_seconds"},
+		"service":     {"backoff", "configured", "desired", "exits", "name", "restarts", "running", "workers"},
+		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
+		"worker":      {"failures", "id", "last_exit", "last_exit_at", "outdated", "pid", "restarts", "retry_at", "started_at", "state", "uptime_seconds"},
+		"queue":       {"acked_per_second", "acked_total", "capacity", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_total", "redelivered_total"},
+		"last_reload": {"at", "error", "ok", "source"},
+		"reloads":     {"failed", "ok"},
+	}
+	svc := top["services"].([]any)[0]
+	got := map[string][]string{
+		"top":         keysOf(t, top),
+		"service":     keysOf(t, svc),
+		"exits":       keysOf(t, svc.(map[string]any)["exits"]),
+		"worker":      keysOf(t, svc.(map[string]any)["workers"].([]any)[1]),
+		"queue":       keysOf(t, top["queues"].([]any)[0]),
+		"last_reload": keysOf(t, top["last_reload"]),
+		"reloads":     keysOf(t, top["reloads"]),
+	}
+	for level, want := range pinned {
+		if !slices.Equal(got[level], want) {
+			t.Errorf("%s keys %v, want %v", level, got[level], want)
+		}
+	}
+	if top["schema"] != float64(1) || top["uptime_seconds"] != float64(60) {
+		t.Errorf("schema %v, uptime %v; want 1 and 60", top["schema"], top["uptime_seconds"])
+	}
+	w0 := svc.(map[string]any)["workers"].([]any)[0].(map[string]any)
+	if w0["retry_at"] != nil || w0["last_exit_at"] != nil || w0["started_at"] != "2026-11-25T12:00:00Z" {
+		t.Errorf("worker 0 times %v %v %v; want null, null and RFC 3339", w0["retry_at"], w0["last_exit_at"], w0["started_at"])
+	}
+	lr := top["last_reload"].(map[string]any)
+	if lr["ok"] != false || lr["source"] != "SIGHUP" || lr["error"] != "c.yaml:1:1: bad" {
+		t.Errorf("last reload %v", lr)
+	}
+	// Before the first reload and without queues: null and [], never absent.
+	empty := buildStatusDoc(supervisor.Status{}, nil, nil, at)
+	b, _ = json.Marshal(empty)
+	if s := string(b); !strings.Contains(s, `"last_reload":null`) || !strings.Contains(s, `"queues":[]`) || !strings.Contains(s, `"services":[]`) || !strings.Contains(s, `"started_at":null`) {
+		t.Errorf("empty status %s: want null last_reload and started_at, empty lists", s)
+	}
+}
+
+// fakeControl serves a controlServer over fakes, with peer as the caller.
+func fakeControl(t *testing.T, allow bool) (*httptest.Server, *[]string) {
+	t.Helper()
+	var calls []string
+	c := &controlServer{
+		status: func(context.Context) (supervisor.Status, error) { return fullStatus(time.Now()), nil },
+		scale: func(_ context.Context, service string, n int) error {
+			calls = append(calls, "scale "+service)
+			if service != "printer" {
+				return supervisor.ErrNoSuchService
+			}
+			return nil
+		},
+		reload: func(context.Context) error {
+			calls = append(calls, "reload")
+			return config.ErrorList{{Pos: config.Position{File: "c.yaml", Line: 3, Col: 7}, Msg: "workers must be a number"}}
+		},
+		allow: func(ipc.Peer) bool { return allow },
+		log:   zap.NewNop(),
+		now:   time.Now,
+		rates: &queueRates{},
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// httptest speaks TCP: stand in a peer, as ConnContext does on the socket.
+		c.handler().ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerKey{}, ipc.Peer{PID: 1, UID: 1000, GID: 1000})))
+	}))
+	t.Cleanup(srv.Close)
+	return srv, &calls
+}
+
+func request(t *testing.T, srv *httptest.Server, method, route, body string) (int, errorDoc) {
+	t.Helper()
+	req, err := http.NewRequest(method, srv.URL+route, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	var doc errorDoc
+	_ = json.Unmarshal(data, &doc)
+	return resp.StatusCode, doc
+}
+
+func TestControlAnswers(t *testing.T) {
+	srv, calls := fakeControl(t, true)
+	for _, tc := range []struct {
+		method, route, body string
+		status              int
+		errPart             string
+	}{
+		{"GET", "/v1/status", "", 200, ""},
+		{"POST", "/v1/scale", `{"service":"printer","workers":5}`, 200, ""},
+		{"POST", "/v1/scale", `{"service":"nosuch","workers":5}`, 404, "no such service"},
+		{"POST", "/v1/scale", `{"service":"printer"}`, 400, `want a JSON body {"service": NAME, "workers": N}`},
+		{"POST", "/v1/scale", `{"service":"printer","workers":5,"extra":1}`, 400, "want a JSON body"},
+		{"POST", "/v1/scale", `not json`, 400, "want a JSON body"},
+		{"POST", "/v1/reload", "", 422, "reload failed: the running services are unchanged"},
+		{"GET", "/v1/scale", "", 405, ""},
+		{"GET", "/nowhere", "", 404, ""},
+	} {
+		status, doc := request(t, srv, tc.method, tc.route, tc.body)
+		if status != tc.status || !strings.Contains(doc.Error, tc.errPart) {
+			t.Errorf("%s %s %s: %d %q, want %d %q", tc.method, tc.route, tc.body, status, doc.Error, tc.status, tc.errPart)
+		}
+		if tc.route == "/v1/reload" && (len(doc.Details) != 1 || doc.Details[0] != "c.yaml:3:7: workers must be a number") {
+			t.Errorf("reload details %q, want the FILE:LINE:COL error", doc.Details)
+		}
+	}
+	if want := []string{"scale printer", "scale nosuch", "reload"}; !slices.Equal(*calls, want) {
+		t.Errorf("calls %v, want %v", *calls, want)
+	}
+}
+
+func TestControlRefusesAPeerBeforeDoingAnything(t *testing.T) {
+	srv, calls := fakeControl(t, false)
+	for _, route := range []string{"/v1/status", "/v1/scale", "/v1/reload", "/metrics"} {
+		method := "POST"
+		if route == "/v1/status" || route == "/metrics" {
+			method = "GET"
+		}
+		status, doc := request(t, srv, method, route, `{"service":"printer","workers":5}`)
+		if status != http.StatusForbidden || !strings.Contains(doc.Error, "uid 1000 may not use the control socket") {
+			t.Errorf("%s %s by a refused peer: %d %q, want 403 naming the uid", method, route, status, doc.Error)
+		}
+	}
+	if len(*calls) != 0 {
+		t.Errorf("a refused peer got %v done", *calls)
+	}
+}
+
+func TestQueueRatesCoverTheOldestSample(t *testing.T) {
+	var r queueRates
+	t0 := time.Unix(1000, 0)
+	stats := func(put, acked uint64) []ipc.QueueStats {
+		return []ipc.QueueStats{{Name: "jobs", Put: put, Acked: acked}}
+	}
+	if got := r.perSecond(stats(5, 5), t0); len(got) != 0 {
+		t.Errorf("rates %v with no sample, want none", got)
+	}
+	r.sample(stats(0, 0), t0)
+	if got := r.perSecond(stats(5, 5), t0.Add(500*time.Millisecond)); len(got) != 0 {
+		t.Errorf("rates %v over half a second, want none yet", got)
+	}
+	for i := 1; i <= rateSamples; i++ {
+		r.sample(stats(uint64(10*i), uint64(5*i)), t0.Add(time.Duration(i)*rateEvery))
+	}
+	// The oldest kept sample is the first after t0: (10, 5) at t0+2s.
+	now := t0.Add(time.Duration(rateSamples)*rateEvery + 2*time.Second)
+	got := r.perSecond(stats(10*(rateSamples+1), 5*(rateSamples+1)), now)
+	want := queueRate{put: 5, acked: 2.5}
+	if got["jobs"] != want {
+		t.Errorf("rates %+v, want %+v", got["jobs"], want)
+	}
+}
+
+func TestControlClientExplainsWhatIsWrong(t *testing.T) {
+	dir := t.TempDir()
+	f := controlFlags{Socket: dir + "/control.sock", Timeout: time.Second}
+	cl, err := f.client(&env{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = cl.do(http.MethodGet, "/v1/status", nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "no manager is running: nothing at "+dir+"/control.sock") {
+		t.Errorf("no socket: %v", err)
+	}
+	// A socket left by a manager that stopped: nobody accepts.
+	l, err := ipc.Listen(dir+"/control.sock", -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	err = cl.do(http.MethodGet, "/v1/status", nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "left from one that stopped") {
+		t.Errorf("stale socket: %v", err)
+	}
+	var ce *controlError
+	if errors.As(err, &ce) {
+		t.Error("a dial failure came back as the manager's answer")
+	}
+}

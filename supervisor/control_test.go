@@ -1,0 +1,403 @@
+package supervisor_test
+
+// The control socket end to end: `gotyledon status`, `scale` and `reload`
+// run as commands (the test binary again) against a running manager.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// controlSocket is where the manager's control socket is by default.
+func (m *manager) controlSocket() string { return filepath.Join(m.runtimeDir, "control.sock") }
+
+// ctl runs `gotyledon ARGS --socket` against m's control socket, as the
+// user cred if it is not nil, and returns its exit code and output.
+func (m *manager) ctl(cred *syscall.Credential, exe string, args ...string) (code int, stdout, stderr string) {
+	m.t.Helper()
+	if exe == "" {
+		var err error
+		if exe, err = os.Executable(); err != nil {
+			m.t.Fatal(err)
+		}
+	}
+	cmd := exec.Command(exe, append(args, "--socket", m.controlSocket())...)
+	cmd.Env = append(os.Environ(), envTestManager+"=1", goraceEnv)
+	if cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exitErr):
+		code = exitErr.ExitCode()
+	default:
+		m.t.Fatalf("run %v: %v", args, err)
+	}
+	return code, out.String(), errb.String()
+}
+
+// statusJSON runs `status --json` and decodes it.
+func (m *manager) statusJSON() statusDocument {
+	m.t.Helper()
+	code, out, errOut := m.ctl(nil, "", "status", "--json")
+	if code != 0 {
+		m.t.Fatalf("status --json: exit %d: %s", code, errOut)
+	}
+	var doc statusDocument
+	if err := json.Unmarshal([]byte(out), &doc); err != nil {
+		m.t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	return doc
+}
+
+// statusDocument is the part of the status JSON the tests read.
+type statusDocument struct {
+	Schema   int  `json:"schema"`
+	PID      int  `json:"pid"`
+	Ready    bool `json:"ready"`
+	Services []struct {
+		Name       string            `json:"name"`
+		Desired    int               `json:"desired"`
+		Configured int               `json:"configured"`
+		Running    int               `json:"running"`
+		Backoff    int               `json:"backoff"`
+		Restarts   int               `json:"restarts"`
+		Exits      map[string]uint64 `json:"exits"`
+		Workers    []struct {
+			ID         int        `json:"id"`
+			State      string     `json:"state"`
+			PID        int        `json:"pid"`
+			Restarts   int        `json:"restarts"`
+			Failures   int        `json:"failures"`
+			LastExit   string     `json:"last_exit"`
+			RetryAt    *time.Time `json:"retry_at"`
+			StartedAt  *time.Time `json:"started_at"`
+			LastExitAt *time.Time `json:"last_exit_at"`
+		} `json:"workers"`
+	} `json:"services"`
+	Queues []struct {
+		Name     string `json:"name"`
+		Depth    int    `json:"depth"`
+		InFlight int    `json:"in_flight"`
+		PutTotal uint64 `json:"put_total"`
+	} `json:"queues"`
+	LastReload *struct {
+		Source string `json:"source"`
+		OK     bool   `json:"ok"`
+		Error  string `json:"error"`
+	} `json:"last_reload"`
+	Reloads struct{ OK, Failed int } `json:"reloads"`
+}
+
+func (d statusDocument) service(t *testing.T, name string) int {
+	t.Helper()
+	for i, s := range d.Services {
+		if s.Name == name {
+			return i
+		}
+	}
+	t.Fatalf("no service %q in the status", name)
+	return -1
+}
+
+// pidsOf returns the running pids of a service in the status, by id.
+func (d statusDocument) pidsOf(t *testing.T, name string) []int {
+	var pids []int
+	for _, w := range d.Services[d.service(t, name)].Workers {
+		pids = append(pids, w.PID)
+	}
+	return pids
+}
+
+const controlBase = `
+queues:
+  jobs: {}
+services:
+  producer:
+    run: sleeper
+  printer:
+    run: sleeper
+    workers: %d
+`
+
+func TestControlStatusScaleAndReload(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, strings.Replace(controlBase, "%d", "2", 1))
+	m.waitN("3 ready", 3, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+
+	doc := m.statusJSON()
+	p := doc.service(t, "printer")
+	if doc.Schema != 1 || doc.PID != m.cmd.Process.Pid || !doc.Ready {
+		t.Errorf("schema %d, pid %d, ready %v; want 1, the manager's pid %d, true", doc.Schema, doc.PID, doc.Ready, m.cmd.Process.Pid)
+	}
+	if s := doc.Services[p]; s.Desired != 2 || s.Configured != 2 || s.Running != 2 || len(s.Workers) != 2 {
+		t.Fatalf("printer %+v, want 2 of 2 running", s)
+	}
+	producerPID := doc.pidsOf(t, "producer")[0]
+	printerPIDs := doc.pidsOf(t, "printer")
+	if len(doc.Queues) != 1 || doc.Queues[0].Name != "jobs" {
+		t.Errorf("queues %+v, want jobs", doc.Queues)
+	}
+	if doc.LastReload != nil {
+		t.Errorf("last reload %+v before any", doc.LastReload)
+	}
+
+	// Scale up without touching the file: the file's count shows beside it.
+	if code, out, errOut := m.ctl(nil, "", "scale", "printer=5"); code != 0 || out != "printer: 5 workers\n" {
+		t.Fatalf("scale printer=5: exit %d, %q %q", code, out, errOut)
+	}
+	m.waitN("5 printers ready", 5, output("printer", "ready"))
+	doc = m.statusJSON()
+	if s := doc.Services[doc.service(t, "printer")]; s.Desired != 5 || s.Configured != 2 || s.Running != 5 {
+		t.Errorf("after scale: printer %d/%d (file %d), want 5/5 (file 2)", s.Running, s.Desired, s.Configured)
+	}
+	code, table, _ := m.ctl(nil, "", "status")
+	if code != 0 || !strings.Contains(table, "5/5 (file: 2)") || !strings.Contains(table, "last reload: none") {
+		t.Errorf("status table (exit %d) does not show the override:\n%s", code, table)
+	}
+	if code, _, errOut := m.ctl(nil, "", "scale", "nosuch=1"); code != 1 || !strings.Contains(errOut, "no such service") {
+		t.Errorf("scale of an unknown service: exit %d, %q; want 1 and no such service", code, errOut)
+	}
+	if code, _, errOut := m.ctl(nil, "", "scale", "printer=-1"); code != 2 || !strings.Contains(errOut, "SERVICE=N") {
+		t.Errorf("scale printer=-1: exit %d, %q; want 2 and how to write it", code, errOut)
+	}
+
+	// A bad file: reload says why, exits 1, and nothing changes.
+	if err := os.WriteFile(m.config, []byte("services:\n  printer:\n    run: sleeper\n    workers: many\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errOut := m.ctl(nil, "", "reload")
+	if code != 1 || !strings.Contains(errOut, "reload failed: the running services are unchanged") ||
+		!strings.Contains(errOut, m.config+":4:14: workers must be") {
+		t.Errorf("reload of a bad file: exit %d, %q; want 1 with FILE:LINE:COL", code, errOut)
+	}
+	doc = m.statusJSON()
+	if lr := doc.LastReload; lr == nil || lr.OK || lr.Source == "" || !strings.Contains(lr.Error, ":4:14:") {
+		t.Errorf("last reload %+v, want a failure naming 4:14", lr)
+	}
+	if got := doc.pidsOf(t, "printer"); len(got) != 5 || !slices.Equal(got[:2], printerPIDs) {
+		t.Errorf("printer pids %v after a bad reload, want the first two still %v and 5 in all", got, printerPIDs)
+	}
+	code, table, _ = m.ctl(nil, "", "status")
+	if code != 0 || !strings.Contains(table, "last reload: FAILED") || !strings.Contains(table, ":4:14:") {
+		t.Errorf("status table (exit %d) does not show the failed reload:\n%s", code, table)
+	}
+
+	// A good file: applied; the file's count wins over the scale.
+	if err := os.WriteFile(m.config, []byte(strings.Replace(controlBase, "%d", "3", 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, errOut := m.ctl(nil, "", "reload"); code != 0 || out != "reloaded\n" {
+		t.Fatalf("reload: exit %d, %q %q", code, out, errOut)
+	}
+	m.waitN("2 printers stopped", 2, func(e entry) bool { return e.is("worker stopped", "service", "printer") })
+	doc = m.statusJSON()
+	if s := doc.Services[doc.service(t, "printer")]; s.Desired != 3 || s.Configured != 3 || s.Running != 3 {
+		t.Errorf("after the reload: printer %d/%d (file %d), want 3/3 (file 3)", s.Running, s.Desired, s.Configured)
+	}
+	if lr := doc.LastReload; lr == nil || !lr.OK || lr.Error != "" {
+		t.Errorf("last reload %+v, want ok", lr)
+	}
+	if doc.pidsOf(t, "producer")[0] != producerPID {
+		t.Error("the producer was restarted by a scale or a reload")
+	}
+
+	// Metrics on the same socket, as Prometheus would scrape them.
+	metrics := m.get("/metrics")
+	for _, want := range []string{
+		`gotyledon_workers_running{service="printer"} 3`,
+		`gotyledon_workers_desired{service="producer"} 1`,
+		`gotyledon_reloads_total{result="failed"} 1`,
+		`gotyledon_queue_depth{queue="jobs"} 0`,
+		`gotyledon_worker_exits_total{reason="stopped",service="printer"} 2`,
+	} {
+		if !strings.Contains(metrics, want+"\n") {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Errorf("manager exit code %d, want 0", code)
+	}
+	if code, _, errOut := m.ctl(nil, "", "status"); code != 1 || !strings.Contains(errOut, "no manager is running") {
+		t.Errorf("status with no manager: exit %d, %q; want 1 and no manager is running", code, errOut)
+	}
+}
+
+// get fetches route from the control socket, as curl --unix-socket does.
+func (m *manager) get(route string) string {
+	m.t.Helper()
+	c := http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", m.controlSocket())
+	}}}
+	resp, err := c.Get("http://gotyledon" + route)
+	if err != nil {
+		m.t.Fatalf("GET %s: %v", route, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		m.t.Fatalf("GET %s: %s, %v", route, resp.Status, err)
+	}
+	return string(body)
+}
+
+func TestStatusWhileWorkersCrashAndBackOff(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, `
+services:
+  steady:
+    run: sleeper
+  crasher:
+    run: crasher
+    workers: 2
+    restart: {min_uptime: 1s, backoff_initial: 2s, backoff_max: 10s}
+`)
+	m.waitFor("steady ready", output("steady", "ready"))
+	m.waitN("both crashers delayed", 2, func(e entry) bool {
+		return e.is("worker is failing soon after start; restart delayed", "service", "crasher")
+	})
+	doc := m.statusJSON()
+	s := doc.Services[doc.service(t, "crasher")]
+	if s.Desired != 2 || s.Running+s.Backoff != 2 || s.Backoff == 0 || s.Restarts < 2 || s.Exits["error"] < 2 {
+		t.Fatalf("crasher %+v, want 2 desired with workers in backoff, 2+ restarts and error exits", s)
+	}
+	for _, w := range s.Workers {
+		if w.State != "backoff" {
+			continue
+		}
+		if w.PID != 0 || w.RetryAt == nil || w.LastExit == "" || !strings.HasPrefix(w.LastExit, "exit code ") ||
+			w.Failures < 1 || w.LastExitAt == nil || w.StartedAt != nil {
+			t.Errorf("worker in backoff %+v, want no pid, a retry time, its last exit code and failures", w)
+		}
+	}
+	if st := doc.Services[doc.service(t, "steady")]; st.Running != 1 || st.Restarts != 0 {
+		t.Errorf("steady %+v, want 1 running, never restarted", st)
+	}
+	code, table, _ := m.ctl(nil, "", "status")
+	if code != 0 || !strings.Contains(table, "backoff") || !strings.Contains(table, "retry in") {
+		t.Errorf("status table (exit %d) does not show the backoff:\n%s", code, table)
+	}
+}
+
+func TestControlSocketRefusesOtherUsers(t *testing.T) {
+	t.Parallel()
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to run a client as another user")
+	}
+	m := startManager(t, "services:\n  one:\n    run: sleeper\n")
+	m.waitFor("ready", output("one", "ready"))
+	// The client runs as nobody, from a copy of the test binary nobody can
+	// read (the build directory is root's alone).
+	dir, err := os.MkdirTemp("", "gtyctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	exe := filepath.Join(dir, "gotyledon.test")
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(exe, data, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	nobody := &syscall.Credential{Uid: 65534, Gid: 65534}
+
+	// The socket's directory and file modes keep nobody out: the kernel
+	// says no, and the command says what to do.
+	code, _, errOut := m.ctl(nobody, exe, "status")
+	if code != 1 || !strings.Contains(errOut, "permission denied on "+m.controlSocket()) {
+		t.Errorf("status as nobody: exit %d, %q; want 1 and permission denied", code, errOut)
+	}
+	// With the modes opened up (an operator's mistake), the manager's own
+	// peer check (SO_PEERCRED) still refuses.
+	if err := os.Chmod(m.runtimeDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(m.controlSocket(), 0o666); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"status"}, {"scale", "one=3"}, {"reload"}} {
+		code, _, errOut = m.ctl(nobody, exe, args...)
+		if code != 1 || !strings.Contains(errOut, "uid 65534 may not use the control socket") {
+			t.Errorf("%v as nobody through open modes: exit %d, %q; want 1 and refused by the peer check", args, code, errOut)
+		}
+	}
+	if n := len(m.all(func(e entry) bool {
+		return e.str("msg") == "control request refused: peer not allowed" && e.int("uid") == 65534
+	})); n != 3 {
+		t.Errorf("%d refusals logged, want 3", n)
+	}
+	if n := len(m.all(started("one", 1))); n != 0 {
+		t.Error("a refused scale was applied")
+	}
+	// Root still gets in.
+	if code, _, errOut := m.ctl(nil, "", "status"); code != 0 {
+		t.Errorf("status as root: exit %d, %s", code, errOut)
+	}
+}
+
+func TestASecondManagerOnTheSameControlSocketDoesNotStart(t *testing.T) {
+	t.Parallel()
+	first := startManager(t, "services:\n  one:\n    run: sleeper\n")
+	first.waitFor("ready", output("one", "ready"))
+	second := startManager(t, "control: {socket: "+first.controlSocket()+"}\nservices:\n  one:\n    run: sleeper\n")
+	if code := second.waitExit(); code != 1 {
+		t.Errorf("second manager exit code %d, want 1", code)
+	}
+	if len(second.all(func(e entry) bool {
+		return strings.HasPrefix(e.str("msg"), "another manager runs with this control socket")
+	})) != 1 {
+		t.Error("the second manager did not say why it stopped")
+	}
+	if n := len(second.all(func(e entry) bool { return e.str("msg") == "worker started" })); n != 0 {
+		t.Errorf("the second manager started %d workers", n)
+	}
+	if code, _, errOut := first.ctl(nil, "", "status"); code != 0 {
+		t.Errorf("the first manager's status after the second tried: exit %d, %s", code, errOut)
+	}
+}
+
+func TestAManagerWithoutAControlSocketStillRuns(t *testing.T) {
+	t.Parallel()
+	// A file, not a directory, where the socket's directory should be.
+	blocker := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(blocker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := startManager(t, "control: {socket: "+filepath.Join(blocker, "control.sock")+"}\nservices:\n  one:\n    run: sleeper\n")
+	m.waitFor("ready", output("one", "ready"))
+	m.waitFor("the error", func(e entry) bool {
+		return strings.HasPrefix(e.str("msg"), "cannot serve the control socket") && e.str("level") == "error"
+	})
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+}
