@@ -340,3 +340,38 @@ func TestReloadSignalReachesGoServicesInPlace(t *testing.T) {
 		t.Errorf("%d starts, want 2: a reload in place restarts nothing", n)
 	}
 }
+
+func TestReloadWithReplaceAllStopsEveryWorkerAtOnce(t *testing.T) {
+	t.Parallel()
+	conf := `
+services:
+  gen:
+    command: ["/bin/sh", "-c", "echo gen $GEN; exec /bin/sleep 1000"]
+    workers: 3
+    replace: all
+    env: {GEN: "%s"}
+`
+	m := startManager(t, strings.Replace(conf, "%s", "1", 1))
+	m.waitN("3 of gen 1", 3, output("gen", "gen 1"))
+	m.rewrite(strings.Replace(conf, "%s", "2", 1))
+	m.waitN("3 of gen 2", 3, output("gen", "gen 2"))
+
+	// All three were asked to stop before the first replacement started.
+	var order []string
+	seenReload := false
+	for _, e := range m.all(func(e entry) bool { return true }) {
+		switch {
+		case e.str("msg") == "signal received" && e.str("signal") == "hangup":
+			seenReload = true
+		case !seenReload || e.str("service") != "gen":
+		case e.str("msg") == "replacing worker: its definition changed":
+			order = append(order, "stop")
+		case e.str("msg") == "worker started":
+			order = append(order, "start")
+		}
+	}
+	want := []string{"stop", "stop", "stop", "start", "start", "start"}
+	if strings.Join(order, " ") != strings.Join(want, " ") {
+		t.Errorf("replace: all went %v, want %v", order, want)
+	}
+}

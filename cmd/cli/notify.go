@@ -36,6 +36,9 @@ type notifier struct {
 
 	mu         sync.Mutex
 	lastStatus string
+	// sent counts the READY, RELOADING and STOPPING messages, so that a
+	// summary taken before one of them is not sent after it.
+	sent uint64
 }
 
 // newSystemdNotifier returns a notifier over $NOTIFY_SOCKET, or one that
@@ -64,6 +67,9 @@ func (n *notifier) notify(lines ...string) {
 }
 
 func (n *notifier) sendLocked(lines []string) {
+	if !strings.HasPrefix(lines[0], "STATUS=") && lines[0] != "WATCHDOG=1" {
+		n.sent++
+	}
 	for _, l := range lines {
 		if s, ok := strings.CutPrefix(l, "STATUS="); ok {
 			n.lastStatus = s
@@ -86,13 +92,27 @@ func (n *notifier) reloading() {
 func (n *notifier) stopping() { n.notify("STOPPING=1", "STATUS=stopping: workers are being stopped") }
 
 // status updates the summary, if it changed.
-func (n *notifier) status(s string) {
+func (n *notifier) status(s string) { n.statusSince(n.generation(), s) }
+
+// generation is to be read before a summary is taken, and given with it to
+// statusSince.
+func (n *notifier) generation() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sent
+}
+
+// statusSince updates the summary, if it changed and no READY, RELOADING
+// or STOPPING went out since generation gen: such a message carried a
+// newer summary (or a reload is under way), which this one must not
+// overwrite.
+func (n *notifier) statusSince(gen uint64, s string) {
 	if n.send == nil {
 		return
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if s != n.lastStatus {
+	if s != n.lastStatus && gen == n.sent {
 		n.sendLocked([]string{"STATUS=" + s})
 	}
 }
@@ -168,6 +188,7 @@ func (n *notifier) watch(interval time.Duration, pingWatchdog bool, status func(
 		}
 		// A loop that cannot answer within an interval is stuck: no ping,
 		// and systemd, after WATCHDOG_USEC, restarts the manager.
+		gen := n.generation()
 		ctx, cancel := context.WithTimeout(context.Background(), interval)
 		st, err := status(ctx)
 		cancel()
@@ -182,6 +203,6 @@ func (n *notifier) watch(interval time.Duration, pingWatchdog bool, status func(
 		if queues != nil {
 			qs = queues()
 		}
-		n.status(statusSummary(st, qs))
+		n.statusSince(gen, statusSummary(st, qs))
 	}
 }

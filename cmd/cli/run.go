@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -146,7 +147,7 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	changes := make(chan []byte, 1)
 	{
 		cancel := make(chan struct{})
-		m := &manager{cmd: c, env: e, log: log, sup: sup, broker: broker, notify: notify, summary: summary, current: cfg}
+		m := &manager{cmd: c, env: e, log: log, sup: sup, broker: broker, notify: notify, summary: summary, current: cfg, lastRead: data}
 		g.Add(func() error {
 			stopping := false
 			ready := sup.Ready()
@@ -180,6 +181,9 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 					return nil
 				case <-ready:
 					ready = nil
+					if stopping {
+						break // systemd has been told STOPPING=1 already
+					}
 					notify.ready(summary())
 					for _, r := range pending {
 						m.reload(r)
@@ -345,12 +349,25 @@ type manager struct {
 	notify  *notifier
 	summary func() string
 	current *config.Config // the configuration last handed to the supervisor
+	// lastRead is the file's content as the last reload (or the start)
+	// read it, good or bad.
+	lastRead []byte
 }
 
 // reload reads (unless r carries it) and applies the file. A file that does
 // not load, or that the broker refuses, changes nothing; either way the
 // outcome is logged, recorded for status, told to systemd and answered.
 func (m *manager) reload(r reloadAsk) {
+	// An edit saved and then signalled (or `systemctl reload` after an
+	// edit) reaches us twice: once from the watch, once as SIGHUP. The
+	// watch's copy of content a reload has read already is dropped, so the
+	// change is applied, counted and told to systemd once. SIGHUP and
+	// `gotyledon reload` always reload: they are asked for on purpose.
+	if r.source == "file" && bytes.Equal(r.data, m.lastRead) {
+		m.log.Debug("config file edit already applied by an earlier reload; nothing to do")
+		r.answer(nil)
+		return
+	}
 	m.notify.reloading()
 	err := m.apply(r)
 	if err != nil {
@@ -370,6 +387,7 @@ func (m *manager) apply(r reloadAsk) error {
 			return err
 		}
 	}
+	m.lastRead = data
 	next, err := m.cmd.reload(m.env, m.log, m.current, data)
 	if err != nil {
 		return err

@@ -1,0 +1,401 @@
+package supervisor_test
+
+// systemd's notification protocol, end to end: a real manager sends its
+// READY=1, RELOADING=1, STOPPING=1, STATUS= and WATCHDOG=1 datagrams to a
+// unixgram socket the test listens on as NOTIFY_SOCKET.
+//
+// That workers never see NOTIFY_SOCKET or WATCHDOG_USEC is checked by
+// TestCommandWorkerEnvironment (process_test.go) and workerBaseEnv's unit
+// test; not again here.
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// notifyMsg is one datagram the manager sent.
+type notifyMsg struct {
+	text string
+	// at is the test's CLOCK_MONOTONIC, in µs, when it read the datagram:
+	// after the manager sent it.
+	at int64
+}
+
+// notifySocket is systemd's end of NOTIFY_SOCKET.
+type notifySocket struct {
+	path string
+	msgs chan notifyMsg
+
+	mu  sync.Mutex
+	all []notifyMsg // every datagram read, pure STATUS= updates included
+}
+
+// notifyEnd is what the test sends itself to mark the end of the
+// manager's datagrams, which all came before it.
+const notifyEnd = "TEST-END"
+
+// listenNotify listens on a unixgram socket in a short temporary directory
+// (a socket's path has at most 107 bytes).
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "gtyn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	s := &notifySocket{path: filepath.Join(dir, "notify"), msgs: make(chan notifyMsg, 256)}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: s.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	t.Cleanup(func() {
+		close(done)
+		conn.Close()
+	})
+	go func() {
+		defer close(s.msgs)
+		buf := make([]byte, 64<<10)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			m := notifyMsg{text: string(buf[:n]), at: monoUsec()}
+			s.mu.Lock()
+			s.all = append(s.all, m)
+			s.mu.Unlock()
+			select {
+			case s.msgs <- m:
+			case <-done:
+				return
+			}
+		}
+	}()
+	return s
+}
+
+// isStatusOnly reports whether text is a pure STATUS= update, which the
+// notifier sends on its own when the summary changes.
+func isStatusOnly(text string) bool {
+	return strings.HasPrefix(text, "STATUS=") && !strings.Contains(text, "\n")
+}
+
+// next returns the next datagram that is not a pure STATUS= update,
+// failing the test if none comes within timeout.
+func (s *notifySocket) next(t *testing.T, timeout time.Duration) notifyMsg {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		select {
+		case m, ok := <-s.msgs:
+			if !ok {
+				t.Fatal("the notify socket was closed")
+			}
+			if !isStatusOnly(m.text) {
+				return m
+			}
+		case <-deadline:
+			t.Fatalf("no notification within %v", timeout)
+		}
+	}
+}
+
+// end sends notifyEnd to the socket; next returns it after every datagram
+// sent before.
+func (s *notifySocket) end(t *testing.T) {
+	t.Helper()
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: s.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte(notifyEnd)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (s *notifySocket) received() []notifyMsg {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]notifyMsg(nil), s.all...)
+}
+
+// monoUsec is CLOCK_MONOTONIC in µs, the clock of MONOTONIC_USEC.
+func monoUsec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		panic(err) // Linux always has it
+	}
+	return ts.Nano() / 1000
+}
+
+var reloadingRE = regexp.MustCompile(`^RELOADING=1\nMONOTONIC_USEC=([0-9]+)$`)
+
+// checkReloading checks that m is RELOADING=1 with a MONOTONIC_USEC taken
+// between before and m's arrival.
+func checkReloading(t *testing.T, m notifyMsg, before int64) {
+	t.Helper()
+	sub := reloadingRE.FindStringSubmatch(m.text)
+	if sub == nil {
+		t.Fatalf("got %q, want RELOADING=1 and MONOTONIC_USEC", m.text)
+	}
+	usec, err := strconv.ParseInt(sub[1], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if usec < before || usec > m.at {
+		t.Errorf("MONOTONIC_USEC=%d, not within [%d, %d] (before the signal, when it came)", usec, before, m.at)
+	}
+}
+
+// notifyProtocol checks the whole run's datagrams: each is a known
+// message; the first of READY, RELOADING and STOPPING is READY; every
+// RELOADING is followed by exactly one READY before the next RELOADING
+// (or STOPPING); nothing but STATUS= and WATCHDOG=1 after STOPPING;
+// MONOTONIC_USEC never goes back. It returns how many RELOADING=1 it saw,
+// and what is wrong.
+func notifyProtocol(msgs []notifyMsg) (reloads int, problems []string) {
+	var ready, reloading, stopping bool
+	var lastUsec int64
+	for i, m := range msgs {
+		fail := func(why string) { problems = append(problems, fmt.Sprintf("datagram %d %q: %s", i, m.text, why)) }
+		lines := strings.Split(m.text, "\n")
+		switch {
+		case m.text == notifyEnd:
+		case isStatusOnly(m.text):
+		case lines[0] == "READY=1":
+			if len(lines) != 2 || !strings.HasPrefix(lines[1], "STATUS=") {
+				fail("READY=1 without one STATUS=")
+			}
+			switch {
+			case stopping:
+				fail("READY after STOPPING")
+			case !ready:
+				ready = true
+			case reloading:
+				reloading = false
+			default:
+				fail("a second READY=1 without a RELOADING=1 before it")
+			}
+		case lines[0] == "RELOADING=1":
+			sub := reloadingRE.FindStringSubmatch(m.text)
+			if sub == nil {
+				fail("RELOADING=1 without MONOTONIC_USEC")
+			} else if usec, _ := strconv.ParseInt(sub[1], 10, 64); usec < lastUsec {
+				fail(fmt.Sprintf("MONOTONIC_USEC went back from %d", lastUsec))
+			} else {
+				lastUsec = usec
+			}
+			reloads++
+			switch {
+			case stopping:
+				fail("RELOADING after STOPPING")
+			case !ready:
+				fail("RELOADING before the first READY")
+			case reloading:
+				fail("RELOADING before the previous reload's READY")
+			}
+			reloading = true
+		case lines[0] == "STOPPING=1":
+			if stopping {
+				fail("a second STOPPING")
+			}
+			if reloading {
+				fail("STOPPING during a reload (after RELOADING, before its READY)")
+			}
+			stopping = true
+		case m.text == "WATCHDOG=1":
+		default:
+			fail("not a message the manager sends")
+		}
+	}
+	if reloading {
+		problems = append(problems, "the last RELOADING=1 was never followed by READY=1")
+	}
+	return reloads, problems
+}
+
+// checkNotifyProtocol fails the test where msgs break notifyProtocol's
+// rules, and returns how many reloads they notified.
+func checkNotifyProtocol(t *testing.T, msgs []notifyMsg) int {
+	t.Helper()
+	reloads, problems := notifyProtocol(msgs)
+	for _, p := range problems {
+		t.Error(p)
+	}
+	return reloads
+}
+
+// The protocol check itself catches what it is there to catch.
+func TestNotifyProtocolCheck(t *testing.T) {
+	t.Parallel()
+	const (
+		ready   = "READY=1\nSTATUS=s 1/1"
+		reload1 = "RELOADING=1\nMONOTONIC_USEC=100"
+		reload2 = "RELOADING=1\nMONOTONIC_USEC=200"
+		stop    = "STOPPING=1\nSTATUS=stopping: workers are being stopped"
+	)
+	for _, tc := range []struct {
+		msgs    []string
+		reloads int
+		bad     bool
+	}{
+		{[]string{"STATUS=s 0/1", ready, reload1, "STATUS=s 0/1", ready, reload2, ready, stop, "STATUS=x", "WATCHDOG=1", notifyEnd}, 2, false},
+		{[]string{reload1, ready}, 1, true},                 // RELOADING before READY
+		{[]string{ready, reload1, reload2, ready}, 2, true}, // two RELOADING in a row
+		{[]string{ready, ready}, 0, true},                   // READY without RELOADING
+		{[]string{ready, reload1}, 1, true},                 // RELOADING never answered
+		{[]string{ready, reload1, stop}, 1, true},           // STOPPING mid-reload
+		{[]string{ready, stop, ready}, 0, true},             // READY after STOPPING
+		{[]string{ready, stop, reload1, ready}, 1, true},    // RELOADING after STOPPING
+		{[]string{ready, reload2, ready, reload1, ready}, 2, true},
+		{[]string{ready, "RELOADING=1", ready}, 1, true},
+		{[]string{"READY=1"}, 0, true},
+		{[]string{ready, "FOO=1"}, 0, true},
+	} {
+		var msgs []notifyMsg
+		for _, m := range tc.msgs {
+			msgs = append(msgs, notifyMsg{text: m})
+		}
+		reloads, problems := notifyProtocol(msgs)
+		if reloads != tc.reloads || (len(problems) > 0) != tc.bad {
+			t.Errorf("%q: %d reloads, problems %q; want %d reloads, bad=%v", tc.msgs, reloads, problems, tc.reloads, tc.bad)
+		}
+	}
+}
+
+const notifyBase = `services:
+  other:
+    run: sleeper
+  sleeper:
+    run: sleeper
+    workers: %s
+queues:
+  jobs: {}
+`
+
+// The manager tells systemd it is ready once every worker runs, brackets
+// each reload, good or bad, with RELOADING=1 and READY=1, and says
+// STOPPING=1 on SIGTERM, and nothing after.
+func TestNotifySequence(t *testing.T) {
+	t.Parallel()
+	ns := listenNotify(t)
+	m := startManager(t, fmt.Sprintf(notifyBase, "2"), "NOTIFY_SOCKET="+ns.path)
+
+	// (1) READY=1 once all three workers run: the summary counts running
+	// processes only, so 2/2 and 1/1 say every first start is done.
+	if got, want := ns.next(t, waitTimeout).text, "READY=1\nSTATUS=other 1/1, sleeper 2/2; jobs: 0 queued, 0 in flight"; got != want {
+		t.Fatalf("first notification %q, want %q", got, want)
+	}
+	m.waitN("3 starts", 3, func(e entry) bool { return e.str("msg") == "worker started" })
+	applied := func(e entry) bool { return e.str("msg") == "configuration applied" }
+	failed := func(e entry) bool { return e.str("msg") == "reload failed: the running services are unchanged" }
+	write := func(yaml string) {
+		t.Helper()
+		if err := os.WriteFile(m.config, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// (2) A good reload, to 3 sleepers, by an edit the watch sees. The new
+	// worker may not run yet when READY=1 goes out.
+	readyAfterGood := regexp.MustCompile(`^READY=1\nSTATUS=other 1/1, sleeper [23]/3; jobs: 0 queued, 0 in flight$`)
+	before := monoUsec()
+	write(fmt.Sprintf(notifyBase, "3"))
+	checkReloading(t, ns.next(t, waitTimeout), before)
+	if got := ns.next(t, waitTimeout).text; !readyAfterGood.MatchString(got) {
+		t.Fatalf("after a good reload: %q, want READY=1 with sleeper ?/3", got)
+	}
+	m.waitFor("reload applied", applied)
+	m.waitFor("worker 2", started("sleeper", 2))
+
+	// (3) A bad reload, by an edit and then by SIGHUP (which reloads even
+	// when the file has not changed since): READY=1 all the same, and the
+	// STATUS says why, by FILE:LINE:COL.
+	readyAfterBad := regexp.MustCompile(`^READY=1\nSTATUS=other 1/1, sleeper [23]/3; jobs: 0 queued, 0 in flight; last reload failed: ` +
+		regexp.QuoteMeta(m.config+":6:14: ") + `[^\n]+$`)
+	before = monoUsec()
+	write(fmt.Sprintf(notifyBase, "many"))
+	checkReloading(t, ns.next(t, waitTimeout), before)
+	if got := ns.next(t, waitTimeout).text; !readyAfterBad.MatchString(got) {
+		t.Fatalf("after a bad edit: %q, want READY=1 with the reload's error at %s:6:14", got, m.config)
+	}
+	m.waitFor("reload failed", failed)
+	before = monoUsec()
+	m.signal(syscall.SIGHUP)
+	checkReloading(t, ns.next(t, waitTimeout), before)
+	if got := ns.next(t, waitTimeout).text; !readyAfterBad.MatchString(got) {
+		t.Fatalf("after SIGHUP of a bad file: %q, want READY=1 with the reload's error at %s:6:14", got, m.config)
+	}
+	m.waitN("reloads failed", 2, failed)
+
+	// (4) SIGTERM: STOPPING=1, then nothing but STATUS= updates.
+	m.signal(syscall.SIGTERM)
+	if got, want := ns.next(t, waitTimeout).text, "STOPPING=1\nSTATUS=stopping: workers are being stopped"; got != want {
+		t.Fatalf("on SIGTERM: %q, want %q", got, want)
+	}
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exit code %d, want 0", code)
+	}
+	ns.end(t)
+	for {
+		got := ns.next(t, waitTimeout)
+		if got.text == notifyEnd {
+			break
+		}
+		t.Errorf("after STOPPING=1: %q", got.text)
+	}
+
+	all := ns.received()
+	if n := checkNotifyProtocol(t, all); n != 3 {
+		t.Errorf("%d reloads notified, want 3", n)
+	}
+	if n := len(m.all(applied)) + len(m.all(failed)); n != 3 {
+		t.Errorf("%d reload outcomes logged, want 3", n)
+	}
+	for _, msg := range all {
+		if isStatusOnly(msg.text) {
+			t.Logf("STATUS update: %q", msg.text)
+		}
+	}
+}
+
+// With WATCHDOG_USEC set (and no WATCHDOG_PID, which means the manager),
+// the manager pings the watchdog at half that interval while its loop
+// answers.
+func TestNotifyWatchdog(t *testing.T) {
+	t.Parallel()
+	ns := listenNotify(t)
+	m := startManager(t, "services:\n  sleeper:\n    run: sleeper\n", "NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC=300000")
+	pings, ready := 0, false
+	for pings < 3 || !ready {
+		switch got := ns.next(t, waitTimeout).text; {
+		case got == "WATCHDOG=1":
+			pings++
+		case got == "READY=1\nSTATUS=sleeper 1/1" && !ready:
+			ready = true
+		default:
+			t.Fatalf("got %q, want WATCHDOG=1 or the first READY=1", got)
+		}
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exit code %d, want 0", code)
+	}
+	ns.end(t)
+	for ns.next(t, waitTimeout).text != notifyEnd {
+	}
+	checkNotifyProtocol(t, ns.received())
+}
