@@ -100,8 +100,8 @@ func (d *decoder) listenAddress(e entry) string {
 		d.errorf(e.pos, `metrics_listen must be "host:port", e.g. "127.0.0.1:9464" (got %q)`, a)
 		return ""
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		d.errorf(e.pos, `metrics_listen's port must be a number from 1 to 65535, e.g. "127.0.0.1:9464" (got %q)`, port)
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		d.errorf(e.pos, `metrics_listen's port must be a number from 0 (any free port, logged) to 65535, e.g. "127.0.0.1:9464" (got %q)`, port)
 		return ""
 	}
 	if host != "" && net.ParseIP(host) == nil && host != "localhost" {

@@ -140,7 +140,7 @@ func TestParseControlErrors(t *testing.T) {
 		{"metrics_listen no port", "control: {metrics_listen: localhost}\n" + svc,
 			`g.yaml:1:27: metrics_listen must be "host:port", e.g. "127.0.0.1:9464" (got "localhost")`},
 		{"metrics_listen bad port", "control: {metrics_listen: \"127.0.0.1:http\"}\n" + svc,
-			`g.yaml:1:27: metrics_listen's port must be a number from 1 to 65535, e.g. "127.0.0.1:9464" (got "http")`},
+			`g.yaml:1:27: metrics_listen's port must be a number from 0 (any free port, logged) to 65535, e.g. "127.0.0.1:9464" (got "http")`},
 		{"metrics_listen host name", "control: {metrics_listen: \"example.com:9464\"}\n" + svc,
 			`g.yaml:1:27: metrics_listen's host must be an IP address or "localhost", e.g. "127.0.0.1:9464" (got "example.com")`},
 		{"replace unknown", "services:\n  web: {command: [a], replace: blue-green}\n",

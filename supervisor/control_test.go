@@ -4,6 +4,7 @@ package supervisor_test
 // run as commands (the test binary again) against a running manager.
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -399,5 +400,128 @@ func TestAManagerWithoutAControlSocketStillRuns(t *testing.T) {
 	m.signal(syscall.SIGTERM)
 	if code := m.waitExit(); code != 0 {
 		t.Errorf("exit code %d, want 0", code)
+	}
+}
+
+func TestMetricsOnTCPServeMetricsAndNothingElse(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, "control: {metrics_listen: \"127.0.0.1:0\"}\nservices:\n  one:\n    run: sleeper\n")
+	m.waitFor("ready", output("one", "ready"))
+	addr := m.waitFor("metrics address", func(e entry) bool { return e.str("msg") == "metrics listening" }).str("address")
+	get := func(route string) (int, string) {
+		resp, err := http.Get("http://" + addr + route)
+		if err != nil {
+			t.Fatalf("GET %s: %v", route, err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, `gotyledon_workers_running{service="one"} 1`+"\n") {
+		t.Errorf("GET /metrics on TCP: %d, want 200 with one running worker:\n%s", code, body)
+	}
+	// Status, scale and reload stay on the Unix socket and its peer check.
+	for _, route := range []string{"/v1/status", "/v1/reload"} {
+		if code, _ := get(route); code != http.StatusNotFound {
+			t.Errorf("GET %s on TCP: %d, want 404", route, code)
+		}
+	}
+	resp, err := http.Post("http://"+addr+"/v1/scale", "application/json", strings.NewReader(`{"service":"one","workers":3}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || len(m.all(started("one", 1))) != 0 {
+		t.Errorf("POST /v1/scale on TCP: %d, want 404 and nothing scaled", resp.StatusCode)
+	}
+}
+
+// The log file is a FIFO, so that the test reads the manager's lines as
+// they are written; SIGUSR1 makes the manager open the path again.
+func TestLogFileIsReopenedOnSIGUSR1(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "gotyledon.log")
+	if err := syscall.Mkfifo(logPath, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(dir, "gotyledon.yaml")
+	if err := os.WriteFile(config, []byte("services:\n  one:\n    run: sleeper\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := startManagerArgs(t, config, []string{"run", "--log-format", "json", "--log-file", logPath, "-c", config})
+	first := readLines(t, logPath)
+	waitLine(t, first, "ready service=one")
+
+	// As logrotate does: move the file away, then signal.
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(logPath, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m.signal(syscall.SIGUSR1)
+	second := readLines(t, logPath)
+	waitLine(t, second, `"msg":"log file reopened"`)
+	m.signal(syscall.SIGTERM)
+	waitLine(t, second, "manager stopped: every worker has exited")
+	if code := m.waitExit(); code != 0 {
+		t.Errorf("exit code %d, want 0", code)
+	}
+	if n := len(m.all(func(e entry) bool { return true })); n != 0 {
+		t.Errorf("%d lines on stderr, want none: the log goes to the file", n)
+	}
+}
+
+// readLines opens a FIFO for reading and sends each line it gets; the
+// channel is closed at end of file (the manager closed its end). The open,
+// which waits for a writer, happens on the reading goroutine, so that a
+// manager that never opens the path fails the test at its deadline.
+func readLines(t *testing.T, path string) <-chan string {
+	t.Helper()
+	lines := make(chan string, 1024)
+	opened := make(chan *os.File, 1)
+	go func() {
+		defer close(lines)
+		f, err := os.Open(path)
+		if err != nil {
+			return
+		}
+		opened <- f
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+	}()
+	t.Cleanup(func() {
+		select {
+		case f := <-opened:
+			f.Close()
+		default:
+			// Still waiting for a writer: be one, so that the open returns.
+			if w, err := os.OpenFile(path, os.O_WRONLY|syscall.O_NONBLOCK, 0); err == nil {
+				w.Close()
+			}
+		}
+	})
+	return lines
+}
+
+// waitLine reads lines until one contains part.
+func waitLine(t *testing.T, lines <-chan string, part string) {
+	t.Helper()
+	deadline := time.After(waitTimeout)
+	for {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatalf("log ended before a line with %q", part)
+			}
+			if strings.Contains(l, part) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no log line with %q within %v", part, waitTimeout)
+		}
 	}
 }
