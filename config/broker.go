@@ -63,6 +63,9 @@ func (d *decoder) control(e entry, c *Control) {
 	for _, f := range ents {
 		switch {
 		case d.access(f, &c.SocketAccess):
+			if f.key == "socket" {
+				d.controlSocketAt = f.pos
+			}
 		case f.key == "metrics_listen":
 			c.MetricsListen = d.listenAddress(f)
 		default:
@@ -104,7 +107,11 @@ func (d *decoder) listenAddress(e entry) string {
 		d.errorf(e.pos, `metrics_listen's port must be a number from 0 (any free port, logged) to 65535, e.g. "127.0.0.1:9464" (got %q)`, port)
 		return ""
 	}
-	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+	if host == "" {
+		d.errorf(e.pos, `metrics_listen needs a host: "127.0.0.1:%s" for this machine only, "0.0.0.0:%s" for every interface (got %q)`, port, port, a)
+		return ""
+	}
+	if net.ParseIP(host) == nil && host != "localhost" {
 		d.errorf(e.pos, `metrics_listen's host must be an IP address or "localhost", e.g. "127.0.0.1:9464" (got %q)`, host)
 		return ""
 	}

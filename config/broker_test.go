@@ -143,6 +143,10 @@ func TestParseControlErrors(t *testing.T) {
 			`g.yaml:1:27: metrics_listen's port must be a number from 0 (any free port, logged) to 65535, e.g. "127.0.0.1:9464" (got "http")`},
 		{"metrics_listen host name", "control: {metrics_listen: \"example.com:9464\"}\n" + svc,
 			`g.yaml:1:27: metrics_listen's host must be an IP address or "localhost", e.g. "127.0.0.1:9464" (got "example.com")`},
+		{"metrics_listen without a host", "control: {metrics_listen: \":9464\"}\n" + svc,
+			`g.yaml:1:27: metrics_listen needs a host: "127.0.0.1:9464" for this machine only, "0.0.0.0:9464" for every interface (got ":9464")`},
+		{"control and queue sockets the same", "broker: {socket: /run/g/a.sock}\ncontrol: {socket: /run/g/a.sock}\n" + svc,
+			`g.yaml:2:19: control socket "/run/g/a.sock" is the queue socket's path too (give each socket a path of its own)`},
 		{"replace unknown", "services:\n  web: {command: [a], replace: blue-green}\n",
 			`g.yaml:2:32: replace must be "rolling" (one worker at a time) or "all" (all at once) (got "blue-green")`},
 	} {

@@ -2,6 +2,9 @@ package config
 
 import (
 	"errors"
+	"net"
+	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -19,9 +22,18 @@ func FuzzParse(f *testing.F) {
 		"- a\n- b\n",
 		"services:\n  web: {command: [a}\n",
 		"services:\n  web:\n    command: &c [a, *c]\n    workers: !!int 2\n",
+		"control: {socket: c.sock, group: 0, allow_uids: [1], metrics_listen: \"127.0.0.1:9464\"}\nservices:\n  w: {command: [a], replace: all}\n",
+		"broker: {socket: /run/q.sock, allow_gids: [5]}\nqueues:\n  jobs: {capacity: 3}\nservices:\n  w: {run: printer, reload_signal: HUP}\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
+	}
+	// The configurations the project ships are seeds too.
+	shipped, _ := filepath.Glob("../deploy/*.yaml")
+	for _, path := range shipped {
+		if data, err := os.ReadFile(path); err == nil {
+			f.Add(data)
+		}
 	}
 	goServices := []string{"printer", "ticker"}
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -46,6 +58,19 @@ func FuzzParse(f *testing.F) {
 		}
 		if cfg.ShutdownTimeout <= 0 || cfg.ShutdownTimeout > MaxDuration {
 			t.Fatalf("shutdown timeout %v out of range", cfg.ShutdownTimeout)
+		}
+		for _, a := range []SocketAccess{cfg.Broker, cfg.Control.SocketAccess} {
+			if a.Socket != "" && (!filepath.IsAbs(a.Socket) || len(a.Socket) > MaxSocketPath) {
+				t.Fatalf("socket path %q: want absolute and at most %d bytes", a.Socket, MaxSocketPath)
+			}
+			if (a.Group == "") != (a.GID < 0) {
+				t.Fatalf("group %q resolved to gid %d", a.Group, a.GID)
+			}
+		}
+		if addr := cfg.Control.MetricsListen; addr != "" {
+			if _, _, err := net.SplitHostPort(addr); err != nil {
+				t.Fatalf("metrics_listen %q accepted: %v", addr, err)
+			}
 		}
 		names := map[string]bool{}
 		for _, s := range cfg.Services {

@@ -108,6 +108,9 @@ type decoder struct {
 	expanded   int                         // values linkAliases has seen so far, aliases expanded
 	errs       ErrorList
 	seen       map[Error]bool // errors already in errs: an aliased node is walked once per use
+	// controlSocketAt is where control.socket stands, for an error about
+	// it that only the whole file shows.
+	controlSocketAt Position
 }
 
 // entry is one key: value pair of a mapping, or a value named like one
@@ -584,6 +587,9 @@ func (d *decoder) config(top entry) *Config {
 		default:
 			d.unknownKey(e, "", topKeys)
 		}
+	}
+	if cfg.Control.Socket != "" && cfg.Control.Socket == cfg.Broker.Socket {
+		d.errorf(d.controlSocketAt, "control socket %q is the queue socket's path too (give each socket a path of its own)", cfg.Control.Socket)
 	}
 	// Services come last: their stop_timeout defaults to shutdown_timeout.
 	if services == nil {

@@ -82,7 +82,8 @@ type WorkerStatus struct {
 	PID int
 	// StartedAt is when the current process started; zero without one.
 	StartedAt time.Time
-	// Restarts counts the processes started in this slot after its first.
+	// Restarts counts the restarts of this slot since its first start,
+	// including one that waits out its backoff delay.
 	Restarts int
 	// Failures counts quick exits in a row (below min_uptime); it sets
 	// the backoff delay and resets once a process stays up.

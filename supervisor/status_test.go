@@ -55,8 +55,43 @@ func TestStatusShowsWorkersCountersAndBackoff(t *testing.T) {
 		w1.Restarts != 1 || !w1.RetryAt.Equal(r.clock.now.Add(100*time.Millisecond)) {
 		t.Errorf("worker 1: %+v, want backoff after exit code 2, retry in 100ms", w1)
 	}
-	if c := sv.Counters; c.Restarts != 2 || c.Exits[ExitError] != 1 || c.Exits[ExitSignal] != 1 || c.Exits[ExitClean] != 0 {
-		t.Errorf("counters %+v, want 2 restarts, 1 error exit and 1 signal exit", c)
+	if c := sv.Counters; c.Restarts != 0 || c.Exits[ExitError] != 1 || c.Exits[ExitSignal] != 1 || c.Exits[ExitClean] != 0 {
+		t.Errorf("counters %+v, want no restart yet (both wait), 1 error exit and 1 signal exit", c)
+	}
+	// A restart counts when it happens: the backoff timers fire.
+	for _, tm := range r.clock.pending() {
+		tm.fire()
+	}
+	r.deliver()
+	if c := r.status().Services[0].Counters; c.Restarts != 2 {
+		t.Errorf("%d restarts after the delays, want 2", c.Restarts)
+	}
+}
+
+// A rescale while the first workers are still starting must not keep the
+// manager from being ready: each first start is answered once, whatever
+// became of its slot.
+func TestReadyDespiteAScaleDuringTheFirstStart(t *testing.T) {
+	for _, n := range []int{1, 5} {
+		r := newRig(t, strings.Replace(scaled, "%d", "3", 1))
+		r.s.startAll()
+		first := spawned(r.requests())
+		if err := r.reconfigure("w", n); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-r.s.Ready():
+			t.Fatalf("scale to %d: ready before any start was answered", n)
+		default:
+		}
+		for i, sp := range first {
+			r.s.handle(workerStarted{token: sp.token, pid: 100 + i, at: r.clock.now})
+		}
+		select {
+		case <-r.s.Ready():
+		default:
+			t.Errorf("scale to %d during the first start: never ready (pending %d)", n, r.s.pendingUp)
+		}
 	}
 }
 

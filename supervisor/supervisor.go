@@ -116,6 +116,9 @@ type worker struct {
 	// stale: the process runs a definition the configuration has since
 	// changed; it is replaced, one slot of its service at a time.
 	stale bool
+	// initial: the slot's first start, from startAll, is not answered yet;
+	// the manager is ready once no slot is.
+	initial bool
 
 	failures      int    // quick exits in a row: sets the backoff delay
 	restarts      int    // processes started after the first
@@ -338,7 +341,7 @@ func (s *Supervisor) startAll() {
 	for _, svc := range s.cfg.Services {
 		total += svc.Workers
 		for id := range svc.Workers {
-			w := &worker{svc: svc, key: workerKey{svc.Name, id}}
+			w := &worker{svc: svc, key: workerKey{svc.Name, id}, initial: true}
 			s.workers[w.key] = w
 			s.pendingUp++
 			s.start(w)
@@ -368,6 +371,7 @@ func (s *Supervisor) handle(ev event) {
 	case restartDue:
 		if w := s.workers[ev.key]; w != nil && w.state == stateBackoff && w.timerSeq == ev.seq {
 			w.cancelRestart = nil
+			s.counters(w.key.service).Restarts++
 			s.start(w)
 		}
 	case killDue:
@@ -414,13 +418,13 @@ func (s *Supervisor) onStarted(ev workerStarted) {
 	}
 	w.pid = ev.pid
 	w.startedAt = ev.at
+	s.initialStartDone(w)
 	if w.state == stateStopping {
 		// Shutdown came while the spawn was under way; its stop signal is
 		// queued behind the spawn in the process table.
 		return
 	}
 	w.state = stateRunning
-	s.initialStartDone(w)
 	if s.hooks.OnNewWorker != nil {
 		ev := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: w.pid}
 		s.hook(func() { s.hooks.OnNewWorker(ev) })
@@ -438,7 +442,7 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 	s.log.Error("worker failed to start", s.fields(w, zap.Error(ev.err))...)
 	w.lastExit, w.lastExitAt = "failed to start: "+ev.err.Error(), ev.at
 	s.counters(w.key.service).Exits[ExitStartFailed]++
-	if w.restarts == 0 {
+	if w.initial {
 		s.failedUp++
 	}
 	s.initialStartDone(w)
@@ -508,11 +512,11 @@ func exitReason(state workerState, ws unix.WaitStatus) ExitReason {
 // scheduleRestart starts w again, at once or after its backoff delay.
 func (s *Supervisor) scheduleRestart(w *worker, uptime time.Duration) {
 	w.restarts++
-	s.counters(w.key.service).Restarts++
 	delay, failures := restartDelay(w.svc.Restart, uptime, w.failures, s.rnd)
 	w.failures = failures
 	if delay == 0 {
 		s.log.Info("restarting worker", s.fields(w)...)
+		s.counters(w.key.service).Restarts++
 		s.start(w)
 		return
 	}
@@ -719,7 +723,8 @@ func cancel(c *func() bool) {
 // initialStartDone counts the answers to the first round of starts, so the
 // manager can say when it is up.
 func (s *Supervisor) initialStartDone(w *worker) {
-	if w.restarts == 0 && s.pendingUp > 0 {
+	if w.initial {
+		w.initial = false
 		s.pendingUp--
 		s.noteReady()
 	}

@@ -9,8 +9,10 @@ package cli
 //	POST /v1/reload   reload the file, as SIGHUP does, and say how it went
 //	GET  /metrics     Prometheus text format (metrics.go)
 //
-// Every connection's peer is checked (SO_PEERCRED) with the same rules as
-// the queue socket's, before any request is read.
+// Every connection's peer is checked (SO_PEERCRED, taken when it is
+// accepted) with the same rules as the queue socket's before a request is
+// acted on: a refused peer gets its headers read (at most 8 KiB) and a 403,
+// nothing else.
 
 import (
 	"context"
@@ -170,7 +172,9 @@ func (c *controlServer) serve(l net.Listener) error {
 	c.server = &http.Server{
 		Handler:           c.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second, // bodies are small; a trickled one is cut
 		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    8 << 10,
 		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
 			return context.WithValue(ctx, peerKey{}, ipc.PeerOf(nc))
 		},

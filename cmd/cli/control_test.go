@@ -254,3 +254,49 @@ func TestControlClientExplainsWhatIsWrong(t *testing.T) {
 		t.Error("a dial failure came back as the manager's answer")
 	}
 }
+
+// FuzzControlRequest sends the control API arbitrary requests: it must
+// answer each with one of its documented statuses, never panic, and scale
+// only with a well-formed body.
+func FuzzControlRequest(f *testing.F) {
+	f.Add(uint8(0), "/v1/status", []byte(""))
+	f.Add(uint8(1), "/v1/scale", []byte(`{"service":"printer","workers":5}`))
+	f.Add(uint8(1), "/v1/scale", []byte(`{"service":"printer","workers":-5}`))
+	f.Add(uint8(1), "/v1/scale", []byte(`{"service":"printer","workers":5}{}`))
+	f.Add(uint8(1), "/v1/reload", []byte("x"))
+	f.Add(uint8(2), "/v1/../v1/status", []byte(""))
+	methods := []string{"GET", "POST", "PUT", "DELETE", "HEAD"}
+	c := &controlServer{
+		status: func(context.Context) (supervisor.Status, error) { return fullStatus(time.Now()), nil },
+		scale: func(_ context.Context, service string, n int) error {
+			if service != "printer" {
+				return supervisor.ErrNoSuchService
+			}
+			if n < 0 || n > config.MaxWorkers {
+				return errors.New("bad count")
+			}
+			return nil
+		},
+		reload: func(context.Context) error { return nil },
+		allow:  func(ipc.Peer) bool { return true },
+		log:    zap.NewNop(),
+		now:    time.Now,
+		rates:  &queueRates{},
+	}
+	h := c.handler()
+	f.Fuzz(func(t *testing.T, method uint8, route string, body []byte) {
+		req, err := http.NewRequest(methods[int(method)%len(methods)], "http://gotyledon/", strings.NewReader(string(body)))
+		if err != nil {
+			t.Skip()
+		}
+		req.URL.Path = "/" + strings.TrimLeft(route, "/")
+		req = req.WithContext(context.WithValue(req.Context(), peerKey{}, ipc.Peer{PID: 1, UID: 0, GID: 0}))
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, req)
+		switch w.Code {
+		case 200, 301, 307, 308, 400, 404, 405, 413, 422, 503:
+		default:
+			t.Fatalf("%s %q: status %d", req.Method, req.URL.Path, w.Code)
+		}
+	})
+}

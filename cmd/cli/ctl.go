@@ -125,6 +125,10 @@ func (c *controlClient) do(method, route string, body any, out any) error {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("no answer from the manager on %s within --timeout; what was asked may still be done (see gotyledon status)", c.path)
+		}
 		return c.explainDial(err)
 	}
 	defer resp.Body.Close()

@@ -66,6 +66,11 @@ func newMetricsHandler(status func(context.Context) (supervisor.Status, error), 
 		// A collector that fails (the process collector cannot read /proc,
 		// say) should not hide the figures of the others.
 		ErrorHandling: promhttp.ContinueOnError,
+		// Each scrape asks the supervisor's loop for a Status: a burst of
+		// scrapes (the TCP listener takes anyone who can reach it) must
+		// not queue an unbounded number of them.
+		MaxRequestsInFlight: 4,
+		Timeout:             10 * time.Second,
 	})
 }
 

@@ -178,6 +178,9 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 			for {
 				select {
 				case <-cancel:
+					for _, r := range pending {
+						r.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
+					}
 					return nil
 				case <-ready:
 					ready = nil
@@ -269,6 +272,8 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 					return err
 				case <-ctx.Done():
 					return ctx.Err()
+				case <-quit:
+					return fmt.Errorf("reload: %w", supervisor.ErrStopped)
 				}
 			},
 			queues:  queues,
@@ -291,7 +296,14 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	}
 	// Metrics on TCP, when the file asks for it: /metrics only.
 	if metricsListener != nil {
-		srv := &http.Server{Handler: metricsOnly(metrics), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{
+			Handler:           metricsOnly(metrics),
+			ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout:       30 * time.Second,
+			WriteTimeout:      30 * time.Second,
+			IdleTimeout:       60 * time.Second,
+			MaxHeaderBytes:    8 << 10,
+		}
 		g.Add(func() error {
 			if err := srv.Serve(metricsListener); !errors.Is(err, http.ErrServerClosed) {
 				return fmt.Errorf("metrics: %w", err)
