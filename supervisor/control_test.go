@@ -525,3 +525,26 @@ func waitLine(t *testing.T, lines <-chan string, part string) {
 		}
 	}
 }
+
+// A refused reload read a content the file watch never saw; putting the
+// good file back must still be applied, and status must say so.
+func TestRevertingARefusedEditIsApplied(t *testing.T) {
+	t.Parallel()
+	good := strings.Replace(controlBase, "%d", "2", 1)
+	m := startManager(t, good)
+	m.waitN("3 ready", 3, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	if err := os.WriteFile(m.config, []byte("services:\n  printer:\n    run: sleeper\n    workers: many\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, errOut := m.ctl(nil, "", "reload"); code != 1 {
+		t.Fatalf("reload of a bad file: exit %d, %s", code, errOut)
+	}
+	if err := os.WriteFile(m.config, []byte(good), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.waitFor("the good file applied", func(e entry) bool { return e.str("msg") == "configuration applied" })
+	doc := m.statusJSON()
+	if lr := doc.LastReload; lr == nil || !lr.OK || lr.Source != "file" {
+		t.Errorf("last reload %+v, want ok from the file", lr)
+	}
+}

@@ -342,7 +342,7 @@ func TestNotifySendErrorIsLogged(t *testing.T) {
 func TestWatchCopyOfAnAppliedEditIsDropped(t *testing.T) {
 	var sent []string
 	n := &notifier{send: func(s string) error { sent = append(sent, s); return nil }, log: zap.NewNop()}
-	m := &manager{log: zap.NewNop(), notify: n, lastRead: []byte("services: {}\n")}
+	m := &manager{cmd: &runCommand{Config: "c.yaml"}, log: zap.NewNop(), notify: n, lastRead: []byte("services: {}\n")}
 	reply := make(chan error, 1)
 	m.reload(reloadAsk{source: "file", data: []byte("services: {}\n"), reply: reply})
 	if err := <-reply; err != nil {

@@ -224,7 +224,7 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	}
 	// Config watch: edits of the file, applied as SIGHUP is. Without it
 	// (no inotify, say) the manager still runs, and SIGHUP still reloads.
-	if w, err := newConfigWatch(c.Config, data, log); err != nil {
+	if w, err := newConfigWatch(c.Config, log); err != nil {
 		log.Warn("config file not watched; SIGHUP still reloads it", zap.Error(err))
 	} else {
 		g.Add(func() error {
@@ -370,15 +370,21 @@ type manager struct {
 // not load, or that the broker refuses, changes nothing; either way the
 // outcome is logged, recorded for status, told to systemd and answered.
 func (m *manager) reload(r reloadAsk) {
-	// An edit saved and then signalled (or `systemctl reload` after an
-	// edit) reaches us twice: once from the watch, once as SIGHUP. The
-	// watch's copy of content a reload has read already is dropped, so the
-	// change is applied, counted and told to systemd once. SIGHUP and
-	// `gotyledon reload` always reload: they are asked for on purpose.
-	if r.source == "file" && bytes.Equal(r.data, m.lastRead) {
-		m.log.Debug("config file edit already applied by an earlier reload; nothing to do")
-		r.answer(nil)
-		return
+	// The watch sends the file after any event in its directory. Content
+	// the last reload read already is dropped: a touch, the same bytes
+	// written again, and an edit saved and then signalled (or `systemctl
+	// reload` after an edit), which reaches us from the watch and as
+	// SIGHUP, are applied, counted and told to systemd once. Compared
+	// with what any reload read, good or bad, so that reverting a refused
+	// edit applies. SIGHUP and `gotyledon reload` always reload: they are
+	// asked for on purpose.
+	if r.source == "file" {
+		if bytes.Equal(r.data, m.lastRead) {
+			m.log.Debug("config file unchanged; nothing to do", zap.String("config", m.cmd.Config))
+			r.answer(nil)
+			return
+		}
+		m.log.Info("config file changed; reloading", zap.String("config", m.cmd.Config))
 	}
 	m.notify.reloading()
 	err := m.apply(r)

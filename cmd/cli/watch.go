@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"crypto/sha256"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,20 +20,20 @@ const watchQuiet = 150 * time.Millisecond
 // directory, not the file: editors replace a file by renaming another over
 // it, and Kubernetes ConfigMaps swap a "..data" symlink; either way the
 // watched inode would be gone. Any event in the directory starts a quiet
-// period, after which the file (through its symlinks) is read and, if its
-// content differs from the last content seen, sent on. A touch, or a rewrite
-// with the same bytes, changes nothing.
+// period, after which the file (through its symlinks) is read and sent on.
+// Whether the content changed is for the reload path to say: it alone knows
+// what every reload read (a SIGHUP, or `gotyledon reload`, may have read a
+// content the watch never saw), so a touch, or the same bytes written
+// again, changes nothing there, and a revert after a refused edit applies.
 type configWatch struct {
-	path    string
-	log     *zap.Logger
-	fs      *fsnotify.Watcher
-	lastSum [sha256.Size]byte
-	quit    chan struct{}
+	path string
+	log  *zap.Logger
+	fs   *fsnotify.Watcher
+	quit chan struct{}
 }
 
-// newConfigWatch starts watching path's directory; loaded is the content
-// the manager started with.
-func newConfigWatch(path string, loaded []byte, log *zap.Logger) (*configWatch, error) {
+// newConfigWatch starts watching path's directory.
+func newConfigWatch(path string, log *zap.Logger) (*configWatch, error) {
 	fs, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", path, err)
@@ -43,7 +42,7 @@ func newConfigWatch(path string, loaded []byte, log *zap.Logger) (*configWatch, 
 		fs.Close()
 		return nil, fmt.Errorf("watch %s: %w", filepath.Dir(path), err)
 	}
-	return &configWatch{path: path, log: log, fs: fs, lastSum: sha256.Sum256(loaded), quit: make(chan struct{})}, nil
+	return &configWatch{path: path, log: log, fs: fs, quit: make(chan struct{})}, nil
 }
 
 // run sends the file's content on changes until stop is called. A send
@@ -75,13 +74,6 @@ func (w *configWatch) run(changes chan []byte) error {
 				w.log.Warn("config watch: cannot read the file", zap.Error(err))
 				continue
 			}
-			sum := sha256.Sum256(data)
-			if sum == w.lastSum {
-				w.log.Debug("config file unchanged; nothing to do", zap.String("config", w.path))
-				continue
-			}
-			w.lastSum = sum
-			w.log.Info("config file changed; reloading", zap.String("config", w.path))
 			select {
 			case <-changes: // an older content nobody took yet
 			default:

@@ -1,0 +1,643 @@
+package main
+
+// The chaos actions. They run one at a time from one goroutine (the
+// schedule), except what outlives an action: a SIGSTOP's SIGCONT and the
+// garbage connections, which have timers of their own.
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// strictHold is how long the driver holds a garbage or stalled connection
+// at most. The README promises that the broker drops a client stalled
+// mid-frame, or silent before HELLO, after 10 s, and the control server
+// has a 10 s ReadHeaderTimeout: one held this long that the server has not
+// closed is a failure.
+const strictHold = 13 * time.Second
+
+type chaos struct {
+	opts        options
+	start       time.Time
+	out         io.Writer
+	outMu       sync.Mutex
+	rnd         *rand.Rand // the schedule's goroutine only
+	ctl         *control
+	logs        *logState
+	cfgPath     string
+	queueSock   string
+	controlSock string
+	managerPID  int
+	marker      string
+
+	// The schedule's goroutine only.
+	fileCount     int       // consumers in the file's last good version
+	lastGoodWrite time.Time // when that version was written
+	lastBadEdit   time.Time
+	gen           int  // good versions of the file written: each differs from every other
+	restoring     bool // config writes the last good version again
+
+	mu         sync.Mutex
+	failures   []string
+	kills      map[string]int
+	killedPIDs map[int]string // pid -> service, SIGKILLed by the driver
+	stops      int
+	stopped    map[int]*stopRec
+	rescales   map[string]int
+	badEdits   int
+	badOK      int
+	garbage    map[string]int
+	held       []*heldConn
+	heldWG     sync.WaitGroup
+	statusOK   int
+	statusBad  int
+	statusMax  time.Duration
+}
+
+type stopRec struct {
+	start uint64 // the process's starttime: a SIGCONT goes to the same process
+	timer *time.Timer
+}
+
+func (c *chaos) logf(format string, args ...any) {
+	c.outMu.Lock()
+	defer c.outMu.Unlock()
+	fmt.Fprintf(c.out, "%8.3fs  %s\n", time.Since(c.start).Seconds(), fmt.Sprintf(format, args...))
+}
+
+func (c *chaos) fail(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	c.logf("FAILURE: %s", msg)
+	c.mu.Lock()
+	c.failures = append(c.failures, msg)
+	c.mu.Unlock()
+}
+
+// --- configuration ---
+
+// config is the YAML the manager runs. bad, if not empty, names a broken
+// variant. Every good version has a number in a comment, so that every
+// rescale differs from the last content the manager has read (content it
+// read already is not reloaded: a scale by POST /v1/scale would otherwise
+// outlive a write of the same count). A bad variant and the restore after
+// it carry the number of the good version before them: the restore is the
+// very bytes the manager last applied, which it must apply again after
+// refusing the bad edit, even when a control reload read the bad content
+// and the file watch never saw it.
+func (c *chaos) config(producers, consumers int, bad string) []byte {
+	restart := "{min_uptime: 100ms, backoff_initial: 20ms, backoff_max: 500ms}"
+	consumerWorkers := fmt.Sprint(consumers)
+	stopTimeout := "2s"
+	consumerRun := "consumer"
+	switch bad {
+	case "workers: many":
+		consumerWorkers = "many"
+	case "bad duration":
+		stopTimeout = "forever"
+	case "unknown service":
+		consumerRun = "no-such-service"
+	}
+	if bad == "" && !c.restoring {
+		c.gen++
+	}
+	y := fmt.Sprintf(`# chaos run %s, version %d: written by cmd/chaos
+shutdown_timeout: 5s
+queues:
+  %s: {capacity: %d}
+services:
+  producer:
+    run: producer
+    workers: %d
+    env: {CHAOS_RUN: %q, %s: "%d"}
+    stop_timeout: 2s
+    restart: %s
+  consumer:
+    run: %s
+    workers: %s
+    env: {CHAOS_RUN: %q, %s: %q}
+    stop_timeout: %s
+    restart: %s
+`, c.marker, c.gen, queueName, c.opts.Capacity, producers, c.marker, envRate, c.opts.Rate, restart,
+		consumerRun, consumerWorkers, c.marker, envWork, c.opts.Work.String(), stopTimeout, restart)
+	switch bad {
+	case "broken YAML":
+		y = y[:len(y)*2/3] + "\n  consumer: {run: consumer, workers: [3\n"
+	case "unknown key":
+		y = strings.Replace(y, "    workers: "+consumerWorkers, "    wokers: "+consumerWorkers, 1)
+	}
+	return []byte(y)
+}
+
+// writeConfig writes the file in place, or (rename) as an editor saves:
+// a new file renamed over it.
+func (c *chaos) writeConfig(data []byte, rename bool) error {
+	if !rename {
+		return os.WriteFile(c.cfgPath, data, 0o644)
+	}
+	tmp := filepath.Join(filepath.Dir(c.cfgPath), ".chaos.yaml.tmp")
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, c.cfgPath)
+}
+
+// --- the schedule ---
+
+var actionKinds = []string{"kill", "stop", "rescale", "bad-edit", "garbage"}
+
+// loop runs actions until end: first one of each kind (in a seeded order),
+// then random ones, 100-500 ms apart.
+func (c *chaos) loop(ctx context.Context, end time.Time) {
+	first := slices.Clone(actionKinds)
+	c.rnd.Shuffle(len(first), func(i, j int) { first[i], first[j] = first[j], first[i] })
+	for i := 0; time.Now().Before(end) && ctx.Err() == nil; i++ {
+		kind := ""
+		if i < len(first) {
+			kind = first[i]
+		} else {
+			switch r := c.rnd.IntN(100); {
+			case r < 30:
+				kind = "kill"
+			case r < 45:
+				kind = "stop"
+			case r < 70:
+				kind = "rescale"
+			case r < 76:
+				kind = "bad-edit"
+			default:
+				kind = "garbage"
+			}
+			if kind == "bad-edit" && time.Since(c.lastBadEdit) < 5*time.Second {
+				kind = "garbage"
+			}
+		}
+		switch kind {
+		case "kill":
+			c.kill(ctx)
+		case "stop":
+			c.stop(ctx)
+		case "rescale":
+			c.rescale(ctx)
+		case "bad-edit":
+			c.badEdit(ctx, end)
+		case "garbage":
+			c.garbageConn()
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Duration(100+c.rnd.IntN(400)) * time.Millisecond):
+		}
+	}
+}
+
+// workersOf lists the running workers of the services named, from status.
+func (c *chaos) workersOf(ctx context.Context, services ...string) ([]workerRef, error) {
+	st, err := c.ctl.status(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var out []workerRef
+	for _, s := range st.Services {
+		if !slices.Contains(services, s.Name) {
+			continue
+		}
+		for _, w := range s.Workers {
+			if w.PID != 0 && w.State == "running" {
+				out = append(out, workerRef{service: s.Name, id: w.ID, pid: w.PID})
+			}
+		}
+	}
+	return out, nil
+}
+
+type workerRef struct {
+	service string
+	id, pid int
+}
+
+// 1. SIGKILL a random worker.
+func (c *chaos) kill(ctx context.Context) {
+	ws, err := c.workersOf(ctx, "producer", "consumer")
+	if err != nil {
+		c.fail("kill: %v", err)
+		return
+	}
+	if len(ws) == 0 {
+		c.logf("kill: no running worker to kill")
+		return
+	}
+	w := ws[c.rnd.IntN(len(ws))]
+	// Recorded before the signal: the log may show the death first.
+	c.mu.Lock()
+	c.killedPIDs[w.pid] = w.service
+	c.mu.Unlock()
+	if err := syscall.Kill(w.pid, syscall.SIGKILL); err != nil {
+		c.logf("kill %s worker %d pid %d: %v", w.service, w.id, w.pid, err)
+		return
+	}
+	c.mu.Lock()
+	c.kills[w.service]++
+	c.mu.Unlock()
+	c.logf("kill %s worker %d pid %d (SIGKILL)", w.service, w.id, w.pid)
+}
+
+// 2. SIGSTOP a random consumer for 1-3 s.
+func (c *chaos) stop(ctx context.Context) {
+	ws, err := c.workersOf(ctx, "consumer")
+	if err != nil {
+		c.fail("stop: %v", err)
+		return
+	}
+	c.mu.Lock()
+	ws = slices.DeleteFunc(ws, func(w workerRef) bool { return c.stopped[w.pid] != nil })
+	c.mu.Unlock()
+	if len(ws) == 0 {
+		c.logf("stop: no running consumer to stop")
+		return
+	}
+	w := ws[c.rnd.IntN(len(ws))]
+	st, err := readStat(w.pid)
+	if err != nil {
+		c.logf("stop consumer pid %d: %v", w.pid, err)
+		return
+	}
+	d := time.Duration(1000+c.rnd.IntN(2000)) * time.Millisecond
+	if err := syscall.Kill(w.pid, syscall.SIGSTOP); err != nil {
+		c.logf("stop consumer pid %d: %v", w.pid, err)
+		return
+	}
+	c.mu.Lock()
+	c.stops++
+	rec := &stopRec{start: st.start}
+	c.stopped[w.pid] = rec
+	rec.timer = time.AfterFunc(d, func() { c.cont(w.pid) })
+	c.mu.Unlock()
+	c.logf("stop consumer worker %d pid %d (SIGSTOP) for %v", w.id, w.pid, d)
+}
+
+// cont sends SIGCONT to pid if the driver stopped it and it is still the
+// same process.
+func (c *chaos) cont(pid int) {
+	c.mu.Lock()
+	rec := c.stopped[pid]
+	delete(c.stopped, pid)
+	c.mu.Unlock()
+	if rec == nil {
+		return
+	}
+	rec.timer.Stop()
+	if st, err := readStat(pid); err != nil || st.start != rec.start {
+		c.logf("cont pid %d: gone", pid)
+		return
+	}
+	syscall.Kill(pid, syscall.SIGCONT)
+	c.logf("cont consumer pid %d (SIGCONT)", pid)
+}
+
+// contAll ends every SIGSTOP now.
+func (c *chaos) contAll() {
+	c.mu.Lock()
+	pids := make([]int, 0, len(c.stopped))
+	for pid := range c.stopped {
+		pids = append(pids, pid)
+	}
+	c.mu.Unlock()
+	for _, pid := range pids {
+		c.cont(pid)
+	}
+}
+
+func (c *chaos) stoppedCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.stopped)
+}
+
+// 3. Rescale consumer to 1-8: by the file alone (the watch), the file and
+// SIGHUP, or POST /v1/scale.
+func (c *chaos) rescale(ctx context.Context) {
+	mode := []string{"file", "file+SIGHUP", "scale"}[c.rnd.IntN(3)]
+	n := 1 + c.rnd.IntN(8)
+	if mode != "scale" {
+		// Each good write differs from the last: the manager reloads it.
+		for n == c.fileCount {
+			n = 1 + c.rnd.IntN(8)
+		}
+		rename := c.rnd.IntN(2) == 0
+		if err := c.writeConfig(c.config(1, n, ""), rename); err != nil {
+			c.fail("rescale: write config: %v", err)
+			return
+		}
+		c.fileCount, c.lastGoodWrite = n, time.Now()
+		how := "written in place"
+		if rename {
+			how = "renamed over"
+		}
+		if mode == "file+SIGHUP" {
+			if err := syscall.Kill(c.managerPID, syscall.SIGHUP); err != nil {
+				c.fail("rescale: SIGHUP: %v", err)
+			}
+		}
+		c.logf("rescale consumer to %d: %s (file %s)", n, mode, how)
+	} else {
+		if err := c.ctl.scale(ctx, "consumer", n); err != nil {
+			c.fail("rescale: %v", err)
+			return
+		}
+		c.logf("rescale consumer to %d: POST /v1/scale", n)
+	}
+	c.mu.Lock()
+	c.rescales[mode]++
+	c.mu.Unlock()
+}
+
+// waitQuiet waits until no SIGSTOP is pending, the file's last good
+// version is applied, and every service runs its desired workers.
+func (c *chaos) waitQuiet(ctx context.Context, timeout time.Duration) (*status, error) {
+	var last *status
+	why := ""
+	err := waitUntil(ctx, timeout, func() bool {
+		if c.stoppedCount() > 0 {
+			why = "a consumer is still SIGSTOPped"
+			return false
+		}
+		st, err := c.ctl.status(ctx)
+		if err != nil {
+			why = err.Error()
+			return false
+		}
+		last = st
+		if lr := st.LastReload; !c.lastGoodWrite.IsZero() && (lr == nil || !lr.OK || lr.At.Before(c.lastGoodWrite)) {
+			why = "the last good write of the file is not applied yet"
+			return false
+		}
+		ok, w := st.quiet()
+		why = w
+		return ok
+	})
+	if err != nil {
+		return last, fmt.Errorf("not quiet: %s: %w", why, err)
+	}
+	return last, nil
+}
+
+var badVariants = []string{"workers: many", "broken YAML", "unknown key", "bad duration", "unknown service"}
+
+// 4. A bad edit, alone: wait until all is quiet, note every worker's pid,
+// write a bad file, wait for the manager's "reload failed", check that
+// no worker changed, then restore the good file.
+func (c *chaos) badEdit(ctx context.Context, end time.Time) {
+	c.lastBadEdit = time.Now()
+	if time.Until(end) < 2*time.Second {
+		c.logf("bad edit: skipped, too close to the end")
+		return
+	}
+	before, err := c.waitQuiet(ctx, 20*time.Second)
+	if err != nil {
+		c.fail("bad edit: before it: %v", err)
+		return
+	}
+	variant := badVariants[c.rnd.IntN(len(badVariants))]
+	viaControl := c.rnd.IntN(2) == 0
+	failedBefore := c.logs.count(msgReloadFailed)
+	if err := c.writeConfig(c.config(1, c.fileCount, variant), c.rnd.IntN(2) == 0); err != nil {
+		c.fail("bad edit: write: %v", err)
+		return
+	}
+	how := "file watch"
+	if viaControl {
+		how = "POST /v1/reload"
+		code, body, err := c.ctl.reload(ctx)
+		if err != nil || code != 422 {
+			c.fail("bad edit (%s): POST /v1/reload answered %d %s %v, want 422", variant, code, truncate(body, 200), err)
+		}
+	}
+	c.mu.Lock()
+	c.badEdits++
+	c.mu.Unlock()
+	if err := waitUntil(ctx, 5*time.Second, func() bool { return c.logs.count(msgReloadFailed) > failedBefore }); err != nil {
+		c.fail("bad edit (%s, %s): no %q in the manager's log: %v", variant, how, msgReloadFailed, err)
+	}
+	after, err := c.ctl.status(ctx)
+	switch {
+	case err != nil:
+		c.fail("bad edit: status after it: %v", err)
+	case after.LastReload == nil || after.LastReload.OK:
+		c.fail("bad edit (%s): status does not show the last reload failed", variant)
+	case !mapsEqual(before.pids(), after.pids()):
+		c.fail("bad edit (%s): the workers changed: pids %v before, %v after", variant, before.pids(), after.pids())
+	default:
+		if ok, why := after.quiet(); !ok {
+			c.fail("bad edit (%s): not at the desired counts after it: %s", variant, why)
+		} else {
+			c.mu.Lock()
+			c.badOK++
+			c.mu.Unlock()
+		}
+	}
+	// Restore: the good file, which the watch applies.
+	c.restoring = true
+	restore := c.config(1, c.fileCount, "")
+	c.restoring = false
+	if err := c.writeConfig(restore, c.rnd.IntN(2) == 0); err != nil {
+		c.fail("bad edit: restore: %v", err)
+		return
+	}
+	restored := time.Now()
+	c.lastGoodWrite = restored
+	if err := waitUntil(ctx, 5*time.Second, func() bool {
+		st, err := c.ctl.status(ctx)
+		return err == nil && st.LastReload != nil && st.LastReload.OK && !st.LastReload.At.Before(restored)
+	}); err != nil {
+		c.fail("bad edit: the restored good file was not applied: %v", err)
+		return
+	}
+	c.logf("bad edit (%s, %s): refused, %d workers unchanged; good file restored and applied", variant, how, len(slices.Concat(slicesOf(before.pids())...)))
+}
+
+func mapsEqual(a, b map[string][]int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if !slices.Equal(v, b[k]) {
+			return false
+		}
+	}
+	return true
+}
+
+func slicesOf(m map[string][]int) [][]int {
+	var out [][]int
+	for _, v := range m {
+		out = append(out, v)
+	}
+	return out
+}
+
+// --- 5. garbage and stalled connections ---
+
+type heldConn struct {
+	nc     net.Conn
+	kind   string
+	opened time.Time
+	limit  time.Duration
+
+	mu           sync.Mutex
+	closed       bool          // by the driver
+	serverClosed time.Duration // after how long the server closed it; 0: it did not
+	toLimit      bool          // the driver closed it at its limit, the server had not
+}
+
+// garbageConn opens one abusive connection (or a batch of idle ones).
+func (c *chaos) garbageConn() {
+	kinds := []string{"queue random bytes", "queue HELLO then garbage", "queue half frame", "control random bytes",
+		"control half request", "idle batch"}
+	kind := kinds[c.rnd.IntN(len(kinds))]
+	switch kind {
+	case "idle batch":
+		limit := []time.Duration{2 * time.Second, 5 * time.Second, strictHold}[c.rnd.IntN(3)]
+		for i := range 20 {
+			sock, k := c.queueSock, "queue idle"
+			if i%2 == 1 {
+				sock, k = c.controlSock, "control idle"
+			}
+			c.open(sock, k, limit, nil)
+		}
+		c.logf("garbage: 20 idle connections (10 per socket), held up to %v", limit)
+		return
+	}
+	var payload []byte
+	sock := c.queueSock
+	switch kind {
+	case "queue random bytes", "control random bytes":
+		payload = make([]byte, 1+c.rnd.IntN(256))
+		for i := range payload {
+			payload[i] = byte(c.rnd.Uint32())
+		}
+	case "queue HELLO then garbage":
+		name := "chaos-garbage"
+		body := append([]byte{0x01}, "GTYQ"...)
+		body = binary.BigEndian.AppendUint16(body, 1)
+		body = append(append(body, byte(len(name))), name...)
+		payload = binary.BigEndian.AppendUint32(nil, uint32(len(body)))
+		payload = append(payload, body...)
+		payload = append(payload, 0, 0, 0, 3, 0x7f, 0xde, 0xad) // a frame of an unknown type
+	case "queue half frame":
+		payload = append(binary.BigEndian.AppendUint32(nil, 200), 0x02, 1, 2, 3, 4, 5)
+	case "control half request":
+		payload = []byte("GET /v1/status HTTP/1.1\r\nHost: gotyledon\r\nX-Cha")
+	}
+	if strings.HasPrefix(kind, "control") {
+		sock = c.controlSock
+	}
+	c.open(sock, kind, strictHold, payload)
+	c.logf("garbage: %s (%d bytes)", kind, len(payload))
+}
+
+// open connects to sock, writes payload, and holds the connection until
+// the server closes it or limit passes.
+func (c *chaos) open(sock, kind string, limit time.Duration, payload []byte) {
+	nc, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		c.fail("garbage: %s: connect: %v", kind, err)
+		return
+	}
+	h := &heldConn{nc: nc, kind: kind, opened: time.Now(), limit: limit}
+	c.mu.Lock()
+	c.garbage[kind]++
+	c.held = append(c.held, h)
+	c.heldWG.Add(1)
+	c.mu.Unlock()
+	if len(payload) > 0 {
+		nc.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		nc.Write(payload) // the server may close first: that is fine
+	}
+	timer := time.AfterFunc(limit, func() { h.close(true) })
+	go func() {
+		defer c.heldWG.Done()
+		defer timer.Stop()
+		buf := make([]byte, 4096)
+		for {
+			if _, err := nc.Read(buf); err != nil {
+				h.mu.Lock()
+				if !h.closed {
+					h.serverClosed = max(time.Since(h.opened), time.Nanosecond)
+				}
+				h.mu.Unlock()
+				nc.Close()
+				return
+			}
+		}
+	}()
+}
+
+// close closes h from the driver's side, unless the server did already.
+func (h *heldConn) close(atLimit bool) {
+	h.mu.Lock()
+	if h.closed || h.serverClosed != 0 {
+		h.mu.Unlock()
+		return
+	}
+	h.closed = true
+	h.toLimit = atLimit
+	h.mu.Unlock()
+	h.nc.Close()
+}
+
+// closeAll closes every held connection and waits for their readers.
+func (c *chaos) closeAll() {
+	c.mu.Lock()
+	held := slices.Clone(c.held)
+	c.mu.Unlock()
+	for _, h := range held {
+		h.close(false)
+	}
+	c.heldWG.Wait()
+}
+
+// --- serving ---
+
+// monitor asks for status every 250 ms until ctx ends: the control
+// server must keep answering, quickly, whatever the chaos does.
+func (c *chaos) monitor(ctx context.Context) {
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		t0 := time.Now()
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		_, err := c.ctl.status(rctx)
+		cancel()
+		d := time.Since(t0)
+		if ctx.Err() != nil {
+			return
+		}
+		c.mu.Lock()
+		if err != nil {
+			c.statusBad++
+		} else {
+			c.statusOK++
+			c.statusMax = max(c.statusMax, d)
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.fail("status did not answer within 5s: %v", err)
+		}
+	}
+}

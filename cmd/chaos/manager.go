@@ -1,0 +1,519 @@
+package main
+
+// The driver's view of the manager: its log (JSON lines on stderr, parsed
+// as they come), its control socket (status, scale, reload, metrics) and
+// its processes (/proc).
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// logEntry is what the driver reads of one manager log line.
+type logEntry struct {
+	Level   string `json:"level"`
+	Msg     string `json:"msg"`
+	Service string `json:"service"`
+	PID     int    `json:"pid"`
+	Stream  string `json:"stream"`
+	Status  string `json:"status"`
+}
+
+// consumeRec is what happened to one item on the consumer side.
+type consumeRec struct {
+	firstPID int32 // the consumer that printed it first
+	count    int32 // how many times it was printed
+}
+
+// logState is everything learnt from the manager's log. mu guards it.
+type logState struct {
+	mu sync.Mutex
+
+	lines      int
+	produced   map[int]uint32 // producer pid -> announced items (seqs 0..n-1)
+	seqGaps    []string       // a producer announced seqs out of order
+	consumed   map[uint64]consumeRec
+	consLines  int
+	lastCons   time.Time
+	maxGap     time.Duration // longest time between consumed lines while gapOn
+	gapOn      bool
+	badLines   []string          // item lines that did not parse
+	started    map[int]string    // pid -> service, from "worker started"
+	endedBySig map[int]string    // pid -> "killed by SIGKILL" ...
+	exitedBy   map[int]string    // pid -> any exit status
+	warnings   map[string]int    // warn/error entries by message
+	warnFirst  map[string]string // first such line, for the report
+	counts     map[string]int    // selected manager events by message
+	recent     []string          // last non-item lines, for failure reports
+	eof        bool
+	logFile    io.Writer // non-item lines go here (manager.log)
+	logFileErr error
+}
+
+func newLogState(w io.Writer) *logState {
+	return &logState{
+		produced:   map[int]uint32{},
+		consumed:   map[uint64]consumeRec{},
+		started:    map[int]string{},
+		endedBySig: map[int]string{},
+		exitedBy:   map[int]string{},
+		warnings:   map[string]int{},
+		warnFirst:  map[string]string{},
+		counts:     map[string]int{},
+		logFile:    w,
+	}
+}
+
+// msgReloadFailed is what the manager logs when a reload changes nothing.
+const msgReloadFailed = "reload failed: the running services are unchanged"
+
+// read parses the manager's log from r until end of file.
+func (s *logState) read(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		s.line(sc.Bytes())
+	}
+	s.mu.Lock()
+	s.eof = true
+	s.mu.Unlock()
+}
+
+func (s *logState) line(b []byte) {
+	var e logEntry
+	err := json.Unmarshal(b, &e)
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lines++
+	if err != nil {
+		s.note(string(b))
+		s.warnings["(not JSON) "+truncate(string(b), 80)]++
+		return
+	}
+	if e.Stream == "stdout" {
+		if rest, ok := strings.CutPrefix(e.Msg, "consumed "); ok {
+			s.consumedLine(rest, e.PID, now)
+			return
+		}
+		if rest, ok := strings.CutPrefix(e.Msg, "produced "); ok {
+			s.producedLine(rest, e.PID)
+			return
+		}
+	}
+	s.note(string(b))
+	switch e.Msg {
+	case "worker started":
+		s.started[e.PID] = e.Service
+	case "worker exited", "worker stopped":
+		if e.PID != 0 {
+			s.exitedBy[e.PID] = e.Status
+			if strings.HasPrefix(e.Status, "killed by") {
+				s.endedBySig[e.PID] = e.Status
+			}
+		}
+	}
+	switch e.Msg {
+	case msgReloadFailed, "configuration applied", "worker started", "worker exited", "worker stopped",
+		"worker did not stop in time; killing it", "worker is failing soon after start; restart delayed",
+		"manager stopped: every worker has exited", "initial start done":
+		s.counts[e.Msg]++
+	}
+	if e.Level == "warn" || e.Level == "error" || e.Level == "dpanic" || e.Level == "panic" || e.Level == "fatal" {
+		k := e.Level + ": " + e.Msg
+		if e.Stream != "" {
+			k = e.Level + ": " + e.Service + " " + e.Stream + ": " + truncate(e.Msg, 100)
+		}
+		s.warnings[k]++
+		if _, ok := s.warnFirst[k]; !ok {
+			s.warnFirst[k] = truncate(string(b), 400)
+		}
+	}
+}
+
+// note keeps a non-item line: in the log file and the recent ring.
+func (s *logState) note(l string) {
+	if s.logFile != nil && s.logFileErr == nil {
+		_, s.logFileErr = io.WriteString(s.logFile, l+"\n")
+	}
+	if len(s.recent) >= 200 {
+		s.recent = slices.Delete(s.recent, 0, 100)
+	}
+	s.recent = append(s.recent, truncate(l, 300))
+}
+
+func (s *logState) consumedLine(id string, pid int, now time.Time) {
+	k, ok := parseID(id)
+	if !ok {
+		s.badLines = append(s.badLines, "consumed "+truncate(id, 60))
+		return
+	}
+	s.consLines++
+	r := s.consumed[k]
+	if r.count == 0 {
+		r.firstPID = int32(pid)
+	}
+	r.count++
+	s.consumed[k] = r
+	if s.gapOn && !s.lastCons.IsZero() {
+		s.maxGap = max(s.maxGap, now.Sub(s.lastCons))
+	}
+	s.lastCons = now
+}
+
+func (s *logState) producedLine(id string, pid int) {
+	k, ok := parseID(id)
+	if !ok || int(k>>32) != pid {
+		s.badLines = append(s.badLines, fmt.Sprintf("produced %s (by pid %d)", truncate(id, 60), pid))
+		return
+	}
+	seq := uint32(k)
+	if n := s.produced[pid]; seq != n {
+		s.seqGaps = append(s.seqGaps, fmt.Sprintf("pid %d announced seq %d after %d items", pid, seq, n))
+	}
+	s.produced[pid] = seq + 1
+}
+
+// parseID turns "PID-SEQ" into PID<<32 | SEQ.
+func parseID(id string) (uint64, bool) {
+	p, q, ok := strings.Cut(id, "-")
+	if !ok {
+		return 0, false
+	}
+	pid, err1 := strconv.ParseUint(p, 10, 32)
+	seq, err2 := strconv.ParseUint(q, 10, 32)
+	if err1 != nil || err2 != nil {
+		return 0, false
+	}
+	return pid<<32 | seq, true
+}
+
+func formatID(k uint64) string { return fmt.Sprintf("%d-%d", k>>32, uint32(k)) }
+
+// view runs f with the state locked.
+func (s *logState) view(f func(s *logState)) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f(s)
+}
+
+func (s *logState) count(msg string) (n int) {
+	s.view(func(s *logState) { n = s.counts[msg] })
+	return n
+}
+
+func (s *logState) recentLines(n int) []string {
+	var out []string
+	s.view(func(s *logState) { out = slices.Clone(s.recent[max(0, len(s.recent)-n):]) })
+	return out
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
+
+// waitUntil checks cond every 10 ms until it holds (nil), the timeout
+// passes or ctx ends. It is how the driver synchronises on the manager's
+// log and status: an event with a deadline, never a bare sleep.
+func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if cond() {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not within %v", timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// --- control socket ---
+
+// status is the part of the status document (README "Status JSON") the
+// driver reads.
+type status struct {
+	Schema   int  `json:"schema"`
+	PID      int  `json:"pid"`
+	Ready    bool `json:"ready"`
+	Stopping bool `json:"stopping"`
+	Services []struct {
+		Name       string `json:"name"`
+		Desired    int    `json:"desired"`
+		Configured int    `json:"configured"`
+		Running    int    `json:"running"`
+		Backoff    int    `json:"backoff"`
+		Workers    []struct {
+			ID       int    `json:"id"`
+			State    string `json:"state"`
+			PID      int    `json:"pid"`
+			Outdated bool   `json:"outdated"`
+		} `json:"workers"`
+	} `json:"services"`
+	Queues []struct {
+		Name     string `json:"name"`
+		Depth    int    `json:"depth"`
+		InFlight int    `json:"in_flight"`
+		PutTotal uint64 `json:"put_total"`
+		Acked    uint64 `json:"acked_total"`
+		Redeliv  uint64 `json:"redelivered_total"`
+	} `json:"queues"`
+	LastReload *struct {
+		At     time.Time `json:"at"`
+		Source string    `json:"source"`
+		OK     bool      `json:"ok"`
+		Error  string    `json:"error"`
+	} `json:"last_reload"`
+	Reloads struct {
+		OK     uint64 `json:"ok"`
+		Failed uint64 `json:"failed"`
+	} `json:"reloads"`
+}
+
+// quiet reports whether every service runs exactly its desired workers,
+// none starting, stopping, in backoff or waiting to be replaced; if not,
+// it says why.
+func (st *status) quiet() (bool, string) {
+	for _, s := range st.Services {
+		if s.Running != s.Desired || s.Backoff != 0 || len(s.Workers) != s.Desired {
+			return false, fmt.Sprintf("%s: running %d, desired %d, backoff %d, %d slots", s.Name, s.Running, s.Desired, s.Backoff, len(s.Workers))
+		}
+		for _, w := range s.Workers {
+			if w.State != "running" || w.PID == 0 || w.Outdated {
+				return false, fmt.Sprintf("%s worker %d: %s (pid %d, outdated %v)", s.Name, w.ID, w.State, w.PID, w.Outdated)
+			}
+		}
+	}
+	return true, ""
+}
+
+// pids lists the running workers' pids, by service.
+func (st *status) pids() map[string][]int {
+	out := map[string][]int{}
+	for _, s := range st.Services {
+		for _, w := range s.Workers {
+			if w.PID != 0 {
+				out[s.Name] = append(out[s.Name], w.PID)
+			}
+		}
+		slices.Sort(out[s.Name])
+	}
+	return out
+}
+
+func (st *status) service(name string) (desired, configured, running, backoff int) {
+	for _, s := range st.Services {
+		if s.Name == name {
+			return s.Desired, s.Configured, s.Running, s.Backoff
+		}
+	}
+	return -1, -1, -1, -1
+}
+
+func (st *status) queue(name string) (depth, inFlight int) {
+	for _, q := range st.Queues {
+		if q.Name == name {
+			return q.Depth, q.InFlight
+		}
+	}
+	return -1, -1
+}
+
+// control talks HTTP+JSON to the manager's control socket. Keep-alives
+// are off: the driver's own idle connections must not count in the
+// manager's fds and goroutines.
+type control struct {
+	c *http.Client
+}
+
+func newControl(socket string) *control {
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", socket)
+		},
+		DisableKeepAlives: true,
+	}
+	return &control{c: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
+}
+
+func (c *control) do(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://gotyledon"+path, bytes.NewReader(body))
+	if err != nil {
+		return 0, nil, err
+	}
+	resp, err := c.c.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, b, err
+}
+
+func (c *control) status(ctx context.Context) (*status, error) {
+	code, b, err := c.do(ctx, "GET", "/v1/status", nil)
+	if err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("status: HTTP %d: %s", code, truncate(string(b), 200))
+	}
+	var st status
+	if err := json.Unmarshal(b, &st); err != nil {
+		return nil, fmt.Errorf("status: %w", err)
+	}
+	if st.Schema != 1 {
+		return nil, fmt.Errorf("status: schema %d, want 1", st.Schema)
+	}
+	return &st, nil
+}
+
+func (c *control) scale(ctx context.Context, service string, n int) error {
+	body, _ := json.Marshal(map[string]any{"service": service, "workers": n})
+	code, b, err := c.do(ctx, "POST", "/v1/scale", body)
+	if err != nil {
+		return fmt.Errorf("scale: %w", err)
+	}
+	if code != http.StatusOK {
+		return fmt.Errorf("scale: HTTP %d: %s", code, truncate(string(b), 200))
+	}
+	return nil
+}
+
+// reload asks for a reload and returns the HTTP code: 200 applied, 422
+// refused.
+func (c *control) reload(ctx context.Context) (int, string, error) {
+	code, b, err := c.do(ctx, "POST", "/v1/reload", nil)
+	if err != nil {
+		return 0, "", fmt.Errorf("reload: %w", err)
+	}
+	return code, string(b), nil
+}
+
+// metrics reads the samples without labels of GET /metrics.
+func (c *control) metrics(ctx context.Context) (map[string]float64, error) {
+	code, b, err := c.do(ctx, "GET", "/metrics", nil)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("metrics: HTTP %d", code)
+	}
+	out := map[string]float64{}
+	for l := range strings.Lines(string(b)) {
+		l = strings.TrimSpace(l)
+		if l == "" || l[0] == '#' || strings.ContainsRune(l, '{') {
+			continue
+		}
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+			out[f[0]] = v
+		}
+	}
+	return out, nil
+}
+
+// --- /proc ---
+
+type procStat struct {
+	pid, ppid int
+	state     byte
+	start     uint64 // starttime, in clock ticks since boot
+}
+
+func readStat(pid int) (procStat, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 > len(b) {
+		return procStat{}, errors.New("malformed stat")
+	}
+	f := strings.Fields(string(b[i+2:]))
+	if len(f) < 20 {
+		return procStat{}, errors.New("malformed stat")
+	}
+	ppid, _ := strconv.Atoi(f[1])
+	start, _ := strconv.ParseUint(f[19], 10, 64)
+	return procStat{pid: pid, ppid: ppid, state: f[0][0], start: start}, nil
+}
+
+// allPIDs lists the processes in /proc.
+func allPIDs() []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		if pid, err := strconv.Atoi(e.Name()); err == nil {
+			out = append(out, pid)
+		}
+	}
+	return out
+}
+
+// hasEnv reports whether pid's initial environment holds every one of kv
+// ("K=V" or a "K=" prefix).
+func hasEnv(pid int, kv ...string) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		return false
+	}
+	vars := bytes.Split(b, []byte{0})
+	for _, want := range kv {
+		found := false
+		for _, v := range vars {
+			if strings.HasSuffix(want, "=") && bytes.HasPrefix(v, []byte(want)) || string(v) == want {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+// descendsFrom reports whether pid's ancestry reaches root.
+func descendsFrom(pid, root int) bool {
+	for range 64 {
+		st, err := readStat(pid)
+		if err != nil {
+			return false
+		}
+		if st.ppid == root {
+			return true
+		}
+		if st.ppid <= 1 {
+			return false
+		}
+		pid = st.ppid
+	}
+	return false
+}

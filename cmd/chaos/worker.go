@@ -1,0 +1,104 @@
+package main
+
+// The Go services the manager runs: a producer that puts numbered items on
+// the queue and a consumer that takes them. Their stdout lines, which the
+// manager logs as entries with msg = the line and the worker's pid, are
+// the driver's record of what happened to every item:
+//
+//	produced PID-SEQ   printed after the Put returned success
+//	consumed PID-SEQ   printed after the Get, before the Ack
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/service"
+)
+
+const (
+	queueName = "jobs"
+	// envRate is the producer's items per second, from the config's env.
+	envRate = "CHAOS_RATE"
+	// envWork is how long a consumer holds an item between its print and
+	// its Ack (a Go duration), so that kills find items in flight.
+	envWork = "CHAOS_WORK"
+)
+
+func registry() *service.Registry {
+	reg := service.NewRegistry()
+	reg.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
+	reg.Register("consumer", func(w service.Worker) (service.Service, error) { return consumer{}, nil })
+	return reg
+}
+
+type producer struct{}
+
+// Run puts PID-0, PID-1 ... at the configured rate. Ids are unique across
+// restarts (the pid changes). A Put is never withdrawn half-way: it runs
+// without the stop's cancellation, so an item is either put and announced,
+// or the worker was killed (SIGKILL by the chaos or by the manager's
+// stop_timeout) between the Put and the print.
+func (producer) Run(ctx context.Context) error {
+	rate, err := strconv.Atoi(os.Getenv(envRate))
+	if err != nil || rate <= 0 {
+		return fmt.Errorf("%s=%q: want a positive number", envRate, os.Getenv(envRate))
+	}
+	q, err := ipc.DialEnv(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to the queue: %w", err)
+	}
+	defer q.Close()
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	pid := os.Getpid()
+	for seq := 0; ; seq++ {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		id := strconv.Itoa(pid) + "-" + strconv.Itoa(seq)
+		if err := q.Put(context.WithoutCancel(ctx), queueName, []byte(id)); err != nil {
+			return fmt.Errorf("put %s: %w", id, err)
+		}
+		fmt.Printf("produced %s\n", id)
+	}
+}
+
+type consumer struct{}
+
+// Run takes items, prints each, works on it (sleeps CHAOS_WORK), then
+// acknowledges it. An item printed and
+// not acknowledged (the worker was killed in between) is delivered again:
+// a duplicate, whose first consumer must be a killed process.
+func (consumer) Run(ctx context.Context) error {
+	q, err := ipc.DialEnv(ctx)
+	if err != nil {
+		return fmt.Errorf("connect to the queue: %w", err)
+	}
+	defer q.Close()
+	work, err := time.ParseDuration(os.Getenv(envWork))
+	if err != nil || work < 0 {
+		return fmt.Errorf("%s=%q: want a duration", envWork, os.Getenv(envWork))
+	}
+	for {
+		job, err := q.Get(ctx, queueName)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("get: %w", err)
+		}
+		fmt.Printf("consumed %s\n", job.Body)
+		if work > 0 {
+			time.Sleep(work) // the "work": the item is in flight meanwhile
+		}
+		if err := q.Ack(context.WithoutCancel(ctx), job); err != nil {
+			return fmt.Errorf("ack %s: %w", job.Body, err)
+		}
+	}
+}
