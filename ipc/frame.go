@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 )
 
 // This file is the wire codec of PROTOCOL.md: one struct per frame type,
@@ -547,18 +548,46 @@ func (fr *frameReader) read(maxFrame int, keep func(typ byte) bool) ([]byte, err
 	}
 	var buf []byte
 	if keep != nil && keep(typ) {
-		buf = make([]byte, n)
+		buf, err = readBody(fr.r, int(n), nil)
 	} else {
-		if cap(fr.scratch) < int(n) {
-			fr.scratch = make([]byte, n, max(int(n), 4096))
+		buf, err = readBody(fr.r, int(n), fr.scratch[:0])
+		if cap(buf) > cap(fr.scratch) {
+			fr.scratch = buf[:0]
 		}
-		buf = fr.scratch[:n]
 	}
-	if _, err := io.ReadFull(fr.r, buf); err != nil {
+	if err != nil {
 		return nil, unexpected(err)
 	}
 	if armed && fr.ended != nil {
 		if err := fr.ended(); err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
+}
+
+// eagerBody is the largest frame body read into a buffer of its full
+// size at once. A longer one is read into a buffer that doubles as its
+// bytes arrive, so that a client that announces a long frame and sends
+// little of it holds about what it sent, not what it announced, until the
+// frame deadline closes it. The doubling costs at most one more copy of
+// the body.
+const eagerBody = 64 << 10
+
+// readBody reads an n-byte frame body from r, appended to buf[:0]. The
+// result has length n; it is buf itself when buf had the capacity.
+func readBody(r io.Reader, n int, buf []byte) ([]byte, error) {
+	buf = buf[:0]
+	if cap(buf) < min(n, eagerBody) {
+		buf = make([]byte, 0, min(n, eagerBody))
+	}
+	for len(buf) < n {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(n-len(buf), cap(buf)))
+		}
+		m, err := r.Read(buf[len(buf):min(n, cap(buf))])
+		buf = buf[:len(buf)+m]
+		if err != nil && len(buf) < n {
 			return nil, err
 		}
 	}

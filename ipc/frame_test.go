@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"io"
 	"reflect"
 	"strings"
 	"testing"
@@ -78,5 +79,51 @@ func TestDecodeRejects(t *testing.T) {
 		if !errors.Is(err, errBadFrame) {
 			t.Errorf("%s: err %v, want errBadFrame", tc.name, err)
 		}
+	}
+}
+
+// readsRecorder hands out data in reads of at most step bytes and records
+// the largest buffer it was asked to fill.
+type readsRecorder struct {
+	data    []byte
+	step    int
+	largest int
+}
+
+func (r *readsRecorder) Read(p []byte) (int, error) {
+	r.largest = max(r.largest, len(p))
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), r.step)], r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+func TestReadBodyHoldsWhatArrivedNotWhatWasAnnounced(t *testing.T) {
+	// A client announces 16 MiB and sends 10 bytes: the buffer offered to
+	// the socket is never the announced size.
+	r := &readsRecorder{data: []byte("0123456789"), step: 1 << 20}
+	if _, err := readBody(r, 16<<20, nil); err == nil {
+		t.Fatal("a body cut short was accepted")
+	}
+	if r.largest > eagerBody {
+		t.Errorf("a read into %d bytes for 10 that arrived, want at most %d", r.largest, eagerBody)
+	}
+	// A whole long body arrives intact through the growing buffer.
+	want := make([]byte, 3<<20+7)
+	for i := range want {
+		want[i] = byte(i * 7)
+	}
+	r = &readsRecorder{data: want, step: 100_000}
+	got, err := readBody(r, len(want), nil)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("long body: err %v, equal %v", err, bytes.Equal(got, want))
+	}
+	// A short body reuses the buffer it is given.
+	scratch := make([]byte, 0, 4096)
+	got, err = readBody(&readsRecorder{data: []byte("abc"), step: 10}, 3, scratch)
+	if err != nil || string(got) != "abc" || &got[0] != &scratch[:1][0] {
+		t.Errorf("short body %q, %v: want abc in the scratch buffer", got, err)
 	}
 }
