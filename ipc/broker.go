@@ -707,9 +707,10 @@ func (c *conn) handshake() (*bufio.Reader, bool) {
 // handshake used, until the connection ends or breaks the protocol.
 func (c *conn) readLoop(br *bufio.Reader) {
 	fr := frameReader{
-		r:     br,
-		began: func() error { return c.nc.SetReadDeadline(time.Now().Add(c.b.frameDeadline)) },
-		ended: func() error { return c.nc.SetReadDeadline(time.Time{}) },
+		r:         br,
+		untrusted: true,
+		began:     func() error { return c.nc.SetReadDeadline(time.Now().Add(c.b.frameDeadline)) },
+		ended:     func() error { return c.nc.SetReadDeadline(time.Time{}) },
 	}
 	keepPut := func(typ byte) bool { return typ == typePut }
 	for {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 )
 
 // This file is the wire codec of PROTOCOL.md: one struct per frame type,
@@ -502,6 +501,11 @@ type frameReader struct {
 	scratch []byte // reused for frames nothing keeps (see read)
 	began   func() error
 	ended   func() error
+	// untrusted: the peer may announce a long frame and send little of it
+	// (the broker's clients). Such a body longer than eagerBody is read
+	// into a buffer that grows as its bytes arrive, unless they are all
+	// buffered already.
+	untrusted bool
 }
 
 // read returns the next frame's type and body. With keep false the result
@@ -546,11 +550,12 @@ func (fr *frameReader) read(maxFrame int, keep func(typ byte) bool) ([]byte, err
 	if _, err := fr.r.Discard(frameHeaderLen); err != nil {
 		return nil, unexpected(err)
 	}
+	eager := !fr.untrusted || int(n) <= eagerBody || fr.r.Buffered() >= int(n)
 	var buf []byte
 	if keep != nil && keep(typ) {
-		buf, err = readBody(fr.r, int(n), nil)
+		buf, err = readBody(fr.r, int(n), nil, 0, eager)
 	} else {
-		buf, err = readBody(fr.r, int(n), fr.scratch[:0])
+		buf, err = readBody(fr.r, int(n), fr.scratch, 4096, eager)
 		if cap(buf) > cap(fr.scratch) {
 			fr.scratch = buf[:0]
 		}
@@ -566,24 +571,32 @@ func (fr *frameReader) read(maxFrame int, keep func(typ byte) bool) ([]byte, err
 	return buf, nil
 }
 
-// eagerBody is the largest frame body read into a buffer of its full
-// size at once. A longer one is read into a buffer that doubles as its
-// bytes arrive, so that a client that announces a long frame and sends
-// little of it holds about what it sent, not what it announced, until the
-// frame deadline closes it. The doubling costs at most one more copy of
-// the body.
+// eagerBody is the longest frame body from an untrusted peer that is read
+// into a buffer of its full length at once. A longer one, not yet
+// buffered, is read into a buffer that doubles as its bytes arrive, so
+// that a client that announces a long frame and sends little of it holds
+// about what it sent, not what it announced, until the frame deadline
+// closes it. The doubling copies the body at most once more in all.
 const eagerBody = 64 << 10
 
-// readBody reads an n-byte frame body from r, appended to buf[:0]. The
-// result has length n; it is buf itself when buf had the capacity.
-func readBody(r io.Reader, n int, buf []byte) ([]byte, error) {
-	buf = buf[:0]
-	if cap(buf) < min(n, eagerBody) {
-		buf = make([]byte, 0, min(n, eagerBody))
+// readBody reads an n-byte frame body from r into buf[:0] (if it has the
+// capacity; else into a new buffer of capacity at least minCap). eager
+// allocates all n bytes at once; otherwise the buffer starts at eagerBody
+// and doubles as bytes arrive.
+func readBody(r io.Reader, n int, buf []byte, minCap int, eager bool) ([]byte, error) {
+	size := n
+	if !eager {
+		size = min(n, eagerBody)
 	}
+	if cap(buf) < size {
+		buf = make([]byte, 0, max(size, minCap))
+	}
+	buf = buf[:0]
 	for len(buf) < n {
 		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(n-len(buf), cap(buf)))
+			grown := make([]byte, len(buf), min(n, 2*cap(buf)))
+			copy(grown, buf)
+			buf = grown
 		}
 		m, err := r.Read(buf[len(buf):min(n, cap(buf))])
 		buf = buf[:len(buf)+m]

@@ -104,7 +104,7 @@ func TestReadBodyHoldsWhatArrivedNotWhatWasAnnounced(t *testing.T) {
 	// A client announces 16 MiB and sends 10 bytes: the buffer offered to
 	// the socket is never the announced size.
 	r := &readsRecorder{data: []byte("0123456789"), step: 1 << 20}
-	if _, err := readBody(r, 16<<20, nil); err == nil {
+	if _, err := readBody(r, 16<<20, nil, 0, false); err == nil {
 		t.Fatal("a body cut short was accepted")
 	}
 	if r.largest > eagerBody {
@@ -116,13 +116,19 @@ func TestReadBodyHoldsWhatArrivedNotWhatWasAnnounced(t *testing.T) {
 		want[i] = byte(i * 7)
 	}
 	r = &readsRecorder{data: want, step: 100_000}
-	got, err := readBody(r, len(want), nil)
-	if err != nil || !bytes.Equal(got, want) {
-		t.Fatalf("long body: err %v, equal %v", err, bytes.Equal(got, want))
+	got, err := readBody(r, len(want), nil, 0, false)
+	if err != nil || !bytes.Equal(got, want) || cap(got) != len(want) {
+		t.Fatalf("long body: err %v, equal %v, capacity %d for %d", err, bytes.Equal(got, want), cap(got), len(want))
+	}
+	// Trusted, or all buffered: one allocation of the whole body.
+	r = &readsRecorder{data: want, step: 100_000}
+	got, err = readBody(r, len(want), nil, 0, true)
+	if err != nil || !bytes.Equal(got, want) || cap(got) != len(want) {
+		t.Fatalf("eager body: err %v, equal %v, capacity %d for %d", err, bytes.Equal(got, want), cap(got), len(want))
 	}
 	// A short body reuses the buffer it is given.
 	scratch := make([]byte, 0, 4096)
-	got, err = readBody(&readsRecorder{data: []byte("abc"), step: 10}, 3, scratch)
+	got, err = readBody(&readsRecorder{data: []byte("abc"), step: 10}, 3, scratch, 4096, false)
 	if err != nil || string(got) != "abc" || &got[0] != &scratch[:1][0] {
 		t.Errorf("short body %q, %v: want abc in the scratch buffer", got, err)
 	}

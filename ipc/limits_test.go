@@ -691,6 +691,25 @@ func TestLimitBrokerOutOfDescriptors(t *testing.T) {
 	if allowed := 9 + int(stuck/time.Second) + 1; nFailed > allowed {
 		t.Errorf("%d accept-failure lines in %v, more than the backoff allows (%d)", nFailed, stuck, allowed)
 	}
+	// And the delays grow: by the broker's own timestamps, the 9th failure
+	// comes at least the first 8 delays (1.275 s) after the 1st, where a
+	// fixed short retry would take milliseconds.
+	var stamps []float64
+	logMu.Lock()
+	for _, e := range logLines {
+		if m, _ := e["msg"].(string); strings.Contains(m, failed) {
+			if ts, ok := e["ts"].(float64); ok {
+				stamps = append(stamps, ts)
+			}
+		}
+	}
+	logMu.Unlock()
+	if len(stamps) < 9 {
+		t.Fatalf("%d timestamped accept failures, want 9", len(stamps))
+	}
+	if gap := time.Duration((stamps[8] - stamps[0]) * float64(time.Second)); gap < 1200*time.Millisecond {
+		t.Errorf("9 accept failures within %v: the retry delay does not grow (want at least 1.275 s)", gap)
+	}
 	select {
 	case err := <-exited:
 		t.Fatalf("the broker exited while out of descriptors: %v", err)

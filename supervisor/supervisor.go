@@ -89,6 +89,7 @@ type Supervisor struct {
 	fast       bool // and kill rather than ask
 	pendingUp  int  // initial starts not yet answered
 	failedUp   int  // initial starts that failed
+	startedUp  int  // initial starts that succeeded
 	startedAt  time.Time
 	readyNoted bool
 	ready      chan struct{} // closed when readyNoted is set
@@ -418,6 +419,9 @@ func (s *Supervisor) onStarted(ev workerStarted) {
 	}
 	w.pid = ev.pid
 	w.startedAt = ev.at
+	if w.initial {
+		s.startedUp++
+	}
 	s.initialStartDone(w)
 	if w.state == stateStopping {
 		// Shutdown came while the spawn was under way; its stop signal is
@@ -734,7 +738,7 @@ func (s *Supervisor) noteReady() {
 	if s.pendingUp == 0 && !s.readyNoted {
 		s.readyNoted = true
 		close(s.ready)
-		s.log.Info("initial start done", zap.Int("started", len(s.workers)-s.failedUp),
+		s.log.Info("initial start done", zap.Int("started", s.startedUp),
 			zap.Int("failed", s.failedUp), zap.Duration("took", s.now().Sub(s.startedAt)))
 	}
 }

@@ -144,7 +144,7 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 	// reloads the file and applies the difference, as an edit of the file
 	// does; a reload asked for before the first start is done waits for it.
 	// SIGUSR1 reopens the log file (after logrotate moved it).
-	changes := make(chan []byte, 1)
+	changes := make(chan struct{}, 1)
 	{
 		cancel := make(chan struct{})
 		m := &manager{cmd: c, env: e, log: log, sup: sup, broker: broker, notify: notify, summary: summary, current: cfg, lastRead: data}
@@ -157,6 +157,13 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 				case stopping:
 					log.Warn("reload ignored: the manager is stopping", zap.String("source", r.source))
 					r.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
+				case ready != nil && r.source == "file":
+					// One read of the file once started covers every
+					// change of its directory meanwhile.
+					if !slices.ContainsFunc(pending, func(p reloadAsk) bool { return p.source == "file" }) {
+						log.Debug("config directory changed during the first start; the file is read once it is done")
+						pending = append(pending, r)
+					}
 				case ready != nil:
 					log.Info("reload waits until the first start is done", zap.String("source", r.source))
 					pending = append(pending, r)
@@ -192,8 +199,8 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 						m.reload(r)
 					}
 					pending = nil
-				case data := <-changes:
-					ask(reloadAsk{source: "file", data: data})
+				case <-changes:
+					ask(reloadAsk{source: "file"})
 				case r := <-reloads:
 					ask(r)
 				case sig := <-signals:
@@ -340,8 +347,7 @@ func metricsOnly(metrics http.Handler) http.Handler {
 
 // reloadAsk is one request to reload the configuration file.
 type reloadAsk struct {
-	source string       // "SIGHUP", "file" or "control"
-	data   []byte       // the file's content when the watch read it; nil: read it now
+	source string       // "SIGHUP", "file" (the watch saw its directory change) or "control"
 	reply  chan<- error // buffered, or nil when nobody waits
 }
 
@@ -366,20 +372,29 @@ type manager struct {
 	lastRead []byte
 }
 
-// reload reads (unless r carries it) and applies the file. A file that does
-// not load, or that the broker refuses, changes nothing; either way the
-// outcome is logged, recorded for status, told to systemd and answered.
+// reload reads and applies the file. A file that does not load, or that the
+// broker refuses, changes nothing; either way the outcome is logged,
+// recorded for status, told to systemd and answered.
 func (m *manager) reload(r reloadAsk) {
-	// The watch sends the file after any event in its directory. Content
-	// the last reload read already is dropped: a touch, the same bytes
+	data, readErr := os.ReadFile(m.cmd.Config)
+	// The watch reports any change of the file's directory. A content the
+	// last reload read already is not reloaded: a touch, the same bytes
 	// written again, and an edit saved and then signalled (or `systemctl
 	// reload` after an edit), which reaches us from the watch and as
-	// SIGHUP, are applied, counted and told to systemd once. Compared
-	// with what any reload read, good or bad, so that reverting a refused
-	// edit applies. SIGHUP and `gotyledon reload` always reload: they are
-	// asked for on purpose.
+	// SIGHUP, are applied, counted and told to systemd once. Compared with
+	// what any reload read, good or bad, so that putting back the file a
+	// refused edit replaced applies it. SIGHUP and `gotyledon reload`
+	// always reload: they are asked for on purpose. The file is read here,
+	// not by the watch, so that what is applied is never older than what
+	// a reload before it applied.
 	if r.source == "file" {
-		if bytes.Equal(r.data, m.lastRead) {
+		switch {
+		case readErr != nil:
+			// Mid-swap, or removed: the next change says more.
+			m.log.Warn("config file changed but cannot be read; waiting for the next change", zap.Error(readErr))
+			r.answer(nil)
+			return
+		case bytes.Equal(data, m.lastRead):
 			m.log.Debug("config file unchanged; nothing to do", zap.String("config", m.cmd.Config))
 			r.answer(nil)
 			return
@@ -387,7 +402,7 @@ func (m *manager) reload(r reloadAsk) {
 		m.log.Info("config file changed; reloading", zap.String("config", m.cmd.Config))
 	}
 	m.notify.reloading()
-	err := m.apply(r)
+	err := m.apply(r.source, data, readErr)
 	if err != nil {
 		m.sup.ReloadFailed(r.source, err)
 	}
@@ -395,15 +410,11 @@ func (m *manager) reload(r reloadAsk) {
 	r.answer(err)
 }
 
-func (m *manager) apply(r reloadAsk) error {
-	data := r.data
-	if data == nil {
-		var err error
-		if data, err = os.ReadFile(m.cmd.Config); err != nil {
-			err = fmt.Errorf("load config: %w", err)
-			logConfigError(m.log, err, "reload failed: the running services are unchanged")
-			return err
-		}
+func (m *manager) apply(source string, data []byte, readErr error) error {
+	if readErr != nil {
+		err := fmt.Errorf("load config: %w", readErr)
+		logConfigError(m.log, err, "reload failed: the running services are unchanged")
+		return err
 	}
 	m.lastRead = data
 	next, err := m.cmd.reload(m.env, m.log, m.current, data)
@@ -419,7 +430,7 @@ func (m *manager) apply(r reloadAsk) error {
 		}
 	}
 	m.current = next
-	return m.sup.ApplyReload(context.Background(), next, r.source)
+	return m.sup.ApplyReload(context.Background(), next, source)
 }
 
 // brokerQueues turns the configuration's queues into the broker's.

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -15,16 +14,16 @@ import (
 // file, a rename, a chmod), and only the end state matters.
 const watchQuiet = 150 * time.Millisecond
 
-// configWatch sees edits of the configuration file and hands its new
-// content to the reload path, as a SIGHUP would. It watches the file's
+// configWatch sees edits of the configuration file and tells the reload
+// path, which reads the file, as a SIGHUP would. It watches the file's
 // directory, not the file: editors replace a file by renaming another over
 // it, and Kubernetes ConfigMaps swap a "..data" symlink; either way the
 // watched inode would be gone. Any event in the directory starts a quiet
-// period, after which the file (through its symlinks) is read and sent on.
-// Whether the content changed is for the reload path to say: it alone knows
-// what every reload read (a SIGHUP, or `gotyledon reload`, may have read a
-// content the watch never saw), so a touch, or the same bytes written
-// again, changes nothing there, and a revert after a refused edit applies.
+// period, after which the change is reported. Whether the content changed
+// is for the reload path to say: it alone knows what every reload read (a
+// SIGHUP, or `gotyledon reload`, may have read a content the watch never
+// saw), so a touch, or the same bytes written again, changes nothing there,
+// and a revert after a refused edit applies.
 type configWatch struct {
 	path string
 	log  *zap.Logger
@@ -45,9 +44,10 @@ func newConfigWatch(path string, log *zap.Logger) (*configWatch, error) {
 	return &configWatch{path: path, log: log, fs: fs, quit: make(chan struct{})}, nil
 }
 
-// run sends the file's content on changes until stop is called. A send
-// replaces a content not yet taken: the newest edit wins.
-func (w *configWatch) run(changes chan []byte) error {
+// run reports, on changes (buffered, capacity 1), that the directory was
+// quiet for watchQuiet after a change, until stop is called. A report not
+// yet taken stands for any number of later ones.
+func (w *configWatch) run(changes chan<- struct{}) error {
 	defer w.fs.Close()
 	quiet := time.NewTimer(watchQuiet)
 	quiet.Stop()
@@ -64,21 +64,14 @@ func (w *configWatch) run(changes chan []byte) error {
 			if !ok {
 				return nil
 			}
-			// An overflow loses events, not the file: read it anyway.
+			// An overflow loses events, not the file: report it anyway.
 			w.log.Warn("config watch", zap.Error(err))
 			quiet.Reset(watchQuiet)
 		case <-quiet.C:
-			data, err := os.ReadFile(w.path)
-			if err != nil {
-				// Mid-swap, or removed: the next event says more.
-				w.log.Warn("config watch: cannot read the file", zap.Error(err))
-				continue
-			}
 			select {
-			case <-changes: // an older content nobody took yet
+			case changes <- struct{}{}:
 			default:
 			}
-			changes <- data
 		}
 	}
 }
