@@ -48,21 +48,20 @@ type chaos struct {
 	gen           int  // good versions of the file written: each differs from every other
 	restoring     bool // config writes the last good version again
 
-	mu         sync.Mutex
-	failures   []string
-	kills      map[string]int
-	killedPIDs map[int]string // pid -> service, SIGKILLed by the driver
-	stops      int
-	stopped    map[int]*stopRec
-	rescales   map[string]int
-	badEdits   int
-	badOK      int
-	garbage    map[string]int
-	held       []*heldConn
-	heldWG     sync.WaitGroup
-	statusOK   int
-	statusBad  int
-	statusMax  time.Duration
+	mu        sync.Mutex
+	failures  []string
+	kills     map[string]int
+	stops     int
+	stopped   map[int]*stopRec
+	rescales  map[string]int
+	badEdits  int
+	badOK     int
+	garbage   map[string]int
+	held      []*heldConn
+	heldWG    sync.WaitGroup
+	statusOK  int
+	statusBad int
+	statusMax time.Duration
 }
 
 type stopRec struct {
@@ -238,10 +237,6 @@ func (c *chaos) kill(ctx context.Context) {
 		return
 	}
 	w := ws[c.rnd.IntN(len(ws))]
-	// Recorded before the signal: the log may show the death first.
-	c.mu.Lock()
-	c.killedPIDs[w.pid] = w.service
-	c.mu.Unlock()
 	if err := syscall.Kill(w.pid, syscall.SIGKILL); err != nil {
 		c.logf("kill %s worker %d pid %d: %v", w.service, w.id, w.pid, err)
 		return

@@ -34,8 +34,31 @@ type logEntry struct {
 
 // consumeRec is what happened to one item on the consumer side.
 type consumeRec struct {
-	firstPID int32 // the consumer that printed it first
-	count    int32 // how many times it was printed
+	first procID // the consumer process that printed it first
+	count int32  // how many times it was printed
+}
+
+// procID names one worker process: an index into logState.procs. A pid
+// names several over a long run (pids are reused); the log tells them
+// apart, since a process's "worker started" comes before its output and
+// its exit after it.
+type procID uint32
+
+const noProc = ^procID(0)
+
+type procInfo struct {
+	pid     int
+	service string // "" if its start was not seen
+	exit    string // how it ended, from "worker exited" / "worker stopped"
+}
+
+func (p procInfo) bySignal() bool { return strings.HasPrefix(p.exit, "killed by") }
+
+// origin is one producer process's item namespace (ORIGIN in ORIGIN-SEQ).
+type origin struct {
+	name      string
+	proc      procID // the producer process, from its "producer ORIGIN" line
+	announced uint32 // seqs 0..announced-1 were announced as produced
 }
 
 // logState is everything learnt from the manager's log. mu guards it.
@@ -43,17 +66,17 @@ type logState struct {
 	mu sync.Mutex
 
 	lines      int
-	produced   map[int]uint32 // producer pid -> announced items (seqs 0..n-1)
-	seqGaps    []string       // a producer announced seqs out of order
-	consumed   map[uint64]consumeRec
+	procs      []procInfo
+	current    map[int]procID        // pid -> its newest process
+	origins    []origin              // item namespaces, by index
+	originIdx  map[string]uint32     // origin name -> index
+	seqGaps    []string              // a producer announced seqs out of order
+	consumed   map[uint64]consumeRec // origin index<<32 | seq
 	consLines  int
 	lastCons   time.Time
 	maxGap     time.Duration // longest time between consumed lines while gapOn
 	gapOn      bool
 	badLines   []string          // item lines that did not parse
-	started    map[int]string    // pid -> service, from "worker started"
-	endedBySig map[int]string    // pid -> "killed by SIGKILL" ...
-	exitedBy   map[int]string    // pid -> any exit status
 	warnings   map[string]int    // warn/error entries by message
 	warnFirst  map[string]string // first such line, for the report
 	counts     map[string]int    // selected manager events by message
@@ -65,15 +88,13 @@ type logState struct {
 
 func newLogState(w io.Writer) *logState {
 	return &logState{
-		produced:   map[int]uint32{},
-		consumed:   map[uint64]consumeRec{},
-		started:    map[int]string{},
-		endedBySig: map[int]string{},
-		exitedBy:   map[int]string{},
-		warnings:   map[string]int{},
-		warnFirst:  map[string]string{},
-		counts:     map[string]int{},
-		logFile:    w,
+		current:   map[int]procID{},
+		originIdx: map[string]uint32{},
+		consumed:  map[uint64]consumeRec{},
+		warnings:  map[string]int{},
+		warnFirst: map[string]string{},
+		counts:    map[string]int{},
+		logFile:   w,
 	}
 }
 
@@ -113,17 +134,22 @@ func (s *logState) line(b []byte) {
 			s.producedLine(rest, e.PID)
 			return
 		}
+		if rest, ok := strings.CutPrefix(e.Msg, "producer "); ok {
+			o := s.origin(rest)
+			if s.origins[o].proc == noProc {
+				s.origins[o].proc = s.proc(e.PID)
+			}
+			return
+		}
 	}
 	s.note(string(b))
 	switch e.Msg {
 	case "worker started":
-		s.started[e.PID] = e.Service
+		s.current[e.PID] = procID(len(s.procs))
+		s.procs = append(s.procs, procInfo{pid: e.PID, service: e.Service})
 	case "worker exited", "worker stopped":
 		if e.PID != 0 {
-			s.exitedBy[e.PID] = e.Status
-			if strings.HasPrefix(e.Status, "killed by") {
-				s.endedBySig[e.PID] = e.Status
-			}
+			s.procs[s.proc(e.PID)].exit = e.Status
 		}
 	}
 	switch e.Msg {
@@ -155,8 +181,29 @@ func (s *logState) note(l string) {
 	s.recent = append(s.recent, truncate(l, 300))
 }
 
+// proc returns pid's newest process, made up if its start was not seen.
+func (s *logState) proc(pid int) procID {
+	if p, ok := s.current[pid]; ok {
+		return p
+	}
+	s.current[pid] = procID(len(s.procs))
+	s.procs = append(s.procs, procInfo{pid: pid})
+	return s.current[pid]
+}
+
+// origin returns the index of the origin called name, new if need be.
+func (s *logState) origin(name string) uint32 {
+	if i, ok := s.originIdx[name]; ok {
+		return i
+	}
+	i := uint32(len(s.origins))
+	s.originIdx[name] = i
+	s.origins = append(s.origins, origin{name: name, proc: noProc})
+	return i
+}
+
 func (s *logState) consumedLine(id string, pid int, now time.Time) {
-	k, ok := parseID(id)
+	k, ok := s.parseID(id)
 	if !ok {
 		s.badLines = append(s.badLines, "consumed "+truncate(id, 60))
 		return
@@ -164,7 +211,7 @@ func (s *logState) consumedLine(id string, pid int, now time.Time) {
 	s.consLines++
 	r := s.consumed[k]
 	if r.count == 0 {
-		r.firstPID = int32(pid)
+		r.first = s.proc(pid)
 	}
 	r.count++
 	s.consumed[k] = r
@@ -175,33 +222,38 @@ func (s *logState) consumedLine(id string, pid int, now time.Time) {
 }
 
 func (s *logState) producedLine(id string, pid int) {
-	k, ok := parseID(id)
-	if !ok || int(k>>32) != pid {
-		s.badLines = append(s.badLines, fmt.Sprintf("produced %s (by pid %d)", truncate(id, 60), pid))
+	k, ok := s.parseID(id)
+	o := &s.origins[k>>32]
+	if !ok || o.proc == noProc || s.procs[o.proc].pid != pid || o.proc != s.proc(pid) {
+		s.badLines = append(s.badLines, fmt.Sprintf("produced %s (by pid %d, not the process that announced the origin)", truncate(id, 60), pid))
 		return
 	}
-	seq := uint32(k)
-	if n := s.produced[pid]; seq != n {
-		s.seqGaps = append(s.seqGaps, fmt.Sprintf("pid %d announced seq %d after %d items", pid, seq, n))
+	if seq := uint32(k); seq != o.announced {
+		s.seqGaps = append(s.seqGaps, fmt.Sprintf("%s announced seq %d after %d items", o.name, seq, o.announced))
+	} else {
+		o.announced = seq + 1
 	}
-	s.produced[pid] = seq + 1
 }
 
-// parseID turns "PID-SEQ" into PID<<32 | SEQ.
-func parseID(id string) (uint64, bool) {
-	p, q, ok := strings.Cut(id, "-")
+// parseID turns "ORIGIN-SEQ" (ORIGIN = PID.NONCE) into the origin's index
+// <<32 | SEQ.
+func (s *logState) parseID(id string) (uint64, bool) {
+	name, q, ok := strings.Cut(id, "-")
 	if !ok {
 		return 0, false
 	}
-	pid, err1 := strconv.ParseUint(p, 10, 32)
+	p, _, ok := strings.Cut(name, ".")
+	_, err1 := strconv.ParseUint(p, 10, 32)
 	seq, err2 := strconv.ParseUint(q, 10, 32)
-	if err1 != nil || err2 != nil {
+	if !ok || err1 != nil || err2 != nil {
 		return 0, false
 	}
-	return pid<<32 | seq, true
+	return uint64(s.origin(name))<<32 | seq, true
 }
 
-func formatID(k uint64) string { return fmt.Sprintf("%d-%d", k>>32, uint32(k)) }
+func (s *logState) formatID(k uint64) string {
+	return fmt.Sprintf("%s-%d", s.origins[k>>32].name, uint32(k))
+}
 
 // view runs f with the state locked.
 func (s *logState) view(f func(s *logState)) {

@@ -89,7 +89,6 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 		controlSock: filepath.Join(dir, "control.sock"),
 		marker:      hex.EncodeToString(mb[:]),
 		kills:       map[string]int{},
-		killedPIDs:  map[int]string{},
 		stopped:     map[int]*stopRec{},
 		rescales:    map[string]int{},
 		garbage:     map[string]int{},
@@ -401,31 +400,34 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 // itemProofs proves, from the whole log, what happened to every item.
 func (c *chaos) itemProofs() []proof {
 	var out []proof
-	c.mu.Lock()
-	killed := maps2(c.killedPIDs)
-	c.mu.Unlock()
 	c.logs.view(func(s *logState) {
-		// A process that ended by a signal: killed by the driver, or by
-		// the manager (a stop_timeout on a SIGSTOPped worker).
-		bySignal := func(pid int) (bool, string) {
-			if _, ok := killed[pid]; ok {
-				return true, "SIGKILL by the driver"
+		// A process that ended by a signal: SIGKILLed by the driver, or by
+		// the manager (a stop_timeout on a SIGSTOPped worker); the
+		// manager's log says which process and how.
+		bySignal := func(p procID) (bool, string) {
+			if p == noProc {
+				return false, "never seen"
 			}
-			if st, ok := s.endedBySig[pid]; ok {
-				return true, st
+			info := s.procs[p]
+			if info.bySignal() {
+				return true, info.exit
 			}
-			return false, "ended " + orNone(s.exitedBy[pid])
+			return false, "ended " + orNone(info.exit)
 		}
 		produced := 0
 		var lost []string
 		lostN := 0
-		for pid, n := range s.produced {
-			produced += int(n)
-			for seq := range n {
-				if _, ok := s.consumed[uint64(pid)<<32|uint64(seq)]; !ok {
+		producers := 0
+		for i, o := range s.origins {
+			if o.proc != noProc {
+				producers++
+			}
+			produced += int(o.announced)
+			for seq := range o.announced {
+				if _, ok := s.consumed[uint64(i)<<32|uint64(seq)]; !ok {
 					lostN++
 					if len(lost) < 5 {
-						lost = append(lost, fmt.Sprintf("%d-%d", pid, seq))
+						lost = append(lost, fmt.Sprintf("%s-%d", o.name, seq))
 					}
 				}
 			}
@@ -438,29 +440,29 @@ func (c *chaos) itemProofs() []proof {
 		var unexplainedD []string
 		reasons := map[string]int{}
 		for k, r := range s.consumed {
-			pid, seq := int(k>>32), uint32(k)
-			if n, ok := s.produced[pid]; !ok || seq >= n {
-				sig, _ := bySignal(pid)
-				if seq == s.produced[pid] && sig {
-					unannounced = append(unannounced, formatID(k))
+			o, seq := s.origins[k>>32], uint32(k)
+			if seq >= o.announced {
+				sig, _ := bySignal(o.proc)
+				if seq == o.announced && sig {
+					unannounced = append(unannounced, s.formatID(k))
 				} else {
-					unexplainedU = append(unexplainedU, formatID(k))
+					unexplainedU = append(unexplainedU, s.formatID(k))
 				}
 			}
 			if r.count > 1 {
 				dups++
-				if sig, why := bySignal(int(r.firstPID)); sig && s.started[int(r.firstPID)] == "consumer" {
+				if sig, why := bySignal(r.first); sig && s.procs[r.first].service == "consumer" {
 					dupExplained++
 					reasons[why]++
 				} else if len(unexplainedD) < 5 {
-					unexplainedD = append(unexplainedD, fmt.Sprintf("%s first by pid %d (%s)", formatID(k), r.firstPID, why))
+					unexplainedD = append(unexplainedD, fmt.Sprintf("%s first by pid %d (%s)", s.formatID(k), s.procs[r.first].pid, why))
 				}
 			}
 		}
 		slices.Sort(lost)
 		out = append(out, proof{"items", lostN == 0 && len(s.badLines) == 0 && len(s.seqGaps) == 0,
 			fmt.Sprintf("produced %d (by %d producer processes), consumed %d unique (%d lines), lost %d %v; malformed lines %d, out-of-order announcements %d %v",
-				produced, len(s.produced), len(s.consumed), s.consLines, lostN, lost, len(s.badLines), len(s.seqGaps), first(s.seqGaps, 3))})
+				produced, producers, len(s.consumed), s.consLines, lostN, lost, len(s.badLines), len(s.seqGaps), first(s.seqGaps, 3))})
 		out = append(out, proof{"duplicates", dups == dupExplained,
 			fmt.Sprintf("%d, %d explained: the consumer that took it first ended by a signal (%s); unexplained %v",
 				dups, dupExplained, formatCounts(reasons), unexplainedD)})
@@ -556,14 +558,6 @@ func formatCounts(m map[string]int) string {
 }
 
 func first[T any](s []T, n int) []T { return s[:min(n, len(s))] }
-
-func maps2(m map[int]string) map[int]string {
-	out := make(map[int]string, len(m))
-	for k, v := range m {
-		out[k] = v
-	}
-	return out
-}
 
 func orNone(s string) string {
 	if s == "" {

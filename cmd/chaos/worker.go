@@ -5,12 +5,17 @@ package main
 // manager logs as entries with msg = the line and the worker's pid, are
 // the driver's record of what happened to every item:
 //
-//	produced PID-SEQ   printed after the Put returned success
-//	consumed PID-SEQ   printed after the Get, before the Ack
+//	producer ORIGIN         printed first, ORIGIN = PID.NONCE, unique to the process
+//	produced ORIGIN-SEQ     printed after the Put returned success
+//	consumed ORIGIN-SEQ     printed after the Get, before the Ack
+//
+// An origin carries a random nonce beside the pid: over a long run pids are
+// reused (pid_max is often 32768), and an item id must never be.
 
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"time"
@@ -37,8 +42,8 @@ func registry() *service.Registry {
 
 type producer struct{}
 
-// Run puts PID-0, PID-1 ... at the configured rate. Ids are unique across
-// restarts (the pid changes). A Put is never withdrawn half-way: it runs
+// Run puts ORIGIN-0, ORIGIN-1 ... at the configured rate. Ids are unique
+// across restarts, and across reuses of a pid (the nonce). A Put is never withdrawn half-way: it runs
 // without the stop's cancellation, so an item is either put and announced,
 // or the worker was killed (SIGKILL by the chaos or by the manager's
 // stop_timeout) between the Put and the print.
@@ -54,14 +59,15 @@ func (producer) Run(ctx context.Context) error {
 	defer q.Close()
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
-	pid := os.Getpid()
+	origin := fmt.Sprintf("%d.%08x", os.Getpid(), rand.Uint32())
+	fmt.Printf("producer %s\n", origin)
 	for seq := 0; ; seq++ {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 		}
-		id := strconv.Itoa(pid) + "-" + strconv.Itoa(seq)
+		id := origin + "-" + strconv.Itoa(seq)
 		if err := q.Put(context.WithoutCancel(ctx), queueName, []byte(id)); err != nil {
 			return fmt.Errorf("put %s: %w", id, err)
 		}
