@@ -223,8 +223,12 @@ func (s *logState) consumedLine(id string, pid int, now time.Time) {
 
 func (s *logState) producedLine(id string, pid int) {
 	k, ok := s.parseID(id)
+	if !ok {
+		s.badLines = append(s.badLines, fmt.Sprintf("produced %s (by pid %d)", truncate(id, 60), pid))
+		return
+	}
 	o := &s.origins[k>>32]
-	if !ok || o.proc == noProc || s.procs[o.proc].pid != pid || o.proc != s.proc(pid) {
+	if o.proc == noProc || o.proc != s.proc(pid) {
 		s.badLines = append(s.badLines, fmt.Sprintf("produced %s (by pid %d, not the process that announced the origin)", truncate(id, 60), pid))
 		return
 	}
