@@ -74,3 +74,46 @@ func (w *testWriter) String() string {
 	defer w.mu.Unlock()
 	return w.b.String()
 }
+
+// Over a long run pids are reused: the log parser must keep two processes
+// with the same pid, and their items, apart.
+func TestLogStateKeepsReusedPIDsApart(t *testing.T) {
+	s := newLogState(nil)
+	for _, l := range []string{
+		`{"msg":"worker started","service":"producer","pid":5}`,
+		`{"msg":"producer 5.0000000a","stream":"stdout","service":"producer","pid":5}`,
+		`{"msg":"produced 5.0000000a-0","stream":"stdout","service":"producer","pid":5}`,
+		`{"msg":"produced 5.0000000a-1","stream":"stdout","service":"producer","pid":5}`,
+		`{"msg":"worker exited","service":"producer","pid":5,"status":"killed by SIGKILL"}`,
+		// pid 5 again, a consumer now: it takes the first producer's item 1
+		// and exits cleanly.
+		`{"msg":"worker started","service":"consumer","pid":5}`,
+		`{"msg":"consumed 5.0000000a-1","stream":"stdout","service":"consumer","pid":5}`,
+		`{"msg":"worker exited","service":"consumer","pid":5,"status":"exit code 0"}`,
+		// and again a producer, starting its numbering afresh.
+		`{"msg":"worker started","service":"producer","pid":5}`,
+		`{"msg":"producer 5.0000000b","stream":"stdout","service":"producer","pid":5}`,
+		`{"msg":"produced 5.0000000b-0","stream":"stdout","service":"producer","pid":5}`,
+		`{"msg":"worker started","service":"consumer","pid":9}`,
+		`{"msg":"consumed 5.0000000a-0","stream":"stdout","service":"consumer","pid":9}`,
+		`{"msg":"consumed 5.0000000b-0","stream":"stdout","service":"consumer","pid":9}`,
+	} {
+		s.line([]byte(l))
+	}
+	if len(s.seqGaps) != 0 || len(s.badLines) != 0 {
+		t.Errorf("gaps %v, bad lines %v: a reused pid was taken for the same producer", s.seqGaps, s.badLines)
+	}
+	if len(s.origins) != 2 || s.origins[0].announced != 2 || s.origins[1].announced != 1 {
+		t.Fatalf("origins %+v, want two: 2 items and 1", s.origins)
+	}
+	first, second := s.procs[s.origins[0].proc], s.procs[s.origins[1].proc]
+	if !first.bySignal() || second.exit != "" || first.pid != 5 || second.pid != 5 {
+		t.Errorf("producers %+v and %+v: want the first killed, the second running, both pid 5", first, second)
+	}
+	if len(s.consumed) != 3 {
+		t.Errorf("%d items consumed, want 3 distinct", len(s.consumed))
+	}
+	if r := s.consumed[0<<32|1]; s.procs[r.first].service != "consumer" || s.procs[r.first].exit != "exit code 0" {
+		t.Errorf("item 1 first taken by %+v, want the consumer that had pid 5", s.procs[r.first])
+	}
+}
