@@ -330,11 +330,12 @@ func (c *chaos) rescale(ctx context.Context) {
 			n = 1 + c.rnd.IntN(8)
 		}
 		rename := c.rnd.IntN(2) == 0
+		written := time.Now() // before the write, which may be applied before it returns
 		if err := c.writeConfig(c.config(1, n, ""), rename); err != nil {
 			c.fail("rescale: write config: %v", err)
 			return
 		}
-		c.fileCount, c.lastGoodWrite = n, time.Now()
+		c.fileCount, c.lastGoodWrite = n, written
 		how := "written in place"
 		if rename {
 			how = "renamed over"
@@ -445,11 +446,13 @@ func (c *chaos) badEdit(ctx context.Context, end time.Time) {
 	c.restoring = true
 	restore := c.config(1, c.fileCount, "")
 	c.restoring = false
+	// Taken before the write: the manager may apply it before the write
+	// call returns.
+	restored := time.Now()
 	if err := c.writeConfig(restore, c.rnd.IntN(2) == 0); err != nil {
 		c.fail("bad edit: restore: %v", err)
 		return
 	}
-	restored := time.Now()
 	c.lastGoodWrite = restored
 	if err := waitUntil(ctx, 5*time.Second, func() bool {
 		st, err := c.ctl.status(ctx)
