@@ -180,10 +180,13 @@ func TestControlStatusScaleAndReload(t *testing.T) {
 		t.Errorf("scale printer=-1: exit %d, %q; want 2 and how to write it", code, errOut)
 	}
 
-	// A bad file: reload says why, exits 1, and nothing changes.
+	// A bad file: reload says why, exits 1, and nothing changes. The file
+	// watch sees the edit too and refuses it first: waiting for that makes
+	// the count of failed reloads (2) the same on every run.
 	if err := os.WriteFile(m.config, []byte("services:\n  printer:\n    run: sleeper\n    workers: many\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	m.waitFor("the watch's refusal of the edit", func(e entry) bool { return e.is("reload failed: the running services are unchanged") })
 	code, _, errOut := m.ctl(nil, "", "reload")
 	if code != 1 || !strings.Contains(errOut, "reload failed: the running services are unchanged") ||
 		!strings.Contains(errOut, m.config+":4:14: workers must be") {
@@ -225,7 +228,7 @@ func TestControlStatusScaleAndReload(t *testing.T) {
 	for _, want := range []string{
 		`gotyledon_workers_running{service="printer"} 3`,
 		`gotyledon_workers_desired{service="producer"} 1`,
-		`gotyledon_reloads_total{result="failed"} 1`,
+		`gotyledon_reloads_total{result="failed"} 2`, // the watch's, then the command's
 		`gotyledon_queue_depth{queue="jobs"} 0`,
 		`gotyledon_worker_exits_total{reason="stopped",service="printer"} 2`,
 	} {
