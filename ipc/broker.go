@@ -115,6 +115,7 @@ type Broker struct {
 	frameDeadline time.Duration
 	allow         func(Peer) bool
 	log           *zap.Logger
+	clock         clock // set before the first Serve; never changed after
 
 	nextDelivery atomic.Uint64 // last delivery id handed out
 	nextConn     atomic.Uint64
@@ -136,6 +137,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		frameDeadline: opts.FrameDeadline,
 		allow:         opts.Allow,
 		log:           opts.Logger,
+		clock:         realClock(),
 		listeners:     make(map[net.Listener]struct{}),
 		conns:         make(map[*conn]struct{}),
 	}
@@ -361,7 +363,7 @@ func (b *Broker) Serve(l net.Listener) error {
 				// Out of descriptors for a moment: wait, as net/http does.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				b.log.Warn("queue broker: accept failed; retrying", zap.Error(err), zap.Duration("in", backoff))
-				time.Sleep(backoff)
+				b.clock.sleep(backoff)
 				continue
 			}
 			return fmt.Errorf("ipc: serve: accepting a connection: %w", err)
@@ -585,8 +587,8 @@ func (c *conn) fatal(status uint16, message string) {
 	c.fatalSet = true
 	c.outbox = append(c.outbox, outMsg{kind: msgFatal, status: status, message: message})
 	c.mu.Unlock()
-	c.nc.SetWriteDeadline(time.Now().Add(c.b.frameDeadline))
-	c.nc.SetReadDeadline(time.Now()) // the reader stops at once
+	c.nc.SetWriteDeadline(deadlineIn(c.b.frameDeadline))
+	c.nc.SetReadDeadline(deadlineIn(0)) // the reader stops at once
 	c.signal(c.wake)
 }
 
@@ -617,8 +619,8 @@ func (c *conn) serve() {
 		return
 	}
 	if c.fatalPending() { // Close came during the handshake, which reset the deadlines
-		c.nc.SetWriteDeadline(time.Now().Add(c.b.frameDeadline))
-		c.nc.SetReadDeadline(time.Now())
+		c.nc.SetWriteDeadline(deadlineIn(c.b.frameDeadline))
+		c.nc.SetReadDeadline(deadlineIn(0))
 	}
 	go c.writeLoop()
 	c.readLoop(br)
@@ -628,7 +630,7 @@ func (c *conn) serve() {
 // writeDirect writes one frame before the writer goroutine exists, within
 // the frame deadline.
 func (c *conn) writeDirect(frame []byte) error {
-	c.nc.SetWriteDeadline(time.Now().Add(c.b.frameDeadline))
+	c.nc.SetWriteDeadline(deadlineIn(c.b.frameDeadline))
 	_, err := c.nc.Write(frame)
 	c.nc.SetWriteDeadline(time.Time{})
 	return err
@@ -654,7 +656,7 @@ func (c *conn) handshake() (*bufio.Reader, bool) {
 		// gets the FATAL rather than a broken pipe.
 		c.log.Warn("queue client refused: this peer may not use the queue broker")
 	}
-	c.nc.SetReadDeadline(time.Now().Add(c.b.frameDeadline))
+	c.nc.SetReadDeadline(deadlineIn(c.b.frameDeadline))
 	br := bufio.NewReaderSize(c.nc, writeChunk)
 	fr := frameReader{r: br}
 	payload, err := fr.read(maxHelloLen, nil) // the frame limit before WELCOME
@@ -709,7 +711,7 @@ func (c *conn) readLoop(br *bufio.Reader) {
 	fr := frameReader{
 		r:         br,
 		untrusted: true,
-		began:     func() error { return c.nc.SetReadDeadline(time.Now().Add(c.b.frameDeadline)) },
+		began:     func() error { return c.nc.SetReadDeadline(deadlineIn(c.b.frameDeadline)) },
 		ended:     func() error { return c.nc.SetReadDeadline(time.Time{}) },
 	}
 	keepPut := func(typ byte) bool { return typ == typePut }

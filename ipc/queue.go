@@ -108,7 +108,8 @@ type waiter struct {
 	items    [][]byte
 	accepted int
 	held     int // bytes of items when it started waiting, for flow control
-	timer    *time.Timer
+	// stopTimer stops the timeout's timer; nil without a timeout.
+	stopTimer func() bool
 }
 
 // ring is a growable circular deque of items.
@@ -216,10 +217,12 @@ func (q *queue) get(c *conn, id, timeoutMS uint32, maxItems int, autoAck bool) {
 }
 
 // wait registers w with its connection (for CANCEL) and arms its timeout.
+// The timer may fire after w was answered, if retire's stop came too late:
+// finish then finds w done and does nothing, whatever request now has w's id.
 func (q *queue) wait(w *waiter, timeoutMS uint32) {
 	w.c.addWaiter(w)
 	if timeoutMS != waitForever {
-		w.timer = time.AfterFunc(time.Duration(timeoutMS)*time.Millisecond, func() {
+		w.stopTimer = q.b.clock.afterFunc(time.Duration(timeoutMS)*time.Millisecond, func() {
 			q.finish(w, statusTimeout, "timed out")
 		})
 	}
@@ -249,8 +252,8 @@ func (q *queue) finishLocked(w *waiter, status uint16, message string) bool {
 func (q *queue) retire(w *waiter) {
 	w.done = true
 	w.items = nil
-	if w.timer != nil {
-		w.timer.Stop()
+	if w.stopTimer != nil {
+		w.stopTimer()
 	}
 	w.c.removeWaiter(w)
 	if w.get {
