@@ -37,7 +37,9 @@ type brokerHarness struct {
 	served chan error
 }
 
-func newBrokerHarness(t *testing.T, opts BrokerOptions) *brokerHarness {
+// newBrokerHarness starts a harness; each setup runs on the broker before
+// it serves (to replace its clock, say).
+func newBrokerHarness(t *testing.T, opts BrokerOptions, setup ...func(*Broker)) *brokerHarness {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "gtq")
 	if err != nil {
@@ -54,6 +56,9 @@ func newBrokerHarness(t *testing.T, opts BrokerOptions) *brokerHarness {
 	b, err := NewBroker(opts)
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(b)
 	}
 	h := &brokerHarness{t: t, b: b, path: filepath.Join(dir, "run", "queue.sock"), logs: logs, served: make(chan error, 1)}
 	l, err := Listen(h.path, -1)
