@@ -828,6 +828,8 @@ func TestManyProducersAndConsumers(t *testing.T) {
 				short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 				ds, err := c.GetBatch(short, "jobs", 1+k)
 				cancel()
+				// The 100 ms can pass before the GET is even sent on a loaded
+				// machine: ErrTimeout either way.
 				if errors.Is(err, ErrTimeout) {
 					continue
 				}
@@ -871,7 +873,10 @@ func TestManyProducersAndConsumers(t *testing.T) {
 	if len(got) != producers*perProducer {
 		t.Errorf("consumed %d distinct items, want %d", len(got), producers*perProducer)
 	}
-	if s := h.stats("jobs"); s.Acked != producers*perProducer || s.InFlight != 0 || s.Depth != 0 || s.Redelivered != 0 {
+	// A GET whose 100 ms ran out while its items were on the way gives
+	// them back (NACK): they are redelivered, not lost, and every delivery
+	// was either acked or redelivered.
+	if s := h.stats("jobs"); s.Acked != producers*perProducer || s.InFlight != 0 || s.Depth != 0 || s.Delivered != s.Acked+s.Redelivered {
 		t.Errorf("stats %+v", s)
 	}
 }

@@ -226,7 +226,7 @@ func (c *Client) send(ctx context.Context, cl *call, encode func(dst []byte, id 
 		case <-c.room:
 		case <-c.done:
 		case <-ctx.Done():
-			return 0, ctx.Err()
+			return 0, ctxErr(ctx)
 		}
 	}
 	c.nextID++
@@ -484,8 +484,8 @@ func (c *Client) TryPut(queue string, item []byte) error {
 // max_item makes an error wrapping ErrTooLarge before anything is sent.
 // The items' bytes are copied before PutBatch returns.
 func (c *Client) PutBatch(ctx context.Context, queue string, items [][]byte) (accepted int, err error) {
-	if err := ctx.Err(); err != nil {
-		return 0, err
+	if ctx.Err() != nil {
+		return 0, fmt.Errorf("ipc: put on %q: %w", queue, ctxErr(ctx))
 	}
 	return c.putFrames(ctx, queue, items, true)
 }
@@ -588,8 +588,8 @@ func (c *Client) get(ctx context.Context, queue string, max int, autoAck bool) (
 	if len(queue) > maxStr8 {
 		return nil, fmt.Errorf("ipc: get from %.40q...: %w", queue, ErrNoSuchQueue)
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
+	if ctx.Err() != nil {
+		return nil, fmt.Errorf("ipc: get from %q: %w", queue, ctxErr(ctx))
 	}
 	var flags byte
 	if autoAck {

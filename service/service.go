@@ -12,9 +12,10 @@
 //	GOTYLEDON_WORKER_ID  its id inside the service, 0..workers-1; a restarted
 //	                     worker keeps its id
 //
-// A Go program registers its services in a Registry and hands it to the
-// command line (package cmd/cli), which runs the manager or, when the
-// environment says this process is a worker, just that worker (see Main).
+// A Go program registers its services in a Registry, which its
+// program.Program (package supervisor/program) holds: the program's Main
+// runs the manager or, when the environment says this process is a
+// worker, just that worker (see Main here).
 package service
 
 import (

@@ -31,7 +31,8 @@ func IsWorker() bool {
 // returns the process exit code: 0 when the service's Run returned nil, 1 when
 // it failed (the error is written to stderr, which the manager logs), 2 when
 // the environment is not a valid worker environment. Call it only when
-// IsWorker reports true; the command line in package cmd/cli does.
+// IsWorker reports true; a program.Program's Main (package
+// supervisor/program) does.
 func Main(reg *Registry) int {
 	w, managerFD, stopSig, reloadSig, err := workerFromEnv()
 	if err != nil {

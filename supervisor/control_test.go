@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/gotyledon/gotyledon/supervisor/control"
 )
 
 // controlSocket is where the manager's control socket is by default.
@@ -55,59 +57,21 @@ func (m *manager) ctl(cred *syscall.Credential, exe string, args ...string) (cod
 }
 
 // statusJSON runs `status --json` and decodes it.
-func (m *manager) statusJSON() statusDocument {
+func (m *manager) statusJSON() control.Status {
 	m.t.Helper()
 	code, out, errOut := m.ctl(nil, "", "status", "--json")
 	if code != 0 {
 		m.t.Fatalf("status --json: exit %d: %s", code, errOut)
 	}
-	var doc statusDocument
+	var doc control.Status
 	if err := json.Unmarshal([]byte(out), &doc); err != nil {
 		m.t.Fatalf("status --json: %v\n%s", err, out)
 	}
 	return doc
 }
 
-// statusDocument is the part of the status JSON the tests read.
-type statusDocument struct {
-	Schema   int  `json:"schema"`
-	PID      int  `json:"pid"`
-	Ready    bool `json:"ready"`
-	Services []struct {
-		Name       string            `json:"name"`
-		Desired    int               `json:"desired"`
-		Configured int               `json:"configured"`
-		Running    int               `json:"running"`
-		Backoff    int               `json:"backoff"`
-		Restarts   int               `json:"restarts"`
-		Exits      map[string]uint64 `json:"exits"`
-		Workers    []struct {
-			ID         int        `json:"id"`
-			State      string     `json:"state"`
-			PID        int        `json:"pid"`
-			Restarts   int        `json:"restarts"`
-			Failures   int        `json:"failures"`
-			LastExit   string     `json:"last_exit"`
-			RetryAt    *time.Time `json:"retry_at"`
-			StartedAt  *time.Time `json:"started_at"`
-			LastExitAt *time.Time `json:"last_exit_at"`
-		} `json:"workers"`
-	} `json:"services"`
-	Queues []struct {
-		Name     string `json:"name"`
-		Depth    int    `json:"depth"`
-		InFlight int    `json:"in_flight"`
-		PutTotal uint64 `json:"put_total"`
-	} `json:"queues"`
-	LastReload *struct {
-		Source string `json:"source"`
-		OK     bool   `json:"ok"`
-		Error  string `json:"error"`
-	} `json:"last_reload"`
-	Reloads struct{ OK, Failed int } `json:"reloads"`
-}
-
-func (d statusDocument) service(t *testing.T, name string) int {
+// serviceIndex is the index of service name in d.
+func serviceIndex(t *testing.T, d control.Status, name string) int {
 	t.Helper()
 	for i, s := range d.Services {
 		if s.Name == name {
@@ -119,9 +83,9 @@ func (d statusDocument) service(t *testing.T, name string) int {
 }
 
 // pidsOf returns the running pids of a service in the status, by id.
-func (d statusDocument) pidsOf(t *testing.T, name string) []int {
+func pidsOf(t *testing.T, d control.Status, name string) []int {
 	var pids []int
-	for _, w := range d.Services[d.service(t, name)].Workers {
+	for _, w := range d.Services[serviceIndex(t, d, name)].Workers {
 		pids = append(pids, w.PID)
 	}
 	return pids
@@ -144,15 +108,15 @@ func TestControlStatusScaleAndReload(t *testing.T) {
 	m.waitN("3 ready", 3, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
 
 	doc := m.statusJSON()
-	p := doc.service(t, "printer")
+	p := serviceIndex(t, doc, "printer")
 	if doc.Schema != 1 || doc.PID != m.cmd.Process.Pid || !doc.Ready {
 		t.Errorf("schema %d, pid %d, ready %v; want 1, the manager's pid %d, true", doc.Schema, doc.PID, doc.Ready, m.cmd.Process.Pid)
 	}
 	if s := doc.Services[p]; s.Desired != 2 || s.Configured != 2 || s.Running != 2 || len(s.Workers) != 2 {
 		t.Fatalf("printer %+v, want 2 of 2 running", s)
 	}
-	producerPID := doc.pidsOf(t, "producer")[0]
-	printerPIDs := doc.pidsOf(t, "printer")
+	producerPID := pidsOf(t, doc, "producer")[0]
+	printerPIDs := pidsOf(t, doc, "printer")
 	if len(doc.Queues) != 1 || doc.Queues[0].Name != "jobs" {
 		t.Errorf("queues %+v, want jobs", doc.Queues)
 	}
@@ -166,7 +130,7 @@ func TestControlStatusScaleAndReload(t *testing.T) {
 	}
 	m.waitN("5 printers ready", 5, output("printer", "ready"))
 	doc = m.statusJSON()
-	if s := doc.Services[doc.service(t, "printer")]; s.Desired != 5 || s.Configured != 2 || s.Running != 5 {
+	if s := doc.Services[serviceIndex(t, doc, "printer")]; s.Desired != 5 || s.Configured != 2 || s.Running != 5 {
 		t.Errorf("after scale: printer %d/%d (file %d), want 5/5 (file 2)", s.Running, s.Desired, s.Configured)
 	}
 	code, table, _ := m.ctl(nil, "", "status")
@@ -196,7 +160,7 @@ func TestControlStatusScaleAndReload(t *testing.T) {
 	if lr := doc.LastReload; lr == nil || lr.OK || lr.Source == "" || !strings.Contains(lr.Error, ":4:14:") {
 		t.Errorf("last reload %+v, want a failure naming 4:14", lr)
 	}
-	if got := doc.pidsOf(t, "printer"); len(got) != 5 || !slices.Equal(got[:2], printerPIDs) {
+	if got := pidsOf(t, doc, "printer"); len(got) != 5 || !slices.Equal(got[:2], printerPIDs) {
 		t.Errorf("printer pids %v after a bad reload, want the first two still %v and 5 in all", got, printerPIDs)
 	}
 	code, table, _ = m.ctl(nil, "", "status")
@@ -213,13 +177,13 @@ func TestControlStatusScaleAndReload(t *testing.T) {
 	}
 	m.waitN("2 printers stopped", 2, func(e entry) bool { return e.is("worker stopped", "service", "printer") })
 	doc = m.statusJSON()
-	if s := doc.Services[doc.service(t, "printer")]; s.Desired != 3 || s.Configured != 3 || s.Running != 3 {
+	if s := doc.Services[serviceIndex(t, doc, "printer")]; s.Desired != 3 || s.Configured != 3 || s.Running != 3 {
 		t.Errorf("after the reload: printer %d/%d (file %d), want 3/3 (file 3)", s.Running, s.Desired, s.Configured)
 	}
 	if lr := doc.LastReload; lr == nil || !lr.OK || lr.Error != "" {
 		t.Errorf("last reload %+v, want ok", lr)
 	}
-	if doc.pidsOf(t, "producer")[0] != producerPID {
+	if pidsOf(t, doc, "producer")[0] != producerPID {
 		t.Error("the producer was restarted by a scale or a reload")
 	}
 
@@ -280,7 +244,7 @@ services:
 		return e.is("worker is failing soon after start; restart delayed", "service", "crasher")
 	})
 	doc := m.statusJSON()
-	s := doc.Services[doc.service(t, "crasher")]
+	s := doc.Services[serviceIndex(t, doc, "crasher")]
 	if s.Desired != 2 || s.Running+s.Backoff != 2 || s.Backoff == 0 || s.Exits["error"] < 2 {
 		t.Fatalf("crasher %+v, want 2 desired with workers in backoff and 2+ error exits", s)
 	}
@@ -293,7 +257,7 @@ services:
 			t.Errorf("worker in backoff %+v, want no pid, a retry time, its last exit code and failures", w)
 		}
 	}
-	if st := doc.Services[doc.service(t, "steady")]; st.Running != 1 || st.Restarts != 0 {
+	if st := doc.Services[serviceIndex(t, doc, "steady")]; st.Running != 1 || st.Restarts != 0 {
 		t.Errorf("steady %+v, want 1 running, never restarted", st)
 	}
 	code, table, _ := m.ctl(nil, "", "status")

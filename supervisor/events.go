@@ -54,11 +54,11 @@ type restartDue struct {
 // killDue: a stopping process's stop timeout is over.
 type killDue struct{ token uint64 }
 
-// reloadRequested: apply cfg, read from the file for source, in place of
-// the running configuration; then answer on reply, if any (buffered).
+// reloadRequested: apply cfg, read for source, in place of the running
+// configuration; then answer on reply, if any (buffered).
 type reloadRequested struct {
 	cfg    *config.Config
-	source string
+	source ReloadSource
 	reply  chan<- error
 }
 

@@ -2,10 +2,10 @@ package supervisor_test
 
 // The test binary is its own cast of processes, as in os/exec's tests:
 //
-//   - run with GOTYLEDON_TEST_MANAGER=1 it is a gotyledon manager (cli.Main
-//     with the Go services below registered);
+//   - run with GOTYLEDON_TEST_MANAGER=1 it is a gotyledon manager (a
+//     program.Program with the Go services below registered);
 //   - re-executed by that manager for a `run:` service it is a Go worker
-//     (cli.Main sees the worker environment);
+//     (Program.Main sees the worker environment);
 //   - run with TEST_HELPER=name it is a small command (helperCommands), for
 //     `command:` services and for the grandchildren of workers.
 //
@@ -36,11 +36,11 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
-	"github.com/gotyledon/gotyledon/cmd/cli"
 	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/ipc"
 	"github.com/gotyledon/gotyledon/service"
 	"github.com/gotyledon/gotyledon/supervisor"
+	"github.com/gotyledon/gotyledon/supervisor/program"
 )
 
 const envTestManager = "GOTYLEDON_TEST_MANAGER"
@@ -48,7 +48,10 @@ const envHelper = "TEST_HELPER"
 
 func TestMain(m *testing.M) {
 	if service.IsWorker() || os.Getenv(envTestManager) == "1" {
-		os.Exit(cli.Main(os.Args, testRegistry(), cli.WithHooks(testHooks())))
+		p := program.New()
+		addTestServices(p.Registry())
+		p.SetHooks(testHooks())
+		os.Exit(p.Main(os.Args))
 	}
 	if name := os.Getenv(envHelper); name != "" {
 		os.Exit(helperCommands[name]())
@@ -56,9 +59,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// testRegistry holds the Go services the tests' managers can run.
-func testRegistry() *service.Registry {
-	reg := service.NewRegistry()
+// addTestServices registers the Go services the tests' managers can run.
+func addTestServices(reg *service.Registry) {
 	// sleeper says who it is, then works until asked to stop.
 	reg.Register("sleeper", func(w service.Worker) (service.Service, error) {
 		return service.Func(func(ctx context.Context) error {
@@ -222,7 +224,6 @@ func testRegistry() *service.Registry {
 			}
 		}), nil
 	})
-	return reg
 }
 
 // reloadingSleeper works until stopped and reloads in place.
@@ -308,7 +309,7 @@ var helperCommands = map[string]func() int{
 			return 1
 		}
 		sup.Shutdown(false)
-		err = sup.Run()
+		err = sup.Run(context.Background())
 		fmt.Printf("run returned %v; workers started: %d\n", err, logs.FilterMessage("worker started").Len())
 		return 0
 	},

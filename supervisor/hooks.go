@@ -96,16 +96,21 @@ func (s *Supervisor) onReconfigure(r reconfigureRequested) {
 		return
 	}
 	s.log.Info("reconfigure", zap.String("service", r.service), zap.Int("workers", r.workers))
-	s.apply(withWorkers(s.cfg, r.service, r.workers), false)
+	s.overrides[r.service] = r.workers
+	s.apply(withOverrides(s.received, s.overrides), false)
 	r.reply <- nil
 }
 
-// withWorkers returns a copy of cfg in which service has n workers.
-func withWorkers(cfg *config.Config, service string, n int) *config.Config {
+// withOverrides returns cfg, or a copy of it in which each service of
+// counts has that many workers.
+func withOverrides(cfg *config.Config, counts map[string]int) *config.Config {
+	if len(counts) == 0 {
+		return cfg
+	}
 	c := *cfg
 	c.Services = slices.Clone(cfg.Services)
 	for i, svc := range c.Services {
-		if svc.Name == service {
+		if n, ok := counts[svc.Name]; ok {
 			changed := *svc
 			changed.Workers = n
 			c.Services[i] = &changed

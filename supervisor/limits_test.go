@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor/control"
 )
 
 // envNofile, set for a test manager, is the RLIMIT_NOFILE (soft and hard)
@@ -331,7 +332,7 @@ services:
 		// Each round waits for more retries to have failed: the manager
 		// was busy retrying when it answered.
 		m.waitN("retries", len(fails)+i*10, func(e entry) bool { return e.is(failedMsg) })
-		var st statusDocument
+		var st control.Status
 		if err := json.Unmarshal([]byte(m.get("/v1/status")), &st); err != nil {
 			t.Fatalf("status: %v", err)
 		}
@@ -392,7 +393,7 @@ services:
 	// deadline.
 	var converged string
 	for deadline := time.Now().Add(waitTimeout); ; {
-		var st statusDocument
+		var st control.Status
 		if err := json.Unmarshal([]byte(m.get("/v1/status")), &st); err != nil {
 			t.Fatal(err)
 		}
@@ -572,7 +573,7 @@ services:
 		}
 	}
 	// B answers on both sockets, at the paths A had.
-	var st statusDocument
+	var st control.Status
 	if err := json.Unmarshal([]byte(b.get("/v1/status")), &st); err != nil {
 		t.Fatal(err)
 	}

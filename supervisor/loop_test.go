@@ -295,7 +295,7 @@ func TestLoopReportsFailedInitialStarts(t *testing.T) {
 func TestRunTwiceIsAnError(t *testing.T) {
 	r := newRig(t, oneWorker)
 	r.s.ran.Store(true) // as if Run had been called; a real Run would make this process a subreaper
-	if err := r.s.Run(); err == nil {
+	if err := r.s.Run(context.Background()); err == nil {
 		t.Error("a second Run did not fail")
 	}
 }
@@ -327,8 +327,8 @@ func (r *loopRig) startAllRunning() map[uint64]int {
 func TestLoopReloadSupersededBeforeItsWorkersStarted(t *testing.T) {
 	r := newRig(t, strings.Replace(scaled, "%d", "1", 1))
 	r.startAllRunning()
-	r.s.Reload(parse(t, strings.Replace(scaled, "%d", "5", 1)))
-	r.s.Reload(parse(t, strings.Replace(scaled, "%d", "1", 1)))
+	r.reload(parse(t, strings.Replace(scaled, "%d", "5", 1)))
+	r.reload(parse(t, strings.Replace(scaled, "%d", "1", 1)))
 	r.deliver()
 	msgs := r.requests()
 	sp, sg := spawned(msgs), signals(msgs)
@@ -350,12 +350,12 @@ func TestLoopReloadSupersededBeforeItsWorkersStarted(t *testing.T) {
 func TestLoopScaleDownReversedWhileStopping(t *testing.T) {
 	r := newRig(t, strings.Replace(scaled, "%d", "3", 1))
 	tokens := r.startAllRunning()
-	r.s.Reload(parse(t, strings.Replace(scaled, "%d", "1", 1)))
+	r.reload(parse(t, strings.Replace(scaled, "%d", "1", 1)))
 	r.deliver()
 	if sg := signals(r.requests()); len(sg) != 2 {
 		t.Fatalf("%d stops, want 2", len(sg))
 	}
-	r.s.Reload(parse(t, strings.Replace(scaled, "%d", "3", 1))) // back up before they exit
+	r.reload(parse(t, strings.Replace(scaled, "%d", "3", 1))) // back up before they exit
 	r.deliver()
 	if msgs := r.requests(); len(spawned(msgs)) != 0 {
 		t.Fatalf("slots still stopping were started twice: %v", msgs)
@@ -372,6 +372,12 @@ func TestLoopScaleDownReversedWhileStopping(t *testing.T) {
 	if len(r.s.workers) != 3 {
 		t.Errorf("%d slots, want 3", len(r.s.workers))
 	}
+}
+
+// reload asks the loop for a reload as Reload does, without waiting for
+// the answer: the test delivers it.
+func (r *loopRig) reload(cfg *config.Config) {
+	r.s.inbox.put(reloadRequested{cfg: cfg, source: ReloadByProgram})
 }
 
 // reconfigure calls Reconfigure as another goroutine would, serving the
@@ -410,7 +416,7 @@ func TestLoopReconfigureLastsUntilTheFileIsReloaded(t *testing.T) {
 		r.s.handle(workerStarted{token: p.token, pid: 300 + i, at: r.clock.now})
 	}
 	// The next reload of the file wins: back to 1.
-	r.s.Reload(file)
+	r.reload(file)
 	r.deliver()
 	if sg := signals(r.requests()); len(sg) != 2 {
 		t.Errorf("reload of the file stopped %d workers, want the 2 Reconfigure added", len(sg))

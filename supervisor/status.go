@@ -101,25 +101,52 @@ type WorkerStatus struct {
 
 // ReloadResult is what became of one reload.
 type ReloadResult struct {
-	At time.Time
-	// Source says what asked for it: "SIGHUP", "file" (an edit seen by the
-	// watch), "control" (gotyledon reload), or "" (the library's Reload).
-	Source string
+	At     time.Time
+	Source ReloadSource
 	// Error is why the reload changed nothing; empty when it was applied.
 	Error string
+}
+
+// ReloadSource says what asked for a reload.
+type ReloadSource int
+
+const (
+	// ReloadByProgram: the program that embeds the supervisor called
+	// Reload itself.
+	ReloadByProgram ReloadSource = iota
+	// ReloadBySignal: SIGHUP.
+	ReloadBySignal
+	// ReloadByFile: the configuration file's watch saw an edit.
+	ReloadByFile
+	// ReloadByControl: `gotyledon reload`, on the control socket.
+	ReloadByControl
+)
+
+// String is how logs and the status document name the source: "SIGHUP",
+// "file", "control", or "" for the program.
+func (r ReloadSource) String() string {
+	switch r {
+	case ReloadBySignal:
+		return "SIGHUP"
+	case ReloadByFile:
+		return "file"
+	case ReloadByControl:
+		return "control"
+	}
+	return ""
 }
 
 // statusRequested: answer with a Status.
 type statusRequested struct{ reply chan<- Status } // buffered
 
-// reloadFailed: a reload could not be applied; record why.
-type reloadFailed struct {
-	source string
+// reloadRefused: a reload could not be applied; record why.
+type reloadRefused struct {
+	source ReloadSource
 	err    error
 }
 
 func (statusRequested) isEvent() {}
-func (reloadFailed) isEvent()    {}
+func (reloadRefused) isEvent()   {}
 
 // Status returns a snapshot of the supervisor. It blocks until the loop
 // answers, ctx ends or the supervisor stops (then the error wraps
@@ -139,12 +166,13 @@ func (s *Supervisor) Status(ctx context.Context) (Status, error) {
 	}
 }
 
-// ReloadFailed records that a reload from source could not be applied
-// (the file did not load, or the broker refused its queues), for Status
-// and the reload counters. It does not block and is safe from any
+// ReloadRefused records that a reload for source changed nothing, and
+// why (the file did not load, or the broker refused its queues), for
+// Status and the reload counters: the manager's reload path calls it where
+// it would have called Reload. It does not block and is safe from any
 // goroutine.
-func (s *Supervisor) ReloadFailed(source string, err error) {
-	s.inbox.put(reloadFailed{source: source, err: err})
+func (s *Supervisor) ReloadRefused(source ReloadSource, err error) {
+	s.inbox.put(reloadRefused{source: source, err: err})
 }
 
 // Ready returns a channel closed once every worker's first start has been
@@ -166,7 +194,7 @@ func (s *Supervisor) counters(service string) *ServiceCounters {
 	return c
 }
 
-func (s *Supervisor) recordReload(source string, err error) {
+func (s *Supervisor) recordReload(source ReloadSource, err error) {
 	r := &ReloadResult{At: s.now(), Source: source}
 	if err != nil {
 		r.Error = err.Error()
@@ -202,7 +230,7 @@ func (s *Supervisor) status() Status {
 	}
 	for _, svc := range s.cfg.Services {
 		configured := svc.Workers
-		if f := s.fileCfg.Service(svc.Name); f != nil {
+		if f := s.received.Service(svc.Name); f != nil {
 			configured = f.Workers
 		}
 		add(svc.Name, svc.Workers, configured)

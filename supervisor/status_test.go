@@ -108,14 +108,14 @@ func TestStatusShowsReconfigureOverrideUntilTheFileWins(t *testing.T) {
 	if r.status().LastReload != nil {
 		t.Error("a Reconfigure was reported as a reload")
 	}
-	if err := r.s.onReload(file, "SIGHUP"); err != nil {
+	if err := r.s.onReload(file, ReloadBySignal); err != nil {
 		t.Fatal(err)
 	}
 	st := r.status()
 	if sv := st.Services[0]; sv.Desired != 2 || sv.Configured != 2 {
 		t.Errorf("after the reload: desired %d, configured %d; want 2 and 2", sv.Desired, sv.Configured)
 	}
-	if st.LastReload == nil || st.LastReload.Source != "SIGHUP" || st.LastReload.Error != "" || st.ReloadsOK != 1 {
+	if st.LastReload == nil || st.LastReload.Source != ReloadBySignal || st.LastReload.Error != "" || st.ReloadsOK != 1 {
 		t.Errorf("last reload %+v (ok %d), want a good one from SIGHUP", st.LastReload, st.ReloadsOK)
 	}
 }
@@ -123,10 +123,10 @@ func TestStatusShowsReconfigureOverrideUntilTheFileWins(t *testing.T) {
 func TestStatusShowsAFailedReload(t *testing.T) {
 	r := newRig(t, oneWorker)
 	r.startOne(100)
-	r.s.ReloadFailed("file", errors.New("loop.yaml:3:14: workers must be a whole number"))
+	r.s.ReloadRefused(ReloadByFile, errors.New("loop.yaml:3:14: workers must be a whole number"))
 	r.deliver()
 	st := r.status()
-	if st.LastReload == nil || st.LastReload.Source != "file" || !strings.Contains(st.LastReload.Error, "loop.yaml:3:14") ||
+	if st.LastReload == nil || st.LastReload.Source != ReloadByFile || !strings.Contains(st.LastReload.Error, "loop.yaml:3:14") ||
 		st.ReloadsFailed != 1 || st.ReloadsOK != 0 {
 		t.Errorf("status %+v / %+v, want one failed reload from the file, with its position", st, st.LastReload)
 	}
@@ -147,7 +147,7 @@ func TestReplaceAllStopsEveryOutdatedWorkerAtOnce(t *testing.T) {
 			}
 			r := newRig(t, cfgFor("a"))
 			r.startAllRunning()
-			if err := r.s.onReload(parse(t, cfgFor("b")), ""); err != nil {
+			if err := r.s.onReload(parse(t, cfgFor("b")), ReloadByProgram); err != nil {
 				t.Fatal(err)
 			}
 			if sg := signals(r.requests()); len(sg) != tc.stops {

@@ -9,8 +9,11 @@
 // from one locked OS thread. Nothing else holds worker state, so the worker
 // table needs no locks.
 //
-// A Supervisor is one of the actors of the manager's run.Group (see package
-// cmd/cli): Run is its execute function and Shutdown its interrupt.
+// A Supervisor is one of the actors of the manager's run.Group (package
+// supervisor/manager wires them): Run is its execute function, and the end
+// of Run's context (or Shutdown) its interrupt. It does not own the
+// configuration: it is handed one by New and each Reload, and keeps only
+// the worker counts Reconfigure set until the next Reload.
 package supervisor
 
 import (
@@ -61,6 +64,8 @@ type Options struct {
 // Supervisor runs the services of one configuration. Create it with New,
 // call Run once; Shutdown may be called from any goroutine at any time.
 type Supervisor struct {
+	// cfg is what the loop runs now: received with its worker counts
+	// overridden by Reconfigure's. Owned by the loop once Run starts.
 	cfg     *config.Config
 	log     *zap.Logger
 	exe     string
@@ -94,9 +99,11 @@ type Supervisor struct {
 	readyNoted bool
 	ready      chan struct{} // closed when readyNoted is set
 
-	// fileCfg is the configuration as the file last said it; cfg differs
-	// from it after a Reconfigure, until the next reload.
-	fileCfg       *config.Config
+	// received is the configuration as New or the last Reload handed it
+	// over; overrides are the worker counts Reconfigure set since, by
+	// service, which the next Reload clears (the file wins).
+	received      *config.Config
+	overrides     map[string]int
 	totals        map[string]*ServiceCounters
 	lastReload    *ReloadResult
 	reloadsOK     uint64
@@ -153,7 +160,8 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		workers:     make(map[workerKey]*worker),
 		byToken:     make(map[uint64]*worker),
 		ready:       make(chan struct{}),
-		fileCfg:     cfg,
+		received:    cfg,
+		overrides:   make(map[string]int),
 		totals:      make(map[string]*ServiceCounters),
 	}
 	if s.log == nil {
@@ -189,22 +197,19 @@ func (s *Supervisor) Shutdown(fast bool) {
 	s.inbox.put(shutdownRequested{fast: fast})
 }
 
-// Reload asks Run to apply cfg, which must come from config.Load or
-// config.Parse, in place of the running configuration (see onReload for
-// what changes). It does not block and is safe from any goroutine; reloads
-// are applied in the order they are asked for, the last one winning, and a
-// reload asked for before Run is applied before the first workers start.
-func (s *Supervisor) Reload(cfg *config.Config) {
-	s.inbox.put(reloadRequested{cfg: cfg})
-}
-
-// ApplyReload is Reload for a reload asked for by source ("SIGHUP",
-// "file", "control"; see ReloadResult), which it blocks on until the loop
-// has applied it: every start and stop it calls for has been asked of the
-// process table, not waited for. It returns an error wrapping ErrStopped
-// if the manager is shutting down (the reload is then ignored), or ctx's
-// error if ctx ends first (the reload is applied all the same).
-func (s *Supervisor) ApplyReload(ctx context.Context, cfg *config.Config, source string) error {
+// Reload applies cfg, which must come from package config (Load, Parse,
+// a Declaration's Resolve), in place of the running configuration, for the
+// reason source says (see onReload for what changes). It blocks until the
+// loop has applied it: every start and stop it calls for has been asked of
+// the process table, not waited for. Worker counts set by Reconfigure give
+// way to cfg's. Reloads are applied in the order they are asked for; one
+// asked for before Run is applied before the first workers start.
+//
+// It returns an error wrapping ErrStopped if the manager is shutting down
+// or has stopped (the reload is then ignored), or ctx's error if ctx ends
+// first (the reload is applied all the same). Safe from any goroutine and
+// from a hook.
+func (s *Supervisor) Reload(ctx context.Context, source ReloadSource, cfg *config.Config) error {
 	reply := make(chan error, 1)
 	s.inbox.put(reloadRequested{cfg: cfg, source: source, reply: reply})
 	select {
@@ -218,16 +223,21 @@ func (s *Supervisor) ApplyReload(ctx context.Context, cfg *config.Config, source
 }
 
 // Run makes the manager process a child subreaper, starts every service's
-// workers and supervises them until Shutdown is called. It then stops them
-// all in parallel and returns nil once every one has been reaped, or an
-// error if supervision could not start. Run may be called only once per
-// Supervisor and, since it reaps every child of the process, by only one
-// Supervisor per process; nothing else in the process may wait for children.
-func (s *Supervisor) Run() error {
+// workers and supervises them until ctx ends or Shutdown is called. It then
+// stops them all in parallel (gracefully when ctx ends) and returns nil
+// once every one has been reaped, or an error if supervision could not
+// start. Run may be called only once per Supervisor and, since it reaps
+// every child of the process, by only one Supervisor per process; nothing
+// else in the process may wait for children.
+func (s *Supervisor) Run(ctx context.Context) error {
 	if !s.ran.CompareAndSwap(false, true) {
 		return errors.New("supervisor: Run called twice")
 	}
 	defer close(s.finished)
+	// The end of ctx is a graceful Shutdown, asked for from a goroutine
+	// that lives only as long as Run.
+	stopWatch := context.AfterFunc(ctx, func() { s.Shutdown(false) })
+	defer stopWatch()
 	hooksQuit, hooksDone := make(chan struct{}), make(chan struct{})
 	go s.runHooks(hooksQuit, hooksDone)
 	defer func() {
@@ -387,7 +397,7 @@ func (s *Supervisor) handle(ev event) {
 		if ev.reply != nil {
 			ev.reply <- err
 		}
-	case reloadFailed:
+	case reloadRefused:
 		s.recordReload(ev.source, ev.err)
 	case reconfigureRequested:
 		s.onReconfigure(ev)
@@ -554,12 +564,13 @@ func (s *Supervisor) wanted(key workerKey) bool {
 // backoff state; a changed stop_timeout or restart policy applies from now
 // on. A reload during another's replacements supersedes it: every slot is
 // measured against the newest configuration.
-func (s *Supervisor) onReload(cfg *config.Config, source string) error {
+func (s *Supervisor) onReload(cfg *config.Config, source ReloadSource) error {
 	if s.stopping {
 		s.log.Warn("reload ignored: the manager is stopping")
 		return fmt.Errorf("reload: %w", ErrStopped)
 	}
-	s.fileCfg = cfg
+	s.received = cfg
+	clear(s.overrides)
 	s.apply(cfg, true)
 	s.recordReload(source, nil)
 	if s.hooks.OnReload != nil {

@@ -33,7 +33,7 @@ type chaos struct {
 	out         io.Writer
 	outMu       sync.Mutex
 	rnd         *rand.Rand // the schedule's goroutine only
-	ctl         *control
+	ctl         *controlSocket
 	logs        *logState
 	cfgPath     string
 	queueSock   string

@@ -7,8 +7,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/gotyledon/gotyledon/cmd/cli"
 )
 
 // TestMain makes the test binary what the chaos binary is: the manager the
@@ -16,7 +14,7 @@ import (
 // its Go workers.
 func TestMain(m *testing.M) {
 	if isManagerOrWorker() {
-		os.Exit(cli.Main(os.Args, registry()))
+		os.Exit(chaosProgram().Main(os.Args))
 	}
 	os.Exit(m.Run())
 }

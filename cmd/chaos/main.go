@@ -12,7 +12,7 @@
 //
 // One binary is three things: with a worker's environment (set by the
 // manager) it is a Go worker, with CHAOS_MANAGER=1 it is the manager
-// (cli.Main), and otherwise it is the driver.
+// (program.Main), and otherwise it is the driver.
 package main
 
 import (
@@ -24,7 +24,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/gotyledon/gotyledon/cmd/cli"
 	"github.com/gotyledon/gotyledon/service"
 )
 
@@ -33,7 +32,7 @@ const envManager = "CHAOS_MANAGER"
 
 func main() {
 	if isManagerOrWorker() {
-		os.Exit(cli.Main(os.Args, registry()))
+		os.Exit(chaosProgram().Main(os.Args))
 	}
 	opts := defaultOptions()
 	flag.DurationVar(&opts.Duration, "duration", opts.Duration, "how long the chaos lasts (then the queue drains and the proofs run)")

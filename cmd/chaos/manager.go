@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"slices"
@@ -20,6 +19,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/gotyledon/gotyledon/supervisor/control"
 )
 
 // logEntry is what the driver reads of one manager log line.
@@ -308,45 +309,8 @@ func waitUntil(ctx context.Context, timeout time.Duration, cond func() bool) err
 
 // --- control socket ---
 
-// status is the part of the status document (README "Status JSON") the
-// driver reads.
-type status struct {
-	Schema   int  `json:"schema"`
-	PID      int  `json:"pid"`
-	Ready    bool `json:"ready"`
-	Stopping bool `json:"stopping"`
-	Services []struct {
-		Name       string `json:"name"`
-		Desired    int    `json:"desired"`
-		Configured int    `json:"configured"`
-		Running    int    `json:"running"`
-		Backoff    int    `json:"backoff"`
-		Workers    []struct {
-			ID       int    `json:"id"`
-			State    string `json:"state"`
-			PID      int    `json:"pid"`
-			Outdated bool   `json:"outdated"`
-		} `json:"workers"`
-	} `json:"services"`
-	Queues []struct {
-		Name     string `json:"name"`
-		Depth    int    `json:"depth"`
-		InFlight int    `json:"in_flight"`
-		PutTotal uint64 `json:"put_total"`
-		Acked    uint64 `json:"acked_total"`
-		Redeliv  uint64 `json:"redelivered_total"`
-	} `json:"queues"`
-	LastReload *struct {
-		At     time.Time `json:"at"`
-		Source string    `json:"source"`
-		OK     bool      `json:"ok"`
-		Error  string    `json:"error"`
-	} `json:"last_reload"`
-	Reloads struct {
-		OK     uint64 `json:"ok"`
-		Failed uint64 `json:"failed"`
-	} `json:"reloads"`
-}
+// status is the manager's status document, with what the driver asks of it.
+type status struct{ control.Status }
 
 // quiet reports whether every service runs exactly its desired workers,
 // none starting, stopping, in backoff or waiting to be replaced; if not,
@@ -397,86 +361,67 @@ func (st *status) queue(name string) (depth, inFlight int) {
 	return -1, -1
 }
 
-// control talks HTTP+JSON to the manager's control socket. Keep-alives
-// are off: the driver's own idle connections must not count in the
-// manager's fds and goroutines.
-type control struct {
-	c *http.Client
-}
+// controlSocket is the manager's control socket, as the driver uses it:
+// every request bounded by 10 s. The client keeps no idle connection, so
+// the driver's own connections do not count in the manager's fds and
+// goroutines.
+type controlSocket struct{ c *control.Client }
 
-func newControl(socket string) *control {
-	tr := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", socket)
-		},
-		DisableKeepAlives: true,
-	}
-	return &control{c: &http.Client{Transport: tr, Timeout: 10 * time.Second}}
-}
+func newControl(socket string) *controlSocket { return &controlSocket{c: control.NewClient(socket)} }
 
-func (c *control) do(ctx context.Context, method, path string, body []byte) (int, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, method, "http://gotyledon"+path, bytes.NewReader(body))
-	if err != nil {
-		return 0, nil, err
-	}
-	resp, err := c.c.Do(req)
-	if err != nil {
-		return 0, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	return resp.StatusCode, b, err
-}
-
-func (c *control) status(ctx context.Context) (*status, error) {
-	code, b, err := c.do(ctx, "GET", "/v1/status", nil)
+func (c *controlSocket) status(ctx context.Context) (*status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := c.c.Status(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("status: %w", err)
 	}
-	if code != http.StatusOK {
-		return nil, fmt.Errorf("status: HTTP %d: %s", code, truncate(string(b), 200))
+	if st.Schema != control.Schema {
+		return nil, fmt.Errorf("status: schema %d, want %d", st.Schema, control.Schema)
 	}
-	var st status
-	if err := json.Unmarshal(b, &st); err != nil {
-		return nil, fmt.Errorf("status: %w", err)
-	}
-	if st.Schema != 1 {
-		return nil, fmt.Errorf("status: schema %d, want 1", st.Schema)
-	}
-	return &st, nil
+	return &status{st}, nil
 }
 
-func (c *control) scale(ctx context.Context, service string, n int) error {
-	body, _ := json.Marshal(map[string]any{"service": service, "workers": n})
-	code, b, err := c.do(ctx, "POST", "/v1/scale", body)
-	if err != nil {
-		return fmt.Errorf("scale: %w", err)
-	}
-	if code != http.StatusOK {
-		return fmt.Errorf("scale: HTTP %d: %s", code, truncate(string(b), 200))
+func (c *controlSocket) scale(ctx context.Context, service string, n int) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.c.Scale(ctx, service, n); err != nil {
+		return fmt.Errorf("scale: %w", truncateErr(err))
 	}
 	return nil
 }
 
 // reload asks for a reload and returns the HTTP code: 200 applied, 422
-// refused.
-func (c *control) reload(ctx context.Context) (int, string, error) {
-	code, b, err := c.do(ctx, "POST", "/v1/reload", nil)
-	if err != nil {
-		return 0, "", fmt.Errorf("reload: %w", err)
+// refused, with the manager's explanation.
+func (c *controlSocket) reload(ctx context.Context) (int, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	err := c.c.Reload(ctx)
+	var refused *control.Error
+	switch {
+	case err == nil:
+		return http.StatusOK, "", nil
+	case errors.As(err, &refused):
+		return refused.Code, refused.Error(), nil
 	}
-	return code, string(b), nil
+	return 0, "", fmt.Errorf("reload: %w", err)
+}
+
+func truncateErr(err error) error {
+	var e *control.Error
+	if errors.As(err, &e) {
+		return fmt.Errorf("HTTP %d: %s", e.Code, truncate(e.Error(), 200))
+	}
+	return err
 }
 
 // metrics reads the samples without labels of GET /metrics.
-func (c *control) metrics(ctx context.Context) (map[string]float64, error) {
-	code, b, err := c.do(ctx, "GET", "/metrics", nil)
+func (c *controlSocket) metrics(ctx context.Context) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	b, err := c.c.Metrics(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: %w", err)
-	}
-	if code != http.StatusOK {
-		return nil, fmt.Errorf("metrics: HTTP %d", code)
+		return nil, fmt.Errorf("metrics: %w", truncateErr(err))
 	}
 	out := map[string]float64{}
 	for l := range strings.Lines(string(b)) {

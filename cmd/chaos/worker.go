@@ -22,6 +22,7 @@ import (
 
 	"github.com/gotyledon/gotyledon/ipc"
 	"github.com/gotyledon/gotyledon/service"
+	"github.com/gotyledon/gotyledon/supervisor/program"
 )
 
 const (
@@ -33,11 +34,11 @@ const (
 	envWork = "CHAOS_WORK"
 )
 
-func registry() *service.Registry {
-	reg := service.NewRegistry()
-	reg.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
-	reg.Register("consumer", func(w service.Worker) (service.Service, error) { return consumer{}, nil })
-	return reg
+func chaosProgram() *program.Program {
+	p := program.New()
+	p.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
+	p.Register("consumer", func(w service.Worker) (service.Service, error) { return consumer{}, nil })
+	return p
 }
 
 type producer struct{}

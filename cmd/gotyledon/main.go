@@ -1,13 +1,13 @@
 // Command gotyledon runs the services of a YAML file as supervised worker
-// processes. See the README for the configuration and the commands.
+// processes, and talks to a running manager. See the README.
 package main
 
 import (
 	"os"
 
-	"github.com/gotyledon/gotyledon/cmd/cli"
+	"github.com/gotyledon/gotyledon/supervisor/program"
 )
 
 func main() {
-	os.Exit(cli.Main(os.Args, nil))
+	os.Exit(program.New().Main(os.Args))
 }

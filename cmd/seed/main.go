@@ -20,20 +20,21 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/gotyledon/gotyledon/cmd/cli"
 	"github.com/gotyledon/gotyledon/ipc"
 	"github.com/gotyledon/gotyledon/service"
 	"github.com/gotyledon/gotyledon/supervisor"
+	"github.com/gotyledon/gotyledon/supervisor/program"
 )
 
 // queue is the name the YAML gives the queue between the two services.
 const queue = "jobs"
 
 func main() {
-	reg := service.NewRegistry()
-	reg.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
-	reg.Register("printer", func(w service.Worker) (service.Service, error) { return printer{w}, nil })
-	os.Exit(cli.Main(os.Args, reg, cli.WithHooks(supervisor.Hooks{OnReload: growPrinters})))
+	p := program.New()
+	p.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
+	p.Register("printer", func(w service.Worker) (service.Service, error) { return printer{w}, nil })
+	p.SetHooks(supervisor.Hooks{OnReload: growPrinters})
+	os.Exit(p.Main(os.Args))
 }
 
 // growPrinters is the seed's reload hook: printer gets 5 workers. It runs

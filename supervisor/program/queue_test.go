@@ -1,15 +1,12 @@
-package cli
+package program
 
 import (
 	"bytes"
 	"net"
-	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 
-	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/ipc"
 )
 
@@ -38,7 +35,7 @@ func broker(t *testing.T) string {
 
 func queueCLI(stdin string, args ...string) (code int, stdout, stderr string) {
 	var out, errOut bytes.Buffer
-	code = mainWith(append([]string{"gotyledon", "queue"}, args...), nil, strings.NewReader(stdin), &out, &errOut)
+	code = New().main(append([]string{"gotyledon", "queue"}, args...), strings.NewReader(stdin), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
@@ -89,51 +86,5 @@ func TestQueueErrors(t *testing.T) {
 		if code != tc.code || !strings.Contains(stderr, tc.says) {
 			t.Errorf("%q: exit %d stderr %q; want exit %d saying %q", tc.args, code, stderr, tc.code, tc.says)
 		}
-	}
-}
-
-func TestAllowPeer(t *testing.T) {
-	groupsOf := func(pid int) []int {
-		if pid == 42 {
-			return []int{7, 900}
-		}
-		return nil
-	}
-	withGroup := allowPeer(config.SocketAccess{GID: 900, AllowUIDs: []int{1001}, AllowGIDs: []int{50}}, 1000, groupsOf)
-	for _, tc := range []struct {
-		p    ipc.Peer
-		want bool
-	}{
-		{ipc.Peer{PID: 1, UID: 1000, GID: 1000}, true},  // the manager's own user
-		{ipc.Peer{PID: 1, UID: 0, GID: 0}, true},        // root
-		{ipc.Peer{PID: 1, UID: 1001, GID: 1001}, true},  // allow_uids
-		{ipc.Peer{PID: 1, UID: 2000, GID: 50}, true},    // allow_gids, primary
-		{ipc.Peer{PID: 1, UID: 2000, GID: 900}, true},   // the socket's group, primary
-		{ipc.Peer{PID: 42, UID: 2000, GID: 2000}, true}, // the socket's group, supplementary
-		{ipc.Peer{PID: 1, UID: 2000, GID: 2000}, false}, // none of these
-	} {
-		if got := withGroup(tc.p); got != tc.want {
-			t.Errorf("peer %+v: allowed %v, want %v", tc.p, got, tc.want)
-		}
-	}
-	noGroups := allowPeer(config.SocketAccess{GID: -1}, 1000, groupsOf)
-	if noGroups(ipc.Peer{PID: 42, UID: 2000, GID: 900}) {
-		t.Error("a stranger was allowed by a broker that names no groups")
-	}
-}
-
-func TestProcessGroupsReadsOurOwn(t *testing.T) {
-	want, err := os.Getgroups()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := processGroups(os.Getpid())
-	slices.Sort(want)
-	slices.Sort(got)
-	if !slices.Equal(got, want) {
-		t.Errorf("processGroups(self) = %v, want %v (os.Getgroups)", got, want)
-	}
-	if g := processGroups(1 << 30); g != nil {
-		t.Errorf("groups of a process that cannot exist: %v", g)
 	}
 }

@@ -1,4 +1,4 @@
-package cli
+package program
 
 import (
 	"bytes"
@@ -19,17 +19,20 @@ func writeConfig(t *testing.T, yaml string) string {
 	return path
 }
 
-func runCLI(reg *service.Registry, args ...string) (code int, stdout, stderr string) {
+func runCLI(p *Program, args ...string) (code int, stdout, stderr string) {
+	if p == nil {
+		p = New()
+	}
 	var out, errOut bytes.Buffer
-	code = mainWith(append([]string{"gotyledon"}, args...), reg, strings.NewReader(""), &out, &errOut)
+	code = p.main(append([]string{"gotyledon"}, args...), strings.NewReader(""), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
 func TestCheckAcceptsAGoodConfig(t *testing.T) {
 	path := writeConfig(t, "services:\n  a: {command: [/bin/true], workers: 2}\n  b: {run: printer}\n")
-	reg := service.NewRegistry()
-	reg.Register("printer", func(service.Worker) (service.Service, error) { return nil, nil })
-	code, stdout, stderr := runCLI(reg, "check", "-c", path)
+	p := New()
+	p.Register("printer", func(service.Worker) (service.Service, error) { return nil, nil })
+	code, stdout, stderr := runCLI(p, "check", "-c", path)
 	if code != ExitOK || stdout != path+": ok (2 services, 3 workers)\n" || stderr != "" {
 		t.Errorf("exit %d stdout %q stderr %q", code, stdout, stderr)
 	}
@@ -37,7 +40,7 @@ func TestCheckAcceptsAGoodConfig(t *testing.T) {
 
 func TestCheckReportsEveryErrorAndExits1(t *testing.T) {
 	path := writeConfig(t, "services:\n  a: {command: [/bin/true], workers: -1}\n  b: {run: printer}\n")
-	code, stdout, stderr := runCLI(service.NewRegistry(), "check", "--config", path)
+	code, stdout, stderr := runCLI(New(), "check", "--config", path)
 	lines := strings.Split(strings.TrimSpace(stderr), "\n")
 	if code != ExitError || stdout != "" || len(lines) != 2 {
 		t.Fatalf("exit %d stdout %q stderr %q; want 1 and two errors", code, stdout, stderr)

@@ -1,4 +1,4 @@
-package cli
+package logging
 
 import (
 	"bytes"
@@ -55,7 +55,7 @@ var timestamp = regexp.MustCompile(`\d{4}-\d\d-\d\dT\d\d:\d\d`)
 
 func TestJournalFormatPriorityPerLevel(t *testing.T) {
 	var w writes
-	log, sink, err := newLogger("journal", "debug", "", &w, noEnv)
+	log, sink, err := New("journal", "debug", "", &w, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestJournalFormatPriorityPerLevel(t *testing.T) {
 
 func TestJournalFormatLevelFilter(t *testing.T) {
 	var buf bytes.Buffer
-	log, _, err := newLogger("journal", "warn", "", &buf, noEnv)
+	log, _, err := New("journal", "warn", "", &buf, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestJournalFormatLevelFilter(t *testing.T) {
 
 func TestJournalFormatNameAndWith(t *testing.T) {
 	var buf bytes.Buffer
-	log, _, err := newLogger("journal", "info", "", &buf, noEnv)
+	log, _, err := New("journal", "info", "", &buf, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +146,7 @@ func TestJournalFormatNameAndWith(t *testing.T) {
 
 func TestJournalFormatOneLinePerEntry(t *testing.T) {
 	var w writes
-	log, _, err := newLogger("journal", "info", "", &w, noEnv)
+	log, _, err := New("journal", "info", "", &w, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +225,7 @@ func TestAutoFormat(t *testing.T) {
 
 	logged := func(t *testing.T, format, logFile string, w interface{ Write([]byte) (int, error) }, getenv func(string) string) string {
 		t.Helper()
-		log, sink, err := newLogger(format, "info", logFile, w, getenv)
+		log, sink, err := New(format, "info", logFile, w, getenv)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -278,7 +278,7 @@ func TestAutoFormat(t *testing.T) {
 	})
 	t.Run("json under the journal stays json", func(t *testing.T) {
 		var buf bytes.Buffer
-		log, _, err := newLogger("json", "info", "", &buf, journal)
+		log, _, err := New("json", "info", "", &buf, journal)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -298,13 +298,13 @@ func TestAutoFormat(t *testing.T) {
 
 func TestNewLoggerErrors(t *testing.T) {
 	var buf bytes.Buffer
-	if _, _, err := newLogger("xml", "info", "", &buf, noEnv); err == nil || !strings.Contains(err.Error(), "auto, console, json or journal") {
+	if _, _, err := New("xml", "info", "", &buf, noEnv); err == nil || !strings.Contains(err.Error(), "auto, console, json or journal") {
 		t.Errorf("format xml: %v", err)
 	}
-	if _, _, err := newLogger("console", "loud", "", &buf, noEnv); err == nil {
+	if _, _, err := New("console", "loud", "", &buf, noEnv); err == nil {
 		t.Error("level loud: no error")
 	}
-	if _, _, err := newLogger("console", "info", filepath.Join(t.TempDir(), "missing", "log"), &buf, noEnv); !errors.Is(err, fs.ErrNotExist) {
+	if _, _, err := New("console", "info", filepath.Join(t.TempDir(), "missing", "log"), &buf, noEnv); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("log file in a missing directory: %v", err)
 	}
 	if buf.Len() != 0 {
@@ -335,7 +335,7 @@ func TestLogFileReopenAfterRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	var stderr bytes.Buffer
-	log, sink, err := newLogger("json", "info", path, &stderr, noEnv)
+	log, sink, err := New("json", "info", path, &stderr, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,7 +405,7 @@ func TestLogFileConcurrentWritersDuringReopen(t *testing.T) {
 	)
 	dir := t.TempDir()
 	path := filepath.Join(dir, "log")
-	log, sink, err := newLogger("json", "info", path, &bytes.Buffer{}, noEnv)
+	log, sink, err := New("json", "info", path, &bytes.Buffer{}, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -479,7 +479,7 @@ func TestLogFileFailedReopenKeepsTheOldFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "log")
-	log, sink, err := newLogger("console", "info", path, &bytes.Buffer{}, noEnv)
+	log, sink, err := New("console", "info", path, &bytes.Buffer{}, noEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -515,7 +515,7 @@ func TestLogFileFailedReopenKeepsTheOldFile(t *testing.T) {
 
 func TestLogSinkClose(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "log")
-	sink, err := openLogSink(path)
+	sink, err := OpenFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,10 +1,8 @@
-package cli
+package sdnotify
 
 import (
 	"context"
 	"errors"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,9 +13,6 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 	"golang.org/x/sys/unix"
-
-	"github.com/gotyledon/gotyledon/ipc"
-	"github.com/gotyledon/gotyledon/supervisor"
 )
 
 // sentLog records what a notifier sends, in order.
@@ -58,7 +53,7 @@ func TestWatchdogMissedWhileLoopIsStuck(t *testing.T) {
 	t.Parallel()
 	sent := &sentLog{ch: make(chan string, 100)}
 	core, logs := observer.New(zapcore.WarnLevel)
-	n := &notifier{send: sent.send, log: zap.New(core)}
+	n := &Notifier{send: sent.send, log: zap.New(core)}
 
 	const stuck = 3
 	calls := make(chan int, stuck+1)
@@ -71,7 +66,7 @@ func TestWatchdogMissedWhileLoopIsStuck(t *testing.T) {
 			}
 		}
 	}
-	status := func(ctx context.Context) (supervisor.Status, error) {
+	summary := func(ctx context.Context) (string, error) {
 		mu.Lock()
 		count++
 		call := count
@@ -82,19 +77,18 @@ func TestWatchdogMissedWhileLoopIsStuck(t *testing.T) {
 		if call <= stuck {
 			noPingYet("while the loop was stuck (call " + strconv.Itoa(call) + ")")
 			<-ctx.Done()
-			return supervisor.Status{}, ctx.Err()
+			return "", ctx.Err()
 		}
 		if call == stuck+1 {
 			noPingYet("before the loop first answered")
 		}
-		return supervisor.Status{Services: []supervisor.ServiceStatus{{Name: "w", Desired: 1, Running: 1}}}, nil
+		return "w 1/1; jobs: 2 queued, 0 in flight", nil
 	}
-	queues := func() []ipc.QueueStats { return []ipc.QueueStats{{Name: "jobs", Depth: 2}} }
-	quit := make(chan struct{})
+	r := newReporter(n, 10*time.Millisecond, true, summary)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		n.watch(10*time.Millisecond, true, status, queues, quit)
+		_ = r.Run()
 	}()
 
 	timeout := time.After(10 * time.Second)
@@ -132,7 +126,7 @@ func TestWatchdogMissedWhileLoopIsStuck(t *testing.T) {
 		t.Fatal("no second ping")
 	}
 
-	close(quit)
+	r.Interrupt(nil)
 	// Drain what the ticks in flight send, so that watch is never blocked
 	// on the channel.
 	for {
@@ -155,27 +149,27 @@ func TestWatchdogMissedWhileLoopIsStuck(t *testing.T) {
 func TestWatchdogNotAskedForOnlyStatus(t *testing.T) {
 	t.Parallel()
 	sent := &sentLog{ch: make(chan string, 100)}
-	n := &notifier{send: sent.send, log: zap.NewNop()}
-	answers := make(chan supervisor.Status)
-	status := func(ctx context.Context) (supervisor.Status, error) {
+	n := &Notifier{send: sent.send, log: zap.NewNop()}
+	answers := make(chan string)
+	summary := func(ctx context.Context) (string, error) {
 		select {
 		case st := <-answers:
 			return st, nil
 		case <-ctx.Done():
-			return supervisor.Status{}, ctx.Err()
+			return "", ctx.Err()
 		}
 	}
-	quit := make(chan struct{})
+	r := newReporter(n, time.Millisecond, false, summary)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		n.watch(time.Millisecond, false, status, nil, quit)
+		_ = r.Run()
 	}()
 	timeout := time.After(10 * time.Second)
-	for _, st := range []supervisor.Status{
-		{Services: []supervisor.ServiceStatus{{Name: "w", Desired: 2, Running: 1}}},
-		{Services: []supervisor.ServiceStatus{{Name: "w", Desired: 2, Running: 1}}}, // unchanged: not sent
-		{Services: []supervisor.ServiceStatus{{Name: "w", Desired: 2, Running: 2}}},
+	for _, st := range []string{
+		"w 1/2",
+		"w 1/2", // unchanged: not sent
+		"w 2/2",
 	} {
 		select {
 		case answers <- st:
@@ -183,7 +177,7 @@ func TestWatchdogNotAskedForOnlyStatus(t *testing.T) {
 			t.Fatal("watch did not ask for the status")
 		}
 	}
-	close(quit)
+	r.Interrupt(nil)
 	select {
 	case <-done:
 	case <-timeout:
@@ -195,80 +189,46 @@ func TestWatchdogNotAskedForOnlyStatus(t *testing.T) {
 	}
 }
 
-func TestStatusSummary(t *testing.T) {
-	t.Parallel()
-	services := []supervisor.ServiceStatus{
-		{Name: "printer", Desired: 5, Configured: 5, Running: 5},
-		{Name: "producer", Desired: 2, Configured: 1, Running: 1, Backoff: 1},
-	}
-	queues := []ipc.QueueStats{{Name: "jobs", Depth: 12, InFlight: 2, Capacity: 100}, {Name: "mail"}}
-	for _, tc := range []struct {
-		name   string
-		st     supervisor.Status
-		queues []ipc.QueueStats
-		want   string
-	}{
-		{"services and queues", supervisor.Status{Ready: true, Services: services}, queues,
-			"printer 5/5, producer 1/2 (1 in backoff); jobs: 12 queued, 2 in flight, mail: 0 queued, 0 in flight"},
-		{"services only", supervisor.Status{Services: services[:1]}, nil, "printer 5/5"},
-		{"stopping", supervisor.Status{Stopping: true, Services: services}, queues[:1],
-			"stopping: printer 5/5, producer 1/2 (1 in backoff); jobs: 12 queued, 2 in flight"},
-		{"last reload applied", supervisor.Status{Services: services[:1], LastReload: &supervisor.ReloadResult{Source: "SIGHUP"}}, nil,
-			"printer 5/5"},
-		{"last reload failed", supervisor.Status{
-			Services:   services,
-			LastReload: &supervisor.ReloadResult{Source: "file", Error: "/etc/g.yaml:4:14: workers must be a number\n/etc/g.yaml:9:3: unknown field"},
-		}, queues[1:],
-			"printer 5/5, producer 1/2 (1 in backoff); mail: 0 queued, 0 in flight; last reload failed: /etc/g.yaml:4:14: workers must be a number"},
-		{"stopping after a failed reload", supervisor.Status{
-			Stopping: true, Services: services[:1], LastReload: &supervisor.ReloadResult{Error: "broker: queue jobs holds 3 items"},
-		}, nil, "stopping: printer 5/5; last reload failed: broker: queue jobs holds 3 items"},
-	} {
-		if got := statusSummary(tc.st, tc.queues); got != tc.want {
-			t.Errorf("%s:\n got %q\nwant %q", tc.name, got, tc.want)
-		}
-	}
-}
-
 // Without NOTIFY_SOCKET the notifier does nothing, and does not fail.
 func TestNotifyWithoutSocketDoesNothing(t *testing.T) {
 	t.Parallel()
-	n := newSystemdNotifier(func(string) string { return "" }, zap.NewNop())
-	if n.enabled() {
+	n := New(func(string) string { return "" }, zap.NewNop())
+	if n.Enabled() {
 		t.Fatal("enabled without NOTIFY_SOCKET")
 	}
-	n.ready("x")
-	n.reloading()
-	n.status("y")
-	n.stopping()
-	n.watchdog()
-	// watch too: it asks, and sends nothing.
-	quit := make(chan struct{})
+	n.Ready("x")
+	n.Reloading()
+	n.Status("y")
+	n.Stopping()
+	n.Watchdog()
+	// The reporter too: it asks, and sends nothing.
 	asked := make(chan struct{}, 1)
+	r := newReporter(n, time.Millisecond, true, func(context.Context) (string, error) {
+		select {
+		case asked <- struct{}{}:
+		default:
+		}
+		return "", nil
+	})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		n.watch(time.Millisecond, true, func(context.Context) (supervisor.Status, error) {
-			select {
-			case asked <- struct{}{}:
-			default:
-			}
-			return supervisor.Status{}, nil
-		}, nil, quit)
+		_ = r.Run()
 	}()
 	select {
 	case <-asked:
 	case <-time.After(10 * time.Second):
-		t.Fatal("watch did not ask for the status")
+		t.Fatal("the reporter did not ask for the status")
 	}
-	close(quit)
+	r.Interrupt(nil)
+	r.Interrupt(nil) // twice is fine
 	<-done
-	if n2 := newSystemdNotifier(func(k string) string {
+	if n2 := New(func(k string) string {
 		if k == "NOTIFY_SOCKET" {
 			return "/run/systemd/notify"
 		}
 		return ""
-	}, zap.NewNop()); !n2.enabled() {
+	}, zap.NewNop()); !n2.Enabled() {
 		t.Error("not enabled with NOTIFY_SOCKET set")
 	}
 }
@@ -278,17 +238,17 @@ func TestNotifyWithoutSocketDoesNothing(t *testing.T) {
 func TestNotifyStatusOnlyWhenChanged(t *testing.T) {
 	t.Parallel()
 	sent := &sentLog{}
-	n := &notifier{send: sent.send, log: zap.NewNop()}
-	n.status("a 1/1")
-	n.status("a 1/1")
-	n.ready("a 2/2")
-	n.status("a 2/2")
-	n.status("a 1/2")
-	n.watchdog()
-	n.status("a 1/2")
-	n.stopping()
-	n.status("stopping: workers are being stopped")
-	n.status("stopping: a 0/2")
+	n := &Notifier{send: sent.send, log: zap.NewNop()}
+	n.Status("a 1/1")
+	n.Status("a 1/1")
+	n.Ready("a 2/2")
+	n.Status("a 2/2")
+	n.Status("a 1/2")
+	n.Watchdog()
+	n.Status("a 1/2")
+	n.Stopping()
+	n.Status("stopping: workers are being stopped")
+	n.Status("stopping: a 0/2")
 	want := []string{
 		"STATUS=a 1/1",
 		"READY=1\nSTATUS=a 2/2",
@@ -306,9 +266,9 @@ func TestNotifyStatusOnlyWhenChanged(t *testing.T) {
 func TestNotifyReloadingMonotonicUsec(t *testing.T) {
 	t.Parallel()
 	sent := &sentLog{}
-	n := &notifier{send: sent.send, log: zap.NewNop()}
+	n := &Notifier{send: sent.send, log: zap.NewNop()}
 	before := testMonotonicUsec(t)
-	n.reloading()
+	n.Reloading()
 	after := testMonotonicUsec(t)
 	got := sent.all()
 	if len(got) != 1 {
@@ -331,37 +291,10 @@ func TestNotifyReloadingMonotonicUsec(t *testing.T) {
 func TestNotifySendErrorIsLogged(t *testing.T) {
 	t.Parallel()
 	core, logs := observer.New(zapcore.WarnLevel)
-	n := &notifier{send: func(string) error { return errors.New("connection refused") }, log: zap.New(core)}
-	n.ready("a 1/1")
-	n.watchdog()
+	n := &Notifier{send: func(string) error { return errors.New("connection refused") }, log: zap.New(core)}
+	n.Ready("a 1/1")
+	n.Watchdog()
 	if got := logs.FilterMessage("cannot notify systemd").Len(); got != 2 {
 		t.Errorf("%d warnings, want 2", got)
-	}
-}
-
-// An edit that SIGHUP has applied already reaches the manager a second time
-// from the file watch: that report is dropped, with nothing told to
-// systemd; so is one while the file cannot be read (mid-swap).
-func TestWatchReportOfAnAppliedEditIsDropped(t *testing.T) {
-	var sent []string
-	n := &notifier{send: func(s string) error { sent = append(sent, s); return nil }, log: zap.NewNop()}
-	path := filepath.Join(t.TempDir(), "c.yaml")
-	if err := os.WriteFile(path, []byte("services: {}\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m := &manager{cmd: &runCommand{Config: path}, log: zap.NewNop(), notify: n, lastRead: []byte("services: {}\n")}
-	reply := make(chan error, 2)
-	m.reload(reloadAsk{source: "file", reply: reply})
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	m.reload(reloadAsk{source: "file", reply: reply})
-	for range 2 {
-		if err := <-reply; err != nil {
-			t.Errorf("dropped reload answered %v, want nil", err)
-		}
-	}
-	if len(sent) != 0 {
-		t.Errorf("systemd was told %q about a reload that did not happen", sent)
 	}
 }

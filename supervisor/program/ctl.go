@@ -1,28 +1,22 @@
-package cli
+package program
 
-// The control socket, client side: `gotyledon status`, `scale` and
-// `reload` (the server is control.go).
+// The control commands: `gotyledon status`, `scale` and `reload`, clients
+// of the manager's control socket (package supervisor/control).
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"net"
-	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/supervisor/control"
 )
 
 // controlFlags say where the manager's control socket is.
@@ -47,135 +41,37 @@ type reloadCommand struct {
 	controlFlags
 }
 
-// socketPath finds the control socket, or says where it looked.
-func (f *controlFlags) socketPath(e *env) (string, error) {
+// client finds the control socket, or says where it looked.
+func (f *controlFlags) client(e *env) (*control.Client, error) {
 	if f.Socket != "" {
-		return f.Socket, nil
+		return control.NewClient(f.Socket), nil
 	}
 	if f.Config != "" {
 		cfg, err := config.Load(f.Config, e.registry.Names())
 		if err != nil {
-			return "", fmt.Errorf("find the control socket: %w", err)
+			return nil, fmt.Errorf("find the control socket: %w", err)
 		}
-		return controlSocketPath(cfg, os.Getenv), nil
+		return control.NewClient(control.SocketPath(cfg, os.Getenv)), nil
 	}
-	var tried []string
-	for _, dir := range []string{firstRuntimeDir(os.Getenv("RUNTIME_DIRECTORY")), xdgDir(os.Getenv("XDG_RUNTIME_DIR")), "/run/gotyledon"} {
-		if dir == "" {
-			continue
-		}
-		p := filepath.Join(dir, "control.sock")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		tried = append(tried, p)
-	}
-	return "", fmt.Errorf("no manager is running here: no control socket at %s (give --socket PATH, or --config FILE of the manager)", strings.Join(tried, ", "))
-}
-
-func firstRuntimeDir(v string) string { d, _, _ := strings.Cut(v, ":"); return d }
-
-func xdgDir(v string) string {
-	if v == "" {
-		return ""
-	}
-	return filepath.Join(v, "gotyledon")
-}
-
-// controlClient sends requests to one control socket.
-type controlClient struct {
-	path string
-	http *http.Client
-}
-
-func (f *controlFlags) client(e *env) (*controlClient, error) {
-	path, err := f.socketPath(e)
+	path, err := control.FindSocket(os.Getenv)
 	if err != nil {
 		return nil, err
 	}
-	return &controlClient{path: path, http: &http.Client{
-		Timeout: f.Timeout,
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, "unix", path)
-			},
-			DisableKeepAlives: true,
-		},
-	}}, nil
+	return control.NewClient(path), nil
 }
 
-// do sends one request and decodes a successful answer into out. A failed
-// one comes back as a controlError with the manager's explanation.
-func (c *controlClient) do(method, route string, body any, out any) error {
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequest(method, "http://gotyledon"+route, rd)
-	if err != nil {
-		return err
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return fmt.Errorf("no answer from the manager on %s within --timeout; what was asked may still be done (see gotyledon status)", c.path)
-		}
-		return c.explainDial(err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("read the manager's answer on %s: %w", c.path, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var doc errorDoc
-		if json.Unmarshal(data, &doc) != nil || doc.Error == "" {
-			doc.Error = fmt.Sprintf("the manager answered %s", resp.Status)
-		}
-		return &controlError{status: resp.StatusCode, doc: doc}
-	}
-	if out == nil {
-		return nil
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("decode the manager's answer on %s: %w", c.path, err)
-	}
-	return nil
+// context bounds a request by --timeout.
+func (f *controlFlags) context() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), f.Timeout)
 }
 
-// explainDial turns a failure to reach the socket into what to do about it.
-func (c *controlClient) explainDial(err error) error {
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("no manager is running: nothing at %s (start one with `gotyledon run`, or give --socket or --config)", c.path)
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return fmt.Errorf("no manager is running: %s is left from one that stopped, and nobody accepts on it", c.path)
-	case errors.Is(err, fs.ErrPermission):
-		return fmt.Errorf("permission denied on %s: run this as the manager's user or root, or as a member of the socket's group (control.group)", c.path)
+// explain says what a request's failure means for the person who typed
+// the command.
+func (f *controlFlags) explain(cl *control.Client, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("no answer from the manager on %s within --timeout; what was asked may still be done (see gotyledon status)", cl.Path())
 	}
-	return fmt.Errorf("reach the manager on %s: %w", c.path, err)
-}
-
-// controlError is a request the manager refused or could not carry out.
-type controlError struct {
-	status int
-	doc    errorDoc
-}
-
-func (e *controlError) Error() string {
-	if len(e.doc.Details) == 0 {
-		return e.doc.Error
-	}
-	return e.doc.Error + ":\n  " + strings.Join(e.doc.Details, "\n  ")
+	return err
 }
 
 func (c *statusCommand) Run(e *env) error {
@@ -183,17 +79,19 @@ func (c *statusCommand) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	var doc statusDoc
+	ctx, cancel := c.context()
+	defer cancel()
 	if c.JSON {
-		var raw json.RawMessage
-		if err := cl.do(http.MethodGet, "/v1/status", nil, &raw); err != nil {
-			return err
+		raw, err := cl.StatusJSON(ctx)
+		if err != nil {
+			return c.explain(cl, err)
 		}
-		_, err := e.stdout.Write(append(raw, '\n'))
+		_, err = e.stdout.Write(append(raw, '\n'))
 		return err
 	}
-	if err := cl.do(http.MethodGet, "/v1/status", nil, &doc); err != nil {
-		return err
+	doc, err := cl.Status(ctx)
+	if err != nil {
+		return c.explain(cl, err)
 	}
 	return printStatus(e.stdout, doc, time.Now())
 }
@@ -216,9 +114,11 @@ func (c *scaleCommand) Run(e *env) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := c.context()
+	defer cancel()
 	for _, ch := range changes {
-		if err := cl.do(http.MethodPost, "/v1/scale", map[string]any{"service": ch.service, "workers": ch.workers}, nil); err != nil {
-			return fmt.Errorf("scale %s to %d: %w", ch.service, ch.workers, err)
+		if err := cl.Scale(ctx, ch.service, ch.workers); err != nil {
+			return fmt.Errorf("scale %s to %d: %w", ch.service, ch.workers, c.explain(cl, err))
 		}
 		fmt.Fprintf(e.stdout, "%s: %d workers\n", ch.service, ch.workers)
 	}
@@ -230,15 +130,17 @@ func (c *reloadCommand) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	if err := cl.do(http.MethodPost, "/v1/reload", nil, nil); err != nil {
-		return err
+	ctx, cancel := c.context()
+	defer cancel()
+	if err := cl.Reload(ctx); err != nil {
+		return c.explain(cl, err)
 	}
 	fmt.Fprintln(e.stdout, "reloaded")
 	return nil
 }
 
 // printStatus writes doc as tables: the manager, each worker, each queue.
-func printStatus(w io.Writer, doc statusDoc, now time.Time) error {
+func printStatus(w io.Writer, doc control.Status, now time.Time) error {
 	state := "starting"
 	switch {
 	case doc.Stopping:

@@ -1,7 +1,8 @@
-package cli
-
-// The control socket's GET /metrics serves these, in Prometheus's text
-// format, taken at each scrape (namespace gotyledon):
+// Package metrics serves the manager's figures in Prometheus's text format:
+// NewHandler is GET /metrics (on the control socket, and on TCP when the
+// configuration asks, through a Server).
+//
+// The handler serves these, taken at each scrape (namespace gotyledon):
 //
 //	gotyledon_workers_desired{service}             gauge    workers the manager keeps running now (a reconfigure's count, else the file's)
 //	gotyledon_workers_configured{service}          gauge    workers the configuration file asks for
@@ -29,6 +30,7 @@ package cli
 // gotyledon_worker_*, gotyledon_reloads_total, gotyledon_last_reload_*,
 // gotyledon_ready or gotyledon_stopping series (the failure is logged at
 // warn), but still has the others.
+package metrics
 
 import (
 	"context"
@@ -48,10 +50,11 @@ import (
 // Status.
 const metricsStatusTimeout = 5 * time.Second
 
-// newMetricsHandler returns the handler of GET /metrics: the manager's
-// figures in Prometheus's text format, taken at each scrape from status
-// (the supervisor's loop) and queues (the broker; nil when there is none).
-func newMetricsHandler(status func(context.Context) (supervisor.Status, error), queues func() []ipc.QueueStats, log *zap.Logger) http.Handler {
+// NewHandler returns the handler of GET /metrics: the manager's figures in
+// Prometheus's text format, taken at each scrape from status (the
+// supervisor's loop) and queues (the broker; nil when there is none). At
+// most 4 scrapes are served at once.
+func NewHandler(status func(context.Context) (supervisor.Status, error), queues func() []ipc.QueueStats, log *zap.Logger) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(
 		&supervisorCollector{status: status, log: log, d: newSupervisorDescs()},

@@ -1,4 +1,4 @@
-package cli
+package control
 
 import (
 	"context"
@@ -31,7 +31,7 @@ func fullStatus(at time.Time) supervisor.Status {
 				{ID: 1, State: "backoff", Restarts: 3, Failures: 3, LastExit: "exit code 1", LastExitAt: at, RetryAt: at.Add(time.Second)},
 			},
 		}},
-		LastReload: &supervisor.ReloadResult{At: at, Source: "SIGHUP", Error: "c.yaml:1:1: bad"},
+		LastReload: &supervisor.ReloadResult{At: at, Source: supervisor.ReloadBySignal, Error: "c.yaml:1:1: bad"},
 		ReloadsOK:  2, ReloadsFailed: 1,
 	}
 }
@@ -57,7 +57,7 @@ func keysOf(t *testing.T, v any) []string {
 func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	queues := []ipc.QueueStats{{Name: "jobs", Capacity: 10, Depth: 2, InFlight: 1, Put: 7, Delivered: 5, Acked: 4, Redelivered: 1}}
-	doc := buildStatusDoc(fullStatus(at), queues, map[string]queueRate{"jobs": {put: 1.5, acked: 1}}, at.Add(time.Minute))
+	doc := NewStatus(fullStatus(at), queues, map[string]QueueRate{"jobs": {Put: 1.5, Acked: 1}}, 4242, at.Add(time.Minute))
 	b, err := json.Marshal(doc)
 	if err != nil {
 		t.Fatal(err)
@@ -102,35 +102,33 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		t.Errorf("last reload %v", lr)
 	}
 	// Before the first reload and without queues: null and [], never absent.
-	empty := buildStatusDoc(supervisor.Status{}, nil, nil, at)
+	empty := NewStatus(supervisor.Status{}, nil, nil, 4242, at)
 	b, _ = json.Marshal(empty)
 	if s := string(b); !strings.Contains(s, `"last_reload":null`) || !strings.Contains(s, `"queues":[]`) || !strings.Contains(s, `"services":[]`) || !strings.Contains(s, `"started_at":null`) {
 		t.Errorf("empty status %s: want null last_reload and started_at, empty lists", s)
 	}
 }
 
-// fakeControl serves a controlServer over fakes, with peer as the caller.
+// fakeControl serves a Server over fakes, with peer as the caller.
 func fakeControl(t *testing.T, allow bool) (*httptest.Server, *[]string) {
 	t.Helper()
 	var calls []string
-	c := &controlServer{
-		status: func(context.Context) (supervisor.Status, error) { return fullStatus(time.Now()), nil },
-		scale: func(_ context.Context, service string, n int) error {
+	c := NewServer(nil, Options{
+		Status: func(context.Context) (supervisor.Status, error) { return fullStatus(time.Now()), nil },
+		Scale: func(_ context.Context, service string, n int) error {
 			calls = append(calls, "scale "+service)
 			if service != "printer" {
 				return supervisor.ErrNoSuchService
 			}
 			return nil
 		},
-		reload: func(context.Context) error {
+		Reload: func(context.Context) error {
 			calls = append(calls, "reload")
 			return config.ErrorList{{Pos: config.Position{File: "c.yaml", Line: 3, Col: 7}, Msg: "workers must be a number"}}
 		},
-		allow: func(ipc.Peer) bool { return allow },
-		log:   zap.NewNop(),
-		now:   time.Now,
-		rates: &queueRates{},
-	}
+		Allow:  func(ipc.Peer) bool { return allow },
+		Logger: zap.NewNop(),
+	})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// httptest speaks TCP: stand in a peer, as ConnContext does on the socket.
 		c.handler().ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), peerKey{}, ipc.Peer{PID: 1, UID: 1000, GID: 1000})))
@@ -139,7 +137,7 @@ func fakeControl(t *testing.T, allow bool) (*httptest.Server, *[]string) {
 	return srv, &calls
 }
 
-func request(t *testing.T, srv *httptest.Server, method, route, body string) (int, errorDoc) {
+func request(t *testing.T, srv *httptest.Server, method, route, body string) (int, ErrorBody) {
 	t.Helper()
 	req, err := http.NewRequest(method, srv.URL+route, strings.NewReader(body))
 	if err != nil {
@@ -151,7 +149,7 @@ func request(t *testing.T, srv *httptest.Server, method, route, body string) (in
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
-	var doc errorDoc
+	var doc ErrorBody
 	_ = json.Unmarshal(data, &doc)
 	return resp.StatusCode, doc
 }
@@ -222,7 +220,7 @@ func TestQueueRatesCoverTheOldestSample(t *testing.T) {
 	// The oldest kept sample is the first after t0: (10, 5) at t0+2s.
 	now := t0.Add(time.Duration(rateSamples)*rateEvery + 2*time.Second)
 	got := r.perSecond(stats(10*(rateSamples+1), 5*(rateSamples+1)), now)
-	want := queueRate{put: 5, acked: 2.5}
+	want := QueueRate{Put: 5, Acked: 2.5}
 	if got["jobs"] != want {
 		t.Errorf("rates %+v, want %+v", got["jobs"], want)
 	}
@@ -230,13 +228,11 @@ func TestQueueRatesCoverTheOldestSample(t *testing.T) {
 
 func TestControlClientExplainsWhatIsWrong(t *testing.T) {
 	dir := t.TempDir()
-	f := controlFlags{Socket: dir + "/control.sock", Timeout: time.Second}
-	cl, err := f.client(&env{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = cl.do(http.MethodGet, "/v1/status", nil, nil)
-	if err == nil || !strings.Contains(err.Error(), "no manager is running: nothing at "+dir+"/control.sock") {
+	cl := NewClient(dir + "/control.sock")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := cl.Status(ctx)
+	if err == nil || !strings.Contains(err.Error(), "no manager is running: nothing at "+dir+"/control.sock") || !errors.Is(err, ErrNoManager) {
 		t.Errorf("no socket: %v", err)
 	}
 	// A socket left by a manager that stopped: nobody accepts.
@@ -245,11 +241,11 @@ func TestControlClientExplainsWhatIsWrong(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
-	err = cl.do(http.MethodGet, "/v1/status", nil, nil)
-	if err == nil || !strings.Contains(err.Error(), "left from one that stopped") {
+	err = cl.Reload(ctx)
+	if err == nil || !strings.Contains(err.Error(), "left from one that stopped") || !errors.Is(err, ErrNoManager) {
 		t.Errorf("stale socket: %v", err)
 	}
-	var ce *controlError
+	var ce *Error
 	if errors.As(err, &ce) {
 		t.Error("a dial failure came back as the manager's answer")
 	}
@@ -266,9 +262,9 @@ func FuzzControlRequest(f *testing.F) {
 	f.Add(uint8(1), "/v1/reload", []byte("x"))
 	f.Add(uint8(2), "/v1/../v1/status", []byte(""))
 	methods := []string{"GET", "POST", "PUT", "DELETE", "HEAD"}
-	c := &controlServer{
-		status: func(context.Context) (supervisor.Status, error) { return fullStatus(time.Now()), nil },
-		scale: func(_ context.Context, service string, n int) error {
+	c := NewServer(nil, Options{
+		Status: func(context.Context) (supervisor.Status, error) { return fullStatus(time.Now()), nil },
+		Scale: func(_ context.Context, service string, n int) error {
 			if service != "printer" {
 				return supervisor.ErrNoSuchService
 			}
@@ -277,12 +273,10 @@ func FuzzControlRequest(f *testing.F) {
 			}
 			return nil
 		},
-		reload: func(context.Context) error { return nil },
-		allow:  func(ipc.Peer) bool { return true },
-		log:    zap.NewNop(),
-		now:    time.Now,
-		rates:  &queueRates{},
-	}
+		Reload: func(context.Context) error { return nil },
+		Allow:  func(ipc.Peer) bool { return true },
+		Logger: zap.NewNop(),
+	})
 	h := c.handler()
 	f.Fuzz(func(t *testing.T, method uint8, route string, body []byte) {
 		req, err := http.NewRequest(methods[int(method)%len(methods)], "http://gotyledon/", strings.NewReader(string(body)))

@@ -1,4 +1,8 @@
-package cli
+// Package logging builds the manager's logger: one entry per line, every
+// entry written whole with one write, in the formats a terminal, a log
+// shipper and systemd's journal each want, to stderr or to a file that
+// logrotate can move away (File.Reopen).
+package logging
 
 import (
 	"bytes"
@@ -17,7 +21,7 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// newLogger builds the manager's logger. Entries are one per line, each
+// New builds the manager's logger. Entries are one per line, each
 // written whole with one Write, so that entries from different workers never
 // interleave. There is no sampling: a worker's output lines are logged, every
 // one.
@@ -41,9 +45,9 @@ import (
 // nothing, so "auto" is "console"), and a log file is never the journal.
 //
 // The returned sink is the open log file, nil when the log goes to stderr:
-// the caller reopens it on SIGUSR1 (logSink.Reopen) and closes it, after the
+// the caller reopens it on SIGUSR1 (File.Reopen) and closes it, after the
 // logger's last Sync, when it is done.
-func newLogger(format, level, logFile string, stderr io.Writer, getenv func(string) string) (*zap.Logger, *logSink, error) {
+func New(format, level, logFile string, stderr io.Writer, getenv func(string) string) (*zap.Logger, *File, error) {
 	lvl, err := zapcore.ParseLevel(level)
 	if err != nil {
 		return nil, nil, fmt.Errorf("log level: %w", err)
@@ -62,10 +66,10 @@ func newLogger(format, level, logFile string, stderr io.Writer, getenv func(stri
 	}
 	var (
 		ws   zapcore.WriteSyncer
-		sink *logSink
+		sink *File
 	)
 	if logFile != "" {
-		if sink, err = openLogSink(logFile); err != nil {
+		if sink, err = OpenFile(logFile); err != nil {
 			return nil, nil, err
 		}
 		ws = sink // serializes writes itself
@@ -155,6 +159,7 @@ func fileStat(stat func() (fs.FileInfo, error)) func() (dev, ino uint64, err err
 // escaped as in JSON ("\n", "\r", "\u001b"); tabs stay.
 type journalEncoder struct {
 	zapcore.Encoder // the console encoder: fields added by With go to it
+	buffers         buffer.Pool
 }
 
 func newJournalEncoder(ec zapcore.EncoderConfig) zapcore.Encoder {
@@ -162,16 +167,14 @@ func newJournalEncoder(ec zapcore.EncoderConfig) zapcore.Encoder {
 	ec.LevelKey = ""
 	ec.StacktraceKey = "" // stacks go in the fields; see EncodeEntry
 	ec.LineEnding = "\n"  // taken off, and put back after escaping
-	return journalEncoder{zapcore.NewConsoleEncoder(ec)}
+	return journalEncoder{zapcore.NewConsoleEncoder(ec), buffer.NewPool()}
 }
 
 // Clone copies the console encoder, and with it the fields added so far, as
 // zap does for Logger.With.
 func (e journalEncoder) Clone() zapcore.Encoder {
-	return journalEncoder{e.Encoder.Clone()}
+	return journalEncoder{e.Encoder.Clone(), e.buffers}
 }
-
-var journalBuffers = buffer.NewPool()
 
 func (e journalEncoder) EncodeEntry(ent zapcore.Entry, fields []zapcore.Field) (*buffer.Buffer, error) {
 	if ent.Stack != "" {
@@ -183,7 +186,7 @@ func (e journalEncoder) EncodeEntry(ent zapcore.Entry, fields []zapcore.Field) (
 		return nil, err
 	}
 	defer line.Free()
-	out := journalBuffers.Get()
+	out := e.buffers.Get()
 	out.AppendString(journalPriority(ent.Level))
 	for _, b := range bytes.TrimSuffix(line.Bytes(), []byte("\n")) {
 		switch {
@@ -222,9 +225,9 @@ func journalPriority(l zapcore.Level) string {
 	}
 }
 
-// logSink is the log file of --log-file: a zapcore.WriteSyncer that can be
-// reopened at the same path, for logrotate.
-type logSink struct {
+// File is a log file: a zapcore.WriteSyncer that can be reopened at the
+// same path, for logrotate. Its methods are safe for concurrent use.
+type File struct {
 	path string
 
 	mu     sync.Mutex
@@ -232,14 +235,14 @@ type logSink struct {
 	closed bool
 }
 
-// openLogSink opens path for appending, creating it (mode 0640, less the
+// OpenFile opens path for appending, creating it (mode 0640, less the
 // umask) if it does not exist.
-func openLogSink(path string) (*logSink, error) {
+func OpenFile(path string) (*File, error) {
 	f, err := openLogFile(path)
 	if err != nil {
 		return nil, err
 	}
-	return &logSink{path: path, f: f}, nil
+	return &File{path: path, f: f}, nil
 }
 
 func openLogFile(path string) (*os.File, error) {
@@ -250,10 +253,13 @@ func openLogFile(path string) (*os.File, error) {
 	return f, nil
 }
 
+// Path is the file's path, as given to OpenFile.
+func (s *File) Path() string { return s.path }
+
 // Write writes p to the current file with one write, under the sink's lock:
 // zap hands it one whole entry, so entries never interleave, and a Reopen
 // waits for a write in progress and never comes between two halves of one.
-func (s *logSink) Write(p []byte) (int, error) {
+func (s *File) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.f == nil {
@@ -263,7 +269,7 @@ func (s *logSink) Write(p []byte) (int, error) {
 }
 
 // Sync flushes the current file to disk.
-func (s *logSink) Sync() error {
+func (s *File) Sync() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.f == nil {
@@ -284,7 +290,7 @@ func (s *logSink) Sync() error {
 // at any time, concurrently with writes and with itself, and as often as
 // wanted (calling it twice just opens the path twice); after Close it returns
 // an error and opens nothing.
-func (s *logSink) Reopen() error {
+func (s *File) Reopen() error {
 	s.mu.Lock()
 	closed := s.closed
 	s.mu.Unlock()
@@ -312,7 +318,7 @@ func (s *logSink) Reopen() error {
 
 // Close closes the file; writes after it fail. Only the first call closes
 // anything.
-func (s *logSink) Close() error {
+func (s *File) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {

@@ -1,14 +1,17 @@
-// Package cli is the gotyledon command line. The stock gotyledon binary is a
-// one-line main over it, and so is any Go program that embeds its own Go
-// services: such a program registers them in a service.Registry and calls
-// Main, and the same binary then serves as manager and as worker.
+// Package program is the gotyledon command line as a library, and the
+// entry point of every Go program that embeds gotyledon. Such a program
+// registers its Go services on a Program and calls Main: the same binary
+// is then the manager (run), each of its Go workers (the manager
+// re-executes it), and the operator's commands (check, status, scale,
+// reload, queue). The stock gotyledon binary is a Program with no Go
+// services.
 //
 //	func main() {
-//		reg := service.NewRegistry()
-//		reg.Register("printer", newPrinter)
-//		os.Exit(cli.Main(os.Args, reg))
+//		p := program.New()
+//		p.Register("printer", newPrinter)
+//		os.Exit(p.Main(os.Args))
 //	}
-package cli
+package program
 
 import (
 	"errors"
@@ -49,49 +52,59 @@ type commandLine struct {
 	Reload reloadCommand `cmd:"" help:"Have a running manager reload its configuration file, and say whether it could."`
 }
 
-// env is what every command's Run gets: the program's registry, options
-// and streams.
+// Program is a Go program that embeds gotyledon: the Go services it
+// offers, and the hooks its manager calls. The zero value is not usable;
+// create one with New. Register services and set hooks before Main; a
+// Program is not safe for concurrent use.
+type Program struct {
+	registry *service.Registry
+	hooks    supervisor.Hooks
+}
+
+// New returns a Program with no Go services and no hooks: the stock
+// gotyledon command.
+func New() *Program {
+	return &Program{registry: service.NewRegistry()}
+}
+
+// Register offers a Go service under name, which a configuration runs with
+// `run: NAME`. It panics on a programming error, as service.Registry's
+// Register does.
+func (p *Program) Register(name string, f service.Factory) { p.registry.Register(name, f) }
+
+// Registry is the program's registry of Go services.
+func (p *Program) Registry() *service.Registry { return p.registry }
+
+// SetHooks has the manager call h (see supervisor.Hooks), as cotyledon's
+// register_hooks.
+func (p *Program) SetHooks(h supervisor.Hooks) { p.hooks = h }
+
+// Main runs the gotyledon command line with args (os.Args) and returns the
+// process exit code (ExitOK, ExitError, ExitUsage, ExitTimeout). If the
+// environment marks this process as a Go worker started by a manager, it
+// runs that worker instead (see service.Main).
+func (p *Program) Main(args []string) int {
+	if service.IsWorker() {
+		return service.Main(p.registry)
+	}
+	return p.main(args, os.Stdin, os.Stdout, os.Stderr)
+}
+
+// env is what every command's Run gets: the program and its streams.
 type env struct {
-	program        string
-	registry       *service.Registry
-	hooks          supervisor.Hooks
+	*Program
+	name           string // the program's name, for messages
 	stdin          io.Reader
 	stdout, stderr io.Writer
 }
 
-// Option changes how Main runs the manager.
-type Option func(*env)
-
-// WithHooks has the manager call a program's hooks (see supervisor.Hooks),
-// as cotyledon's register_hooks.
-func WithHooks(h supervisor.Hooks) Option {
-	return func(e *env) { e.hooks = h }
-}
-
-// Main runs the gotyledon command line with args (os.Args) and returns the
-// process exit code. If the environment marks this process as a Go worker
-// started by a manager, it runs that worker instead (see service.Main). reg
-// holds the Go services this program offers; nil means none.
-func Main(args []string, reg *service.Registry, opts ...Option) int {
-	if reg == nil {
-		reg = service.NewRegistry()
-	}
-	if service.IsWorker() {
-		return service.Main(reg)
-	}
-	return mainWith(args, reg, os.Stdin, os.Stdout, os.Stderr, opts...)
-}
-
-func mainWith(args []string, reg *service.Registry, stdin io.Reader, stdout, stderr io.Writer, opts ...Option) int {
+func (p *Program) main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	program := "gotyledon"
 	if len(args) > 0 {
 		program = filepath.Base(args[0])
 		args = args[1:]
 	}
-	e := &env{program: program, registry: reg, stdin: stdin, stdout: stdout, stderr: stderr}
-	for _, o := range opts {
-		o(e)
-	}
+	e := &env{Program: p, name: program, stdin: stdin, stdout: stdout, stderr: stderr}
 	var cl commandLine
 	// kong ends the process after printing --help; Main returns instead.
 	helpShown := false
@@ -105,7 +118,7 @@ func mainWith(args []string, reg *service.Registry, stdin io.Reader, stdout, std
 		fmt.Fprintf(e.stderr, "%s: %v\n", program, err)
 		return ExitError
 	}
-	ctx, err := parser.Parse(args)
+	kctx, err := parser.Parse(args)
 	if helpShown {
 		return ExitOK
 	}
@@ -113,7 +126,7 @@ func mainWith(args []string, reg *service.Registry, stdin io.Reader, stdout, std
 		fmt.Fprintf(e.stderr, "%s: %v (see %s --help)\n", program, err, program)
 		return ExitUsage
 	}
-	if err := ctx.Run(e, &cl); err != nil {
+	if err := kctx.Run(e, &cl); err != nil {
 		var ee exitError
 		if !errors.As(err, &ee) {
 			ee = exitError{code: ExitError, err: err}

@@ -1,4 +1,4 @@
-package cli
+package metrics
 
 import (
 	"context"
@@ -38,7 +38,7 @@ func metricsStatus() supervisor.Status {
 			// Removed by a reload, its workers still stopping; Exits nil.
 			{Name: "old", Running: 0, Backoff: 0},
 		},
-		LastReload:    &supervisor.ReloadResult{At: time.Unix(1767323045, 500_000_000), Source: "SIGHUP", Error: "bad file"},
+		LastReload:    &supervisor.ReloadResult{At: time.Unix(1767323045, 500_000_000), Source: supervisor.ReloadBySignal, Error: "bad file"},
 		ReloadsOK:     3,
 		ReloadsFailed: 1,
 	}
@@ -143,7 +143,7 @@ func TestMetricsValues(t *testing.T) {
 		}
 		return metricsStatus(), nil
 	}
-	fams, body := scrapeMetrics(t, newMetricsHandler(status, metricsQueues, zap.NewNop()))
+	fams, body := scrapeMetrics(t, NewHandler(status, metricsQueues, zap.NewNop()))
 	if n := calls.Load(); n != 1 {
 		t.Errorf("one scrape asked status %d times, want 1", n)
 	}
@@ -232,7 +232,7 @@ func TestMetricsBeforeTheFirstReload(t *testing.T) {
 	status := func(context.Context) (supervisor.Status, error) {
 		return supervisor.Status{Services: []supervisor.ServiceStatus{{Name: "web", Desired: 1, Configured: 1}}}, nil
 	}
-	fams, _ := scrapeMetrics(t, newMetricsHandler(status, metricsQueues, zap.NewNop()))
+	fams, _ := scrapeMetrics(t, NewHandler(status, metricsQueues, zap.NewNop()))
 	for _, name := range []string{"gotyledon_last_reload_success", "gotyledon_last_reload_timestamp_seconds"} {
 		if f := fams[name]; f != nil {
 			t.Errorf("%s present before the first reload: %v", name, f)
@@ -254,7 +254,7 @@ func TestMetricsLastReloadSucceeded(t *testing.T) {
 	st.LastReload.Error = ""
 	st.Stopping = true
 	status := func(context.Context) (supervisor.Status, error) { return st, nil }
-	fams, _ := scrapeMetrics(t, newMetricsHandler(status, nil, zap.NewNop()))
+	fams, _ := scrapeMetrics(t, NewHandler(status, nil, zap.NewNop()))
 	const gauge = dto.MetricType_GAUGE
 	if v := metricValue(t, fams, "gotyledon_last_reload_success", gauge); v != 1 {
 		t.Errorf("gotyledon_last_reload_success = %v, want 1", v)
@@ -278,7 +278,7 @@ func TestMetricsEachScrapeAsksAgain(t *testing.T) {
 		q[0].Put = queueCalls.Add(1) * 10
 		return q
 	}
-	h := newMetricsHandler(status, queues, zap.NewNop())
+	h := NewHandler(status, queues, zap.NewNop())
 	for want := 1.0; want <= 3; want++ {
 		fams, _ := scrapeMetrics(t, h)
 		if v := metricValue(t, fams, "gotyledon_worker_restarts_total", dto.MetricType_COUNTER, "service", "web"); v != want {
@@ -292,7 +292,7 @@ func TestMetricsEachScrapeAsksAgain(t *testing.T) {
 
 func TestMetricsWithoutQueues(t *testing.T) {
 	status := func(context.Context) (supervisor.Status, error) { return metricsStatus(), nil }
-	fams, body := scrapeMetrics(t, newMetricsHandler(status, nil, zap.NewNop()))
+	fams, body := scrapeMetrics(t, NewHandler(status, nil, zap.NewNop()))
 	if n := seriesCount(fams, "gotyledon_queue_"); n != 0 || strings.Contains(body, "gotyledon_queue_") {
 		t.Errorf("%d gotyledon_queue_* series without a broker:\n%s", n, body)
 	}
@@ -306,7 +306,7 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 	status := func(context.Context) (supervisor.Status, error) {
 		return supervisor.Status{}, errors.New("status: context deadline exceeded")
 	}
-	fams, body := scrapeMetrics(t, newMetricsHandler(status, metricsQueues, zap.New(core)))
+	fams, body := scrapeMetrics(t, NewHandler(status, metricsQueues, zap.New(core)))
 
 	for _, prefix := range []string{"gotyledon_workers_", "gotyledon_worker_", "gotyledon_reload", "gotyledon_last_reload", "gotyledon_ready", "gotyledon_stopping"} {
 		if n := seriesCount(fams, prefix); n != 0 {

@@ -1,0 +1,241 @@
+// Package control is the manager's control socket: HTTP and JSON over a
+// Unix socket, so that `curl --unix-socket` works as well as the gotyledon
+// commands. Server is the manager's side, Client the commands' side, and
+// Status the document they exchange.
+//
+//	GET  /v1/status   the status document (Status)
+//	POST /v1/scale    {"service": "printer", "workers": 5}
+//	POST /v1/reload   reload the configuration file, as SIGHUP does, and say how it went
+//	GET  /metrics     Prometheus text format (package supervisor/metrics)
+//
+// Every connection's peer is checked (SO_PEERCRED, taken when it is
+// accepted) with the same rules as the queue socket's before a request is
+// acted on: a refused peer gets its headers read (at most 8 KiB) and a 403,
+// nothing else. A request that fails is answered with an ErrorBody and one
+// of 400 (bad request), 403 (peer not allowed), 404 (no such service), 422
+// (the reload changed nothing) or 503 (the manager is stopping).
+package control
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor"
+)
+
+// ScaleRequest is the body of POST /v1/scale.
+type ScaleRequest struct {
+	Service string `json:"service"`
+	Workers *int   `json:"workers"`
+}
+
+// ErrorBody is the body of every answer that is not a success. Details
+// holds a failed reload's FILE:LINE:COL errors, one per entry.
+type ErrorBody struct {
+	Error   string   `json:"error"`
+	Details []string `json:"details,omitempty"`
+}
+
+// Options are what a Server serves. Its collaborators are functions, so
+// that a Server can be tested over a fake manager.
+type Options struct {
+	// Status takes a snapshot of the supervisor (Supervisor.Status).
+	Status func(context.Context) (supervisor.Status, error)
+	// Scale sets a service's worker count (Supervisor.Reconfigure).
+	Scale func(ctx context.Context, service string, workers int) error
+	// Reload asks the manager to reload its file, as SIGHUP does, and
+	// returns nil once it is applied, or why it changed nothing.
+	Reload func(context.Context) error
+	// Queues returns the broker's figures; nil without a broker.
+	Queues func() []ipc.QueueStats
+	// Allow decides whether a connected peer may use the socket.
+	Allow func(ipc.Peer) bool
+	// Metrics serves GET /metrics; nil: no such route.
+	Metrics http.Handler
+	// Logger receives refusals and scales. Default: none.
+	Logger *zap.Logger
+}
+
+// Server is the actor that serves the control socket: Run is its execute
+// function and Interrupt its interrupt.
+type Server struct {
+	l      net.Listener
+	status func(context.Context) (supervisor.Status, error)
+	scale  func(ctx context.Context, service string, workers int) error
+	reload func(context.Context) error
+	queues func() []ipc.QueueStats
+	allow  func(ipc.Peer) bool
+	log    *zap.Logger
+	now    func() time.Time
+	pid    int
+
+	rates   *queueRates
+	metrics http.Handler
+
+	quit     chan struct{} // ends the rate sampler
+	quitOnce sync.Once
+	mu       sync.Mutex
+	server   *http.Server
+}
+
+// NewServer returns a Server of opts on l, which it closes when it is
+// interrupted.
+func NewServer(l net.Listener, opts Options) *Server {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &Server{
+		l: l, status: opts.Status, scale: opts.Scale, reload: opts.Reload, queues: opts.Queues,
+		allow: opts.Allow, log: log, now: time.Now, pid: os.Getpid(),
+		rates: &queueRates{}, metrics: opts.Metrics, quit: make(chan struct{}),
+	}
+}
+
+// peerKey carries a connection's ipc.Peer in its requests' contexts.
+type peerKey struct{}
+
+// handler routes the control API, every route behind the peer check.
+func (c *Server) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/status", c.serveStatus)
+	mux.HandleFunc("POST /v1/scale", c.serveScale)
+	mux.HandleFunc("POST /v1/reload", c.serveReload)
+	if c.metrics != nil {
+		mux.Handle("GET /metrics", c.metrics)
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, ok := r.Context().Value(peerKey{}).(ipc.Peer)
+		if !ok || !c.allow(p) {
+			c.log.Warn("control request refused: peer not allowed", zap.Int("uid", p.UID), zap.Int("gid", p.GID), zap.Int("pid", p.PID))
+			writeJSON(w, http.StatusForbidden, ErrorBody{Error: fmt.Sprintf(
+				"uid %d may not use the control socket (allowed: the manager's user, root, control.allow_uids, control.allow_gids and members of control.group)", p.UID)})
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// Run answers on the listener until Interrupt, and samples the queues'
+// rates meanwhile. It returns nil after Interrupt, an error if the listener
+// fails or Run was called before.
+func (c *Server) Run() error {
+	c.mu.Lock()
+	if c.server != nil {
+		c.mu.Unlock()
+		return errors.New("control server: Run called twice, or after Interrupt")
+	}
+	c.server = &http.Server{
+		Handler:           c.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second, // bodies are small; a trickled one is cut
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    8 << 10,
+		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+			return context.WithValue(ctx, peerKey{}, ipc.PeerOf(nc))
+		},
+		ErrorLog: zap.NewStdLog(c.log),
+	}
+	srv := c.server
+	c.mu.Unlock()
+	go c.rates.runSampler(c.queues, c.quit)
+	c.log.Info("control socket listening", zap.String("socket", c.l.Addr().String()))
+	if err := srv.Serve(c.l); !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("control socket: %w", err)
+	}
+	return nil
+}
+
+// Interrupt stops serving: the listener and connections are closed,
+// requests in progress cut. Safe to call twice, and before Run (which then
+// fails at once, having closed the listener).
+func (c *Server) Interrupt(error) {
+	c.quitOnce.Do(func() { close(c.quit) })
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.server == nil {
+		c.server = &http.Server{} // a later Run fails at once
+		c.l.Close()
+	}
+	c.server.Close()
+}
+
+func (c *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	st, err := c.status(ctx)
+	if err != nil {
+		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: err.Error()})
+		return
+	}
+	var queues []ipc.QueueStats
+	if c.queues != nil {
+		queues = c.queues()
+	}
+	now := c.now()
+	writeJSON(w, http.StatusOK, NewStatus(st, queues, c.rates.perSecond(queues, now), c.pid, now))
+}
+
+func (c *Server) serveScale(w http.ResponseWriter, r *http.Request) {
+	var req ScaleRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil || req.Service == "" || req.Workers == nil {
+		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: `want a JSON body {"service": NAME, "workers": N}`})
+		return
+	}
+	err := c.scale(r.Context(), req.Service, *req.Workers)
+	switch {
+	case err == nil:
+		c.log.Info("scaled from the control socket", zap.String("service", req.Service), zap.Int("workers", *req.Workers))
+		writeJSON(w, http.StatusOK, map[string]any{"service": req.Service, "workers": *req.Workers})
+	case errors.Is(err, supervisor.ErrNoSuchService):
+		writeJSON(w, http.StatusNotFound, ErrorBody{Error: err.Error()})
+	case errors.Is(err, supervisor.ErrStopped):
+		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: err.Error()})
+	default:
+		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
+	}
+}
+
+func (c *Server) serveReload(w http.ResponseWriter, r *http.Request) {
+	err := c.reload(r.Context())
+	if err == nil {
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		return
+	}
+	doc := ErrorBody{Error: "reload failed: the running services are unchanged"}
+	var list config.ErrorList
+	if errors.As(err, &list) {
+		for _, e := range list {
+			doc.Details = append(doc.Details, e.Error())
+		}
+	} else {
+		doc.Details = []string{err.Error()}
+	}
+	status := http.StatusUnprocessableEntity
+	if errors.Is(err, supervisor.ErrStopped) {
+		status = http.StatusServiceUnavailable
+	}
+	writeJSON(w, status, doc)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v) // the client went away: nothing to do
+}

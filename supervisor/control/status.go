@@ -1,0 +1,208 @@
+package control
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor"
+)
+
+// Schema is the version of Status. It changes only when a field changes
+// meaning or goes away; fields may be added within a version.
+const Schema = 1
+
+// Status is the status document: the JSON of GET /v1/status and of
+// `gotyledon status --json`, and what Client.Status returns. Times are
+// RFC 3339 in UTC, null when there is none; durations are seconds. Every
+// key is pinned by a test; the status section of supervisor/control's
+// README documents each.
+type Status struct {
+	Schema        int             `json:"schema"`
+	PID           int             `json:"pid"`
+	Config        string          `json:"config"`
+	StartedAt     *time.Time      `json:"started_at"`
+	UptimeSeconds float64         `json:"uptime_seconds"`
+	Ready         bool            `json:"ready"`
+	Stopping      bool            `json:"stopping"`
+	Services      []ServiceStatus `json:"services"`
+	Queues        []QueueStatus   `json:"queues"`
+	LastReload    *ReloadStatus   `json:"last_reload"`
+	Reloads       ReloadCounts    `json:"reloads"`
+}
+
+// ServiceStatus is one service in a Status: in the configuration's order,
+// then services a reload removed whose workers are still stopping.
+type ServiceStatus struct {
+	Name string `json:"name"`
+	// Desired is what the manager keeps running now; Configured the
+	// configuration's count (they differ after a scale, until the next
+	// reload).
+	Desired    int `json:"desired"`
+	Configured int `json:"configured"`
+	Running    int `json:"running"`
+	Backoff    int `json:"backoff"`
+	// Restarts and Exits count since the manager started; Exits by
+	// reason: stopped, clean, error, signal, start_failed.
+	Restarts uint64            `json:"restarts"`
+	Exits    map[string]uint64 `json:"exits"`
+	Workers  []WorkerStatus    `json:"workers"`
+}
+
+// WorkerStatus is one worker slot, by id.
+type WorkerStatus struct {
+	ID int `json:"id"`
+	// State is starting, running, stopping or backoff.
+	State         string     `json:"state"`
+	PID           int        `json:"pid"` // 0 without a process
+	StartedAt     *time.Time `json:"started_at"`
+	UptimeSeconds float64    `json:"uptime_seconds"`
+	Restarts      int        `json:"restarts"`
+	Failures      int        `json:"failures"`  // quick exits in a row
+	LastExit      string     `json:"last_exit"` // "exit code 1", "killed by SIGKILL", "failed to start: ..."
+	LastExitAt    *time.Time `json:"last_exit_at"`
+	RetryAt       *time.Time `json:"retry_at"` // in backoff: when it starts again
+	Outdated      bool       `json:"outdated"` // waits to be replaced by a reload
+}
+
+// QueueStatus is one queue of the broker.
+type QueueStatus struct {
+	Name             string  `json:"name"`
+	Capacity         int     `json:"capacity"`
+	Depth            int     `json:"depth"`
+	InFlight         int     `json:"in_flight"`
+	PutTotal         uint64  `json:"put_total"`
+	DeliveredTotal   uint64  `json:"delivered_total"`
+	AckedTotal       uint64  `json:"acked_total"`
+	RedeliveredTotal uint64  `json:"redelivered_total"`
+	PutPerSecond     float64 `json:"put_per_second"`
+	AckedPerSecond   float64 `json:"acked_per_second"`
+}
+
+// ReloadStatus is the newest reload's result.
+type ReloadStatus struct {
+	At time.Time `json:"at"`
+	// Source is SIGHUP, file, control, or "" for the program itself.
+	Source string `json:"source"`
+	OK     bool   `json:"ok"`
+	// Error holds every FILE:LINE:COL line of a failure.
+	Error string `json:"error"`
+}
+
+// ReloadCounts count reloads since the manager started.
+type ReloadCounts struct {
+	OK     uint64 `json:"ok"`
+	Failed uint64 `json:"failed"`
+}
+
+// QueueRate is a queue's recent put and ack rates, items per second.
+type QueueRate struct{ Put, Acked float64 }
+
+// NewStatus builds the status document of the manager process pid from a
+// supervisor snapshot, the broker's queue figures (nil without a broker)
+// and their recent rates, as seen at now.
+func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]QueueRate, pid int, now time.Time) Status {
+	doc := Status{
+		Schema:   Schema,
+		PID:      pid,
+		Config:   st.Config,
+		Ready:    st.Ready,
+		Stopping: st.Stopping,
+		Services: []ServiceStatus{},
+		Queues:   []QueueStatus{},
+		Reloads:  ReloadCounts{OK: st.ReloadsOK, Failed: st.ReloadsFailed},
+	}
+	if !st.StartedAt.IsZero() {
+		doc.StartedAt = timePtr(st.StartedAt)
+		doc.UptimeSeconds = now.Sub(st.StartedAt).Seconds()
+	}
+	for _, sv := range st.Services {
+		sd := ServiceStatus{
+			Name: sv.Name, Desired: sv.Desired, Configured: sv.Configured, Running: sv.Running, Backoff: sv.Backoff,
+			Restarts: sv.Counters.Restarts, Exits: map[string]uint64{}, Workers: []WorkerStatus{},
+		}
+		for _, reason := range supervisor.ExitReasons {
+			sd.Exits[string(reason)] = sv.Counters.Exits[reason]
+		}
+		for _, w := range sv.Workers {
+			wd := WorkerStatus{
+				ID: w.ID, State: w.State, PID: w.PID, Restarts: w.Restarts, Failures: w.Failures,
+				LastExit: w.LastExit, Outdated: w.Outdated,
+			}
+			if !w.StartedAt.IsZero() {
+				wd.StartedAt = timePtr(w.StartedAt)
+				wd.UptimeSeconds = now.Sub(w.StartedAt).Seconds()
+			}
+			if !w.LastExitAt.IsZero() {
+				wd.LastExitAt = timePtr(w.LastExitAt)
+			}
+			if !w.RetryAt.IsZero() {
+				wd.RetryAt = timePtr(w.RetryAt)
+			}
+			sd.Workers = append(sd.Workers, wd)
+		}
+		doc.Services = append(doc.Services, sd)
+	}
+	for _, q := range queues {
+		r := rates[q.Name]
+		doc.Queues = append(doc.Queues, QueueStatus{
+			Name: q.Name, Capacity: q.Capacity, Depth: q.Depth, InFlight: q.InFlight,
+			PutTotal: q.Put, DeliveredTotal: q.Delivered, AckedTotal: q.Acked, RedeliveredTotal: q.Redelivered,
+			PutPerSecond: r.Put, AckedPerSecond: r.Acked,
+		})
+	}
+	if lr := st.LastReload; lr != nil {
+		doc.LastReload = &ReloadStatus{At: lr.At.UTC(), Source: lr.Source.String(), OK: lr.Error == "", Error: lr.Error}
+	}
+	return doc
+}
+
+func timePtr(t time.Time) *time.Time {
+	u := t.UTC()
+	return &u
+}
+
+// Service returns the service called name, or nil.
+func (s *Status) Service(name string) *ServiceStatus {
+	for i := range s.Services {
+		if s.Services[i].Name == name {
+			return &s.Services[i]
+		}
+	}
+	return nil
+}
+
+// Summary is the status in one line, as systemd's STATUS= shows it: each
+// service's running and desired workers, each queue's depth, and a failed
+// last reload's first error.
+//
+//	printer 5/5, producer 1/1 (1 in backoff); jobs: 12 queued, 2 in flight
+func (s *Status) Summary() string {
+	var b strings.Builder
+	if s.Stopping {
+		b.WriteString("stopping: ")
+	}
+	for i, sv := range s.Services {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %d/%d", sv.Name, sv.Running, sv.Desired)
+		if sv.Backoff > 0 {
+			fmt.Fprintf(&b, " (%d in backoff)", sv.Backoff)
+		}
+	}
+	for i, q := range s.Queues {
+		if i == 0 {
+			b.WriteString("; ")
+		} else {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s: %d queued, %d in flight", q.Name, q.Depth, q.InFlight)
+	}
+	if r := s.LastReload; r != nil && !r.OK {
+		first, _, _ := strings.Cut(r.Error, "\n")
+		fmt.Fprintf(&b, "; last reload failed: %s", first)
+	}
+	return b.String()
+}

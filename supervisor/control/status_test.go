@@ -1,0 +1,45 @@
+package control
+
+import (
+	"testing"
+	"time"
+
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor"
+)
+
+func TestStatusSummary(t *testing.T) {
+	t.Parallel()
+	services := []supervisor.ServiceStatus{
+		{Name: "printer", Desired: 5, Configured: 5, Running: 5},
+		{Name: "producer", Desired: 2, Configured: 1, Running: 1, Backoff: 1},
+	}
+	queues := []ipc.QueueStats{{Name: "jobs", Depth: 12, InFlight: 2, Capacity: 100}, {Name: "mail"}}
+	for _, tc := range []struct {
+		name   string
+		st     supervisor.Status
+		queues []ipc.QueueStats
+		want   string
+	}{
+		{"services and queues", supervisor.Status{Ready: true, Services: services}, queues,
+			"printer 5/5, producer 1/2 (1 in backoff); jobs: 12 queued, 2 in flight, mail: 0 queued, 0 in flight"},
+		{"services only", supervisor.Status{Services: services[:1]}, nil, "printer 5/5"},
+		{"stopping", supervisor.Status{Stopping: true, Services: services}, queues[:1],
+			"stopping: printer 5/5, producer 1/2 (1 in backoff); jobs: 12 queued, 2 in flight"},
+		{"last reload applied", supervisor.Status{Services: services[:1], LastReload: &supervisor.ReloadResult{Source: supervisor.ReloadBySignal}}, nil,
+			"printer 5/5"},
+		{"last reload failed", supervisor.Status{
+			Services:   services,
+			LastReload: &supervisor.ReloadResult{Source: supervisor.ReloadByFile, Error: "/etc/g.yaml:4:14: workers must be a number\n/etc/g.yaml:9:3: unknown field"},
+		}, queues[1:],
+			"printer 5/5, producer 1/2 (1 in backoff); mail: 0 queued, 0 in flight; last reload failed: /etc/g.yaml:4:14: workers must be a number"},
+		{"stopping after a failed reload", supervisor.Status{
+			Stopping: true, Services: services[:1], LastReload: &supervisor.ReloadResult{Error: "broker: queue jobs holds 3 items"},
+		}, nil, "stopping: printer 5/5; last reload failed: broker: queue jobs holds 3 items"},
+	} {
+		doc := NewStatus(tc.st, tc.queues, nil, 1, time.Now())
+		if got := doc.Summary(); got != tc.want {
+			t.Errorf("%s:\n got %q\nwant %q", tc.name, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,322 @@
+// Package manager is a running gotyledon manager: the actors it is made
+// of, each a type with its own execute and interrupt, wired in one
+// run.Group (see Manager.Run, read top to bottom). If any actor returns,
+// the others are interrupted; the group ends when the supervisor returns,
+// which it does once a shutdown has stopped every worker.
+//
+// New does everything that can fail before a worker starts (read the
+// configuration, bind the sockets, refuse to run a second manager on the
+// same control socket), logs why it failed, and starts nothing then. Run
+// runs until SIGTERM, SIGINT or the end of its context.
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/oklog/run"
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor"
+	"github.com/gotyledon/gotyledon/supervisor/configwatch"
+	"github.com/gotyledon/gotyledon/supervisor/control"
+	"github.com/gotyledon/gotyledon/supervisor/logging"
+	"github.com/gotyledon/gotyledon/supervisor/metrics"
+	"github.com/gotyledon/gotyledon/supervisor/sdnotify"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// ConfigFile is the YAML configuration to run. It is read again on
+	// each reload: SIGHUP, an edit of the file (its directory is watched),
+	// or `gotyledon reload`.
+	ConfigFile string
+	// GoServices are the names of the Go services the program registers
+	// (service.Registry.Names): a configuration's run: must name one.
+	GoServices []string
+	// Hooks are the program's callbacks (supervisor.Hooks).
+	Hooks supervisor.Hooks
+	// Logger receives the manager's events and every line workers write.
+	// Default: none.
+	Logger *zap.Logger
+	// LogFile, when the log goes to a file, is reopened on SIGUSR1.
+	LogFile *logging.File
+	// ProgramName starts a Go worker's process title ("NAME: printer
+	// worker 3"). Default: the base name of os.Args[0].
+	ProgramName string
+	// Getenv reads the manager's environment: NOTIFY_SOCKET, the socket
+	// directories. Default os.Getenv.
+	Getenv func(string) string
+}
+
+// Manager is one manager process's supervision: a supervisor, its queue
+// broker, control socket, metrics, systemd notifier, configuration watch
+// and signal handling. Create it with New and call Run once; if Run is
+// never called, call Close to release what New took.
+type Manager struct {
+	log     *zap.Logger
+	signals *signals
+	reloads *reloader
+	sup     *supervisor.Supervisor
+
+	broker        *ipc.Broker  // nil without queues
+	queueListener net.Listener // nil without queues
+	control       *control.Server
+	metricsServer *metrics.Server // nil without control.metrics_listen
+	notify        *sdnotify.Notifier
+	watch         *configwatch.Watch // nil without a file or without inotify
+	closeOnce     sync.Once
+}
+
+// New prepares a manager: it subscribes to the signals, reads the
+// configuration, and binds the queue socket, the control socket and the
+// metrics address, so that all of them answer as soon as the first worker
+// starts. On any failure it logs why (a configuration's every
+// FILE:LINE:COL error on a line of its own), releases what it took, starts
+// nothing, and returns the error.
+//
+// A manager whose control socket cannot be created still runs, without
+// status, scale and reload; one that finds another manager answering on
+// its control socket does not (it would run every worker a second time).
+func New(opts Options) (_ *Manager, err error) {
+	log := opts.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	getenv := opts.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	m := &Manager{log: log, signals: subscribeSignals(log, opts.LogFile), notify: sdnotify.New(getenv, log)}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+
+	data, err := os.ReadFile(opts.ConfigFile)
+	if err != nil {
+		err = fmt.Errorf("load config: %w", err)
+		logConfigError(log, err, "nothing was started")
+		return nil, err
+	}
+	parse := func(data []byte) (*config.Config, error) {
+		return config.Parse(opts.ConfigFile, data, opts.GoServices)
+	}
+	cfg, err := parse(data)
+	if err != nil {
+		logConfigError(log, err, "configuration is invalid; nothing was started")
+		return nil, err
+	}
+
+	// The broker listens before the first worker starts, since workers
+	// dial it at once. Without queues there is no broker and no socket.
+	socket := cfg.Broker.Socket
+	if socket == "" {
+		socket = ipc.DefaultSocketPath(getenv)
+	}
+	var workerEnv []string
+	if len(cfg.Queues) > 0 {
+		workerEnv = append(workerEnv, ipc.EnvSocket+"="+socket)
+	}
+	m.sup, err = supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: opts.ProgramName, WorkerEnv: workerEnv, Hooks: opts.Hooks})
+	if err != nil {
+		log.Error("cannot start supervision", zap.Error(err))
+		return nil, err
+	}
+	var queues func() []ipc.QueueStats // nil without a broker
+	if len(cfg.Queues) > 0 {
+		m.broker, err = ipc.NewBroker(ipc.BrokerOptions{
+			Queues: brokerQueues(cfg.Queues),
+			Allow:  ipc.AllowPeers(os.Getuid(), peerRules(cfg.Broker), ipc.ProcessGroups),
+			Logger: log.Named("broker"),
+		})
+		if err != nil {
+			err = fmt.Errorf("start the queue broker: %w", err)
+			log.Error("cannot serve the queues", zap.Error(err))
+			return nil, err
+		}
+		if m.queueListener, err = ipc.Listen(socket, cfg.Broker.GID); err != nil {
+			log.Error("cannot serve the queues", zap.String("socket", socket), zap.Error(err))
+			return nil, err
+		}
+		queues = m.broker.Stats
+		log.Info("queue broker listening", zap.String("socket", socket), zap.Int("queues", len(cfg.Queues)))
+	}
+
+	m.reloads = newReloader(cfg, data)
+	m.reloads.file, m.reloads.parse, m.reloads.log = opts.ConfigFile, parse, log
+	m.reloads.sup, m.reloads.notify = m.sup, m.notify
+	if m.broker != nil {
+		m.reloads.broker = m.broker
+	}
+	m.reloads.summary = func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s, err := m.summary(ctx, queues)
+		if err != nil {
+			return "status unavailable: " + err.Error()
+		}
+		return s
+	}
+	m.signals.to = m.reloads
+
+	// The control socket listens before the workers start, so that status
+	// answers during start-up.
+	metricsHandler := metrics.NewHandler(m.sup.Status, queues, log)
+	if err := m.listenControl(cfg, getenv, queues, metricsHandler); err != nil {
+		return nil, err
+	}
+	if addr := cfg.Control.MetricsListen; addr != "" {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			log.Error("cannot serve metrics", zap.String("address", addr), zap.Error(err))
+			return nil, fmt.Errorf("serve metrics on %s: %w", addr, err)
+		}
+		m.metricsServer = metrics.NewServer(l, metricsHandler)
+		log.Info("metrics listening", zap.String("address", l.Addr().String()))
+	}
+	// Without the watch (no inotify, say) the manager still runs, and
+	// SIGHUP still reloads.
+	if m.watch, err = configwatch.New(opts.ConfigFile, log); err != nil {
+		log.Warn("config file not watched; SIGHUP still reloads it", zap.Error(err))
+		m.watch, err = nil, nil
+	} else {
+		m.reloads.fileChanges = m.watch.Changes()
+	}
+	return m, nil
+}
+
+// listenControl binds the control socket: the single-instance guard. A
+// live manager on it means this one must not start. Any other failure (no
+// right to create it, say) leaves the manager running without status,
+// scale and reload.
+func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, queues func() []ipc.QueueStats, metricsHandler http.Handler) error {
+	path := control.SocketPath(cfg, getenv)
+	l, err := ipc.Listen(path, cfg.Control.GID)
+	switch {
+	case errors.Is(err, ipc.ErrInUse):
+		m.log.Error("another manager runs with this control socket; not starting a second one", zap.String("socket", path), zap.Error(err))
+		return fmt.Errorf("control socket %s: %w", path, err)
+	case err != nil:
+		m.log.Error("cannot serve the control socket: status, scale and reload will not answer (set control.socket to a writable place)",
+			zap.String("socket", path), zap.Error(err))
+		return nil
+	}
+	m.control = control.NewServer(l, control.Options{
+		Status:  m.sup.Status,
+		Scale:   m.sup.Reconfigure,
+		Reload:  func(ctx context.Context) error { return m.reloads.Reload(ctx, supervisor.ReloadByControl) },
+		Queues:  queues,
+		Allow:   ipc.AllowPeers(os.Getuid(), peerRules(cfg.Control.SocketAccess), ipc.ProcessGroups),
+		Metrics: metricsHandler,
+		Logger:  m.log.Named("control"),
+	})
+	return nil
+}
+
+// summary is the one-line status systemd shows, taken from the loop: it
+// fails if the loop does not answer before ctx ends.
+func (m *Manager) summary(ctx context.Context, queues func() []ipc.QueueStats) (string, error) {
+	st, err := m.sup.Status(ctx)
+	if err != nil {
+		return "", err
+	}
+	var qs []ipc.QueueStats
+	if queues != nil {
+		qs = queues()
+	}
+	doc := control.NewStatus(st, qs, nil, os.Getpid(), time.Now())
+	return doc.Summary(), nil
+}
+
+// Run runs the manager until a shutdown has stopped every worker: after
+// SIGTERM or SIGINT, or once ctx ends (a graceful shutdown either way). It
+// returns nil then, or the error of an actor that failed. Run may be
+// called once.
+func (m *Manager) Run(ctx context.Context) error {
+	defer m.Close()
+	var g run.Group
+	// Signals: SIGTERM, SIGINT, SIGHUP, SIGUSR1 become requests to the
+	// reload path.
+	g.Add(m.signals.Run, m.signals.Interrupt)
+	// Reloads: the owner of the configuration; applies each reload, and
+	// each shutdown, in the order asked.
+	g.Add(func() error { return m.reloads.Run(ctx) }, m.reloads.Interrupt)
+	// Config watch: edits of the file, applied as SIGHUP is.
+	if m.watch != nil {
+		g.Add(m.watch.Run, m.watch.Interrupt)
+	}
+	// Supervisor: starts, restarts and stops the workers. Its return, once
+	// every worker is gone, ends the group.
+	g.Add(func() error { return m.sup.Run(ctx) }, func(error) { m.sup.Shutdown(false) })
+	// Queue broker: serves until the group ends, so that stopping workers
+	// can still ack what they finish; items in flight when it closes are
+	// lost with the manager (at least once holds while the manager lives).
+	if m.broker != nil {
+		g.Add(func() error { return m.broker.Serve(m.queueListener) }, func(error) { m.broker.Close() })
+	}
+	// Control socket: status, scale, reload and metrics.
+	if m.control != nil {
+		g.Add(m.control.Run, m.control.Interrupt)
+	}
+	// Metrics on TCP, when the configuration asks for it: /metrics only.
+	if m.metricsServer != nil {
+		g.Add(m.metricsServer.Run, m.metricsServer.Interrupt)
+	}
+	// systemd: STATUS= kept current and, when systemd asks for it, the
+	// watchdog pinged, each only after the supervisor's loop has answered.
+	if m.notify.Enabled() {
+		reporter := sdnotify.NewReporter(m.notify, func(ctx context.Context) (string, error) {
+			var queues func() []ipc.QueueStats
+			if m.broker != nil {
+				queues = m.broker.Stats
+			}
+			return m.summary(ctx, queues)
+		})
+		g.Add(reporter.Run, reporter.Interrupt)
+	}
+	return g.Run()
+}
+
+// Close releases what New took: the signals, the sockets, the watch. Run
+// calls it when it returns; call it yourself only for a Manager whose Run
+// is never called. Safe to call more than once.
+func (m *Manager) Close() {
+	m.closeOnce.Do(func() {
+		m.signals.unsubscribe()
+		if m.queueListener != nil {
+			m.queueListener.Close()
+		}
+		if m.control != nil {
+			m.control.Interrupt(nil)
+		}
+		if m.metricsServer != nil {
+			m.metricsServer.Interrupt(nil)
+		}
+		if m.broker != nil {
+			m.broker.Close()
+		}
+		if m.watch != nil {
+			m.watch.Close()
+		}
+	})
+}
+
+// peerRules are a socket's peer rules from its configuration: its allowed
+// users, and its allowed groups and own group.
+func peerRules(a config.SocketAccess) ipc.PeerRules {
+	r := ipc.PeerRules{UIDs: a.AllowUIDs, GIDs: a.AllowGIDs}
+	if a.GID >= 0 {
+		r.GIDs = append(append([]int(nil), a.AllowGIDs...), a.GID)
+	}
+	return r
+}

@@ -1,0 +1,330 @@
+package manager
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor"
+)
+
+// reloader is the one owner of the running configuration. It reads and
+// applies the configuration file for every reload, whoever asks (SIGHUP,
+// an edit seen by the watch, `gotyledon reload`), one at a time and in
+// the order asked; the broker and the supervisor receive what it applied
+// and hold no configuration of their own. Because a shutdown ends every
+// reload still waiting, it sequences shutdowns too.
+//
+// Run is its execute function, Interrupt its interrupt. Reload, request
+// and stop are safe from any goroutine.
+type reloader struct {
+	file string // the configuration file; "" when the program declares it all
+	// parse turns the file's content into a configuration: config.ParseOver
+	// with the program's declaration and Go services. Without a file it
+	// is called with nil, and resolves the declaration alone.
+	parse   func(data []byte) (*config.Config, error)
+	log     *zap.Logger
+	sup     loop
+	broker  queueSetter // nil without queues
+	notify  notifier
+	summary func() string
+	// fileChanges reports edits of the file's directory (configwatch);
+	// nil without a watch.
+	fileChanges <-chan struct{}
+
+	asks     chan any // reloadAsk and stopAsk, in the order they were made
+	quit     chan struct{}
+	quitOnce sync.Once
+
+	// Owned by Run.
+	current *config.Config
+	// lastRead is the file's content as the last reload (or the start)
+	// read it, good or bad.
+	lastRead []byte
+}
+
+// loop is what the reloader asks of the supervisor (*supervisor.Supervisor).
+type loop interface {
+	Ready() <-chan struct{}
+	Shutdown(fast bool)
+	Reload(ctx context.Context, source supervisor.ReloadSource, cfg *config.Config) error
+	ReloadRefused(source supervisor.ReloadSource, err error)
+}
+
+// queueSetter is what the reloader asks of the broker (*ipc.Broker).
+type queueSetter interface {
+	SetQueues(qs []ipc.QueueConfig) error
+}
+
+// notifier is what the reloader tells systemd (*sdnotify.Notifier).
+type notifier interface {
+	Ready(status string)
+	Reloading()
+	Stopping()
+}
+
+// reloadAsk asks for one reload; reply (buffered) gets its outcome, or is
+// nil when nobody waits.
+type reloadAsk struct {
+	source supervisor.ReloadSource
+	reply  chan<- error
+}
+
+func (r reloadAsk) answer(err error) {
+	if r.reply != nil {
+		r.reply <- err
+	}
+}
+
+// stopAsk asks for a shutdown. escalate turns a shutdown already under way
+// into a fast one (a second Ctrl-C).
+type stopAsk struct{ escalate bool }
+
+// newReloader returns the reloader of the configuration cfg, read from the
+// file's content data.
+func newReloader(cfg *config.Config, data []byte) *reloader {
+	return &reloader{current: cfg, lastRead: data, asks: make(chan any, 16), quit: make(chan struct{})}
+}
+
+// Reload asks for a reload, as SIGHUP does, and waits for its outcome:
+// nil once applied, or why it changed nothing. ctx bounds the wait, not
+// the reload.
+func (r *reloader) Reload(ctx context.Context, source supervisor.ReloadSource) error {
+	reply := make(chan error, 1)
+	select {
+	case r.asks <- reloadAsk{source: source, reply: reply}:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.quit:
+		return fmt.Errorf("reload: %w", supervisor.ErrStopped)
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-r.quit:
+		return fmt.Errorf("reload: %w", supervisor.ErrStopped)
+	}
+}
+
+// request asks for a reload without waiting for it.
+func (r *reloader) request(source supervisor.ReloadSource) { r.ask(reloadAsk{source: source}) }
+
+// stop asks for a graceful shutdown, or, with escalate, a fast one if a
+// shutdown is under way already.
+func (r *reloader) stop(escalate bool) { r.ask(stopAsk{escalate: escalate}) }
+
+func (r *reloader) ask(a any) {
+	select {
+	case r.asks <- a:
+	case <-r.quit:
+	}
+}
+
+// Run serves asks until Interrupt. The end of ctx is a graceful shutdown.
+// A reload asked for before the supervisor's first start is done waits for
+// it; one asked for during a shutdown is refused.
+func (r *reloader) Run(ctx context.Context) error {
+	stopping := false
+	ready := r.sup.Ready()
+	var pending []reloadAsk
+	refuseAll := func() {
+		for _, p := range pending {
+			p.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
+		}
+		pending = nil
+	}
+	reload := func(a reloadAsk) {
+		switch {
+		case stopping:
+			r.log.Warn("reload ignored: the manager is stopping", zap.Stringer("source", a.source))
+			a.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
+		case ready != nil && a.source == supervisor.ReloadByFile:
+			// One read of the file once started covers every change of
+			// its directory meanwhile.
+			if !slices.ContainsFunc(pending, func(p reloadAsk) bool { return p.source == supervisor.ReloadByFile }) {
+				r.log.Debug("config directory changed during the first start; the file is read once it is done")
+				pending = append(pending, a)
+			}
+		case ready != nil:
+			r.log.Info("reload waits until the first start is done", zap.Stringer("source", a.source))
+			pending = append(pending, a)
+		default:
+			r.reload(a)
+		}
+	}
+	stop := func(fast bool) {
+		if !stopping {
+			r.notify.Stopping()
+			refuseAll()
+		}
+		r.sup.Shutdown(fast)
+		stopping = true
+	}
+	done := ctx.Done()
+	for {
+		select {
+		case <-r.quit:
+			refuseAll()
+			return nil
+		case <-done:
+			done = nil
+			stop(false)
+		case <-ready:
+			ready = nil
+			if stopping {
+				break // systemd has been told STOPPING=1 already
+			}
+			r.notify.Ready(r.summary())
+			for _, p := range pending {
+				r.reload(p)
+			}
+			pending = nil
+		case <-r.fileChanges:
+			reload(reloadAsk{source: supervisor.ReloadByFile})
+		case a := <-r.asks:
+			switch a := a.(type) {
+			case reloadAsk:
+				reload(a)
+			case stopAsk:
+				stop(a.escalate && stopping)
+			}
+		}
+	}
+}
+
+// Interrupt ends Run; reloads still waiting are refused. Safe to call more
+// than once.
+func (r *reloader) Interrupt(error) { r.quitOnce.Do(func() { close(r.quit) }) }
+
+// reload reads and applies the file. A file that does not load, or that
+// the broker refuses, changes nothing; either way the outcome is logged,
+// recorded for status, told to systemd and answered.
+func (r *reloader) reload(a reloadAsk) {
+	var data []byte
+	var readErr error
+	if r.file != "" {
+		data, readErr = os.ReadFile(r.file)
+	}
+	// The watch reports any change of the file's directory. A content the
+	// last reload read already is not reloaded: a touch, the same bytes
+	// written again, and an edit saved and then signalled (or `systemctl
+	// reload` after an edit), which reaches us from the watch and as
+	// SIGHUP, are applied, counted and told to systemd once. Compared with
+	// what any reload read, good or bad, so that putting back the file a
+	// refused edit replaced applies it. SIGHUP and `gotyledon reload`
+	// always reload: they are asked for on purpose. The file is read here,
+	// not by the watch, so that what is applied is never older than what
+	// a reload before it applied.
+	if a.source == supervisor.ReloadByFile {
+		switch {
+		case readErr != nil:
+			// Mid-swap, or removed: the next change says more.
+			r.log.Warn("config file changed but cannot be read; waiting for the next change", zap.Error(readErr))
+			a.answer(nil)
+			return
+		case bytes.Equal(data, r.lastRead):
+			r.log.Debug("config file unchanged; nothing to do", zap.String("config", r.file))
+			a.answer(nil)
+			return
+		}
+		r.log.Info("config file changed; reloading", zap.String("config", r.file))
+	}
+	r.notify.Reloading()
+	err := r.apply(a.source, data, readErr)
+	if err != nil {
+		r.sup.ReloadRefused(a.source, err)
+	}
+	r.notify.Ready(r.summary())
+	a.answer(err)
+}
+
+func (r *reloader) apply(source supervisor.ReloadSource, data []byte, readErr error) error {
+	if readErr != nil {
+		err := fmt.Errorf("load config: %w", readErr)
+		logConfigError(r.log, err, "reload failed: the running services are unchanged")
+		return err
+	}
+	r.lastRead = data
+	next, err := r.parse(data)
+	if err != nil {
+		logConfigError(r.log, err, "reload failed: the running services are unchanged")
+		return err
+	}
+	if why := socketsChange(r.current, next); why != "" {
+		r.log.Error("reload refused: the running services are unchanged", zap.String("reason", why))
+		return errors.New(why)
+	}
+	// The broker's queues change first: if it refuses (a queue to remove
+	// still holds items), nothing changes at all.
+	if r.broker != nil && !sameQueues(r.current.Queues, next.Queues) {
+		if err := r.broker.SetQueues(brokerQueues(next.Queues)); err != nil {
+			r.log.Error("reload refused: the running services are unchanged", zap.Error(err))
+			return err
+		}
+	}
+	r.current = next
+	return r.sup.Reload(context.Background(), source, next)
+}
+
+// socketsChange says what a reload cannot change: the broker's and the
+// control socket's paths and peer rules, and the metrics address (the
+// sockets are bound, and the queue socket's path given to every worker),
+// and queues where there is no broker (none was configured at start, so no
+// socket exists). Queues of a running broker change by reload.
+func socketsChange(old, new *config.Config) string {
+	if len(old.Queues) == 0 && len(new.Queues) > 0 {
+		return "the first queues take a restart of the manager: it started without a queue socket"
+	}
+	if !sameAccess(old.Broker, new.Broker) {
+		return "the broker settings changed; they take a restart of the manager for now"
+	}
+	if !sameAccess(old.Control.SocketAccess, new.Control.SocketAccess) || old.Control.MetricsListen != new.Control.MetricsListen {
+		return "the control settings changed; they take a restart of the manager for now"
+	}
+	return ""
+}
+
+func sameAccess(a, b config.SocketAccess) bool {
+	return a.Socket == b.Socket && a.GID == b.GID && slices.Equal(a.AllowUIDs, b.AllowUIDs) && slices.Equal(a.AllowGIDs, b.AllowGIDs)
+}
+
+// sameQueues reports whether two configurations' queues are the same
+// names with the same capacities.
+func sameQueues(a, b []*config.Queue) bool {
+	return slices.EqualFunc(a, b, func(x, y *config.Queue) bool { return x.Name == y.Name && x.Capacity == y.Capacity })
+}
+
+// brokerQueues turns the configuration's queues into the broker's.
+func brokerQueues(qs []*config.Queue) []ipc.QueueConfig {
+	out := make([]ipc.QueueConfig, len(qs))
+	for i, q := range qs {
+		out[i] = ipc.QueueConfig{Name: q.Name, Capacity: q.Capacity}
+	}
+	return out
+}
+
+// logConfigError logs each configuration error as its own entry, so that
+// every FILE:LINE:COL stands at the start of a line an editor can jump to,
+// then outcome.
+func logConfigError(log *zap.Logger, err error, outcome string) {
+	var list config.ErrorList
+	if !errors.As(err, &list) {
+		log.Error("cannot load configuration", zap.Error(err))
+		log.Error(outcome)
+		return
+	}
+	for _, e := range list {
+		log.Error(e.Error())
+	}
+	log.Error(outcome, zap.Int("errors", len(list)))
+}

@@ -1,0 +1,347 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor"
+)
+
+// fakeLoop stands in for the supervisor: it records what the reloader asks.
+type fakeLoop struct {
+	ready chan struct{}
+
+	mu        sync.Mutex
+	calls     []string
+	shutdowns []bool
+}
+
+func (f *fakeLoop) Ready() <-chan struct{} { return f.ready }
+
+func (f *fakeLoop) Shutdown(fast bool) {
+	f.record(fmt.Sprintf("shutdown fast=%v", fast))
+}
+
+func (f *fakeLoop) Reload(_ context.Context, source supervisor.ReloadSource, cfg *config.Config) error {
+	f.record(fmt.Sprintf("reload %s %s", source, workersOf(cfg)))
+	return nil
+}
+
+func (f *fakeLoop) ReloadRefused(source supervisor.ReloadSource, err error) {
+	f.record(fmt.Sprintf("refused %s", source))
+}
+
+func (f *fakeLoop) record(s string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, s)
+}
+
+func (f *fakeLoop) all() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.calls)
+}
+
+// workersOf renders a configuration's worker counts, "a=2".
+func workersOf(cfg *config.Config) string {
+	var parts []string
+	for _, s := range cfg.Services {
+		parts = append(parts, fmt.Sprintf("%s=%d", s.Name, s.Workers))
+	}
+	return strings.Join(parts, ",")
+}
+
+// fakeNotifier records what systemd would be told.
+type fakeNotifier struct {
+	mu   sync.Mutex
+	sent []string
+}
+
+func (n *fakeNotifier) Ready(status string) { n.add("READY " + status) }
+func (n *fakeNotifier) Reloading()          { n.add("RELOADING") }
+func (n *fakeNotifier) Stopping()           { n.add("STOPPING") }
+func (n *fakeNotifier) add(s string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.sent = append(n.sent, s)
+}
+
+func (n *fakeNotifier) all() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.sent)
+}
+
+// fakeBroker refuses its queues when refuse is set.
+type fakeBroker struct {
+	refuse error
+	sets   [][]ipc.QueueConfig
+}
+
+func (b *fakeBroker) SetQueues(qs []ipc.QueueConfig) error {
+	if b.refuse != nil {
+		return b.refuse
+	}
+	b.sets = append(b.sets, qs)
+	return nil
+}
+
+type reloadRig struct {
+	t      *testing.T
+	r      *reloader
+	loop   *fakeLoop
+	notify *fakeNotifier
+	logs   *observer.ObservedLogs
+	path   string
+	done   chan error
+	cancel context.CancelFunc
+}
+
+// newReloadRig is a reloader of a configuration file holding yaml, over
+// fakes; ready says whether the first start is done already.
+func newReloadRig(t *testing.T, yaml string, ready bool) *reloadRig {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "g.yaml")
+	write(t, path, yaml)
+	parse := func(data []byte) (*config.Config, error) { return config.Parse(path, data, nil) }
+	cfg, err := parse([]byte(yaml))
+	if err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zap.DebugLevel)
+	rig := &reloadRig{t: t, loop: &fakeLoop{ready: make(chan struct{})}, notify: &fakeNotifier{}, logs: logs, path: path}
+	if ready {
+		close(rig.loop.ready)
+	}
+	rig.r = newReloader(cfg, []byte(yaml))
+	rig.r.file, rig.r.parse, rig.r.log = path, parse, zap.New(core)
+	rig.r.sup, rig.r.notify = rig.loop, rig.notify
+	rig.r.summary = func() string { return "summary" }
+	return rig
+}
+
+// start runs the reloader until the test ends.
+func (rig *reloadRig) start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	rig.cancel = cancel
+	rig.done = make(chan error, 1)
+	go func() { rig.done <- rig.r.Run(ctx) }()
+	rig.t.Cleanup(func() {
+		rig.r.Interrupt(nil)
+		<-rig.done
+		cancel()
+	})
+	// A first start done already is told to systemd before anything else
+	// the test asks.
+	select {
+	case <-rig.loop.ready:
+		waitFor(rig.t, func() bool { return len(rig.notify.all()) > 0 })
+	default:
+	}
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (rig *reloadRig) reload(source supervisor.ReloadSource) error {
+	rig.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return rig.r.Reload(ctx, source)
+}
+
+const twoWorkers = "services:\n  a: {command: [/bin/true], workers: 2}\n"
+
+// An edit that SIGHUP has applied already reaches the manager a second time
+// from the file watch: that report is dropped, with nothing told to
+// systemd; so is one while the file cannot be read (mid-swap).
+func TestWatchReportOfAnAppliedEditIsDropped(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, true)
+	reply := make(chan error, 2)
+	rig.r.reload(reloadAsk{source: supervisor.ReloadByFile, reply: reply})
+	if err := os.Remove(rig.path); err != nil {
+		t.Fatal(err)
+	}
+	rig.r.reload(reloadAsk{source: supervisor.ReloadByFile, reply: reply})
+	for range 2 {
+		if err := <-reply; err != nil {
+			t.Errorf("dropped reload answered %v, want nil", err)
+		}
+	}
+	if sent := rig.notify.all(); len(sent) != 0 {
+		t.Errorf("systemd was told %q about a reload that did not happen", sent)
+	}
+	if calls := rig.loop.all(); len(calls) != 0 {
+		t.Errorf("the supervisor was asked %q for a reload that did not happen", calls)
+	}
+}
+
+// A reload applies the file to the supervisor and tells systemd around it;
+// a bad file is refused, recorded, and changes nothing; SIGHUP of an
+// unchanged file applies it again (asked for on purpose).
+func TestReloadAppliesOrRefuses(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, true)
+	rig.start()
+	write(t, rig.path, "services:\n  a: {command: [/bin/true], workers: 3}\n")
+	if err := rig.reload(supervisor.ReloadByControl); err != nil {
+		t.Fatalf("good file: %v", err)
+	}
+	write(t, rig.path, "services:\n  a: {command: [/bin/true], workers: many}\n")
+	err := rig.reload(supervisor.ReloadBySignal)
+	var list config.ErrorList
+	if !errors.As(err, &list) || !strings.Contains(err.Error(), rig.path+":2:38: workers must be") {
+		t.Errorf("bad file: %v, want its FILE:LINE:COL", err)
+	}
+	write(t, rig.path, "services:\n  a: {command: [/bin/true], workers: 3}\n")
+	if err := rig.reload(supervisor.ReloadBySignal); err != nil {
+		t.Fatalf("good file again: %v", err)
+	}
+	if err := rig.reload(supervisor.ReloadBySignal); err != nil {
+		t.Fatalf("the same file again: %v", err)
+	}
+	want := []string{"reload control a=3", "refused SIGHUP", "reload SIGHUP a=3", "reload SIGHUP a=3"}
+	if got := rig.loop.all(); !slices.Equal(got, want) {
+		t.Errorf("supervisor asked %q, want %q", got, want)
+	}
+	// READY first: the first start was done when the reloader began.
+	wantSent := []string{"READY summary", "RELOADING", "READY summary", "RELOADING", "READY summary", "RELOADING", "READY summary", "RELOADING", "READY summary"}
+	if got := rig.notify.all(); !slices.Equal(got, wantSent) {
+		t.Errorf("systemd told %q, want %q", got, wantSent)
+	}
+	if n := rig.logs.FilterMessage("reload failed: the running services are unchanged").Len(); n != 1 {
+		t.Errorf("%d refusals logged, want 1", n)
+	}
+}
+
+// A broker that refuses the new queues (a queue to remove still holds
+// items) refuses the whole reload: the supervisor is not asked.
+func TestReloadRefusedByTheBroker(t *testing.T) {
+	rig := newReloadRig(t, "queues: {jobs: {}}\n"+twoWorkers, true)
+	rig.r.broker = &fakeBroker{refuse: errors.New("queue jobs holds 3 items")}
+	rig.start()
+	write(t, rig.path, "queues: {other: {}}\n"+twoWorkers)
+	if err := rig.reload(supervisor.ReloadByControl); err == nil || !strings.Contains(err.Error(), "holds 3 items") {
+		t.Errorf("reload: %v, want the broker's refusal", err)
+	}
+	if got := rig.loop.all(); !slices.Equal(got, []string{"refused control"}) {
+		t.Errorf("supervisor asked %q, want only the refusal recorded", got)
+	}
+}
+
+// What cannot change by reload (a socket's path) is refused with the reason.
+func TestReloadRefusesASocketChange(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, true)
+	rig.start()
+	write(t, rig.path, "control: {socket: /tmp/other.sock}\n"+twoWorkers)
+	if err := rig.reload(supervisor.ReloadBySignal); err == nil || !strings.Contains(err.Error(), "control settings changed") {
+		t.Errorf("reload: %v, want a refusal naming the control settings", err)
+	}
+}
+
+// Reloads asked for during the first start wait for it; edits seen by the
+// watch meanwhile are read once.
+func TestReloadWaitsForTheFirstStart(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, false)
+	changes := make(chan struct{}, 1)
+	rig.r.fileChanges = changes
+	rig.start()
+	write(t, rig.path, "services:\n  a: {command: [/bin/true], workers: 4}\n")
+	changes <- struct{}{}
+	changes <- struct{}{} // taken only after the first report was
+	answered := make(chan error, 1)
+	go func() { answered <- rig.reload(supervisor.ReloadByControl) }()
+	// The control reload is queued behind the watch's: once it is in, so
+	// is the first report.
+	waitFor(t, func() bool { return rig.logs.FilterMessage("reload waits until the first start is done").Len() == 1 })
+	if calls := rig.loop.all(); len(calls) != 0 {
+		t.Fatalf("reloaded before the first start was done: %q", calls)
+	}
+	close(rig.loop.ready)
+	if err := <-answered; err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"reload file a=4", "reload control a=4"}
+	if got := rig.loop.all(); !slices.Equal(got, want) {
+		t.Errorf("supervisor asked %q, want %q", got, want)
+	}
+	if got := rig.notify.all(); len(got) == 0 || got[0] != "READY summary" {
+		t.Errorf("systemd told %q, want READY first", got)
+	}
+}
+
+// A stop refuses the reloads still waiting and every later one; a second
+// stop with escalate is fast; the end of Run's context is a graceful stop.
+func TestStopRefusesReloadsAndEscalates(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, false)
+	rig.start()
+	answered := make(chan error, 1)
+	go func() { answered <- rig.reload(supervisor.ReloadBySignal) }()
+	waitFor(t, func() bool { return rig.logs.FilterMessage("reload waits until the first start is done").Len() == 1 })
+	rig.cancel() // the end of the context: a graceful stop
+	if err := <-answered; !errors.Is(err, supervisor.ErrStopped) {
+		t.Errorf("reload waiting at the stop: %v, want ErrStopped", err)
+	}
+	rig.r.stop(true) // Ctrl-C during the stop: fast
+	if err := rig.reload(supervisor.ReloadByControl); !errors.Is(err, supervisor.ErrStopped) {
+		t.Errorf("reload during the stop: %v, want ErrStopped", err)
+	}
+	want := []string{"shutdown fast=false", "shutdown fast=true"}
+	if got := rig.loop.all(); !slices.Equal(got, want) {
+		t.Errorf("supervisor asked %q, want %q", got, want)
+	}
+	// The first start ends during the stop: no READY, whenever the
+	// reloader sees it (before this round trip, or after).
+	close(rig.loop.ready)
+	if err := rig.reload(supervisor.ReloadBySignal); !errors.Is(err, supervisor.ErrStopped) {
+		t.Errorf("reload during the stop: %v, want ErrStopped", err)
+	}
+	if got := rig.notify.all(); !slices.Equal(got, []string{"STOPPING"}) {
+		t.Errorf("systemd told %q, want only STOPPING", got)
+	}
+}
+
+// A first stop with escalate (Ctrl-C) is graceful.
+func TestFirstInterruptIsGraceful(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, true)
+	rig.start()
+	rig.r.stop(true)
+	rig.r.stop(false)
+	if err := rig.reload(supervisor.ReloadBySignal); !errors.Is(err, supervisor.ErrStopped) {
+		t.Fatalf("reload after the stop: %v", err)
+	}
+	want := []string{"shutdown fast=false", "shutdown fast=false"}
+	if got := rig.loop.all(); !slices.Equal(got, want) {
+		t.Errorf("supervisor asked %q, want %q", got, want)
+	}
+}
+
+// waitFor polls cond, which reads state another goroutine sets, for up to
+// 10 s.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -1,0 +1,45 @@
+package program
+
+import (
+	"context"
+	"os"
+
+	"github.com/gotyledon/gotyledon/supervisor/logging"
+	"github.com/gotyledon/gotyledon/supervisor/manager"
+	"go.uber.org/zap"
+)
+
+type runCommand struct {
+	Config string `short:"c" required:"" placeholder:"FILE" help:"Configuration file (YAML)."`
+}
+
+// Run is the manager: it runs until a requested shutdown has stopped every
+// worker. Everything the manager has to say, failures included, goes to
+// its log.
+func (c *runCommand) Run(e *env, cl *commandLine) error {
+	log, logFile, err := logging.New(cl.LogFormat, cl.LogLevel, cl.LogFile, e.stderr, os.Getenv)
+	if err != nil {
+		return err
+	}
+	if logFile != nil {
+		defer logFile.Close() // after the Sync below
+	}
+	defer log.Sync() //nolint:errcheck // nothing to do if it fails
+
+	m, err := manager.New(manager.Options{
+		ConfigFile:  c.Config,
+		GoServices:  e.registry.Names(),
+		Hooks:       e.hooks,
+		Logger:      log,
+		LogFile:     logFile,
+		ProgramName: e.name,
+	})
+	if err != nil {
+		return exitCode(ExitError) // the log says why
+	}
+	if err := m.Run(context.Background()); err != nil {
+		log.Error("manager failed", zap.Error(err))
+		return exitCode(ExitError)
+	}
+	return nil
+}

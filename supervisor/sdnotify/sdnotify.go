@@ -1,0 +1,202 @@
+// Package sdnotify tells systemd how the manager is doing, in the protocol
+// of sd_notify(3): READY=1 once the manager is up, RELOADING=1 with
+// MONOTONIC_USEC when a reload begins and READY=1 when it is over (so the
+// same manager serves Type=notify with ExecReload on systemd 252 and
+// Type=notify-reload on 253 and later), STOPPING=1 when a shutdown begins,
+// STATUS= a one-line summary, and WATCHDOG=1 when systemd asks for it.
+//
+// A Notifier sends the messages; a Reporter is the actor that keeps STATUS=
+// current and pings the watchdog, each only after the supervisor's loop has
+// answered, so that a stuck loop misses its ping and systemd restarts the
+// manager.
+package sdnotify
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// Notifier sends the manager's state to systemd. Its methods are safe from
+// any goroutine; messages go out whole, one datagram each, in the order
+// the calls are made. Without $NOTIFY_SOCKET every method does nothing.
+type Notifier struct {
+	// send delivers one message; nil when the manager is not run by
+	// systemd (no NOTIFY_SOCKET).
+	send func(state string) error
+	log  *zap.Logger
+
+	mu         sync.Mutex
+	lastStatus string
+	// sent counts the READY, RELOADING and STOPPING messages, so that a
+	// summary taken before one of them is not sent after it.
+	sent uint64
+}
+
+// New returns a Notifier over $NOTIFY_SOCKET as getenv reads it, or one
+// that does nothing when it is not set. Failed sends are logged to log.
+func New(getenv func(string) string, log *zap.Logger) *Notifier {
+	n := &Notifier{log: log}
+	if getenv("NOTIFY_SOCKET") != "" {
+		n.send = func(state string) error {
+			_, err := daemon.SdNotify(false, state)
+			return err
+		}
+	}
+	return n
+}
+
+// Enabled reports whether anyone listens.
+func (n *Notifier) Enabled() bool { return n.send != nil }
+
+func (n *Notifier) notify(lines ...string) {
+	if n.send == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.sendLocked(lines)
+}
+
+func (n *Notifier) sendLocked(lines []string) {
+	if !strings.HasPrefix(lines[0], "STATUS=") && lines[0] != "WATCHDOG=1" {
+		n.sent++
+	}
+	for _, l := range lines {
+		if s, ok := strings.CutPrefix(l, "STATUS="); ok {
+			n.lastStatus = s
+		}
+	}
+	if err := n.send(strings.Join(lines, "\n")); err != nil {
+		n.log.Warn("cannot notify systemd", zap.Error(err))
+	}
+}
+
+// Ready says the manager is up, or a reload is over, with its summary.
+func (n *Notifier) Ready(status string) { n.notify("READY=1", "STATUS="+status) }
+
+// Reloading says a reload begins, with the time systemd matches it by.
+func (n *Notifier) Reloading() {
+	n.notify("RELOADING=1", "MONOTONIC_USEC="+strconv.FormatInt(monotonicUsec(), 10))
+}
+
+// Stopping says a shutdown begins.
+func (n *Notifier) Stopping() { n.notify("STOPPING=1", "STATUS=stopping: workers are being stopped") }
+
+// Status updates the summary, if it changed.
+func (n *Notifier) Status(s string) { n.statusSince(n.generation(), s) }
+
+// generation is to be read before a summary is taken, and given with it to
+// statusSince.
+func (n *Notifier) generation() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.sent
+}
+
+// statusSince updates the summary, if it changed and no READY, RELOADING
+// or STOPPING went out since generation gen: such a message carried a
+// newer summary (or a reload is under way), which this one must not
+// overwrite.
+func (n *Notifier) statusSince(gen uint64, s string) {
+	if n.send == nil {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s != n.lastStatus && gen == n.sent {
+		n.sendLocked([]string{"STATUS=" + s})
+	}
+}
+
+// Watchdog pings systemd's watchdog.
+func (n *Notifier) Watchdog() { n.notify("WATCHDOG=1") }
+
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+		return 0
+	}
+	return ts.Nano() / 1000
+}
+
+// watchdogInterval is how often systemd wants WATCHDOG=1: half of
+// WATCHDOG_USEC, as sd_watchdog_enabled(3) advises; 0 if it wants none.
+func watchdogInterval() time.Duration {
+	d, err := daemon.SdWatchdogEnabled(false)
+	if err != nil || d <= 0 {
+		return 0
+	}
+	return d / 2
+}
+
+// statusEvery is how often a Reporter refreshes STATUS= when systemd wants
+// no watchdog.
+const statusEvery = 5 * time.Second
+
+// Reporter is the Notifier's actor: every interval it asks for a summary,
+// which takes an answer from the supervisor's loop, and when one comes in
+// time it pings the watchdog (if systemd asked for one) and updates
+// STATUS=. Run is its execute function and Interrupt its interrupt.
+type Reporter struct {
+	n        *Notifier
+	interval time.Duration
+	watchdog bool
+	// summary returns the one-line STATUS= text. It must fail when the
+	// loop does not answer before ctx ends: then no ping goes out.
+	summary func(ctx context.Context) (string, error)
+
+	quit     chan struct{}
+	quitOnce sync.Once
+}
+
+// NewReporter returns the Reporter of n: it pings every half of
+// $WATCHDOG_USEC when systemd asked for a watchdog, and otherwise only
+// refreshes STATUS= every 5 s.
+func NewReporter(n *Notifier, summary func(ctx context.Context) (string, error)) *Reporter {
+	interval, watchdog := watchdogInterval(), true
+	if interval == 0 {
+		interval, watchdog = statusEvery, false
+	}
+	return newReporter(n, interval, watchdog, summary)
+}
+
+func newReporter(n *Notifier, interval time.Duration, watchdog bool, summary func(context.Context) (string, error)) *Reporter {
+	return &Reporter{n: n, interval: interval, watchdog: watchdog, summary: summary, quit: make(chan struct{})}
+}
+
+// Run reports until Interrupt. It returns nil.
+func (r *Reporter) Run() error {
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-r.quit:
+			return nil
+		case <-t.C:
+		}
+		// A loop that cannot answer within an interval is stuck: no ping,
+		// and systemd, after WATCHDOG_USEC, restarts the manager.
+		gen := r.n.generation()
+		ctx, cancel := context.WithTimeout(context.Background(), r.interval)
+		s, err := r.summary(ctx)
+		cancel()
+		if err != nil {
+			r.n.log.Warn("supervisor loop did not answer; watchdog not pinged", zap.Error(err), zap.Duration("waited", r.interval))
+			continue
+		}
+		if r.watchdog {
+			r.n.Watchdog()
+		}
+		r.n.statusSince(gen, s)
+	}
+}
+
+// Interrupt ends Run. Safe to call more than once, and before Run.
+func (r *Reporter) Interrupt(error) { r.quitOnce.Do(func() { close(r.quit) }) }
