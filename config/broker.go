@@ -2,21 +2,29 @@ package config
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/goccy/go-yaml/ast"
 )
 
-// queues decodes queues:, a mapping from queue names to queue settings.
-func (d *decoder) queues(e entry) []*Queue {
+// queues decodes queues:, a mapping from queue names to queue settings,
+// over qs, the declared queues: a queue of a declared name starts from the
+// declared one; the others follow in the file's order.
+func (d *decoder) queues(e entry, qs []*Queue) []*Queue {
 	ents, ok := d.expectMapping(e, `queues must be a mapping from queue names to queues (e.g. "jobs: {capacity: 10000}")`, "queue name")
 	if !ok {
-		return nil
+		return qs
 	}
-	var qs []*Queue
 	for _, q := range ents {
-		queue := &Queue{Name: q.key, Capacity: DefaultCapacity, Pos: q.keyPos}
-		d.problem(q.keyPos, nameProblem("queue", q.key))
-		qs = append(qs, queue)
+		var queue *Queue
+		if i := slices.IndexFunc(qs, func(x *Queue) bool { return x.Name == q.key }); i >= 0 {
+			queue = qs[i]
+		} else {
+			queue = &Queue{Name: q.key, Capacity: DefaultCapacity}
+			d.problem(q.keyPos, nameProblem("queue", q.key))
+			qs = append(qs, queue)
+		}
+		queue.Pos = q.keyPos
 		settings, ok := d.expectMapping(q, fmt.Sprintf(`queue %q must be a mapping, e.g. "{capacity: 10000}" (or empty for the defaults)`, q.key), "key")
 		if ok {
 			for _, f := range settings {
@@ -41,8 +49,11 @@ func (d *decoder) broker(e entry, b *SocketAccess) {
 		return
 	}
 	for _, f := range ents {
-		if !d.access(f, b) {
+		switch {
+		case !d.access(f, b):
 			d.unknownKey(f, " in broker", brokerKeys)
+		case f.key == "socket":
+			d.brokerSocketAt = f.pos
 		}
 	}
 }
@@ -67,8 +78,8 @@ func (d *decoder) control(e entry, c *Control) {
 	}
 }
 
-// access decodes f into a if it is one of a socket's access keys, and
-// reports whether it was.
+// access decodes f into a, over what a holds, if it is one of a socket's
+// access keys, and reports whether it was.
 func (d *decoder) access(f entry, a *SocketAccess) bool {
 	switch f.key {
 	case "socket":

@@ -64,8 +64,11 @@ func Load(path string, goServices []string) (*Config, error) {
 // Parse returns either a Config with every default filled in, or nil and an
 // [ErrorList] holding every problem found, sorted by position. It never
 // panics, whatever data holds.
+//
+// To apply the file on top of a configuration declared in Go, use
+// [ParseOver].
 func Parse(file string, data []byte, goServices []string) (*Config, error) {
-	d := newDecoder(file, goServices)
+	d := newDecoder(file, goServices, nil)
 	cfg := d.decode(data)
 	if len(d.errs) > 0 {
 		sortErrors(d.errs)
@@ -80,20 +83,24 @@ func Parse(file string, data []byte, goServices []string) (*Config, error) {
 type decoder struct {
 	file       string
 	goServices []string
-	aliases    map[*ast.AliasNode]ast.Node // each alias's anchored node
-	sizes      map[ast.Node]int            // expanded size of each anchored node
-	expanded   int                         // values linkAliases has seen so far, aliases expanded
-	errs       ErrorList
-	seen       map[Error]bool // errors already in errs: an aliased node is walked once per use
-	// controlSocketAt is where control.socket stands, for an error about
-	// it that only the whole file shows.
-	controlSocketAt Position
+	// base is the declaration the file applies on top of, or nil.
+	base     *declared
+	aliases  map[*ast.AliasNode]ast.Node // each alias's anchored node
+	sizes    map[ast.Node]int            // expanded size of each anchored node
+	expanded int                         // values linkAliases has seen so far, aliases expanded
+	errs     ErrorList
+	seen     map[Error]bool // errors already in errs: an aliased node is walked once per use
+	// controlSocketAt and brokerSocketAt are where control.socket and
+	// broker.socket stand (zero: not in the file), for an error about
+	// them that only the whole configuration shows.
+	controlSocketAt, brokerSocketAt Position
 }
 
-func newDecoder(file string, goServices []string) *decoder {
+func newDecoder(file string, goServices []string, base *declared) *decoder {
 	return &decoder{
 		file:       file,
 		goServices: goServices,
+		base:       base,
 		aliases:    map[*ast.AliasNode]ast.Node{},
 		sizes:      map[ast.Node]int{},
 		seen:       map[Error]bool{},
@@ -160,6 +167,10 @@ func (d *decoder) decode(data []byte) *Config {
 			break
 		}
 		body = doc.Body
+	}
+	if body == nil && d.base.hasServices() {
+		// Over a declaration, an empty file changes nothing.
+		return d.config(d.element("", nil))
 	}
 	if body == nil {
 		d.errorf(d.start(), `the file is empty (expected a mapping with a "services" key listing at least one service)`)
@@ -554,9 +565,10 @@ func shortDuration(t time.Duration) string {
 	return s
 }
 
-// config decodes the top-level mapping.
+// config decodes the top-level mapping, over the declaration if there is
+// one.
 func (d *decoder) config(top entry) *Config {
-	cfg := defaultConfig()
+	cfg := d.base.config()
 	cfg.File = d.file
 	ents, ok := d.expectMapping(top, `the top level must be a mapping with a "services" key`, "key")
 	if !ok {
@@ -572,7 +584,7 @@ func (d *decoder) config(top entry) *Config {
 		case "services":
 			services = &ents[i]
 		case "queues":
-			cfg.Queues = d.queues(e)
+			cfg.Queues = d.queues(e, cfg.Queues)
 		case "broker":
 			d.broker(e, &cfg.Broker)
 		case "control":
@@ -581,20 +593,35 @@ func (d *decoder) config(top entry) *Config {
 			d.unknownKey(e, "", topKeys)
 		}
 	}
-	d.problem(d.controlSocketAt, sameSocketProblem(cfg.Control.Socket, cfg.Broker.Socket, false))
-	if services == nil {
+	// Only a path the file gives can clash here: the declaration's own
+	// clash is reported by resolve.
+	switch {
+	case d.controlSocketAt != Position{}:
+		d.problem(d.controlSocketAt, sameSocketProblem(cfg.Control.Socket, cfg.Broker.Socket, false))
+	case d.brokerSocketAt != Position{}:
+		d.problem(d.brokerSocketAt, sameSocketProblem(cfg.Control.Socket, cfg.Broker.Socket, true))
+	}
+	hasDeclared := len(cfg.Services) > 0
+	switch {
+	case services == nil && hasDeclared:
+	case services == nil:
 		d.errorf(d.start(), `missing "services" key (add "services:" with at least one service under it)`)
 		return nil
-	}
-	svcs, ok := d.expectMapping(*services, "services must be a mapping from service names to services", "service name")
-	if !ok {
-		return nil
-	}
-	if len(svcs) == 0 {
-		d.errorf(services.pos, `services is empty (list at least one service, e.g. "web: {command: [/usr/bin/web]}")`)
-	}
-	for _, e := range svcs {
-		cfg.Services = append(cfg.Services, d.service(e))
+	default:
+		svcs, ok := d.expectMapping(*services, "services must be a mapping from service names to services", "service name")
+		if !ok {
+			return nil
+		}
+		if len(svcs) == 0 && !hasDeclared {
+			d.errorf(services.pos, `services is empty (list at least one service, e.g. "web: {command: [/usr/bin/web]}")`)
+		}
+		for _, e := range svcs {
+			if i := slices.IndexFunc(cfg.Services, func(s *Service) bool { return s.Name == e.key }); i >= 0 {
+				cfg.Services[i] = d.service(e, cfg.Services[i])
+				continue
+			}
+			cfg.Services = append(cfg.Services, d.service(e, nil))
+		}
 	}
 	finish(cfg)
 	return cfg
@@ -635,10 +662,16 @@ func finish(cfg *Config) {
 	}
 }
 
-// service decodes one entry under services:.
-func (d *decoder) service(e entry) *Service {
-	s := newService(e.key, e.keyPos)
-	d.problem(e.keyPos, nameProblem("service", e.key))
+// service decodes one entry under services:. decl is the declared service
+// of the same name, or nil: the file's keys then apply on top of it, and
+// need not include command or run.
+func (d *decoder) service(e entry, decl *Service) *Service {
+	s := decl
+	if s == nil {
+		s = newService(e.key, e.keyPos)
+		d.problem(e.keyPos, nameProblem("service", e.key))
+	}
+	s.Pos = e.keyPos
 	ents, ok := d.expectMapping(e, fmt.Sprintf("service %q must be a mapping with command or run", e.key), "key")
 	if !ok {
 		return s
@@ -673,7 +706,11 @@ func (d *decoder) service(e entry) *Service {
 				s.ReloadSignal = sig
 			}
 		case "restart":
-			d.restart(f, e.key, &s.Restart)
+			whence := "by default"
+			if decl != nil && d.base.backoffMaxSet[e.key] {
+				whence = "in the Go declaration"
+			}
+			d.restart(f, e.key, &s.Restart, whence)
 		case "replace":
 			if v, ok := d.text(f, `"rolling" or "all"`); ok {
 				r := Replace(-1)
@@ -691,7 +728,16 @@ func (d *decoder) service(e entry) *Service {
 			d.unknownKey(f, fmt.Sprintf(" in service %q", e.key), serviceKeys)
 		}
 	}
-	d.problem(e.pos, commandOrRunProblem(e.key, hasCommand, hasRun))
+	// A command in the file replaces a declared run, and the other way
+	// round; both in the file is an error as ever.
+	switch {
+	case decl == nil || hasCommand && hasRun:
+		d.problem(e.pos, commandOrRunProblem(e.key, hasCommand, hasRun))
+	case hasCommand:
+		s.Run = ""
+	case hasRun:
+		s.Command = nil
+	}
 	return s
 }
 
@@ -744,7 +790,7 @@ func (d *decoder) run(e entry) string {
 }
 
 // env decodes env:, a mapping of variable names to scalar values, into
-// env.
+// env, over the variables it holds.
 func (d *decoder) env(m entry, env map[string]string) {
 	ents, _ := d.expectMapping(m, "env must be a mapping of NAME: value", "env name")
 	for _, e := range ents {
@@ -802,8 +848,10 @@ func upperASCII(s string) string {
 	return string(b)
 }
 
-// restart decodes restart: into r, which holds the defaults.
-func (d *decoder) restart(m entry, service string, r *Restart) {
+// restart decodes restart: into r, which holds the defaults or the
+// declared values. maxWhence says where r's backoff_max comes from, for
+// an error about backoff_initial.
+func (d *decoder) restart(m entry, service string, r *Restart, maxWhence string) {
 	ents, _ := d.expectMapping(m, "restart must be a mapping of min_uptime, backoff_initial and backoff_max", "key")
 	var initialAt, maxAt *Position // where valid backoff values were set
 	valid := true
@@ -829,11 +877,12 @@ func (d *decoder) restart(m entry, service string, r *Restart) {
 			d.unknownKey(e, fmt.Sprintf(" in restart of service %q", service), restartKeys)
 		}
 	}
+	// Blame the file's value: a declared pair was checked by resolve.
 	switch {
 	case !valid:
 	case maxAt != nil:
-		d.problem(*maxAt, backoffProblem(*r, true, "by default"))
+		d.problem(*maxAt, backoffProblem(*r, true, maxWhence))
 	case initialAt != nil:
-		d.problem(*initialAt, backoffProblem(*r, false, "by default"))
+		d.problem(*initialAt, backoffProblem(*r, false, maxWhence))
 	}
 }

@@ -10,14 +10,16 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
-// The rules every configuration value follows, apart from how the YAML
-// decoder reads it. Each takes the value already in its Go type and returns
-// "" when it is valid, else the whole message, so that any other way of
-// setting a value can call the very same rule. The caller says how a bad
-// value is shown in "(got ...)": the decoder shows it as written in the
-// file (a string quoted, a number as typed).
+// The rules every value follows, whether a file or a Declaration sets it.
+// Each takes the value already in its Go type and returns "" when it is
+// valid, else the whole message. The YAML decoder and Resolve both call
+// them, so that a file and a declaration cannot drift apart; what differs
+// is only how a bad value is shown in "(got ...)": as written in the file
+// (a string quoted, a number as typed), or as Go prints it.
 
 // wholeRule is the range of a whole-number value.
 type wholeRule struct{ lo, hi int64 }
@@ -64,10 +66,10 @@ func durationProblem(key string, t time.Duration, got string) string {
 }
 
 // backoffProblem is the rule between backoff_initial and backoff_max: the
-// cap may not be below the first delay. blameMax says which of the two the
-// message is about (the one the user set last, or set in the file);
-// maxWhence says where backoff_max came from when the message is about
-// backoff_initial ("by default").
+// cap may not be below the first delay. blameMax puts the message on
+// backoff_max (the caller's choice when backoff_max was set where the
+// message will point); else it is on backoff_initial, and maxWhence says
+// where backoff_max came from ("by default", "in the Go declaration").
 func backoffProblem(r Restart, blameMax bool, maxWhence string) string {
 	switch {
 	case r.BackoffMax >= r.BackoffInitial:
@@ -107,6 +109,14 @@ func signalProblem(key string, sig syscall.Signal, got string) string {
 		return "reload_signal KILL would kill the workers at every reload (use HUP, USR1 or USR2, which the workers can handle)"
 	}
 	return ""
+}
+
+// signalName shows a signal declared in Go: SIGTERM, or "signal 99".
+func signalName(sig syscall.Signal) string {
+	if name := unix.SignalName(sig); name != "" {
+		return name
+	}
+	return fmt.Sprintf("signal %d", int(sig))
 }
 
 // nameProblem is the rule for a service or queue name (kind).
@@ -214,7 +224,8 @@ func envValueProblem(name, val string) string {
 }
 
 // baseDir is the directory a relative path is taken from, and how messages
-// name it.
+// name it: the config file's directory for a path in a file, the working
+// directory for one declared in Go.
 type baseDir struct {
 	name string
 	abs  func() (string, error)
@@ -223,6 +234,10 @@ type baseDir struct {
 func fileBase(file string) baseDir {
 	return baseDir{"the config file's directory", func() (string, error) { return filepath.Abs(filepath.Dir(file)) }}
 }
+
+// workingDirBase is the base of relative paths declared in Go: what a
+// relative path means to the Go program anywhere else (os.Open).
+var workingDirBase = baseDir{"the working directory", func() (string, error) { return filepath.Abs(".") }}
 
 // dirRule is the rule for dir: a path with no NUL and no "~", made
 // absolute against base. It returns the absolute path, or "" and the
