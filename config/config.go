@@ -1,14 +1,27 @@
-// Package config reads and validates gotyledon's YAML configuration.
+// Package config reads and validates gotyledon's configuration: a YAML
+// file, a [Declaration] written in Go, or a file applied on top of a
+// declaration.
 //
-// The format is strict: unknown keys, duplicate keys, wrong types, bad
+// The file format is strict: unknown keys, duplicate keys, wrong types, bad
 // durations and impossible values are errors. Every error names the file,
 // line and column it is about and says what would be right:
 //
 //	/etc/gotyledon/gotyledon.yaml:7:14: workers must be a whole number from 0 to 10000 (got "two")
 //
-// Load and Parse report every error they find, not just the first, as an
-// [ErrorList]. A Config returned without error has every default filled in
-// and is ready for the supervisor: nothing downstream re-validates it.
+// A program that embeds gotyledon may declare its services, queues and
+// settings in Go instead, the way cotyledon programs add services to their
+// ServiceManager, and need no file ([Declaration.Resolve]); or let an
+// operator's file change what it declared, key by key, on every reload
+// ([ParseOver], [LoadOver]). A declaration follows the very rules a file
+// does (each value rule is one function both call), and its errors name
+// the declared field instead of a place in a file:
+//
+//	services.printer.workers (declared in Go): workers must be a whole number from 0 to 10000 (got -1)
+//
+// Load, Parse, Resolve, ParseOver and LoadOver report every error they
+// find, not just the first, as an [ErrorList]. A Config returned without
+// error has every default filled in and is ready for the supervisor:
+// nothing downstream re-validates it.
 package config
 
 import (
@@ -58,14 +71,18 @@ const (
 
 // Config is one loaded, validated and defaulted configuration file.
 type Config struct {
-	// File is the path the configuration was read from, as given to Load.
+	// File is the path the configuration was read from, as given to Load
+	// (or Parse, ParseOver, LoadOver); empty for a declaration resolved
+	// without a file.
 	File string
 	// ShutdownTimeout is the default stop timeout of every service
 	// (`shutdown_timeout`, default 10s).
 	ShutdownTimeout time.Duration
-	// Services in the order the file lists them; names are unique.
+	// Services in the order the file lists them (declared services first,
+	// in the order of their declaration); names are unique.
 	Services []*Service
-	// Queues the broker serves, in the order the file lists them (`queues`).
+	// Queues the broker serves, in the order the file lists them (`queues`;
+	// declared queues first, as services).
 	Queues []*Queue
 	// Broker says where the queue broker listens and whom it lets in
 	// (`broker`).
@@ -82,7 +99,8 @@ type Queue struct {
 	// Capacity bounds the items waiting in the queue (not those in
 	// flight): a put on a full queue waits (`capacity`, default 10000).
 	Capacity int
-	// Pos is where the queue's name stands in the file.
+	// Pos is where the queue's name stands in the file, or its declared
+	// field when only a Declaration names it.
 	Pos Position
 }
 
@@ -92,7 +110,8 @@ type Queue struct {
 // connect.
 type SocketAccess struct {
 	// Socket is the socket's absolute path (`socket`; a relative path is
-	// taken from the config file's directory). Empty means the default, in
+	// taken from the config file's directory, or from the working
+	// directory when declared in Go). Empty means the default, in
 	// $RUNTIME_DIRECTORY, else $XDG_RUNTIME_DIR/gotyledon, else
 	// /run/gotyledon: queue.sock for the broker, control.sock for control.
 	Socket string
@@ -148,7 +167,8 @@ type Service struct {
 	// Env is added to the worker's environment, over the manager's own.
 	Env map[string]string
 	// Dir is the worker's working directory, made absolute against the
-	// config file's directory; empty means the manager's working directory.
+	// config file's directory (against the working directory when declared
+	// in Go); empty means the manager's working directory.
 	Dir string
 	// StopSignal is sent to the worker's process group to ask it to stop
 	// (default SIGTERM).
@@ -166,7 +186,8 @@ type Service struct {
 	// Replace says how workers running a changed definition are replaced
 	// (`replace`, default ReplaceRolling).
 	Replace Replace
-	// Pos is where the service's name stands in the file.
+	// Pos is where the service's name stands in the file, or its declared
+	// field when only a Declaration names it.
 	Pos Position
 }
 
@@ -203,9 +224,19 @@ type Restart struct {
 	BackoffMax     time.Duration // `backoff_max`, default 30s
 }
 
-// Position is a place in a configuration file, 1-based like editors count.
+// Position is where a value was set: a place in a configuration file,
+// 1-based like editors count, or a field of a [Declaration].
 type Position struct {
 	File string
 	Line int
 	Col  int
+	// Field, when not empty, is the path of a value declared in Go, named
+	// as the file's keys would name it ("services.printer.workers",
+	// "broker.allow_uids[0]"; a name that is not a valid one is quoted);
+	// File, Line and Col are then zero.
+	Field string
 }
+
+// Declared reports whether p is a field declared in Go rather than a place
+// in a file.
+func (p Position) Declared() bool { return p.Field != "" }

@@ -5,7 +5,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // FuzzParse checks that Parse never panics and that what it accepts keeps
@@ -24,6 +27,8 @@ func FuzzParse(f *testing.F) {
 		"services:\n  web:\n    command: &c [a, *c]\n    workers: !!int 2\n",
 		"control: {socket: c.sock, group: 0, allow_uids: [1], metrics_listen: \"127.0.0.1:9464\"}\nservices:\n  w: {command: [a], replace: all}\n",
 		"broker: {socket: /run/q.sock, allow_gids: [5]}\nqueues:\n  jobs: {capacity: 3}\nservices:\n  w: {run: printer, reload_signal: HUP}\n",
+		"broker: {socket: /run/a}\ncontrol: {socket: /run/a, metrics_listen: \":1\"}\nservices:\n  w: {command: [a], restart: {backoff_initial: 1m}}\n",
+		"services:\n  w: {command: [\"\", \"\\0\"], env: {A: \"\\0\", 1B: x}, dir: ~, reload_signal: KILL, replace: blue, restart: {min_uptime: 1ms, backoff_max: 1ms}}\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -44,7 +49,7 @@ func FuzzParse(f *testing.F) {
 				t.Fatalf("error is not a non-empty ErrorList: %#v", err)
 			}
 			for _, e := range list {
-				if e.Pos.File != "fuzz.yaml" || e.Pos.Line < 1 || e.Pos.Col < 1 || e.Msg == "" {
+				if e.Pos.File != "fuzz.yaml" || e.Pos.Line < 1 || e.Pos.Col < 1 || e.Pos.Declared() || e.Msg == "" {
 					t.Fatalf("error without a proper position or message: %#v", e)
 				}
 			}
@@ -53,50 +58,189 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
-		if cfg == nil || len(cfg.Services) == 0 {
-			t.Fatalf("no error but no services: %+v", cfg)
+		checkConfig(t, cfg)
+	})
+}
+
+// checkConfig fails t unless cfg keeps the promises the supervisor relies
+// on without re-validating.
+func checkConfig(t *testing.T, cfg *Config) {
+	t.Helper()
+	if cfg == nil || len(cfg.Services) == 0 {
+		t.Fatalf("no error but no services: %+v", cfg)
+	}
+	if cfg.ShutdownTimeout <= 0 || cfg.ShutdownTimeout > MaxDuration {
+		t.Fatalf("shutdown timeout %v out of range", cfg.ShutdownTimeout)
+	}
+	for _, a := range []SocketAccess{cfg.Broker, cfg.Control.SocketAccess} {
+		if a.Socket != "" && (!filepath.IsAbs(a.Socket) || len(a.Socket) > MaxSocketPath) {
+			t.Fatalf("socket path %q: want absolute and at most %d bytes", a.Socket, MaxSocketPath)
 		}
-		if cfg.ShutdownTimeout <= 0 || cfg.ShutdownTimeout > MaxDuration {
-			t.Fatalf("shutdown timeout %v out of range", cfg.ShutdownTimeout)
+		if (a.Group == "") != (a.GID < 0) {
+			t.Fatalf("group %q resolved to gid %d", a.Group, a.GID)
 		}
-		for _, a := range []SocketAccess{cfg.Broker, cfg.Control.SocketAccess} {
-			if a.Socket != "" && (!filepath.IsAbs(a.Socket) || len(a.Socket) > MaxSocketPath) {
-				t.Fatalf("socket path %q: want absolute and at most %d bytes", a.Socket, MaxSocketPath)
-			}
-			if (a.Group == "") != (a.GID < 0) {
-				t.Fatalf("group %q resolved to gid %d", a.Group, a.GID)
-			}
+	}
+	if addr := cfg.Control.MetricsListen; addr != "" {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			t.Fatalf("metrics_listen %q accepted: %v", addr, err)
 		}
-		if addr := cfg.Control.MetricsListen; addr != "" {
-			if _, _, err := net.SplitHostPort(addr); err != nil {
-				t.Fatalf("metrics_listen %q accepted: %v", addr, err)
-			}
+	}
+	names := map[string]bool{}
+	for _, s := range cfg.Services {
+		if names[s.Name] || !validServiceName(s.Name) {
+			t.Fatalf("bad or repeated service name %q", s.Name)
 		}
-		names := map[string]bool{}
-		for _, s := range cfg.Services {
-			if names[s.Name] || !validServiceName(s.Name) {
-				t.Fatalf("bad or repeated service name %q", s.Name)
-			}
-			names[s.Name] = true
-			if (len(s.Command) > 0) == (s.Run != "") {
-				t.Fatalf("service %q: want exactly one of Command %q and Run %q", s.Name, s.Command, s.Run)
-			}
-			if len(s.Command) > 0 && s.Command[0] == "" {
-				t.Fatalf("service %q: empty program", s.Name)
-			}
-			if s.Workers < 0 || s.Workers > MaxWorkers {
-				t.Fatalf("service %q: %d workers", s.Name, s.Workers)
-			}
-			if s.StopTimeout <= 0 || s.StopTimeout > MaxDuration {
-				t.Fatalf("service %q: stop timeout %v", s.Name, s.StopTimeout)
-			}
-			r := s.Restart
-			if r.MinUptime < MinUptimeFloor || r.BackoffInitial < BackoffFloor || r.BackoffInitial <= 0 || r.BackoffMax < r.BackoffInitial || r.BackoffMax > MaxDuration {
-				t.Fatalf("service %q: bad restart policy %+v", s.Name, r)
-			}
-			if s.Env == nil {
-				t.Fatalf("service %q: nil Env", s.Name)
+		names[s.Name] = true
+		if (len(s.Command) > 0) == (s.Run != "") {
+			t.Fatalf("service %q: want exactly one of Command %q and Run %q", s.Name, s.Command, s.Run)
+		}
+		if len(s.Command) > 0 && s.Command[0] == "" {
+			t.Fatalf("service %q: empty program", s.Name)
+		}
+		if s.Workers < 0 || s.Workers > MaxWorkers {
+			t.Fatalf("service %q: %d workers", s.Name, s.Workers)
+		}
+		if s.StopTimeout <= 0 || s.StopTimeout > MaxDuration {
+			t.Fatalf("service %q: stop timeout %v", s.Name, s.StopTimeout)
+		}
+		r := s.Restart
+		if r.MinUptime < MinUptimeFloor || r.BackoffInitial < BackoffFloor || r.BackoffInitial <= 0 || r.BackoffMax < r.BackoffInitial || r.BackoffMax > MaxDuration {
+			t.Fatalf("service %q: bad restart policy %+v", s.Name, r)
+		}
+		if s.Env == nil {
+			t.Fatalf("service %q: nil Env", s.Name)
+		}
+		for name := range s.Env {
+			if envNameProblem(name) != "" {
+				t.Fatalf("service %q: env name %q accepted", s.Name, name)
 			}
 		}
+		if signalProblem("stop_signal", s.StopSignal, "") != "" || s.ReloadSignal != 0 && signalProblem("reload_signal", s.ReloadSignal, "") != "" {
+			t.Fatalf("service %q: signals %v and %v accepted", s.Name, s.StopSignal, s.ReloadSignal)
+		}
+		if s.Replace != ReplaceRolling && s.Replace != ReplaceAll {
+			t.Fatalf("service %q: replace %d", s.Name, s.Replace)
+		}
+		if s.Dir != "" && !filepath.IsAbs(s.Dir) {
+			t.Fatalf("service %q: relative dir %q", s.Name, s.Dir)
+		}
+	}
+	queues := map[string]bool{}
+	for _, q := range cfg.Queues {
+		if queues[q.Name] || !validServiceName(q.Name) || q.Capacity < 1 || q.Capacity > MaxCapacity {
+			t.Fatalf("bad or repeated queue %+v", *q)
+		}
+		queues[q.Name] = true
+	}
+}
+
+// fuzzDeclaration is the fixed, valid declaration FuzzParseOver applies
+// files on top of.
+func fuzzDeclaration() *Declaration {
+	var d Declaration
+	d.ShutdownTimeout(20 * time.Second)
+	d.Broker(Socket("/run/g/queue.sock"), AllowUIDs(1000))
+	d.Queue("jobs", Capacity(100))
+	d.Service("producer", Run("ticker"), Env(map[string]string{"LANG": "C"}), StopTimeout(3*time.Second))
+	d.Service("printer", Run("printer"), Workers(2), BackoffInitial(time.Second), BackoffMax(5*time.Second))
+	d.Service("web", Command("/bin/web", "--port", "8080"), Dir("/srv/web"))
+	return &d
+}
+
+// FuzzParseOver checks that ParseOver never panics, never changes the
+// declaration, never loses a declared service or reorders the declared
+// ones, and that what it accepts keeps the promises Parse keeps.
+func FuzzParseOver(f *testing.F) {
+	seeds := []string{
+		"",
+		"services:\n  printer: {workers: 5}\n",
+		"shutdown_timeout: 1m\nservices:\n  printer: {command: [/bin/lp]}\n  web: {run: printer, env: {A: 1}}\n  extra: {command: [x]}\n",
+		"services:\n  printer:\n    restart: {backoff_max: 100ms}\n  web:\n    restart: {backoff_initial: 1h}\n",
+		"control: {socket: /run/g/queue.sock}\nqueues: {jobs: {capacity: 0}, more: {}}\n",
+		"services:\n  printer: {command: [a], run: ticker}\n  new: {workers: 2}\n",
+		"services: {}\n",
+		"services:\n  web: &w {workers: 0}\n  printer: *w\n",
+	}
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
+	goServices := []string{"printer", "ticker"}
+	declared := []string{"producer", "printer", "web"}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d := fuzzDeclaration()
+		cfg, err := ParseOver(d, "fuzz.yaml", data, goServices)
+		if !reflect.DeepEqual(d, fuzzDeclaration()) {
+			t.Fatalf("ParseOver changed the declaration")
+		}
+		if err != nil {
+			var list ErrorList
+			if !errors.As(err, &list) || len(list) == 0 {
+				t.Fatalf("error is not a non-empty ErrorList: %#v", err)
+			}
+			for _, e := range list {
+				// The declaration is valid: every error is the file's.
+				if e.Pos.File != "fuzz.yaml" || e.Pos.Line < 1 || e.Pos.Col < 1 || e.Pos.Declared() || e.Msg == "" {
+					t.Fatalf("error without a proper position or message: %#v", e)
+				}
+			}
+			if cfg != nil {
+				t.Fatalf("config returned with an error")
+			}
+			return
+		}
+		checkConfig(t, cfg)
+		for i, name := range declared {
+			if cfg.Services[i].Name != name {
+				t.Fatalf("service %d is %q, want the declared %q", i, cfg.Services[i].Name, name)
+			}
+		}
+		if cfg.Queues[0].Name != "jobs" {
+			t.Fatalf("declared queue lost: %+v", cfg.Queues)
+		}
+	})
+}
+
+// FuzzDeclaration checks that Resolve never panics, whatever values a
+// program declares, that every error names a declared field, and that
+// what it accepts keeps the promises Parse keeps.
+func FuzzDeclaration(f *testing.F) {
+	f.Add("web", "/bin/web", "", 1, int64(time.Second), int64(0), 15, 0, "LANG", "C", "/srv", 10, "/run/q.sock", "127.0.0.1:9464", "0", -1)
+	f.Add("", "", "printer", -1, int64(-1), int64(time.Hour), 0, 9, "GOTYLEDON_X", "\x00", "~", 0, "", "x", "no-such", 1<<40)
+	f.Add("p", "a", "ticker", 10001, int64(25*time.Hour), int64(time.Nanosecond), 19, 1, "A-", "", "rel/dir", MaxCapacity+1, "rel.sock", ":1", "-1", 0)
+	f.Fuzz(func(t *testing.T, name, prog, run string, workers int, stop, backoff int64, stopSig, reloadSig int, envName, envVal, dir string, capacity int, socket, listen, group string, uid int) {
+		var d Declaration
+		opts := []ServiceOption{Workers(workers), StopTimeout(time.Duration(stop)), BackoffInitial(time.Duration(backoff)),
+			StopSignal(syscall.Signal(stopSig)), Env(map[string]string{envName: envVal}), Dir(dir)}
+		if reloadSig != 0 {
+			opts = append(opts, ReloadSignal(syscall.Signal(reloadSig)))
+		}
+		if prog != "" {
+			opts = append(opts, Command(prog, envVal))
+		}
+		if run != "" {
+			opts = append(opts, Run(run))
+		}
+		d.Service(name, opts...)
+		d.Queue(name, Capacity(capacity))
+		d.Broker(Socket(socket), Group(group), AllowUIDs(uid))
+		d.Control(Socket(socket + "c"))
+		d.MetricsListen(listen)
+		cfg, err := d.Resolve([]string{"printer", "ticker"})
+		if err != nil {
+			var list ErrorList
+			if !errors.As(err, &list) || len(list) == 0 {
+				t.Fatalf("error is not a non-empty ErrorList: %#v", err)
+			}
+			for _, e := range list {
+				if !e.Pos.Declared() || e.Pos.File != "" || e.Pos.Line != 0 || e.Msg == "" {
+					t.Fatalf("error without a declared field or message: %#v", e)
+				}
+			}
+			if cfg != nil {
+				t.Fatalf("config returned with an error")
+			}
+			return
+		}
+		checkConfig(t, cfg)
 	})
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,22 +35,6 @@ var (
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
 )
 
-// stopSignals maps the accepted stop_signal names, without "SIG", to signals.
-var stopSignals = map[string]syscall.Signal{
-	"HUP":   syscall.SIGHUP,
-	"INT":   syscall.SIGINT,
-	"QUIT":  syscall.SIGQUIT,
-	"KILL":  syscall.SIGKILL,
-	"USR1":  syscall.SIGUSR1,
-	"USR2":  syscall.SIGUSR2,
-	"TERM":  syscall.SIGTERM,
-	"WINCH": syscall.SIGWINCH,
-}
-
-// systemdEnv are the variables systemd hands the manager about itself; the
-// manager removes them from workers' environment, so env may not set them.
-var systemdEnv = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
-
 // IsManagerOnlyEnv reports whether name is one of the variables systemd
 // gives the manager about itself (NOTIFY_SOCKET, LISTEN_*, WATCHDOG_*). The
 // supervisor removes them from every worker's environment, and a
@@ -81,14 +64,11 @@ func Load(path string, goServices []string) (*Config, error) {
 // Parse returns either a Config with every default filled in, or nil and an
 // [ErrorList] holding every problem found, sorted by position. It never
 // panics, whatever data holds.
+//
+// To apply the file on top of a configuration declared in Go, use
+// [ParseOver].
 func Parse(file string, data []byte, goServices []string) (*Config, error) {
-	d := &decoder{
-		file:       file,
-		goServices: goServices,
-		aliases:    map[*ast.AliasNode]ast.Node{},
-		sizes:      map[ast.Node]int{},
-		seen:       map[Error]bool{},
-	}
+	d := newDecoder(file, goServices, nil)
 	cfg := d.decode(data)
 	if len(d.errs) > 0 {
 		sortErrors(d.errs)
@@ -103,14 +83,28 @@ func Parse(file string, data []byte, goServices []string) (*Config, error) {
 type decoder struct {
 	file       string
 	goServices []string
-	aliases    map[*ast.AliasNode]ast.Node // each alias's anchored node
-	sizes      map[ast.Node]int            // expanded size of each anchored node
-	expanded   int                         // values linkAliases has seen so far, aliases expanded
-	errs       ErrorList
-	seen       map[Error]bool // errors already in errs: an aliased node is walked once per use
-	// controlSocketAt is where control.socket stands, for an error about
-	// it that only the whole file shows.
-	controlSocketAt Position
+	// base is the declaration the file applies on top of, or nil.
+	base     *declared
+	aliases  map[*ast.AliasNode]ast.Node // each alias's anchored node
+	sizes    map[ast.Node]int            // expanded size of each anchored node
+	expanded int                         // values linkAliases has seen so far, aliases expanded
+	errs     ErrorList
+	seen     map[Error]bool // errors already in errs: an aliased node is walked once per use
+	// controlSocketAt and brokerSocketAt are where control.socket and
+	// broker.socket stand (zero: not in the file), for an error about
+	// them that only the whole configuration shows.
+	controlSocketAt, brokerSocketAt Position
+}
+
+func newDecoder(file string, goServices []string, base *declared) *decoder {
+	return &decoder{
+		file:       file,
+		goServices: goServices,
+		base:       base,
+		aliases:    map[*ast.AliasNode]ast.Node{},
+		sizes:      map[ast.Node]int{},
+		seen:       map[Error]bool{},
+	}
 }
 
 // entry is one key: value pair of a mapping, or a value named like one
@@ -135,6 +129,16 @@ func (d *decoder) errorf(pos Position, format string, args ...any) {
 		d.seen[e] = true
 		d.errs = append(d.errs, &e)
 	}
+}
+
+// problem records msg, the verdict of a rule, at pos unless it is empty,
+// and reports whether it was (the value is valid).
+func (d *decoder) problem(pos Position, msg string) bool {
+	if msg == "" {
+		return true
+	}
+	d.errorf(pos, "%s", msg)
+	return false
 }
 
 // decode parses data and decodes its one document.
@@ -163,6 +167,10 @@ func (d *decoder) decode(data []byte) *Config {
 			break
 		}
 		body = doc.Body
+	}
+	if body == nil && d.base.hasServices() {
+		// Over a declaration, an empty file changes nothing.
+		return d.config(d.element("", nil))
 	}
 	if body == nil {
 		d.errorf(d.start(), `the file is empty (expected a mapping with a "services" key listing at least one service)`)
@@ -476,8 +484,8 @@ func (d *decoder) text(e entry, want string) (string, bool) {
 	return "", false
 }
 
-// intRange derefs e.val and returns it as a whole number in [lo, hi], 0 <= hi.
-func (d *decoder) intRange(e entry, lo, hi int64) (int64, bool) {
+// intRange derefs e.val and returns it as a whole number that rule allows.
+func (d *decoder) intRange(e entry, rule wholeRule) (int64, bool) {
 	n, ok := d.deref(e.val)
 	if !ok {
 		return 0, false
@@ -488,20 +496,18 @@ func (d *decoder) intRange(e entry, lo, hi int64) (int64, bool) {
 		case int64:
 			x, ok = val, true
 		case uint64:
-			x, ok = int64(val), val <= uint64(hi)
+			x, ok = int64(val), val <= uint64(rule.hi)
 		}
-		if ok && lo <= x && x <= hi {
+		if ok && rule.problem(e.key, x, describe(n)) == "" {
 			return x, true
 		}
 	}
-	d.errorf(e.pos, "%s must be a whole number from %d to %d (got %s)", e.key, lo, hi, describe(n))
+	d.errorf(e.pos, "%s", rule.message(e.key, describe(n)))
 	return 0, false
 }
 
-// duration derefs e.val and parses it with time.ParseDuration. The result must
-// be more than 0 and at most MaxDuration. No duration may be 0: a zero stop
-// timeout would skip the polite stop, a zero min_uptime would let a worker
-// that dies at once be restarted in a busy loop.
+// duration derefs e.val, parses it with time.ParseDuration and checks it
+// with durationProblem.
 func (d *decoder) duration(e entry) (time.Duration, bool) {
 	n, ok := d.deref(e.val)
 	if !ok {
@@ -518,17 +524,14 @@ func (d *decoder) duration(e entry) (time.Duration, bool) {
 		return 0, false
 	}
 	t, err := time.ParseDuration(s)
-	switch {
-	case err != nil:
+	if err != nil {
 		d.errorf(pos, `%s must be a duration like "5s" or "1m30s" (got %s)`, what, describe(n))
-	case t <= 0:
-		d.errorf(pos, `%s must be more than 0 (got %s)`, what, describe(n))
-	case t > MaxDuration:
-		d.errorf(pos, `%s must be at most %s (got %s)`, what, shortDuration(MaxDuration), describe(n))
-	default:
-		return t, true
+		return 0, false
 	}
-	return 0, false
+	if !d.problem(pos, durationProblem(what, t, describe(n))) {
+		return 0, false
+	}
+	return t, true
 }
 
 // isDecimal reports whether s is a plain decimal number such as 10, -1 or 1.5.
@@ -562,9 +565,11 @@ func shortDuration(t time.Duration) string {
 	return s
 }
 
-// config decodes the top-level mapping.
+// config decodes the top-level mapping, over the declaration if there is
+// one.
 func (d *decoder) config(top entry) *Config {
-	cfg := &Config{File: d.file, ShutdownTimeout: DefaultShutdownTimeout, Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}}}
+	cfg := d.base.config()
+	cfg.File = d.file
 	ents, ok := d.expectMapping(top, `the top level must be a mapping with a "services" key`, "key")
 	if !ok {
 		return nil
@@ -579,7 +584,7 @@ func (d *decoder) config(top entry) *Config {
 		case "services":
 			services = &ents[i]
 		case "queues":
-			cfg.Queues = d.queues(e)
+			cfg.Queues = d.queues(e, cfg.Queues)
 		case "broker":
 			d.broker(e, &cfg.Broker)
 		case "control":
@@ -588,45 +593,85 @@ func (d *decoder) config(top entry) *Config {
 			d.unknownKey(e, "", topKeys)
 		}
 	}
-	if cfg.Control.Socket != "" && cfg.Control.Socket == cfg.Broker.Socket {
-		d.errorf(d.controlSocketAt, "control socket %q is the queue socket's path too (give each socket a path of its own)", cfg.Control.Socket)
+	// Only a path the file gives can clash here: the declaration's own
+	// clash is reported by resolve.
+	switch {
+	case d.controlSocketAt != Position{}:
+		d.problem(d.controlSocketAt, sameSocketProblem(cfg.Control.Socket, cfg.Broker.Socket, false))
+	case d.brokerSocketAt != Position{}:
+		d.problem(d.brokerSocketAt, sameSocketProblem(cfg.Control.Socket, cfg.Broker.Socket, true))
 	}
-	// Services come last: their stop_timeout defaults to shutdown_timeout.
-	if services == nil {
+	hasDeclared := len(cfg.Services) > 0
+	switch {
+	case services == nil && hasDeclared:
+	case services == nil:
 		d.errorf(d.start(), `missing "services" key (add "services:" with at least one service under it)`)
 		return nil
+	default:
+		svcs, ok := d.expectMapping(*services, "services must be a mapping from service names to services", "service name")
+		if !ok {
+			return nil
+		}
+		if len(svcs) == 0 && !hasDeclared {
+			d.errorf(services.pos, `services is empty (list at least one service, e.g. "web: {command: [/usr/bin/web]}")`)
+		}
+		for _, e := range svcs {
+			if i := slices.IndexFunc(cfg.Services, func(s *Service) bool { return s.Name == e.key }); i >= 0 {
+				cfg.Services[i] = d.service(e, cfg.Services[i])
+				continue
+			}
+			cfg.Services = append(cfg.Services, d.service(e, nil))
+		}
 	}
-	svcs, ok := d.expectMapping(*services, "services must be a mapping from service names to services", "service name")
-	if !ok {
-		return nil
-	}
-	if len(svcs) == 0 {
-		d.errorf(services.pos, `services is empty (list at least one service, e.g. "web: {command: [/usr/bin/web]}")`)
-	}
-	for _, e := range svcs {
-		cfg.Services = append(cfg.Services, d.service(e, cfg.ShutdownTimeout))
-	}
+	finish(cfg)
 	return cfg
 }
 
-// service decodes one entry under services:.
-func (d *decoder) service(e entry, shutdownTimeout time.Duration) *Service {
-	s := &Service{
-		Name:        e.key,
-		Pos:         e.keyPos,
-		Workers:     DefaultWorkers,
-		Env:         map[string]string{},
-		StopSignal:  DefaultStopSignal,
-		StopTimeout: shutdownTimeout,
+func defaultConfig() *Config {
+	return &Config{
+		ShutdownTimeout: DefaultShutdownTimeout,
+		Broker:          SocketAccess{GID: -1},
+		Control:         Control{SocketAccess: SocketAccess{GID: -1}},
+	}
+}
+
+// newService is a service called name with every default but StopTimeout,
+// which finish fills in once shutdown_timeout is known.
+func newService(name string, pos Position) *Service {
+	return &Service{
+		Name:       name,
+		Pos:        pos,
+		Workers:    DefaultWorkers,
+		Env:        map[string]string{},
+		StopSignal: DefaultStopSignal,
 		Restart: Restart{
 			MinUptime:      DefaultMinUptime,
 			BackoffInitial: DefaultBackoffInitial,
 			BackoffMax:     DefaultBackoffMax,
 		},
 	}
-	if !validServiceName(e.key) {
-		d.errorf(e.keyPos, `invalid service name %q (a name starts with a letter and has only letters, digits, "-" and "_", at most %d bytes)`, e.key, maxNameLen)
+}
+
+// finish fills in what is known only once the whole configuration is:
+// a stop_timeout set nowhere follows shutdown_timeout.
+func finish(cfg *Config) {
+	for _, s := range cfg.Services {
+		if s.StopTimeout == 0 {
+			s.StopTimeout = cfg.ShutdownTimeout
+		}
 	}
+}
+
+// service decodes one entry under services:. decl is the declared service
+// of the same name, or nil: the file's keys then apply on top of it, and
+// need not include command or run.
+func (d *decoder) service(e entry, decl *Service) *Service {
+	s := decl
+	if s == nil {
+		s = newService(e.key, e.keyPos)
+		d.problem(e.keyPos, nameProblem("service", e.key))
+	}
+	s.Pos = e.keyPos
 	ents, ok := d.expectMapping(e, fmt.Sprintf("service %q must be a mapping with command or run", e.key), "key")
 	if !ok {
 		return s
@@ -641,11 +686,11 @@ func (d *decoder) service(e entry, shutdownTimeout time.Duration) *Service {
 			hasRun = true
 			s.Run = d.run(f)
 		case "workers":
-			if n, ok := d.intRange(f, 0, MaxWorkers); ok {
+			if n, ok := d.intRange(f, workersRule); ok {
 				s.Workers = int(n)
 			}
 		case "env":
-			s.Env = d.env(f)
+			d.env(f, s.Env)
 		case "dir":
 			s.Dir = d.dir(f)
 		case "stop_signal":
@@ -657,64 +702,43 @@ func (d *decoder) service(e entry, shutdownTimeout time.Duration) *Service {
 				s.StopTimeout = t
 			}
 		case "reload_signal":
-			if sig, ok := d.signal(f); ok && sig == syscall.SIGKILL {
-				d.errorf(f.pos, "reload_signal KILL would kill the workers at every reload (use HUP, USR1 or USR2, which the workers can handle)")
-			} else if ok {
+			if sig, ok := d.signal(f); ok {
 				s.ReloadSignal = sig
 			}
 		case "restart":
-			d.restart(f, e.key, &s.Restart)
+			whence := "by default"
+			if decl != nil && d.base.backoffMaxSet[e.key] {
+				whence = "in the Go declaration"
+			}
+			d.restart(f, e.key, &s.Restart, whence)
 		case "replace":
-			switch v, ok := d.text(f, `"rolling" or "all"`); {
-			case !ok:
-			case v == "rolling":
-				s.Replace = ReplaceRolling
-			case v == "all":
-				s.Replace = ReplaceAll
-			default:
-				d.errorf(f.pos, `replace must be "rolling" (one worker at a time) or "all" (all at once) (got %q)`, v)
+			if v, ok := d.text(f, `"rolling" or "all"`); ok {
+				r := Replace(-1)
+				switch v {
+				case "rolling":
+					r = ReplaceRolling
+				case "all":
+					r = ReplaceAll
+				}
+				if d.problem(f.pos, replaceProblem(r, strconv.Quote(v))) {
+					s.Replace = r
+				}
 			}
 		default:
 			d.unknownKey(f, fmt.Sprintf(" in service %q", e.key), serviceKeys)
 		}
 	}
+	// A command in the file replaces a declared run, and the other way
+	// round; both in the file is an error as ever.
 	switch {
-	case hasCommand && hasRun:
-		d.errorf(e.pos, "service %q has both command and run (keep one: command runs a program, run names a Go service)", e.key)
-	case !hasCommand && !hasRun:
-		d.errorf(e.pos, "service %q has neither command nor run (add one: command runs a program, run names a Go service)", e.key)
+	case decl == nil || hasCommand && hasRun:
+		d.problem(e.pos, commandOrRunProblem(e.key, hasCommand, hasRun))
+	case hasCommand:
+		s.Run = ""
+	case hasRun:
+		s.Command = nil
 	}
 	return s
-}
-
-func validServiceName(s string) bool {
-	if s == "" || len(s) > maxNameLen {
-		return false
-	}
-	for i, c := range []byte(s) {
-		switch {
-		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z':
-		case i > 0 && ('0' <= c && c <= '9' || c == '-' || c == '_'):
-		default:
-			return false
-		}
-	}
-	return true
-}
-
-func validEnvName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i, c := range []byte(s) {
-		switch {
-		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', c == '_':
-		case i > 0 && '0' <= c && c <= '9':
-		default:
-			return false
-		}
-	}
-	return true
 }
 
 // command decodes command:, an argv list.
@@ -726,7 +750,7 @@ func (d *decoder) command(e entry) []string {
 	seq, ok := n.(*ast.SequenceNode)
 	switch {
 	case ok && len(seq.Values) == 0:
-		d.errorf(e.pos, `command is empty (give at least the program to run, as in ["/usr/bin/app"])`)
+		d.errorf(e.pos, "%s", emptyCommand)
 		return nil
 	case ok:
 	case isStringNode(n):
@@ -740,12 +764,8 @@ func (d *decoder) command(e entry) []string {
 	for i, n := range seq.Values {
 		el := d.element(fmt.Sprintf("command[%d]", i), n)
 		arg, ok := d.text(el, "a string")
-		switch {
-		case !ok:
-		case i == 0 && arg == "":
-			d.errorf(el.pos, `command[0] is empty (it names the program to run, as in "/usr/bin/app")`)
-		case strings.IndexByte(arg, 0) >= 0:
-			d.errorf(el.pos, `%s contains a NUL byte (a program argument cannot hold "\0")`, el.key)
+		if ok {
+			d.problem(el.pos, argProblem(i, arg))
 		}
 		argv = append(argv, arg)
 	}
@@ -763,32 +783,18 @@ func isStringNode(n ast.Node) bool {
 // run decodes run:, the name of a registered Go service.
 func (d *decoder) run(e entry) string {
 	name, ok := d.text(e, "the name of a Go service")
-	switch {
-	case !ok:
-	case slices.Contains(d.goServices, name):
+	if ok && d.problem(e.pos, runProblem(name, d.goServices)) {
 		return name
-	case len(d.goServices) == 0:
-		d.errorf(e.pos, "unknown Go service %q (this program registers no Go services; use command: to run a program)", name)
-	default:
-		known := slices.Sorted(slices.Values(d.goServices))
-		d.errorf(e.pos, "unknown Go service %q (this program registers: %s)", name, strings.Join(known, ", "))
 	}
 	return ""
 }
 
-// env decodes env:, a mapping of variable names to scalar values.
-func (d *decoder) env(m entry) map[string]string {
-	env := map[string]string{}
+// env decodes env:, a mapping of variable names to scalar values, into
+// env, over the variables it holds.
+func (d *decoder) env(m entry, env map[string]string) {
 	ents, _ := d.expectMapping(m, "env must be a mapping of NAME: value", "env name")
 	for _, e := range ents {
-		switch {
-		case !validEnvName(e.key):
-			d.errorf(e.keyPos, `invalid env name %q (a name starts with a letter or "_" and has only letters, digits and "_")`, e.key)
-		case strings.HasPrefix(e.key, "GOTYLEDON_"):
-			d.errorf(e.keyPos, "env name %q is reserved (gotyledon sets the GOTYLEDON_ variables of each worker itself; pick another name)", e.key)
-		case slices.Contains(systemdEnv, e.key):
-			d.errorf(e.keyPos, "env name %q is reserved (gotyledon removes this systemd variable from workers' environment; pick another name)", e.key)
-		}
+		d.problem(e.keyPos, envNameProblem(e.key))
 		n, ok := d.deref(e.val)
 		if !ok {
 			continue
@@ -799,53 +805,35 @@ func (d *decoder) env(m entry) map[string]string {
 			d.errorf(e.pos, `env %s has no value (write %s: "" for an empty value)`, e.key, e.key)
 		case !ok:
 			d.errorf(e.pos, `env %s must be a single value like "C.UTF-8" or 8080 (got %s)`, e.key, describe(n))
-		case strings.IndexByte(val, 0) >= 0:
-			d.errorf(e.pos, `env %s contains a NUL byte (an environment value cannot hold "\0")`, e.key)
-		default:
+		case d.problem(e.pos, envValueProblem(e.key, val)):
 			env[e.key] = val
 		}
 	}
-	return env
 }
 
 // dir decodes dir:, made absolute against the config file's directory.
 func (d *decoder) dir(e entry) string {
 	dir, ok := d.text(e, "a directory path")
-	switch {
-	case !ok:
-		return ""
-	case dir == "":
-		d.errorf(e.pos, `dir is empty (write a directory path, or leave dir out to run in gotyledon's working directory)`)
-		return ""
-	case strings.IndexByte(dir, 0) >= 0:
-		d.errorf(e.pos, `dir contains a NUL byte (a path cannot hold "\0")`)
-		return ""
-	case dir == "~" || strings.HasPrefix(dir, "~/"):
-		d.errorf(e.pos, `dir %q starts with "~" (gotyledon does not expand "~"; write the full path)`, dir)
-		return ""
-	case filepath.IsAbs(dir):
-		return filepath.Clean(dir)
-	}
-	base, err := filepath.Abs(filepath.Dir(d.file))
-	if err != nil {
-		d.errorf(e.pos, "cannot resolve dir %q against the config file's directory: %v (write an absolute path)", dir, err)
+	if !ok {
 		return ""
 	}
-	return filepath.Join(base, dir)
+	abs, msg := dirRule(dir, fileBase(d.file))
+	d.problem(e.pos, msg)
+	return abs
 }
 
-// signal decodes stop_signal: a name from stopSignals, with or without
-// "SIG", in any case.
+// signal decodes stop_signal or reload_signal: a name from stopSignals,
+// with or without "SIG", in any case.
 func (d *decoder) signal(e entry) (syscall.Signal, bool) {
 	name, ok := d.text(e, "a signal name like TERM")
 	if !ok {
 		return 0, false
 	}
-	if sig, ok := stopSignals[strings.TrimPrefix(upperASCII(name), "SIG")]; ok {
-		return sig, true
+	sig := stopSignals[strings.TrimPrefix(upperASCII(name), "SIG")] // 0 if unknown
+	if !d.problem(e.pos, signalProblem(e.key, sig, strconv.Quote(name))) {
+		return 0, false
 	}
-	d.errorf(e.pos, `invalid %s %q (use one of HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH, with or without "SIG")`, e.key, name)
-	return 0, false
+	return sig, true
 }
 
 // upperASCII upper-cases ASCII letters only, so that no Unicode case
@@ -860,8 +848,10 @@ func upperASCII(s string) string {
 	return string(b)
 }
 
-// restart decodes restart: into r, which holds the defaults.
-func (d *decoder) restart(m entry, service string, r *Restart) {
+// restart decodes restart: into r, which holds the defaults or the
+// declared values. maxWhence says where r's backoff_max comes from, for
+// an error about backoff_initial.
+func (d *decoder) restart(m entry, service string, r *Restart, maxWhence string) {
 	ents, _ := d.expectMapping(m, "restart must be a mapping of min_uptime, backoff_initial and backoff_max", "key")
 	var initialAt, maxAt *Position // where valid backoff values were set
 	valid := true
@@ -869,19 +859,10 @@ func (d *decoder) restart(m entry, service string, r *Restart) {
 		switch e.key {
 		case "min_uptime":
 			if t, ok := d.duration(e); ok {
-				if t < MinUptimeFloor {
-					d.errorf(e.pos, "min_uptime must be at least %s (got %s; a shorter one would let a crashing worker restart in a busy loop)",
-						shortDuration(MinUptimeFloor), shortDuration(t))
-					continue
-				}
 				r.MinUptime = t
 			}
 		case "backoff_initial", "backoff_max":
 			t, ok := d.duration(e)
-			if ok && e.key == "backoff_initial" && t < BackoffFloor {
-				d.errorf(e.pos, "backoff_initial must be at least %s (got %s)", shortDuration(BackoffFloor), shortDuration(t))
-				ok = false
-			}
 			if !ok {
 				valid = false
 				continue
@@ -896,13 +877,12 @@ func (d *decoder) restart(m entry, service string, r *Restart) {
 			d.unknownKey(e, fmt.Sprintf(" in restart of service %q", service), restartKeys)
 		}
 	}
+	// Blame the file's value: a declared pair was checked by resolve.
 	switch {
-	case !valid || r.BackoffMax >= r.BackoffInitial:
+	case !valid:
 	case maxAt != nil:
-		d.errorf(*maxAt, "backoff_max must be at least backoff_initial (got %s, backoff_initial is %s)",
-			shortDuration(r.BackoffMax), shortDuration(r.BackoffInitial))
+		d.problem(*maxAt, backoffProblem(*r, true, maxWhence))
 	case initialAt != nil:
-		d.errorf(*initialAt, "backoff_initial must be at most backoff_max (got %s, backoff_max is %s by default; raise it too)",
-			shortDuration(r.BackoffInitial), shortDuration(r.BackoffMax))
+		d.problem(*initialAt, backoffProblem(*r, false, maxWhence))
 	}
 }

@@ -1,0 +1,345 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The rules every value follows, whether a file or a Declaration sets it.
+// Each takes the value already in its Go type and returns "" when it is
+// valid, else the whole message. The YAML decoder and Resolve both call
+// them, so that a file and a declaration cannot drift apart; what differs
+// is only how a bad value is shown in "(got ...)": as written in the file
+// (a string quoted, a number as typed), or as Go prints it.
+
+// wholeRule is the range of a whole-number value.
+type wholeRule struct{ lo, hi int64 }
+
+var (
+	workersRule  = wholeRule{0, MaxWorkers}
+	capacityRule = wholeRule{1, MaxCapacity}
+	idRule       = wholeRule{0, 1<<31 - 1}
+)
+
+// problem is the rule: x in [lo, hi]. key names the value in the message
+// ("workers", "allow_uids[2]").
+func (r wholeRule) problem(key string, x int64, got string) string {
+	if r.lo <= x && x <= r.hi {
+		return ""
+	}
+	return r.message(key, got)
+}
+
+// message says what is wrong with a value that is not in range, or (in a
+// file) not a whole number at all.
+func (r wholeRule) message(key, got string) string {
+	return fmt.Sprintf("%s must be a whole number from %d to %d (got %s)", key, r.lo, r.hi, got)
+}
+
+// durationProblem is the rule for every duration, keyed by its name: more
+// than 0 and at most MaxDuration, and min_uptime and backoff_initial at
+// least their floors. No duration may be 0: a zero stop timeout would skip
+// the polite stop, a zero min_uptime would let a worker that dies at once
+// be restarted in a busy loop.
+func durationProblem(key string, t time.Duration, got string) string {
+	switch {
+	case t <= 0:
+		return fmt.Sprintf(`%s must be more than 0 (got %s)`, key, got)
+	case t > MaxDuration:
+		return fmt.Sprintf(`%s must be at most %s (got %s)`, key, shortDuration(MaxDuration), got)
+	case key == "min_uptime" && t < MinUptimeFloor:
+		return fmt.Sprintf("min_uptime must be at least %s (got %s; a shorter one would let a crashing worker restart in a busy loop)",
+			shortDuration(MinUptimeFloor), shortDuration(t))
+	case key == "backoff_initial" && t < BackoffFloor:
+		return fmt.Sprintf("backoff_initial must be at least %s (got %s)", shortDuration(BackoffFloor), shortDuration(t))
+	}
+	return ""
+}
+
+// backoffProblem is the rule between backoff_initial and backoff_max: the
+// cap may not be below the first delay. blameMax puts the message on
+// backoff_max (the caller's choice when backoff_max was set where the
+// message will point); else it is on backoff_initial, and maxWhence says
+// where backoff_max came from ("by default", "in the Go declaration").
+func backoffProblem(r Restart, blameMax bool, maxWhence string) string {
+	switch {
+	case r.BackoffMax >= r.BackoffInitial:
+		return ""
+	case blameMax:
+		return fmt.Sprintf("backoff_max must be at least backoff_initial (got %s, backoff_initial is %s)",
+			shortDuration(r.BackoffMax), shortDuration(r.BackoffInitial))
+	}
+	return fmt.Sprintf("backoff_initial must be at most backoff_max (got %s, backoff_max is %s %s; raise it too)",
+		shortDuration(r.BackoffInitial), shortDuration(r.BackoffMax), maxWhence)
+}
+
+// stopSignals maps the accepted stop_signal names, without "SIG", to signals.
+var stopSignals = map[string]syscall.Signal{
+	"HUP":   syscall.SIGHUP,
+	"INT":   syscall.SIGINT,
+	"QUIT":  syscall.SIGQUIT,
+	"KILL":  syscall.SIGKILL,
+	"USR1":  syscall.SIGUSR1,
+	"USR2":  syscall.SIGUSR2,
+	"TERM":  syscall.SIGTERM,
+	"WINCH": syscall.SIGWINCH,
+}
+
+// signalProblem is the rule for stop_signal and reload_signal (key): one
+// of stopSignals, and for reload_signal not KILL. A name a file gives that
+// is not in stopSignals reaches it as signal 0.
+func signalProblem(key string, sig syscall.Signal, got string) string {
+	known := false
+	for _, s := range stopSignals {
+		known = known || s == sig
+	}
+	switch {
+	case !known:
+		return fmt.Sprintf(`invalid %s %s (use one of HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH, with or without "SIG")`, key, got)
+	case key == "reload_signal" && sig == syscall.SIGKILL:
+		return "reload_signal KILL would kill the workers at every reload (use HUP, USR1 or USR2, which the workers can handle)"
+	}
+	return ""
+}
+
+// signalName shows a signal declared in Go: SIGTERM, or "signal 99".
+func signalName(sig syscall.Signal) string {
+	if name := unix.SignalName(sig); name != "" {
+		return name
+	}
+	return fmt.Sprintf("signal %d", int(sig))
+}
+
+// nameProblem is the rule for a service or queue name (kind).
+func nameProblem(kind, name string) string {
+	if validServiceName(name) {
+		return ""
+	}
+	return fmt.Sprintf(`invalid %s name %q (a name starts with a letter and has only letters, digits, "-" and "_", at most %d bytes)`, kind, name, maxNameLen)
+}
+
+func validServiceName(s string) bool {
+	if s == "" || len(s) > maxNameLen {
+		return false
+	}
+	for i, c := range []byte(s) {
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '-' || c == '_'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// emptyCommand is what is wrong with a command of no arguments.
+const emptyCommand = `command is empty (give at least the program to run, as in ["/usr/bin/app"])`
+
+// argProblem is the rule for command[i]: the program is named, and no
+// argument holds a NUL byte (execve could not pass it).
+func argProblem(i int, arg string) string {
+	switch {
+	case i == 0 && arg == "":
+		return `command[0] is empty (it names the program to run, as in "/usr/bin/app")`
+	case strings.IndexByte(arg, 0) >= 0:
+		return fmt.Sprintf(`command[%d] contains a NUL byte (a program argument cannot hold "\0")`, i)
+	}
+	return ""
+}
+
+// commandOrRunProblem is the rule that a service has exactly one of
+// command and run.
+func commandOrRunProblem(service string, hasCommand, hasRun bool) string {
+	switch {
+	case hasCommand && hasRun:
+		return fmt.Sprintf("service %q has both command and run (keep one: command runs a program, run names a Go service)", service)
+	case !hasCommand && !hasRun:
+		return fmt.Sprintf("service %q has neither command nor run (add one: command runs a program, run names a Go service)", service)
+	}
+	return ""
+}
+
+// runProblem is the rule for run: it names one of the program's Go
+// services.
+func runProblem(name string, goServices []string) string {
+	switch {
+	case slices.Contains(goServices, name):
+		return ""
+	case len(goServices) == 0:
+		return fmt.Sprintf("unknown Go service %q (this program registers no Go services; use command: to run a program)", name)
+	}
+	known := slices.Sorted(slices.Values(goServices))
+	return fmt.Sprintf("unknown Go service %q (this program registers: %s)", name, strings.Join(known, ", "))
+}
+
+// systemdEnv are the variables systemd hands the manager about itself; the
+// manager removes them from workers' environment, so env may not set them.
+var systemdEnv = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
+
+// envNameProblem is the rule for a variable name under env: a valid name
+// that neither gotyledon nor systemd sets.
+func envNameProblem(name string) string {
+	switch {
+	case !validEnvName(name):
+		return fmt.Sprintf(`invalid env name %q (a name starts with a letter or "_" and has only letters, digits and "_")`, name)
+	case strings.HasPrefix(name, "GOTYLEDON_"):
+		return fmt.Sprintf("env name %q is reserved (gotyledon sets the GOTYLEDON_ variables of each worker itself; pick another name)", name)
+	case slices.Contains(systemdEnv, name):
+		return fmt.Sprintf("env name %q is reserved (gotyledon removes this systemd variable from workers' environment; pick another name)", name)
+	}
+	return ""
+}
+
+func validEnvName(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i, c := range []byte(s) {
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z', c == '_':
+		case i > 0 && '0' <= c && c <= '9':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// envValueProblem is the rule for the value of env variable name.
+func envValueProblem(name, val string) string {
+	if strings.IndexByte(val, 0) >= 0 {
+		return fmt.Sprintf(`env %s contains a NUL byte (an environment value cannot hold "\0")`, name)
+	}
+	return ""
+}
+
+// baseDir is the directory a relative path is taken from, and how messages
+// name it: the config file's directory for a path in a file, the working
+// directory for one declared in Go.
+type baseDir struct {
+	name string
+	abs  func() (string, error)
+}
+
+func fileBase(file string) baseDir {
+	return baseDir{"the config file's directory", func() (string, error) { return filepath.Abs(filepath.Dir(file)) }}
+}
+
+// workingDirBase is the base of relative paths declared in Go: what a
+// relative path means to the Go program anywhere else (os.Open).
+var workingDirBase = baseDir{"the working directory", func() (string, error) { return filepath.Abs(".") }}
+
+// dirRule is the rule for dir: a path with no NUL and no "~", made
+// absolute against base. It returns the absolute path, or "" and the
+// message.
+func dirRule(dir string, base baseDir) (string, string) {
+	switch {
+	case dir == "":
+		return "", `dir is empty (write a directory path, or leave dir out to run in gotyledon's working directory)`
+	case strings.IndexByte(dir, 0) >= 0:
+		return "", `dir contains a NUL byte (a path cannot hold "\0")`
+	case dir == "~" || strings.HasPrefix(dir, "~/"):
+		return "", fmt.Sprintf(`dir %q starts with "~" (gotyledon does not expand "~"; write the full path)`, dir)
+	case filepath.IsAbs(dir):
+		return filepath.Clean(dir), ""
+	}
+	abs, err := base.abs()
+	if err != nil {
+		return "", fmt.Sprintf("cannot resolve dir %q against %s: %v (write an absolute path)", dir, base.name, err)
+	}
+	return filepath.Join(abs, dir), ""
+}
+
+// socketRule is the rule for a socket path: no NUL, absolute against
+// base, short enough for the kernel. It returns the clean absolute path,
+// or "" and the message.
+func socketRule(p string, base baseDir) (string, string) {
+	switch {
+	case p == "":
+		return "", `socket is empty (write a path, or leave socket out for the default)`
+	case strings.IndexByte(p, 0) >= 0:
+		return "", `socket contains a NUL byte (a path cannot hold "\0")`
+	case !filepath.IsAbs(p):
+		abs, err := base.abs()
+		if err != nil {
+			return "", fmt.Sprintf("cannot resolve socket %q against %s: %v (write an absolute path)", p, base.name, err)
+		}
+		p = filepath.Join(abs, p)
+	}
+	p = filepath.Clean(p)
+	if len(p) > MaxSocketPath {
+		return "", fmt.Sprintf("socket path %q is %d bytes long (a Unix socket path has at most %d; choose a shorter one)", p, len(p), MaxSocketPath)
+	}
+	return p, ""
+}
+
+// sameSocketProblem is the rule that the control and queue sockets differ.
+// blameBroker puts the message on the queue socket's path, when that is the
+// one the user can see and change.
+func sameSocketProblem(control, broker string, blameBroker bool) string {
+	switch {
+	case control == "" || control != broker:
+		return ""
+	case blameBroker:
+		return fmt.Sprintf("queue socket %q is the control socket's path too (give each socket a path of its own)", broker)
+	}
+	return fmt.Sprintf("control socket %q is the queue socket's path too (give each socket a path of its own)", control)
+}
+
+// groupRule is the rule for group: a number from 0, or the name of a group
+// of this machine. It returns the gid, or -1 and the message.
+func groupRule(g string) (int, string) {
+	if n, err := strconv.Atoi(g); err == nil {
+		if n < 0 {
+			return -1, fmt.Sprintf("group must be a group name or a number from 0 (got %d)", n)
+		}
+		return n, ""
+	}
+	grp, err := user.LookupGroup(g)
+	if err != nil {
+		return -1, fmt.Sprintf("unknown group %q (no such group on this machine; create it, or give its number)", g)
+	}
+	gid, err := strconv.Atoi(grp.Gid)
+	if err != nil {
+		return -1, fmt.Sprintf("group %q has the id %q, which is not a number (give the group's number instead)", g, grp.Gid)
+	}
+	return gid, ""
+}
+
+// listenProblem is the rule for metrics_listen: an IP address or
+// localhost, and a port.
+func listenProblem(a string) string {
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Sprintf(`metrics_listen must be "host:port", e.g. "127.0.0.1:9464" (got %q)`, a)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Sprintf(`metrics_listen's port must be a number from 0 (any free port, logged) to 65535, e.g. "127.0.0.1:9464" (got %q)`, port)
+	}
+	if host == "" {
+		return fmt.Sprintf(`metrics_listen needs a host: "127.0.0.1:%s" for this machine only, "0.0.0.0:%s" for every interface (got %q)`, port, port, a)
+	}
+	if net.ParseIP(host) == nil && host != "localhost" {
+		return fmt.Sprintf(`metrics_listen's host must be an IP address or "localhost", e.g. "127.0.0.1:9464" (got %q)`, host)
+	}
+	return ""
+}
+
+// replaceProblem is the rule for replace. A word a file gives that is
+// neither "rolling" nor "all" reaches it as -1.
+func replaceProblem(r Replace, got string) string {
+	if r == ReplaceRolling || r == ReplaceAll {
+		return ""
+	}
+	return fmt.Sprintf(`replace must be "rolling" (one worker at a time) or "all" (all at once) (got %s)`, got)
+}
