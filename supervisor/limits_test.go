@@ -349,10 +349,26 @@ services:
 		t.Fatal("the manager exited")
 	}
 
-	// Lower "many" to 10: every slot of "few" then fits.
-	reloadAt := len(m.all(func(entry) bool { return true }))
-	m.rewrite(fmt.Sprintf(conf, 10))
-	m.waitFor("the reload", func(e entry) bool { return e.is("configuration applied") })
+	// Lower "many" to 10: every slot of "few" then fits. The reload reads
+	// the file, which takes a descriptor: one that comes while every
+	// descriptor is taken is refused ("too many open files"), as an
+	// operator would see, and asked for again.
+	var reloadAt int
+	m.rewriteQuietly(fmt.Sprintf(conf, 10))
+	outcome := func(e entry) bool {
+		return e.is("configuration applied") || e.is("reload failed: the running services are unchanged")
+	}
+	for attempt := 1; ; attempt++ {
+		before := len(m.all(outcome))
+		reloadAt = len(m.all(func(entry) bool { return true }))
+		m.signal(syscall.SIGHUP)
+		if got := m.waitN("the reload's outcome", before+1, outcome); got[before].is("configuration applied") {
+			break
+		}
+		if attempt == 10 {
+			t.Fatal("10 reloads refused while out of descriptors")
+		}
+	}
 	// Which slots run at the moment of the reload: those whose last word
 	// was "worker started".
 	last := map[slot]string{}

@@ -1,15 +1,18 @@
 // Command seed is the cotyledon program this project grew from, in Go: a
 // producer puts an increasing integer on the queue "jobs" every second, and
-// printer workers take them and print them. One binary is the manager and
-// every worker:
+// two printer workers take them and print them. As the cotyledon program
+// adds its services to a ServiceManager, this one declares them in Go; one
+// binary is the manager and every worker:
 //
 //	go run ./cmd/seed run --config deploy/seed.yaml
 //
-// The YAML says how many workers each service has (printer: 2); kill one
-// and it comes back with the same worker id, and the number it was printing
-// is printed by another (it was not acknowledged). On `kill -HUP`, the
-// manager reloads the file, then runs the seed's reload hook, which grows
-// printer to 5 workers, as the cotyledon program's reconfigure(printer, 5).
+// The YAML file, applied on top of what the program declares, is what an
+// operator edits (printer: 2 workers); without it the program runs as
+// declared. Kill a printer and it comes back with the same worker id, and
+// the number it was printing is printed by another (it was not
+// acknowledged). On `kill -HUP`, the manager reloads the file, then runs
+// the seed's reload hook, which grows printer to 5 workers, as the
+// cotyledon program's reconfigure(printer, 5).
 package main
 
 import (
@@ -20,19 +23,21 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/ipc"
 	"github.com/gotyledon/gotyledon/service"
 	"github.com/gotyledon/gotyledon/supervisor"
 	"github.com/gotyledon/gotyledon/supervisor/program"
 )
 
-// queue is the name the YAML gives the queue between the two services.
+// queue is the queue between the two services.
 const queue = "jobs"
 
 func main() {
 	p := program.New()
-	p.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
-	p.Register("printer", func(w service.Worker) (service.Service, error) { return printer{w}, nil })
+	p.Queue(queue)
+	p.Go("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
+	p.Go("printer", func(w service.Worker) (service.Service, error) { return printer{w}, nil }, config.Workers(2))
 	p.SetHooks(supervisor.Hooks{OnReload: growPrinters})
 	os.Exit(p.Main(os.Args))
 }

@@ -35,10 +35,14 @@ import (
 
 // Options configure a Manager.
 type Options struct {
-	// ConfigFile is the YAML configuration to run. It is read again on
-	// each reload: SIGHUP, an edit of the file (its directory is watched),
-	// or `gotyledon reload`.
+	// ConfigFile is the YAML configuration to run, applied on top of
+	// Declaration. It is read again on each reload: SIGHUP, an edit of the
+	// file (its directory is watched), or `gotyledon reload`. Empty: the
+	// Declaration alone, which each reload applies again (running the
+	// OnReload hook).
 	ConfigFile string
+	// Declaration is what the program declares in Go; nil: nothing.
+	Declaration *config.Declaration
 	// GoServices are the names of the Go services the program registers
 	// (service.Registry.Names): a configuration's run: must name one.
 	GoServices []string
@@ -102,14 +106,17 @@ func New(opts Options) (_ *Manager, err error) {
 		}
 	}()
 
-	data, err := os.ReadFile(opts.ConfigFile)
-	if err != nil {
-		err = fmt.Errorf("load config: %w", err)
-		logConfigError(log, err, "nothing was started")
-		return nil, err
-	}
-	parse := func(data []byte) (*config.Config, error) {
-		return config.Parse(opts.ConfigFile, data, opts.GoServices)
+	var data []byte
+	parse := func([]byte) (*config.Config, error) { return opts.Declaration.Resolve(opts.GoServices) }
+	if opts.ConfigFile != "" {
+		if data, err = os.ReadFile(opts.ConfigFile); err != nil {
+			err = fmt.Errorf("load config: %w", err)
+			logConfigError(log, err, "nothing was started")
+			return nil, err
+		}
+		parse = func(data []byte) (*config.Config, error) {
+			return config.ParseOver(opts.Declaration, opts.ConfigFile, data, opts.GoServices)
+		}
 	}
 	cfg, err := parse(data)
 	if err != nil {
@@ -186,6 +193,9 @@ func New(opts Options) (_ *Manager, err error) {
 	}
 	// Without the watch (no inotify, say) the manager still runs, and
 	// SIGHUP still reloads.
+	if opts.ConfigFile == "" {
+		return m, nil
+	}
 	if m.watch, err = configwatch.New(opts.ConfigFile, log); err != nil {
 		log.Warn("config file not watched; SIGHUP still reloads it", zap.Error(err))
 		m.watch, err = nil, nil

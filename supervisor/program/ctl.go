@@ -47,11 +47,15 @@ func (f *controlFlags) client(e *env) (*control.Client, error) {
 		return control.NewClient(f.Socket), nil
 	}
 	if f.Config != "" {
-		cfg, err := config.Load(f.Config, e.registry.Names())
+		cfg, err := config.LoadOver(e.declaration(), f.Config, e.registry.Names())
 		if err != nil {
 			return nil, fmt.Errorf("find the control socket: %w", err)
 		}
 		return control.NewClient(control.SocketPath(cfg, os.Getenv)), nil
+	}
+	// A program that declares its control socket finds it without a file.
+	if cfg, err := e.decl.Resolve(e.registry.Names()); e.declared && err == nil && cfg.Control.Socket != "" {
+		return control.NewClient(cfg.Control.Socket), nil
 	}
 	path, err := control.FindSocket(os.Getenv)
 	if err != nil {
@@ -148,7 +152,11 @@ func printStatus(w io.Writer, doc control.Status, now time.Time) error {
 	case doc.Ready:
 		state = "ready"
 	}
-	fmt.Fprintf(w, "manager pid %d, %s, up %s, config %s\n", doc.PID, state, roundDuration(doc.UptimeSeconds), doc.Config)
+	from := "config " + doc.Config
+	if doc.Config == "" {
+		from = "declared by the program"
+	}
+	fmt.Fprintf(w, "manager pid %d, %s, up %s, %s\n", doc.PID, state, roundDuration(doc.UptimeSeconds), from)
 	if r := doc.LastReload; r != nil {
 		source := r.Source
 		if source == "" {

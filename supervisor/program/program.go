@@ -1,14 +1,18 @@
 // Package program is the gotyledon command line as a library, and the
 // entry point of every Go program that embeds gotyledon. Such a program
-// registers its Go services on a Program and calls Main: the same binary
-// is then the manager (run), each of its Go workers (the manager
-// re-executes it), and the operator's commands (check, status, scale,
-// reload, queue). The stock gotyledon binary is a Program with no Go
-// services.
+// declares its services on a Program, as a cotyledon program adds them to
+// its ServiceManager, and calls Main: the same binary is then the manager
+// (run), each of its Go workers (the manager re-executes it), and the
+// operator's commands (check, status, scale, reload, queue). A YAML file
+// given with --config is applied on top of what the program declares, and
+// reloaded as the stock binary reloads it. The stock gotyledon binary is a
+// Program that declares nothing: it runs what its --config file says.
 //
 //	func main() {
 //		p := program.New()
-//		p.Register("printer", newPrinter)
+//		p.Queue("jobs")
+//		p.Go("producer", newProducer)
+//		p.Go("printer", newPrinter, config.Workers(2))
 //		os.Exit(p.Main(os.Args))
 //	}
 package program
@@ -59,6 +63,8 @@ type commandLine struct {
 type Program struct {
 	registry *service.Registry
 	hooks    supervisor.Hooks
+	decl     config.Declaration
+	declared bool // something was declared: run and check need no file
 }
 
 // New returns a Program with no Go services and no hooks: the stock
@@ -67,9 +73,38 @@ func New() *Program {
 	return &Program{registry: service.NewRegistry()}
 }
 
-// Register offers a Go service under name, which a configuration runs with
-// `run: NAME`. It panics on a programming error, as service.Registry's
-// Register does.
+// Go declares a Go service called name whose workers f builds, with opts
+// as a file's keys would set them (config.Workers(2), ...; one worker by
+// default). It is Register and a service that runs it in one. Like
+// Register, it panics on a programming error (an invalid name, a name
+// registered twice); a bad option is reported by Main, with the field.
+func (p *Program) Go(name string, f service.Factory, opts ...config.ServiceOption) {
+	p.Register(name, f)
+	p.Declaration().Service(name, append([]config.ServiceOption{config.Run(name)}, opts...)...)
+}
+
+// Command declares a command service: argv run by each of its workers,
+// with opts as a file's keys would set them.
+func (p *Program) Command(name string, argv []string, opts ...config.ServiceOption) {
+	p.Declaration().Service(name, append([]config.ServiceOption{config.Command(argv...)}, opts...)...)
+}
+
+// Queue declares a queue of the broker (capacity 10000 unless
+// config.Capacity says otherwise).
+func (p *Program) Queue(name string, opts ...config.QueueOption) {
+	p.Declaration().Queue(name, opts...)
+}
+
+// Declaration is what the program declares, for the settings Go, Command
+// and Queue do not cover (the shutdown timeout, the sockets).
+func (p *Program) Declaration() *config.Declaration {
+	p.declared = true
+	return &p.decl
+}
+
+// Register offers a Go service under name without declaring a service: a
+// configuration file runs it with `run: NAME`. It panics on a programming
+// error, as service.Registry's Register does.
 func (p *Program) Register(name string, f service.Factory) { p.registry.Register(name, f) }
 
 // Registry is the program's registry of Go services.
@@ -160,19 +195,52 @@ func (e exitError) Unwrap() error { return e.err }
 func exitCode(code int) error { return exitError{code: code} }
 
 type checkCommand struct {
-	Config string `short:"c" required:"" placeholder:"FILE" help:"Configuration file to validate."`
+	Config string `short:"c" placeholder:"FILE" help:"Configuration file to validate (applied on top of what the program declares)."`
 }
 
 func (c *checkCommand) Run(e *env) error {
-	cfg, err := config.Load(c.Config, e.registry.Names())
+	cfg, err := e.load(c.Config, "check")
 	if err != nil {
-		fmt.Fprintln(e.stderr, err)
-		return exitCode(ExitError)
+		return err
 	}
 	workers := 0
 	for _, s := range cfg.Services {
 		workers += s.Workers
 	}
-	fmt.Fprintf(e.stdout, "%s: ok (%d services, %d workers)\n", cfg.File, len(cfg.Services), workers)
+	name := cfg.File
+	if name == "" {
+		name = e.name
+	}
+	fmt.Fprintf(e.stdout, "%s: ok (%d services, %d workers)\n", name, len(cfg.Services), workers)
 	return nil
+}
+
+// load loads the configuration a command works on: file on top of what
+// the program declares. Without a file, a program must declare something:
+// then it is a usage error of command. Configuration errors are printed,
+// one FILE:LINE:COL per line.
+func (e *env) load(file, command string) (*config.Config, error) {
+	if file == "" && !e.declared {
+		return nil, usageError(command + " needs --config FILE: this program declares no services of its own")
+	}
+	var cfg *config.Config
+	var err error
+	if file == "" {
+		cfg, err = e.decl.Resolve(e.registry.Names())
+	} else {
+		cfg, err = config.LoadOver(e.declaration(), file, e.registry.Names())
+	}
+	if err != nil {
+		fmt.Fprintln(e.stderr, err)
+		return nil, exitCode(ExitError)
+	}
+	return cfg, nil
+}
+
+// declaration is what the program declares, nil if nothing.
+func (p *Program) declaration() *config.Declaration {
+	if !p.declared {
+		return nil
+	}
+	return &p.decl
 }

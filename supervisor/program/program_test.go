@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/service"
 )
 
@@ -64,6 +65,42 @@ func TestUsageErrorsExit2(t *testing.T) {
 		code, _, stderr := runCLI(nil, args...)
 		if code != ExitUsage || !strings.HasPrefix(stderr, "gotyledon: ") {
 			t.Errorf("%q: exit %d stderr %q; want 2 and a message", args, code, stderr)
+		}
+	}
+}
+
+// A program that declares its services needs no file; one given is applied
+// on top; errors in what it declares name the field.
+func TestCheckOfADeclaredProgram(t *testing.T) {
+	p := New()
+	p.Queue("jobs", config.Capacity(10))
+	p.Go("printer", func(service.Worker) (service.Service, error) { return nil, nil }, config.Workers(2))
+	p.Command("web", []string{"/bin/true"})
+	if code, stdout, stderr := runCLI(p, "check"); code != ExitOK || stdout != "gotyledon: ok (2 services, 3 workers)\n" {
+		t.Errorf("check without a file: exit %d stdout %q stderr %q", code, stdout, stderr)
+	}
+	path := writeConfig(t, "services:\n  printer: {workers: 5}\n  extra: {command: [/bin/true]}\n")
+	if code, stdout, stderr := runCLI(p, "check", "-c", path); code != ExitOK || stdout != path+": ok (3 services, 7 workers)\n" {
+		t.Errorf("check with a file on top: exit %d stdout %q stderr %q", code, stdout, stderr)
+	}
+	bad := writeConfig(t, "services:\n  printer: {workers: -1}\n")
+	if code, _, stderr := runCLI(p, "check", "-c", bad); code != ExitError || !strings.HasPrefix(stderr, bad+":2:22: workers must be") {
+		t.Errorf("a bad file on top: exit %d stderr %q", code, stderr)
+	}
+	q := New()
+	q.Command("web", []string{"/bin/true"}, config.Workers(-1))
+	if code, _, stderr := runCLI(q, "check"); code != ExitError ||
+		stderr != "services.web.workers (declared in Go): workers must be a whole number from 0 to 10000 (got -1)\n" {
+		t.Errorf("a bad declaration: exit %d stderr %q", code, stderr)
+	}
+}
+
+// Without a declaration, run and check need a file: a usage error says so.
+func TestRunAndCheckNeedAFileWithoutDeclarations(t *testing.T) {
+	for _, cmd := range []string{"run", "check"} {
+		code, _, stderr := runCLI(nil, cmd)
+		if code != ExitUsage || !strings.Contains(stderr, cmd+" needs --config FILE") {
+			t.Errorf("%s without a file: exit %d stderr %q", cmd, code, stderr)
 		}
 	}
 }

@@ -10,13 +10,16 @@ import (
 )
 
 type runCommand struct {
-	Config string `short:"c" required:"" placeholder:"FILE" help:"Configuration file (YAML)."`
+	Config string `short:"c" placeholder:"FILE" help:"Configuration file (YAML), applied on top of what the program declares; reloaded on SIGHUP and when it is edited."`
 }
 
 // Run is the manager: it runs until a requested shutdown has stopped every
 // worker. Everything the manager has to say, failures included, goes to
 // its log.
 func (c *runCommand) Run(e *env, cl *commandLine) error {
+	if c.Config == "" && !e.declared {
+		return usageError("run needs --config FILE: this program declares no services of its own")
+	}
 	log, logFile, err := logging.New(cl.LogFormat, cl.LogLevel, cl.LogFile, e.stderr, os.Getenv)
 	if err != nil {
 		return err
@@ -28,6 +31,7 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 
 	m, err := manager.New(manager.Options{
 		ConfigFile:  c.Config,
+		Declaration: e.declaration(),
 		GoServices:  e.registry.Names(),
 		Hooks:       e.hooks,
 		Logger:      log,
