@@ -65,6 +65,9 @@ type Options struct {
 	Metrics http.Handler
 	// Logger receives refusals and scales. Default: none.
 	Logger *zap.Logger
+	// Path is the socket's path, for the log: the listener's own address
+	// may be the temporary name it was bound under (see ipc.Listen).
+	Path string
 }
 
 // Server is the actor that serves the control socket: Run is its execute
@@ -79,6 +82,7 @@ type Server struct {
 	log    *zap.Logger
 	now    func() time.Time
 	pid    int
+	path   string
 
 	rates   *queueRates
 	metrics http.Handler
@@ -98,7 +102,7 @@ func NewServer(l net.Listener, opts Options) *Server {
 	}
 	return &Server{
 		l: l, status: opts.Status, scale: opts.Scale, reload: opts.Reload, queues: opts.Queues,
-		allow: opts.Allow, log: log, now: time.Now, pid: os.Getpid(),
+		allow: opts.Allow, log: log, now: time.Now, pid: os.Getpid(), path: opts.Path,
 		rates: &queueRates{}, metrics: opts.Metrics, quit: make(chan struct{}),
 	}
 }
@@ -151,7 +155,7 @@ func (c *Server) Run() error {
 	srv := c.server
 	c.mu.Unlock()
 	go c.rates.runSampler(c.queues, c.quit)
-	c.log.Info("control socket listening", zap.String("socket", c.l.Addr().String()))
+	c.log.Info("control socket listening", zap.String("socket", c.path))
 	if err := srv.Serve(c.l); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("control socket: %w", err)
 	}

@@ -229,6 +229,7 @@ func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, 
 		Allow:   ipc.AllowPeers(os.Getuid(), peerRules(cfg.Control.SocketAccess), ipc.ProcessGroups),
 		Metrics: metricsHandler,
 		Logger:  m.log.Named("control"),
+		Path:    path,
 	})
 	return nil
 }
