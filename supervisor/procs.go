@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -44,6 +42,7 @@ import (
 // hold the pipes open for ever; outputGrace bounds that wait.
 type procTable struct {
 	log     *zap.Logger
+	sys     *procOS // every fork, wait, signal, /proc read and timer; nil: startProcTable sets the real one
 	now     func() time.Time
 	inbox   *mailbox[procMsg]
 	post    func(event) // into the loop's mailbox; never blocks
@@ -167,7 +166,7 @@ func (p *procTable) handle(m procMsg) {
 	case groupCheckDue:
 		if pr := p.procs[m.token]; pr != nil {
 			pr.checkArmed = false
-			if !groupHasChildOf(pr.pid, os.Getpid()) {
+			if !groupHasChildOf(p.sys.processes(), pr.pid, os.Getpid()) {
 				pr.killed = true // as good as: nothing is left in it
 			}
 			p.tryFinish(pr)
@@ -214,7 +213,7 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	if s.goWorker {
 		files = append(files, p.managerPipe.Fd())
 	}
-	pid, err := syscall.ForkExec(path, s.argv, &syscall.ProcAttr{
+	pid, err := p.sys.forkExec(path, s.argv, &syscall.ProcAttr{
 		Dir:   s.dir,
 		Env:   s.env,
 		Files: files,
@@ -260,8 +259,8 @@ func (p *procTable) signal(req signalReq) {
 	if req.stop {
 		pr.stop = true
 	}
-	if !pr.reaped || groupHasChildOf(pr.pid, os.Getpid()) {
-		if err := unix.Kill(-pr.pid, req.sig); err != nil && !errors.Is(err, unix.ESRCH) {
+	if !pr.reaped || groupHasChildOf(p.sys.processes(), pr.pid, os.Getpid()) {
+		if err := p.sys.kill(-pr.pid, req.sig); err != nil && !errors.Is(err, unix.ESRCH) {
 			p.log.Error("signal worker", zap.Int("pid", pr.pid), zap.Stringer("signal", req.sig), zap.Error(err))
 		}
 	}
@@ -281,7 +280,7 @@ func (p *procTable) signal(req signalReq) {
 func (p *procTable) reap() {
 	for {
 		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		pid, err := p.sys.wait4(-1, &ws, unix.WNOHANG, nil)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -305,7 +304,7 @@ func (p *procTable) exited(pr *proc, ws unix.WaitStatus) {
 		// A worker that died on its own takes what is left of its group
 		// with it. No fork can come between the reap and this kill (both
 		// run here), so the group id is not one of our new workers'.
-		_ = unix.Kill(-pr.pid, unix.SIGKILL)
+		_ = p.sys.kill(-pr.pid, unix.SIGKILL)
 		pr.killed = true
 	}
 	p.tryFinish(pr)
@@ -331,7 +330,7 @@ func (p *procTable) tryFinish(pr *proc) {
 	case !pr.checkArmed:
 		pr.checkArmed = true
 		token := pr.token
-		time.AfterFunc(groupCheck, func() { p.inbox.put(groupCheckDue{token: token}) })
+		p.sys.afterFunc(groupCheck, func() { p.inbox.put(groupCheckDue{token: token}) })
 	}
 }
 
@@ -344,7 +343,7 @@ func (p *procTable) armGrace(pr *proc) {
 		return
 	}
 	token := pr.token
-	pr.grace = time.AfterFunc(p.outputGrace, func() { p.inbox.put(outputGraceOver{token: token}) }).Stop
+	pr.grace = p.sys.afterFunc(p.outputGrace, func() { p.inbox.put(outputGraceOver{token: token}) })
 }
 
 // finish forgets pr and tells the loop the worker has exited.
@@ -364,19 +363,23 @@ func (p *procTable) finish(pr *proc) {
 // SIGTERM (SIGKILL if fast), then SIGKILL at timeout, and are reaped.
 func (p *procTable) sweep(fast bool, timeout time.Duration) {
 	self := os.Getpid()
-	deadline := time.NewTimer(timeout)
-	defer deadline.Stop()
+	// One slot: a timer is only re-armed after the previous one fired, and
+	// one that fires after sweep returned must not block.
+	deadline := make(chan struct{}, 1)
+	expire := func() { deadline <- struct{}{} }
+	stopDeadline := p.sys.afterFunc(timeout, expire)
+	defer func() { stopDeadline() }()
 	sig := unix.SIGTERM
 	if fast {
 		sig = unix.SIGKILL
 	}
 	signalled := make(map[int]unix.Signal)
-	tick := time.NewTicker(50 * time.Millisecond) // for children that die without a SIGCHLD we catch
-	defer tick.Stop()
+	tick, stopTick := p.sys.newTicker(50 * time.Millisecond) // for children that die without a SIGCHLD we catch
+	defer stopTick()
 	logged := false
 	for {
 		p.reap()
-		kids := childrenOf(self)
+		kids := childrenOf(p.sys.processes(), self)
 		if len(kids) == 0 {
 			return
 		}
@@ -386,14 +389,14 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) {
 		}
 		for _, pid := range kids {
 			if signalled[pid] != sig {
-				_ = unix.Kill(pid, sig) // our unreaped child: the pid is still its
+				_ = p.sys.kill(pid, sig) // our unreaped child: the pid is still its
 				signalled[pid] = sig
 			}
 		}
 		select {
 		case <-p.sigchld:
-		case <-tick.C:
-		case <-deadline.C:
+		case <-tick:
+		case <-deadline:
 			if sig == unix.SIGKILL {
 				// Only a process stuck in the kernel survives SIGKILL;
 				// waiting longer would hang the shutdown.
@@ -402,70 +405,13 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) {
 			}
 			p.log.Warn("processes the workers left behind did not stop in time; killing them", zap.Ints("pids", kids))
 			sig = unix.SIGKILL
-			deadline.Reset(sweepKillWait)
+			stopDeadline = p.sys.afterFunc(sweepKillWait, expire)
 		}
 	}
 }
 
 // sweepKillWait bounds the wait for SIGKILLed leftovers to be reaped.
 const sweepKillWait = 5 * time.Second
-
-// childrenOf lists the processes whose parent is pid, from /proc.
-func childrenOf(pid int) []int {
-	var kids []int
-	forEachProcess(func(p, ppid, _ int) {
-		if ppid == pid {
-			kids = append(kids, p)
-		}
-	})
-	return kids
-}
-
-// groupHasChildOf reports whether a child of parent is in process group pgid.
-// After a group's leader is reaped, its surviving members are reparented to
-// us (the subreaper); finding one proves the group id is still that group's.
-func groupHasChildOf(pgid, parent int) bool {
-	found := false
-	forEachProcess(func(_, ppid, pgrp int) {
-		found = found || (pgrp == pgid && ppid == parent)
-	})
-	return found
-}
-
-// forEachProcess calls f with the pid, parent pid and process group of every
-// process in /proc. Processes that vanish while it reads are skipped.
-func forEachProcess(f func(pid, ppid, pgrp int)) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
-		if err != nil {
-			continue
-		}
-		// The command name, in parentheses, may hold spaces: the fields
-		// that follow it are state, ppid, pgrp.
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 {
-			continue
-		}
-		fields := strings.Fields(s[i+1:])
-		if len(fields) < 3 {
-			continue
-		}
-		ppid, err1 := strconv.Atoi(fields[1])
-		pgrp, err2 := strconv.Atoi(fields[2])
-		if err1 == nil && err2 == nil {
-			f(pid, ppid, pgrp)
-		}
-	}
-}
 
 // describeStatus renders an exit status the way the logs show it.
 func describeStatus(ws unix.WaitStatus) string {
@@ -483,9 +429,13 @@ func describeStatus(ws unix.WaitStatus) string {
 	}
 }
 
-// startProcTable starts the process table's goroutine. SIGCHLD is
-// subscribed before it returns, so no exit is missed.
+// startProcTable starts the process table's goroutine, on the real
+// operating system unless p.sys says otherwise. SIGCHLD is subscribed
+// before it returns, so no exit is missed.
 func startProcTable(p *procTable) (stop func()) {
+	if p.sys == nil {
+		p.sys = realProcOS()
+	}
 	p.sigchld = make(chan os.Signal, 1)
 	signal.Notify(p.sigchld, syscall.SIGCHLD)
 	quit := make(chan struct{})

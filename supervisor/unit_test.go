@@ -222,12 +222,13 @@ func TestLineWriterKeepsALineOfExactlyOnePieceWhole(t *testing.T) {
 	}
 }
 
-// procRig is a process table that is never run: messages are handled by
-// hand and what it posts to the loop is collected.
+// procRig is a process table on the real operating system that is never
+// run: messages are handled by hand and what it posts to the loop is
+// collected.
 func procRig(grace time.Duration) (*procTable, *[]event) {
 	var posted []event
 	return &procTable{
-		log: zap.NewNop(), now: time.Now, inbox: newMailbox[procMsg](),
+		log: zap.NewNop(), sys: realProcOS(), now: time.Now, inbox: newMailbox[procMsg](),
 		post:        func(ev event) { posted = append(posted, ev) },
 		outputGrace: grace,
 		procs:       make(map[uint64]*proc), byPid: make(map[int]*proc),

@@ -1,0 +1,126 @@
+package supervisor
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// procOS is the operating system as the process table sees it: every fork,
+// wait, signal, /proc read and timer of the table goes through it (as
+// cloudflare/tableflip's env does), so that tests can stand in a fake OS and
+// clock and drive grace periods, pid and process-group reuse and timeouts
+// step by step, without a process or a sleep. realProcOS is the real one.
+//
+// Not in it, on purpose:
+//   - the table's now, which the supervisor hands it: the times the table
+//     posts are compared with the loop's own, so they come from its clock;
+//   - the pipes for a worker's stdout and stderr, which stay real os.Pipe
+//     pairs: a fake forkExec keeps duplicates of the write ends it is given
+//     (the child's copies) and closes them when its worker's output should
+//     end, so the real readers, and what they post, are under test too;
+//   - SIGCHLD, which only says "reap now": a test calls reap itself.
+type procOS struct {
+	// forkExec starts a process, as syscall.ForkExec: attr.Files are the
+	// child's descriptors (the caller closes its own copies afterwards).
+	forkExec func(argv0 string, argv []string, attr *syscall.ProcAttr) (pid int, err error)
+	// kill sends sig to pid, or to process group -pid when pid is negative,
+	// as kill(2); ESRCH when there is no such process or group.
+	kill func(pid int, sig syscall.Signal) error
+	// wait4 reaps a child, as wait4(2): with WNOHANG it returns 0 when no
+	// child has exited and ECHILD when there is no child at all.
+	wait4 func(pid int, ws *unix.WaitStatus, options int, rusage *unix.Rusage) (wpid int, err error)
+	// processes lists the processes alive or unreaped now. Processes that
+	// vanish while it looks are left out.
+	processes func() []procStat
+	// afterFunc runs f on its own goroutine after d, as time.AfterFunc; the
+	// returned function stops it, reporting whether it had not run yet.
+	afterFunc func(d time.Duration, f func()) (stop func() bool)
+	// newTicker delivers on c every d until stop, as time.NewTicker.
+	newTicker func(d time.Duration) (c <-chan time.Time, stop func())
+}
+
+// procStat is what the process table reads of a process in /proc.
+type procStat struct{ pid, ppid, pgrp int }
+
+// realProcOS returns the operating system itself.
+func realProcOS() *procOS {
+	return &procOS{
+		forkExec:  syscall.ForkExec,
+		kill:      unix.Kill,
+		wait4:     unix.Wait4,
+		processes: readProcStats,
+		afterFunc: func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
+		newTicker: func(d time.Duration) (<-chan time.Time, func()) {
+			t := time.NewTicker(d)
+			return t.C, t.Stop
+		},
+	}
+}
+
+// readProcStats reads the pid, parent pid and process group of every
+// process from /proc. A process that vanishes while it reads is skipped;
+// without /proc the list is empty.
+func readProcStats() []procStat {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var stats []procStat
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		// The command name, in parentheses, may hold spaces: the fields
+		// that follow it are state, ppid, pgrp.
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 {
+			continue
+		}
+		fields := strings.Fields(s[i+1:])
+		if len(fields) < 3 {
+			continue
+		}
+		ppid, err1 := strconv.Atoi(fields[1])
+		pgrp, err2 := strconv.Atoi(fields[2])
+		if err1 == nil && err2 == nil {
+			stats = append(stats, procStat{pid: pid, ppid: ppid, pgrp: pgrp})
+		}
+	}
+	return stats
+}
+
+// childrenOf lists the processes in procs whose parent is pid.
+func childrenOf(procs []procStat, pid int) []int {
+	var kids []int
+	for _, p := range procs {
+		if p.ppid == pid {
+			kids = append(kids, p.pid)
+		}
+	}
+	return kids
+}
+
+// groupHasChildOf reports whether a child of parent is in process group
+// pgid. After a group's leader is reaped, its surviving members are
+// reparented to us (the subreaper); finding one proves the group id is
+// still that group's.
+func groupHasChildOf(procs []procStat, pgid, parent int) bool {
+	for _, p := range procs {
+		if p.pgrp == pgid && p.ppid == parent {
+			return true
+		}
+	}
+	return false
+}
