@@ -29,7 +29,7 @@ type controlFlags struct {
 
 type statusCommand struct {
 	controlFlags
-	JSON bool `help:"Print the status document as JSON (schema in the README)."`
+	JSON bool `help:"Print the status document as JSON (schema 1: fields may be added, none changes meaning)."`
 }
 
 type scaleCommand struct {
@@ -54,8 +54,10 @@ func (f *controlFlags) client(e *env) (*control.Client, error) {
 		return control.NewClient(control.SocketPath(cfg, os.Getenv)), nil
 	}
 	// A program that declares its control socket finds it without a file.
-	if cfg, err := e.decl.Resolve(e.registry.Names()); e.declared && err == nil && cfg.Control.Socket != "" {
-		return control.NewClient(cfg.Control.Socket), nil
+	if e.declared {
+		if cfg, err := e.decl.Resolve(e.registry.Names()); err == nil && cfg.Control.Socket != "" {
+			return control.NewClient(cfg.Control.Socket), nil
+		}
 	}
 	path, err := control.FindSocket(os.Getenv)
 	if err != nil {
