@@ -18,9 +18,10 @@ import (
 // order of the events, on a goroutine of their own: a slow hook delays the
 // hooks after it, never supervision. Any may be nil.
 type Hooks struct {
-	// OnReload runs after a reload of the configuration file (SIGHUP) has
-	// been applied. It may call the Supervisor's Reconfigure, as the seed's
-	// cotyledon program grows its printers on reload.
+	// OnReload runs after a reload of the configuration (SIGHUP, an edit
+	// of the file, `gotyledon reload`, Reload) has been applied. It may call
+	// the Supervisor's Reconfigure, as the seed's cotyledon program grows
+	// its printers on reload; it must not call Reload (see Reload).
 	OnReload func(s *Supervisor)
 	// OnNewWorker runs when a worker process has started.
 	OnNewWorker func(w WorkerEvent)

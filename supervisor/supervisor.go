@@ -207,8 +207,13 @@ func (s *Supervisor) Shutdown(fast bool) {
 //
 // It returns an error wrapping ErrStopped if the manager is shutting down
 // or has stopped (the reload is then ignored), or ctx's error if ctx ends
-// first (the reload is applied all the same). Safe from any goroutine and
-// from a hook.
+// first (the reload is applied all the same). Safe from any goroutine.
+//
+// Reload is for a program that runs a Supervisor itself. Under a
+// supervisor/manager Manager, the manager's reload path owns the
+// configuration (it also hands the broker its queues): ask it for a reload
+// (SIGHUP, or the control socket's), and do not call Reload from a hook;
+// from OnReload it would run OnReload again, without end.
 func (s *Supervisor) Reload(ctx context.Context, source ReloadSource, cfg *config.Config) error {
 	reply := make(chan error, 1)
 	s.inbox.put(reloadRequested{cfg: cfg, source: source, reply: reply})
@@ -235,7 +240,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	defer close(s.finished)
 	// The end of ctx is a graceful Shutdown, asked for from a goroutine
-	// that lives only as long as Run.
+	// that lives only as long as Run; a ctx that has ended already asks
+	// now, so that nothing starts.
+	if ctx.Err() != nil {
+		s.Shutdown(false)
+	}
 	stopWatch := context.AfterFunc(ctx, func() { s.Shutdown(false) })
 	defer stopWatch()
 	hooksQuit, hooksDone := make(chan struct{}), make(chan struct{})

@@ -83,14 +83,18 @@ type Error struct {
 	// Code is the HTTP status: 400, 403, 404, 422 or 503 (see the
 	// package comment).
 	Code int
-	ErrorBody
+	// Message is the manager's explanation; Details, a failed reload's
+	// FILE:LINE:COL errors.
+	Message string
+	Details []string
 }
 
+// Error is the message, then each detail on a line of its own.
 func (e *Error) Error() string {
 	if len(e.Details) == 0 {
-		return e.ErrorBody.Error
+		return e.Message
 	}
-	return e.ErrorBody.Error + ":\n  " + strings.Join(e.Details, "\n  ")
+	return e.Message + ":\n  " + strings.Join(e.Details, "\n  ")
 }
 
 // do sends one request and decodes a successful answer into out. A failed
@@ -124,11 +128,11 @@ func (c *Client) do(ctx context.Context, method, route string, body any, out any
 		return fmt.Errorf("read the manager's answer on %s: %w", c.path, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		e := &Error{Code: resp.StatusCode}
-		if json.Unmarshal(data, &e.ErrorBody) != nil || e.ErrorBody.Error == "" {
-			e.ErrorBody.Error = fmt.Sprintf("the manager answered %s", resp.Status)
+		var body ErrorBody
+		if json.Unmarshal(data, &body) != nil || body.Error == "" {
+			body.Error = fmt.Sprintf("the manager answered %s", resp.Status)
 		}
-		return e
+		return &Error{Code: resp.StatusCode, Message: body.Error, Details: body.Details}
 	}
 	switch out := out.(type) {
 	case nil:

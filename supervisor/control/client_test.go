@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,16 +153,25 @@ func TestSocketPaths(t *testing.T) {
 	if got := SocketPath(cfg, env(nil)); got != "/tmp/c.sock" {
 		t.Errorf("configured path %q", got)
 	}
-	dir := t.TempDir()
-	if _, err := FindSocket(env(map[string]string{"RUNTIME_DIRECTORY": dir})); !errors.Is(err, ErrNoManager) {
-		t.Errorf("FindSocket with nothing there: %v, want ErrNoManager", err)
+	dir, system := t.TempDir(), t.TempDir()
+	_, err := findSocket(env(map[string]string{"RUNTIME_DIRECTORY": dir}), system)
+	if !errors.Is(err, ErrNoManager) || !strings.Contains(err.Error(), dir+"/control.sock, "+system+"/control.sock") {
+		t.Errorf("findSocket with nothing there: %v, want ErrNoManager naming both places", err)
 	}
-	l, err := ipc.Listen(filepath.Join(dir, "control.sock"), -1)
+	l, err := ipc.Listen(filepath.Join(system, "control.sock"), -1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	if got, err := FindSocket(env(map[string]string{"RUNTIME_DIRECTORY": dir})); err != nil || got != filepath.Join(dir, "control.sock") {
-		t.Errorf("FindSocket: %q, %v", got, err)
+	if got, err := findSocket(env(map[string]string{"RUNTIME_DIRECTORY": dir}), system); err != nil || got != filepath.Join(system, "control.sock") {
+		t.Errorf("findSocket: %q, %v; want the system directory's socket", got, err)
+	}
+	l2, err := ipc.Listen(filepath.Join(dir, "control.sock"), -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	if got, err := findSocket(env(map[string]string{"RUNTIME_DIRECTORY": dir}), system); err != nil || got != filepath.Join(dir, "control.sock") {
+		t.Errorf("findSocket: %q, %v; want $RUNTIME_DIRECTORY's first", got, err)
 	}
 }

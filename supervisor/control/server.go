@@ -51,6 +51,7 @@ type ErrorBody struct {
 // that a Server can be tested over a fake manager.
 type Options struct {
 	// Status takes a snapshot of the supervisor (Supervisor.Status).
+	// Required, as are Scale and Reload.
 	Status func(context.Context) (supervisor.Status, error)
 	// Scale sets a service's worker count (Supervisor.Reconfigure).
 	Scale func(ctx context.Context, service string, workers int) error
@@ -59,11 +60,13 @@ type Options struct {
 	Reload func(context.Context) error
 	// Queues returns the broker's figures; nil without a broker.
 	Queues func() []ipc.QueueStats
-	// Allow decides whether a connected peer may use the socket.
+	// Allow decides whether a connected peer may use the socket. Default:
+	// the manager's own user and root only.
 	Allow func(ipc.Peer) bool
 	// Metrics serves GET /metrics; nil: no such route.
 	Metrics http.Handler
-	// Logger receives refusals and scales. Default: none.
+	// Logger receives that the socket listens, and (named "control")
+	// refusals and scales. Default: none.
 	Logger *zap.Logger
 	// Path is the socket's path, for the log: the listener's own address
 	// may be the temporary name it was bound under (see ipc.Listen).
@@ -79,7 +82,8 @@ type Server struct {
 	reload func(context.Context) error
 	queues func() []ipc.QueueStats
 	allow  func(ipc.Peer) bool
-	log    *zap.Logger
+	log    *zap.Logger // the manager's: for the socket itself
+	reqLog *zap.Logger // "control": for what requests did
 	now    func() time.Time
 	pid    int
 	path   string
@@ -100,9 +104,13 @@ func NewServer(l net.Listener, opts Options) *Server {
 	if log == nil {
 		log = zap.NewNop()
 	}
+	allow := opts.Allow
+	if allow == nil {
+		allow = ipc.AllowPeers(os.Getuid(), ipc.PeerRules{}, nil)
+	}
 	return &Server{
 		l: l, status: opts.Status, scale: opts.Scale, reload: opts.Reload, queues: opts.Queues,
-		allow: opts.Allow, log: log, now: time.Now, pid: os.Getpid(), path: opts.Path,
+		allow: allow, log: log, reqLog: log.Named("control"), now: time.Now, pid: os.Getpid(), path: opts.Path,
 		rates: &queueRates{}, metrics: opts.Metrics, quit: make(chan struct{}),
 	}
 }
@@ -122,7 +130,7 @@ func (c *Server) handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p, ok := r.Context().Value(peerKey{}).(ipc.Peer)
 		if !ok || !c.allow(p) {
-			c.log.Warn("control request refused: peer not allowed", zap.Int("uid", p.UID), zap.Int("gid", p.GID), zap.Int("pid", p.PID))
+			c.reqLog.Warn("control request refused: peer not allowed", zap.Int("uid", p.UID), zap.Int("gid", p.GID), zap.Int("pid", p.PID))
 			writeJSON(w, http.StatusForbidden, ErrorBody{Error: fmt.Sprintf(
 				"uid %d may not use the control socket (allowed: the manager's user, root, control.allow_uids, control.allow_gids and members of control.group)", p.UID)})
 			return
@@ -150,7 +158,7 @@ func (c *Server) Run() error {
 		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
 			return context.WithValue(ctx, peerKey{}, ipc.PeerOf(nc))
 		},
-		ErrorLog: zap.NewStdLog(c.log),
+		ErrorLog: zap.NewStdLog(c.reqLog),
 	}
 	srv := c.server
 	c.mu.Unlock()
@@ -203,7 +211,7 @@ func (c *Server) serveScale(w http.ResponseWriter, r *http.Request) {
 	err := c.scale(r.Context(), req.Service, *req.Workers)
 	switch {
 	case err == nil:
-		c.log.Info("scaled from the control socket", zap.String("service", req.Service), zap.Int("workers", *req.Workers))
+		c.reqLog.Info("scaled from the control socket", zap.String("service", req.Service), zap.Int("workers", *req.Workers))
 		writeJSON(w, http.StatusOK, map[string]any{"service": req.Service, "workers": *req.Workers})
 	case errors.Is(err, supervisor.ErrNoSuchService):
 		writeJSON(w, http.StatusNotFound, ErrorBody{Error: err.Error()})

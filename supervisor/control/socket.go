@@ -26,8 +26,14 @@ func SocketPath(cfg *config.Config, getenv func(string) string) string {
 // $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/gotyledon and /run/gotyledon. Its
 // error wraps ErrNoManager and says where it looked.
 func FindSocket(getenv func(string) string) (string, error) {
+	return findSocket(getenv, "/run/gotyledon")
+}
+
+// findSocket is FindSocket with the last directory given, so that tests do
+// not depend on what the machine's /run/gotyledon holds.
+func findSocket(getenv func(string) string, system string) (string, error) {
 	var tried []string
-	for _, dir := range []string{firstRuntimeDir(getenv("RUNTIME_DIRECTORY")), xdgDir(getenv("XDG_RUNTIME_DIR")), "/run/gotyledon"} {
+	for _, dir := range []string{firstRuntimeDir(getenv("RUNTIME_DIRECTORY")), xdgDir(getenv("XDG_RUNTIME_DIR")), system} {
 		if dir == "" {
 			continue
 		}

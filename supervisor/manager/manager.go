@@ -6,8 +6,18 @@
 //
 // New does everything that can fail before a worker starts (read the
 // configuration, bind the sockets, refuse to run a second manager on the
-// same control socket), logs why it failed, and starts nothing then. Run
-// runs until SIGTERM, SIGINT or the end of its context.
+// same control socket) and starts nothing if it fails. Run runs until
+// SIGTERM, SIGINT or the end of its context.
+//
+// A manager owns its process as supervisors must: it handles SIGTERM,
+// SIGINT, SIGHUP and SIGUSR1 while it runs, catches SIGPIPE for good, makes
+// the process a child subreaper, reaps every child of the process (nothing
+// else in it may wait for children: os/exec's Wait would steal statuses),
+// and marks the descriptors the process inherited close-on-exec so that
+// workers do not inherit them. A program whose main also runs Go workers
+// must hand them to service.Main before anything else (package
+// supervisor/program does), or each worker would start a manager of its
+// own.
 package manager
 
 import (
@@ -44,7 +54,9 @@ type Options struct {
 	// Declaration is what the program declares in Go; nil: nothing.
 	Declaration *config.Declaration
 	// GoServices are the names of the Go services the program registers
-	// (service.Registry.Names): a configuration's run: must name one.
+	// (service.Registry.Names): a configuration's run: must name one. The
+	// manager runs their workers by re-executing the program, whose main
+	// must then run service.Main (see the package comment).
 	GoServices []string
 	// Hooks are the program's callbacks (supervisor.Hooks).
 	Hooks supervisor.Hooks
@@ -56,10 +68,15 @@ type Options struct {
 	// ProgramName starts a Go worker's process title ("NAME: printer
 	// worker 3"). Default: the base name of os.Args[0].
 	ProgramName string
-	// Getenv reads the manager's environment: NOTIFY_SOCKET, the socket
-	// directories. Default os.Getenv.
+	// Getenv reads the socket directories ($RUNTIME_DIRECTORY,
+	// $XDG_RUNTIME_DIR) and whether systemd listens ($NOTIFY_SOCKET).
+	// Default os.Getenv. The messages to systemd go where the process's
+	// own environment says (go-systemd reads it).
 	Getenv func(string) string
 }
+
+// ErrNotStarted is wrapped by New's errors that New has logged in full.
+var ErrNotStarted = errors.New("manager not started")
 
 // Manager is one manager process's supervision: a supervisor, its queue
 // broker, control socket, metrics, systemd notifier, configuration watch
@@ -83,9 +100,10 @@ type Manager struct {
 // New prepares a manager: it subscribes to the signals, reads the
 // configuration, and binds the queue socket, the control socket and the
 // metrics address, so that all of them answer as soon as the first worker
-// starts. On any failure it logs why (a configuration's every
-// FILE:LINE:COL error on a line of its own), releases what it took, starts
-// nothing, and returns the error.
+// starts. On any failure it releases what it took, starts nothing, and
+// returns the error. Failures it has logged in full (a configuration's
+// every FILE:LINE:COL error on a line of its own, a socket it cannot
+// serve) wrap ErrNotStarted: the caller need not say them again.
 //
 // A manager whose control socket cannot be created still runs, without
 // status, scale and reload; one that finds another manager answering on
@@ -112,7 +130,7 @@ func New(opts Options) (_ *Manager, err error) {
 		if data, err = os.ReadFile(opts.ConfigFile); err != nil {
 			err = fmt.Errorf("load config: %w", err)
 			logConfigError(log, err, "nothing was started")
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", ErrNotStarted, err)
 		}
 		parse = func(data []byte) (*config.Config, error) {
 			return config.ParseOver(opts.Declaration, opts.ConfigFile, data, opts.GoServices)
@@ -121,7 +139,7 @@ func New(opts Options) (_ *Manager, err error) {
 	cfg, err := parse(data)
 	if err != nil {
 		logConfigError(log, err, "configuration is invalid; nothing was started")
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", ErrNotStarted, err)
 	}
 
 	// The broker listens before the first worker starts, since workers
@@ -136,7 +154,6 @@ func New(opts Options) (_ *Manager, err error) {
 	}
 	m.sup, err = supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: opts.ProgramName, WorkerEnv: workerEnv, Hooks: opts.Hooks})
 	if err != nil {
-		log.Error("cannot start supervision", zap.Error(err))
 		return nil, err
 	}
 	var queues func() []ipc.QueueStats // nil without a broker
@@ -147,13 +164,11 @@ func New(opts Options) (_ *Manager, err error) {
 			Logger: log.Named("broker"),
 		})
 		if err != nil {
-			err = fmt.Errorf("start the queue broker: %w", err)
-			log.Error("cannot serve the queues", zap.Error(err))
-			return nil, err
+			return nil, fmt.Errorf("start the queue broker: %w", err)
 		}
 		if m.queueListener, err = ipc.Listen(socket, cfg.Broker.GID); err != nil {
 			log.Error("cannot serve the queues", zap.String("socket", socket), zap.Error(err))
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", ErrNotStarted, err)
 		}
 		queues = m.broker.Stats
 		log.Info("queue broker listening", zap.String("socket", socket), zap.Int("queues", len(cfg.Queues)))
@@ -186,7 +201,7 @@ func New(opts Options) (_ *Manager, err error) {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			log.Error("cannot serve metrics", zap.String("address", addr), zap.Error(err))
-			return nil, fmt.Errorf("serve metrics on %s: %w", addr, err)
+			return nil, fmt.Errorf("%w: serve metrics on %s: %w", ErrNotStarted, addr, err)
 		}
 		m.metricsServer = metrics.NewServer(l, metricsHandler)
 		log.Info("metrics listening", zap.String("address", l.Addr().String()))
@@ -215,7 +230,7 @@ func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, 
 	switch {
 	case errors.Is(err, ipc.ErrInUse):
 		m.log.Error("another manager runs with this control socket; not starting a second one", zap.String("socket", path), zap.Error(err))
-		return fmt.Errorf("control socket %s: %w", path, err)
+		return fmt.Errorf("%w: control socket %s: %w", ErrNotStarted, path, err)
 	case err != nil:
 		m.log.Error("cannot serve the control socket: status, scale and reload will not answer (set control.socket to a writable place)",
 			zap.String("socket", path), zap.Error(err))
@@ -228,7 +243,7 @@ func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, 
 		Queues:  queues,
 		Allow:   ipc.AllowPeers(os.Getuid(), peerRules(cfg.Control.SocketAccess), ipc.ProcessGroups),
 		Metrics: metricsHandler,
-		Logger:  m.log.Named("control"),
+		Logger:  m.log,
 		Path:    path,
 	})
 	return nil

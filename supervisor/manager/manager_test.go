@@ -37,8 +37,8 @@ func TestNewRefusesABadConfiguration(t *testing.T) {
 	core, logs := observer.New(zap.InfoLevel)
 	_, err := New(Options{ConfigFile: path, Logger: zap.New(core), Getenv: func(string) string { return dir }})
 	var list config.ErrorList
-	if !errors.As(err, &list) {
-		t.Fatalf("New: %v, want the configuration's errors", err)
+	if !errors.As(err, &list) || !errors.Is(err, ErrNotStarted) {
+		t.Fatalf("New: %v, want the configuration's errors, logged", err)
 	}
 	if logs.FilterMessageSnippet(path+":2:38: workers must be").Len() != 1 || logs.FilterMessage("configuration is invalid; nothing was started").Len() != 1 {
 		t.Errorf("logged %v", logs.All())
@@ -57,12 +57,15 @@ func TestNewTakesTheSocketsAndCloseReleasesThem(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Another queue socket: only the control socket is shared.
+	second := declared(dir)
+	second.Broker(config.Socket(filepath.Join(dir, "other-queue.sock")))
 	core, logs := observer.New(zap.InfoLevel)
-	if _, err := New(Options{Declaration: declared(dir), Logger: zap.New(core)}); !errors.Is(err, ipc.ErrInUse) {
-		t.Errorf("a second manager on the same sockets: %v, want ErrInUse", err)
+	if _, err := New(Options{Declaration: second, Logger: zap.New(core)}); !errors.Is(err, ipc.ErrInUse) || !errors.Is(err, ErrNotStarted) {
+		t.Errorf("a second manager on the same control socket: %v, want ErrInUse and ErrNotStarted", err)
 	}
-	if logs.Len() != 1 || !strings.Contains(logs.All()[0].Message, "queue") && !strings.Contains(logs.All()[0].Message, "another manager") {
-		t.Errorf("the second manager logged %v, want one line saying why", logs.All())
+	if errs := logs.FilterLevelExact(zap.ErrorLevel).All(); len(errs) != 1 || errs[0].Message != "another manager runs with this control socket; not starting a second one" {
+		t.Errorf("the second manager logged the errors %v, want one line saying why", errs)
 	}
 	first.Close()
 	first.Close() // twice is fine

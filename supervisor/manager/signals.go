@@ -30,6 +30,10 @@ type signals struct {
 	logFile *logging.File // nil when the log goes to stderr
 	log     *zap.Logger
 
+	// stopAsked: a SIGTERM or SIGINT came already, so a SIGINT now asks
+	// for a fast shutdown. Owned by Run.
+	stopAsked bool
+
 	quit     chan struct{}
 	quitOnce sync.Once
 }
@@ -49,10 +53,12 @@ func subscribeSignals(log *zap.Logger, logFile *logging.File) *signals {
 	return s
 }
 
-// unsubscribe gives the signals back their default actions.
+// unsubscribe gives the manager's signals back their default actions.
+// SIGPIPE stays caught for the life of the process: whatever the program
+// writes to a closed stderr after the manager (its last log line, say)
+// must fail, not kill it.
 func (s *signals) unsubscribe() {
 	signal.Stop(s.c)
-	signal.Stop(s.sigpipe)
 }
 
 // Run acts on signals until Interrupt, then returns nil.
@@ -64,10 +70,12 @@ func (s *signals) Run() error {
 		case sig := <-s.c:
 			switch sig {
 			case syscall.SIGINT:
-				s.log.Info("signal received", zap.Stringer("signal", sig))
+				s.log.Info("signal received", zap.Stringer("signal", sig), zap.Bool("fast", s.stopAsked))
+				s.stopAsked = true
 				s.to.stop(true)
 			case syscall.SIGTERM:
 				s.log.Info("signal received", zap.Stringer("signal", sig))
+				s.stopAsked = true
 				s.to.stop(false)
 			case syscall.SIGHUP:
 				s.log.Info("signal received", zap.Stringer("signal", sig))

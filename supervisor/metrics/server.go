@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"sync"
 	"time"
 )
 
@@ -15,6 +16,10 @@ import (
 type Server struct {
 	l   net.Listener
 	srv *http.Server
+
+	mu          sync.Mutex
+	running     bool // Run took the listener
+	interrupted bool
 }
 
 // NewServer returns a Server of metrics (a NewHandler) on l. Its timeouts
@@ -34,8 +39,18 @@ func NewServer(l net.Listener, metrics http.Handler) *Server {
 }
 
 // Run serves until Interrupt, then returns nil; it returns an error if the
-// listener fails.
+// listener fails, or if Run was called before.
 func (s *Server) Run() error {
+	s.mu.Lock()
+	if s.running || s.interrupted {
+		s.mu.Unlock()
+		if s.interrupted {
+			return nil
+		}
+		return errors.New("metrics: Run called twice")
+	}
+	s.running = true
+	s.mu.Unlock()
 	if err := s.srv.Serve(s.l); !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("metrics: %w", err)
 	}
@@ -43,5 +58,14 @@ func (s *Server) Run() error {
 }
 
 // Interrupt closes the listener and every connection. Safe to call more
-// than once, and before Run (which then returns at once).
-func (s *Server) Interrupt(error) { s.srv.Close() }
+// than once, and before Run (which then returns nil at once): the listener
+// is closed either way.
+func (s *Server) Interrupt(error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.interrupted = true
+	s.srv.Close()
+	if !s.running {
+		s.l.Close()
+	}
+}

@@ -57,3 +57,23 @@ func TestServerServesOnlyMetrics(t *testing.T) {
 		t.Errorf("dial after Interrupt: %v, want connection refused", err)
 	}
 }
+
+// Interrupt before Run closes the listener: the address is free again.
+func TestServerInterruptBeforeRunReleasesTheListener(t *testing.T) {
+	t.Parallel()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	s := NewServer(l, http.NotFoundHandler())
+	s.Interrupt(nil)
+	if err := s.Run(); err != nil {
+		t.Errorf("Run after Interrupt: %v, want nil", err)
+	}
+	again, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("the address is still taken after Interrupt: %v", err)
+	}
+	again.Close()
+}

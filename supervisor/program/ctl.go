@@ -120,10 +120,11 @@ func (c *scaleCommand) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.context()
-	defer cancel()
 	for _, ch := range changes {
-		if err := cl.Scale(ctx, ch.service, ch.workers); err != nil {
+		ctx, cancel := c.context() // --timeout bounds each request
+		err := cl.Scale(ctx, ch.service, ch.workers)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("scale %s to %d: %w", ch.service, ch.workers, c.explain(cl, err))
 		}
 		fmt.Fprintf(e.stdout, "%s: %d workers\n", ch.service, ch.workers)

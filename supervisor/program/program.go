@@ -56,10 +56,11 @@ type commandLine struct {
 	Reload reloadCommand `cmd:"" help:"Have a running manager reload its configuration file, and say whether it could."`
 }
 
-// Program is a Go program that embeds gotyledon: the Go services it
-// offers, and the hooks its manager calls. The zero value is not usable;
-// create one with New. Register services and set hooks before Main; a
-// Program is not safe for concurrent use.
+// Program is a Go program that embeds gotyledon: the services it declares,
+// the Go services it offers, and the hooks its manager calls. The zero
+// value is a program that declares and offers nothing, as New returns.
+// Declare services and set hooks before Main; a Program is not safe for
+// concurrent use.
 type Program struct {
 	registry *service.Registry
 	hooks    supervisor.Hooks
@@ -105,10 +106,15 @@ func (p *Program) Declaration() *config.Declaration {
 // Register offers a Go service under name without declaring a service: a
 // configuration file runs it with `run: NAME`. It panics on a programming
 // error, as service.Registry's Register does.
-func (p *Program) Register(name string, f service.Factory) { p.registry.Register(name, f) }
+func (p *Program) Register(name string, f service.Factory) { p.Registry().Register(name, f) }
 
 // Registry is the program's registry of Go services.
-func (p *Program) Registry() *service.Registry { return p.registry }
+func (p *Program) Registry() *service.Registry {
+	if p.registry == nil {
+		p.registry = service.NewRegistry()
+	}
+	return p.registry
+}
 
 // SetHooks has the manager call h (see supervisor.Hooks), as cotyledon's
 // register_hooks.
@@ -120,7 +126,7 @@ func (p *Program) SetHooks(h supervisor.Hooks) { p.hooks = h }
 // runs that worker instead (see service.Main).
 func (p *Program) Main(args []string) int {
 	if service.IsWorker() {
-		return service.Main(p.registry)
+		return service.Main(p.Registry())
 	}
 	return p.main(args, os.Stdin, os.Stdout, os.Stderr)
 }
@@ -134,6 +140,7 @@ type env struct {
 }
 
 func (p *Program) main(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	p.Registry() // the zero Program has none yet
 	program := "gotyledon"
 	if len(args) > 0 {
 		program = filepath.Base(args[0])

@@ -2,11 +2,11 @@ package program
 
 import (
 	"context"
+	"errors"
 	"os"
 
 	"github.com/gotyledon/gotyledon/supervisor/logging"
 	"github.com/gotyledon/gotyledon/supervisor/manager"
-	"go.uber.org/zap"
 )
 
 type runCommand struct {
@@ -14,8 +14,8 @@ type runCommand struct {
 }
 
 // Run is the manager: it runs until a requested shutdown has stopped every
-// worker. Everything the manager has to say, failures included, goes to
-// its log.
+// worker. What the manager has to say goes to its log; a failure the log
+// has not told is printed too.
 func (c *runCommand) Run(e *env, cl *commandLine) error {
 	if c.Config == "" && !e.declared {
 		return usageError("run needs --config FILE: this program declares no services of its own")
@@ -38,12 +38,11 @@ func (c *runCommand) Run(e *env, cl *commandLine) error {
 		LogFile:     logFile,
 		ProgramName: e.name,
 	})
-	if err != nil {
+	if errors.Is(err, manager.ErrNotStarted) {
 		return exitCode(ExitError) // the log says why
 	}
-	if err := m.Run(context.Background()); err != nil {
-		log.Error("manager failed", zap.Error(err))
-		return exitCode(ExitError)
+	if err != nil {
+		return err
 	}
-	return nil
+	return m.Run(context.Background())
 }
