@@ -45,7 +45,11 @@ type Watch struct {
 
 // New starts watching path's directory. It fails if the directory cannot
 // be watched (no inotify, say): the manager then runs without the watch.
+// Watch errors (an inotify overflow) are logged to log (nil: not logged).
 func New(path string, log *zap.Logger) (*Watch, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	fs, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", path, err)

@@ -39,9 +39,14 @@ type Notifier struct {
 	sent uint64
 }
 
-// New returns a Notifier over $NOTIFY_SOCKET as getenv reads it, or one
-// that does nothing when it is not set. Failed sends are logged to log.
+// New returns a Notifier for systemd, or one that does nothing when getenv
+// finds no $NOTIFY_SOCKET. The messages go to the socket the process's own
+// environment names (go-systemd reads it): pass os.Getenv outside tests.
+// Failed sends are logged to log (nil: not logged).
 func New(getenv func(string) string, log *zap.Logger) *Notifier {
+	if log == nil {
+		log = zap.NewNop()
+	}
 	n := &Notifier{log: log}
 	if getenv("NOTIFY_SOCKET") != "" {
 		n.send = func(state string) error {
