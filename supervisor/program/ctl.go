@@ -29,7 +29,7 @@ type controlFlags struct {
 
 type statusCommand struct {
 	controlFlags
-	JSON bool `help:"Print the status document as JSON (schema in the README)."`
+	JSON bool `help:"Print the status document as JSON (its fields: supervisor/README.md)."`
 }
 
 type scaleCommand struct {
