@@ -29,8 +29,8 @@ import (
 	"time"
 )
 
-// Defaults applied where the file says nothing. They are documented in the
-// README's configuration reference; keep the two in step.
+// Defaults applied where the file says nothing. They are documented in
+// config/README.md, the configuration reference; keep the two in step.
 const (
 	DefaultShutdownTimeout = 10 * time.Second
 	DefaultWorkers         = 1

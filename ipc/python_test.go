@@ -336,7 +336,7 @@ func TestPythonKilledConsumerRedelivers(t *testing.T) {
 	}
 }
 
-// A hook for the README's comparison, not a test: with GOTYLEDON_PY_BENCH set
+// A hook for BENCH.md's comparison with Manager().Queue(), not a test: with GOTYLEDON_PY_BENCH set
 // (to extra arguments, or "1"), runs python/gotyledon_bench.py against an
 // in-process broker and logs its output. Run it without -race:
 //

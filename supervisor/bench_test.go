@@ -1,7 +1,7 @@
 package supervisor_test
 
 // Benchmarks of the manager against a bare os/exec baseline, measured in the
-// same run (see BENCH.md for the latest figures and the README's targets).
+// same run (see BENCH.md for the latest figures and their targets).
 //
 // Every worker, supervised or bare, is this test binary run as the
 // bench-worker helper (TEST_HELPER=bench-worker): it connects to the Unix

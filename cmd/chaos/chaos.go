@@ -21,7 +21,7 @@ import (
 )
 
 // strictHold is how long the driver holds a garbage or stalled connection
-// at most. The README promises that the broker drops a client stalled
+// at most. ipc/PROTOCOL.md promises that the broker drops a client stalled
 // mid-frame, or silent before HELLO, after 10 s, and the control server
 // has a 10 s ReadHeaderTimeout: one held this long that the server has not
 // closed is a failure.

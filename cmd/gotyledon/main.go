@@ -1,5 +1,6 @@
 // Command gotyledon runs the services of a YAML file as supervised worker
-// processes, and talks to a running manager. See the README.
+// processes, and talks to a running manager. See README.md, and the
+// operating reference supervisor/README.md.
 package main
 
 import (

@@ -52,8 +52,8 @@ func keysOf(t *testing.T, v any) []string {
 }
 
 // The status document is a contract with scripts: this test pins every key
-// at every level. Adding a key means adding it here and in the README;
-// renaming or removing one means a new schema number.
+// at every level. Adding a key means adding it here and in
+// supervisor/README.md; renaming or removing one means a new schema number.
 func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	queues := []ipc.QueueStats{{Name: "jobs", Capacity: 10, Depth: 2, InFlight: 1, Put: 7, Delivered: 5, Acked: 4, Redelivered: 1}}

@@ -16,8 +16,8 @@ const Schema = 1
 // Status is the status document: the JSON of GET /v1/status and of
 // `gotyledon status --json`, and what Client.Status returns. Times are
 // RFC 3339 in UTC, null when there is none; durations are seconds. Every
-// key is pinned by a test; the status section of supervisor/control's
-// README documents each.
+// key is pinned by a test; the status section of supervisor/README.md
+// documents each.
 type Status struct {
 	Schema        int             `json:"schema"`
 	PID           int             `json:"pid"`
