@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -96,8 +97,8 @@ func (lw *lineWriter) flush() {
 
 // logOutput reads f to its end, logging each line through log, then closes
 // f. It returns when every writer of the pipe has closed it: the worker and
-// whatever children inherited its output.
-func logOutput(f *os.File, log *zap.Logger, bufs *readBuffers) {
+// whatever children inherited its output. It adds what it reads to read.
+func logOutput(f *os.File, log *zap.Logger, bufs *readBuffers, read *atomic.Uint64) {
 	defer f.Close()
 	lw := &lineWriter{log: log}
 	defer lw.flush()
@@ -123,6 +124,7 @@ func logOutput(f *os.File, log *zap.Logger, bufs *readBuffers) {
 		if buf != nil {
 			if n > 0 {
 				lw.write((*buf)[:n])
+				read.Add(uint64(n))
 			}
 			bufs.put(buf)
 		}

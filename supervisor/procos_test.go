@@ -771,3 +771,70 @@ func TestProcTableSweepLeavesWhatSurvivesSIGKILL(t *testing.T) {
 		t.Errorf("%d errors about the survivors, want 1", n)
 	}
 }
+
+// An exited worker's output that is still being read when its grace ends
+// (a backlog the log was slow to take) is waited for again, grace after
+// grace, until a grace passes with nothing read, or maxOutputDrain in all.
+func TestProcTableWaitsWhileAnExitedWorkersOutputIsStillRead(t *testing.T) {
+	r := newTableRig(t, 3*time.Second)
+	r.os.plan(fakeFork{pid: 101, holdOutput: true})
+	pid := r.spawn(1)
+	r.os.exit(pid, exitCode(0))
+	r.p.reap()
+	pr := r.p.procs[1]
+	write := func(line string) {
+		t.Helper()
+		before := pr.read.Load()
+		if _, err := r.os.held[pid][0].WriteString(line); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for pr.read.Load() < before+uint64(len(line)) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the reader did not read %q", line)
+			}
+			time.Sleep(time.Millisecond) // the reader's progress, polled with a deadline
+		}
+	}
+	write("still draining\n")
+	r.clock.now = r.clock.now.Add(3 * time.Second)
+	r.fire(3 * time.Second)
+	if ex := r.exits(); len(ex) != 0 {
+		t.Fatalf("finished while its output was still being read: %v", ex)
+	}
+	write("more\n")
+	r.clock.now = r.clock.now.Add(3 * time.Second)
+	r.fire(3 * time.Second) // read again: another grace
+	r.clock.now = r.clock.now.Add(3 * time.Second)
+	r.fire(3 * time.Second) // nothing read during this one: done
+	if ex := r.exits(); len(ex) != 1 || ex[0].token != 1 {
+		t.Fatalf("exits %v, want token 1 once a grace passed with nothing read", ex)
+	}
+	if n := r.logs.FilterMessage("worker exited and its output is still being read; waiting").Len(); n != 2 {
+		t.Errorf("%d waits logged, want 2", n)
+	}
+
+	// A leftover that writes without end holds the slot maxOutputDrain at
+	// most.
+	r.os.plan(fakeFork{pid: 102, holdOutput: true})
+	pid = r.spawn(2)
+	r.os.exit(pid, exitCode(0))
+	r.p.reap()
+	pr = r.p.procs[2]
+	for waited := time.Duration(0); ; waited += 3 * time.Second {
+		write("chatter\n")
+		r.clock.now = r.clock.now.Add(3 * time.Second)
+		r.fire(3 * time.Second)
+		if len(r.exits()) == 2 {
+			if waited+3*time.Second < maxOutputDrain {
+				t.Fatalf("finished after %v of chatter, before maxOutputDrain", waited+3*time.Second)
+			}
+			break
+		}
+		if waited > 2*maxOutputDrain {
+			t.Fatal("a leftover that keeps writing held the slot past maxOutputDrain")
+		}
+	}
+	r.os.releaseOutput(101)
+	r.os.releaseOutput(102)
+}

@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -69,6 +70,12 @@ type proc struct {
 	status  unix.WaitStatus
 	exitAt  time.Time
 	grace   func() bool // cancels the output grace timer, once armed
+	// read counts the bytes its output readers have read; readAtGrace is
+	// what it was when the grace timer was armed, and graceFrom when the
+	// first was.
+	read        atomic.Uint64
+	readAtGrace uint64
+	graceFrom   time.Time
 
 	checkArmed bool // a groupCheckDue is on its way
 }
@@ -158,11 +165,23 @@ func (p *procTable) handle(m procMsg) {
 			p.tryFinish(pr)
 		}
 	case outputGraceOver:
-		if pr := p.procs[m.token]; pr != nil && pr.reaped {
-			p.log.Warn("worker exited but its output is still open: a process outside its group holds it; closing it",
-				zap.Int("pid", pr.pid), zap.Duration("waited", p.outputGrace))
-			p.finish(pr)
+		pr := p.procs[m.token]
+		if pr == nil || !pr.reaped {
+			break
 		}
+		// Output still being read is a backlog the worker left in its
+		// pipes (the manager's log was slow to take it), or a leftover
+		// process still writing: either way lines would be lost. Wait
+		// again, up to maxOutputDrain in all.
+		if waited := p.now().Sub(pr.graceFrom); pr.read.Load() != pr.readAtGrace && waited < maxOutputDrain {
+			p.log.Debug("worker exited and its output is still being read; waiting", zap.Int("pid", pr.pid), zap.Duration("waited", waited))
+			pr.grace = nil
+			p.armGrace(pr)
+			break
+		}
+		p.log.Warn("worker exited but its output is still open: a process outside its group holds it; closing it",
+			zap.Int("pid", pr.pid), zap.Duration("waited", p.now().Sub(pr.graceFrom)))
+		p.finish(pr)
 	case groupCheckDue:
 		if pr := p.procs[m.token]; pr != nil {
 			pr.checkArmed = false
@@ -237,9 +256,9 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	log.Info("worker started", zap.Int("restarts", s.restarts))
 	pr := &proc{token: token, pid: pid, outputs: [2]*os.File{outR, errR}, open: 2}
 	for i, stream := range []string{"stdout", "stderr"} {
-		f, slog := pr.outputs[i], log.With(zap.String("stream", stream))
+		f, slog, read := pr.outputs[i], log.With(zap.String("stream", stream)), &pr.read
 		go func() {
-			logOutput(f, slog, &p.bufs)
+			logOutput(f, slog, &p.bufs, read)
 			p.inbox.put(outputClosed{token: token})
 		}()
 	}
@@ -342,9 +361,19 @@ func (p *procTable) armGrace(pr *proc) {
 	if pr.grace != nil {
 		return
 	}
+	if pr.graceFrom.IsZero() {
+		pr.graceFrom = p.now()
+	}
+	pr.readAtGrace = pr.read.Load()
 	token := pr.token
 	pr.grace = p.sys.afterFunc(p.outputGrace, func() { p.inbox.put(outputGraceOver{token: token}) })
 }
+
+// maxOutputDrain bounds how long a worker's output is read after its
+// group is gone while it keeps coming: a backlog drains well within it,
+// and a leftover process that keeps writing does not hold the slot for
+// ever.
+const maxOutputDrain = 30 * time.Second
 
 // finish forgets pr and tells the loop the worker has exited.
 func (p *procTable) finish(pr *proc) {

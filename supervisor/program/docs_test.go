@@ -1,4 +1,4 @@
-package main
+package program_test
 
 // The doc test: every command the user docs show is run, by this test or by
 // .ci/run, so that the docs cannot drift from the program.
@@ -14,6 +14,13 @@ package main
 //	```sh ci               each command line is a line .ci/run executes,
 //	                       word for word; a <placeholder> in the doc matches
 //	                       any one word of .ci/run's line
+//	```sh bench            a benchmark's command, for its figures (they take
+//	                       minutes to an hour): of go test -bench, this test
+//	                       lists the benchmarks (go test -list) and each part
+//	                       of the -bench pattern must name one; any other runs
+//	                       shortened (benchSmoke: a 3 s chaos run, 2000 items)
+//	                       and must exit 0. .ci/run runs a benchmark of each
+//	                       kind once.
 //	```sh ci:systemd-user  commands that need systemd as a service manager
 //	                       (systemctl, journalctl -u ...): each line must be a
 //	                       line of .ci/systemd-doc-commands, exactly as in the
@@ -102,14 +109,14 @@ var userDocs = []string{
 	"ipc/README.md",
 	"ipc/python/README.md",
 	"ipc/PROTOCOL.md",
+	"supervisor/BENCH.md",
+	"ipc/BENCH.md",
 }
 
 // notUserDocs are the other Markdown files, and why their commands are
 // not checked.
 var notUserDocs = map[string]string{
-	"CHANGELOG.md":        "the project's history: no commands to type",
-	"supervisor/BENCH.md": "benchmark figures: their commands run for minutes to an hour; .ci/run runs each benchmark once",
-	"ipc/BENCH.md":        "benchmark figures: their commands run for minutes; the benchmarks compile and run in go test",
+	"CHANGELOG.md": "the project's history: no commands to type",
 }
 
 const (
@@ -213,7 +220,7 @@ func commands(b block) []string {
 // howToMark is the end of every message about an unchecked block.
 const howToMark = "mark it ```sh test (this test runs it), ```sh test:background (a long-running command), " +
 	"```sh ci (.ci/run runs each line word for word) or ```sh ci:systemd-user (listed in " + systemdList +
-	"); see the comment at the top of cmd/gotyledon/docs_test.go"
+	"), ```sh bench (a benchmark's command, run shortened); see the comment at the top of supervisor/program/docs_test.go"
 
 func TestDocsAreListed(t *testing.T) {
 	root := repoRoot(t)
@@ -230,7 +237,7 @@ func TestDocsAreListed(t *testing.T) {
 		rel, _ := filepath.Rel(root, path)
 		rel = filepath.ToSlash(rel)
 		if !slices.Contains(userDocs, rel) && notUserDocs[rel] == "" {
-			t.Errorf("%s is neither in userDocs nor in notUserDocs of cmd/gotyledon/docs_test.go: add it to one", rel)
+			t.Errorf("%s is neither in userDocs nor in notUserDocs of supervisor/program/docs_test.go: add it to one", rel)
 		}
 		return nil
 	})
@@ -282,6 +289,7 @@ func TestDocCommands(t *testing.T) {
 	root := repoRoot(t)
 	ci := ciLines(t, root)
 	var systemd []string // ci:systemd-user lines, in doc order
+	var benches []block  // bench blocks, in doc order
 	sessions := map[string][]block{}
 	for _, doc := range userDocs {
 		data, err := os.ReadFile(filepath.Join(root, doc))
@@ -313,6 +321,8 @@ func TestDocCommands(t *testing.T) {
 							systemd = append(systemd, c)
 						}
 					}
+				case "bench":
+					benches = append(benches, b)
 				case "test", "test:background":
 					if b.mark == "test:background" && len(commands(b)) != 1 {
 						t.Errorf("%s: a test:background block holds exactly one command", b.where())
@@ -352,6 +362,14 @@ func TestDocCommands(t *testing.T) {
 		return
 	}
 	bin := buildGotyledon(t, root)
+	t.Run("bench", func(t *testing.T) {
+		t.Parallel()
+		for _, b := range benches {
+			for _, c := range commands(b) {
+				runBenchSmoke(t, root, b, c)
+			}
+		}
+	})
 	for _, doc := range userDocs {
 		blocks, ok := sessions[doc]
 		if !ok {
@@ -410,33 +428,17 @@ func matchSequence(shown, actual []string, eq func(s, a string) bool, anchored b
 	return match(0, 0)
 }
 
-var buildOnce struct {
-	sync.Once
-	dir string
-	err error
-}
-
-// buildGotyledon builds ./cmd/gotyledon into a directory of its own, for
-// the sessions' PATH.
+// buildGotyledon builds ./cmd/gotyledon into a directory of the test's
+// own, for the sessions' PATH.
 func buildGotyledon(t *testing.T, root string) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "gtydoc-bin")
-		if err != nil {
-			buildOnce.err = err
-			return
-		}
-		cmd := exec.Command(goTool(), "build", "-o", filepath.Join(dir, "gotyledon"), "./cmd/gotyledon")
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildOnce.err = fmt.Errorf("go build ./cmd/gotyledon: %v\n%s", err, out)
-		}
-		buildOnce.dir = dir
-	})
-	if buildOnce.err != nil {
-		t.Fatal(buildOnce.err)
+	dir := t.TempDir()
+	cmd := exec.Command(goTool(), "build", "-o", filepath.Join(dir, "gotyledon"), "./cmd/gotyledon")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build ./cmd/gotyledon: %v\n%s", err, out)
 	}
-	return buildOnce.dir
+	return dir
 }
 
 func goTool() string {
@@ -942,5 +944,125 @@ func TestNormalize(t *testing.T) {
 		matchSequence([]string{"a", "d"}, []string{"a", "b", "d"}, globEqual, true) ||
 		!matchSequence([]string{"b"}, []string{"a", "b", "c"}, globEqual, false) {
 		t.Error("matchSequence")
+	}
+}
+
+// benchSmoke shortens a benchmark's command that is not go test -bench:
+// -duration (the chaos run) is 3 s and -keep goes, --n N (the Python
+// benchmarks) is 2000 items and --runs N one run, -count N runs once, and
+// a "| tee FILE" is dropped.
+func benchSmoke(cmd string) string {
+	for _, r := range []struct{ re, to string }{
+		{`\s*\|\s*tee\s+\S+$`, ``},
+		{`-count[ =]\d+`, `-count 1`},
+		{`-duration[ =]\S+`, `-duration 3s`},
+		{`\s-keep\b`, ``},
+		{`--n[ =]\d+`, `--n 2000`},
+		{`--runs[ =]\d+`, `--runs 1`},
+	} {
+		cmd = regexp.MustCompile(r.re).ReplaceAllString(cmd, r.to)
+	}
+	return cmd
+}
+
+var benchFlagRE = regexp.MustCompile(`\s-bench[ =]('([^']*)'|"([^"]*)"|(\S+))`)
+
+// benchList turns a go test -bench command into the go test -list command
+// that lists its top-level benchmarks, and returns the alternatives of its
+// top-level pattern, each of which must name at least one: running the
+// benchmarks themselves takes minutes (a thousand workers), and what can
+// drift is their names.
+func benchList(cmd string) (list string, alternatives []string, ok bool) {
+	m := benchFlagRE.FindStringSubmatch(cmd)
+	if m == nil || !strings.HasPrefix(cmd, "go test ") {
+		return "", nil, false
+	}
+	top := topLevel(m[2] + m[3] + m[4])
+	pkgs := regexp.MustCompile(`\s(\./\S*)`).FindAllStringSubmatch(cmd, -1)
+	var dirs []string
+	for _, p := range pkgs {
+		dirs = append(dirs, p[1])
+	}
+	return "go test -run '^$' -list '" + top + "' " + strings.Join(dirs, " "), strings.Split(top, "|"), true
+}
+
+// topLevel is the part of a -bench pattern that names top-level
+// benchmarks: up to its first slash outside brackets, as go test splits it.
+func topLevel(pattern string) string {
+	depth := 0
+	for i, c := range pattern {
+		switch c {
+		case '(', '[':
+			depth++
+		case ')', ']':
+			depth--
+		case '/':
+			if depth == 0 {
+				return pattern[:i]
+			}
+		}
+	}
+	return pattern
+}
+
+// runBenchSmoke checks a bench block's command, from the repository's top
+// directory: a go test -bench command's benchmarks must exist; any other
+// command must run, shortened, and exit 0.
+func runBenchSmoke(t *testing.T, root string, b block, cmd string) {
+	t.Helper()
+	short, alternatives, isList := benchList(cmd)
+	if !isList {
+		short = benchSmoke(cmd)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	c := exec.CommandContext(ctx, "bash", "-c", short)
+	c.Dir = root
+	c.Env = append(os.Environ(), "PATH="+filepath.Dir(goTool())+string(os.PathListSeparator)+os.Getenv("PATH"))
+	out, err := c.CombinedOutput()
+	if err != nil {
+		t.Errorf("%s: %q, checked as %q: %v\n%s", b.where(), cmd, short, err, out)
+		return
+	}
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "Benchmark") {
+			names = append(names, l)
+		}
+	}
+	for _, alt := range alternatives {
+		re, err := regexp.Compile(alt)
+		if err != nil {
+			t.Errorf("%s: -bench pattern %q: %v", b.where(), alt, err)
+			continue
+		}
+		if !slices.ContainsFunc(names, re.MatchString) {
+			t.Errorf("%s: %q: no benchmark matches %q (the package has %v)", b.where(), cmd, alt, names)
+		}
+	}
+}
+
+func TestBenchSmoke(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"go run ./cmd/chaos -duration 1h -seed 2026 -keep", "go run ./cmd/chaos -duration 3s -seed 2026"},
+		{`GOTYLEDON_PY_BENCH="--n 100000 --runs 5" go test -count=1 -run PythonBench -v ./ipc/`, `GOTYLEDON_PY_BENCH="--n 2000 --runs 1" go test -count 1 -run PythonBench -v ./ipc/`},
+		{"python3 ipc/python/manager_queue_bench.py --n 100000 --runs 5 --maxsize 0", "python3 ipc/python/manager_queue_bench.py --n 2000 --runs 1 --maxsize 0"},
+	} {
+		if got := benchSmoke(tc.in); got != tc.want {
+			t.Errorf("benchSmoke(%q)\n = %q\nwant %q", tc.in, got, tc.want)
+		}
+	}
+	for _, tc := range []struct {
+		in, list string
+		alts     []string
+	}{
+		{"go test -run '^$' -bench 'Respawn|StartWorkers/n=(10|100)$' -count 5 -timeout 30m ./supervisor/ | tee bench-small.txt",
+			"go test -run '^$' -list 'Respawn|StartWorkers' ./supervisor/", []string{"Respawn", "StartWorkers"}},
+		{"go test -run '^$' -bench . -count 5 ./ipc/", "go test -run '^$' -list '.' ./ipc/", []string{"."}},
+	} {
+		list, alts, ok := benchList(tc.in)
+		if !ok || list != tc.list || !slices.Equal(alts, tc.alts) {
+			t.Errorf("benchList(%q) = %q %q %v, want %q %q", tc.in, list, alts, ok, tc.list, tc.alts)
+		}
 	}
 }
