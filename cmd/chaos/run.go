@@ -28,8 +28,9 @@ type options struct {
 	Capacity  int
 	Work      time.Duration // a consumer's time between its print and its Ack
 	Keep      bool
-	// Exe is the binary the manager runs as (it must dispatch to cli.Main
-	// with CHAOS_MANAGER=1 and as a worker); default os.Executable().
+	// Exe is the binary the manager runs as (it must hand its command line
+	// to a program.Program's Main with CHAOS_MANAGER=1, and as a worker);
+	// default os.Executable().
 	Exe string
 }
 
