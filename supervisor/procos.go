@@ -112,15 +112,20 @@ func childrenOf(procs []procStat, pid int) []int {
 	return kids
 }
 
-// groupHasChildOf reports whether a child of parent is in process group
-// pgid. After a group's leader is reaped, its surviving members are
-// reparented to us (the subreaper); finding one proves the group id is
-// still that group's.
-func groupHasChildOf(procs []procStat, pgid, parent int) bool {
+// reapedGroup says what is left of the process group of a leader (pid
+// pgid) that has been reaped. left: a child of parent is still in it (after
+// its leader is reaped, a group's surviving members are reparented to us,
+// the subreaper). reused: a process has the pid pgid again, which the
+// kernel hands out only once no process has it as its group id either: the
+// old group is gone, for good, and the id is someone else's now.
+func reapedGroup(procs []procStat, pgid, parent int) (left, reused bool) {
 	for _, p := range procs {
+		if p.pid == pgid {
+			return false, true
+		}
 		if p.pgrp == pgid && p.ppid == parent {
-			return true
+			left = true
 		}
 	}
-	return false
+	return left, false
 }

@@ -6,22 +6,6 @@ package supervisor
 // pipes and their readers (see procOS), so a test waits for what a reader
 // posts, bounded, but never sleeps.
 //
-// Known gap, see the process-group reuse issue; no test here, on purpose,
-// since it could only assert the wrong behaviour or fail. A worker whose
-// leader (pid P) has been reaped stays in the table until its output closes:
-// a stopping one while its group is spared, any one for up to outputGrace
-// after its group was killed or found empty. Once nothing is left in group
-// P, the kernel may hand pid P to a new worker, which leads a new group P
-// and is our child, so groupHasChildOf(P, self) is true because of the new
-// worker. Then the old token's group check never finds its group empty, and
-// a signal for the old token (the loop's SIGKILL at the stop timeout, or a
-// stop asked for during the grace) goes to kill(-P) and reaches the new
-// worker. With the fake OS the scenario is a few lines: plan two forks that
-// both return P, the first holding its output; spawn token A, stop it,
-// exit P and reap; spawn token B (pid P again); handle
-// signalReq{token: A, sig: SIGKILL}; a fix must leave {-P, SIGKILL} out of
-// fakeOS.killed() and keep B's exit B's.
-
 import (
 	"errors"
 	"os"
@@ -837,4 +821,91 @@ func TestProcTableWaitsWhileAnExitedWorkersOutputIsStillRead(t *testing.T) {
 	}
 	r.os.releaseOutput(101)
 	r.os.releaseOutput(102)
+}
+
+// A stopping worker whose leader (pid P) was reaped while its output is
+// still held keeps its place in the table. When P is handed to a new worker,
+// which leads a new group P, the old worker's group is gone: its group check
+// must not take the new worker for a member, and its stop timeout's SIGKILL
+// must not reach the new worker, whose exit stays its own.
+func TestProcTableNeverSignalsAReusedGroupForTheOldWorker(t *testing.T) {
+	r := newTableRig(t, 3*time.Second)
+	const P = 500
+	r.os.plan(fakeFork{pid: P, holdOutput: true}, fakeFork{pid: P})
+	r.spawn(1)
+	r.p.handle(signalReq{token: 1, sig: syscall.SIGTERM, stop: true})
+	r.os.exit(P, exitCode(0))
+	r.p.reap()
+	if p := durations(r.clock.pending()); !slices.Equal(p, []time.Duration{groupCheck}) {
+		t.Fatalf("pending timers %v after the stopping leader's reap, want the group check", p)
+	}
+	// The group is empty, so the kernel may hand P out again: to token 2.
+	if pid := r.spawn(2); pid != P {
+		t.Fatalf("second fork got pid %d, want %d", pid, P)
+	}
+	if p := durations(r.clock.pending()); !slices.Contains(p, 3*time.Second) {
+		t.Errorf("pending timers %v once P was reused, want the output grace armed (the old group is gone)", p)
+	}
+	before := len(r.os.killed())
+	r.p.handle(signalReq{token: 1, sig: syscall.SIGKILL}) // the old worker's stop timeout
+	for _, k := range r.os.killed()[before:] {
+		t.Errorf("the old worker's SIGKILL was sent as %v: it would reach the new worker %d", k, P)
+	}
+	// The group check that was on its way finds nothing left either.
+	for _, tm := range r.clock.pending() {
+		if tm.d == groupCheck {
+			tm.fire()
+		}
+	}
+	r.deliver()
+	if n := len(r.os.killed()); n != before {
+		t.Errorf("signals sent after the reuse: %v", r.os.killed()[before:])
+	}
+	// The new worker's own stop reaches its group, and its exit is its own.
+	r.p.handle(signalReq{token: 2, sig: syscall.SIGTERM, stop: true})
+	if k := r.os.killed()[len(r.os.killed())-1]; k != (killCall{-P, syscall.SIGTERM}) {
+		t.Errorf("the new worker's stop was sent as %v, want %v", k, killCall{-P, syscall.SIGTERM})
+	}
+	r.os.exit(P, exitCode(7))
+	r.p.reap()
+	r.awaitOutputClosed(2, 2)
+	if ex := r.exits(); len(ex) != 1 || ex[0].token != 2 || ex[0].status != exitCode(7) {
+		t.Errorf("exits %v, want token 2's exit code 7 (token 1 still waits for its output)", ex)
+	}
+	r.os.releaseOutput(P)
+	r.awaitOutputClosed(1, 2)
+	if ex := r.exits(); len(ex) != 2 || ex[1].token != 1 || ex[1].status != exitCode(0) {
+		t.Errorf("exits %v, want token 1's exit code 0 once its output closed", ex)
+	}
+}
+
+// The pid of a reaped leader seen on any process (not a worker: a daemon
+// that made itself leader of a new group) also means the old group is gone.
+func TestProcTableTakesAnyProcessWithTheReapedLeadersPidForReuse(t *testing.T) {
+	r := newTableRig(t, 3*time.Second)
+	const P = 600
+	r.os.plan(fakeFork{pid: P, holdOutput: true})
+	r.spawn(1)
+	r.p.handle(signalReq{token: 1, sig: syscall.SIGTERM, stop: true})
+	r.os.start(700, r.os.self, P) // a member of the group, reparented to us
+	r.os.exit(P, exitCode(0))
+	r.p.reap()
+	before := len(r.os.killed())
+	r.p.handle(signalReq{token: 1, sig: syscall.SIGKILL})
+	if k := r.os.killed()[before:]; len(k) != 1 || k[0] != (killCall{-P, syscall.SIGKILL}) {
+		t.Fatalf("signals %v while a member was left, want SIGKILL to group %d", k, P)
+	}
+	// The member is gone, and a stranger now has pid P and leads group P,
+	// with a child of its own that ends up ours.
+	r.os.exit(700, exitCode(0))
+	r.p.reap()
+	r.os.start(P, 1, P)
+	r.os.start(701, r.os.self, P)
+	before = len(r.os.killed())
+	r.p.handle(signalReq{token: 1, sig: syscall.SIGKILL})
+	if k := r.os.killed()[before:]; len(k) != 0 {
+		t.Errorf("signals %v after pid %d was reused by a stranger, want none", k, P)
+	}
+	r.os.exit(701, exitCode(0)) // not reaped by the test: it is the stranger's
+	r.os.releaseOutput(P)
 }

@@ -29,8 +29,9 @@ import (
 //     orphans reparented to us as subreaper alike, so it must have one owner
 //     or statuses are stolen. Forks, reaps and signals being serialised on
 //     one goroutine also closes the pid-reuse race: a pid is tracked from the
-//     moment its fork returns until the moment it is reaped, and no signal is
-//     ever sent to a pid that has been reaped (and so may have been reused).
+//     moment its fork returns until the moment it is reaped, and a group
+//     whose leader has been reaped is signalled only while a child of ours
+//     is in it and its id has not been handed out again (see signal).
 //
 // The table never blocks on the loop: it posts results to the loop's
 // mailbox. It knows processes by token (one per start of a worker), so the
@@ -78,6 +79,10 @@ type proc struct {
 	graceFrom   time.Time
 
 	checkArmed bool // a groupCheckDue is on its way
+	// groupGone: after the leader was reaped, its pid (the group's id) was
+	// handed to another process, so nothing of this worker is left in the
+	// group and the id must never be signalled for it again.
+	groupGone bool
 }
 
 // procMsg is a message to the process table.
@@ -185,7 +190,7 @@ func (p *procTable) handle(m procMsg) {
 	case groupCheckDue:
 		if pr := p.procs[m.token]; pr != nil {
 			pr.checkArmed = false
-			if !groupHasChildOf(p.sys.processes(), pr.pid, os.Getpid()) {
+			if !p.groupLeft(pr) {
 				pr.killed = true // as good as: nothing is left in it
 			}
 			p.tryFinish(pr)
@@ -206,9 +211,42 @@ func (p *procTable) spawn(token uint64, s *spawnSpec) {
 		p.post(startFailed{token: token, err: err, at: p.now()})
 		return
 	}
+	// A worker whose leader had this pid and was reaped, still waiting for
+	// its output, has lost its group: the kernel reuses a pid only once no
+	// process has it as its group id. Signals for it must not reach the new
+	// worker, which leads a group of the same id.
+	for _, old := range p.procs {
+		if old.reaped && old.pid == pr.pid {
+			p.groupReused(old)
+		}
+	}
 	p.procs[token] = pr
 	p.byPid[pr.pid] = pr
 	p.post(workerStarted{token: token, pid: pr.pid, at: p.now()})
+}
+
+// groupReused marks pr's group as gone, its id handed to someone else.
+func (p *procTable) groupReused(pr *proc) {
+	if pr.groupGone {
+		return
+	}
+	p.log.Debug("a reaped worker's pid was reused: its group is gone", zap.Int("pid", pr.pid))
+	pr.groupGone = true
+	pr.killed = true // as good as: nothing of it is left in the group
+	p.tryFinish(pr)
+}
+
+// groupLeft reports whether a reaped worker's group still has a member of
+// ours to signal, and marks it gone when its id was reused.
+func (p *procTable) groupLeft(pr *proc) bool {
+	if pr.groupGone {
+		return false
+	}
+	left, reused := reapedGroup(p.sys.processes(), pr.pid, os.Getpid())
+	if reused {
+		p.groupReused(pr)
+	}
+	return left
 }
 
 func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
@@ -268,8 +306,9 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 // signal sends a signal to a process group, if it is safe to: while the
 // leader is unreaped its pid is the group's id and cannot belong to anyone
 // else; after, the group is only signalled if one of our children is still
-// in it (which keeps the id from being reused). Asking again, or after the
-// process has finished, does nothing.
+// in it and its id has not been seen handed to another process (a worker
+// forked since, or any process with that pid: see reapedGroup). Asking
+// again, or after the process has finished, does nothing.
 func (p *procTable) signal(req signalReq) {
 	pr := p.procs[req.token]
 	if pr == nil {
@@ -278,7 +317,7 @@ func (p *procTable) signal(req signalReq) {
 	if req.stop {
 		pr.stop = true
 	}
-	if !pr.reaped || groupHasChildOf(p.sys.processes(), pr.pid, os.Getpid()) {
+	if !pr.reaped || p.groupLeft(pr) {
 		if err := p.sys.kill(-pr.pid, req.sig); err != nil && !errors.Is(err, unix.ESRCH) {
 			p.log.Error("signal worker", zap.Int("pid", pr.pid), zap.Stringer("signal", req.sig), zap.Error(err))
 		}
