@@ -237,8 +237,10 @@ services:
   crasher:
     run: crasher
     workers: 2
-    restart: {min_uptime: 1s, backoff_initial: 2s, backoff_max: 10s}
+    restart: {min_uptime: 1s, backoff_initial: 30s, backoff_max: 60s}
 `)
+	// A backoff of 24 s at least (30 s less the jitter): the status commands
+	// below, each a process of its own, see it on a loaded machine too.
 	m.waitFor("steady ready", output("steady", "ready"))
 	m.waitN("both crashers delayed", 2, func(e entry) bool {
 		return e.is("worker is failing soon after start; restart delayed", "service", "crasher")

@@ -35,9 +35,23 @@ func (rb *readBuffers) put(b *[]byte) { rb.pool.Put(b) }
 
 // lineWriter turns a byte stream into log entries, one per line.
 type lineWriter struct {
-	log     *zap.Logger
-	pending []byte // an unfinished line; nil between lines
-	part    int    // pieces of the current line already logged
+	log      *zap.Logger
+	progress *outputProgress // nil: not counted
+	pending  []byte          // an unfinished line; nil between lines
+	part     int             // pieces of the current line already logged
+}
+
+// outputProgress is what a worker's output readers are doing, for the
+// process table to tell a backlog still being logged from a pipe that a
+// process outside the worker's group holds open without writing.
+type outputProgress struct {
+	// steps counts what the readers did: a read that returned data, a
+	// line logged.
+	steps atomic.Uint64
+	// busy counts the readers handling data they read, rather than
+	// waiting for more (a log write can block a while on a slow reader of
+	// the manager's own output).
+	busy atomic.Int32
 }
 
 func (lw *lineWriter) write(data []byte) {
@@ -81,6 +95,9 @@ func (lw *lineWriter) finishLine(line []byte) {
 }
 
 func (lw *lineWriter) emit(line []byte) {
+	if lw.progress != nil {
+		defer lw.progress.steps.Add(1)
+	}
 	if lw.part > 0 {
 		lw.log.Info(string(line), zap.Int("part", lw.part))
 		return
@@ -97,10 +114,10 @@ func (lw *lineWriter) flush() {
 
 // logOutput reads f to its end, logging each line through log, then closes
 // f. It returns when every writer of the pipe has closed it: the worker and
-// whatever children inherited its output. It adds what it reads to read.
-func logOutput(f *os.File, log *zap.Logger, bufs *readBuffers, read *atomic.Uint64) {
+// whatever children inherited its output. It tells progress what it does.
+func logOutput(f *os.File, log *zap.Logger, bufs *readBuffers, progress *outputProgress) {
 	defer f.Close()
-	lw := &lineWriter{log: log}
+	lw := &lineWriter{log: log, progress: progress}
 	defer lw.flush()
 	rc, err := f.SyscallConn()
 	if err != nil {
@@ -123,8 +140,10 @@ func logOutput(f *os.File, log *zap.Logger, bufs *readBuffers, read *atomic.Uint
 		})
 		if buf != nil {
 			if n > 0 {
+				progress.busy.Add(1)
+				progress.steps.Add(1)
 				lw.write((*buf)[:n])
-				read.Add(uint64(n))
+				progress.busy.Add(-1)
 			}
 			bufs.put(buf)
 		}

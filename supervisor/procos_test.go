@@ -768,12 +768,12 @@ func TestProcTableWaitsWhileAnExitedWorkersOutputIsStillRead(t *testing.T) {
 	pr := r.p.procs[1]
 	write := func(line string) {
 		t.Helper()
-		before := pr.read.Load()
+		before := pr.output.steps.Load()
 		if _, err := r.os.held[pid][0].WriteString(line); err != nil {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(10 * time.Second)
-		for pr.read.Load() < before+uint64(len(line)) {
+		for pr.output.steps.Load() < before+2 || pr.output.busy.Load() != 0 { // the read, the line logged
 			if time.Now().After(deadline) {
 				t.Fatalf("the reader did not read %q", line)
 			}
@@ -908,4 +908,28 @@ func TestProcTableTakesAnyProcessWithTheReapedLeadersPidForReuse(t *testing.T) {
 	}
 	r.os.exit(701, exitCode(0)) // not reaped by the test: it is the stranger's
 	r.os.releaseOutput(P)
+}
+
+// A reader still handling what it read (a log write blocked on a slow
+// reader of the manager's output) holds the slot too, with no new read.
+func TestProcTableWaitsWhileAReaderIsStillLogging(t *testing.T) {
+	r := newTableRig(t, 3*time.Second)
+	r.os.plan(fakeFork{pid: 103, holdOutput: true})
+	pid := r.spawn(1)
+	r.os.exit(pid, exitCode(0))
+	r.p.reap()
+	pr := r.p.procs[1]
+	pr.output.busy.Add(1) // as logOutput does around the lines of one read
+	r.clock.now = r.clock.now.Add(3 * time.Second)
+	r.fire(3 * time.Second)
+	if ex := r.exits(); len(ex) != 0 {
+		t.Fatalf("finished while a reader was still logging: %v", ex)
+	}
+	pr.output.busy.Add(-1)
+	r.clock.now = r.clock.now.Add(3 * time.Second)
+	r.fire(3 * time.Second)
+	if ex := r.exits(); len(ex) != 1 {
+		t.Fatalf("exits %v, want the worker finished once its readers were idle for a grace", ex)
+	}
+	r.os.releaseOutput(pid)
 }

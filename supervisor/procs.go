@@ -7,7 +7,6 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -71,12 +70,11 @@ type proc struct {
 	status  unix.WaitStatus
 	exitAt  time.Time
 	grace   func() bool // cancels the output grace timer, once armed
-	// read counts the bytes its output readers have read; readAtGrace is
-	// what it was when the grace timer was armed, and graceFrom when the
-	// first was.
-	read        atomic.Uint64
-	readAtGrace uint64
-	graceFrom   time.Time
+	// output is what its output readers do; stepsAtGrace is their steps
+	// when the grace timer was armed, and graceFrom when the first was.
+	output       outputProgress
+	stepsAtGrace uint64
+	graceFrom    time.Time
 
 	checkArmed bool // a groupCheckDue is on its way
 	// groupGone: after the leader was reaped, its pid (the group's id) was
@@ -174,11 +172,12 @@ func (p *procTable) handle(m procMsg) {
 		if pr == nil || !pr.reaped {
 			break
 		}
-		// Output still being read is a backlog the worker left in its
-		// pipes (the manager's log was slow to take it), or a leftover
-		// process still writing: either way lines would be lost. Wait
-		// again, up to maxOutputDrain in all.
-		if waited := p.now().Sub(pr.graceFrom); pr.read.Load() != pr.readAtGrace && waited < maxOutputDrain {
+		// Output still being read or logged is a backlog the worker left
+		// in its pipes (the manager's log was slow to take it), or a
+		// leftover process still writing: either way lines would be lost.
+		// Wait again, up to maxOutputDrain in all.
+		busy := pr.output.busy.Load() > 0 || pr.output.steps.Load() != pr.stepsAtGrace
+		if waited := p.now().Sub(pr.graceFrom); busy && waited < maxOutputDrain {
 			p.log.Debug("worker exited and its output is still being read; waiting", zap.Int("pid", pr.pid), zap.Duration("waited", waited))
 			pr.grace = nil
 			p.armGrace(pr)
@@ -294,9 +293,9 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	log.Info("worker started", zap.Int("restarts", s.restarts))
 	pr := &proc{token: token, pid: pid, outputs: [2]*os.File{outR, errR}, open: 2}
 	for i, stream := range []string{"stdout", "stderr"} {
-		f, slog, read := pr.outputs[i], log.With(zap.String("stream", stream)), &pr.read
+		f, slog, progress := pr.outputs[i], log.With(zap.String("stream", stream)), &pr.output
 		go func() {
-			logOutput(f, slog, &p.bufs, read)
+			logOutput(f, slog, &p.bufs, progress)
 			p.inbox.put(outputClosed{token: token})
 		}()
 	}
@@ -403,7 +402,7 @@ func (p *procTable) armGrace(pr *proc) {
 	if pr.graceFrom.IsZero() {
 		pr.graceFrom = p.now()
 	}
-	pr.readAtGrace = pr.read.Load()
+	pr.stepsAtGrace = pr.output.steps.Load()
 	token := pr.token
 	pr.grace = p.sys.afterFunc(p.outputGrace, func() { p.inbox.put(outputGraceOver{token: token}) })
 }
