@@ -47,6 +47,9 @@ const (
 	// request past the bound at most, so a PUT of any size gets in.
 	maxWaiting      = 1024
 	maxWaitingBytes = 16 << 20
+	// maxPrefetch caps a CONSUME's prefetch: more unacknowledged items than
+	// this in one consumer's hands is a consumer nobody else can help.
+	maxPrefetch = 1 << 16
 	// writeChunk is how much the writer encodes before it writes, and the
 	// item size from which a body is written from its own buffer rather
 	// than copied into the writer's.
@@ -299,7 +302,7 @@ func (b *Broker) SetQueues(qs []QueueConfig) error {
 	}
 	for _, q := range removed {
 		q.removed = true
-		for _, w := range slices.Concat(q.gets, q.puts) {
+		for _, w := range slices.Concat(q.gets, q.puts, q.consumers) {
 			q.finishLocked(w, statusNoSuchQueue, "queue removed")
 		}
 	}
@@ -444,8 +447,9 @@ type outMsg struct {
 }
 
 type inflightItem struct {
-	q  *queue
-	it item
+	q    *queue
+	it   item
+	cons *waiter // the CONSUME it was pushed to; nil for a GET's
 }
 
 // conn is one client connection.
@@ -537,7 +541,7 @@ func (c *conn) reply(id uint32, status uint16, n uint32, message string) {
 // false, taking nothing, when the connection's cleanup already ran or a
 // FATAL is queued: the writer stops at the FATAL, so nothing queued behind
 // it would ever be written.
-func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck bool) bool {
+func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck bool, cons *waiter) bool {
 	c.mu.Lock()
 	if c.closed || c.fatalSet {
 		c.mu.Unlock()
@@ -545,7 +549,7 @@ func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck 
 	}
 	if !autoAck {
 		for i := range items {
-			c.inflight[first+uint64(i)] = inflightItem{q: q, it: items[i]}
+			c.inflight[first+uint64(i)] = inflightItem{q: q, it: items[i], cons: cons}
 		}
 	}
 	c.outbox = append(c.outbox, outMsg{kind: msgItems, id: id, q: q, items: items, first: first, autoAck: autoAck})
@@ -788,6 +792,13 @@ func (c *conn) handle(payload []byte) error {
 		q.get(c, f.ID, f.TimeoutMS, int(min(f.Max, 1<<24)), f.Flags&flagAutoAck != 0)
 	case *ackFrame:
 		c.ack(f)
+	case *consumeFrame:
+		q := c.b.queue(f.Queue)
+		if q == nil {
+			c.reply(f.ID, statusNoSuchQueue, 0, "no queue "+f.Queue)
+			return nil
+		}
+		q.consume(c, f.ID, int(min(f.Prefetch, maxPrefetch)))
 	case *cancelFrame:
 		c.mu.Lock()
 		w := c.waiting[f.ID]
@@ -812,6 +823,7 @@ func (c *conn) ack(f *ackFrame) {
 	var ackQ *queue // the queue of the acked items while there is only one
 	ackN := 0
 	perQueue := map[*queue]int(nil)
+	var credit map[*waiter]int // CONSUMEs whose items were acked or NACKed
 	c.mu.Lock()
 	n := 0
 	for _, d := range f.Deliveries {
@@ -821,6 +833,12 @@ func (c *conn) ack(f *ackFrame) {
 		}
 		delete(c.inflight, d)
 		n++
+		if e.cons != nil {
+			if credit == nil {
+				credit = make(map[*waiter]int)
+			}
+			credit[e.cons]++
+		}
 		if f.Nack {
 			nacked = append(nacked, found{d, e})
 			continue
@@ -846,6 +864,9 @@ func (c *conn) ack(f *ackFrame) {
 	if len(nacked) > 0 {
 		slices.SortFunc(nacked, func(a, b found) int { return cmp.Compare(a.delivery, b.delivery) })
 		requeueGrouped(len(nacked), func(i int) (*queue, item) { return nacked[i].q, nacked[i].it })
+	}
+	for w, k := range credit {
+		w.q.release(w, k)
 	}
 	status, msg := statusOK, ""
 	if n < len(f.Deliveries) {
@@ -1059,7 +1080,7 @@ func (c *conn) cleanup() {
 	for _, m := range slices.Concat(c.unsent, c.outbox) {
 		if m.kind == msgItems && m.autoAck { // never written: still the broker's (rule 5)
 			for i, it := range m.items {
-				all = append(all, held{m.first + uint64(i), inflightItem{m.q, it}})
+				all = append(all, held{m.first + uint64(i), inflightItem{q: m.q, it: it}})
 			}
 		}
 	}

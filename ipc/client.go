@@ -59,6 +59,11 @@ type Client struct {
 	spare   []byte
 	pending map[uint32]*call
 	err     error // why done was closed; wraps ErrClosed
+	// Acknowledgements queued by Consumers, not sent yet (see queueAcks),
+	// and the first error the broker answered to one that was.
+	acks, nacks   []uint64
+	ackTimerArmed bool
+	ackErr        error
 }
 
 // call is a request waiting for its reply.
@@ -67,6 +72,11 @@ type call struct {
 	queue     string
 	autoAck   bool
 	abandoned bool // its caller gave up: a late ITEMS is NACKed (c.mu)
+	// consumer: a CONSUME, whose ITEMS go to it until a RESULT ends it.
+	consumer *Consumer
+	// asyncAck: an ACK or NACK of queued acknowledgements: nobody waits,
+	// and only a refusal is kept (ackErr).
+	asyncAck bool
 }
 
 type clientReply struct {
@@ -199,8 +209,17 @@ func (c *Client) fail(err error) {
 	}
 	c.err = err
 	close(c.done)
+	var consumers []*Consumer
+	for _, cl := range c.pending {
+		if cl.consumer != nil {
+			consumers = append(consumers, cl.consumer)
+		}
+	}
 	c.mu.Unlock()
 	c.nc.Close()
+	for _, s := range consumers {
+		s.end(err)
+	}
 }
 
 func (c *Client) gone() error {
@@ -259,6 +278,7 @@ func (c *Client) send(ctx context.Context, cl *call, encode func(dst []byte, id 
 // writeOut writes what is queued in c.out; the caller holds writeMu.
 func (c *Client) writeOut() error {
 	c.mu.Lock()
+	c.encodeAcksLocked() // acknowledgements ride along with whatever is written
 	buf := c.out
 	c.out, c.spare = c.spare[:0], nil
 	c.mu.Unlock()
@@ -326,19 +346,30 @@ func (c *Client) readLoop(r *bufio.Reader) {
 		}
 		c.mu.Lock()
 		cl := c.pending[id]
-		delete(c.pending, id)
+		if cl == nil || cl.consumer == nil || rep.result != nil {
+			delete(c.pending, id) // a CONSUME's pushes keep it until its RESULT
+		}
 		late := false // ITEMS nobody waits for: give them back
 		switch {
 		case cl == nil:
 			late = rep.items != nil && rep.items.Items[0].Delivery != 0
+		case cl.consumer != nil, cl.asyncAck:
 		case cl.abandoned:
 			late = rep.items != nil && !cl.autoAck
 		default:
 			cl.ch <- rep // cap 1, one reply per call: never blocks
 		}
+		if cl != nil && cl.asyncAck && rep.result != nil && rep.result.Status != statusOK && c.ackErr == nil {
+			c.ackErr = fmt.Errorf("ipc: ack: %w", &StatusError{Code: rep.result.Status, Message: rep.result.Message})
+		}
 		c.mu.Unlock()
-		if late {
+		switch {
+		case late:
 			c.nackLate(rep.items)
+		case cl != nil && cl.consumer != nil && rep.items != nil:
+			cl.consumer.push(rep.items)
+		case cl != nil && cl.consumer != nil:
+			cl.consumer.end(&StatusError{Code: rep.result.Status, Message: rep.result.Message})
 		}
 	}
 }

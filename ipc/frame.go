@@ -21,6 +21,7 @@ const (
 	typeAck     byte = 0x04
 	typeNack    byte = 0x05
 	typeCancel  byte = 0x06
+	typeConsume byte = 0x07
 	typeWelcome byte = 0x81
 	typeResult  byte = 0x82
 	typeItems   byte = 0x83
@@ -121,6 +122,15 @@ type ackFrame struct {
 }
 
 type cancelFrame struct{ ID uint32 }
+
+// consumeFrame asks the broker to push the queue's items to the connection,
+// keeping at most Prefetch of them unacknowledged (PROTOCOL.md, CONSUME).
+type consumeFrame struct {
+	ID       uint32
+	Queue    string
+	Prefetch uint32
+	Flags    byte
+}
 
 type resultFrame struct {
 	ID      uint32
@@ -231,6 +241,15 @@ func appendCancel(dst []byte, f *cancelFrame) []byte {
 	return endFrame(dst, start)
 }
 
+func appendConsume(dst []byte, f *consumeFrame) []byte {
+	dst, start := beginFrame(dst, typeConsume)
+	dst = binary.BigEndian.AppendUint32(dst, f.ID)
+	dst = appendStr8(dst, f.Queue)
+	dst = binary.BigEndian.AppendUint32(dst, f.Prefetch)
+	dst = append(dst, f.Flags)
+	return endFrame(dst, start)
+}
+
 func appendResult(dst []byte, f *resultFrame) []byte {
 	dst, start := beginFrame(dst, typeResult)
 	dst = binary.BigEndian.AppendUint32(dst, f.ID)
@@ -274,6 +293,8 @@ func appendFrame(dst []byte, f any) []byte {
 		return appendAck(dst, f)
 	case *cancelFrame:
 		return appendCancel(dst, f)
+	case *consumeFrame:
+		return appendConsume(dst, f)
 	case *resultFrame:
 		return appendResult(dst, f)
 	case *itemsFrame:
@@ -456,6 +477,22 @@ func decodeFrame(payload []byte) (any, error) {
 		var f cancelFrame
 		f.ID = d.u32("CANCEL id")
 		return &f, d.finish("CANCEL")
+	case typeConsume:
+		var f consumeFrame
+		f.ID = d.u32("CONSUME id")
+		f.Queue = d.str8("CONSUME queue")
+		f.Prefetch = d.u32("CONSUME prefetch")
+		f.Flags = d.u8("CONSUME flags")
+		if err := d.finish("CONSUME"); err != nil {
+			return &f, err
+		}
+		switch {
+		case f.Prefetch == 0:
+			return &f, badFrame("CONSUME prefetch is 0")
+		case f.Flags != 0:
+			return &f, badFrame("CONSUME flags 0x%02x: no flag is defined", f.Flags)
+		}
+		return &f, nil
 	case typeResult:
 		var f resultFrame
 		f.ID = d.u32("RESULT id")

@@ -26,6 +26,20 @@ var workedExample = []struct {
 	{"0000000c 82 00000003 0000 00000001 00", &resultFrame{ID: 3, Status: statusOK, N: 1}},
 }
 
+// consumeExample is the byte dump of PROTOCOL.md's "A worked example of
+// CONSUME".
+var consumeExample = []struct {
+	hex   string
+	frame any
+}{
+	{"0000000f 07 00000004 046a6f6273 00000002 00", &consumeFrame{ID: 4, Queue: "jobs", Prefetch: 2}},
+	{"0000001b 83 00000004 00000001 0000000000000002 00000001 000000026869", &itemsFrame{ID: 4, Items: []wireItem{{Delivery: 2, Deliveries: 1, Body: []byte("hi")}}}},
+	{"00000011 04 00000005 00000001 0000000000000002", &ackFrame{ID: 5, Deliveries: []uint64{2}}},
+	{"0000000c 82 00000005 0000 00000001 00", &resultFrame{ID: 5, Status: statusOK, N: 1}},
+	{"00000005 06 00000004", &cancelFrame{ID: 4}},
+	{"0000000c 82 00000004 000a 00000000 00", &resultFrame{ID: 4, Status: statusCancelled}},
+}
+
 func unhex(t testing.TB, s string) []byte {
 	t.Helper()
 	b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
@@ -38,7 +52,7 @@ func unhex(t testing.TB, s string) []byte {
 // The worked example of PROTOCOL.md, both ways: our encoder writes exactly
 // its bytes, our decoder reads them back as the frames it describes.
 func TestWorkedExampleBytes(t *testing.T) {
-	for i, ex := range workedExample {
+	for i, ex := range append(workedExample[:len(workedExample):len(workedExample)], consumeExample...) {
 		want := unhex(t, ex.hex)
 		if got := appendFrame(nil, ex.frame); !bytes.Equal(got, want) {
 			t.Errorf("frame %d (%T): encoded\n %x\nwant\n %x", i, ex.frame, got, want)
@@ -65,7 +79,7 @@ func TestWorkedExampleBytes(t *testing.T) {
 func TestDecodeRejects(t *testing.T) {
 	for _, tc := range []struct{ name, hex string }{
 		{"empty", ""},
-		{"unknown type", "07"},
+		{"unknown type", "08 00000001"},
 		{"trailing byte", "06 00000001 00"},
 		{"short", "06 000001"},
 		{"str8 past the end", "03 00000002 000003e8 ff6a6f6273 00000001 00"},
@@ -74,6 +88,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"bytes32 past the end", "02 00000001 ffffffff 00 00000001 ffffffff 68"},
 		{"GET max 0", "03 00000002 000003e8 00 00000000 00"},
 		{"ITEMS count 0", "83 00000002 00000000"},
+		{"CONSUME prefetch 0", "07 00000004 046a6f6273 00000000 00"},
+		{"CONSUME flags", "07 00000004 046a6f6273 00000002 01"},
 	} {
 		_, err := decodeFrame(unhex(t, tc.hex))
 		if !errors.Is(err, errBadFrame) {

@@ -18,6 +18,9 @@ func FuzzDecodeFrame(f *testing.F) {
 	for _, ex := range workedExample {
 		f.Add(appendFrame(nil, ex.frame)[frameHeaderLen:])
 	}
+	for _, ex := range consumeExample {
+		f.Add(appendFrame(nil, ex.frame)[frameHeaderLen:])
+	}
 	for _, fr := range []any{
 		&putFrame{ID: 9, TimeoutMS: 0, Queue: "q", Items: [][]byte{nil, []byte("a"), bytes.Repeat([]byte("b"), 300)}},
 		&putFrame{ID: 9, Queue: "empty"},
@@ -25,6 +28,7 @@ func FuzzDecodeFrame(f *testing.F) {
 		&ackFrame{Nack: true, ID: 4, Deliveries: []uint64{1, 2, 1 << 60}},
 		&ackFrame{ID: 4},
 		&cancelFrame{ID: 77},
+		&consumeFrame{ID: 12, Queue: "jobs", Prefetch: 1 << 16},
 		&resultFrame{ID: 2, Status: statusCancelled, N: 3, Message: "cancelled"},
 		&itemsFrame{ID: 2, Items: []wireItem{{Delivery: 1, Deliveries: 3, Body: []byte("x")}, {Delivery: 2, Deliveries: 1}}},
 		&fatalFrame{Status: statusBadFrame, Message: "nope"},

@@ -12,10 +12,12 @@ import (
 //
 //  1. A PUT that replied OK (or accepted n) put its items in the queue: from
 //     then on the broker owns them until they are delivered.
-//  2. A GET without auto-ack hands an item to the connection that asked: the
-//     item is in flight, owned by that connection, under a delivery id
-//     unique in the broker. deliveries counts how many times that item has
-//     been handed out, this time included.
+//  2. A GET without auto-ack, or a CONSUME's push, hands an item to the
+//     connection that asked: the item is in flight, owned by that
+//     connection, under a delivery id unique in the broker. deliveries
+//     counts how many times that item has been handed out, this time
+//     included. A CONSUME never has more than its prefetch of its items in
+//     flight: each ACK or NACK of one of them lets one more be pushed.
 //  3. An ACK from the owning connection removes the item for good.
 //  4. A NACK from the owning connection, or the close of the owning
 //     connection for any reason, puts the item back at the head of its
@@ -46,7 +48,12 @@ import (
 // are served in that order; PUTs wait in arrival order while it is full and
 // take room as it frees, the oldest first, so the items of one connection's
 // PUTs enter the queue in the order they were sent. A waiting PUT's
-// accepted items are queued at once (they are its first n).
+// accepted items are queued at once (they are its first n). A CONSUME
+// waits among the GETs while it has credit (prefetch less its items in
+// flight); each time it is served it goes to the back of the line if it has
+// credit left, so consumers take turns, and it leaves the line, parked,
+// until an ACK or NACK gives it credit again. It ends only by CANCEL, the
+// queue's removal, the broker's shutdown or its connection's close.
 //
 // Removal (Broker.SetQueues): a queue is removed only while, under q.mu, it
 // holds no item (ring, in flight, or waiting PUT), so no item is ever lost
@@ -78,6 +85,8 @@ type queue struct {
 	puts     []*waiter // waiting PUTs, oldest first
 	deadGets int       // done waiters still in gets
 	deadPuts int
+	// consumers are the live CONSUMEs, in gets or parked out of it.
+	consumers []*waiter
 	closed   bool // the broker is shutting down
 	removed  bool // SetQueues removed it: requests that still found it get NO_SUCH_QUEUE
 	inFlight int
@@ -104,6 +113,12 @@ type waiter struct {
 	// GET
 	max     int
 	autoAck bool
+	// CONSUME: prefetch is its credit limit, outstanding its items in
+	// flight; inGets whether it is in gets (a GET always is until done).
+	consume     bool
+	prefetch    int
+	outstanding int
+	inGets      bool
 	// PUT: items not yet accepted, and how many were
 	items    [][]byte
 	accepted int
@@ -216,6 +231,42 @@ func (q *queue) get(c *conn, id, timeoutMS uint32, maxItems int, autoAck bool) {
 	q.wait(w, timeoutMS)
 }
 
+// consume is a CONSUME: from now on the queue pushes items to c, at most
+// prefetch of them unacknowledged, until CANCEL or c goes away.
+func (q *queue) consume(c *conn, id uint32, prefetch int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.closed {
+		c.reply(id, statusShuttingDown, 0, "broker shutting down")
+		return
+	}
+	if q.removed {
+		c.reply(id, statusNoSuchQueue, 0, "no queue "+q.name)
+		return
+	}
+	w := &waiter{q: q, c: c, id: id, get: true, consume: true, prefetch: prefetch, inGets: true}
+	q.consumers = append(q.consumers, w)
+	q.gets = append(q.gets, w)
+	c.addWaiter(w)
+	q.serve()
+}
+
+// release gives the CONSUME w credit for n of its items that were acked or
+// NACKed: it takes its turn again if it had none.
+func (q *queue) release(w *waiter, n int) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	w.outstanding -= n
+	if w.done || w.inGets || w.outstanding >= w.prefetch {
+		return
+	}
+	w.inGets = true
+	q.gets = append(q.gets, w)
+	if !q.closed {
+		q.serve()
+	}
+}
+
 // wait registers w with its connection (for CANCEL) and arms its timeout.
 // The timer may fire after w was answered, if retire's stop came too late:
 // finish then finds w done and does nothing, whatever request now has w's id.
@@ -256,9 +307,15 @@ func (q *queue) retire(w *waiter) {
 		w.stopTimer()
 	}
 	w.c.removeWaiter(w)
-	if w.get {
+	switch {
+	case w.consume:
+		q.consumers = slices.DeleteFunc(q.consumers, func(x *waiter) bool { return x == w })
+		if w.inGets {
+			q.deadGets++
+		}
+	case w.get:
 		q.deadGets++
-	} else {
+	default:
 		q.deadPuts++
 	}
 	q.compact()
@@ -307,9 +364,9 @@ func (q *queue) accept(w *waiter) {
 }
 
 // take hands w up to w.max items from the head of the ring, as many as fit
-// in one ITEMS frame, under fresh delivery ids (rule 2). The ring is not
-// empty.
-func (q *queue) take(w *waiter) {
+// in one ITEMS frame, under fresh delivery ids (rule 2), and returns how
+// many. The ring is not empty; 0 means w's connection is gone.
+func (q *queue) take(w *waiter) int {
 	room := q.b.maxFrame - itemsFixedLen
 	n := 0
 	for n < w.max && n < q.ring.size {
@@ -327,14 +384,18 @@ func (q *queue) take(w *waiter) {
 		items[i] = it
 	}
 	first := q.b.nextDelivery.Add(uint64(n)) - uint64(n) + 1
-	if !w.c.deliver(w.id, q, items, first, w.autoAck) {
+	var cons *waiter
+	if w.consume {
+		cons = w
+	}
+	if !w.c.deliver(w.id, q, items, first, w.autoAck, cons) {
 		// The connection is gone (its cleanup already ran): the items
 		// were never handed out, so they go back as they were.
 		for i := n - 1; i >= 0; i-- {
 			items[i].deliveries--
 			q.ring.pushFront(items[i])
 		}
-		return
+		return 0
 	}
 	for i := range items {
 		if items[i].deliveries > 1 {
@@ -343,6 +404,7 @@ func (q *queue) take(w *waiter) {
 	}
 	q.stats.delivered += uint64(n)
 	q.inFlight += n
+	return n
 }
 
 // serve lets waiting requests make progress: GETs take items, which frees
@@ -356,9 +418,24 @@ func (q *queue) serve() {
 				q.compact()
 				continue
 			}
-			q.take(w)
-			q.retire(w)
 			progress = true
+			if !w.consume {
+				q.take(w)
+				q.retire(w)
+				continue
+			}
+			// A CONSUME takes its turn: what its credit allows (and one
+			// frame holds), then the back of the line if credit is left.
+			q.gets[0] = nil
+			q.gets = q.gets[1:]
+			w.inGets = false
+			w.max = w.prefetch - w.outstanding
+			n := q.take(w)
+			w.outstanding += n
+			if n > 0 && w.outstanding < w.prefetch {
+				w.inGets = true
+				q.gets = append(q.gets, w)
+			}
 		}
 		for q.ring.size < q.capacity && q.livePuts() > 0 {
 			w := q.puts[0]
@@ -413,7 +490,7 @@ func (q *queue) shutdown() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.closed = true
-	for _, w := range slices.Concat(q.gets, q.puts) {
+	for _, w := range slices.Concat(q.gets, q.puts, q.consumers) {
 		q.finishLocked(w, statusShuttingDown, "broker shutting down")
 	}
 }
@@ -423,7 +500,7 @@ func (q *queue) shutdown() {
 func (q *queue) dropConn(c *conn) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for _, w := range slices.Concat(q.gets, q.puts) {
+	for _, w := range slices.Concat(q.gets, q.puts, q.consumers) {
 		if w.c == c {
 			q.finishLocked(w, statusOK, "")
 		}
