@@ -87,10 +87,10 @@ type queue struct {
 	deadPuts int
 	// consumers are the live CONSUMEs, in gets or parked out of it.
 	consumers []*waiter
-	closed   bool // the broker is shutting down
-	removed  bool // SetQueues removed it: requests that still found it get NO_SUCH_QUEUE
-	inFlight int
-	stats    counters
+	closed    bool // the broker is shutting down
+	removed   bool // SetQueues removed it: requests that still found it get NO_SUCH_QUEUE
+	inFlight  int
+	stats     counters
 }
 
 type counters struct {
