@@ -20,6 +20,9 @@ const (
 	// cancelGrace bounds how long a cancelled PUT waits for the broker's
 	// answer to its CANCEL, which says how many items were accepted.
 	cancelGrace = 5 * time.Second
+	// closeFlush bounds how long Close spends sending what is queued (the
+	// acknowledgements Consumers queued).
+	closeFlush = 100 * time.Millisecond
 )
 
 // Client is a connection to a queue broker. It is safe for concurrent use
@@ -192,9 +195,18 @@ func handshakeErr(ctx context.Context, err error) error {
 }
 
 // Close closes the connection; pending calls return ErrClosed, and items
-// this client holds in flight are requeued by the broker. It waits for the
-// client's goroutines to end. Safe twice and concurrently.
+// this client holds in flight are requeued by the broker. Acknowledgements
+// its Consumers queued are sent first. It waits for the client's goroutines
+// to end. Safe twice and concurrently.
 func (c *Client) Close() error {
+	// Best effort, and bounded: a broker that does not read must not keep
+	// Close waiting. Acks that do not go out leave their items to be
+	// delivered again (at least once).
+	if c.writeMu.TryLock() {
+		c.nc.SetWriteDeadline(time.Now().Add(closeFlush))
+		c.writeOut() //nolint:errcheck // a failed write fails the client: fine, it closes
+		c.writeMu.Unlock()
+	}
 	c.fail(fmt.Errorf("%w: client closed", ErrClosed))
 	<-c.stopped
 	return nil

@@ -256,6 +256,7 @@ func TestPythonConsumerGoProducer(t *testing.T) {
 		{"get", nil},
 		{"get_batch", []string{"--batch", "64"}},
 		{"get_auto_ack", []string{"--auto-ack"}},
+		{"consume", []string{"--prefetch", "16"}},
 	} {
 		t.Run(mode.name, func(t *testing.T) {
 			b, sock := pyBroker(t, ipc.QueueConfig{Name: "jobs"})
@@ -333,6 +334,43 @@ func TestPythonKilledConsumerRedelivers(t *testing.T) {
 	ack(t, c, d)
 	if s := stats(t, b, "work"); s.InFlight != 0 || s.Depth != 0 || s.Redelivered != 1 || s.Acked != 1 {
 		t.Fatalf("stats after the ack: %+v", s)
+	}
+}
+
+// A prefetching Python consumer killed (SIGKILL) while it holds its whole
+// prefetch: every item is requeued, and a Go consumer gets each once more.
+func TestPythonKilledPrefetchingConsumerRedelivers(t *testing.T) {
+	python3(t)
+	const n = 8
+	b, sock := pyBroker(t, ipc.QueueConfig{Name: "work"})
+	c := dial(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), pyWait)
+	defer cancel()
+	for i := range n {
+		if err := c.Put(ctx, "work", []byte(fmt.Sprintf("precious-%d", i))); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+	}
+	p := startPython(t, sock, "consumer.py", "work", fmt.Sprint(n), "--hold", "--prefetch", fmt.Sprint(n))
+	p.expectLine(t, "ready")
+	for i := range n {
+		p.expectLine(t, fmt.Sprintf("holding 1 precious-%d", i))
+	}
+	if s := stats(t, b, "work"); s.InFlight != n || s.Depth != 0 {
+		t.Fatalf("stats while held: %+v", s)
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatalf("kill: %v", err)
+	}
+	for i := range n {
+		d := getOne(t, c, "work")
+		if string(d.Body) != fmt.Sprintf("precious-%d", i) || d.Deliveries != 2 {
+			t.Fatalf("after the kill: got %q with Deliveries %d, want precious-%d with 2", d.Body, d.Deliveries, i)
+		}
+		ack(t, c, d)
+	}
+	if s := stats(t, b, "work"); s.InFlight != 0 || s.Depth != 0 || s.Redelivered != n || s.Acked != n {
+		t.Fatalf("stats after the acks: %+v", s)
 	}
 }
 

@@ -37,7 +37,7 @@ const (
 func chaosProgram() *program.Program {
 	p := program.New()
 	p.Register("producer", func(w service.Worker) (service.Service, error) { return producer{}, nil })
-	p.Register("consumer", func(w service.Worker) (service.Service, error) { return consumer{}, nil })
+	p.Register("consumer", func(w service.Worker) (service.Service, error) { return consumer{w}, nil })
 	return p
 }
 
@@ -76,35 +76,50 @@ func (producer) Run(ctx context.Context) error {
 	}
 }
 
-type consumer struct{}
+type consumer struct{ w service.Worker }
+
+// consumerPrefetch is what the consumers with an even worker id prefetch;
+// those with an odd id get one item at a time, so that a run exercises both.
+const consumerPrefetch = 8
 
 // Run takes items, prints each, works on it (sleeps CHAOS_WORK), then
-// acknowledges it. An item printed and
-// not acknowledged (the worker was killed in between) is delivered again:
-// a duplicate, whose first consumer must be a killed process.
-func (consumer) Run(ctx context.Context) error {
+// acknowledges it. An item printed and not acknowledged (the worker was
+// killed in between) is delivered again: a duplicate, whose first consumer
+// must be a killed process. A prefetching consumer killed also holds items
+// pushed and not yet printed: they are delivered again, and printed once.
+func (c consumer) Run(ctx context.Context) error {
 	q, err := ipc.DialEnv(ctx)
 	if err != nil {
 		return fmt.Errorf("connect to the queue: %w", err)
 	}
-	defer q.Close()
+	defer q.Close() // sends a prefetching consumer's queued acks
 	work, err := time.ParseDuration(os.Getenv(envWork))
 	if err != nil || work < 0 {
 		return fmt.Errorf("%s=%q: want a duration", envWork, os.Getenv(envWork))
 	}
+	next := func() (*ipc.Delivery, error) { return q.Get(ctx, queueName) }
+	ack := func(d *ipc.Delivery) error { return q.Ack(context.WithoutCancel(ctx), d) }
+	if c.w.ID%2 == 0 {
+		jobs, err := q.Consume(ctx, queueName, consumerPrefetch)
+		if err != nil {
+			return fmt.Errorf("consume: %w", err)
+		}
+		next = func() (*ipc.Delivery, error) { return jobs.Next(ctx) }
+		ack = func(d *ipc.Delivery) error { return jobs.Ack(d) }
+	}
 	for {
-		job, err := q.Get(ctx, queueName)
+		job, err := next()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			return fmt.Errorf("get: %w", err)
+			return fmt.Errorf("take: %w", err)
 		}
 		fmt.Printf("consumed %s\n", job.Body)
 		if work > 0 {
 			time.Sleep(work) // the "work": the item is in flight meanwhile
 		}
-		if err := q.Ack(context.WithoutCancel(ctx), job); err != nil {
+		if err := ack(job); err != nil {
 			return fmt.Errorf("ack %s: %w", job.Body, err)
 		}
 	}

@@ -77,23 +77,32 @@ func (producer) Run(ctx context.Context) error {
 }
 
 // printer prints what it takes from the queue, like the seed's
-// PrinterService, and acknowledges each number once it is printed.
+// PrinterService, and acknowledges each number once it is printed. It
+// consumes: the broker pushes numbers ahead (up to prefetch), so a printer
+// does not wait a round trip for each.
 type printer struct{ w service.Worker }
+
+// prefetch is how many numbers a printer may hold unacknowledged.
+const prefetch = 16
 
 func (p printer) Run(ctx context.Context) error {
 	q, err := ipc.DialEnv(ctx)
 	if err != nil {
 		return fmt.Errorf("connect to the queue: %w", err)
 	}
-	defer q.Close()
+	defer q.Close() // sends the acks still queued
+	jobs, err := q.Consume(ctx, queue, prefetch)
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
 	for {
-		job, err := q.Get(ctx, queue)
+		job, err := jobs.Next(ctx)
 		if err != nil {
-			return stopped(ctx, fmt.Errorf("get: %w", err))
+			return stopped(ctx, fmt.Errorf("next: %w", err))
 		}
 		fmt.Printf("I am worker #%d, PID:%d and I hereby print %s\n", p.w.ID, p.w.PID, job.Body)
 		// Acknowledged even if we are being stopped: it was printed.
-		if err := q.Ack(context.WithoutCancel(ctx), job); err != nil {
+		if err := jobs.Ack(job); err != nil {
 			return fmt.Errorf("ack %s: %w", job.Body, err)
 		}
 	}

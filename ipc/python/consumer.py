@@ -1,10 +1,11 @@
 """Test helper: get and ack N items from QUEUE, printing each body on a line, then "done N".
 
-    GOTYLEDON_QUEUE_SOCKET=... python3 consumer.py QUEUE N [--batch K] [--auto-ack]
-    GOTYLEDON_QUEUE_SOCKET=... python3 consumer.py QUEUE 1 --hold
+    GOTYLEDON_QUEUE_SOCKET=... python3 consumer.py QUEUE N [--batch K | --prefetch K] [--auto-ack]
+    GOTYLEDON_QUEUE_SOCKET=... python3 consumer.py QUEUE N --hold [--prefetch N]
 
---hold takes one item without acking it, prints "holding DELIVERIES BODY" and
-then waits forever (the test kills it: the broker must requeue the item).
+--prefetch consumes (the broker pushes up to K items ahead; acks are queued).
+--hold takes N items without acking them, prints "holding DELIVERIES BODY" for
+each and then waits forever (the test kills it: the broker must requeue them).
 """
 import argparse
 import signal
@@ -16,6 +17,7 @@ p = argparse.ArgumentParser()
 p.add_argument("queue")
 p.add_argument("n", type=int)
 p.add_argument("--batch", type=int, default=1, help="use get_batch with up to K items per call")
+p.add_argument("--prefetch", type=int, default=0, help="consume with this prefetch instead of get")
 p.add_argument("--auto-ack", action="store_true")
 p.add_argument("--hold", action="store_true")
 a = p.parse_args()
@@ -24,10 +26,22 @@ out = sys.stdout
 with Client.connect(timeout=10) as c:
     print("ready", flush=True)
     if a.hold:
-        d = c.get(a.queue, timeout=30)
-        print("holding", d.deliveries, d.body.decode(), flush=True)
+        items = c.consume(a.queue, prefetch=a.prefetch) if a.prefetch else None
+        for _ in range(a.n):
+            d = items.next(timeout=30) if items else c.get(a.queue, timeout=30)
+            print("holding", d.deliveries, d.body.decode(), flush=True)
         while True:
             signal.pause()
+    if a.prefetch:
+        got = 0
+        for d in c.consume(a.queue, prefetch=a.prefetch):
+            out.write(d.body.decode() + "\n")
+            d.ack()
+            got += 1
+            if got == a.n:
+                break
+        print("done", got, flush=True)
+        sys.exit(0)
     got = 0
     while got < a.n:
         if a.auto_ack:

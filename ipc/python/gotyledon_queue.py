@@ -10,17 +10,28 @@ Standard library only, Python 3.9+.
         handle(d.body)
         d.ack()                               # or d.nack(): delivered again
 
+A worker that handles items one at a time consumes, so that it does not wait
+a round trip for each: the broker pushes up to `prefetch` items ahead, and
+acks are sent together, without waiting for the broker's answer:
+
+    with Client.connect() as c:
+        for d in c.consume("jobs", prefetch=64):
+            handle(d.body)
+            d.ack()                           # queued; sent with others
+
 Timeouts are in seconds: None waits without limit, 0 does not wait at all.
 The client sends one request at a time (calls from several threads are
-serialised); replies are matched to requests by id all the same. It never
-sends CANCEL: a call interrupted while it waits (e.g. by Ctrl-C) closes the
-connection instead, which gives its in-flight items back to the broker.
+serialised); replies are matched to requests by id all the same. It sends
+CANCEL only to end a consume: a call interrupted while it waits (e.g. by
+Ctrl-C) closes the connection instead, which gives its in-flight items back
+to the broker.
 """
 
 import copy
 import itertools
 import math
 import os
+import select
 import socket
 import struct
 import sys
@@ -28,14 +39,14 @@ import threading
 import time
 
 __all__ = [
-    "Client", "Delivery", "QueueError", "Timeout", "QueueFull", "NoSuchQueue",
+    "Client", "Consumer", "Delivery", "QueueError", "Timeout", "QueueFull", "NoSuchQueue",
     "TooLarge", "UnknownDelivery", "ProtocolError", "Refused", "ShuttingDown",
     "Cancelled", "Closed", "ENV_SOCKET",
 ]
 
 ENV_SOCKET = "GOTYLEDON_QUEUE_SOCKET"
 MAGIC, VERSION, WAIT_FOREVER = b"GTYQ", 1, 0xFFFFFFFF
-HELLO, PUT, GET, ACK, NACK, CANCEL = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+HELLO, PUT, GET, ACK, NACK, CANCEL, CONSUME = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
 WELCOME, RESULT, ITEMS, FATAL = 0x81, 0x82, 0x83, 0xFF
 STATUS_NAMES = ["OK", "TIMEOUT", "FULL", "NO_SUCH_QUEUE", "TOO_LARGE", "UNKNOWN_DELIVERY",
                 "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED"]
@@ -110,6 +121,9 @@ def encode_ack(rid, ids, nack=False):
 def encode_cancel(rid):
     return _frame(CANCEL, struct.pack(">I", rid))
 
+def encode_consume(rid, queue, prefetch):
+    return _frame(CONSUME, struct.pack(">I", rid) + _str8(queue) + struct.pack(">IB", prefetch, 0))
+
 def decode(ftype, body):
     """Decode the body of a broker frame into a tuple:
     ("WELCOME", version, max_frame, max_item) | ("RESULT", id, status, n, message)
@@ -150,23 +164,151 @@ def _timeout_ms(timeout):
 
 
 class Delivery:
-    """An item handed out by get(): .queue, .id (delivery id; 0 if auto-acked),
-    .deliveries (1 the first time), .body (bytes). Ack or nack it exactly once."""
-    __slots__ = ("queue", "id", "deliveries", "body", "_client")
+    """An item handed out by get() or a Consumer: .queue, .id (delivery id; 0
+    if auto-acked), .deliveries (1 the first time), .body (bytes). Ack or
+    nack it exactly once: a get()'s waits for the broker's answer, a
+    Consumer's is queued and sent with others."""
+    __slots__ = ("queue", "id", "deliveries", "body", "_client", "_consumer")
 
-    def __init__(self, client, queue, id, deliveries, body):
+    def __init__(self, client, queue, id, deliveries, body, consumer=None):
         self._client, self.queue, self.id, self.deliveries, self.body = client, queue, id, deliveries, body
+        self._consumer = consumer
 
     def ack(self):
         """Done with the item: the broker forgets it."""
+        if self._consumer is not None:
+            return self._consumer.ack(self)
         return self._client.ack(self)
 
     def nack(self):
         """Give the item back: it goes to the head of its queue, to be delivered again."""
+        if self._consumer is not None:
+            return self._consumer.nack(self)
         return self._client.nack(self)
 
     def __repr__(self):
         return f"Delivery(queue={self.queue!r}, id={self.id}, deliveries={self.deliveries}, body={self.body[:40]!r})"
+
+
+class Consumer:
+    """Items the broker pushes for one consume() (see Client.consume): at most
+    `prefetch` of them unacknowledged at any time. Iterate over it, or call
+    next(timeout). ack()/nack() queue acknowledgements, sent together: when
+    ACK_BATCH are queued, and before next() reads from the socket or hands
+    out an item more than ACK_DELAY seconds after the oldest was queued."""
+
+    ACK_BATCH = 256
+    ACK_DELAY = 0.005
+
+    def __init__(self, client, rid, queue, prefetch):
+        self._client, self._rid, self.queue, self.prefetch = client, rid, queue, prefetch
+        self._items = []       # pushed, not handed out yet (oldest first)
+        self._ended = None     # why the broker ended the consume
+        self._closed = False
+        self._acks, self._nacks, self._since = [], [], None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            return self.next()
+        except (Cancelled, Closed):
+            if self._closed:
+                raise StopIteration from None
+            raise
+
+    def next(self, timeout=None):
+        """The next pushed item, waiting up to timeout s (None: no limit).
+        Raises Timeout, Cancelled after close(), Closed, or the broker's
+        reason for ending the consume (NoSuchQueue, ShuttingDown)."""
+        c = self._client
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with c._lock:
+            while True:
+                if self._items and not (self._since and time.monotonic() - self._since > self.ACK_DELAY):
+                    return self._items.pop(0)
+                self._flush_locked()
+                if self._items:
+                    return self._items.pop(0)
+                if self._ended is not None:
+                    raise copy.copy(self._ended)
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise Timeout(f"nothing pushed from {self.queue!r} within {timeout} s")
+                c._pump(left)
+
+    def ack(self, *deliveries):
+        """Queue the acknowledgement of deliveries next() handed out."""
+        self._queue(self._acks, deliveries)
+
+    def nack(self, *deliveries):
+        """Queue deliveries to go back to the head of the queue."""
+        self._queue(self._nacks, deliveries)
+
+    def close(self):
+        """End the consume: the broker pushes no more, and items pushed but not
+        handed out go back to the queue. Items next() handed out stay ours
+        until acked. Safe twice."""
+        c = self._client
+        with c._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._ended is None:
+                self._ended = Cancelled("consumer closed")
+            self._nacks += [d.id for d in self._items]
+            self._items = []
+            if c._closed is not None:
+                return
+            try:
+                self._flush_locked()
+                c._sock.sendall(encode_cancel(self._rid))
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _queue(self, into, deliveries):
+        c = self._client
+        with c._lock:
+            into += [d.id if isinstance(d, Delivery) else int(d) for d in deliveries]
+            if self._since is None:
+                self._since = time.monotonic()
+            if len(self._acks) + len(self._nacks) >= self.ACK_BATCH:
+                self._flush_locked()
+
+    def _flush_locked(self):
+        """Send what is queued (NACKs first), not waiting for the answers."""
+        c = self._client
+        self._since = None
+        if c._closed is not None:
+            self._acks, self._nacks = [], []
+            return
+        per_frame = (c.max_frame - 9) // 8
+        frames = []
+        for ids, nack in ((self._nacks, True), (self._acks, False)):
+            for k in range(0, len(ids), per_frame):
+                rid = c._new_id()
+                c._async.add(rid)
+                frames.append(encode_ack(rid, ids[k:k + per_frame], nack))
+        self._acks, self._nacks = [], []
+        if frames:
+            c._send(b"".join(frames))
+        if c._ack_error is not None:
+            err, c._ack_error = c._ack_error, None
+            raise err
+
+    def _push(self, items):
+        ds = [Delivery(self._client, self.queue, d, n, body, self) for d, n, body in items]
+        if self._closed:
+            self._nacks += [d.id for d in ds]
+        else:
+            self._items += ds
 
 
 class Client:
@@ -176,8 +318,11 @@ class Client:
     flight return to their queues and every later call raises Closed."""
 
     def __init__(self, sock):
-        self._sock, self._rfile = sock, sock.makefile("rb")
-        self._lock, self._ids, self._closed = threading.Lock(), itertools.count(1), None
+        self._sock, self._buf = sock, bytearray()  # _buf: bytes received, not yet read as frames
+        self._lock, self._ids, self._closed = threading.RLock(), itertools.count(1), None
+        self._consumers = {}   # consume id -> Consumer, until the broker ends it
+        self._async = set()    # ids of acks sent without waiting for their RESULT
+        self._ack_error = None
         self.max_frame = 1 << 20  # until WELCOME says
         self.max_item = 0
 
@@ -216,10 +361,20 @@ class Client:
 
     def close(self):
         """Close the connection (safe twice, and from another thread: a call
-        waiting in it raises Closed). The broker requeues our unacked items."""
+        waiting in it raises Closed). Acknowledgements consumers queued are
+        sent first; the broker requeues our unacked items."""
+        if self._closed is None and self._lock.acquire(timeout=1):
+            try:
+                for s in list(self._consumers.values()):
+                    try:
+                        s._flush_locked()
+                    except QueueError:
+                        pass
+            finally:
+                self._lock.release()
         if self._closed is None:
             self._closed = Closed("client closed")
-        for step in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close, self._rfile.close):
+        for step in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close):
             try:
                 step()
             except OSError:
@@ -285,6 +440,24 @@ class Client:
         at most once). Returns its bytes."""
         return self._get(queue, 1, timeout, True)[0].body
 
+    def consume(self, queue, prefetch=64):
+        """Have the broker push the items of queue to this connection as they
+        come, at most prefetch (1 to 65536) of them unacknowledged: a Consumer
+        to iterate over. Does not wait for the broker; a queue that does not
+        exist makes the first next() raise NoSuchQueue."""
+        if not 1 <= prefetch <= 65536:
+            raise ValueError("prefetch must be 1 to 65536")
+        rid = self._new_id()
+        s = Consumer(self, rid, queue, prefetch)
+        with self._lock:
+            self._consumers[rid] = s
+            try:
+                self._send(encode_consume(rid, queue, prefetch))
+            except BaseException:
+                del self._consumers[rid]
+                raise
+        return s
+
     def ack(self, *deliveries):
         """End deliveries (Delivery objects or ids). Returns how many the broker
         found; raises UnknownDelivery (with .n) if some were not ours."""
@@ -330,37 +503,97 @@ class Client:
     def _request(self, rid, frame):
         """Send one request, return its reply (a decode() tuple)."""
         with self._lock:
-            if self._closed is not None:
-                raise copy.copy(self._closed)
             if len(frame) - 4 > self.max_frame:
                 raise TooLarge(f"request of {len(frame) - 4} bytes, max_frame is {self.max_frame}")
+            self._send(frame)
+            while True:
+                reply = self._io(self._read)
+                if reply[1] == rid:
+                    return reply
+                self._route(reply)
+
+    def _send(self, frame):
+        """Write frames; the caller holds the lock."""
+        if self._closed is not None:
+            raise copy.copy(self._closed)
+        self._io(lambda: self._sock.sendall(frame))
+
+    def _pump(self, timeout):
+        """Read and route one frame, waiting up to timeout s (None: no limit)
+        for it to begin; the caller holds the lock. Raises Timeout if nothing
+        came."""
+        if self._closed is not None:
+            raise copy.copy(self._closed)
+        if timeout is not None and not self._buf:
             try:
-                self._sock.sendall(frame)
-                while True:
-                    reply = self._read()
-                    if reply[1] == rid:
-                        return reply
-                    if reply[0] == "ITEMS":  # a reply nobody waits for: give the items back
-                        ids = [d for d, _, _ in reply[2] if d]
-                        if ids:
-                            self._sock.sendall(encode_ack(0, ids, nack=True))
-            except QueueError:
-                raise
-            except BaseException as e:  # I/O error, or interrupted mid-frame: the stream is lost
-                if self._closed is None:
-                    self._closed = Closed(f"connection lost: {e!r}")
-                self.close()
-                if isinstance(e, (OSError, ValueError)):  # ValueError: read from a closed file
-                    raise copy.copy(self._closed) from e
-                raise
+                ready, _, _ = select.select([self._sock], [], [], max(timeout, 0))
+            except (OSError, ValueError) as e:
+                self._lost(e)
+            if not ready:
+                raise Timeout(f"nothing from the broker within {timeout} s")
+        self._route(self._io(self._read))
+
+    def _route(self, reply):
+        """Take a frame that is not the reply a caller waits for: a consume's
+        pushed items or end, an answer to an ack sent without waiting, or
+        ITEMS nobody waits for any more (given back)."""
+        rid = reply[1]
+        s = self._consumers.get(rid)
+        if s is not None:
+            if reply[0] == "ITEMS":
+                s._push(reply[2])
+            else:
+                del self._consumers[rid]
+                if s._ended is None or s._closed:
+                    s._ended = error_for(reply[2], reply[4], reply[3]) if reply[2] else Closed("consume ended")
+            return
+        if rid in self._async:
+            self._async.discard(rid)
+            if reply[0] == "RESULT" and reply[2] != 0 and self._ack_error is None:
+                self._ack_error = error_for(reply[2], reply[4], reply[3])
+            return
+        if reply[0] == "ITEMS":  # a reply nobody waits for: give the items back
+            ids = [d for d, _, _ in reply[2] if d]
+            if ids:
+                self._io(lambda: self._sock.sendall(encode_ack(0, ids, nack=True)))
+
+    def _io(self, fn):
+        """Run an I/O step: a lost stream closes the client."""
+        try:
+            return fn()
+        except QueueError:
+            raise
+        except BaseException as e:  # I/O error, or interrupted mid-frame: the stream is lost
+            self._lost(e)
+
+    def _lost(self, e):
+        """The stream is lost: close the client and raise Closed (or e itself
+        if it is not an I/O error, e.g. KeyboardInterrupt)."""
+        if self._closed is None:
+            self._closed = Closed(f"connection lost: {e!r}")
+        self.close()
+        if isinstance(e, (OSError, ValueError)):  # ValueError: a closed socket
+            raise copy.copy(self._closed) from e
+        raise e
+
+    def _recv(self, n):
+        """n bytes from the stream (fewer only at its end)."""
+        while len(self._buf) < n:
+            chunk = self._sock.recv(max(65536, n - len(self._buf)))
+            if not chunk:
+                break
+            self._buf += chunk
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
 
     def _read(self):
         """Read and decode one frame; FATAL, EOF or a bad frame close the client and raise."""
-        head = self._rfile.read(5)
+        head = self._recv(5)
         err = self._closed or Closed("connection closed by the broker")
         if len(head) == 5:
             length, ftype = struct.unpack(">IB", head)
-            body = self._rfile.read(length - 1) if 1 <= length <= self.max_frame else None
+            body = self._recv(length - 1) if 1 <= length <= self.max_frame else None
             if body is None:
                 err = ProtocolError(f"frame of {length} bytes from the broker")
             elif len(body) == length - 1:

@@ -27,6 +27,14 @@ ITEMS = h("00 00 00 1b  83  00 00 00 02  00 00 00 01  00 00 00 00 00 00 00 01  0
 ACK = h("00 00 00 11  04  00 00 00 03  00 00 00 01  00 00 00 00 00 00 00 01")
 RESULT3 = h("00 00 00 0c  82  00 00 00 03  00 00  00 00 00 01  00")
 
+# The worked example of CONSUME.
+CONSUME = h("00 00 00 0f  07  00 00 00 04  04 6a 6f 62 73  00 00 00 02  00")
+PUSHED = h("00 00 00 1b  83  00 00 00 04  00 00 00 01  00 00 00 00 00 00 00 02  00 00 00 01  00 00 00 02 68 69")
+ACK5 = h("00 00 00 11  04  00 00 00 05  00 00 00 01  00 00 00 00 00 00 00 02")
+RESULT5 = h("00 00 00 0c  82  00 00 00 05  00 00  00 00 00 01  00")
+CANCEL4 = h("00 00 00 05  06  00 00 00 04")
+CANCELLED4 = h("00 00 00 0c  82  00 00 00 04  00 0a  00 00 00 00  00")
+
 
 class Encoding(unittest.TestCase):
     def test_client_frames(self):
@@ -37,6 +45,9 @@ class Encoding(unittest.TestCase):
         self.assertEqual(gq.encode_ack(3, [1], nack=True), b"\x00\x00\x00\x11\x05" + ACK[5:])
         self.assertEqual(gq.encode_get(2, 0, "jobs", 7, True)[-5:], b"\x00\x00\x00\x07\x01")
         self.assertEqual(gq.encode_cancel(9), h("00 00 00 05 06 00 00 00 09"))
+        self.assertEqual(gq.encode_consume(4, "jobs", 2), CONSUME)
+        self.assertEqual(gq.encode_ack(5, [2]), ACK5)
+        self.assertEqual(gq.encode_cancel(4), CANCEL4)
 
     def test_broker_frames(self):
         self.assertEqual(gq.decode(WELCOME[4], WELCOME[5:]), ("WELCOME", 1, 1 << 20, (1 << 20) - 64))
@@ -112,6 +123,31 @@ class ScriptedPeer(unittest.TestCase):
             self.assertEqual(d.ack(), 1)
         self.thread.join(5)
         self.assertEqual(self.failures, [])
+
+    def test_consume_worked_example(self):
+        path = self.serve([(HELLO, WELCOME), (PUT, RESULT1), (GET, ITEMS), (ACK, RESULT3),
+                           (CONSUME, PUSHED), (ACK5 + CANCEL4, RESULT5 + CANCELLED4)])
+        with gq.Client.connect(path, timeout=5, name="workr") as c:
+            c.put("jobs", b"hi")
+            c.get("jobs", timeout=1).ack()
+            s = c.consume("jobs", prefetch=2)
+            d = s.next(timeout=1)
+            self.assertEqual((d.queue, d.id, d.deliveries, d.body), ("jobs", 2, 1, b"hi"))
+            d.ack()           # queued: nothing written yet
+            s.close()         # the ack goes out, then CANCEL
+            with self.assertRaises(gq.Cancelled):
+                s.next(timeout=1)
+            self.assertEqual(list(s), [])  # iteration ends once closed
+        self.thread.join(5)
+        self.assertEqual(self.failures, [])
+
+    def test_consume_next_timeout(self):
+        path = self.serve([(HELLO, WELCOME), (CONSUME, b"")])
+        with gq.Client.connect(path, timeout=5, name="workr") as c:
+            c._ids = iter(range(4, 100))  # the consume gets id 4, as in the example
+            s = c.consume("jobs", prefetch=2)
+            with self.assertRaises(gq.Timeout):
+                s.next(timeout=0.1)
 
     def test_replies_matched_by_id(self):
         # A stray ITEMS (id 77) before the awaited reply is NACKed, then the
