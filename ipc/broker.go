@@ -3,6 +3,7 @@ package ipc
 import (
 	"bufio"
 	"cmp"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -468,9 +470,21 @@ type conn struct {
 	quitOnce   sync.Once
 	writerDone chan struct{}
 
-	mu       sync.Mutex
-	outbox   []outMsg
-	spare    []outMsg
+	// writeMu is held by whoever writes to nc: the writer goroutine, or
+	// the reader writing its own replies (flushInline). wbuf and wenc are
+	// the writer's state: bytes encoded and not yet written, and the
+	// auto-ack replies among them (acked once written, rule 5).
+	writeMu sync.Mutex
+	wbuf    []byte
+	wenc    []outMsg
+
+	mu     sync.Mutex
+	outbox []outMsg
+	spare  []outMsg
+	// handling: the reader is carrying out requests it read and will write
+	// the replies queued meanwhile itself (flushInline), so queueing one
+	// does not wake the writer.
+	handling bool
 	closed   bool     // cleanup took the in-flight items: deliver nothing more
 	fatalSet bool     // a FATAL is in the outbox: nothing else is read or sent
 	unsent   []outMsg // auto-ack replies the writer took but did not write
@@ -532,8 +546,11 @@ func (c *conn) signal(ch chan struct{}) {
 func (c *conn) reply(id uint32, status uint16, n uint32, message string) {
 	c.mu.Lock()
 	c.outbox = append(c.outbox, outMsg{kind: msgResult, id: id, status: status, n: n, message: message})
+	wake := !c.handling
 	c.mu.Unlock()
-	c.signal(c.wake)
+	if wake {
+		c.signal(c.wake)
+	}
 }
 
 // deliver queues an ITEMS reply and, without auto-ack, records the items
@@ -553,8 +570,11 @@ func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck 
 		}
 	}
 	c.outbox = append(c.outbox, outMsg{kind: msgItems, id: id, q: q, items: items, first: first, autoAck: autoAck})
+	wake := !c.handling
 	c.mu.Unlock()
-	c.signal(c.wake)
+	if wake {
+		c.signal(c.wake)
+	}
 	return true
 }
 
@@ -722,9 +742,13 @@ func (c *conn) readLoop(br *bufio.Reader) {
 	for {
 		payload, err := fr.read(c.b.maxFrame, keepPut)
 		if err == nil {
+			c.mu.Lock()
+			c.handling = true
+			c.mu.Unlock()
 			err = c.handle(payload)
 		}
 		if err != nil {
+			c.endHandling(true)
 			var ne net.Error
 			switch {
 			case errors.Is(err, errBadFrame):
@@ -740,6 +764,12 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			}
 			return
 		}
+		// The replies go out now, unless a whole request more is read
+		// already: pipelined requests' replies go out together. The reader
+		// never waits for the socket with handling set.
+		if !frameBuffered(br) {
+			c.flushInline()
+		}
 		// Flow control: let the writer catch up, and waiting requests be
 		// answered, before reading more.
 		for {
@@ -753,6 +783,7 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			if n < maxOutbox && !waits {
 				break
 			}
+			c.endHandling(true)
 			select {
 			case <-c.drained:
 			case <-c.unwaited:
@@ -761,6 +792,17 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			}
 		}
 	}
+}
+
+// frameBuffered reports whether br holds a whole frame, which reading will
+// not wait for.
+func frameBuffered(br *bufio.Reader) bool {
+	n := br.Buffered()
+	if n < frameHeaderLen {
+		return false
+	}
+	head, err := br.Peek(frameHeaderLen)
+	return err == nil && int64(n) >= frameHeaderLen+int64(binary.BigEndian.Uint32(head))
 }
 
 // handle carries out one request. An error is a protocol violation.
@@ -892,39 +934,52 @@ func requeueGrouped(n int, at func(int) (*queue, item)) {
 	}
 }
 
-// writeLoop encodes the outbox and writes it, as much as has accumulated
-// per system call, until the connection ends or a FATAL is written.
+// Writing. Replies reach the socket two ways, under writeMu:
+//
+//   - the reader writes its own connection's replies itself, after the
+//     requests it has read (flushInline), when it can do so without blocking:
+//     one goroutine hand-off less on the path of a request answered at once;
+//   - the writer goroutine writes everything else: replies other goroutines
+//     queue (a PUT of another connection answering a waiting GET, a timer),
+//     what the socket would not take at once, big bodies, and FATAL.
 //
 // An auto-ack item leaves the broker only once its ITEMS frame is written
-// (rule 5): the writer acks it after the write that carried its last byte.
-// When the writer stops part-way (a write fails, or a FATAL ends the
-// connection), the auto-ack replies it took but did not write go to
-// c.unsent, and cleanup requeues them with the rest of what the connection
-// held. A failed write may have sent part of a frame; the client cannot
-// decode a partial frame, so that item counts as not written.
+// (rule 5): it is acked after the write that carried its last byte. When
+// the writer stops part-way (a write fails, or a FATAL ends the connection),
+// the auto-ack replies taken but not written go to c.unsent, and cleanup
+// requeues them with the rest of what the connection held. A failed write
+// may have sent part of a frame; the client cannot decode a partial frame,
+// so that item counts as not written.
+
+// writeLoop is the writer goroutine: it writes what it is woken for until
+// the connection ends or a FATAL is written.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
 	defer c.nc.Close() // wakes the reader if the writer stops first
-	var buf []byte
-	var encoded []outMsg // auto-ack replies encoded and not all written yet
-	write := func() error {
-		if len(buf) > 0 {
-			_, err := c.nc.Write(buf)
-			buf = buf[:0]
-			if err != nil {
-				return err
-			}
+	for {
+		select {
+		case <-c.wake:
+		case <-c.quit:
+			return
 		}
-		for i := range encoded {
-			encoded[i].q.ack(len(encoded[i].items)) // rule 5: gone once written
+		c.writeMu.Lock()
+		stop := c.writeAll()
+		c.writeMu.Unlock()
+		if stop {
+			return
 		}
-		clear(encoded)
-		encoded = encoded[:0]
-		return nil
 	}
+}
+
+// writeAll encodes the outbox and writes it, blocking, as much as has
+// accumulated per system call, after what an earlier write left. It
+// reports whether the writer must stop: a write failed, or a FATAL went
+// out. Called with writeMu held.
+func (c *conn) writeAll() (stop bool) {
 	var unsent []outMsg // auto-ack replies taken from the outbox, not encoded
 	handBack := func() {
-		all := slices.Concat(encoded, unsent)
+		all := slices.Concat(c.wenc, unsent)
+		c.wenc = c.wenc[:0]
 		if len(all) == 0 {
 			return
 		}
@@ -932,85 +987,229 @@ func (c *conn) writeLoop() {
 		c.unsent = append(c.unsent, all...)
 		c.mu.Unlock()
 	}
-	for {
-		select {
-		case <-c.wake:
-		case <-c.quit:
-			return
-		}
-		fatal := false
-		for !fatal && len(buf) < writeChunk {
+	write := func() error {
+		_, err := c.writeBuffered(true)
+		return err
+	}
+	if err := write(); err != nil {
+		c.log.Debug("queue client connection: write failed", zap.Error(err))
+		handBack()
+		return true
+	}
+	fatal := false
+	for !fatal {
+		c.mu.Lock()
+		batch := c.outbox
+		c.outbox, c.spare = c.spare[:0], nil
+		c.mu.Unlock()
+		c.signal(c.drained)
+		if len(batch) == 0 {
 			c.mu.Lock()
-			batch := c.outbox
-			c.outbox, c.spare = c.spare[:0], nil
+			c.spare = batch
 			c.mu.Unlock()
-			c.signal(c.drained)
-			if len(batch) == 0 {
-				c.mu.Lock()
-				c.spare = batch
-				c.mu.Unlock()
+			break
+		}
+		var err error
+		rest := len(batch) // batch[rest:] was not encoded
+		for i := range batch {
+			m := &batch[i]
+			switch m.kind {
+			case msgResult:
+				c.wbuf = appendResult(c.wbuf, &resultFrame{ID: m.id, Status: m.status, N: m.n, Message: m.message})
+			case msgFatal:
+				c.wbuf = appendFatal(c.wbuf, &fatalFrame{Status: m.status, Message: m.message})
+				fatal = true
+			case msgItems:
+				err = c.encodeItems(&c.wbuf, m, write)
+				if err == nil && m.autoAck {
+					c.wenc = append(c.wenc, *m)
+				}
+			}
+			if err != nil {
+				rest = i
 				break
 			}
-			var err error
-			rest := len(batch) // batch[rest:] was not encoded
-			for i := range batch {
-				m := &batch[i]
-				switch m.kind {
-				case msgResult:
-					buf = appendResult(buf, &resultFrame{ID: m.id, Status: m.status, N: m.n, Message: m.message})
-				case msgFatal:
-					buf = appendFatal(buf, &fatalFrame{Status: m.status, Message: m.message})
-					fatal = true
-				case msgItems:
-					err = c.encodeItems(&buf, m, write)
-					if err == nil && m.autoAck {
-						encoded = append(encoded, *m)
-					}
-				}
-				if err != nil {
-					rest = i
-					break
-				}
-				if len(buf) >= writeChunk {
-					err = write()
-				}
-				if err != nil || fatal {
-					rest = i + 1
-					break
-				}
+			if len(c.wbuf) >= writeChunk {
+				err = write()
 			}
-			for _, m := range batch[rest:] {
-				if m.kind == msgItems && m.autoAck {
-					unsent = append(unsent, m)
-				}
-			}
-			clear(batch)
-			c.mu.Lock()
-			c.spare = batch[:0]
-			c.mu.Unlock()
-			if err != nil {
-				c.log.Debug("queue client connection: write failed", zap.Error(err))
-				handBack()
-				return
+			if err != nil || fatal {
+				rest = i + 1
+				break
 			}
 		}
-		if err := write(); err != nil {
+		for _, m := range batch[rest:] {
+			if m.kind == msgItems && m.autoAck {
+				unsent = append(unsent, m)
+			}
+		}
+		clear(batch)
+		c.mu.Lock()
+		c.spare = batch[:0]
+		c.mu.Unlock()
+		if err != nil {
 			c.log.Debug("queue client connection: write failed", zap.Error(err))
 			handBack()
-			return
+			return true
 		}
-		if fatal {
-			handBack()
-			if uc, ok := c.nc.(*net.UnixConn); ok {
-				uc.CloseWrite()
+	}
+	if err := write(); err != nil {
+		c.log.Debug("queue client connection: write failed", zap.Error(err))
+		handBack()
+		return true
+	}
+	if fatal {
+		handBack()
+		if uc, ok := c.nc.(*net.UnixConn); ok {
+			uc.CloseWrite()
+		}
+		return true
+	}
+	return false
+}
+
+// flushInline is the reader's write of its connection's replies, once it
+// has carried out the requests it had read: when nobody else writes, what
+// the outbox holds is small replies only, and the socket takes it all at
+// once, they go out from here, waking no other goroutine. Anything else is
+// left to the writer goroutine, which it wakes. It also ends the reader's
+// handling (see conn.handling).
+func (c *conn) flushInline() {
+	if !c.writeMu.TryLock() {
+		c.endHandling(true)
+		return
+	}
+	defer c.writeMu.Unlock()
+	c.mu.Lock()
+	c.handling = false
+	if len(c.outbox) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	if c.fatalSet || len(c.wbuf) > 0 || !inlineable(c.outbox) {
+		c.mu.Unlock()
+		c.signal(c.wake)
+		return
+	}
+	batch := c.outbox
+	c.outbox, c.spare = c.spare[:0], nil
+	c.mu.Unlock()
+	c.signal(c.drained)
+	for i := range batch {
+		m := &batch[i]
+		switch m.kind {
+		case msgResult:
+			c.wbuf = appendResult(c.wbuf, &resultFrame{ID: m.id, Status: m.status, N: m.n, Message: m.message})
+		case msgItems:
+			c.encodeItems(&c.wbuf, m, nil) //nolint:errcheck // no big body (inlineable): it writes nothing
+			if m.autoAck {
+				c.wenc = append(c.wenc, *m)
 			}
-			return
 		}
+	}
+	clear(batch)
+	c.mu.Lock()
+	c.spare = batch[:0]
+	c.mu.Unlock()
+	if complete, err := c.writeBuffered(false); err != nil || !complete {
+		// The rest, or the failure (a write error ends the writer, which
+		// hands back what was not written), is the writer's.
+		c.signal(c.wake)
 	}
 }
 
+// endHandling ends the reader's handling: replies queued from now on wake
+// the writer; with wake, the writer is woken for what is queued already.
+func (c *conn) endHandling(wake bool) {
+	c.mu.Lock()
+	c.handling = false
+	queued := len(c.outbox) > 0
+	c.mu.Unlock()
+	if wake && queued {
+		c.signal(c.wake)
+	}
+}
+
+// inlineable reports whether the reader may write msgs itself: results and
+// ITEMS without a big body (those are written from their own buffers, which
+// takes blocking writes), and no FATAL.
+func inlineable(msgs []outMsg) bool {
+	for i := range msgs {
+		switch msgs[i].kind {
+		case msgFatal:
+			return false
+		case msgItems:
+			for _, it := range msgs[i].items {
+				if len(it.body) >= bigBody {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// writeBuffered writes c.wbuf, keeping what is not written; with block
+// false only what the socket takes at once. When all of it is written, the
+// auto-ack replies in it are acked (rule 5) and it reports complete.
+// Called with writeMu held.
+func (c *conn) writeBuffered(block bool) (complete bool, err error) {
+	if len(c.wbuf) > 0 {
+		var n int
+		if block {
+			n, err = c.nc.Write(c.wbuf)
+		} else {
+			n, err = c.tryWrite(c.wbuf)
+		}
+		c.wbuf = c.wbuf[:copy(c.wbuf, c.wbuf[n:])]
+		if err != nil || len(c.wbuf) > 0 {
+			return false, err
+		}
+	}
+	for i := range c.wenc {
+		c.wenc[i].q.ack(len(c.wenc[i].items)) // rule 5: gone once written
+	}
+	clear(c.wenc)
+	c.wenc = c.wenc[:0]
+	return true, nil
+}
+
+// tryWrite writes what the socket takes of b now, without waiting for
+// room: one write(2) on the connection's non-blocking descriptor.
+func (c *conn) tryWrite(b []byte) (int, error) {
+	sc, ok := c.nc.(syscall.Conn)
+	if !ok {
+		return c.nc.Write(b) // not a socket with a descriptor (tests' pipes)
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var n int
+	var werr error
+	err = rc.Write(func(fd uintptr) bool {
+		for {
+			n, werr = unix.Write(int(fd), b)
+			if werr != unix.EINTR {
+				break
+			}
+		}
+		if werr == unix.EAGAIN {
+			n, werr = 0, nil
+		}
+		return true // never wait for room: the writer goroutine will
+	})
+	if n < 0 {
+		n = 0
+	}
+	if err == nil {
+		err = werr
+	}
+	return n, err
+}
+
 // encodeItems appends an ITEMS frame to *buf; a big body is written from
-// its own buffer instead of being copied.
+// its own buffer instead of being copied (write, which writes *buf, is
+// called first; it is nil for messages without a big body).
 func (c *conn) encodeItems(buf *[]byte, m *outMsg, write func() error) error {
 	size := itemsFixedLen
 	for i := range m.items {
