@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -728,8 +727,6 @@ func TestIPCHelperProcess(t *testing.T) {
 			c.Close()
 			fmt.Println("WELCOME")
 		}
-	case "raw-sink", "raw-echo":
-		rawPeer(os.Getenv(helperEnv), os.Getenv(EnvSocket))
 	}
 	os.Exit(0)
 }
@@ -1046,44 +1043,6 @@ func bytesOf(c byte, n int) []byte {
 		b[i] = c
 	}
 	return b
-}
-
-// rawPeer is the other process of the raw socket baseline (bench_test.go):
-// it connects to path and either reads frames as fast as they come
-// ("raw-sink", replying one byte at the end) or sends each frame back
-// ("raw-echo").
-func rawPeer(mode, path string) {
-	nc, err := net.Dial("unix", path)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	defer nc.Close()
-	r := bufio.NewReaderSize(nc, 256<<10)
-	w := bufio.NewWriterSize(nc, 256<<10)
-	var hdr [4]byte
-	buf := make([]byte, 1<<20)
-	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return
-		}
-		n := int(hdr[0])<<24 | int(hdr[1])<<16 | int(hdr[2])<<8 | int(hdr[3])
-		if n == 0 { // end of a sink run
-			w.WriteByte(1)
-			w.Flush()
-			continue
-		}
-		if _, err := io.ReadFull(r, buf[:n]); err != nil {
-			return
-		}
-		if mode == "raw-echo" {
-			w.Write(hdr[:])
-			w.Write(buf[:n])
-			if r.Buffered() == 0 {
-				w.Flush()
-			}
-		}
-	}
 }
 
 // A consumer that stops reading its socket holds up nobody else: the items
