@@ -204,9 +204,13 @@ func TestWorkerExitCodes(t *testing.T) {
 func TestRegisterRejectsProgrammingErrors(t *testing.T) {
 	f := func(service.Worker) (service.Service, error) { return nil, nil }
 	for name, register := range map[string]func(*service.Registry){
-		"bad name":  func(r *service.Registry) { r.Register("9x", f) },
-		"nil":       func(r *service.Registry) { r.Register("x", nil) },
-		"duplicate": func(r *service.Registry) { r.Register("x", f); r.Register("x", f) },
+		"bad name":   func(r *service.Registry) { r.Register("9x", f) },
+		"empty":      func(r *service.Registry) { r.Register("", f) },
+		"dot":        func(r *service.Registry) { r.Register("a.b", f) },
+		"dash first": func(r *service.Registry) { r.Register("-a", f) },
+		"64 bytes":   func(r *service.Registry) { r.Register("a"+strings.Repeat("b", 63), f) },
+		"nil":        func(r *service.Registry) { r.Register("x", nil) },
+		"duplicate":  func(r *service.Registry) { r.Register("x", f); r.Register("x", f) },
 	} {
 		func() {
 			defer func() {
@@ -216,6 +220,9 @@ func TestRegisterRejectsProgrammingErrors(t *testing.T) {
 			}()
 			register(service.NewRegistry())
 		}()
+	}
+	for _, good := range []string{"a", "Printer_2", "a-b", "a" + strings.Repeat("b", 62)} {
+		service.NewRegistry().Register(good, f) // panics if refused
 	}
 	r := service.NewRegistry()
 	r.Register("b", f)

@@ -23,8 +23,9 @@
 //	gotyledon_queue_acked_total{queue}             counter  items acked (auto-ack items when written out)
 //	gotyledon_queue_redelivered_total{queue}       counter  items handed out again after a NACK or a closed connection
 //
-// Plus the manager process's own go_* (goroutines, memory, GC) and
-// process_* (open fds, RSS, CPU) metrics. Counters count since the manager
+// Plus the manager process's own go_* (goroutines, threads, memory, GC) and
+// process_* (CPU, memory, open and maximum fds, start time) metrics, with
+// the names, help and types of Prometheus's Go client (see runtime.go). Counters count since the manager
 // started and survive reloads. If the supervisor does not answer (within
 // 5 s, or because it has stopped), a scrape has no gotyledon_workers_*,
 // gotyledon_worker_*, gotyledon_reloads_total, gotyledon_last_reload_*,
@@ -33,13 +34,15 @@
 package metrics
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
+	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.uber.org/zap"
 
 	"github.com/gotyledon/gotyledon/ipc"
@@ -50,185 +53,197 @@ import (
 // Status.
 const metricsStatusTimeout = 5 * time.Second
 
+// Limits of the handler: scrapes served at once (each asks the
+// supervisor's loop for a Status, and the TCP listener takes anyone who
+// can reach it), and how long one may take.
+const (
+	maxScrapesInFlight = 4
+	scrapeTimeout      = 10 * time.Second
+)
+
 // NewHandler returns the handler of GET /metrics: the manager's figures in
 // Prometheus's text format, taken at each scrape from status (the
 // supervisor's loop) and queues (the broker; nil when there is none). At
-// most 4 scrapes are served at once.
+// most 4 scrapes are served at once (a fifth gets 503 at once), and one
+// that takes more than 10 s gets 503; the answer is gzipped when the
+// scraper accepts it, as Prometheus does.
 func NewHandler(status func(context.Context) (supervisor.Status, error), queues func() []ipc.QueueStats, log *zap.Logger) http.Handler {
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(
-		&supervisorCollector{status: status, log: log, d: newSupervisorDescs()},
-		collectors.NewGoCollector(),
-		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
-	)
-	if queues != nil {
-		reg.MustRegister(&queueCollector{stats: queues, d: newQueueDescs()})
+	h := &handler{
+		status:   status,
+		queues:   queues,
+		log:      log,
+		inFlight: make(chan struct{}, maxScrapesInFlight),
 	}
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
-		ErrorLog: zap.NewStdLog(log.With(zap.String("handler", "metrics"))),
-		// A collector that fails (the process collector cannot read /proc,
-		// say) should not hide the figures of the others.
-		ErrorHandling: promhttp.ContinueOnError,
-		// Each scrape asks the supervisor's loop for a Status: a burst of
-		// scrapes (the TCP listener takes anyone who can reach it) must
-		// not queue an unbounded number of them.
-		MaxRequestsInFlight: 4,
-		Timeout:             10 * time.Second,
-	})
+	return http.TimeoutHandler(h, scrapeTimeout, fmt.Sprintf("Exceeded configured timeout of %v.\n", scrapeTimeout))
 }
 
-const metricsNamespace = "gotyledon"
-
-func newDesc(name, help string, labels ...string) *prometheus.Desc {
-	return prometheus.NewDesc(prometheus.BuildFQName(metricsNamespace, "", name), help, labels, nil)
+type handler struct {
+	status   func(context.Context) (supervisor.Status, error)
+	queues   func() []ipc.QueueStats
+	log      *zap.Logger
+	inFlight chan struct{} // a token per scrape being served
 }
 
-// supervisorDescs describe the figures of a supervisor.Status.
-type supervisorDescs struct {
-	desired, configured, running, backoff *prometheus.Desc
-	restarts, exits, reloads              *prometheus.Desc
-	lastReloadSuccess, lastReloadTime     *prometheus.Desc
-	ready, stopping                       *prometheus.Desc
-}
-
-func newSupervisorDescs() supervisorDescs {
-	return supervisorDescs{
-		desired: newDesc("workers_desired",
-			"Workers the manager keeps running now: the file's count, or the count of a later reconfigure until the next reload.", "service"),
-		configured: newDesc("workers_configured",
-			"Workers the configuration file asks for.", "service"),
-		running: newDesc("workers_running",
-			"Workers whose process is up and not stopping.", "service"),
-		backoff: newDesc("workers_backoff",
-			"Worker slots waiting out a restart delay after their process exited.", "service"),
-		restarts: newDesc("worker_restarts_total",
-			"Processes started to replace one that exited on its own, since the manager started.", "service"),
-		exits: newDesc("worker_exits_total",
-			"Worker processes that ended since the manager started, by reason: stopped (asked to by the manager), clean (exit code 0), error (non-zero exit code), signal (a signal the manager did not send), start_failed (could not be started).", "service", "reason"),
-		reloads: newDesc("reloads_total",
-			"Reloads of the configuration since the manager started, by result: ok (applied) or failed (nothing changed).", "result"),
-		lastReloadSuccess: newDesc("last_reload_success",
-			"1 if the newest reload was applied, 0 if it failed; absent before the first reload."),
-		lastReloadTime: newDesc("last_reload_timestamp_seconds",
-			"When the newest reload happened, in seconds since the Unix epoch; absent before the first reload."),
-		ready: newDesc("ready",
-			"1 once every worker's first start has been answered (started, or failed and put in backoff), else 0."),
-		stopping: newDesc("stopping",
-			"1 while a shutdown is under way, else 0."),
-	}
-}
-
-// queueDescs describe the figures of an ipc.QueueStats.
-type queueDescs struct {
-	depth, inFlight, capacity          *prometheus.Desc
-	put, delivered, acked, redelivered *prometheus.Desc
-}
-
-func newQueueDescs() queueDescs {
-	return queueDescs{
-		depth: newDesc("queue_depth",
-			"Items waiting in the queue.", "queue"),
-		inFlight: newDesc("queue_in_flight",
-			"Items handed out and not yet acked or requeued.", "queue"),
-		capacity: newDesc("queue_capacity",
-			"Most items the queue holds waiting (items in flight do not count).", "queue"),
-		put: newDesc("queue_put_total",
-			"Items accepted by PUTs since the broker started.", "queue"),
-		delivered: newDesc("queue_delivered_total",
-			"Items handed out since the broker started; a redelivery counts again.", "queue"),
-		acked: newDesc("queue_acked_total",
-			"Items acked since the broker started; auto-ack items count when written out.", "queue"),
-		redelivered: newDesc("queue_redelivered_total",
-			"Items handed out again after a NACK or a closed connection, since the broker started.", "queue"),
-	}
-}
-
-// supervisorCollector takes one Status per scrape.
-type supervisorCollector struct {
-	status func(context.Context) (supervisor.Status, error)
-	log    *zap.Logger
-	d      supervisorDescs
-}
-
-func (c *supervisorCollector) Describe(ch chan<- *prometheus.Desc) {
-	d := &c.d
-	for _, desc := range []*prometheus.Desc{
-		d.desired, d.configured, d.running, d.backoff, d.restarts, d.exits, d.reloads,
-		d.lastReloadSuccess, d.lastReloadTime, d.ready, d.stopping,
-	} {
-		ch <- desc
-	}
-}
-
-func (c *supervisorCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), metricsStatusTimeout)
-	defer cancel()
-	st, err := c.status(ctx)
-	if err != nil {
-		c.log.Warn("metrics: the supervisor's figures are left out of this scrape", zap.Error(err))
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	select {
+	case h.inFlight <- struct{}{}:
+		defer func() { <-h.inFlight }()
+	default:
+		http.Error(w, fmt.Sprintf("Limit of concurrent requests reached (%d), try again later.", maxScrapesInFlight), http.StatusServiceUnavailable)
 		return
 	}
-	d := &c.d
-	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	var body bytes.Buffer
+	if err := writeText(&body, h.gather(r.Context())); err != nil {
+		http.Error(w, "metrics: "+err.Error(), http.StatusInternalServerError)
+		return
 	}
-	counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), labels...)
+	w.Header().Set("Content-Type", contentType)
+	if acceptsGzip(r.Header.Get("Accept-Encoding")) {
+		w.Header().Set("Content-Encoding", "gzip")
+		w.Header().Add("Vary", "Accept-Encoding")
+		zw := gzip.NewWriter(w)
+		_, _ = body.WriteTo(zw)
+		_ = zw.Close()
+		return
 	}
+	w.Header().Set("Content-Length", strconv.Itoa(body.Len()))
+	_, _ = body.WriteTo(w)
+}
+
+// acceptsGzip reports whether an Accept-Encoding header allows gzip.
+func acceptsGzip(header string) bool {
+	for _, part := range strings.Split(header, ",") {
+		coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(coding), "gzip") {
+			continue
+		}
+		q, ok := strings.CutPrefix(strings.ReplaceAll(params, " ", ""), "q=")
+		if !ok {
+			return true
+		}
+		v, err := strconv.ParseFloat(q, 64)
+		return err == nil && v > 0
+	}
+	return false
+}
+
+// gather takes the figures of one scrape. A part that fails is left out
+// and logged; the others are still served.
+func (h *handler) gather(ctx context.Context) []*family {
+	var fams []*family
+	ctx, cancel := context.WithTimeout(ctx, metricsStatusTimeout)
+	defer cancel()
+	if st, err := h.status(ctx); err != nil {
+		h.log.Warn("metrics: the supervisor's figures are left out of this scrape", zap.Error(err))
+	} else {
+		fams = append(fams, supervisorFamilies(st)...)
+	}
+	if h.queues != nil {
+		fams = append(fams, queueFamilies(h.queues())...)
+	}
+	fams = append(fams, goFamilies()...)
+	proc, err := processFamilies()
+	if err != nil {
+		h.log.Warn("metrics: some process_* figures are left out of this scrape", zap.Error(err))
+	}
+	return append(fams, proc...)
+}
+
+const metricsNamespace = "gotyledon_"
+
+func gotyledonDesc(name, help string, typ metricType, labels ...string) desc {
+	return newDesc(metricsNamespace+name, help, typ, labels...)
+}
+
+// The families of a supervisor.Status.
+var (
+	workersDesired = gotyledonDesc("workers_desired",
+		"Workers the manager keeps running now: the file's count, or the count of a later reconfigure until the next reload.", gaugeType, "service")
+	workersConfigured = gotyledonDesc("workers_configured",
+		"Workers the configuration file asks for.", gaugeType, "service")
+	workersRunning = gotyledonDesc("workers_running",
+		"Workers whose process is up and not stopping.", gaugeType, "service")
+	workersBackoff = gotyledonDesc("workers_backoff",
+		"Worker slots waiting out a restart delay after their process exited.", gaugeType, "service")
+	workerRestarts = gotyledonDesc("worker_restarts_total",
+		"Processes started to replace one that exited on its own, since the manager started.", counterType, "service")
+	workerExits = gotyledonDesc("worker_exits_total",
+		"Worker processes that ended since the manager started, by reason: stopped (asked to by the manager), clean (exit code 0), error (non-zero exit code), signal (a signal the manager did not send), start_failed (could not be started).", counterType, "service", "reason")
+	reloads = gotyledonDesc("reloads_total",
+		"Reloads of the configuration since the manager started, by result: ok (applied) or failed (nothing changed).", counterType, "result")
+	lastReloadSuccess = gotyledonDesc("last_reload_success",
+		"1 if the newest reload was applied, 0 if it failed; absent before the first reload.", gaugeType)
+	lastReloadTime = gotyledonDesc("last_reload_timestamp_seconds",
+		"When the newest reload happened, in seconds since the Unix epoch; absent before the first reload.", gaugeType)
+	ready = gotyledonDesc("ready",
+		"1 once every worker's first start has been answered (started, or failed and put in backoff), else 0.", gaugeType)
+	stopping = gotyledonDesc("stopping",
+		"1 while a shutdown is under way, else 0.", gaugeType)
+)
+
+// The families of the broker's ipc.QueueStats.
+var (
+	queueDepth = gotyledonDesc("queue_depth",
+		"Items waiting in the queue.", gaugeType, "queue")
+	queueInFlight = gotyledonDesc("queue_in_flight",
+		"Items handed out and not yet acked or requeued.", gaugeType, "queue")
+	queueCapacity = gotyledonDesc("queue_capacity",
+		"Most items the queue holds waiting (items in flight do not count).", gaugeType, "queue")
+	queuePut = gotyledonDesc("queue_put_total",
+		"Items accepted by PUTs since the broker started.", counterType, "queue")
+	queueDelivered = gotyledonDesc("queue_delivered_total",
+		"Items handed out since the broker started; a redelivery counts again.", counterType, "queue")
+	queueAcked = gotyledonDesc("queue_acked_total",
+		"Items acked since the broker started; auto-ack items count when written out.", counterType, "queue")
+	queueRedelivered = gotyledonDesc("queue_redelivered_total",
+		"Items handed out again after a NACK or a closed connection, since the broker started.", counterType, "queue")
+)
+
+// supervisorFamilies are the figures of st.
+func supervisorFamilies(st supervisor.Status) []*family {
+	desired, configured := &family{desc: workersDesired}, &family{desc: workersConfigured}
+	running, backoff := &family{desc: workersRunning}, &family{desc: workersBackoff}
+	restarts, exits := &family{desc: workerRestarts}, &family{desc: workerExits}
 	for _, s := range st.Services {
-		gauge(d.desired, float64(s.Desired), s.Name)
-		gauge(d.configured, float64(s.Configured), s.Name)
-		gauge(d.running, float64(s.Running), s.Name)
-		gauge(d.backoff, float64(s.Backoff), s.Name)
-		counter(d.restarts, s.Counters.Restarts, s.Name)
+		desired.add(float64(s.Desired), s.Name)
+		configured.add(float64(s.Configured), s.Name)
+		running.add(float64(s.Running), s.Name)
+		backoff.add(float64(s.Backoff), s.Name)
+		restarts.add(float64(s.Counters.Restarts), s.Name)
 		// Every reason, zeros too, so that rate() works from the first
 		// scrape; a nil map reads 0.
 		for _, r := range supervisor.ExitReasons {
-			counter(d.exits, s.Counters.Exits[r], s.Name, string(r))
+			exits.add(float64(s.Counters.Exits[r]), s.Name, string(r))
 		}
 	}
-	counter(d.reloads, st.ReloadsOK, "ok")
-	counter(d.reloads, st.ReloadsFailed, "failed")
+	rl := &family{desc: reloads}
+	rl.add(float64(st.ReloadsOK), "ok")
+	rl.add(float64(st.ReloadsFailed), "failed")
+	fams := []*family{desired, configured, running, backoff, restarts, exits, rl,
+		one(ready, boolValue(st.Ready)), one(stopping, boolValue(st.Stopping))}
 	if r := st.LastReload; r != nil {
-		gauge(d.lastReloadSuccess, boolValue(r.Error == ""))
-		gauge(d.lastReloadTime, float64(r.At.UnixNano())/1e9)
+		fams = append(fams,
+			one(lastReloadSuccess, boolValue(r.Error == "")),
+			one(lastReloadTime, float64(r.At.UnixNano())/1e9))
 	}
-	gauge(d.ready, boolValue(st.Ready))
-	gauge(d.stopping, boolValue(st.Stopping))
+	return fams
 }
 
-// queueCollector takes the broker's queue stats once per scrape.
-type queueCollector struct {
-	stats func() []ipc.QueueStats
-	d     queueDescs
-}
-
-func (c *queueCollector) Describe(ch chan<- *prometheus.Desc) {
-	d := &c.d
-	for _, desc := range []*prometheus.Desc{
-		d.depth, d.inFlight, d.capacity, d.put, d.delivered, d.acked, d.redelivered,
-	} {
-		ch <- desc
+// queueFamilies are the figures of the broker's queues.
+func queueFamilies(stats []ipc.QueueStats) []*family {
+	depth, inFlight, capacity := &family{desc: queueDepth}, &family{desc: queueInFlight}, &family{desc: queueCapacity}
+	put, delivered := &family{desc: queuePut}, &family{desc: queueDelivered}
+	acked, redelivered := &family{desc: queueAcked}, &family{desc: queueRedelivered}
+	for _, q := range stats {
+		depth.add(float64(q.Depth), q.Name)
+		inFlight.add(float64(q.InFlight), q.Name)
+		capacity.add(float64(q.Capacity), q.Name)
+		put.add(float64(q.Put), q.Name)
+		delivered.add(float64(q.Delivered), q.Name)
+		acked.add(float64(q.Acked), q.Name)
+		redelivered.add(float64(q.Redelivered), q.Name)
 	}
-}
-
-func (c *queueCollector) Collect(ch chan<- prometheus.Metric) {
-	d := &c.d
-	gauge := func(desc *prometheus.Desc, v int, queue string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, float64(v), queue)
-	}
-	counter := func(desc *prometheus.Desc, v uint64, queue string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), queue)
-	}
-	for _, q := range c.stats() {
-		gauge(d.depth, q.Depth, q.Name)
-		gauge(d.inFlight, q.InFlight, q.Name)
-		gauge(d.capacity, q.Capacity, q.Name)
-		counter(d.put, q.Put, q.Name)
-		counter(d.delivered, q.Delivered, q.Name)
-		counter(d.acked, q.Acked, q.Name)
-		counter(d.redelivered, q.Redelivered, q.Name)
-	}
+	return []*family{depth, inFlight, capacity, put, delivered, acked, redelivered}
 }
 
 func boolValue(b bool) float64 {

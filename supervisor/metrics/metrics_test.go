@@ -1,17 +1,23 @@
 package metrics
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"runtime"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -328,19 +334,219 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 	}
 }
 
-// Describe describes every desc Collect uses: a pedantic registry, which
-// checks it, gathers the collectors without error.
-func TestMetricsCollectorsDescribeAll(t *testing.T) {
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(
-		&supervisorCollector{status: func(context.Context) (supervisor.Status, error) { return metricsStatus(), nil }, log: zap.NewNop(), d: newSupervisorDescs()},
-		&queueCollector{stats: metricsQueues, d: newQueueDescs()},
-	)
-	fams, err := reg.Gather()
+// The gotyledon_* part of a scrape is, byte for byte, what Prometheus's Go
+// client served before this writer replaced it (testdata/scrape.golden was
+// written by the client's registry and promhttp handler, from the same
+// Status and queue stats): names, help, types, labels, order and numbers.
+func TestMetricsAsTheGoClientWroteThem(t *testing.T) {
+	status := func(context.Context) (supervisor.Status, error) { return metricsStatus(), nil }
+	_, body := scrapeMetrics(t, NewHandler(status, metricsQueues, zap.NewNop()))
+	want, err := os.ReadFile("testdata/scrape.golden")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(fams) != 11+7 {
-		t.Errorf("%d families, want %d", len(fams), 11+7)
+	var got []string
+	for _, l := range strings.SplitAfter(body, "\n") {
+		if strings.HasPrefix(l, "gotyledon_") || strings.HasPrefix(l, "# HELP gotyledon_") || strings.HasPrefix(l, "# TYPE gotyledon_") {
+			got = append(got, l)
+		}
+	}
+	if g := strings.Join(got, ""); g != string(want) {
+		t.Errorf("the gotyledon_* families differ from testdata/scrape.golden:\n%s", lineDiff(string(want), g))
+	}
+}
+
+// The go_* and process_* families kept from the Go client's collectors
+// have its names, help and types (testdata/runtime-families.golden, written
+// by the client), and nothing else is served under those prefixes.
+func TestMetricsRuntimeFamiliesAsTheGoClients(t *testing.T) {
+	status := func(context.Context) (supervisor.Status, error) { return metricsStatus(), nil }
+	fams, body := scrapeMetrics(t, NewHandler(status, nil, zap.NewNop()))
+	want, err := os.ReadFile("testdata/runtime-families.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range strings.SplitAfter(body, "\n") {
+		if strings.HasPrefix(l, "# HELP go_") || strings.HasPrefix(l, "# TYPE go_") ||
+			strings.HasPrefix(l, "# HELP process_") || strings.HasPrefix(l, "# TYPE process_") {
+			got = append(got, l)
+		}
+	}
+	if g := strings.Join(got, ""); g != string(want) {
+		t.Errorf("the go_* and process_* families differ from testdata/runtime-families.golden:\n%s", lineDiff(string(want), g))
+	}
+
+	const gauge, counter = dto.MetricType_GAUGE, dto.MetricType_COUNTER
+	now := float64(time.Now().Unix())
+	if v := metricValue(t, fams, "process_start_time_seconds", gauge); v > now+1 || v < now-24*3600 {
+		t.Errorf("process_start_time_seconds = %v, now is %v", v, now)
+	}
+	for _, name := range []string{"process_resident_memory_bytes", "process_virtual_memory_bytes", "process_max_fds", "process_open_fds", "go_memstats_sys_bytes", "go_threads", "go_sched_gomaxprocs_threads"} {
+		if v := metricValue(t, fams, name, gauge); v < 1 {
+			t.Errorf("%s = %v", name, v)
+		}
+	}
+	if v := metricValue(t, fams, "process_cpu_seconds_total", counter); v < 0 {
+		t.Errorf("process_cpu_seconds_total = %v", v)
+	}
+	if v := metricValue(t, fams, "go_info", gauge, "version", runtime.Version()); v != 1 {
+		t.Errorf("go_info = %v", v)
+	}
+	s := fams["go_gc_duration_seconds"]
+	if s.GetType() != dto.MetricType_SUMMARY || len(s.Metric) != 1 || len(s.Metric[0].GetSummary().GetQuantile()) != 5 {
+		t.Errorf("go_gc_duration_seconds: %v", s)
+	}
+}
+
+// lineDiff lists the lines of want missing from got, and the reverse.
+func lineDiff(want, got string) string {
+	in := func(lines []string, l string) bool { return slices.Contains(lines, l) }
+	w, g := strings.Split(want, "\n"), strings.Split(got, "\n")
+	var sb strings.Builder
+	for _, l := range w {
+		if !in(g, l) {
+			fmt.Fprintf(&sb, "- %s\n", l)
+		}
+	}
+	for _, l := range g {
+		if !in(w, l) {
+			fmt.Fprintf(&sb, "+ %s\n", l)
+		}
+	}
+	if sb.Len() == 0 {
+		return "(the same lines, in another order)"
+	}
+	return sb.String()
+}
+
+// At most 4 scrapes are served at once: a fifth gets 503 at once, and the
+// four are answered once the supervisor does.
+func TestMetricsServesFourScrapesAtOnce(t *testing.T) {
+	inside := make(chan struct{}, 8)
+	release := make(chan struct{})
+	status := func(context.Context) (supervisor.Status, error) {
+		inside <- struct{}{}
+		<-release
+		return metricsStatus(), nil
+	}
+	srv := httptest.NewServer(NewHandler(status, nil, zap.NewNop()))
+	defer srv.Close()
+	codes := make(chan int, 4)
+	for range 4 {
+		go func() {
+			resp, err := http.Get(srv.URL)
+			if err != nil {
+				codes <- -1
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes <- resp.StatusCode
+		}()
+	}
+	for range 4 {
+		select {
+		case <-inside:
+		case <-time.After(10 * time.Second):
+			t.Fatal("four scrapes did not all reach the supervisor")
+		}
+	}
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "Limit of concurrent requests reached (4)") {
+		t.Errorf("a fifth scrape: %d %q, want 503", resp.StatusCode, body)
+	}
+	close(release)
+	for range 4 {
+		if c := <-codes; c != http.StatusOK {
+			t.Errorf("a scrape answered %d, want 200", c)
+		}
+	}
+}
+
+// A scraper that accepts gzip (Prometheus does) gets the text gzipped.
+func TestMetricsGzip(t *testing.T) {
+	status := func(context.Context) (supervisor.Status, error) { return metricsStatus(), nil }
+	srv := httptest.NewServer(NewHandler(status, metricsQueues, zap.NewNop()))
+	defer srv.Close()
+	for _, tc := range []struct {
+		accept string
+		gzip   bool
+	}{{"gzip", true}, {"identity, gzip;q=0.5", true}, {"gzip;q=0", false}, {"", false}, {"br", false}} {
+		req, _ := http.NewRequest("GET", srv.URL, nil)
+		if tc.accept != "" {
+			req.Header.Set("Accept-Encoding", tc.accept)
+		}
+		// A Transport that does not ask for gzip itself, nor undo it.
+		resp, err := (&http.Transport{DisableCompression: true}).RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got := resp.Header.Get("Content-Encoding") == "gzip"; got != tc.gzip {
+			t.Errorf("Accept-Encoding %q: gzipped %v, want %v", tc.accept, got, tc.gzip)
+			continue
+		}
+		if tc.gzip {
+			zr, err := gzip.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body, err = io.ReadAll(zr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if !strings.Contains(string(body), "gotyledon_queue_depth{queue=\"jobs\"} 12\n") {
+			t.Errorf("Accept-Encoding %q: body %q", tc.accept, body)
+		}
+	}
+}
+
+// Label values and help are escaped as the format says, numbers written as
+// Prometheus's parser reads them.
+func TestTextFormat(t *testing.T) {
+	f := &family{desc: newDesc("x_total", "Help with a \\ and a\nnewline.", counterType, "b", "a")}
+	f.add(1, `quote " back \ new`+"\n"+`line`, "z")
+	f.add(math.Inf(1), "a", "y")
+	f.add(1.5e-7, "a", "x")
+	g := &family{desc: newDesc("a_gauge", "Gauge.", gaugeType)}
+	g.add(math.NaN())
+	empty := &family{desc: newDesc("empty", "No series: not written.", gaugeType)}
+	var buf bytes.Buffer
+	if err := writeText(&buf, []*family{f, g, empty}); err != nil {
+		t.Fatal(err)
+	}
+	want := `# HELP a_gauge Gauge.
+# TYPE a_gauge gauge
+a_gauge NaN
+# HELP x_total Help with a \\ and a\nnewline.
+# TYPE x_total counter
+x_total{a="x",b="a"} 1.5e-07
+x_total{a="y",b="a"} +Inf
+x_total{a="z",b="quote \" back \\ new\nline"} 1
+`
+	if buf.String() != want {
+		t.Errorf("got:\n%s\nwant:\n%s", buf.String(), want)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(strings.NewReader(buf.String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := fams["x_total"].GetHelp(); h != "Help with a \\ and a\nnewline." {
+		t.Errorf("help read back: %q", h)
+	}
+	for _, m := range fams["x_total"].Metric {
+		for _, l := range m.Label {
+			if l.GetName() == "b" && l.GetValue() != "a" && l.GetValue() != "quote \" back \\ new\nline" {
+				t.Errorf("label read back: %q", l.GetValue())
+			}
+		}
 	}
 }

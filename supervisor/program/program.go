@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 
 	"github.com/alecthomas/kong"
+	"golang.org/x/sys/unix"
 
 	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/service"
@@ -40,6 +41,21 @@ const (
 	// full, within --timeout.
 	ExitTimeout = 3
 )
+
+// EnvStartupProbe, when set in its environment, makes Main write the
+// CLOCK_MONOTONIC time at which it was called, in nanoseconds and decimal,
+// then a newline, to stderr, and return ExitOK without doing anything else.
+// A harness that reads the same clock just before it execs the program
+// gets the program's start-up cost: exec, the Go runtime's start and every
+// package's init (supervisor/BENCH.md, "Start-up").
+const EnvStartupProbe = "GOTYLEDON_STARTUP_PROBE"
+
+// writeStartupProbe writes the monotonic clock, as EnvStartupProbe says.
+func writeStartupProbe(w io.Writer) {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	fmt.Fprintf(w, "%d\n", ts.Nano())
+}
 
 // commandLine is the grammar of the gotyledon command.
 type commandLine struct {
@@ -123,8 +139,14 @@ func (p *Program) SetHooks(h supervisor.Hooks) { p.hooks = h }
 // Main runs the gotyledon command line with args (os.Args) and returns the
 // process exit code (ExitOK, ExitError, ExitUsage, ExitTimeout). If the
 // environment marks this process as a Go worker started by a manager, it
-// runs that worker instead (see service.Main).
+// runs that worker instead (see service.Main). With EnvStartupProbe set,
+// it only writes the time it was called and returns ExitOK (see
+// EnvStartupProbe).
 func (p *Program) Main(args []string) int {
+	if _, ok := os.LookupEnv(EnvStartupProbe); ok {
+		writeStartupProbe(os.Stderr)
+		return ExitOK
+	}
 	if service.IsWorker() {
 		return service.Main(p.Registry())
 	}

@@ -7,9 +7,15 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/gotyledon/gotyledon/ipc"
 )
@@ -19,6 +25,8 @@ type queueCommand struct {
 	Socket string          `placeholder:"PATH" help:"Queue socket. Default: $GOTYLEDON_QUEUE_SOCKET (set in every worker), else the manager's default path."`
 	Put    queuePutCommand `cmd:"" help:"Put one item (DATA, or all of standard input) on a queue; --lines puts each line of standard input."`
 	Get    queueGetCommand `cmd:"" help:"Take one item from a queue, print it, and acknowledge it once it is written."`
+
+	Consume queueConsumeCommand `cmd:"" help:"Run a command for each item of a queue, the item on its standard input: acknowledge the item if it exits 0, put it back if not."`
 }
 
 type queuePutCommand struct {
@@ -149,4 +157,299 @@ func queueError(err error) error {
 // usageError is a wrong command line found after parsing.
 func usageError(msg string) error {
 	return exitError{code: ExitUsage, err: errors.New(msg)}
+}
+
+// Environment variables queue consume adds to its command's environment.
+const (
+	EnvConsumeQueue      = "GOTYLEDON_QUEUE"       // the queue the item came from
+	EnvConsumeDeliveries = "GOTYLEDON_DELIVERIES"  // 1 the first time the item is handed out, 2 the next...
+	EnvConsumeDeliveryID = "GOTYLEDON_DELIVERY_ID" // the broker's id of this delivery (a redelivery has a new one)
+)
+
+type queueConsumeCommand struct {
+	Queue   string        `arg:"" help:"Queue name."`
+	Command []string      `arg:"" passthrough:"partial" placeholder:"-- CMD [ARG...]" help:"The command to run for each item, after --: exec'd directly (no shell unless you run one), with the item on its standard input."`
+	Timeout time.Duration `help:"Exit 3 when no item has come for this long; 0 waits as long as it takes." default:"0"`
+}
+
+// Help is the long help of queue consume.
+func (c *queueConsumeCommand) Help() string {
+	return `One connection to the queue; for each item, CMD runs with the item on its
+standard input, its own standard output and error being the consumer's, and
+GOTYLEDON_QUEUE, GOTYLEDON_DELIVERIES (1 the first time the item is handed
+out, 2 the next...) and GOTYLEDON_DELIVERY_ID added to the environment. CMD
+exits 0: the item is acknowledged (gone). Any other exit, or death by a
+signal: the item is put back at the head of the queue, to be handed out
+again with GOTYLEDON_DELIVERIES one higher.
+
+SIGTERM or SIGINT while waiting for an item: exit 0 at once. While CMD
+runs: CMD (in a process group of its own) is left to finish its item, which
+is then acknowledged or put back as above, and the consumer exits 0; a
+second SIGTERM or SIGINT is passed on to CMD's process group. Under a
+manager, the worker's stop_timeout bounds the wait: then the manager
+SIGKILLs the consumer, CMD dies with it, and the broker puts the item back.
+
+After a failed item the consumer waits before it takes the next: 100ms,
+doubling with each failure in a row up to 5s; a success resets the wait.
+CMD can read GOTYLEDON_DELIVERIES to give up on an item that keeps failing
+(exit 0 after saying so).
+
+Exit codes: 0 stopped by a signal; 1 an error (the queue, CMD cannot be
+started); 2 a wrong command line; 3 --timeout passed with no item.`
+}
+
+func (c *queueConsumeCommand) Run(e *env, q *queueCommand) error {
+	argv := c.Command
+	if len(argv) > 0 && argv[0] == "--" {
+		argv = argv[1:] // kong's passthrough keeps the "--" that ends our own arguments
+	}
+	if len(argv) == 0 {
+		return usageError("queue consume needs a command to run for each item: queue consume QUEUE -- CMD [ARG...]")
+	}
+	path, err := exec.LookPath(argv[0])
+	if err != nil {
+		return fmt.Errorf("queue consume: %w", err)
+	}
+
+	// Signals are caught from the start, so that one that comes while we
+	// connect stops us cleanly rather than kill us. The first cancels stop;
+	// later ones go to forward, for the command in hand.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	stop, stopNow := context.WithCancel(context.Background())
+	defer stopNow()
+	forward := make(chan os.Signal, 4)
+	quit := make(chan struct{})
+	defer close(quit)
+	go func() {
+		select {
+		case <-sigs:
+			stopNow()
+		case <-quit:
+			return
+		}
+		for {
+			select {
+			case s := <-sigs:
+				select {
+				case forward <- s:
+				default:
+				}
+			case <-quit:
+				return
+			}
+		}
+	}()
+
+	client, err := q.dial(stop)
+	if err != nil {
+		if stop.Err() != nil {
+			return nil // stopped before we were connected
+		}
+		return err
+	}
+	defer client.Close()
+	cons := &consumer{
+		e: e, client: client, queue: c.Queue, timeout: c.Timeout,
+		path: path, argv: argv, env: consumerEnv(os.Environ()), forward: forward,
+	}
+	return cons.run(stop)
+}
+
+// consumer is a running queue consume.
+type consumer struct {
+	e       *env
+	client  *ipc.Client
+	queue   string
+	timeout time.Duration // of each wait for an item; 0: none
+	path    string        // the command, looked up once
+	argv    []string
+	env     []string         // the consumer's, without the variables set per item
+	forward <-chan os.Signal // stop signals after the first
+	backoff time.Duration    // the last pause after a failed item; 0 after a success
+}
+
+// run handles items until stop ends (nil: exit 0), the wait for one
+// outlasts the timeout, or something fails.
+func (c *consumer) run(stop context.Context) error {
+	for {
+		d, err := c.take(stop)
+		if stop.Err() != nil {
+			if err == nil {
+				// Stopped as the item came: it goes back untouched.
+				return c.settle(d, false)
+			}
+			return nil
+		}
+		if err != nil {
+			return queueError(err)
+		}
+		ok, err := c.handle(stop, d)
+		if err != nil {
+			// The command could not be started: it will not be for the
+			// next item either, so the worker ends (and its manager
+			// restarts it, with a backoff if it keeps failing).
+			return errors.Join(err, c.settle(d, false))
+		}
+		if err := c.settle(d, ok); err != nil {
+			return err
+		}
+		if stop.Err() != nil {
+			return nil
+		}
+		if !c.pause(stop, ok) {
+			return nil
+		}
+	}
+}
+
+// Pauses after failed items: a command that fails on every item (or an
+// item that fails every time) must not make the consumer spin.
+const (
+	consumeBackoffInitial = 100 * time.Millisecond
+	consumeBackoffMax     = 5 * time.Second
+)
+
+// nextConsumeBackoff is the pause after a failed item, the previous one
+// having been prev (0 after a success).
+func nextConsumeBackoff(prev time.Duration) time.Duration {
+	return min(max(2*prev, consumeBackoffInitial), consumeBackoffMax)
+}
+
+// pause waits, after a failed item, before the next is taken: 100ms after
+// the first failure in a row, doubling up to 5s; a success resets it. It
+// returns false if stop ended the wait.
+func (c *consumer) pause(stop context.Context, ok bool) bool {
+	if ok {
+		c.backoff = 0
+		return true
+	}
+	c.backoff = nextConsumeBackoff(c.backoff)
+	t := time.NewTimer(c.backoff)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-stop.Done():
+		return false
+	}
+}
+
+// take waits for the next item, at most c.timeout when set. It is the one
+// place that asks the broker for items: a prefetching consumer changes
+// only this function.
+func (c *consumer) take(stop context.Context) (*ipc.Delivery, error) {
+	ctx := stop
+	if c.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(stop, c.timeout)
+		defer cancel()
+	}
+	return c.client.Get(ctx, c.queue)
+}
+
+// settle acknowledges the item when ok, and puts it back when not. Its
+// context is not the consumer's: a stop must not leave the item in doubt.
+func (c *consumer) settle(d *ipc.Delivery, ok bool) error {
+	if ok {
+		if err := c.client.Ack(context.Background(), d); err != nil {
+			return fmt.Errorf("queue consume: acknowledge item: %w", err)
+		}
+		return nil
+	}
+	if err := c.client.Nack(context.Background(), d); err != nil {
+		return fmt.Errorf("queue consume: put item back: %w", err)
+	}
+	return nil
+}
+
+// consumerEnv is env without the variables consume sets for each item.
+func consumerEnv(env []string) []string {
+	out := make([]string, 0, len(env)+3)
+	for _, kv := range env {
+		k, _, _ := strings.Cut(kv, "=")
+		if k != EnvConsumeQueue && k != EnvConsumeDeliveries && k != EnvConsumeDeliveryID {
+			out = append(out, kv)
+		}
+	}
+	return out
+}
+
+// handle runs the command for d and reports whether it succeeded (exit
+// code 0); an error means it could not be started. The command runs in a
+// process group of its own, so that a stop signal sent to the consumer's
+// group (the manager's, a terminal's Ctrl-C) leaves it to finish its item;
+// the consumer passes on the signals that come after the first. It dies
+// with the consumer (SIGKILL as the parent-death signal).
+func (c *consumer) handle(stop context.Context, d *ipc.Delivery) (bool, error) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return false, fmt.Errorf("queue consume: %w", err)
+	}
+	cmd := &exec.Cmd{
+		Path: c.path,
+		Args: c.argv,
+		Env: append(c.env[:len(c.env):len(c.env)],
+			EnvConsumeQueue+"="+d.Queue,
+			EnvConsumeDeliveries+"="+strconv.Itoa(d.Deliveries),
+			EnvConsumeDeliveryID+"="+strconv.FormatUint(d.ID, 10)),
+		Stdin:       r,
+		Stdout:      c.e.stdout,
+		Stderr:      c.e.stderr,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+	}
+	err = cmd.Start()
+	r.Close()
+	if err != nil {
+		w.Close()
+		return false, fmt.Errorf("queue consume: %w", err)
+	}
+	// The item goes in from a goroutine of its own: a command that does
+	// not read it all must not stop us from waiting for it. Closing w
+	// after the wait ends a write still blocked (a grandchild holds the
+	// pipe and does not read).
+	go func() {
+		_, _ = w.Write(d.Body)
+		w.Close()
+	}()
+	defer w.Close()
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	name, pid := filepath.Base(c.path), cmd.Process.Pid
+	stopping := stop.Done()
+	for {
+		select {
+		case err := <-done:
+			if err == nil {
+				return true, nil
+			}
+			fmt.Fprintf(c.e.stderr, "%s: queue consume: %s %s; item put back on %q (delivery %d)\n",
+				c.e.name, name, exitStatus(cmd.ProcessState, err), d.Queue, d.Deliveries)
+			return false, nil
+		case <-stopping:
+			stopping = nil
+			fmt.Fprintf(c.e.stderr, "%s: queue consume: stopping once %s (pid %d) has finished its item; another stop signal is passed on to it\n",
+				c.e.name, name, pid)
+		case s := <-c.forward:
+			fmt.Fprintf(c.e.stderr, "%s: queue consume: passing %s on to %s (pid %d)\n", c.e.name, unix.SignalName(s.(syscall.Signal)), name, pid)
+			_ = syscall.Kill(-pid, s.(syscall.Signal))
+		}
+	}
+}
+
+// exitStatus says how a command ended: "exited with code N", "was killed
+// by SIGNAME", or the error of its wait.
+func exitStatus(ps *os.ProcessState, err error) string {
+	if ps != nil {
+		if ws, ok := ps.Sys().(syscall.WaitStatus); ok {
+			switch {
+			case ws.Signaled():
+				return "was killed by " + unix.SignalName(ws.Signal())
+			case ws.Exited() && ws.ExitStatus() != 0:
+				return fmt.Sprintf("exited with code %d", ws.ExitStatus())
+			}
+		}
+	}
+	return "failed: " + err.Error()
 }
