@@ -60,6 +60,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -79,6 +80,7 @@ const (
 	xbItemSize  = 100
 	xbQueue     = "bench"
 	xbBatch     = 256
+	xbWindow    = 4     // prefetch, pipelined: PutBatch calls the producer keeps in flight
 	xbCapacity  = 10000 // ipc.DefaultCapacity, as Manager().Queue(10000)
 	xbWait      = 60 * time.Second
 	xbTransfer  = 10 * time.Minute // bound of a whole measured transfer
@@ -121,6 +123,11 @@ func TestMain(m *testing.M) {
 //	                     Get then Ack one at a time
 //	go/batched256        Go client, PutBatch of 256; 2 consumers GetBatch 256
 //	                     then Ack of the batch
+//	go/prefetch          Go client, the producer keeps 4 PutBatch of 256 in
+//	                     flight; 1 consumer: Consume with a prefetch of
+//	                     1024, Next and Ack item by item
+//	go/pipelined         the same producer; 2 consumers, each a Consume with
+//	                     a prefetch of 4096, Next and Ack item by item
 //	python/sync, python/single, python/batched256
 //	                     the same with the Python client (gotyledon_bench.py)
 //
@@ -130,7 +137,7 @@ func BenchmarkQueueProcesses(b *testing.B) {
 	b.Run("raw/stream", func(b *testing.B) { xbRawStream(b, b.N, xbTimed(b)) })
 	b.Run("managerqueue/sync", func(b *testing.B) { xbManagerQueue(b, b.N, true, xbTimed(b)) })
 	b.Run("managerqueue/single", func(b *testing.B) { xbManagerQueue(b, b.N, false, xbTimed(b)) })
-	for _, mode := range []string{"sync", "single", "batched256"} {
+	for _, mode := range []string{"sync", "single", "batched256", "prefetch", "pipelined"} {
 		b.Run("go/"+mode, func(b *testing.B) { xbGoQueue(b, mode) })
 	}
 	for _, mode := range []string{"sync", "single", "batched256"} {
@@ -328,6 +335,9 @@ func xbGoQueue(b *testing.B, mode string) {
 	sock := xbStartManager(b, t.name)
 	n := b.N
 	consumers := 2
+	if mode == "prefetch" {
+		consumers = 1
+	}
 	var pipes []*os.File // sync: the lockstep pipes, [p→c read, p→c write, c→p read, c→p write]
 	if mode == "sync" {
 		consumers = 1
@@ -420,7 +430,7 @@ func xbRatios(b *testing.B, t xbTiming, mode string, rate, rtUS float64) {
 		if mq, ok := xbBaseline(b, xbMQSingle); ok {
 			t.report(rate/mq, "ratio-vs-manager-queue")
 		}
-	case "batched256":
+	case "batched256", "prefetch", "pipelined":
 		if mq, ok := xbBaseline(b, xbMQSingle); ok {
 			t.report(rate/mq, "ratio-vs-manager-queue")
 		}
@@ -900,6 +910,46 @@ func xbProducer(c *ipc.Client, mode string, n int) (xbReport, error) {
 			puts = append(puts, time.Since(t))
 			sent += k
 		}
+	case "prefetch", "pipelined":
+		// xbWindow goroutines, each putting the next batch of 256: the
+		// client sends concurrent calls together on its one connection.
+		batch := make([][]byte, xbBatch)
+		for i := range batch {
+			batch[i] = item
+		}
+		var next atomic.Int64
+		var mu sync.Mutex
+		var firstErr error
+		var wg sync.WaitGroup
+		for range xbWindow {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var mine []time.Duration
+				for {
+					start := int(next.Add(xbBatch)) - xbBatch
+					if start >= n {
+						break
+					}
+					k := min(xbBatch, n-start)
+					t := time.Now()
+					if _, err := c.PutBatch(ctx, xbQueue, batch[:k]); err != nil {
+						mu.Lock()
+						firstErr = cmp.Or(firstErr, err)
+						mu.Unlock()
+						return
+					}
+					mine = append(mine, time.Since(t))
+				}
+				mu.Lock()
+				puts = append(puts, mine...)
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		if firstErr != nil {
+			return xbReport{}, firstErr
+		}
 	default:
 		return xbReport{}, fmt.Errorf("unknown mode %q", mode)
 	}
@@ -998,6 +1048,45 @@ func xbConsumer(c *ipc.Client, mode string) (xbReport, error) {
 			if stop {
 				return report(), nil
 			}
+		}
+	case "prefetch", "pipelined":
+		prefetch := 1024
+		if mode == "pipelined" {
+			prefetch = 4096
+		}
+		cons, err := c.Consume(ctx, xbQueue, prefetch)
+		if err != nil {
+			return xbReport{}, err
+		}
+		stop := false
+		for {
+			d, err := cons.Next(ctx)
+			if err != nil {
+				return xbReport{}, err
+			}
+			if string(d.Body) != xbStopBody {
+				got++
+				if err := cons.Ack(d); err != nil {
+					return xbReport{}, err
+				}
+				continue
+			}
+			if stop { // another consumer's STOP came here too: give it back
+				if err := cons.Nack(d); err != nil {
+					return xbReport{}, err
+				}
+				continue
+			}
+			stop = true
+			if err := cons.Ack(d); err != nil {
+				return xbReport{}, err
+			}
+			// Close gives back what is prefetched (another's STOP among
+			// it); the items got so far are acknowledged by then.
+			if err := cons.Close(); err != nil {
+				return xbReport{}, err
+			}
+			return report(), nil
 		}
 	}
 	return xbReport{}, fmt.Errorf("unknown mode %q", mode)
