@@ -1158,7 +1158,7 @@ func (c *conn) writeBuffered(block bool) (complete bool, err error) {
 		if block {
 			n, err = c.nc.Write(c.wbuf)
 		} else {
-			n, err = c.tryWrite(c.wbuf)
+			n, err = tryWrite(c.nc, c.wbuf)
 		}
 		c.wbuf = c.wbuf[:copy(c.wbuf, c.wbuf[n:])]
 		if err != nil || len(c.wbuf) > 0 {
@@ -1175,10 +1175,10 @@ func (c *conn) writeBuffered(block bool) (complete bool, err error) {
 
 // tryWrite writes what the socket takes of b now, without waiting for
 // room: one write(2) on the connection's non-blocking descriptor.
-func (c *conn) tryWrite(b []byte) (int, error) {
-	sc, ok := c.nc.(syscall.Conn)
+func tryWrite(nc net.Conn, b []byte) (int, error) {
+	sc, ok := nc.(syscall.Conn)
 	if !ok {
-		return c.nc.Write(b) // not a socket with a descriptor (tests' pipes)
+		return nc.Write(b) // not a socket with a descriptor (tests' pipes)
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -56,12 +57,24 @@ type Client struct {
 	// handoff less on an idle connection).
 	writeMu sync.Mutex
 
-	mu      sync.Mutex
-	nextID  uint32
-	out     []byte // frames waiting for the writer
-	spare   []byte
-	pending map[uint32]*call
-	err     error // why done was closed; wraps ErrClosed
+	// The read side (see clientread.go): r and fr are the reader's alone.
+	rs         *readSide
+	r          *bufio.Reader
+	fr         frameReader
+	lazyRead   bool          // nobody reads while nothing can come (a socket; tests' pipes: false)
+	readerFree chan struct{} // the reader stepped down and calls wait (cap 1)
+	bgWake     chan struct{} // the background reader may have to read (cap 1)
+
+	mu           sync.Mutex
+	reading      bool // a goroutine reads (the reader)
+	waiters      int  // calls (and Consumer.Next) waiting
+	bgTurns      int  // turns the background reader took (tests)
+	writeStalled bool // a write could not go out at once
+	nextID       uint32
+	out          []byte // frames waiting for the writer
+	spare        []byte
+	pending      map[uint32]*call
+	err          error // why done was closed; wraps ErrClosed
 	// Acknowledgements queued by Consumers, not sent yet (see queueAcks),
 	// and the first error the broker answered to one that was.
 	acks, nacks   []uint64
@@ -143,7 +156,7 @@ func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
 	if _, err := nc.Write(appendHello(nil, &h)); err != nil {
 		return nil, handshakeErr(ctx, fmt.Errorf("sending HELLO: %w", err))
 	}
-	r := bufio.NewReaderSize(nc, writeChunk)
+	rs, r := newReadSide(nc)
 	fr := frameReader{r: r}
 	payload, err := fr.read(1<<16, nil)
 	if err != nil {
@@ -178,11 +191,22 @@ func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
 		done:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 		pending:  make(map[uint32]*call),
+		rs:       rs,
+		r:        r,
+		fr:       fr,
+
+		readerFree: make(chan struct{}, 1),
+		bgWake:     make(chan struct{}, 1),
 	}
+	_, c.lazyRead = nc.(syscall.Conn)
+	rs.plain = false
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); c.writeLoop() }()
-	go func() { defer wg.Done(); c.readLoop(r) }()
+	go func() { defer wg.Done(); c.readInBackground() }()
+	if !c.lazyRead {
+		signal(c.bgWake)
+	}
 	go func() { wg.Wait(); close(c.stopped) }()
 	return c, nil
 }
@@ -300,7 +324,7 @@ func (c *Client) writeOut() error {
 	}
 	var err error
 	if len(buf) > 0 {
-		if _, err = c.nc.Write(buf); err != nil {
+		if err = c.write(buf); err != nil {
 			c.fail(fmt.Errorf("%w: writing to the broker: %w", ErrClosed, err))
 		}
 	}
@@ -308,6 +332,30 @@ func (c *Client) writeOut() error {
 	if cap(buf) <= 2*maxClientBuffer && c.spare == nil { // do not keep a huge one around
 		c.spare = buf[:0]
 	}
+	c.mu.Unlock()
+	return err
+}
+
+// write writes buf whole. What the socket does not take at once is
+// written blocking, with the background reader reading meanwhile: a broker
+// stops reading a connection whose replies are not read, and this write
+// must not wait for a reader nobody is (see clientread.go).
+func (c *Client) write(buf []byte) error {
+	if !c.lazyRead {
+		_, err := c.nc.Write(buf)
+		return err
+	}
+	n, err := tryWrite(c.nc, buf)
+	if err != nil || n == len(buf) {
+		return err
+	}
+	c.mu.Lock()
+	c.writeStalled = true
+	c.mu.Unlock()
+	signal(c.bgWake)
+	_, err = c.nc.Write(buf[n:])
+	c.mu.Lock()
+	c.writeStalled = false
 	c.mu.Unlock()
 	return err
 }
@@ -324,64 +372,6 @@ func (c *Client) writeLoop() {
 		c.writeMu.Unlock()
 		if err != nil {
 			return
-		}
-	}
-}
-
-func (c *Client) readLoop(r *bufio.Reader) {
-	fr := frameReader{r: r}
-	keep := func(typ byte) bool { return typ == typeItems }
-	for {
-		payload, err := fr.read(c.maxFrame, keep)
-		if err != nil {
-			c.fail(fmt.Errorf("%w: reading from the broker: %w", ErrClosed, err))
-			return
-		}
-		f, err := decodeFrame(payload)
-		if err != nil {
-			c.fail(fmt.Errorf("%w: the broker sent a bad frame: %w", ErrClosed, err))
-			return
-		}
-		var id uint32
-		var rep clientReply
-		switch f := f.(type) {
-		case *resultFrame:
-			id, rep.result = f.ID, f
-		case *itemsFrame:
-			id, rep.items = f.ID, f
-		case *fatalFrame:
-			c.fail(fmt.Errorf("%w: %w", ErrClosed, &StatusError{Code: f.Status, Message: f.Message}))
-			return
-		default:
-			c.fail(fmt.Errorf("%w: the broker sent an unexpected %T", ErrClosed, f))
-			return
-		}
-		c.mu.Lock()
-		cl := c.pending[id]
-		if cl == nil || cl.consumer == nil || rep.result != nil {
-			delete(c.pending, id) // a CONSUME's pushes keep it until its RESULT
-		}
-		late := false // ITEMS nobody waits for: give them back
-		switch {
-		case cl == nil:
-			late = rep.items != nil && rep.items.Items[0].Delivery != 0
-		case cl.consumer != nil, cl.asyncAck:
-		case cl.abandoned:
-			late = rep.items != nil && !cl.autoAck
-		default:
-			cl.ch <- rep // cap 1, one reply per call: never blocks
-		}
-		if cl != nil && cl.asyncAck && rep.result != nil && rep.result.Status != statusOK && c.ackErr == nil {
-			c.ackErr = fmt.Errorf("ipc: ack: %w", &StatusError{Code: rep.result.Status, Message: rep.result.Message})
-		}
-		c.mu.Unlock()
-		switch {
-		case late:
-			c.nackLate(rep.items)
-		case cl != nil && cl.consumer != nil && rep.items != nil:
-			cl.consumer.push(rep.items)
-		case cl != nil && cl.consumer != nil:
-			cl.consumer.end(&StatusError{Code: rep.result.Status, Message: rep.result.Message})
 		}
 	}
 }
@@ -458,17 +448,9 @@ func ctxErr(ctx context.Context) error {
 // (CANCEL) and either abandons it (abandon: a late ITEMS is NACKed) or
 // waits a little for the broker's answer to the CANCEL.
 func (c *Client) wait(ctx context.Context, id uint32, cl *call, cancellable, abandon bool) (clientReply, error) {
-	select {
-	case r := <-cl.ch:
-		return r, nil
-	case <-c.done:
-		select {
-		case r := <-cl.ch:
-			return r, nil
-		default:
-		}
-		return clientReply{}, c.gone()
-	case <-ctx.Done():
+	r, err := await(c, ctx, cl.ch)
+	if err == nil || ctx.Err() == nil {
+		return r, err // a reply, or the connection's end
 	}
 	c.mu.Lock()
 	_, waiting := c.pending[id]
@@ -487,19 +469,19 @@ func (c *Client) wait(ctx context.Context, id uint32, cl *call, cancellable, aba
 	if abandon {
 		return clientReply{}, ctxErr(ctx)
 	}
-	t := time.NewTimer(cancelGrace)
-	defer t.Stop()
-	select {
-	case r := <-cl.ch:
+	grace, stop := context.WithTimeout(context.Background(), cancelGrace)
+	defer stop()
+	r, gerr := await(c, grace, cl.ch)
+	switch {
+	case gerr == nil:
 		return r, ctxErr(ctx)
-	case <-c.done:
-		return clientReply{}, c.gone()
-	case <-t.C:
-		c.mu.Lock()
-		cl.abandoned = true
-		c.mu.Unlock()
-		return clientReply{}, ctxErr(ctx)
+	case grace.Err() == nil:
+		return clientReply{}, gerr // the connection's end
 	}
+	c.mu.Lock()
+	cl.abandoned = true
+	c.mu.Unlock()
+	return clientReply{}, ctxErr(ctx)
 }
 
 // Put appends item to the tail of queue, waiting for room while the queue

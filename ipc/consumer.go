@@ -71,6 +71,10 @@ func (c *Client) Consume(ctx context.Context, queue string, prefetch int) (*Cons
 		return nil, fmt.Errorf("ipc: consume %q: %w", queue, err)
 	}
 	s.id = id
+	// Its pushes are read as they come, by the background reader when no
+	// call reads (see clientread.go): prefetched items are in hand when
+	// Next is called.
+	signal(c.bgWake)
 	return s, nil
 }
 
@@ -96,11 +100,11 @@ func (s *Consumer) Next(ctx context.Context) (*Delivery, error) {
 			return nil, fmt.Errorf("ipc: consume %q: %w", s.queue, ended)
 		}
 		s.c.flushAcks()
-		select {
-		case <-s.notify:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("ipc: consume %q: %w", s.queue, ctxErr(ctx))
+		if _, err := await(s.c, ctx, s.notify); err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("ipc: consume %q: %w", s.queue, err)
 		}
+		// Else an item, or the end: ended says which (the connection's
+		// end, too, ends the consumer).
 	}
 }
 
