@@ -57,10 +57,9 @@ type Client struct {
 	// handoff less on an idle connection).
 	writeMu sync.Mutex
 
-	// The read side (see clientread.go): r and fr are the reader's alone.
+	// The read side (see clientread.go): the reader's alone.
 	rs         *readSide
 	r          *bufio.Reader
-	fr         frameReader
 	lazyRead   bool          // nobody reads while nothing can come (a socket; tests' pipes: false)
 	readerFree chan struct{} // the reader stepped down and calls wait (cap 1)
 	bgWake     chan struct{} // the background reader may have to read (cap 1)
@@ -178,10 +177,10 @@ func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
 	if w.Version != ProtocolVersion || int64(w.MaxFrame) < int64(w.MaxItem)+frameSlack {
 		return nil, fmt.Errorf("unusable WELCOME: version %d, max_frame %d, max_item %d", w.Version, w.MaxFrame, w.MaxItem)
 	}
-	nc.SetDeadline(time.Time{})
-	if ctx.Err() != nil { // the AfterFunc may have fired after the read
-		return nil, ctx.Err()
+	if !stop() { // the AfterFunc ran, or runs: its deadline may land after ours
+		return nil, handshakeErr(ctx, errors.New("handshake interrupted"))
 	}
+	nc.SetDeadline(time.Time{})
 	c := &Client{
 		nc:       nc,
 		maxFrame: int(w.MaxFrame),
@@ -193,7 +192,6 @@ func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
 		pending:  make(map[uint32]*call),
 		rs:       rs,
 		r:        r,
-		fr:       fr,
 
 		readerFree: make(chan struct{}, 1),
 		bgWake:     make(chan struct{}, 1),
@@ -314,10 +312,13 @@ func (c *Client) send(ctx context.Context, cl *call, encode func(dst []byte, id 
 // writeOut writes what is queued in c.out; the caller holds writeMu.
 func (c *Client) writeOut() error {
 	c.mu.Lock()
-	c.encodeAcksLocked() // acknowledgements ride along with whatever is written
+	acks := c.encodeAcksLocked() // acknowledgements ride along with whatever is written
 	buf := c.out
 	c.out, c.spare = c.spare[:0], nil
 	c.mu.Unlock()
+	if acks {
+		signal(c.bgWake) // their answers come whether or not a call waits
+	}
 	select {
 	case c.room <- struct{}{}:
 	default:

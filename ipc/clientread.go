@@ -3,8 +3,10 @@ package ipc
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"time"
@@ -23,20 +25,24 @@ import (
 //
 // When nobody waits, the frames that can still come (pushes to a Consumer,
 // answers to queued acknowledgements, ITEMS of an abandoned GET) are read
-// by the client's background reader, which starts when a reader steps down
-// with nobody waiting and a request still pending, and reads until none
-// is: calls that wait meanwhile get their replies from it, as Consumer.Next
+// by the client's background reader. It starts when a reader steps down
+// with nobody waiting and a request still pending, when a Consumer is
+// created and when acknowledgements are sent, and reads until no request
+// is pending: calls that wait meanwhile get their replies from it, as Consumer.Next
 // gets the items it reads (interrupting it would cost a second hand-off).
 // It also reads while a write cannot go out at once: a broker whose
 // replies to this connection are not read stops reading it, so a write
 // that waits must never wait on a reader that is not there.
 //
-// A reader whose caller gives up (its context ended) is interrupted by a
-// read deadline in the past; a deadline that lands inside a frame is ignored until the frame
-// has been read whole, so a frame is never split between readers.
+// A reader whose caller gives up (its context ended), or whose value came
+// from elsewhere (Consumer.Close), is interrupted by a read deadline in the
+// past, wherever it is, a frame half read included:
+// the frame being read is the client's state, not the reader's, and the
+// next reader goes on with it (readPayload). A deadline meant for an
+// earlier reader is cleared and ignored.
 
 // errStopReading is the reader's own signal: its caller's reason to read
-// is gone (read between two frames).
+// is gone.
 var errStopReading = errors.New("ipc: stop reading")
 
 // aLongTimeAgo is a read deadline that interrupts a read at once.
@@ -44,15 +50,17 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // readSide is the io.Reader under the client's bufio.Reader. It turns a
 // read deadline into errStopReading when the current reader's stop says
-// so and no frame is half read; any other deadline is a stale interruption
-// (meant for a reader before this one): it is cleared and the read goes on.
+// so; any other deadline is stale (meant for an earlier reader): it is
+// cleared and the read goes on.
 type readSide struct {
 	nc net.Conn
-	// The current reader's state; only the reader touches it (handed over
-	// under Client.mu with Client.reading).
-	atFrameStart bool
-	stop         func() bool
-	plain        bool // the handshake: deadlines are errors
+	// The current reader's reason to stop; only the reader touches it
+	// (handed over under Client.mu with Client.reading).
+	stop  func() bool
+	plain bool // the handshake: deadlines are errors
+	// The frame being read, when a reader stopped inside it.
+	partial    []byte // its payload so far (cap: its length)
+	inProgress bool
 }
 
 func (rs *readSide) Read(p []byte) (int, error) {
@@ -64,13 +72,13 @@ func (rs *readSide) Read(p []byte) (int, error) {
 		if err == nil || rs.plain || !errors.Is(err, os.ErrDeadlineExceeded) {
 			return n, err
 		}
-		if rs.atFrameStart && rs.stop != nil && rs.stop() {
+		if rs.stop != nil && rs.stop() {
 			return 0, errStopReading
 		}
-		// Stale, or inside a frame: read on. Its reason may come true
-		// while the deadline is cleared, its interruption lost: look again.
+		// Stale. Its reason may come true while the deadline is cleared,
+		// its interruption lost: look again after.
 		rs.nc.SetReadDeadline(time.Time{})
-		if rs.atFrameStart && rs.stop != nil && rs.stop() {
+		if rs.stop != nil && rs.stop() {
 			return 0, errStopReading
 		}
 	}
@@ -92,28 +100,53 @@ func (c *Client) tryRead() bool {
 // connection's error (after failing it). The caller is the reader (see
 // tryRead) and steps down with stepDown.
 func (c *Client) read(done, stop func() bool) error {
-	rs := c.rs
-	rs.stop = stop
-	defer func() { rs.stop = nil }()
+	c.rs.stop = stop
+	defer func() { c.rs.stop = nil }()
 	for !done() {
 		if stop() {
 			return errStopReading
-		}
-		rs.atFrameStart = true
-		_, err := c.r.Peek(1)
-		rs.atFrameStart = false
-		if errors.Is(err, errStopReading) {
-			return errStopReading
-		}
-		if err != nil {
-			c.fail(fmt.Errorf("%w: reading from the broker: %w", ErrClosed, err))
-			return c.gone()
 		}
 		if err := c.readFrame(); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// readPayload reads the next frame's payload (its type byte and body),
+// going on with a frame an earlier reader stopped inside. It returns
+// errStopReading (nothing lost: the next call goes on from there), or the
+// connection's read error.
+func (c *Client) readPayload() ([]byte, error) {
+	rs := c.rs
+	if !rs.inProgress {
+		hdr, err := c.r.Peek(frameHeaderLen) // consumes nothing if it fails
+		if err != nil {
+			return nil, err
+		}
+		n := binary.BigEndian.Uint32(hdr)
+		switch {
+		case n == 0:
+			return nil, badFrame("frame length 0")
+		case uint64(n) > uint64(c.maxFrame):
+			return nil, fmt.Errorf("%w (%d > %d)", errFrameTooLong, n, c.maxFrame)
+		}
+		c.r.Discard(frameHeaderLen) //nolint:errcheck // peeked: it is buffered
+		rs.partial, rs.inProgress = make([]byte, 0, n), true
+	}
+	for len(rs.partial) < cap(rs.partial) {
+		m, err := c.r.Read(rs.partial[len(rs.partial):cap(rs.partial)])
+		rs.partial = rs.partial[:len(rs.partial)+m]
+		if err != nil && len(rs.partial) < cap(rs.partial) {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+	payload := rs.partial
+	rs.partial, rs.inProgress = nil, false
+	return payload, nil
 }
 
 // stepDown ends the caller's turn as the reader: a waiting call reads
@@ -162,7 +195,7 @@ func await[T any](c *Client, ctx context.Context, ch chan T) (T, error) {
 		}
 		if c.tryRead() {
 			stopAfter := context.AfterFunc(ctx, func() { c.nc.SetReadDeadline(aLongTimeAgo) })
-			err := c.read(func() bool { return len(ch) > 0 }, func() bool { return ctx.Err() != nil })
+			err := c.read(func() bool { return len(ch) > 0 }, func() bool { return ctx.Err() != nil || len(ch) > 0 })
 			stopAfter()
 			c.stepDown(true)
 			switch {
@@ -203,6 +236,17 @@ func await[T any](c *Client, ctx context.Context, ch chan T) (T, error) {
 			}
 			return zero, ctxErr(ctx)
 		}
+	}
+}
+
+// interruptReader has the reader look at its reason to stop now: a
+// waiter's value came from elsewhere than a frame (Consumer.Close).
+func (c *Client) interruptReader() {
+	c.mu.Lock()
+	reading := c.reading
+	c.mu.Unlock()
+	if reading {
+		c.nc.SetReadDeadline(aLongTimeAgo)
 	}
 }
 
@@ -257,7 +301,10 @@ func (c *Client) readInBackground() {
 // readFrame reads one frame and hands it to whom it is for. An error
 // (after failing the connection) is the connection's.
 func (c *Client) readFrame() error {
-	payload, err := c.fr.read(c.maxFrame, keepItems)
+	payload, err := c.readPayload()
+	if errors.Is(err, errStopReading) {
+		return err
+	}
 	if err != nil {
 		c.fail(fmt.Errorf("%w: reading from the broker: %w", ErrClosed, err))
 		return c.gone()
@@ -310,8 +357,6 @@ func (c *Client) readFrame() error {
 	}
 	return nil
 }
-
-func keepItems(typ byte) bool { return typ == typeItems }
 
 // signal sends on a cap-1 channel without blocking.
 func signal(ch chan struct{}) {

@@ -100,11 +100,15 @@ func (s *Consumer) Next(ctx context.Context) (*Delivery, error) {
 			return nil, fmt.Errorf("ipc: consume %q: %w", s.queue, ended)
 		}
 		s.c.flushAcks()
-		if _, err := await(s.c, ctx, s.notify); err != nil && ctx.Err() != nil {
-			return nil, fmt.Errorf("ipc: consume %q: %w", s.queue, err)
+		if _, err := await(s.c, ctx, s.notify); err != nil {
+			s.mu.Lock()
+			ended := s.ended
+			s.mu.Unlock()
+			if ctx.Err() != nil || ended == nil {
+				return nil, fmt.Errorf("ipc: consume %q: %w", s.queue, err)
+			}
 		}
-		// Else an item, or the end: ended says which (the connection's
-		// end, too, ends the consumer).
+		// An item, or the end: ended says which.
 	}
 }
 
@@ -137,6 +141,7 @@ func (s *Consumer) Close() error {
 	}
 	s.mu.Unlock()
 	s.wake()
+	s.c.interruptReader() // a Next reading for its item
 	var err error
 	if len(back) > 0 {
 		err = s.c.queueAcks(true, back)
@@ -251,10 +256,11 @@ func (c *Client) flushAcks() {
 // encodeAcksLocked moves the queued acknowledgements into c.out, NACKs
 // first (so that their items are back in the queue before the credit their
 // ACKs give is used), each frame registered for its answer. Called with
-// c.mu held, by whoever is about to write c.out.
-func (c *Client) encodeAcksLocked() {
+// c.mu held, by whoever is about to write c.out. It reports whether there
+// were any.
+func (c *Client) encodeAcksLocked() (queued bool) {
 	if len(c.acks)+len(c.nacks) == 0 {
-		return
+		return false
 	}
 	perFrame := (c.maxFrame - ackFixedLen) / 8
 	for _, q := range []struct {
@@ -270,6 +276,7 @@ func (c *Client) encodeAcksLocked() {
 		}
 		*q.ids = (*q.ids)[:0]
 	}
+	return true
 }
 
 // flush writes what is queued in c.out: from this goroutine if no one else
