@@ -13,6 +13,8 @@ package main
 //     (program.EnvStartupProbe);
 //   - probe, a minimal Go program whose main writes the same clock the
 //     same way (it imports syscall only);
+//   - probe-http, the same program linking net/http (its inits, and those
+//     of the packages it brings: crypto/tls, crypto/x509 ...);
 //   - empty, `package main; func main() {}`;
 //   - /bin/true.
 //
@@ -31,6 +33,8 @@ package main
 //	true-exit-ns   /bin/true exec → exit
 //	minflt         gotyledon's minor page faults (getrusage of the child)
 //	probe-minflt   the minimal program's
+//	probe-nethttp-main-ns
+//	               the minimal program linking net/http: exec → main
 //
 // Reproduce (supervisor/BENCH.md, "Start-up"):
 //
@@ -44,6 +48,7 @@ import (
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -79,6 +84,10 @@ func main() {
 `
 
 const emptyMain = "package main\n\nfunc main() {}\n"
+
+// probeHTTPMain is probeMain linking net/http: what that package's inits
+// (and those of crypto/tls, crypto/x509 ... it brings) cost every process.
+var probeHTTPMain = strings.Replace(probeMain, "import (\n", "import (\n\t_ \"net/http\"\n", 1)
 
 // buildProgram builds the main package in dir (the module's ./cmd/gotyledon
 // when src is empty, else a module of its own holding src) into out.
@@ -189,8 +198,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildPrograms builds gotyledon, probe and empty into builtDir.
-func buildPrograms(b *testing.B) (gotyledon, probe, empty string) {
+// buildPrograms builds gotyledon, probe, empty and probe-http into builtDir.
+func buildPrograms(b *testing.B) (gotyledon, probe, empty, probeHTTP string) {
 	b.Helper()
 	if builtDir == "" {
 		dir, err := os.MkdirTemp("", "gtystartup")
@@ -204,13 +213,14 @@ func buildPrograms(b *testing.B) (gotyledon, probe, empty string) {
 		buildProgram(b, wd, "", filepath.Join(dir, "gotyledon"))
 		buildProgram(b, filepath.Join(dir, "probe-src"), probeMain, filepath.Join(dir, "probe"))
 		buildProgram(b, filepath.Join(dir, "empty-src"), emptyMain, filepath.Join(dir, "empty"))
+		buildProgram(b, filepath.Join(dir, "probe-http-src"), probeHTTPMain, filepath.Join(dir, "probe-http"))
 		builtDir = dir
 	}
-	return filepath.Join(builtDir, "gotyledon"), filepath.Join(builtDir, "probe"), filepath.Join(builtDir, "empty")
+	return filepath.Join(builtDir, "gotyledon"), filepath.Join(builtDir, "probe"), filepath.Join(builtDir, "empty"), filepath.Join(builtDir, "probe-http")
 }
 
 func BenchmarkStartup(b *testing.B) {
-	gotyledon, probe, empty := buildPrograms(b)
+	gotyledon, probe, empty, probeHTTP := buildPrograms(b)
 	truePath, err := exec.LookPath("true")
 	if err != nil {
 		b.Fatal(err)
@@ -226,7 +236,7 @@ func BenchmarkStartup(b *testing.B) {
 		probe bool
 		runs  []startup
 	}
-	progs := []*prog{{path: gotyledon, probe: true}, {path: probe, probe: true}, {path: empty}, {path: truePath}}
+	progs := []*prog{{path: gotyledon, probe: true}, {path: probe, probe: true}, {path: empty}, {path: truePath}, {path: probeHTTP, probe: true}}
 	// Warm up: the first starts read the files into the page cache.
 	for range 3 {
 		for _, p := range progs {
@@ -258,7 +268,7 @@ func BenchmarkStartup(b *testing.B) {
 	}
 	mainOf := func(s startup) time.Duration { return s.main }
 	exitOf := func(s startup) time.Duration { return s.exit }
-	g, pr, em, tr := progs[0], progs[1], progs[2], progs[3]
+	g, pr, em, tr, ph := progs[0], progs[1], progs[2], progs[3], progs[4]
 	b.ReportMetric(field(g, mainOf), "ns/op")
 	b.ReportMetric(field(pr, mainOf), "probe-main-ns")
 	b.ReportMetric(field(g, mainOf)/field(pr, mainOf), "ratio")
@@ -267,4 +277,5 @@ func BenchmarkStartup(b *testing.B) {
 	b.ReportMetric(field(tr, exitOf), "true-exit-ns")
 	b.ReportMetric(faults(g), "minflt")
 	b.ReportMetric(faults(pr), "probe-minflt")
+	b.ReportMetric(field(ph, mainOf), "probe-nethttp-main-ns")
 }
