@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -230,4 +231,45 @@ func fileConn(t *testing.T, fd int) net.Conn {
 		t.Fatal(err)
 	}
 	return nc
+}
+
+// Close sends the acknowledgements a Consumer queued though another
+// goroutine is writing at that moment (the writer, an ack timer's flush,
+// which may hold acknowledgements it took): it waits for that write, then
+// writes what is left, so nothing a worker acknowledged before it stopped
+// is delivered again.
+func TestCloseSendsQueuedAcksAfterAWriteInProgress(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{})
+	putN(t, h.dial(), "jobs", 1)
+	c := h.dial()
+	s, err := c.Consume(ctxT(t), "jobs", 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := next(t, s)
+	c.writeMu.Lock() // a write in progress
+	if err := s.Ack(d); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() { defer close(closed); c.Close() }()
+	// Close must wait for the write: the connection stays up meanwhile.
+	giveUp := time.Now().Add(50 * time.Millisecond)
+	for time.Now().Before(giveUp) {
+		if c.gone() != nil {
+			c.writeMu.Unlock()
+			t.Fatal("Close ended the connection while a write was in progress, its queued ack unsent")
+		}
+		runtime.Gosched()
+	}
+	c.writeMu.Unlock()
+	select {
+	case <-closed:
+	case <-time.After(testTimeout):
+		t.Fatal("Close did not return")
+	}
+	eventually(t, "the ack at the broker", func() bool {
+		st := h.stats("jobs")
+		return st.Acked == 1 && st.InFlight == 0 && st.Depth == 0
+	})
 }
