@@ -955,7 +955,18 @@ func requeueGrouped(n int, at func(int) (*queue, item)) {
 // the connection ends or a FATAL is written.
 func (c *conn) writeLoop() {
 	defer close(c.writerDone)
-	defer c.nc.Close() // wakes the reader if the writer stops first
+	peerClosed := false
+	defer func() {
+		// Closing wakes the reader if the writer stops first. Not when the
+		// peer closed its end: what it sent before (its last
+		// acknowledgements above all) is still to be read, and the reader
+		// reads it, to the end of the stream that the peer's close makes
+		// certain; cleanup closes then. Closing now would drop it, and
+		// deliver again items the peer had acknowledged.
+		if !peerClosed {
+			c.nc.Close()
+		}
+	}()
 	for {
 		select {
 		case <-c.wake:
@@ -963,9 +974,10 @@ func (c *conn) writeLoop() {
 			return
 		}
 		c.writeMu.Lock()
-		stop := c.writeAll()
+		stop, err := c.writeAll()
 		c.writeMu.Unlock()
 		if stop {
+			peerClosed = errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
 			return
 		}
 	}
@@ -975,7 +987,7 @@ func (c *conn) writeLoop() {
 // accumulated per system call, after what an earlier write left. It
 // reports whether the writer must stop: a write failed, or a FATAL went
 // out. Called with writeMu held.
-func (c *conn) writeAll() (stop bool) {
+func (c *conn) writeAll() (stop bool, err error) {
 	var unsent []outMsg // auto-ack replies taken from the outbox, not encoded
 	handBack := func() {
 		all := slices.Concat(c.wenc, unsent)
@@ -994,7 +1006,7 @@ func (c *conn) writeAll() (stop bool) {
 	if err := write(); err != nil {
 		c.log.Debug("queue client connection: write failed", zap.Error(err))
 		handBack()
-		return true
+		return true, err
 	}
 	fatal := false
 	for !fatal {
@@ -1049,22 +1061,22 @@ func (c *conn) writeAll() (stop bool) {
 		if err != nil {
 			c.log.Debug("queue client connection: write failed", zap.Error(err))
 			handBack()
-			return true
+			return true, err
 		}
 	}
 	if err := write(); err != nil {
 		c.log.Debug("queue client connection: write failed", zap.Error(err))
 		handBack()
-		return true
+		return true, err
 	}
 	if fatal {
 		handBack()
 		if uc, ok := c.nc.(*net.UnixConn); ok {
 			uc.CloseWrite()
 		}
-		return true
+		return true, nil
 	}
-	return false
+	return false, nil
 }
 
 // flushInline is the reader's write of its connection's replies, once it

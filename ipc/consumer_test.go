@@ -379,3 +379,38 @@ func BenchmarkConsumeOneByOne(b *testing.B) {
 		})
 	}
 }
+
+// A consumer that acknowledges what it handled and closes while the broker
+// is still pushing to it (its socket full of items it will never read):
+// the broker's write fails, and the acknowledgements sent just before the
+// close are still read and carried out; none of those items is delivered
+// again.
+func TestAcksBeforeCloseSurviveAFailedPush(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{})
+	body := make([]byte, 64<<10)
+	const rounds, take = 30, 3
+	items := make([][]byte, rounds*take+64)
+	for i := range items {
+		items[i] = body
+	}
+	if _, err := h.dial().PutBatch(ctxT(t), "jobs", items); err != nil {
+		t.Fatal(err)
+	}
+	for range rounds {
+		c := h.dial()
+		s, err := c.Consume(ctxT(t), "jobs", 32) // 2 MiB: more than the sockets hold
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range take {
+			if err := s.Ack(next(t, s)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close()
+	}
+	eventually(t, "every acknowledged item gone, nothing else lost", func() bool {
+		st := h.stats("jobs")
+		return st.Acked == rounds*take && st.InFlight == 0 && st.Depth == len(items)-rounds*take
+	})
+}
