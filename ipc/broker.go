@@ -485,11 +485,14 @@ type conn struct {
 	// the replies queued meanwhile itself (flushInline), so queueing one
 	// does not wake the writer.
 	handling bool
-	closed   bool     // cleanup took the in-flight items: deliver nothing more
-	fatalSet bool     // a FATAL is in the outbox: nothing else is read or sent
-	unsent   []outMsg // auto-ack replies the writer took but did not write
-	inflight map[uint64]inflightItem
-	waiting  map[uint32]*waiter // by request id, for CANCEL
+	closed   bool // cleanup took the in-flight items: deliver nothing more
+	// writerGone: the writer stopped because the peer closed its end; the
+	// reader reads what is left, within one frame deadline.
+	writerGone bool
+	fatalSet   bool     // a FATAL is in the outbox: nothing else is read or sent
+	unsent     []outMsg // auto-ack replies the writer took but did not write
+	inflight   map[uint64]inflightItem
+	waiting    map[uint32]*waiter // by request id, for CANCEL
 	// Waiting requests and the bytes of their PUTs' items, for flow
 	// control. Counted apart from waiting, which a reused id overwrites.
 	nWaiting, waitingBytes int
@@ -616,6 +619,12 @@ func (c *conn) fatal(status uint16, message string) {
 	c.signal(c.wake)
 }
 
+func (c *conn) writerIsGone() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writerGone
+}
+
 func (c *conn) fatalPending() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -735,8 +744,18 @@ func (c *conn) readLoop(br *bufio.Reader) {
 	fr := frameReader{
 		r:         br,
 		untrusted: true,
-		began:     func() error { return c.nc.SetReadDeadline(deadlineIn(c.b.frameDeadline)) },
-		ended:     func() error { return c.nc.SetReadDeadline(time.Time{}) },
+		began: func() error {
+			if c.writerIsGone() {
+				return nil // its deadline stands (writeLoop)
+			}
+			return c.nc.SetReadDeadline(deadlineIn(c.b.frameDeadline))
+		},
+		ended: func() error {
+			if c.writerIsGone() {
+				return nil
+			}
+			return c.nc.SetReadDeadline(time.Time{})
+		},
 	}
 	keepPut := func(typ byte) bool { return typ == typePut }
 	for {
@@ -755,6 +774,8 @@ func (c *conn) readLoop(br *bufio.Reader) {
 				c.log.Warn("queue client broke the protocol; closing its connection", zap.Error(err))
 				c.fatal(statusBadFrame, err.Error())
 			case c.fatalPending():
+			case errors.As(err, &ne) && ne.Timeout() && c.writerIsGone():
+				c.log.Warn("queue client stopped reading its connection; closing it", zap.Duration("after", c.b.frameDeadline))
 			case errors.As(err, &ne) && ne.Timeout():
 				c.log.Warn("queue client did not finish a frame within the frame deadline; closing its connection", zap.Duration("deadline", c.b.frameDeadline))
 			case errors.Is(err, io.EOF):
@@ -978,6 +999,15 @@ func (c *conn) writeLoop() {
 		c.writeMu.Unlock()
 		if stop {
 			peerClosed = errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET)
+			if peerClosed {
+				// Bounded: a peer that shut down only its reading side
+				// may keep the connection open, and nothing would end the
+				// reader. It has the frame deadline to read what is there.
+				c.mu.Lock()
+				c.writerGone = true
+				c.mu.Unlock()
+				c.nc.SetReadDeadline(deadlineIn(c.b.frameDeadline))
+			}
 			return
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"slices"
@@ -412,5 +413,29 @@ func TestAcksBeforeCloseSurviveAFailedPush(t *testing.T) {
 	eventually(t, "every acknowledged item gone, nothing else lost", func() bool {
 		st := h.stats("jobs")
 		return st.Acked == rounds*take && st.InFlight == 0 && st.Depth == len(items)-rounds*take
+	})
+}
+
+// A client that stops reading (shutdown of its reading side) but keeps its
+// connection open: once a push to it fails, the broker ends the connection
+// within the frame deadline, and what it held goes back to the queue.
+func TestPeerThatStopsReadingLosesItsItems(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{FrameDeadline: 300 * time.Millisecond})
+	body := make([]byte, 64<<10)
+	items := make([][]byte, 64)
+	for i := range items {
+		items[i] = body
+	}
+	rc := h.raw(true)
+	if err := rc.nc.(*net.UnixConn).CloseRead(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.dial().PutBatch(ctxT(t), "jobs", items); err != nil {
+		t.Fatal(err)
+	}
+	rc.write(appendConsume(nil, &consumeFrame{ID: 1, Queue: "jobs", Prefetch: 64}))
+	eventually(t, "the pushes failed and the connection ended, its items back", func() bool {
+		st := h.stats("jobs")
+		return st.InFlight == 0 && st.Depth == len(items) && st.Delivered == uint64(len(items))
 	})
 }
