@@ -567,6 +567,13 @@ func TestLateItemsAreNacked(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, "the item sent to the abandoned GET", func() bool { s := h.stats("jobs"); return s.Depth == 0 && s.InFlight == 1 })
+	// A caller that gives up leaves its wait (leaveWait), which has the
+	// background reader read what can still come.
+	c.mu.Lock()
+	c.waiters++
+	c.mu.Unlock()
+	c.leaveWait()
 	eventually(t, "the late item requeued", func() bool { s := h.stats("jobs"); return s.Depth == 1 && s.InFlight == 0 })
 	d, err := c.Get(ctx, "jobs")
 	if err != nil || d.Deliveries != 2 {
