@@ -6,12 +6,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"runtime"
 	"strconv"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -167,11 +163,7 @@ func TestBigWriteWhilePushesAreUnread(t *testing.T) {
 // writing one frame larger than the sockets hold, with no call waiting and
 // no consumer. The write goes out only if someone reads meanwhile.
 func TestWriteThatWaitsHasAReader(t *testing.T) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientEnd, brokerEnd := fileConn(t, fds[0]), fileConn(t, fds[1])
+	clientEnd, brokerEnd := socketPairConns(t)
 	t.Cleanup(func() { brokerEnd.Close() })
 	served := make(chan error, 1)
 	go func() {
@@ -219,57 +211,4 @@ func TestWriteThatWaitsHasAReader(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatal(err)
 	}
-}
-
-// fileConn makes a net.Conn of a socket descriptor.
-func fileConn(t *testing.T, fd int) net.Conn {
-	t.Helper()
-	f := os.NewFile(uintptr(fd), "socket")
-	defer f.Close()
-	nc, err := net.FileConn(f)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return nc
-}
-
-// Close sends the acknowledgements a Consumer queued though another
-// goroutine is writing at that moment (the writer, an ack timer's flush,
-// which may hold acknowledgements it took): it waits for that write, then
-// writes what is left, so nothing a worker acknowledged before it stopped
-// is delivered again.
-func TestCloseSendsQueuedAcksAfterAWriteInProgress(t *testing.T) {
-	h := newBrokerHarness(t, BrokerOptions{})
-	putN(t, h.dial(), "jobs", 1)
-	c := h.dial()
-	s, err := c.Consume(ctxT(t), "jobs", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := next(t, s)
-	c.writeMu.Lock() // a write in progress
-	if err := s.Ack(d); err != nil {
-		t.Fatal(err)
-	}
-	closed := make(chan struct{})
-	go func() { defer close(closed); c.Close() }()
-	// Close must wait for the write: the connection stays up meanwhile.
-	giveUp := time.Now().Add(50 * time.Millisecond)
-	for time.Now().Before(giveUp) {
-		if c.gone() != nil {
-			c.writeMu.Unlock()
-			t.Fatal("Close ended the connection while a write was in progress, its queued ack unsent")
-		}
-		runtime.Gosched()
-	}
-	c.writeMu.Unlock()
-	select {
-	case <-closed:
-	case <-time.After(testTimeout):
-		t.Fatal("Close did not return")
-	}
-	eventually(t, "the ack at the broker", func() bool {
-		st := h.stats("jobs")
-		return st.Acked == 1 && st.InFlight == 0 && st.Depth == 0
-	})
 }

@@ -19,8 +19,8 @@ import (
 	"time"
 )
 
-// socketPairConns is a connected socketpair (so the client is lazyRead, as with
-// a real broker).
+// socketPairConns is a connected socketpair: a client on it reads lazily,
+// as on a broker's socket (a pipe is no syscall.Conn).
 func socketPairConns(t *testing.T) (client, broker net.Conn) {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
