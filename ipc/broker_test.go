@@ -1232,24 +1232,7 @@ func TestWaitingRequestsBounded(t *testing.T) {
 // are still read.
 func TestClientLateNackDoesNotBlockReader(t *testing.T) {
 	cnc, snc := net.Pipe() // unbuffered: the client's writes block until the broker reads
-	t.Cleanup(func() { snc.Close() })
-	welcomed := make(chan error, 1)
-	go func() {
-		fr := frameReader{r: bufio.NewReader(snc)}
-		if _, err := fr.read(maxHelloLen, nil); err != nil {
-			welcomed <- err
-			return
-		}
-		_, err := snc.Write(appendWelcome(nil, &welcomeFrame{Version: ProtocolVersion, MaxFrame: 1 << 20, MaxItem: 1<<20 - frameSlack}))
-		welcomed <- err
-	}()
-	c, err := handshakeClient(ctxT(t), cnc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := <-welcomed; err != nil {
-		t.Fatal(err)
-	}
+	c, _ := fakeBrokerOn(t, cnc, snc)
 	// The fake broker reads nothing more. One request's frame blocks the
 	// client's writer on the pipe and leaves its id pending; then the
 	// client's buffer is filled to its limit by hand (its contents never

@@ -46,9 +46,16 @@ type fakeBroker struct {
 	fr frameReader
 }
 
+// newFakeBroker is fakeBrokerOn a socketpair.
 func newFakeBroker(t *testing.T) (*Client, *fakeBroker) {
 	t.Helper()
 	cnc, bnc := socketPairConns(t)
+	return fakeBrokerOn(t, cnc, bnc)
+}
+
+// fakeBrokerOn shakes hands as a broker on bnc with a client on cnc.
+func fakeBrokerOn(t *testing.T, cnc, bnc net.Conn) (*Client, *fakeBroker) {
+	t.Helper()
 	fb := &fakeBroker{t: t, nc: bnc, fr: frameReader{r: bufio.NewReader(bnc)}}
 	welcomed := make(chan error, 1)
 	go func() {

@@ -2,34 +2,14 @@ package program
 
 import (
 	"bytes"
-	"net"
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/gotyledon/gotyledon/ipc"
 )
 
-// broker serves queue "jobs" on a socket in a temporary directory.
+// broker serves queue "jobs" (see newBroker) and returns its socket.
 func broker(t *testing.T) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "q.sock")
-	l, err := ipc.Listen(path, -1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := ipc.NewBroker(ipc.BrokerOptions{Queues: []ipc.QueueConfig{{Name: "jobs", Capacity: 100}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	served := make(chan error, 1)
-	go func() { served <- b.Serve(net.Listener(l)) }()
-	t.Cleanup(func() {
-		b.Close()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
+	path, _ := newBroker(t)
 	return path
 }
 
