@@ -421,7 +421,10 @@ func TestAcksBeforeCloseSurviveAFailedPush(t *testing.T) {
 // within the frame deadline, and what it held goes back to the queue.
 func TestPeerThatStopsReadingLosesItsItems(t *testing.T) {
 	h := newBrokerHarness(t, BrokerOptions{FrameDeadline: 300 * time.Millisecond})
-	body := make([]byte, 64<<10)
+	// Small items: the first push fails at once (the peer does not read),
+	// and every frame here is written in one go, well within the short
+	// frame deadline even on a loaded machine.
+	body := make([]byte, 100)
 	items := make([][]byte, 64)
 	for i := range items {
 		items[i] = body
