@@ -491,7 +491,7 @@ type conn struct {
 	writerGone bool
 	fatalSet   bool     // a FATAL is in the outbox: nothing else is read or sent
 	unsent     []outMsg // auto-ack replies the writer took but did not write
-	inflight   map[uint64]inflightItem
+	inflight   inflightTable
 	waiting    map[uint32]*waiter // by request id, for CANCEL
 	// Waiting requests and the bytes of their PUTs' items, for flow
 	// control. Counted apart from waiting, which a reused id overwrites.
@@ -509,7 +509,6 @@ func (b *Broker) newConn(nc net.Conn) *conn {
 		unwaited:   make(chan struct{}, 1),
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
-		inflight:   make(map[uint64]inflightItem),
 		waiting:    make(map[uint32]*waiter),
 	}
 	c.log = b.log.With(zap.Uint64("conn", c.id), zap.Int("pid", c.peer.PID), zap.Int("uid", c.peer.UID), zap.Int("gid", c.peer.GID))
@@ -568,9 +567,7 @@ func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck 
 		return false
 	}
 	if !autoAck {
-		for i := range items {
-			c.inflight[first+uint64(i)] = inflightItem{q: q, it: items[i], cons: cons}
-		}
+		c.inflight.add(first, q, cons, items)
 	}
 	c.outbox = append(c.outbox, outMsg{kind: msgItems, id: id, q: q, items: items, first: first, autoAck: autoAck})
 	wake := !c.handling
@@ -886,17 +883,25 @@ func (c *conn) ack(f *ackFrame) {
 	var ackQ *queue // the queue of the acked items while there is only one
 	ackN := 0
 	perQueue := map[*queue]int(nil)
-	var credit map[*waiter]int // CONSUMEs whose items were acked or NACKed
+	// CONSUMEs whose items were acked or NACKed: credW while there is
+	// only one, as there mostly is.
+	var credW *waiter
+	credN := 0
+	var credit map[*waiter]int
 	c.mu.Lock()
 	n := 0
 	for _, d := range f.Deliveries {
-		e, ok := c.inflight[d]
+		e, ok := c.inflight.take(d)
 		if !ok {
 			continue
 		}
-		delete(c.inflight, d)
 		n++
-		if e.cons != nil {
+		switch {
+		case e.cons == nil:
+		case credW == nil || credW == e.cons:
+			credW = e.cons
+			credN++
+		default:
 			if credit == nil {
 				credit = make(map[*waiter]int)
 			}
@@ -927,6 +932,9 @@ func (c *conn) ack(f *ackFrame) {
 	if len(nacked) > 0 {
 		slices.SortFunc(nacked, func(a, b found) int { return cmp.Compare(a.delivery, b.delivery) })
 		requeueGrouped(len(nacked), func(i int) (*queue, item) { return nacked[i].q, nacked[i].it })
+	}
+	if credW != nil {
+		credW.q.release(credW, credN)
 	}
 	for w, k := range credit {
 		w.q.release(w, k)
@@ -1314,10 +1322,10 @@ func (c *conn) cleanup() {
 		delivery uint64
 		inflightItem
 	}
-	all := make([]held, 0, len(c.inflight))
-	for d, e := range c.inflight {
+	all := make([]held, 0, c.inflight.len())
+	c.inflight.each(func(d uint64, e inflightItem) {
 		all = append(all, held{d, e})
-	}
+	})
 	for _, m := range slices.Concat(c.unsent, c.outbox) {
 		if m.kind == msgItems && m.autoAck { // never written: still the broker's (rule 5)
 			for i, it := range m.items {
@@ -1325,7 +1333,7 @@ func (c *conn) cleanup() {
 			}
 		}
 	}
-	c.inflight, c.outbox, c.spare, c.unsent = nil, nil, nil, nil
+	c.inflight, c.outbox, c.spare, c.unsent = inflightTable{}, nil, nil, nil
 	c.mu.Unlock()
 	if len(all) > 0 {
 		slices.SortFunc(all, func(a, b held) int { return cmp.Compare(a.delivery, b.delivery) })

@@ -442,3 +442,41 @@ func TestPeerThatStopsReadingLosesItsItems(t *testing.T) {
 		return st.InFlight == 0 && st.Depth == len(items) && st.Delivered == uint64(len(items))
 	})
 }
+
+// One ACK frame acknowledging the items of two CONSUMEs on one connection,
+// of two queues and of one, gives each its own credit back.
+func TestOneAckCreditsEachConsumer(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{Queues: []QueueConfig{{Name: "jobs"}, {Name: "mail"}}})
+	p := h.dial()
+	putNamed(t, p, "jobs", "j", 6)
+	putNamed(t, p, "mail", "m", 6)
+	c := h.dial()
+	var subs []*Consumer
+	for _, q := range []string{"jobs", "mail", "jobs"} {
+		s, err := c.Consume(ctxT(t), q, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, s)
+	}
+	var held []*Delivery
+	for _, s := range subs {
+		held = append(held, next(t, s))
+	}
+	for _, s := range subs {
+		nothingWithin(t, s, 20*time.Millisecond)
+	}
+	if err := c.Ack(ctxT(t), held...); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range subs {
+		d := next(t, s)
+		if d.Queue != held[i].Queue {
+			t.Fatalf("consumer %d of %s got an item of %s", i, held[i].Queue, d.Queue)
+		}
+	}
+	eventually(t, "1 acked and 2 in flight in each queue", func() bool {
+		j, m := h.stats("jobs"), h.stats("mail")
+		return j.Acked == 2 && j.InFlight == 2 && m.Acked == 1 && m.InFlight == 1
+	})
+}
