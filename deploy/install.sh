@@ -6,7 +6,7 @@
 #   --root DIR   install into DIR (an image or a chroot) instead of /
 #   --no-build   do not build: install the binary named by $GOTYLEDON_BIN
 #
-# It builds the binary (go build -trimpath) and installs:
+# It builds the binary (static: CGO_ENABLED=0 go build -trimpath) and installs:
 #   /usr/local/bin/gotyledon                  0755, replaced on every run
 #   user and group gotyledon                  system ones, created if absent
 #   /etc/systemd/system/gotyledon.service     0644, replaced on every run
@@ -65,7 +65,7 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 if [ "$build" = yes ]; then
 	say "building $src/cmd/gotyledon"
-	(cd "$src" && go build -trimpath -o "$tmp/gotyledon" ./cmd/gotyledon)
+	(cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$tmp/gotyledon" ./cmd/gotyledon)
 	bin=$tmp/gotyledon
 else
 	bin=${GOTYLEDON_BIN:-}

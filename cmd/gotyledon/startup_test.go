@@ -3,14 +3,17 @@ package main
 // BenchmarkStartup: the start-up cost of the gotyledon binary, against a
 // minimal Go program and /bin/true, measured in the same run.
 //
-// The benchmark builds ./cmd/gotyledon and two minimal Go programs with
-// `go build` (the same toolchain, flags and environment), then each op
-// starts each program once, in a rotating order, with os.StartProcess, and
-// waits for it:
+// The benchmark builds ./cmd/gotyledon and three minimal Go programs with
+// `go build` (the same toolchain, flags and environment; CGO_ENABLED=0
+// unless said), then each op starts each program once, in a rotating
+// order, with os.StartProcess, and waits for it:
 //
 //   - gotyledon with GOTYLEDON_STARTUP_PROBE=1: its main writes the
 //     CLOCK_MONOTONIC time at which program.Main was called and exits
 //     (program.EnvStartupProbe);
+//   - gotyledon-cgo, the same built with CGO_ENABLED=1, go build's default
+//     where a C compiler is installed: net and os/user then link the C
+//     library, and the dynamic loader runs before the Go runtime;
 //   - probe, a minimal Go program whose main writes the same clock the
 //     same way (it imports syscall only);
 //   - probe-http, the same program linking net/http (its inits, and those
@@ -35,6 +38,7 @@ package main
 //	probe-minflt   the minimal program's
 //	probe-nethttp-main-ns
 //	               the minimal program linking net/http: exec → main
+//	cgo-main-ns    gotyledon-cgo's exec → main (absent without a C compiler)
 //
 // Reproduce (supervisor/BENCH.md, "Start-up"):
 //
@@ -89,9 +93,10 @@ const emptyMain = "package main\n\nfunc main() {}\n"
 // (and those of crypto/tls, crypto/x509 ... it brings) cost every process.
 var probeHTTPMain = strings.Replace(probeMain, "import (\n", "import (\n\t_ \"net/http\"\n", 1)
 
-// buildProgram builds the main package in dir (the module's ./cmd/gotyledon
-// when src is empty, else a module of its own holding src) into out.
-func buildProgram(b *testing.B, dir, src, out string) {
+// buildProgram builds the main package in dir (a package of the module
+// when src is empty, else a module of its own holding src) into out, with
+// env added to go build's environment (CGO_ENABLED=0 ...).
+func buildProgram(b *testing.B, dir, src, out string, env ...string) {
 	b.Helper()
 	if src != "" {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -105,9 +110,21 @@ func buildProgram(b *testing.B, dir, src, out string) {
 	}
 	cmd := exec.Command(goTool(), "build", "-o", out, ".")
 	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), env...)
 	if outp, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("go build in %s: %v\n%s", dir, err, outp)
 	}
+}
+
+// haveCC reports whether go build finds its C compiler, without which
+// CGO_ENABLED=1 cannot build.
+func haveCC() bool {
+	out, err := exec.Command(goTool(), "env", "CC").Output()
+	if err != nil {
+		return false
+	}
+	_, err = exec.LookPath(strings.TrimSpace(string(out)))
+	return err == nil
 }
 
 func goTool() string {
@@ -185,7 +202,7 @@ func median[T int64 | time.Duration](xs []T) float64 {
 	return float64(s[len(s)/2-1]+s[len(s)/2]) / 2
 }
 
-// builtDir holds the programs BenchmarkStartup builds, once per test
+// builtDir holds the programs the benchmarks build, once per test
 // binary (the framework calls a benchmark several times); TestMain removes
 // it.
 var builtDir string
@@ -198,29 +215,40 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// buildPrograms builds gotyledon, probe, empty and probe-http into builtDir.
-func buildPrograms(b *testing.B) (gotyledon, probe, empty, probeHTTP string) {
+// programsDir returns builtDir, made on the first call.
+func programsDir(b *testing.B) string {
 	b.Helper()
 	if builtDir == "" {
 		dir, err := os.MkdirTemp("", "gtystartup")
 		if err != nil {
 			b.Fatal(err)
 		}
-		wd, err := os.Getwd()
-		if err != nil {
-			b.Fatal(err)
-		}
-		buildProgram(b, wd, "", filepath.Join(dir, "gotyledon"))
-		buildProgram(b, filepath.Join(dir, "probe-src"), probeMain, filepath.Join(dir, "probe"))
-		buildProgram(b, filepath.Join(dir, "empty-src"), emptyMain, filepath.Join(dir, "empty"))
-		buildProgram(b, filepath.Join(dir, "probe-http-src"), probeHTTPMain, filepath.Join(dir, "probe-http"))
 		builtDir = dir
 	}
-	return filepath.Join(builtDir, "gotyledon"), filepath.Join(builtDir, "probe"), filepath.Join(builtDir, "empty"), filepath.Join(builtDir, "probe-http")
+	return builtDir
+}
+
+// buildPrograms builds gotyledon (static and cgo), probe, empty and
+// probe-http into builtDir, once.
+func buildPrograms(b *testing.B) (gotyledon, gotyledonCgo, probe, empty, probeHTTP string) {
+	b.Helper()
+	dir := programsDir(b)
+	gotyledon, gotyledonCgo = filepath.Join(dir, "gotyledon"), filepath.Join(dir, "gotyledon-cgo")
+	probe, empty, probeHTTP = filepath.Join(dir, "probe"), filepath.Join(dir, "empty"), filepath.Join(dir, "probe-http")
+	if _, err := os.Stat(probeHTTP); err != nil {
+		buildProgram(b, ".", "", gotyledon, "CGO_ENABLED=0")
+		if haveCC() {
+			buildProgram(b, ".", "", gotyledonCgo, "CGO_ENABLED=1")
+		}
+		buildProgram(b, filepath.Join(dir, "probe-src"), probeMain, probe, "CGO_ENABLED=0")
+		buildProgram(b, filepath.Join(dir, "empty-src"), emptyMain, empty, "CGO_ENABLED=0")
+		buildProgram(b, filepath.Join(dir, "probe-http-src"), probeHTTPMain, probeHTTP, "CGO_ENABLED=0")
+	}
+	return gotyledon, gotyledonCgo, probe, empty, probeHTTP
 }
 
 func BenchmarkStartup(b *testing.B) {
-	gotyledon, probe, empty, probeHTTP := buildPrograms(b)
+	gotyledon, gotyledonCgo, probe, empty, probeHTTP := buildPrograms(b)
 	truePath, err := exec.LookPath("true")
 	if err != nil {
 		b.Fatal(err)
@@ -237,6 +265,9 @@ func BenchmarkStartup(b *testing.B) {
 		runs  []startup
 	}
 	progs := []*prog{{path: gotyledon, probe: true}, {path: probe, probe: true}, {path: empty}, {path: truePath}, {path: probeHTTP, probe: true}}
+	if _, err := os.Stat(gotyledonCgo); err == nil {
+		progs = append(progs, &prog{path: gotyledonCgo, probe: true})
+	}
 	// Warm up: the first starts read the files into the page cache.
 	for range 3 {
 		for _, p := range progs {
@@ -278,4 +309,7 @@ func BenchmarkStartup(b *testing.B) {
 	b.ReportMetric(faults(g), "minflt")
 	b.ReportMetric(faults(pr), "probe-minflt")
 	b.ReportMetric(field(ph, mainOf), "probe-nethttp-main-ns")
+	if len(progs) > 5 {
+		b.ReportMetric(field(progs[5], mainOf), "cgo-main-ns")
+	}
 }
