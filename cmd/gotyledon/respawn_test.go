@@ -43,7 +43,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -121,16 +120,13 @@ func benchRespawn(b *testing.B, prog, reporter string) {
 		b.Fatal(err)
 	}
 	reports := make(chan workerReport, 4*respawnWorkers)
-	var conns sync.WaitGroup
 	go func() {
 		for {
 			c, err := l.Accept()
 			if err != nil {
 				return
 			}
-			conns.Add(1)
 			go func() {
-				defer conns.Done()
 				line, err := bufio.NewReader(c).ReadString('\n')
 				at := time.Now()
 				kind, pid, ok := strings.Cut(strings.TrimSpace(line), " ")
