@@ -269,8 +269,8 @@ const benchLogTail = 50
 // report to s. min_uptime is at its floor (100ms), and BenchmarkRespawn only
 // kills workers older than benchMinAge, so that every kill is a normal exit,
 // restarted at once: a worker killed sooner would count as a failure to
-// start and come back only after a backoff delay, which is not what
-// BenchmarkRespawn measures.
+// start, and a second in a row in its slot would come back only after a
+// backoff delay, which is not what BenchmarkRespawn measures.
 func benchConfig(exe string, n int, s *workerSocket) string {
 	return fmt.Sprintf(`services:
   bench:

@@ -146,9 +146,27 @@ func TestLoopRestartsAHealthyWorkerAtOnceInItsSlot(t *testing.T) {
 	}
 }
 
+// quickDeathRestartedAtOnce has the worker running as token tok exit 10ms
+// after its start, the first quick death of a streak: it must be restarted
+// at once, with no timer. It returns the new token, running as pid.
+func (r *loopRig) quickDeathRestartedAtOnce(tok uint64, pid int) uint64 {
+	r.t.Helper()
+	r.clock.now = r.clock.now.Add(10 * time.Millisecond)
+	r.s.handle(workerExited{token: tok, pid: pid - 1, status: 256, at: r.clock.now})
+	sp := spawned(r.requests())
+	if len(sp) != 1 {
+		r.t.Fatalf("the first quick exit: %d spawns, want 1 at once", len(sp))
+	}
+	if p := r.clock.pending(); len(p) != 0 {
+		r.t.Fatalf("the first quick exit armed timers %v, want none", durations(p))
+	}
+	r.s.handle(workerStarted{token: sp[0].token, pid: pid, at: r.clock.now})
+	return sp[0].token
+}
+
 func TestLoopBacksOffWithTimersAndResetsAfterAHealthyRun(t *testing.T) {
 	r := newRig(t, oneWorker)
-	tok := r.startOne(100)
+	tok := r.quickDeathRestartedAtOnce(r.startOne(99), 100)
 	var delays []time.Duration
 	for i := range 4 {
 		r.clock.now = r.clock.now.Add(10 * time.Millisecond)
@@ -182,15 +200,16 @@ func TestLoopBacksOffWithTimersAndResetsAfterAHealthyRun(t *testing.T) {
 		t.Fatalf("healthy exit after backoff: %d spawns, want 1", len(sp))
 	}
 	r.s.handle(workerStarted{token: sp[0].token, pid: 201, at: r.clock.now})
-	r.s.handle(workerExited{token: sp[0].token, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
+	tok = r.quickDeathRestartedAtOnce(sp[0].token, 202)
+	r.s.handle(workerExited{token: tok, pid: 202, status: 256, at: r.clock.now.Add(time.Millisecond)})
 	if p := r.clock.pending(); len(p) != 1 || p[0].d != 100*time.Millisecond {
-		t.Errorf("after a reset, the first delay is %v, want 100ms", p)
+		t.Errorf("after a reset, the first delay is %v, want 100ms", durations(p))
 	}
 }
 
 func TestLoopStopDuringBackoffDropsTheSlotAndIgnoresTheStaleTimer(t *testing.T) {
 	r := newRig(t, oneWorker)
-	tok := r.startOne(100)
+	tok := r.quickDeathRestartedAtOnce(r.startOne(99), 100)
 	r.s.handle(workerExited{token: tok, pid: 100, status: 256, at: r.clock.now.Add(time.Millisecond)})
 	timer := r.clock.pending()[0]
 	r.s.Shutdown(false)

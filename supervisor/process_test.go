@@ -1,6 +1,7 @@
 package supervisor_test
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -91,8 +92,8 @@ services:
 	}
 }
 
-// A worker that dies at once is restarted with a growing delay, never in a
-// busy loop, and never given up on.
+// A worker that dies at once is restarted at once the first time, then with
+// a growing delay, never in a busy loop, and never given up on.
 func TestFastCrashingWorkerBacksOff(t *testing.T) {
 	t.Parallel()
 	m := startManager(t, `
@@ -101,17 +102,27 @@ services:
     run: crasher
     restart: {min_uptime: 5s, backoff_initial: 50ms, backoff_max: 400ms}
 `)
-	// 8 starts: the first, and one after each of 7 delayed restarts.
-	m.waitN("8 starts", 8, func(e entry) bool { return e.is("worker started", "service", "crasher") })
+	// 9 starts: the first, the restart at once after the first quick
+	// death, and one after each of 7 delayed restarts.
+	m.waitN("9 starts", 9, func(e entry) bool { return e.is("worker started", "service", "crasher") })
 	entries, _, _ := m.snapshot()
 	delayed := checkDelaysHonoured(t, entries, "crasher", "worker started")
 	if len(delayed) < 7 {
-		t.Fatalf("%d delayed restarts before the 8th start, want 7", len(delayed))
+		t.Fatalf("%d delayed restarts before the 9th start, want 7", len(delayed))
+	}
+	var restarts []entry
+	for _, e := range entries {
+		if e.is("restarting worker", "service", "crasher") || e.str("msg") == delayedMsg {
+			restarts = append(restarts, e)
+		}
+	}
+	if len(restarts) == 0 || restarts[0].str("msg") != "restarting worker" {
+		t.Fatalf("the first quick death was not restarted at once: %v", restarts)
 	}
 	var prev time.Duration
 	for i, e := range delayed[:7] {
-		if f := e.int("failures"); f != i+1 {
-			t.Errorf("delayed restart %d: failures = %d, want %d", i, f, i+1)
+		if f := e.int("failures"); f != i+2 {
+			t.Errorf("delayed restart %d: failures = %d, want %d", i, f, i+2)
 		}
 		d, err := time.ParseDuration(e.str("delay"))
 		if err != nil {
@@ -139,11 +150,12 @@ func TestBackoffResetsAfterWorkerStaysUp(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	counter := filepath.Join(dir, "starts")
-	// The worker dies at once on its first three starts, then runs.
+	// The worker dies at once on its first four starts (the first death
+	// restarted at once, three delayed), then runs.
 	m := startManager(t, fmt.Sprintf(`
 services:
   flaky:
-    command: ["/bin/sh", "-c", "echo x >> %s; if [ $(wc -l < %s) -le 3 ]; then exit 3; fi; echo steady; exec sleep 1000"]
+    command: ["/bin/sh", "-c", "echo x >> %s; if [ $(wc -l < %s) -le 4 ]; then exit 3; fi; echo steady; exec sleep 1000"]
     restart: {min_uptime: 1s, backoff_initial: 10ms, backoff_max: 20ms}
 `, counter, counter))
 	m.waitN("3 delayed restarts", 3, func(e entry) bool {
@@ -461,7 +473,7 @@ services:
   sleeper:
     run: sleeper
 `)
-	fails := m.waitN("first start and 3 retries", 4, func(e entry) bool { return e.is("worker failed to start", "service", "broken") })
+	fails := m.waitN("first start, the retry at once and 3 delayed retries", 5, func(e entry) bool { return e.is("worker failed to start", "service", "broken") })
 	want := "start broken worker 0: exec /nonexistent/program: no such file or directory"
 	for i, e := range fails {
 		if e.str("error") != want {
@@ -474,8 +486,8 @@ services:
 		t.Fatalf("%d delayed restarts before the 3rd retry, want 3", len(delayed))
 	}
 	for i, e := range delayed[:3] {
-		if f := e.int("failures"); f != i+1 {
-			t.Errorf("delayed restart %d: failures = %d, want %d", i, f, i+1)
+		if f := e.int("failures"); f != i+2 {
+			t.Errorf("delayed restart %d: failures = %d, want %d", i, f, i+2)
 		}
 		d, err := time.ParseDuration(e.str("delay"))
 		if err != nil {
@@ -751,4 +763,88 @@ services:
 		t.Errorf("daemon %d was not reaped by the manager", daemon)
 	}
 	waitGone(t, daemon, time.Second)
+}
+
+// A worker killed young is restarted at once the first time (an operator's
+// kill, an OOM kill): only a second quick death in a row is a crash loop
+// that waits for its backoff.
+func TestFirstQuickDeathRestartsAtOnce(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, `
+services:
+  young:
+    run: sleeper
+    restart: {min_uptime: 1h, backoff_initial: 1h, backoff_max: 1h}
+`)
+	first := m.waitFor("the worker ready", output("young", "ready"))
+	if err := syscall.Kill(first.int("pid"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	// With a backoff it would not be back for an hour.
+	second := m.waitFor("the worker ready again", func(e entry) bool {
+		return output("young", "ready")(e) && e.int("pid") != first.int("pid")
+	})
+	if err := syscall.Kill(second.int("pid"), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	delayed := m.waitFor("the second quick death delayed", func(e entry) bool { return e.str("msg") == delayedMsg })
+	if f := delayed.int("failures"); f != 2 {
+		t.Errorf("delayed with failures = %d, want 2", f)
+	}
+	if d, err := time.ParseDuration(delayed.str("delay")); err != nil || d < 48*time.Minute {
+		t.Errorf("delay %q, want backoff_initial (1h) ±20%%", delayed.str("delay"))
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exit code %d, want 0", code)
+	}
+}
+
+// A worker stopped with SIGSTOP still stops gracefully: its stop signal is
+// followed by SIGCONT, so it acts on it rather than wait out stop_timeout
+// and be killed.
+func TestStoppedWorkerStopsGracefully(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, `
+services:
+  frozen:
+    run: sleeper
+    stop_timeout: 1h
+`)
+	ready := m.waitFor("the worker ready", output("frozen", "ready"))
+	pid := ready.int("pid")
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitStopped(t, pid)
+	m.signal(syscall.SIGTERM)
+	m.waitFor("the worker's goodbye", output("frozen", "bye"))
+	exit := m.waitFor("the worker stopped", func(e entry) bool { return e.is("worker stopped", "service", "frozen", "pid", pid) })
+	if got := exit.str("status"); got != "exit code 0" {
+		t.Errorf("exit status %q, want exit code 0 (a graceful stop)", got)
+	}
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exit code %d, want 0", code)
+	}
+}
+
+// waitStopped waits until process pid is in the stopped state (T in
+// /proc/PID/stat), or fails the test after waitTimeout.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatalf("process %d: %v", pid, err)
+		}
+		// The state follows the command name's closing parenthesis.
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == 'T' {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d not stopped within %v: %s", pid, waitTimeout, b)
+		}
+		time.Sleep(5 * time.Millisecond) // polling /proc: there is no event for a stop but waitid, which only the parent may use
+	}
 }

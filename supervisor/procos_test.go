@@ -454,8 +454,8 @@ func TestProcTableRechecksAStoppingWorkersGroupUntilItIsEmpty(t *testing.T) {
 	if ex := r.exits(); !slices.Equal(ex, want) {
 		t.Fatalf("exits %v, want %v", ex, want)
 	}
-	if k := r.os.killed(); !slices.Equal(k, []killCall{{-201, syscall.SIGTERM}}) {
-		t.Errorf("signals %v, want only the stop signal: a stopping group is spared", k)
+	if k := r.os.killed(); !slices.Equal(k, []killCall{{-201, syscall.SIGTERM}, {-201, syscall.SIGCONT}}) {
+		t.Errorf("signals %v, want only the stop signal and SIGCONT: a stopping group is spared", k)
 	}
 }
 
@@ -532,8 +532,8 @@ func TestProcTableSignalsNoGroupAfterTheReapOnceNoChildIsInIt(t *testing.T) {
 	// loop's SIGKILL at the stop timeout must not be sent to it. The
 	// worker counts as killed: its output gets the grace.
 	r.p.handle(signalReq{token: 1, sig: syscall.SIGKILL})
-	if k := r.os.killed(); !slices.Equal(k, []killCall{{-400, syscall.SIGTERM}}) {
-		t.Errorf("signals %v, want only the SIGTERM sent while the leader was unreaped", k)
+	if k := r.os.killed(); !slices.Equal(k, []killCall{{-400, syscall.SIGTERM}, {-400, syscall.SIGCONT}}) {
+		t.Errorf("signals %v, want only the SIGTERM and SIGCONT sent while the leader was unreaped", k)
 	}
 	if p := r.clock.pending(); len(p) != 2 || !slices.Contains(durations(p), 3*time.Second) {
 		t.Errorf("pending timers %v, want the group check and the output grace", durations(p))
@@ -583,7 +583,7 @@ func TestProcTableKillsTheGroupOnlyOfAWorkerThatDiedOnItsOwn(t *testing.T) {
 	r.os.exit(died, exitCode(2))
 	r.os.exit(stopped, unix.WaitStatus(syscall.SIGTERM))
 	r.p.reap()
-	want := []killCall{{-601, syscall.SIGTERM}, {-600, syscall.SIGKILL}}
+	want := []killCall{{-601, syscall.SIGTERM}, {-601, syscall.SIGCONT}, {-600, syscall.SIGKILL}}
 	if k := r.os.killed(); !slices.Equal(k, want) {
 		t.Errorf("signals %v, want %v: SIGKILL for the group of the worker that died on its own, none for the stopping one's", k, want)
 	}
@@ -862,9 +862,10 @@ func TestProcTableNeverSignalsAReusedGroupForTheOldWorker(t *testing.T) {
 		t.Errorf("signals sent after the reuse: %v", r.os.killed()[before:])
 	}
 	// The new worker's own stop reaches its group, and its exit is its own.
+	before = len(r.os.killed())
 	r.p.handle(signalReq{token: 2, sig: syscall.SIGTERM, stop: true})
-	if k := r.os.killed()[len(r.os.killed())-1]; k != (killCall{-P, syscall.SIGTERM}) {
-		t.Errorf("the new worker's stop was sent as %v, want %v", k, killCall{-P, syscall.SIGTERM})
+	if k, want := r.os.killed()[before:], []killCall{{-P, syscall.SIGTERM}, {-P, syscall.SIGCONT}}; !slices.Equal(k, want) {
+		t.Errorf("the new worker's stop was sent as %v, want %v", k, want)
 	}
 	r.os.exit(P, exitCode(7))
 	r.p.reap()

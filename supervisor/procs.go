@@ -320,6 +320,13 @@ func (p *procTable) signal(req signalReq) {
 		if err := p.sys.kill(-pr.pid, req.sig); err != nil && !errors.Is(err, unix.ESRCH) {
 			p.log.Error("signal worker", zap.Int("pid", pr.pid), zap.Stringer("signal", req.sig), zap.Error(err))
 		}
+		if req.stop && req.sig != unix.SIGKILL && req.sig != unix.SIGCONT {
+			// A stopped process (SIGSTOP, a debugger, a terminal's ^Z)
+			// only acts on its stop signal once continued, as systemd's
+			// stop does: without it, it would wait out its stop_timeout
+			// and be killed instead of stopping gracefully.
+			_ = p.sys.kill(-pr.pid, unix.SIGCONT)
+		}
 	}
 	if req.stop {
 		p.post(stopSignalSent{token: req.token, at: p.now()})

@@ -14,10 +14,12 @@ const jitterFraction = 0.2
 //
 // failures counts the worker's quick exits in a row before this one. An exit
 // after at least MinUptime is a normal one: the count resets and the worker
-// is restarted at once (delay 0). A quicker exit is a failure to start: the
-// count grows and the delay is BackoffInitial × 2^(failures-1), capped at
-// BackoffMax, with jitter that never exceeds the cap. rnd returns a number
-// in [0, 1).
+// is restarted at once (delay 0). A quicker exit is a failure to start and
+// the count grows. The first in a row is restarted at once too: a worker
+// killed young (an operator's kill, an OOM kill) is not held back for a
+// death that may not repeat. From the second, the delay is BackoffInitial ×
+// 2^(failures-2), capped at BackoffMax, with jitter that never exceeds the
+// cap. rnd returns a number in [0, 1).
 //
 // It is a pure function so the policy is tested without a clock.
 func restartDelay(p config.Restart, uptime time.Duration, failures int, rnd func() float64) (delay time.Duration, newFailures int) {
@@ -25,8 +27,11 @@ func restartDelay(p config.Restart, uptime time.Duration, failures int, rnd func
 		return 0, 0
 	}
 	failures++
+	if failures == 1 {
+		return 0, failures
+	}
 	d := p.BackoffInitial
-	for i := 1; i < failures && d < p.BackoffMax; i++ {
+	for i := 2; i < failures && d < p.BackoffMax; i++ {
 		d *= 2
 	}
 	d = time.Duration(float64(d) * (1 + jitterFraction*(2*rnd()-1)))

@@ -2,6 +2,8 @@ package supervisor
 
 import (
 	"errors"
+	"maps"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -34,8 +36,14 @@ func TestStatusShowsWorkersCountersAndBackoff(t *testing.T) {
 			t.Errorf("worker %d: %+v, want running with a pid, in id order", i, w)
 		}
 	}
-	// Worker 1 dies at once: it goes to backoff; worker 2 is killed by a
-	// signal nobody sent.
+	// Worker 1 dies at once, a second time in a row: it goes to backoff;
+	// worker 2 is killed by a signal nobody sent, a second time too.
+	for _, tok := range slices.Collect(maps.Keys(tokens)) {
+		if id := tokens[tok]; id == 1 || id == 2 {
+			delete(tokens, tok)
+			tokens[r.quickDeathRestartedAtOnce(tok, 100+id)] = id
+		}
+	}
 	r.clock.now = r.clock.now.Add(10 * time.Millisecond)
 	for tok, id := range tokens {
 		switch id {
@@ -51,20 +59,20 @@ func TestStatusShowsWorkersCountersAndBackoff(t *testing.T) {
 		t.Errorf("running %d, backoff %d; want 1 and 2", sv.Running, sv.Backoff)
 	}
 	w1 := sv.Workers[1]
-	if w1.State != "backoff" || w1.PID != 0 || w1.LastExit != "exit code 2" || w1.Failures != 1 ||
-		w1.Restarts != 1 || !w1.RetryAt.Equal(r.clock.now.Add(100*time.Millisecond)) {
+	if w1.State != "backoff" || w1.PID != 0 || w1.LastExit != "exit code 2" || w1.Failures != 2 ||
+		w1.Restarts != 2 || !w1.RetryAt.Equal(r.clock.now.Add(100*time.Millisecond)) {
 		t.Errorf("worker 1: %+v, want backoff after exit code 2, retry in 100ms", w1)
 	}
-	if c := sv.Counters; c.Restarts != 0 || c.Exits[ExitError] != 1 || c.Exits[ExitSignal] != 1 || c.Exits[ExitClean] != 0 {
-		t.Errorf("counters %+v, want no restart yet (both wait), 1 error exit and 1 signal exit", c)
+	if c := sv.Counters; c.Restarts != 2 || c.Exits[ExitError] != 3 || c.Exits[ExitSignal] != 1 || c.Exits[ExitClean] != 0 {
+		t.Errorf("counters %+v, want the 2 restarts at once (the second ones wait), 3 error exits and 1 signal exit", c)
 	}
 	// A restart counts when it happens: the backoff timers fire.
 	for _, tm := range r.clock.pending() {
 		tm.fire()
 	}
 	r.deliver()
-	if c := r.status().Services[0].Counters; c.Restarts != 2 {
-		t.Errorf("%d restarts after the delays, want 2", c.Restarts)
+	if c := r.status().Services[0].Counters; c.Restarts != 4 {
+		t.Errorf("%d restarts after the delays, want 4", c.Restarts)
 	}
 }
 

@@ -29,7 +29,7 @@ func TestRestartDelayDoublesToTheCap(t *testing.T) {
 		d, failures = restartDelay(policy, 10*time.Millisecond, failures, mid)
 		got = append(got, d)
 	}
-	want := []time.Duration{100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000, 30000}
+	want := []time.Duration{0, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600, 30000, 30000}
 	for i := range want {
 		want[i] *= time.Millisecond
 	}
@@ -47,15 +47,19 @@ func TestRestartDelayResetsAfterMinUptime(t *testing.T) {
 		t.Errorf("after a run of min_uptime: delay %v failures %d, want 0 0", d, failures)
 	}
 	d, failures = restartDelay(policy, time.Second-time.Nanosecond, 0, func() float64 { return 0.5 })
-	if d != 100*time.Millisecond || failures != 1 {
-		t.Errorf("just short of min_uptime: delay %v failures %d, want 100ms 1", d, failures)
+	if d != 0 || failures != 1 {
+		t.Errorf("just short of min_uptime, the first time: delay %v failures %d, want 0 1", d, failures)
+	}
+	d, failures = restartDelay(policy, time.Second-time.Nanosecond, failures, func() float64 { return 0.5 })
+	if d != 100*time.Millisecond || failures != 2 {
+		t.Errorf("just short of min_uptime, the second time in a row: delay %v failures %d, want 100ms 2", d, failures)
 	}
 }
 
 func TestRestartDelayJitterStaysInBoundsAndUnderTheCap(t *testing.T) {
 	for _, r := range []float64{0, 0.25, 0.5, 0.75, 0.999999} {
 		rnd := func() float64 { return r }
-		d, _ := restartDelay(policy, 0, 0, rnd)
+		d, _ := restartDelay(policy, 0, 1, rnd)
 		if d < 80*time.Millisecond || d > 120*time.Millisecond {
 			t.Errorf("rnd %v: first delay %v outside 100ms ±20%%", r, d)
 		}
