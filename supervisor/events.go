@@ -54,6 +54,9 @@ type restartDue struct {
 // killDue: a stopping process's stop timeout is over.
 type killDue struct{ token uint64 }
 
+// readyDue: token's process has run its service's min_uptime.
+type readyDue struct{ token uint64 }
+
 // reloadRequested: apply cfg, read for source, in place of the running
 // configuration; then answer on reply, if any (buffered).
 type reloadRequested struct {
@@ -72,6 +75,7 @@ func (workerExited) isEvent()      {}
 func (stopSignalSent) isEvent()    {}
 func (restartDue) isEvent()        {}
 func (killDue) isEvent()           {}
+func (readyDue) isEvent()          {}
 func (shutdownRequested) isEvent() {}
 func (reloadRequested) isEvent()   {}
 

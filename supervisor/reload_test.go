@@ -6,6 +6,7 @@ package supervisor_test
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -373,5 +374,83 @@ services:
 	want := []string{"stop", "stop", "stop", "start", "start", "start"}
 	if strings.Join(order, " ") != strings.Join(want, " ") {
 		t.Errorf("replace: all went %v, want %v", order, want)
+	}
+}
+
+// A bad edit of a running service's command halts its rolling replacement
+// at the first new worker that exits before it is ready: the slot goes back
+// to the previous definition, the other workers keep running, and the
+// reload is reported failed with the reason. The next good edit rolls out,
+// replacing each worker only once the one before is ready.
+func TestBadEditHaltsTheRolloutAndKeepsTheOldWorkers(t *testing.T) {
+	t.Parallel()
+	conf := `
+services:
+  gen:
+    command: ["/bin/sh", "-c", %q]
+    workers: 4
+    restart: {min_uptime: 200ms}
+`
+	good := func(gen int) string {
+		return fmt.Sprintf(conf, fmt.Sprintf("echo gen %d; exec /bin/sleep 1000", gen))
+	}
+	m := startManager(t, good(1))
+	first := m.waitN("4 of gen 1", 4, output("gen", "gen 1"))
+	original := map[int]int{}
+	for _, e := range first {
+		original[e.int("worker")] = e.int("pid")
+	}
+
+	m.rewrite(fmt.Sprintf(conf, "exit 1"))
+	halted := m.waitFor("the rollout halted", func(e entry) bool {
+		return e.is("rollout halted: the service goes back to its previous definition", "service", "gen")
+	})
+	if r := halted.str("reason"); r != "gen worker 0 exit code 1 before ready" {
+		t.Errorf("halt reason %q, want gen worker 0 exit code 1 before ready", r)
+	}
+	// Slot 0 runs the previous definition again.
+	m.waitFor("worker 0 back on gen 1", func(e entry) bool {
+		return output("gen", "gen 1")(e) && e.int("worker") == 0 && e.int("pid") != original[0]
+	})
+	for id := 1; id < 4; id++ {
+		if !alive(original[id]) {
+			t.Errorf("gen worker %d (pid %d) is gone: the halted rollout took it down", id, original[id])
+		}
+	}
+	if n := len(m.all(func(e entry) bool { return e.is("replacing worker: its definition changed", "service", "gen") })); n != 1 {
+		t.Errorf("%d workers replaced for the bad edit, want only the first", n)
+	}
+	st := m.statusJSON()
+	if st.LastReload == nil || st.LastReload.OK || st.LastReload.Error != "gen worker 0 exit code 1 before ready" || st.Reloads.Failed != 1 {
+		t.Errorf("status last reload %+v, reloads %+v; want failed with the reason, counted", st.LastReload, st.Reloads)
+	}
+
+	m.rewrite(good(2))
+	m.waitN("4 of gen 2", 4, output("gen", "gen 2"))
+	// From the good edit on: each worker's replacement is ready before the
+	// next worker is replaced.
+	entries, _, _ := m.snapshot()
+	var order []string
+	seen := false
+	for _, e := range entries {
+		switch {
+		case e.is("rollout halted: the service goes back to its previous definition"):
+			seen = true
+		case !seen:
+		case e.is("replacing worker: its definition changed", "service", "gen"):
+			order = append(order, fmt.Sprintf("replace %d", e.int("worker")))
+		case e.is("replacement worker ready", "service", "gen"):
+			order = append(order, fmt.Sprintf("ready %d", e.int("worker")))
+		}
+	}
+	want := []string{"replace 0", "ready 0", "replace 1", "ready 1", "replace 2", "ready 2", "replace 3"}
+	if len(order) < len(want) || !slices.Equal(order[:len(want)], want) {
+		t.Errorf("the good rollout went %v, want %v then ready 3", order, want)
+	}
+	m.waitFor("the good reload complete", func(e entry) bool {
+		return e.is("reload complete: every worker runs the new configuration")
+	})
+	if st := m.statusJSON(); st.LastReload == nil || !st.LastReload.OK || st.Reloads.OK != 1 || st.Reloads.Failed != 1 {
+		t.Errorf("status last reload %+v, reloads %+v; want the good one recorded", st.LastReload, st.Reloads)
 	}
 }

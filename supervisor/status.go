@@ -97,6 +97,9 @@ type WorkerStatus struct {
 	// Outdated: the process runs a definition a reload changed, and waits
 	// its turn to be replaced.
 	Outdated bool
+	// Ready: the process has run its service's min_uptime. A rolling
+	// replacement waits for it before it replaces the next worker.
+	Ready bool
 }
 
 // ReloadResult is what became of one reload.
@@ -250,7 +253,7 @@ func (s *Supervisor) status() Status {
 		}
 		ws := WorkerStatus{
 			ID: w.key.id, State: w.state.String(), PID: w.pid, Restarts: w.restarts, Failures: w.failures,
-			LastExit: w.lastExit, LastExitAt: w.lastExitAt, Outdated: w.stale,
+			LastExit: w.lastExit, LastExitAt: w.lastExitAt, Outdated: w.stale, Ready: w.ready,
 		}
 		if w.pid != 0 {
 			ws.StartedAt = w.startedAt

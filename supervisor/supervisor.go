@@ -108,6 +108,9 @@ type Supervisor struct {
 	lastReload    *ReloadResult
 	reloadsOK     uint64
 	reloadsFailed uint64
+	// rolloutOf is the reload whose rolling replacements are under way;
+	// its result is recorded when they end (rollout.go).
+	rolloutOf *ReloadSource
 }
 
 // worker is one slot: a service's worker id, and the process filling it.
@@ -127,6 +130,15 @@ type worker struct {
 	// initial: the slot's first start, from startAll, is not answered yet;
 	// the manager is ready once no slot is.
 	initial bool
+
+	// ready: the process has run its service's min_uptime (rollout.go).
+	ready       bool
+	cancelReady func() bool
+	// prevSvc is set while the slot is replaced for a rolling change, from
+	// the stop of its old process until its new one is ready: the
+	// definition the slot ran before, to go back to if the new process
+	// exits before it is ready.
+	prevSvc *config.Service
 
 	failures      int    // quick exits in a row: sets the backoff delay
 	restarts      int    // processes started after the first
@@ -388,6 +400,10 @@ func (s *Supervisor) handle(ev event) {
 			token := w.token
 			w.cancelKill = s.afterFunc(w.svc.StopTimeout, func() { s.inbox.put(killDue{token: token}) })
 		}
+	case readyDue:
+		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && !w.ready {
+			s.onReady(w)
+		}
 	case restartDue:
 		if w := s.workers[ev.key]; w != nil && w.state == stateBackoff && w.timerSeq == ev.seq {
 			w.cancelRestart = nil
@@ -448,6 +464,7 @@ func (s *Supervisor) onStarted(ev workerStarted) {
 		return
 	}
 	w.state = stateRunning
+	s.armReady(w)
 	if s.hooks.OnNewWorker != nil {
 		ev := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: w.pid}
 		s.hook(func() { s.hooks.OnNewWorker(ev) })
@@ -477,6 +494,10 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 			return
 		}
 	}
+	if w.prevSvc != nil && w.state == stateStarting {
+		s.halt(w, fmt.Errorf("%s worker %d failed to start: %w", w.key.service, w.key.id, ev.err))
+		return
+	}
 	// A start that fails is the quickest of quick exits.
 	s.scheduleRestart(w, 0)
 }
@@ -488,6 +509,9 @@ func (s *Supervisor) onExited(ev workerExited) {
 	}
 	delete(s.byToken, ev.token)
 	w.token = 0
+	cancel(&w.cancelReady)
+	wasReady := w.ready
+	w.ready = false
 	uptime := ev.at.Sub(w.startedAt)
 	status := describeStatus(ev.status)
 	w.lastExit, w.lastExitAt = status, ev.at
@@ -515,6 +539,10 @@ func (s *Supervisor) onExited(ev workerExited) {
 		return
 	}
 	s.log.Warn("worker exited", fields...)
+	if w.prevSvc != nil && !wasReady {
+		s.halt(w, fmt.Errorf("%s worker %d %s before ready", w.key.service, w.key.id, status))
+		return
+	}
 	s.scheduleRestart(w, uptime)
 }
 
@@ -580,8 +608,14 @@ func (s *Supervisor) onReload(cfg *config.Config, source ReloadSource) error {
 	}
 	s.received = cfg
 	clear(s.overrides)
+	if s.rolloutOf != nil {
+		// Superseded: what it changed is measured against cfg now.
+		s.recordReload(*s.rolloutOf, nil)
+		s.rolloutOf = nil
+	}
+	s.rolloutOf = &source
 	s.apply(cfg, true)
-	s.recordReload(source, nil)
+	s.rolloutProgressed()
 	if s.hooks.OnReload != nil {
 		s.hook(func() { s.hooks.OnReload(s) })
 	}
@@ -671,6 +705,7 @@ func (s *Supervisor) replaceNext(service string) {
 				s.stop(w)
 			}
 		}
+		s.rolloutProgressed()
 		return
 	}
 	var next *worker
@@ -678,7 +713,9 @@ func (s *Supervisor) replaceNext(service string) {
 		if w.key.service != service {
 			continue
 		}
-		if w.state == stateStarting || w.state == stateStopping {
+		// A replacement under way (its old process stopping, its new one
+		// starting or not yet ready) holds the next one back.
+		if w.state == stateStarting || w.state == stateStopping || w.prevSvc != nil {
 			return
 		}
 		if w.stale && w.state == stateRunning && (next == nil || w.key.id < next.key.id) {
@@ -687,9 +724,12 @@ func (s *Supervisor) replaceNext(service string) {
 	}
 	if next != nil {
 		next.stale = false
+		next.prevSvc = next.svc
 		s.log.Info("replacing worker: its definition changed", s.fields(next)...)
 		s.stop(next)
+		return
 	}
+	s.rolloutProgressed()
 }
 
 // onShutdown stops every worker. A fast shutdown, or a fast request while a
@@ -728,6 +768,7 @@ func (s *Supervisor) stop(w *worker) {
 		cancel(&w.cancelKill)
 	}
 	w.state = stateStopping
+	cancel(&w.cancelReady) // a stopping process is not going to be ready
 	sig := w.svc.StopSignal
 	if s.fast {
 		sig = syscall.SIGKILL

@@ -64,6 +64,7 @@ type WorkerStatus struct {
 	LastExitAt    *time.Time `json:"last_exit_at"`
 	RetryAt       *time.Time `json:"retry_at"` // in backoff: when it starts again
 	Outdated      bool       `json:"outdated"` // waits to be replaced by a reload
+	Ready         bool       `json:"ready"`    // has run min_uptime
 }
 
 // QueueStatus is one queue of the broker.
@@ -128,7 +129,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 		for _, w := range sv.Workers {
 			wd := WorkerStatus{
 				ID: w.ID, State: w.State, PID: w.PID, Restarts: w.Restarts, Failures: w.Failures,
-				LastExit: w.LastExit, Outdated: w.Outdated,
+				LastExit: w.LastExit, Outdated: w.Outdated, Ready: w.Ready,
 			}
 			if !w.StartedAt.IsZero() {
 				wd.StartedAt = timePtr(w.StartedAt)

@@ -1,0 +1,118 @@
+package supervisor
+
+import (
+	"slices"
+
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/config"
+)
+
+// Readiness and rolling changes.
+//
+// A worker is ready once its process has run its service's min_uptime: the
+// time after which an exit no longer counts as a failure to start. A
+// rolling replacement (a reload that changes a service's command, run,
+// env, dir or stop_signal) replaces one slot at a time, and starts on the
+// next only when the new process of the previous one is ready. If that
+// process exits before it is ready, or cannot be started, the rollout
+// halts:
+//
+//   - the service goes back to its previous definition, for every start
+//     from then on (the running configuration's service is reverted, its
+//     worker count and restart policy kept);
+//   - the failed slot is started again at once on that definition;
+//   - the workers not yet replaced keep running; those already replaced,
+//     and ready, keep running too, on the new definition, until they next
+//     exit;
+//   - the reload is recorded as failed, with the reason (Status's
+//     LastReload, the reload counters).
+//
+// The next reload that changes the service starts a new rollout, measured
+// against what each slot runs. `replace: all` is not gated: every stale
+// slot is stopped at once.
+
+// armReady starts w's readiness clock: its process is ready after its
+// service's min_uptime.
+func (s *Supervisor) armReady(w *worker) {
+	w.ready = false
+	cancel(&w.cancelReady)
+	token := w.token
+	w.cancelReady = s.afterFunc(w.svc.Restart.MinUptime, func() { s.inbox.put(readyDue{token: token}) })
+}
+
+// onReady records that w's process is ready, and moves its service's
+// rolling change on.
+func (s *Supervisor) onReady(w *worker) {
+	w.ready = true
+	w.cancelReady = nil
+	if w.prevSvc != nil {
+		w.prevSvc = nil
+		s.log.Info("replacement worker ready", s.fields(w)...)
+	}
+	s.replaceNext(w.key.service)
+}
+
+// halt stops the rolling change of w's service: w's new process exited (or
+// could not start) before it was ready, for reason. See the package notes
+// above.
+func (s *Supervisor) halt(w *worker, reason error) {
+	service := w.key.service
+	prev := w.prevSvc
+	s.log.Error("rollout halted: the service goes back to its previous definition",
+		s.fields(w, zap.String("reason", reason.Error()))...)
+	s.cfg = withDefinition(s.cfg, service, prev)
+	s.received = withDefinition(s.received, service, prev)
+	for _, other := range s.workers {
+		if other.key.service == service {
+			other.prevSvc = nil
+			other.stale = false
+			if other.state == stateBackoff {
+				other.svc = s.cfg.Service(service)
+			}
+		}
+	}
+	source := ReloadByProgram
+	if s.rolloutOf != nil {
+		source = *s.rolloutOf
+	} else if s.lastReload != nil {
+		source = s.lastReload.Source
+	}
+	s.rolloutOf = nil
+	s.recordReload(source, reason)
+	w.failures = 0
+	s.start(w)
+}
+
+// rolloutProgressed records the result of the reload whose rolling changes
+// were under way, once none is left.
+func (s *Supervisor) rolloutProgressed() {
+	if s.rolloutOf == nil {
+		return
+	}
+	for _, w := range s.workers {
+		if w.stale || w.prevSvc != nil {
+			return
+		}
+	}
+	s.recordReload(*s.rolloutOf, nil)
+	s.rolloutOf = nil
+	s.log.Info("reload complete: every worker runs the new configuration")
+}
+
+// withDefinition returns a copy of cfg whose service named service runs
+// what prev ran (its command, run, env, dir and stop signal: what
+// processChanged compares), keeping the rest of cfg's definition. cfg is
+// returned as is if it has no such service.
+func withDefinition(cfg *config.Config, service string, prev *config.Service) *config.Config {
+	i := slices.IndexFunc(cfg.Services, func(svc *config.Service) bool { return svc.Name == service })
+	if i < 0 || prev == nil {
+		return cfg
+	}
+	c := *cfg
+	c.Services = slices.Clone(cfg.Services)
+	reverted := *cfg.Services[i]
+	reverted.Command, reverted.Run, reverted.Env, reverted.Dir, reverted.StopSignal = prev.Command, prev.Run, prev.Env, prev.Dir, prev.StopSignal
+	c.Services[i] = &reverted
+	return &c
+}
