@@ -197,8 +197,9 @@ type Replace int
 
 const (
 	// ReplaceRolling (`replace: rolling`): one worker at a time; the next
-	// old worker is stopped only once the new one before it has started,
-	// so all but one keep running through the change.
+	// old worker is stopped only once the new one before it is ready, so
+	// all but one keep running through the change, and a new one that
+	// exits before it is ready halts the change.
 	ReplaceRolling Replace = iota
 	// ReplaceAll (`replace: all`): every old worker is stopped at once and
 	// each is started again as soon as it has exited, for programs that
