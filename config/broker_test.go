@@ -149,6 +149,10 @@ func TestParseControlErrors(t *testing.T) {
 			`g.yaml:2:19: control socket "/run/g/a.sock" is the queue socket's path too (give each socket a path of its own)`},
 		{"replace unknown", "services:\n  web: {command: [a], replace: blue-green}\n",
 			`g.yaml:2:32: replace must be "rolling" (one worker at a time) or "all" (all at once) (got "blue-green")`},
+		{"ready unknown", "services:\n  web: {command: [a], ready: soon}\n",
+			`g.yaml:2:30: ready must be "uptime" (ready once it has run min_uptime) or "notify" (ready when it sends READY=1) (got "soon")`},
+		{"ready_timeout zero", "services:\n  web: {command: [a], ready_timeout: 0s}\n",
+			`g.yaml:2:38: ready_timeout must be more than 0 (got "0s")`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("g.yaml", []byte(tc.src), nil)

@@ -41,6 +41,9 @@ const (
 	// failure to start (restarted after a growing delay). Same as
 	// supervisord's startsecs and cotyledon's one-fork-a-second rule.
 	DefaultMinUptime = 1 * time.Second
+	// DefaultReadyTimeout is how long a worker of a `ready: notify`
+	// service has to send READY=1 (systemd's DefaultTimeoutStartSec).
+	DefaultReadyTimeout = 90 * time.Second
 	// DefaultBackoffInitial is the delay before the first restart of a
 	// worker that died within MinUptime; each further quick death doubles it.
 	DefaultBackoffInitial = 100 * time.Millisecond
@@ -186,6 +189,13 @@ type Service struct {
 	// Replace says how workers running a changed definition are replaced
 	// (`replace`, default ReplaceRolling).
 	Replace Replace
+	// Ready says how the manager knows a worker is ready (`ready`,
+	// default ReadyUptime).
+	Ready Ready
+	// ReadyTimeout bounds the wait for a ReadyNotify worker's READY=1
+	// (`ready_timeout`, default DefaultReadyTimeout): a worker not ready by
+	// then counts as failed to start.
+	ReadyTimeout time.Duration
 	// Pos is where the service's name stands in the file, or its declared
 	// field when only a Declaration names it.
 	Pos Position
@@ -206,6 +216,27 @@ const (
 	// cannot run two versions side by side.
 	ReplaceAll
 )
+
+// Ready is how the manager knows a worker is ready: what a rolling
+// replacement waits for before it replaces the next worker.
+type Ready int
+
+const (
+	// ReadyUptime (`ready: uptime`): a worker is ready once it has run
+	// its service's min_uptime. For programs that say nothing.
+	ReadyUptime Ready = iota
+	// ReadyNotify (`ready: notify`): a worker is ready when it sends
+	// READY=1 to the notify socket the manager gives it in NOTIFY_SOCKET,
+	// in systemd's sd_notify protocol, within ready_timeout.
+	ReadyNotify
+)
+
+func (r Ready) String() string {
+	if r == ReadyNotify {
+		return "notify"
+	}
+	return "uptime"
+}
 
 func (r Replace) String() string {
 	if r == ReplaceAll {

@@ -67,6 +67,8 @@ type serviceDecl struct {
 	stopTimeout                           setting[time.Duration]
 	minUptime, backoffInitial, backoffMax setting[time.Duration]
 	replace                               setting[Replace]
+	ready                                 setting[Ready]
+	readyTimeout                          setting[time.Duration]
 }
 
 type queueDecl struct {
@@ -242,6 +244,18 @@ func BackoffMax(t time.Duration) ServiceOption {
 // replaces workers whose definition changed.
 func ReplaceWith(r Replace) ServiceOption {
 	return func(s *serviceDecl) { s.replace.set(r, s.now) }
+}
+
+// ReadyBy sets `ready` (default ReadyUptime): how the manager knows a
+// worker is ready.
+func ReadyBy(r Ready) ServiceOption {
+	return func(s *serviceDecl) { s.ready.set(r, s.now) }
+}
+
+// ReadyTimeout sets `ready_timeout` (default DefaultReadyTimeout): how
+// long a ReadyNotify worker has to send READY=1.
+func ReadyTimeout(t time.Duration) ServiceOption {
+	return func(s *serviceDecl) { s.readyTimeout.set(t, s.now) }
 }
 
 // Capacity sets a queue's `capacity` (default 10000, from 1 to MaxCapacity).
@@ -544,6 +558,12 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 	}
 	if rp := sd.replace; rp.isSet() && r.problem(rp.seq, path+".replace", replaceProblem(rp.v, fmt.Sprintf("Replace(%d)", int(rp.v)))) {
 		s.Replace = rp.v
+	}
+	if rd := sd.ready; rd.isSet() && r.problem(rd.seq, path+".ready", readyProblem(rd.v, fmt.Sprintf("Ready(%d)", int(rd.v)))) {
+		s.Ready = rd.v
+	}
+	if t := sd.readyTimeout; t.isSet() && r.problem(t.seq, path+".ready_timeout", durationProblem("ready_timeout", t.v, shortDuration(t.v))) {
+		s.ReadyTimeout = t.v
 	}
 	return s, r.restart(path+".restart", sd, &s.Restart)
 }

@@ -84,6 +84,8 @@ func TestDeclarationErrors(t *testing.T) {
 			false, `services.p.run (declared in Go): unknown Go service "prnter" (this program registers: printer, ticker)`},
 		{"unknown run name, no Go services", func(d *Declaration) { d.Service("p", Run("printer")) },
 			true, `services.p.run (declared in Go): unknown Go service "printer" (this program registers no Go services; use command: to run a program)`},
+		{"ready out of range", func(d *Declaration) { d.Service("web", web, ReadyBy(3)) },
+			false, `services.web.ready (declared in Go): ready must be "uptime" (ready once it has run min_uptime) or "notify" (ready when it sends READY=1) (got Ready(3))`},
 		{"replace out of range", func(d *Declaration) { d.Service("web", web, ReplaceWith(7)) },
 			false, `services.web.replace (declared in Go): replace must be "rolling" (one worker at a time) or "all" (all at once) (got Replace(7))`},
 		{"bad queue name", func(d *Declaration) { d.Service("web", web); d.Queue("2jobs") },
@@ -521,7 +523,7 @@ func TestParseOverErrors(t *testing.T) {
 			`c.yaml:1:1: missing "services" key (add "services:" with at least one service under it)`},
 		{"unknown keys are still unknown", func(d *Declaration) { d.Service("printer", Run("printer")) },
 			"services:\n  printer: {wokers: 5}\n",
-			`c.yaml:2:13: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, reload_signal, replace, restart, run, stop_signal, stop_timeout, workers)`},
+			`c.yaml:2:13: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, ready, ready_timeout, reload_signal, replace, restart, run, stop_signal, stop_timeout, workers)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -31,7 +31,7 @@ var (
 	brokerKeys  = []string{"allow_gids", "allow_uids", "group", "socket"}
 	controlKeys = []string{"allow_gids", "allow_uids", "group", "metrics_listen", "socket"}
 	queueKeys   = []string{"capacity"}
-	serviceKeys = []string{"command", "dir", "env", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "workers"}
+	serviceKeys = []string{"command", "dir", "env", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
 )
 
@@ -639,11 +639,12 @@ func defaultConfig() *Config {
 // which finish fills in once shutdown_timeout is known.
 func newService(name string, pos Position) *Service {
 	return &Service{
-		Name:       name,
-		Pos:        pos,
-		Workers:    DefaultWorkers,
-		Env:        map[string]string{},
-		StopSignal: DefaultStopSignal,
+		Name:         name,
+		Pos:          pos,
+		Workers:      DefaultWorkers,
+		Env:          map[string]string{},
+		StopSignal:   DefaultStopSignal,
+		ReadyTimeout: DefaultReadyTimeout,
 		Restart: Restart{
 			MinUptime:      DefaultMinUptime,
 			BackoffInitial: DefaultBackoffInitial,
@@ -711,6 +712,23 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 				whence = "in the Go declaration"
 			}
 			d.restart(f, e.key, &s.Restart, whence)
+		case "ready":
+			if v, ok := d.text(f, `"uptime" or "notify"`); ok {
+				r := Ready(-1)
+				switch v {
+				case "uptime":
+					r = ReadyUptime
+				case "notify":
+					r = ReadyNotify
+				}
+				if d.problem(f.pos, readyProblem(r, strconv.Quote(v))) {
+					s.Ready = r
+				}
+			}
+		case "ready_timeout":
+			if t, ok := d.duration(f); ok {
+				s.ReadyTimeout = t
+			}
 		case "replace":
 			if v, ok := d.text(f, `"rolling" or "all"`); ok {
 				r := Replace(-1)

@@ -69,7 +69,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown service key with suggestion",
 			src:  "services:\n  printer:\n    run: printer\n    wokers: 2\n",
-			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, reload_signal, replace, restart, run, stop_signal, stop_timeout, workers)`,
+			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, ready, ready_timeout, reload_signal, replace, restart, run, stop_signal, stop_timeout, workers)`,
 		},
 		{
 			name: "unknown restart key",
@@ -483,6 +483,8 @@ services:
     dir: app/../producer
     stop_signal: int
     stop_timeout: 5s
+    ready: notify
+    ready_timeout: 10s
     restart: &restart
       min_uptime: 100ms
       backoff_initial: 1s
@@ -520,26 +522,29 @@ services:
 			StopSignal:  syscall.SIGINT,
 			StopTimeout: 5 * time.Second,
 			Restart:     restart,
-			Pos:         Position{File: file, Line: 4, Col: 3},
+			Ready:       ReadyNotify, ReadyTimeout: 10 * time.Second,
+			Pos: Position{File: file, Line: 4, Col: 3},
 		}, {
-			Name:        "printer",
-			Run:         "printer",
-			Workers:     0,
-			Env:         env,
-			Dir:         "/srv/printer",
-			StopSignal:  syscall.SIGHUP,
-			StopTimeout: time.Minute,
-			Restart:     restart,
-			Pos:         Position{File: file, Line: 23, Col: 3},
+			Name:         "printer",
+			Run:          "printer",
+			Workers:      0,
+			Env:          env,
+			Dir:          "/srv/printer",
+			StopSignal:   syscall.SIGHUP,
+			StopTimeout:  time.Minute,
+			Restart:      restart,
+			ReadyTimeout: DefaultReadyTimeout,
+			Pos:          Position{File: file, Line: 25, Col: 3},
 		}, {
-			Name:        "ticker",
-			Run:         "ticker",
-			Workers:     10000,
-			Env:         map[string]string{},
-			StopSignal:  syscall.SIGTERM,
-			StopTimeout: time.Minute,
-			Restart:     Restart{MinUptime: DefaultMinUptime, BackoffInitial: DefaultBackoffInitial, BackoffMax: DefaultBackoffMax},
-			Pos:         Position{File: file, Line: 30, Col: 3},
+			Name:         "ticker",
+			Run:          "ticker",
+			Workers:      10000,
+			Env:          map[string]string{},
+			StopSignal:   syscall.SIGTERM,
+			StopTimeout:  time.Minute,
+			Restart:      Restart{MinUptime: DefaultMinUptime, BackoffInitial: DefaultBackoffInitial, BackoffMax: DefaultBackoffMax},
+			ReadyTimeout: DefaultReadyTimeout,
+			Pos:          Position{File: file, Line: 32, Col: 3},
 		}},
 		Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}},
 	}
@@ -587,7 +592,9 @@ func TestParseDefaults(t *testing.T) {
 				BackoffInitial: DefaultBackoffInitial,
 				BackoffMax:     DefaultBackoffMax,
 			},
-			Pos: Position{File: "c.yaml", Line: 2, Col: 3},
+			Ready:        ReadyUptime,
+			ReadyTimeout: DefaultReadyTimeout,
+			Pos:          Position{File: "c.yaml", Line: 2, Col: 3},
 		}},
 		Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}},
 	}

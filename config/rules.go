@@ -335,6 +335,15 @@ func listenProblem(a string) string {
 	return ""
 }
 
+// readyProblem is the rule for ready. A word a file gives that is neither
+// "uptime" nor "notify" reaches it as -1.
+func readyProblem(r Ready, got string) string {
+	if r == ReadyUptime || r == ReadyNotify {
+		return ""
+	}
+	return fmt.Sprintf(`ready must be "uptime" (ready once it has run min_uptime) or "notify" (ready when it sends READY=1) (got %s)`, got)
+}
+
 // replaceProblem is the rule for replace. A word a file gives that is
 // neither "rolling" nor "all" reaches it as -1.
 func replaceProblem(r Replace, got string) string {
