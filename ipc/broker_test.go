@@ -754,12 +754,14 @@ func TestOtherUIDRefusedByDefault(t *testing.T) {
 	os.Chmod(dir, 0o777)
 	path := filepath.Join(dir, "queue.sock")
 	// The test binary sits in a directory only root may enter: run a copy.
+	// Copied by cp, not written here: a process forked meanwhile would
+	// inherit a descriptor open for writing until its exec, and exec'ing
+	// the copy then fails with ETXTBSY ("text file busy").
 	exe := filepath.Join(dir, "ipc.test")
-	bin, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
+	if out, err := exec.Command("cp", os.Args[0], exe).CombinedOutput(); err != nil {
+		t.Fatalf("copy the test binary: %v: %s", err, out)
 	}
-	if err := os.WriteFile(exe, bin, 0o755); err != nil {
+	if err := os.Chmod(exe, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zapcore.DebugLevel)

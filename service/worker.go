@@ -70,6 +70,11 @@ func Main(reg *Registry) int {
 		return 1
 	}
 	go serveReloads(ctx, w, svc, reloads)
+	if r, ok := svc.(ReadyReporter); !ok || !r.ReportsReady() {
+		if err := Ready(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s worker %d: say ready: %v\n", w.Service, w.ID, err)
+		}
+	}
 	if err := svc.Run(ctx); err != nil && !(errors.Is(err, context.Canceled) && ctx.Err() != nil) {
 		fmt.Fprintf(os.Stderr, "%s worker %d: %v\n", w.Service, w.ID, err)
 		return 1

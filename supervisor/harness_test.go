@@ -33,6 +33,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/coreos/go-systemd/v22/daemon"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -70,6 +71,9 @@ func addTestServices(reg *service.Registry) {
 			return nil
 		}), nil
 	})
+	// late-ready reports its own readiness: STATUS=loading at once, READY=1
+	// and STATUS=loaded on SIGUSR1.
+	reg.Register("late-ready", func(w service.Worker) (service.Service, error) { return lateReady{}, nil })
 	// reloader says "reloaded N" each time the manager tells it to reload.
 	reg.Register("reloader", func(w service.Worker) (service.Service, error) { return &reloadingSleeper{}, nil })
 	// crasher fails at once, every time.
@@ -268,6 +272,33 @@ func testHooks() supervisor.Hooks {
 	}
 }
 
+// lateReady is the late-ready service.
+type lateReady struct{}
+
+func (lateReady) ReportsReady() bool { return true }
+
+func (lateReady) Run(ctx context.Context) error {
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	if err := service.Status("loading"); err != nil {
+		return err
+	}
+	fmt.Println("loading")
+	select {
+	case <-usr1:
+	case <-ctx.Done():
+		return nil
+	}
+	if err := service.Ready(); err != nil {
+		return err
+	}
+	if err := service.Status("loaded"); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}
+
 // helperCommands are the test binary's small commands (TEST_HELPER=name).
 var helperCommands = map[string]func() int{
 	// clean-up-on-term says it is ready once it catches SIGTERM; on SIGTERM
@@ -312,6 +343,34 @@ var helperCommands = map[string]func() int{
 		err = sup.Run(context.Background())
 		fmt.Printf("run returned %v; workers started: %d\n", err, logs.FilterMessage("worker started").Len())
 		return 0
+	},
+	// notifier speaks sd_notify to $NOTIFY_SOCKET: STATUS=waiting, then,
+	// on SIGUSR1 (at once with NOTIFY_AT_ONCE=1; never with
+	// NOTIFY_NEVER=1), READY=1 and STATUS=serving. It prints "waiting GEN"
+	// and "serving GEN" ($GEN), and exits 0 on SIGTERM.
+	"notifier": func() int {
+		sigs := make(chan os.Signal, 2)
+		signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGTERM)
+		notify := func(state string) {
+			if _, err := daemon.SdNotify(false, state); err != nil {
+				fmt.Fprintln(os.Stderr, "sd_notify:", err)
+			}
+		}
+		gen := os.Getenv("GEN")
+		notify("STATUS=waiting")
+		fmt.Printf("waiting %s\n", gen)
+		goAhead := os.Getenv("NOTIFY_AT_ONCE") == "1"
+		for {
+			if goAhead && os.Getenv("NOTIFY_NEVER") != "1" {
+				notify("READY=1\nSTATUS=serving")
+				fmt.Printf("serving %s\n", gen)
+				goAhead = false
+			}
+			if sig := <-sigs; sig == syscall.SIGTERM {
+				return 0
+			}
+			goAhead = true
+		}
 	},
 	// env prints the variables a worker may or may not see, then waits.
 	"env": func() int {

@@ -10,6 +10,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/gotyledon/gotyledon/supervisor/control"
 )
 
 // rewrite replaces the manager's config file and sends SIGHUP.
@@ -453,4 +456,119 @@ services:
 	if st := m.statusJSON(); st.LastReload == nil || !st.LastReload.OK || st.Reloads.OK != 1 || st.Reloads.Failed != 1 {
 		t.Errorf("status last reload %+v, reloads %+v; want the good one recorded", st.LastReload, st.Reloads)
 	}
+}
+
+// A ready: notify service's rollout waits for each new worker's READY=1 on
+// its own NOTIFY_SOCKET; status shows its STATUS= text; a new worker that
+// is not ready within ready_timeout halts the rollout.
+func TestNotifyReadinessGatesTheRollout(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := func(gen, extra, readyTimeout string) string {
+		return fmt.Sprintf(`
+services:
+  gen:
+    command: [%q]
+    workers: 2
+    env: {TEST_HELPER: notifier, GEN: %q%s}
+    ready: notify
+    ready_timeout: %s
+`, exe, gen, extra, readyTimeout)
+	}
+	m := startManager(t, conf("1", ", NOTIFY_AT_ONCE: '1'", "1h"))
+	first := m.waitN("2 of gen 1 serving", 2, output("gen", "serving 1"))
+	original := map[int]int{}
+	for _, e := range first {
+		original[e.int("worker")] = e.int("pid")
+	}
+
+	// Gen 2 is ready only when told: worker 0's replacement waits, and
+	// worker 1 is not replaced meanwhile.
+	m.rewrite(conf("2", "", "1h"))
+	waiting := m.waitFor("worker 0 of gen 2 waiting", func(e entry) bool { return output("gen", "waiting 2")(e) && e.int("worker") == 0 })
+	m.eventuallyWorker(t, 0, 0, "worker 0 shows its STATUS=", func(w control.WorkerStatus) bool {
+		return w.PID == waiting.int("pid") && w.StatusText == "waiting" && !w.Ready
+	})
+	if st := m.statusJSON(); !st.Services[0].Workers[1].Outdated || st.Services[0].Workers[1].PID != original[1] {
+		t.Errorf("worker 1 %+v, want the original process, outdated, while worker 0 is not ready", st.Services[0].Workers[1])
+	}
+	if err := syscall.Kill(waiting.int("pid"), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	next := m.waitFor("worker 1 of gen 2 waiting", func(e entry) bool { return output("gen", "waiting 2")(e) && e.int("worker") == 1 })
+	if err := syscall.Kill(next.int("pid"), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	m.waitFor("the rollout complete", func(e entry) bool { return e.is("reload complete: every worker runs the new configuration") })
+	m.eventuallyWorker(t, 0, 1, "worker 1 serving", func(w control.WorkerStatus) bool { return w.StatusText == "serving" && w.Ready })
+
+	// Gen 3 never says READY=1: the rollout halts at worker 0 after
+	// ready_timeout, and worker 1 keeps its gen 2 process.
+	m.rewrite(conf("3", ", NOTIFY_NEVER: '1'", "500ms"))
+	halted := m.waitFor("the rollout halted", func(e entry) bool {
+		return e.is("rollout halted: the service goes back to its previous definition", "service", "gen")
+	})
+	if r := halted.str("reason"); r != "gen worker 0 not ready within 500ms" {
+		t.Errorf("halt reason %q, want gen worker 0 not ready within 500ms", r)
+	}
+	m.waitFor("worker 0 back on gen 2", func(e entry) bool {
+		return output("gen", "waiting 2")(e) && e.int("worker") == 0 && e.int("pid") != waiting.int("pid")
+	})
+	if !alive(next.int("pid")) {
+		t.Errorf("worker 1's gen 2 process %d is gone: the halted rollout took it down", next.int("pid"))
+	}
+	if st := m.statusJSON(); st.LastReload == nil || st.LastReload.Error != "gen worker 0 not ready within 500ms" {
+		t.Errorf("last reload %+v, want failed: gen worker 0 not ready within 500ms", st.LastReload)
+	}
+}
+
+// eventuallyWorker polls `status --json` until worker id of the service
+// at index svc satisfies cond, for at most waitTimeout.
+func (m *manager) eventuallyWorker(t *testing.T, svc, id int, what string, cond func(control.WorkerStatus) bool) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		st := m.statusJSON()
+		var w control.WorkerStatus
+		if svc < len(st.Services) && id < len(st.Services[svc].Workers) {
+			w = st.Services[svc].Workers[id]
+			if cond(w) {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v (worker %+v)", what, waitTimeout, w)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the control socket: a STATUS= datagram has no event the test can wait on
+	}
+}
+
+// A Go service under ready: notify is ready as its Run starts, unless it
+// reports its readiness itself (service.ReadyReporter), with its status.
+func TestGoServiceReadiness(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, `
+services:
+  late:
+    run: late-ready
+    ready: notify
+    ready_timeout: 1h
+  plain:
+    run: sleeper
+    ready: notify
+    ready_timeout: 1h
+`)
+	loading := m.waitFor("late loading", output("late", "loading"))
+	m.waitFor("plain ready", output("plain", "ready"))
+	m.eventuallyWorker(t, 0, 0, "late reports loading, not ready", func(w control.WorkerStatus) bool {
+		return w.StatusText == "loading" && !w.Ready
+	})
+	m.eventuallyWorker(t, 1, 0, "plain ready once its Run started", func(w control.WorkerStatus) bool { return w.Ready })
+	if err := syscall.Kill(loading.int("pid"), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	m.eventuallyWorker(t, 0, 0, "late ready", func(w control.WorkerStatus) bool { return w.StatusText == "loaded" && w.Ready })
 }

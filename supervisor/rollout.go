@@ -32,12 +32,22 @@ import (
 // against what each slot runs. `replace: all` is not gated: every stale
 // slot is stopped at once.
 
-// armReady starts w's readiness clock: its process is ready after its
-// service's min_uptime.
+// armReady starts w's readiness clock, now that its process has started:
+// with ready: uptime, the process is ready after its service's
+// min_uptime; with ready: notify, it has ready_timeout to send READY=1.
 func (s *Supervisor) armReady(w *worker) {
 	w.ready = false
 	cancel(&w.cancelReady)
 	token := w.token
+	if w.svc.Ready == config.ReadyNotify {
+		if w.readyEarly {
+			w.readyEarly = false
+			s.onReady(w)
+			return
+		}
+		w.cancelReady = s.afterFunc(w.svc.ReadyTimeout, func() { s.inbox.put(readyTimedOut{token: token}) })
+		return
+	}
 	w.cancelReady = s.afterFunc(w.svc.Restart.MinUptime, func() { s.inbox.put(readyDue{token: token}) })
 }
 
@@ -54,9 +64,18 @@ func (s *Supervisor) onReady(w *worker) {
 }
 
 // halt stops the rolling change of w's service: w's new process exited (or
-// could not start) before it was ready, for reason. See the package notes
-// above.
+// could not start) before it was ready, for reason. See the notes above.
+// The slot starts again at once, on the previous definition.
 func (s *Supervisor) halt(w *worker, reason error) {
+	s.revert(w, reason)
+	w.failures = 0
+	s.start(w)
+}
+
+// revert puts w's service back on the definition its slot ran before the
+// rolling change that w's process was part of, and records the reload as
+// failed for reason.
+func (s *Supervisor) revert(w *worker, reason error) {
 	service := w.key.service
 	prev := w.prevSvc
 	s.log.Error("rollout halted: the service goes back to its previous definition",
@@ -80,8 +99,6 @@ func (s *Supervisor) halt(w *worker, reason error) {
 	}
 	s.rolloutOf = nil
 	s.recordReload(source, reason)
-	w.failures = 0
-	s.start(w)
 }
 
 // rolloutProgressed records the result of the reload whose rolling changes

@@ -97,9 +97,12 @@ type WorkerStatus struct {
 	// Outdated: the process runs a definition a reload changed, and waits
 	// its turn to be replaced.
 	Outdated bool
-	// Ready: the process has run its service's min_uptime. A rolling
+	// Ready: the process is ready: it has run its service's min_uptime
+	// (ready: uptime) or sent READY=1 (ready: notify). A rolling
 	// replacement waits for it before it replaces the next worker.
 	Ready bool
+	// StatusText is the last STATUS= the process sent (ready: notify).
+	StatusText string
 }
 
 // ReloadResult is what became of one reload.
@@ -253,7 +256,7 @@ func (s *Supervisor) status() Status {
 		}
 		ws := WorkerStatus{
 			ID: w.key.id, State: w.state.String(), PID: w.pid, Restarts: w.restarts, Failures: w.failures,
-			LastExit: w.lastExit, LastExitAt: w.lastExitAt, Outdated: w.stale, Ready: w.ready,
+			LastExit: w.lastExit, LastExitAt: w.lastExitAt, Outdated: w.stale, Ready: w.ready, StatusText: w.statusText,
 		}
 		if w.pid != 0 {
 			ws.StartedAt = w.startedAt

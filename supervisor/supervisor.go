@@ -111,6 +111,8 @@ type Supervisor struct {
 	// rolloutOf is the reload whose rolling replacements are under way;
 	// its result is recorded when they end (rollout.go).
 	rolloutOf *ReloadSource
+	// notifyDir holds the workers' notify sockets; made on first use.
+	notifyDir string
 }
 
 // worker is one slot: a service's worker id, and the process filling it.
@@ -131,9 +133,18 @@ type worker struct {
 	// the manager is ready once no slot is.
 	initial bool
 
-	// ready: the process has run its service's min_uptime (rollout.go).
+	// ready: the process is ready (rollout.go): it has run its service's
+	// min_uptime, or sent READY=1 (notify.go). cancelReady cancels the
+	// timer that makes it ready (min_uptime) or gives up on it
+	// (ready_timeout).
 	ready       bool
 	cancelReady func() bool
+	// readyEarly: READY=1 came before the loop heard of the process's start.
+	readyEarly bool
+	// notify is the process's notify socket (ready: notify); statusText
+	// the last STATUS= it sent.
+	notify     *notifySocket
+	statusText string
 	// prevSvc is set while the slot is replaced for a rolling change, from
 	// the stop of its old process until its new one is ready: the
 	// definition the slot ran before, to go back to if the new process
@@ -310,6 +321,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	stopProcs := startProcTable(s.procs)
 	defer stopProcs()
+	defer s.removeNotifyDir()
 	defer s.inbox.close()
 
 	// A shutdown asked for before Run (a signal during start-up) is
@@ -404,6 +416,12 @@ func (s *Supervisor) handle(ev event) {
 		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && !w.ready {
 			s.onReady(w)
 		}
+	case workerNotified:
+		s.onNotified(ev)
+	case readyTimedOut:
+		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && !w.ready {
+			s.onReadyTimedOut(w)
+		}
 	case restartDue:
 		if w := s.workers[ev.key]; w != nil && w.state == stateBackoff && w.timerSeq == ev.seq {
 			w.cancelRestart = nil
@@ -442,8 +460,18 @@ func (s *Supervisor) start(w *worker) {
 	w.pid = 0
 	w.state = stateStarting
 	s.byToken[w.token] = w
+	w.readyEarly, w.statusText = false, ""
 	spec := buildSpawnSpec(w.svc, w.key.id, s.baseEnv, s.exe, s.program)
 	spec.restarts = w.restarts
+	if w.svc.Ready == config.ReadyNotify {
+		ns, err := s.openNotify(w.token)
+		if err != nil {
+			s.inbox.put(startFailed{token: w.token, err: err, at: s.now()})
+			return
+		}
+		w.notify = ns
+		spec.env = setEnv(spec.env, "NOTIFY_SOCKET", ns.path)
+	}
 	s.procs.inbox.put(spawnReq{token: w.token, spec: spec})
 }
 
@@ -479,6 +507,8 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 	}
 	delete(s.byToken, ev.token)
 	w.token = 0
+	w.notify.close()
+	w.notify = nil
 	s.log.Error("worker failed to start", s.fields(w, zap.Error(ev.err))...)
 	w.lastExit, w.lastExitAt = "failed to start: "+ev.err.Error(), ev.at
 	s.counters(w.key.service).Exits[ExitStartFailed]++
@@ -509,6 +539,8 @@ func (s *Supervisor) onExited(ev workerExited) {
 	}
 	delete(s.byToken, ev.token)
 	w.token = 0
+	w.notify.close()
+	w.notify = nil
 	cancel(&w.cancelReady)
 	wasReady := w.ready
 	w.ready = false

@@ -297,3 +297,21 @@ func TestProcTableClosesOutputHeldAfterTheGroupWasKilled(t *testing.T) {
 		t.Errorf("the held output was not closed: read error %v", err)
 	}
 }
+
+func TestParseNotify(t *testing.T) {
+	ev, ok := parseNotify(7, []byte("READY=1\nSTATUS=warming up: 3/5\nEXTEND_TIMEOUT_USEC=5000000\nMAINPID=12\nnonsense"))
+	if !ok || ev.token != 7 || !ev.ready || ev.stopping || ev.status == nil || *ev.status != "warming up: 3/5" || ev.extend != 5*time.Second {
+		t.Errorf("parsed %+v (ok %v), want token 7, ready, the status and a 5s extension", ev, ok)
+	}
+	if ev, ok := parseNotify(1, []byte("STOPPING=1")); !ok || !ev.stopping || ev.ready || ev.status != nil {
+		t.Errorf("STOPPING=1: %+v (ok %v)", ev, ok)
+	}
+	for _, d := range []string{"WATCHDOG=1", "READY=0", "EXTEND_TIMEOUT_USEC=soon", "", "STATUS"} {
+		if ev, ok := parseNotify(1, []byte(d)); ok {
+			t.Errorf("%q: %+v, want nothing the manager acts on", d, ev)
+		}
+	}
+	if ev, ok := parseNotify(1, []byte("STATUS=")); !ok || ev.status == nil || *ev.status != "" {
+		t.Errorf("an empty STATUS= clears the status: %+v (ok %v)", ev, ok)
+	}
+}

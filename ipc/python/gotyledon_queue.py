@@ -19,6 +19,14 @@ acks are sent together, without waiting for the broker's answer:
             handle(d.body)
             d.ack()                           # queued; sent with others
 
+A worker of a service with `ready: notify` says when it is ready, and may
+set a status line:
+
+    import gotyledon_queue as gq
+    gq.status("loading the model")
+    ...
+    gq.ready()
+
 Timeouts are in seconds: None waits without limit, 0 does not wait at all.
 The client sends one request at a time (calls from several threads are
 serialised); replies are matched to requests by id all the same. It sends
@@ -309,6 +317,33 @@ class Consumer:
             self._nacks += [d.id for d in ds]
         else:
             self._items += ds
+
+
+def notify(state):
+    """Send state, sd_notify's KEY=VALUE lines, to $NOTIFY_SOCKET in one datagram.
+
+    A worker of a `ready: notify` service gets a notify socket of its own;
+    the manager reads READY=1 and STATUS= on it. Returns False, sending
+    nothing, when there is no notify socket.
+    """
+    path = os.environ.get("NOTIFY_SOCKET", "")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(state.encode(), path)
+    return True
+
+
+def ready():
+    """Tell the manager this worker is ready (READY=1): see notify."""
+    return notify("READY=1")
+
+
+def status(text):
+    """Set this worker's one-line status, shown by `gotyledon status --json`."""
+    return notify("STATUS=" + text)
 
 
 class Client:

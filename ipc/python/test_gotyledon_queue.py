@@ -212,5 +212,33 @@ class ScriptedPeer(unittest.TestCase):
             gq.Client.connect(os.path.join(tempfile.mkdtemp(), "none.sock"), timeout=1)
 
 
+class Notify(unittest.TestCase):
+    def test_ready_and_status_reach_the_notify_socket(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "notify")
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as srv:
+                srv.bind(path)
+                old = os.environ.get("NOTIFY_SOCKET")
+                os.environ["NOTIFY_SOCKET"] = path
+                try:
+                    self.assertTrue(gq.status("loading"))
+                    self.assertTrue(gq.ready())
+                finally:
+                    if old is None:
+                        del os.environ["NOTIFY_SOCKET"]
+                    else:
+                        os.environ["NOTIFY_SOCKET"] = old
+                self.assertEqual(srv.recv(4096), b"STATUS=loading")
+                self.assertEqual(srv.recv(4096), b"READY=1")
+
+    def test_without_a_socket_nothing_is_sent(self):
+        old = os.environ.pop("NOTIFY_SOCKET", None)
+        try:
+            self.assertFalse(gq.ready())
+        finally:
+            if old is not None:
+                os.environ["NOTIFY_SOCKET"] = old
+
+
 if __name__ == "__main__":
     unittest.main()

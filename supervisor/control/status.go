@@ -62,9 +62,10 @@ type WorkerStatus struct {
 	Failures      int        `json:"failures"`  // quick exits in a row
 	LastExit      string     `json:"last_exit"` // "exit code 1", "killed by SIGKILL", "failed to start: ..."
 	LastExitAt    *time.Time `json:"last_exit_at"`
-	RetryAt       *time.Time `json:"retry_at"` // in backoff: when it starts again
-	Outdated      bool       `json:"outdated"` // waits to be replaced by a reload
-	Ready         bool       `json:"ready"`    // has run min_uptime
+	RetryAt       *time.Time `json:"retry_at"`    // in backoff: when it starts again
+	Outdated      bool       `json:"outdated"`    // waits to be replaced by a reload
+	Ready         bool       `json:"ready"`       // has run min_uptime, or sent READY=1
+	StatusText    string     `json:"status_text"` // the last STATUS= it sent
 }
 
 // QueueStatus is one queue of the broker.
@@ -129,7 +130,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 		for _, w := range sv.Workers {
 			wd := WorkerStatus{
 				ID: w.ID, State: w.State, PID: w.PID, Restarts: w.Restarts, Failures: w.Failures,
-				LastExit: w.LastExit, Outdated: w.Outdated, Ready: w.Ready,
+				LastExit: w.LastExit, Outdated: w.Outdated, Ready: w.Ready, StatusText: w.StatusText,
 			}
 			if !w.StartedAt.IsZero() {
 				wd.StartedAt = timePtr(w.StartedAt)
