@@ -663,6 +663,13 @@ func finish(cfg *Config) {
 	}
 }
 
+// wordIndex is the value of a setting whose words are, in order, its
+// values 0, 1, ...: the index of v among words, or -1, which the setting's
+// rule refuses.
+func wordIndex[T ~int](v string, words ...string) T {
+	return T(slices.Index(words, v))
+}
+
 // service decodes one entry under services:. decl is the declared service
 // of the same name, or nil: the file's keys then apply on top of it, and
 // need not include command or run.
@@ -714,13 +721,7 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 			d.restart(f, e.key, &s.Restart, whence)
 		case "ready":
 			if v, ok := d.text(f, `"uptime" or "notify"`); ok {
-				r := Ready(-1)
-				switch v {
-				case "uptime":
-					r = ReadyUptime
-				case "notify":
-					r = ReadyNotify
-				}
+				r := wordIndex[Ready](v, "uptime", "notify")
 				if d.problem(f.pos, readyProblem(r, strconv.Quote(v))) {
 					s.Ready = r
 				}
@@ -731,13 +732,7 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 			}
 		case "replace":
 			if v, ok := d.text(f, `"rolling" or "all"`); ok {
-				r := Replace(-1)
-				switch v {
-				case "rolling":
-					r = ReplaceRolling
-				case "all":
-					r = ReplaceAll
-				}
+				r := wordIndex[Replace](v, "rolling", "all")
 				if d.problem(f.pos, replaceProblem(r, strconv.Quote(v))) {
 					s.Replace = r
 				}
