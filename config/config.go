@@ -192,6 +192,11 @@ type Service struct {
 	// Ready says how the manager knows a worker is ready (`ready`,
 	// default ReadyUptime).
 	Ready Ready
+	// Watchdog, if set (`watchdog`), is how long a ready worker may go
+	// without sending WATCHDOG=1 to its notify socket before it is aborted
+	// (SIGABRT, SIGKILL after StopTimeout) and started again. The worker
+	// gets it as WATCHDOG_USEC. 0: no watchdog.
+	Watchdog time.Duration
 	// ReadyTimeout bounds the wait for a ReadyNotify worker's READY=1
 	// (`ready_timeout`, default DefaultReadyTimeout): a worker not ready by
 	// then counts as failed to start.

@@ -68,7 +68,7 @@ type serviceDecl struct {
 	minUptime, backoffInitial, backoffMax setting[time.Duration]
 	replace                               setting[Replace]
 	ready                                 setting[Ready]
-	readyTimeout                          setting[time.Duration]
+	readyTimeout, watchdog                setting[time.Duration]
 }
 
 type queueDecl struct {
@@ -256,6 +256,12 @@ func ReadyBy(r Ready) ServiceOption {
 // long a ReadyNotify worker has to send READY=1.
 func ReadyTimeout(t time.Duration) ServiceOption {
 	return func(s *serviceDecl) { s.readyTimeout.set(t, s.now) }
+}
+
+// Watchdog sets `watchdog` (default none): how long a ready worker may go
+// without sending WATCHDOG=1 before it is aborted and started again.
+func Watchdog(t time.Duration) ServiceOption {
+	return func(s *serviceDecl) { s.watchdog.set(t, s.now) }
 }
 
 // Capacity sets a queue's `capacity` (default 10000, from 1 to MaxCapacity).
@@ -564,6 +570,9 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 	}
 	if t := sd.readyTimeout; t.isSet() && r.problem(t.seq, path+".ready_timeout", durationProblem("ready_timeout", t.v, shortDuration(t.v))) {
 		s.ReadyTimeout = t.v
+	}
+	if t := sd.watchdog; t.isSet() && r.problem(t.seq, path+".watchdog", durationProblem("watchdog", t.v, shortDuration(t.v))) {
+		s.Watchdog = t.v
 	}
 	return s, r.restart(path+".restart", sd, &s.Restart)
 }

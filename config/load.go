@@ -31,7 +31,7 @@ var (
 	brokerKeys  = []string{"allow_gids", "allow_uids", "group", "socket"}
 	controlKeys = []string{"allow_gids", "allow_uids", "group", "metrics_listen", "socket"}
 	queueKeys   = []string{"capacity"}
-	serviceKeys = []string{"command", "dir", "env", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "workers"}
+	serviceKeys = []string{"command", "dir", "env", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
 )
 
@@ -729,6 +729,10 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 		case "ready_timeout":
 			if t, ok := d.duration(f); ok {
 				s.ReadyTimeout = t
+			}
+		case "watchdog":
+			if t, ok := d.duration(f); ok {
+				s.Watchdog = t
 			}
 		case "replace":
 			if v, ok := d.text(f, `"rolling" or "all"`); ok {

@@ -69,7 +69,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown service key with suggestion",
 			src:  "services:\n  printer:\n    run: printer\n    wokers: 2\n",
-			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, ready, ready_timeout, reload_signal, replace, restart, run, stop_signal, stop_timeout, workers)`,
+			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, dir, env, ready, ready_timeout, reload_signal, replace, restart, run, stop_signal, stop_timeout, watchdog, workers)`,
 		},
 		{
 			name: "unknown restart key",
@@ -485,6 +485,7 @@ services:
     stop_timeout: 5s
     ready: notify
     ready_timeout: 10s
+    watchdog: 30s
     restart: &restart
       min_uptime: 100ms
       backoff_initial: 1s
@@ -522,7 +523,7 @@ services:
 			StopSignal:  syscall.SIGINT,
 			StopTimeout: 5 * time.Second,
 			Restart:     restart,
-			Ready:       ReadyNotify, ReadyTimeout: 10 * time.Second,
+			Ready:       ReadyNotify, ReadyTimeout: 10 * time.Second, Watchdog: 30 * time.Second,
 			Pos: Position{File: file, Line: 4, Col: 3},
 		}, {
 			Name:         "printer",
@@ -534,7 +535,7 @@ services:
 			StopTimeout:  time.Minute,
 			Restart:      restart,
 			ReadyTimeout: DefaultReadyTimeout,
-			Pos:          Position{File: file, Line: 25, Col: 3},
+			Pos:          Position{File: file, Line: 26, Col: 3},
 		}, {
 			Name:         "ticker",
 			Run:          "ticker",
@@ -544,7 +545,7 @@ services:
 			StopTimeout:  time.Minute,
 			Restart:      Restart{MinUptime: DefaultMinUptime, BackoffInitial: DefaultBackoffInitial, BackoffMax: DefaultBackoffMax},
 			ReadyTimeout: DefaultReadyTimeout,
-			Pos:          Position{File: file, Line: 32, Col: 3},
+			Pos:          Position{File: file, Line: 33, Col: 3},
 		}},
 		Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}},
 	}

@@ -347,7 +347,8 @@ var helperCommands = map[string]func() int{
 	// notifier speaks sd_notify to $NOTIFY_SOCKET: STATUS=waiting, then,
 	// on SIGUSR1 (at once with NOTIFY_AT_ONCE=1; never with
 	// NOTIFY_NEVER=1), READY=1 and STATUS=serving. It prints "waiting GEN"
-	// and "serving GEN" ($GEN), and exits 0 on SIGTERM.
+	// and "serving GEN" ($GEN), and exits 0 on SIGTERM. With
+	// NOTIFY_PING=1 it sends WATCHDOG=1 fifty times per $WATCHDOG_USEC.
 	"notifier": func() int {
 		sigs := make(chan os.Signal, 2)
 		signal.Notify(sigs, syscall.SIGUSR1, syscall.SIGTERM)
@@ -355,6 +356,14 @@ var helperCommands = map[string]func() int{
 			if _, err := daemon.SdNotify(false, state); err != nil {
 				fmt.Fprintln(os.Stderr, "sd_notify:", err)
 			}
+		}
+		if os.Getenv("NOTIFY_PING") == "1" {
+			us, _ := strconv.Atoi(os.Getenv("WATCHDOG_USEC"))
+			go func() {
+				for range time.Tick(time.Duration(us) * time.Microsecond / 50) {
+					notify("WATCHDOG=1")
+				}
+			}()
 		}
 		gen := os.Getenv("GEN")
 		notify("STATUS=waiting")

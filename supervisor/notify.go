@@ -15,7 +15,8 @@ import (
 
 // Worker notify sockets: the worker side of systemd's sd_notify protocol.
 //
-// Each process of a `ready: notify` service gets a socket of its own: a
+// Each process of a `ready: notify` service, or of one with a watchdog,
+// gets a socket of its own: a
 // Unix datagram socket in the manager's notify directory (0700, removed when
 // Run returns), named by the process's token, whose path is the worker's
 // NOTIFY_SOCKET. What arrives on it is that process's, whoever in its
@@ -26,6 +27,8 @@ import (
 //	STATUS=text           the worker's own one-line status, shown by status
 //	STOPPING=1            logged
 //	EXTEND_TIMEOUT_USEC=N before READY=1: ready_timeout is now N µs away
+//	WATCHDOG=1            with a watchdog: the worker is alive (watchdog.go)
+//	WATCHDOG=trigger      with a watchdog: abort it now
 //
 // and ignores the rest. The socket is closed once the process has exited.
 
@@ -37,6 +40,8 @@ type workerNotified struct {
 	token    uint64
 	ready    bool
 	stopping bool
+	watchdog bool          // WATCHDOG=1
+	trigger  bool          // WATCHDOG=trigger: act as on a missed ping, now
 	status   *string       // STATUS=, if the datagram had one
 	extend   time.Duration // EXTEND_TIMEOUT_USEC=, if it had one
 }
@@ -134,6 +139,13 @@ func parseNotify(token uint64, b []byte) (ev workerNotified, ok bool) {
 			if v == "1" {
 				ev.stopping, ok = true, true
 			}
+		case "WATCHDOG":
+			switch v {
+			case "1":
+				ev.watchdog, ok = true, true
+			case "trigger":
+				ev.trigger, ok = true, true
+			}
 		case "STATUS":
 			status := v
 			ev.status, ok = &status, true
@@ -162,6 +174,9 @@ func (s *Supervisor) onNotified(ev workerNotified) {
 		cancel(&w.cancelReady)
 		token := w.token
 		w.cancelReady = s.afterFunc(ev.extend, func() { s.inbox.put(readyTimedOut{token: token}) })
+	}
+	if ev.watchdog || ev.trigger {
+		s.onWatchdogPing(w, ev.trigger)
 	}
 	if ev.ready && !w.ready {
 		switch w.state {

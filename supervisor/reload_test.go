@@ -572,3 +572,48 @@ services:
 	}
 	m.eventuallyWorker(t, 0, 0, "late ready", func(w control.WorkerStatus) bool { return w.StatusText == "loaded" && w.Ready })
 }
+
+// A ready worker that stops sending WATCHDOG=1 within its service's
+// watchdog is aborted and started again, and counted; one that keeps
+// pinging is left alone until it is stopped by SIGSTOP, which its watchdog
+// catches the same way.
+func TestWatchdogAbortsAWorkerThatStopsPinging(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := startManager(t, fmt.Sprintf(`
+services:
+  silent:
+    command: [%[1]q]
+    env: {TEST_HELPER: notifier, GEN: s, NOTIFY_AT_ONCE: '1'}
+    ready: notify
+    watchdog: 300ms
+  pinger:
+    command: [%[1]q]
+    env: {TEST_HELPER: notifier, GEN: p, NOTIFY_AT_ONCE: '1', NOTIFY_PING: '1'}
+    ready: notify
+    watchdog: 5s
+`, exe))
+	pinger := m.waitFor("pinger serving", output("pinger", "serving p"))
+	missed := func(svc string) func(entry) bool {
+		return func(e entry) bool { return e.is("worker missed its watchdog; aborting it", "service", svc) }
+	}
+	m.waitN("silent aborted twice", 2, missed("silent"))
+	m.waitN("silent serving a third time", 3, output("silent", "serving s"))
+	if n := len(m.all(missed("pinger"))); n != 0 {
+		t.Errorf("the pinging worker was aborted %d times", n)
+	}
+	if st := m.statusJSON(); st.Services[0].WatchdogAborts < 2 || st.Services[1].WatchdogAborts != 0 {
+		t.Errorf("watchdog aborts: silent %d, pinger %d; want at least 2 and 0", st.Services[0].WatchdogAborts, st.Services[1].WatchdogAborts)
+	}
+
+	if err := syscall.Kill(pinger.int("pid"), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	m.waitFor("the stopped pinger aborted", missed("pinger"))
+	m.waitFor("the pinger serving again", func(e entry) bool {
+		return output("pinger", "serving p")(e) && e.int("pid") != pinger.int("pid")
+	})
+}

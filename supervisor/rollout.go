@@ -56,6 +56,7 @@ func (s *Supervisor) armReady(w *worker) {
 func (s *Supervisor) onReady(w *worker) {
 	w.ready = true
 	w.cancelReady = nil
+	s.armWatchdog(w)
 	if w.prevSvc != nil {
 		w.prevSvc = nil
 		s.log.Info("replacement worker ready", s.fields(w)...)

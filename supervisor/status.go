@@ -35,8 +35,9 @@ type ServiceStatus struct {
 	// until the next reload of the file (which wins).
 	Desired, Configured int
 	// Running counts the workers whose process is up and not stopping;
-	// Backoff those waiting out a restart delay.
-	Running, Backoff int
+	// Ready those of them that are ready; Backoff those waiting out a
+	// restart delay.
+	Running, Ready, Backoff int
 	// Counters since the manager started, kept across reloads.
 	Counters ServiceCounters
 	// Workers by id, including surplus ones still stopping.
@@ -50,6 +51,8 @@ type ServiceCounters struct {
 	Restarts uint64
 	// Exits counts processes that ended, by ExitReason.
 	Exits map[ExitReason]uint64
+	// WatchdogAborts counts processes aborted for missing their watchdog.
+	WatchdogAborts uint64
 }
 
 // ExitReason says why a worker's process ended, for counting.
@@ -231,7 +234,7 @@ func (s *Supervisor) status() Status {
 		c := s.counters(name)
 		st.Services = append(st.Services, ServiceStatus{
 			Name: name, Desired: desired, Configured: configured,
-			Counters: ServiceCounters{Restarts: c.Restarts, Exits: cloneExits(c.Exits)},
+			Counters: ServiceCounters{Restarts: c.Restarts, Exits: cloneExits(c.Exits), WatchdogAborts: c.WatchdogAborts},
 		})
 	}
 	for _, svc := range s.cfg.Services {
@@ -251,6 +254,9 @@ func (s *Supervisor) status() Status {
 		switch w.state {
 		case stateRunning:
 			sv.Running++
+			if w.ready {
+				sv.Ready++
+			}
 		case stateBackoff:
 			sv.Backoff++
 		}

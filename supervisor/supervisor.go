@@ -145,6 +145,12 @@ type worker struct {
 	// the last STATUS= it sent.
 	notify     *notifySocket
 	statusText string
+	// watchdogSeq identifies the current watchdog timer (watchdog.go);
+	// cancelWatchdog cancels it.
+	watchdogSeq    uint64
+	cancelWatchdog func() bool
+	aborted        bool // stopped by its watchdog
+
 	// prevSvc is set while the slot is replaced for a rolling change, from
 	// the stop of its old process until its new one is ready: the
 	// definition the slot ran before, to go back to if the new process
@@ -418,6 +424,10 @@ func (s *Supervisor) handle(ev event) {
 		}
 	case workerNotified:
 		s.onNotified(ev)
+	case watchdogDue:
+		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && w.watchdogSeq == ev.seq {
+			s.onWatchdogMissed(w)
+		}
 	case readyTimedOut:
 		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && !w.ready {
 			s.onReadyTimedOut(w)
@@ -463,7 +473,7 @@ func (s *Supervisor) start(w *worker) {
 	w.readyEarly, w.statusText = false, ""
 	spec := buildSpawnSpec(w.svc, w.key.id, s.baseEnv, s.exe, s.program)
 	spec.restarts = w.restarts
-	if w.svc.Ready == config.ReadyNotify {
+	if w.svc.Ready == config.ReadyNotify || w.svc.Watchdog > 0 {
 		ns, err := s.openNotify(w.token)
 		if err != nil {
 			s.inbox.put(startFailed{token: w.token, err: err, at: s.now()})
@@ -471,6 +481,9 @@ func (s *Supervisor) start(w *worker) {
 		}
 		w.notify = ns
 		spec.env = setEnv(spec.env, "NOTIFY_SOCKET", ns.path)
+		if w.svc.Watchdog > 0 {
+			spec.env = setEnv(spec.env, "WATCHDOG_USEC", strconv.FormatInt(w.svc.Watchdog.Microseconds(), 10))
+		}
 	}
 	s.procs.inbox.put(spawnReq{token: w.token, spec: spec})
 }
@@ -542,6 +555,7 @@ func (s *Supervisor) onExited(ev workerExited) {
 	w.notify.close()
 	w.notify = nil
 	cancel(&w.cancelReady)
+	cancel(&w.cancelWatchdog)
 	wasReady := w.ready
 	w.ready = false
 	uptime := ev.at.Sub(w.startedAt)
@@ -559,10 +573,17 @@ func (s *Supervisor) onExited(ev workerExited) {
 	if w.state == stateStopping {
 		cancel(&w.cancelKill)
 		s.log.Info("worker stopped", fields...)
+		aborted := w.aborted
+		w.aborted = false
 		// A slot stopped for a reload whose configuration still wants it
 		// (its definition changed, or a later reload scaled back up) is
-		// started again, with the current definition.
+		// started again, with the current definition; one aborted by its
+		// watchdog as after a crash, with the backoff of quick exits.
 		if s.wanted(w.key) {
+			if aborted {
+				s.scheduleRestart(w, uptime)
+				return
+			}
 			s.start(w)
 			return
 		}
@@ -716,12 +737,13 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 }
 
 // processChanged reports whether a worker running definition old must be
-// replaced to run new: what its process was started with differs. The stop
+// replaced to run new: what its process was started with differs (the
+// watchdog too: the worker gets it in its environment). The stop
 // timeout and the restart policy are the manager's business and apply
 // without a restart.
 func processChanged(old, new *config.Service) bool {
 	return !slices.Equal(old.Command, new.Command) || old.Run != new.Run || !maps.Equal(old.Env, new.Env) ||
-		old.Dir != new.Dir || old.StopSignal != new.StopSignal
+		old.Dir != new.Dir || old.StopSignal != new.StopSignal || old.Watchdog != new.Watchdog
 }
 
 // replaceNext stops the lowest stale slot of service, unless one of its
@@ -799,12 +821,19 @@ func (s *Supervisor) stop(w *worker) {
 		}
 		cancel(&w.cancelKill)
 	}
-	w.state = stateStopping
-	cancel(&w.cancelReady) // a stopping process is not going to be ready
 	sig := w.svc.StopSignal
 	if s.fast {
 		sig = syscall.SIGKILL
 	}
+	s.stopWith(w, sig)
+}
+
+// stopWith sends sig as w's stop signal: the stop timeout starts once it
+// is delivered, and SIGKILL follows at its end.
+func (s *Supervisor) stopWith(w *worker, sig syscall.Signal) {
+	w.state = stateStopping
+	cancel(&w.cancelReady) // a stopping process is not going to be ready
+	cancel(&w.cancelWatchdog)
 	s.log.Debug("stopping worker", s.fields(w, zap.Stringer("signal", sig))...)
 	s.procs.inbox.put(signalReq{token: w.token, sig: sig, stop: true})
 }

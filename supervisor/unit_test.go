@@ -306,7 +306,13 @@ func TestParseNotify(t *testing.T) {
 	if ev, ok := parseNotify(1, []byte("STOPPING=1")); !ok || !ev.stopping || ev.ready || ev.status != nil {
 		t.Errorf("STOPPING=1: %+v (ok %v)", ev, ok)
 	}
-	for _, d := range []string{"WATCHDOG=1", "READY=0", "EXTEND_TIMEOUT_USEC=soon", "", "STATUS"} {
+	if ev, ok := parseNotify(1, []byte("WATCHDOG=1")); !ok || !ev.watchdog || ev.trigger {
+		t.Errorf("WATCHDOG=1: %+v (ok %v)", ev, ok)
+	}
+	if ev, ok := parseNotify(1, []byte("WATCHDOG=trigger")); !ok || !ev.trigger || ev.watchdog {
+		t.Errorf("WATCHDOG=trigger: %+v (ok %v)", ev, ok)
+	}
+	for _, d := range []string{"WATCHDOG=0", "READY=0", "EXTEND_TIMEOUT_USEC=soon", "", "STATUS"} {
 		if ev, ok := parseNotify(1, []byte(d)); ok {
 			t.Errorf("%q: %+v, want nothing the manager acts on", d, ev)
 		}

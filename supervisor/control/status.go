@@ -42,12 +42,14 @@ type ServiceStatus struct {
 	Desired    int `json:"desired"`
 	Configured int `json:"configured"`
 	Running    int `json:"running"`
+	Ready      int `json:"ready"` // running workers that are ready
 	Backoff    int `json:"backoff"`
 	// Restarts and Exits count since the manager started; Exits by
 	// reason: stopped, clean, error, signal, start_failed.
-	Restarts uint64            `json:"restarts"`
-	Exits    map[string]uint64 `json:"exits"`
-	Workers  []WorkerStatus    `json:"workers"`
+	Restarts       uint64            `json:"restarts"`
+	WatchdogAborts uint64            `json:"watchdog_aborts"`
+	Exits          map[string]uint64 `json:"exits"`
+	Workers        []WorkerStatus    `json:"workers"`
 }
 
 // WorkerStatus is one worker slot, by id.
@@ -121,8 +123,8 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 	}
 	for _, sv := range st.Services {
 		sd := ServiceStatus{
-			Name: sv.Name, Desired: sv.Desired, Configured: sv.Configured, Running: sv.Running, Backoff: sv.Backoff,
-			Restarts: sv.Counters.Restarts, Exits: map[string]uint64{}, Workers: []WorkerStatus{},
+			Name: sv.Name, Desired: sv.Desired, Configured: sv.Configured, Running: sv.Running, Ready: sv.Ready, Backoff: sv.Backoff,
+			Restarts: sv.Counters.Restarts, WatchdogAborts: sv.Counters.WatchdogAborts, Exits: map[string]uint64{}, Workers: []WorkerStatus{},
 		}
 		for _, reason := range supervisor.ExitReasons {
 			sd.Exits[string(reason)] = sv.Counters.Exits[reason]

@@ -7,9 +7,11 @@
 //	gotyledon_workers_desired{service}             gauge    workers the manager keeps running now (a reconfigure's count, else the file's)
 //	gotyledon_workers_configured{service}          gauge    workers the configuration file asks for
 //	gotyledon_workers_running{service}             gauge    workers whose process is up and not stopping
+//	gotyledon_workers_ready{service}               gauge    running workers that are ready (ran min_uptime, or sent READY=1)
 //	gotyledon_workers_backoff{service}             gauge    worker slots waiting out a restart delay
 //	gotyledon_worker_restarts_total{service}       counter  processes started to replace one that exited on its own
 //	gotyledon_worker_exits_total{service,reason}   counter  processes that ended, by reason: stopped, clean, error, signal, start_failed
+//	gotyledon_worker_watchdog_aborts_total{service} counter processes aborted for missing their watchdog
 //	gotyledon_reloads_total{result}                counter  reloads by result: ok (applied) or failed (nothing changed)
 //	gotyledon_last_reload_success                  gauge    1 if the newest reload was applied, 0 if it failed; absent before the first
 //	gotyledon_last_reload_timestamp_seconds        gauge    when the newest reload happened (Unix time); absent before the first
@@ -163,6 +165,10 @@ var (
 		"Workers the configuration file asks for.", gaugeType, "service")
 	workersRunning = gotyledonDesc("workers_running",
 		"Workers whose process is up and not stopping.", gaugeType, "service")
+	workersReady = gotyledonDesc("workers_ready",
+		"Running workers that are ready: they have run min_uptime, or sent READY=1 (ready: notify).", gaugeType, "service")
+	workerWatchdogAborts = gotyledonDesc("worker_watchdog_aborts_total",
+		"Worker processes aborted for missing their watchdog, since the manager started.", counterType, "service")
 	workersBackoff = gotyledonDesc("workers_backoff",
 		"Worker slots waiting out a restart delay after their process exited.", gaugeType, "service")
 	workerRestarts = gotyledonDesc("worker_restarts_total",
@@ -204,7 +210,10 @@ func supervisorFamilies(st supervisor.Status) []*family {
 	desired, configured := &family{desc: workersDesired}, &family{desc: workersConfigured}
 	running, backoff := &family{desc: workersRunning}, &family{desc: workersBackoff}
 	restarts, exits := &family{desc: workerRestarts}, &family{desc: workerExits}
+	readyWorkers, aborts := &family{desc: workersReady}, &family{desc: workerWatchdogAborts}
 	for _, s := range st.Services {
+		readyWorkers.add(float64(s.Ready), s.Name)
+		aborts.add(float64(s.Counters.WatchdogAborts), s.Name)
 		desired.add(float64(s.Desired), s.Name)
 		configured.add(float64(s.Configured), s.Name)
 		running.add(float64(s.Running), s.Name)
@@ -219,7 +228,7 @@ func supervisorFamilies(st supervisor.Status) []*family {
 	rl := &family{desc: reloads}
 	rl.add(float64(st.ReloadsOK), "ok")
 	rl.add(float64(st.ReloadsFailed), "failed")
-	fams := []*family{desired, configured, running, backoff, restarts, exits, rl,
+	fams := []*family{desired, configured, running, readyWorkers, backoff, restarts, exits, aborts, rl,
 		one(ready, boolValue(st.Ready)), one(stopping, boolValue(st.Stopping))}
 	if r := st.LastReload; r != nil {
 		fams = append(fams,

@@ -36,10 +36,10 @@ func metricsStatus() supervisor.Status {
 		Ready: true,
 		Services: []supervisor.ServiceStatus{
 			{
-				Name: "web", Desired: 4, Configured: 3, Running: 2, Backoff: 1,
+				Name: "web", Desired: 4, Configured: 3, Running: 2, Ready: 1, Backoff: 1,
 				Counters: supervisor.ServiceCounters{Restarts: 7, Exits: map[supervisor.ExitReason]uint64{
 					supervisor.ExitStopped: 11, supervisor.ExitError: 5, supervisor.ExitSignal: 2,
-				}},
+				}, WatchdogAborts: 2},
 			},
 			// Removed by a reload, its workers still stopping; Exits nil.
 			{Name: "old", Running: 0, Backoff: 0},
@@ -165,7 +165,9 @@ func TestMetricsValues(t *testing.T) {
 		{"gotyledon_workers_configured", gauge, []string{"service", "web"}, 3},
 		{"gotyledon_workers_running", gauge, []string{"service", "web"}, 2},
 		{"gotyledon_workers_backoff", gauge, []string{"service", "web"}, 1},
+		{"gotyledon_workers_ready", gauge, []string{"service", "web"}, 1},
 		{"gotyledon_worker_restarts_total", counter, []string{"service", "web"}, 7},
+		{"gotyledon_worker_watchdog_aborts_total", counter, []string{"service", "web"}, 2},
 		{"gotyledon_worker_exits_total", counter, []string{"service", "web", "reason", "stopped"}, 11},
 		{"gotyledon_worker_exits_total", counter, []string{"service", "web", "reason", "clean"}, 0},
 		{"gotyledon_worker_exits_total", counter, []string{"service", "web", "reason", "error"}, 5},
@@ -176,7 +178,9 @@ func TestMetricsValues(t *testing.T) {
 		{"gotyledon_workers_configured", gauge, []string{"service", "old"}, 0},
 		{"gotyledon_workers_running", gauge, []string{"service", "old"}, 0},
 		{"gotyledon_workers_backoff", gauge, []string{"service", "old"}, 0},
+		{"gotyledon_workers_ready", gauge, []string{"service", "old"}, 0},
 		{"gotyledon_worker_restarts_total", counter, []string{"service", "old"}, 0},
+		{"gotyledon_worker_watchdog_aborts_total", counter, []string{"service", "old"}, 0},
 
 		{"gotyledon_reloads_total", counter, []string{"result", "ok"}, 3},
 		{"gotyledon_reloads_total", counter, []string{"result", "failed"}, 1},
@@ -208,7 +212,7 @@ func TestMetricsValues(t *testing.T) {
 		metricValue(t, fams, "gotyledon_worker_exits_total", counter, "service", "old", "reason", string(r))
 	}
 	// Exactly the series of two queues and two services, nothing more.
-	for prefix, want := range map[string]int{"gotyledon_queue_": 2 * 7, "gotyledon_worker": 2 * (4 + 1 + len(supervisor.ExitReasons))} {
+	for prefix, want := range map[string]int{"gotyledon_queue_": 2 * 7, "gotyledon_worker": 2 * (5 + 2 + len(supervisor.ExitReasons))} {
 		if n := seriesCount(fams, prefix); n != want {
 			t.Errorf("%d %s* series, want %d", n, prefix, want)
 		}
@@ -338,6 +342,9 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 // client served before this writer replaced it (testdata/scrape.golden was
 // written by the client's registry and promhttp handler, from the same
 // Status and queue stats): names, help, types, labels, order and numbers.
+// The families added since (gotyledon_workers_ready,
+// gotyledon_worker_watchdog_aborts_total) were added to it by hand, in the
+// same format; promlint checks them (TestMetricsLint).
 func TestMetricsAsTheGoClientWroteThem(t *testing.T) {
 	status := func(context.Context) (supervisor.Status, error) { return metricsStatus(), nil }
 	_, body := scrapeMetrics(t, NewHandler(status, metricsQueues, zap.NewNop()))
