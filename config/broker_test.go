@@ -153,6 +153,10 @@ func TestParseControlErrors(t *testing.T) {
 			`g.yaml:2:30: ready must be "uptime" (ready once it has run min_uptime) or "notify" (ready when it sends READY=1) (got "soon")`},
 		{"ready_timeout zero", "services:\n  web: {command: [a], ready_timeout: 0s}\n",
 			`g.yaml:2:38: ready_timeout must be more than 0 (got "0s")`},
+		{"ready_timeout too short", "services:\n  web: {command: [a], ready_timeout: 1ns}\n",
+			`g.yaml:2:38: ready_timeout must be at least 100ms (got 1ns; a shorter one would stop workers in a busy loop)`},
+		{"watchdog too short", "services:\n  web: {command: [a], watchdog: 50ms}\n",
+			`g.yaml:2:33: watchdog must be at least 100ms (got 50ms; a shorter one would stop workers in a busy loop)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse("g.yaml", []byte(tc.src), nil)

@@ -46,8 +46,8 @@ func (r wholeRule) message(key, got string) string {
 }
 
 // durationProblem is the rule for every duration, keyed by its name: more
-// than 0 and at most MaxDuration, and min_uptime and backoff_initial at
-// least their floors. No duration may be 0: a zero stop timeout would skip
+// than 0 and at most MaxDuration, min_uptime, ready_timeout and watchdog
+// at least MinUptimeFloor, and backoff_initial at least BackoffFloor. No duration may be 0: a zero stop timeout would skip
 // the polite stop, a zero min_uptime would let a worker that dies at once
 // be restarted in a busy loop.
 func durationProblem(key string, t time.Duration, got string) string {
@@ -59,6 +59,9 @@ func durationProblem(key string, t time.Duration, got string) string {
 	case key == "min_uptime" && t < MinUptimeFloor:
 		return fmt.Sprintf("min_uptime must be at least %s (got %s; a shorter one would let a crashing worker restart in a busy loop)",
 			shortDuration(MinUptimeFloor), shortDuration(t))
+	case (key == "ready_timeout" || key == "watchdog") && t < MinUptimeFloor:
+		return fmt.Sprintf("%s must be at least %s (got %s; a shorter one would stop workers in a busy loop)",
+			key, shortDuration(MinUptimeFloor), shortDuration(t))
 	case key == "backoff_initial" && t < BackoffFloor:
 		return fmt.Sprintf("backoff_initial must be at least %s (got %s)", shortDuration(BackoffFloor), shortDuration(t))
 	}

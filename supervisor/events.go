@@ -54,8 +54,9 @@ type restartDue struct {
 // killDue: a stopping process's stop timeout is over.
 type killDue struct{ token uint64 }
 
-// readyDue: token's process has run its service's min_uptime.
-type readyDue struct{ token uint64 }
+// readyDue: token's process has run its service's min_uptime. seq tells
+// the current readiness timer from one the loop has since replaced.
+type readyDue struct{ token, seq uint64 }
 
 // reloadRequested: apply cfg, read for source, in place of the running
 // configuration; then answer on reply, if any (buffered).

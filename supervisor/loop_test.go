@@ -84,6 +84,12 @@ func newRig(t *testing.T, yaml string) *loopRig {
 	s.afterFunc = clock.afterFunc
 	s.rnd = func() float64 { return 0.5 } // no jitter
 	s.procs = &procTable{inbox: newMailbox[procMsg]()}
+	t.Cleanup(func() {
+		for _, w := range s.workers {
+			w.notify.close()
+		}
+		s.removeNotifyDir()
+	})
 	return &loopRig{t: t, s: s, clock: clock, logs: logs}
 }
 
@@ -464,5 +470,155 @@ func TestHooksRunInOrderAndSurviveAPanic(t *testing.T) {
 	}
 	if r.logs.FilterMessage("a hook panicked").Len() != 1 {
 		t.Error("the panicking hook was not logged")
+	}
+}
+
+// envOf returns the value of k in env, and whether it is set.
+func envOf(env []string, k string) (string, bool) {
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, k+"="); ok {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// A halted rollout puts everything back that the new definition changed
+// for its processes: the command, and how they say they are ready and
+// their watchdog too. The slot's next process runs the old definition
+// whole: no notify socket, no WATCHDOG_USEC, ready after min_uptime.
+func TestLoopHaltRevertsReadinessAndWatchdog(t *testing.T) {
+	r := newRig(t, "services:\n  w:\n    command: [/bin/true]\n    restart: {min_uptime: 1s}\n")
+	tok := r.startOne(100)
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	r.s.handle(readyDue{token: tok, seq: r.s.byToken[tok].readySeq})
+	r.reload(parse(t, "services:\n  w:\n    command: [/bin/false]\n    restart: {min_uptime: 1s}\n    ready: notify\n    ready_timeout: 5s\n    watchdog: 7s\n"))
+	r.deliver()
+	if sg := signals(r.requests()); len(sg) != 1 || !sg[0].stop {
+		t.Fatalf("requests %+v, want the old worker stopped", sg)
+	}
+	r.s.handle(workerExited{token: tok, pid: 100, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	sp := spawned(r.requests())
+	if len(sp) != 1 {
+		t.Fatalf("%d spawns, want the replacement", len(sp))
+	}
+	if _, ok := envOf(sp[0].spec.env, "NOTIFY_SOCKET"); !ok {
+		t.Fatal("the replacement has no NOTIFY_SOCKET")
+	}
+	if v, _ := envOf(sp[0].spec.env, "WATCHDOG_USEC"); v != "7000000" {
+		t.Fatalf("the replacement's WATCHDOG_USEC is %q, want 7000000", v)
+	}
+	r.s.handle(workerStarted{token: sp[0].token, pid: 101, at: r.clock.now})
+	r.clock.now = r.clock.now.Add(10 * time.Millisecond)
+	r.s.handle(workerExited{token: sp[0].token, pid: 101, status: 256, at: r.clock.now})
+	sp = spawned(r.requests())
+	if len(sp) != 1 || sp[0].spec.argv0 != "/bin/true" {
+		t.Fatalf("after the halt: spawns %+v, want one of /bin/true", sp)
+	}
+	for _, k := range []string{"NOTIFY_SOCKET", "WATCHDOG_USEC"} {
+		if v, ok := envOf(sp[0].spec.env, k); ok {
+			t.Errorf("the slot back on the old definition has %s=%s", k, v)
+		}
+	}
+	before := len(r.clock.pending())
+	r.s.handle(workerStarted{token: sp[0].token, pid: 102, at: r.clock.now})
+	p := r.clock.pending()
+	if len(p) != before+1 || p[len(p)-1].d != time.Second {
+		t.Errorf("timers %v after the start, want min_uptime's (1s) added: ready as the old definition says", durations(p))
+	}
+	if st := r.s.status(); st.LastReload == nil || st.LastReload.Error != "w worker 0 exit code 1 before ready" {
+		t.Errorf("last reload %+v, want failed: w worker 0 exit code 1 before ready", st.LastReload)
+	}
+}
+
+// A rescale after a halted rollout does not touch the workers the rollout
+// had already replaced: they run the new definition until they next exit.
+func TestLoopRescaleAfterAHaltReplacesNothing(t *testing.T) {
+	r := newRig(t, "services:\n  w:\n    command: [/bin/true]\n    workers: 2\n    restart: {min_uptime: 1s}\n")
+	tokens := r.startAllRunning()
+	byID := map[int]uint64{}
+	for tok, id := range tokens {
+		byID[id] = tok
+	}
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	for tok := range tokens {
+		r.s.handle(readyDue{token: tok, seq: r.s.byToken[tok].readySeq})
+	}
+	r.reload(parse(t, "services:\n  w:\n    command: [/bin/false]\n    workers: 2\n    restart: {min_uptime: 1s}\n"))
+	r.deliver()
+	r.requests()
+	// Slot 0 is replaced; its new process becomes ready.
+	r.s.handle(workerExited{token: byID[0], pid: 100, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	sp := spawned(r.requests())
+	r.s.handle(workerStarted{token: sp[0].token, pid: 200, at: r.clock.now})
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	r.s.handle(readyDue{token: sp[0].token, seq: r.s.byToken[sp[0].token].readySeq})
+	// Slot 1's replacement dies before it is ready: halt.
+	if sg := signals(r.requests()); len(sg) != 1 || sg[0].token != byID[1] {
+		t.Fatalf("requests %+v, want slot 1 stopped next", sg)
+	}
+	r.s.handle(workerExited{token: byID[1], pid: 101, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	sp1 := spawned(r.requests())
+	r.s.handle(workerStarted{token: sp1[0].token, pid: 201, at: r.clock.now})
+	r.s.handle(workerExited{token: sp1[0].token, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
+	r.requests()
+	if err := r.reconfigure("w", 3); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range r.requests() {
+		if sg, ok := m.(signalReq); ok {
+			t.Errorf("the rescale sent %+v: it replaced a worker", sg)
+		}
+	}
+	for _, w := range r.s.status().Services[0].Workers {
+		if w.Outdated {
+			t.Errorf("worker %d outdated after a rescale", w.ID)
+		}
+	}
+}
+
+// A reload that changes a service again while its rollout is under way
+// supersedes the rollout: a replacement of the old rollout that then dies
+// before it is ready is restarted on the new definition, and does not halt
+// (and fail) the new reload.
+func TestLoopSupersededReplacementDoesNotHalt(t *testing.T) {
+	a := "services:\n  w:\n    command: [/bin/true]\n    workers: 2\n    restart: {min_uptime: 1s}\n"
+	r := newRig(t, a)
+	tokens := r.startAllRunning()
+	byID := map[int]uint64{}
+	for tok, id := range tokens {
+		byID[id] = tok
+	}
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	for tok := range tokens {
+		r.s.handle(readyDue{token: tok, seq: r.s.byToken[tok].readySeq})
+	}
+	r.reload(parse(t, strings.Replace(a, "/bin/true", "/bin/false", 1)))
+	r.deliver()
+	r.requests()
+	r.s.handle(workerExited{token: byID[0], pid: 100, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	sp := spawned(r.requests())
+	r.s.handle(workerStarted{token: sp[0].token, pid: 200, at: r.clock.now})
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	r.s.handle(readyDue{token: sp[0].token, seq: r.s.byToken[sp[0].token].readySeq})
+	r.requests()
+	r.s.handle(workerExited{token: byID[1], pid: 101, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	sp1 := spawned(r.requests())
+	r.s.handle(workerStarted{token: sp1[0].token, pid: 201, at: r.clock.now})
+	// Back to /bin/true while slot 1's /bin/false is not ready yet; then it
+	// dies.
+	r.reload(parse(t, a))
+	r.deliver()
+	r.requests()
+	r.s.handle(workerExited{token: sp1[0].token, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
+	if n := r.logs.FilterMessage("rollout halted: the service goes back to its previous definition").Len(); n != 0 {
+		t.Errorf("%d halts: the superseded replacement halted the new reload", n)
+	}
+	sp = spawned(r.requests())
+	if len(sp) != 1 || sp[0].spec.argv0 != "/bin/true" {
+		t.Fatalf("spawns %+v, want slot 1 started again on /bin/true", sp)
+	}
+	if st := r.s.status(); st.LastReload == nil || st.LastReload.Error != "" || st.ReloadsFailed != 0 {
+		t.Errorf("last reload %+v, %d failed; want no failure", st.LastReload, st.ReloadsFailed)
 	}
 }

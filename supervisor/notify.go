@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"go.uber.org/zap"
@@ -47,8 +48,8 @@ type workerNotified struct {
 }
 
 // readyTimedOut: a ready: notify process did not send READY=1 within its
-// ready_timeout.
-type readyTimedOut struct{ token uint64 }
+// ready_timeout; seq as readyDue's.
+type readyTimedOut struct{ token, seq uint64 }
 
 func (workerNotified) isEvent() {}
 func (readyTimedOut) isEvent()  {}
@@ -62,6 +63,16 @@ type notifySocket struct {
 // openNotify creates the notify socket of token's process and starts
 // reading it. The directory is made on first use.
 func (s *Supervisor) openNotify(token uint64) (*notifySocket, error) {
+	ns, err := s.listenNotify(token)
+	if errors.Is(err, syscall.ENOENT) {
+		// The directory is gone (a clean-up of /tmp): make a new one.
+		s.notifyDir = ""
+		ns, err = s.listenNotify(token)
+	}
+	return ns, err
+}
+
+func (s *Supervisor) listenNotify(token uint64) (*notifySocket, error) {
 	if s.notifyDir == "" {
 		base := os.Getenv("XDG_RUNTIME_DIR")
 		if d, _, _ := strings.Cut(os.Getenv("RUNTIME_DIRECTORY"), ":"); d != "" {
@@ -170,13 +181,14 @@ func (s *Supervisor) onNotified(ev workerNotified) {
 	if ev.stopping {
 		s.log.Debug("worker says it is stopping", s.fields(w)...)
 	}
-	if ev.extend > 0 && !w.ready && w.cancelReady != nil {
-		cancel(&w.cancelReady)
-		token := w.token
-		w.cancelReady = s.afterFunc(ev.extend, func() { s.inbox.put(readyTimedOut{token: token}) })
-	}
 	if ev.watchdog || ev.trigger {
 		s.onWatchdogPing(w, ev.trigger)
+	}
+	if !w.notifyMode() {
+		return // readiness is min_uptime's: READY=1 and EXTEND mean nothing
+	}
+	if ev.extend > 0 && !w.ready && w.cancelReady != nil {
+		s.armReadyTimer(w, ev.extend, true)
 	}
 	if ev.ready && !w.ready {
 		switch w.state {
@@ -190,14 +202,19 @@ func (s *Supervisor) onNotified(ev workerNotified) {
 }
 
 // onReadyTimedOut stops a process that was not ready in time: one that
-// replaces a worker for a rolling change halts the change; any other is
-// started again once it has stopped.
+// replaces a worker for a rolling change halts the change, and its slot
+// starts again at once on the previous definition; any other is started
+// again once it has stopped, as after a crash (backing off if it keeps
+// failing).
 func (s *Supervisor) onReadyTimedOut(w *worker) {
 	w.cancelReady = nil
 	reason := fmt.Errorf("%s worker %d not ready within %v", w.key.service, w.key.id, w.svc.ReadyTimeout)
 	s.log.Warn("worker not ready in time; stopping it", s.fields(w, zap.Duration("ready_timeout", w.svc.ReadyTimeout))...)
-	if w.prevSvc != nil {
+	if s.replacementFailed(w) {
 		s.revert(w, reason)
+		w.failures = 0
+	} else {
+		w.aborted = true // restarted as after a crash, with its backoff
 	}
 	s.stop(w)
 }

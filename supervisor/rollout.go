@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"slices"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -32,23 +33,59 @@ import (
 // against what each slot runs. `replace: all` is not gated: every stale
 // slot is stopped at once.
 
+// notifyMode reports whether w's process says itself when it is ready: its
+// service is ready: notify, and it was started with a notify socket (a
+// reload may have changed the mode since it started).
+func (w *worker) notifyMode() bool {
+	return w.notify != nil && w.svc.Ready == config.ReadyNotify
+}
+
 // armReady starts w's readiness clock, now that its process has started:
 // with ready: uptime, the process is ready after its service's
 // min_uptime; with ready: notify, it has ready_timeout to send READY=1.
 func (s *Supervisor) armReady(w *worker) {
 	w.ready = false
-	cancel(&w.cancelReady)
-	token := w.token
-	if w.svc.Ready == config.ReadyNotify {
+	if w.notifyMode() {
 		if w.readyEarly {
 			w.readyEarly = false
+			cancel(&w.cancelReady)
 			s.onReady(w)
 			return
 		}
-		w.cancelReady = s.afterFunc(w.svc.ReadyTimeout, func() { s.inbox.put(readyTimedOut{token: token}) })
+		s.armReadyTimer(w, w.svc.ReadyTimeout, true)
 		return
 	}
-	w.cancelReady = s.afterFunc(w.svc.Restart.MinUptime, func() { s.inbox.put(readyDue{token: token}) })
+	s.armReadyTimer(w, w.svc.Restart.MinUptime, false)
+}
+
+// armReadyTimer (re)arms w's readiness timer: after d, the process is
+// ready (uptime mode) or has run out of time to say so (timeout). The
+// sequence number tells the current timer's event from one it replaced.
+func (s *Supervisor) armReadyTimer(w *worker, d time.Duration, timeout bool) {
+	cancel(&w.cancelReady)
+	w.readySeq++
+	token, seq := w.token, w.readySeq
+	if timeout {
+		w.cancelReady = s.afterFunc(d, func() { s.inbox.put(readyTimedOut{token: token, seq: seq}) })
+		return
+	}
+	w.cancelReady = s.afterFunc(d, func() { s.inbox.put(readyDue{token: token, seq: seq}) })
+}
+
+// replacementFailed reports whether w's process, which exited or could not
+// start before it was ready, was a rolling change's replacement that the
+// configuration still wants. One whose definition a later reload changed
+// again is not: that change supersedes the rollout, and the slot is
+// restarted as after any other failure, on the current definition.
+func (s *Supervisor) replacementFailed(w *worker) bool {
+	if w.prevSvc == nil {
+		return false
+	}
+	if w.stale {
+		w.prevSvc = nil
+		return false
+	}
+	return true
 }
 
 // onReady records that w's process is ready, and moves its service's
@@ -92,14 +129,12 @@ func (s *Supervisor) revert(w *worker, reason error) {
 			}
 		}
 	}
-	source := ReloadByProgram
+	// The reload's result is recorded once: a second halt from the same
+	// reload (another service's rollout) is only logged.
 	if s.rolloutOf != nil {
-		source = *s.rolloutOf
-	} else if s.lastReload != nil {
-		source = s.lastReload.Source
+		s.recordReload(*s.rolloutOf, reason)
+		s.rolloutOf = nil
 	}
-	s.rolloutOf = nil
-	s.recordReload(source, reason)
 }
 
 // rolloutProgressed records the result of the reload whose rolling changes
@@ -118,10 +153,12 @@ func (s *Supervisor) rolloutProgressed() {
 	s.log.Info("reload complete: every worker runs the new configuration")
 }
 
-// withDefinition returns a copy of cfg whose service named service runs
-// what prev ran (its command, run, env, dir and stop signal: what
-// processChanged compares), keeping the rest of cfg's definition. cfg is
-// returned as is if it has no such service.
+// withDefinition returns a copy of cfg whose service named service is
+// prev, the definition before a rolling change (what its processes run,
+// how they say they are ready, their watchdog), but for what applies
+// without a restart, kept from cfg: the worker count, the restart policy,
+// the stop timeout, replace and reload_signal. cfg is returned as is if it
+// has no such service.
 func withDefinition(cfg *config.Config, service string, prev *config.Service) *config.Config {
 	i := slices.IndexFunc(cfg.Services, func(svc *config.Service) bool { return svc.Name == service })
 	if i < 0 || prev == nil {
@@ -129,8 +166,10 @@ func withDefinition(cfg *config.Config, service string, prev *config.Service) *c
 	}
 	c := *cfg
 	c.Services = slices.Clone(cfg.Services)
-	reverted := *cfg.Services[i]
-	reverted.Command, reverted.Run, reverted.Env, reverted.Dir, reverted.StopSignal = prev.Command, prev.Run, prev.Env, prev.Dir, prev.StopSignal
+	cur := cfg.Services[i]
+	reverted := *prev
+	reverted.Workers, reverted.Restart, reverted.StopTimeout, reverted.Replace, reverted.ReloadSignal, reverted.Pos =
+		cur.Workers, cur.Restart, cur.StopTimeout, cur.Replace, cur.ReloadSignal, cur.Pos
 	c.Services[i] = &reverted
 	return &c
 }

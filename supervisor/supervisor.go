@@ -141,6 +141,7 @@ type worker struct {
 	cancelReady func() bool
 	// readyEarly: READY=1 came before the loop heard of the process's start.
 	readyEarly bool
+	readySeq   uint64 // identifies the current readiness timer
 	// notify is the process's notify socket (ready: notify); statusText
 	// the last STATUS= it sent.
 	notify     *notifySocket
@@ -149,7 +150,7 @@ type worker struct {
 	// cancelWatchdog cancels it.
 	watchdogSeq    uint64
 	cancelWatchdog func() bool
-	aborted        bool // stopped by its watchdog
+	aborted        bool // stopped by its watchdog or ready_timeout: restarted as after a crash
 
 	// prevSvc is set while the slot is replaced for a rolling change, from
 	// the stop of its old process until its new one is ready: the
@@ -419,7 +420,7 @@ func (s *Supervisor) handle(ev event) {
 			w.cancelKill = s.afterFunc(w.svc.StopTimeout, func() { s.inbox.put(killDue{token: token}) })
 		}
 	case readyDue:
-		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && !w.ready {
+		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && !w.ready && w.readySeq == ev.seq {
 			s.onReady(w)
 		}
 	case workerNotified:
@@ -429,7 +430,7 @@ func (s *Supervisor) handle(ev event) {
 			s.onWatchdogMissed(w)
 		}
 	case readyTimedOut:
-		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && !w.ready {
+		if w := s.byToken[ev.token]; w != nil && w.state == stateRunning && !w.ready && w.readySeq == ev.seq {
 			s.onReadyTimedOut(w)
 		}
 	case restartDue:
@@ -537,7 +538,7 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 			return
 		}
 	}
-	if w.prevSvc != nil && w.state == stateStarting {
+	if s.replacementFailed(w) {
 		s.halt(w, fmt.Errorf("%s worker %d failed to start: %w", w.key.service, w.key.id, ev.err))
 		return
 	}
@@ -556,9 +557,11 @@ func (s *Supervisor) onExited(ev workerExited) {
 	w.notify = nil
 	cancel(&w.cancelReady)
 	cancel(&w.cancelWatchdog)
-	wasReady := w.ready
-	w.ready = false
 	uptime := ev.at.Sub(w.startedAt)
+	// An exit after min_uptime is a healthy one (restartDelay), even if its
+	// readiness timer's event is still on its way.
+	wasReady := w.ready || !w.notifyMode() && uptime >= w.svc.Restart.MinUptime
+	w.ready = false
 	status := describeStatus(ev.status)
 	w.lastExit, w.lastExitAt = status, ev.at
 	s.counters(w.key.service).Exits[exitReason(w.state, ev.status)]++
@@ -578,7 +581,8 @@ func (s *Supervisor) onExited(ev workerExited) {
 		// A slot stopped for a reload whose configuration still wants it
 		// (its definition changed, or a later reload scaled back up) is
 		// started again, with the current definition; one aborted by its
-		// watchdog as after a crash, with the backoff of quick exits.
+		// watchdog or its ready_timeout as after a crash, with the backoff
+		// of quick exits.
 		if s.wanted(w.key) {
 			if aborted {
 				s.scheduleRestart(w, uptime)
@@ -592,7 +596,7 @@ func (s *Supervisor) onExited(ev workerExited) {
 		return
 	}
 	s.log.Warn("worker exited", fields...)
-	if w.prevSvc != nil && !wasReady {
+	if !wasReady && s.replacementFailed(w) {
 		s.halt(w, fmt.Errorf("%s worker %d %s before ready", w.key.service, w.key.id, status))
 		return
 	}
@@ -618,6 +622,9 @@ func (s *Supervisor) scheduleRestart(w *worker, uptime time.Duration) {
 	w.restarts++
 	delay, failures := restartDelay(w.svc.Restart, uptime, w.failures, s.rnd)
 	w.failures = failures
+	// A slot that could not start leaves the starting state: a rolling
+	// change it held back goes on.
+	defer s.replaceNext(w.key.service)
 	if delay == 0 {
 		s.log.Info("restarting worker", s.fields(w)...)
 		s.counters(w.key.service).Restarts++
@@ -677,7 +684,8 @@ func (s *Supervisor) onReload(cfg *config.Config, source ReloadSource) error {
 
 // apply makes cfg the running configuration and changes the workers to
 // match it, as onReload describes. With fromFile, the workers left running
-// of a service with a reload_signal get that signal.
+// of a service with a reload_signal get that signal; without (a rescale),
+// no worker is replaced.
 func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 	s.cfg = cfg
 	if s.startedAt.IsZero() {
@@ -705,6 +713,10 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 			}
 		case w.state == stateBackoff:
 			w.svc = svc // its next start uses the new definition
+		case processChanged(w.svc, svc) && !fromFile:
+			// A rescale: a process that runs another definition than the
+			// configuration's (one a halted rollout left on the new
+			// definition) keeps running until it exits.
 		case processChanged(w.svc, svc):
 			w.stale = true
 			replacing++
