@@ -535,15 +535,7 @@ func TestLoopHaltRevertsReadinessAndWatchdog(t *testing.T) {
 // had already replaced: they run the new definition until they next exit.
 func TestLoopRescaleAfterAHaltReplacesNothing(t *testing.T) {
 	r := newRig(t, "services:\n  w:\n    command: [/bin/true]\n    workers: 2\n    restart: {min_uptime: 1s}\n")
-	tokens := r.startAllRunning()
-	byID := map[int]uint64{}
-	for tok, id := range tokens {
-		byID[id] = tok
-	}
-	r.clock.now = r.clock.now.Add(2 * time.Second)
-	for tok := range tokens {
-		r.s.handle(readyDue{token: tok, seq: r.s.byToken[tok].readySeq})
-	}
+	byID := r.startAllReady()
 	r.reload(parse(t, "services:\n  w:\n    command: [/bin/false]\n    workers: 2\n    restart: {min_uptime: 1s}\n"))
 	r.deliver()
 	r.requests()
@@ -584,15 +576,7 @@ func TestLoopRescaleAfterAHaltReplacesNothing(t *testing.T) {
 func TestLoopSupersededReplacementDoesNotHalt(t *testing.T) {
 	a := "services:\n  w:\n    command: [/bin/true]\n    workers: 2\n    restart: {min_uptime: 1s}\n"
 	r := newRig(t, a)
-	tokens := r.startAllRunning()
-	byID := map[int]uint64{}
-	for tok, id := range tokens {
-		byID[id] = tok
-	}
-	r.clock.now = r.clock.now.Add(2 * time.Second)
-	for tok := range tokens {
-		r.s.handle(readyDue{token: tok, seq: r.s.byToken[tok].readySeq})
-	}
+	byID := r.startAllReady()
 	r.reload(parse(t, strings.Replace(a, "/bin/true", "/bin/false", 1)))
 	r.deliver()
 	r.requests()
@@ -621,4 +605,21 @@ func TestLoopSupersededReplacementDoesNotHalt(t *testing.T) {
 	if st := r.s.status(); st.LastReload == nil || st.LastReload.Error != "" || st.ReloadsFailed != 0 {
 		t.Errorf("last reload %+v, %d failed; want no failure", st.LastReload, st.ReloadsFailed)
 	}
+}
+
+// startAllReady starts the rig's workers, reports each running, then ready
+// once their min_uptime (at most 2s) has passed; it returns their tokens by
+// worker id.
+func (r *loopRig) startAllReady() map[int]uint64 {
+	r.t.Helper()
+	tokens := r.startAllRunning()
+	byID := map[int]uint64{}
+	for tok, id := range tokens {
+		byID[id] = tok
+	}
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	for tok := range tokens {
+		r.s.handle(readyDue{token: tok, seq: r.s.byToken[tok].readySeq})
+	}
+	return byID
 }
