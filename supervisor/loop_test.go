@@ -536,23 +536,9 @@ func TestLoopHaltRevertsReadinessAndWatchdog(t *testing.T) {
 func TestLoopRescaleAfterAHaltReplacesNothing(t *testing.T) {
 	r := newRig(t, "services:\n  w:\n    command: [/bin/true]\n    workers: 2\n    restart: {min_uptime: 1s}\n")
 	byID := r.startAllReady()
-	r.reload(parse(t, "services:\n  w:\n    command: [/bin/false]\n    workers: 2\n    restart: {min_uptime: 1s}\n"))
-	r.deliver()
-	r.requests()
-	// Slot 0 is replaced; its new process becomes ready.
-	r.s.handle(workerExited{token: byID[0], pid: 100, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
-	sp := spawned(r.requests())
-	r.s.handle(workerStarted{token: sp[0].token, pid: 200, at: r.clock.now})
-	r.clock.now = r.clock.now.Add(2 * time.Second)
-	r.s.handle(readyDue{token: sp[0].token, seq: r.s.byToken[sp[0].token].readySeq})
+	slot1 := r.rollOutUntilSlot1Starts(parse(t, "services:\n  w:\n    command: [/bin/false]\n    workers: 2\n    restart: {min_uptime: 1s}\n"), byID)
 	// Slot 1's replacement dies before it is ready: halt.
-	if sg := signals(r.requests()); len(sg) != 1 || sg[0].token != byID[1] {
-		t.Fatalf("requests %+v, want slot 1 stopped next", sg)
-	}
-	r.s.handle(workerExited{token: byID[1], pid: 101, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
-	sp1 := spawned(r.requests())
-	r.s.handle(workerStarted{token: sp1[0].token, pid: 201, at: r.clock.now})
-	r.s.handle(workerExited{token: sp1[0].token, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
+	r.s.handle(workerExited{token: slot1, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
 	r.requests()
 	if err := r.reconfigure("w", 3); err != nil {
 		t.Fatal(err)
@@ -577,28 +563,17 @@ func TestLoopSupersededReplacementDoesNotHalt(t *testing.T) {
 	a := "services:\n  w:\n    command: [/bin/true]\n    workers: 2\n    restart: {min_uptime: 1s}\n"
 	r := newRig(t, a)
 	byID := r.startAllReady()
-	r.reload(parse(t, strings.Replace(a, "/bin/true", "/bin/false", 1)))
-	r.deliver()
-	r.requests()
-	r.s.handle(workerExited{token: byID[0], pid: 100, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
-	sp := spawned(r.requests())
-	r.s.handle(workerStarted{token: sp[0].token, pid: 200, at: r.clock.now})
-	r.clock.now = r.clock.now.Add(2 * time.Second)
-	r.s.handle(readyDue{token: sp[0].token, seq: r.s.byToken[sp[0].token].readySeq})
-	r.requests()
-	r.s.handle(workerExited{token: byID[1], pid: 101, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
-	sp1 := spawned(r.requests())
-	r.s.handle(workerStarted{token: sp1[0].token, pid: 201, at: r.clock.now})
+	slot1 := r.rollOutUntilSlot1Starts(parse(t, strings.Replace(a, "/bin/true", "/bin/false", 1)), byID)
 	// Back to /bin/true while slot 1's /bin/false is not ready yet; then it
 	// dies.
 	r.reload(parse(t, a))
 	r.deliver()
 	r.requests()
-	r.s.handle(workerExited{token: sp1[0].token, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
+	r.s.handle(workerExited{token: slot1, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
 	if n := r.logs.FilterMessage("rollout halted: the service goes back to its previous definition").Len(); n != 0 {
 		t.Errorf("%d halts: the superseded replacement halted the new reload", n)
 	}
-	sp = spawned(r.requests())
+	sp := spawned(r.requests())
 	if len(sp) != 1 || sp[0].spec.argv0 != "/bin/true" {
 		t.Fatalf("spawns %+v, want slot 1 started again on /bin/true", sp)
 	}
@@ -622,4 +597,33 @@ func (r *loopRig) startAllReady() map[int]uint64 {
 		r.s.handle(readyDue{token: tok, seq: r.s.byToken[tok].readySeq})
 	}
 	return byID
+}
+
+// rollOutUntilSlot1Starts reloads cfg, a new definition for the rig's two
+// ready workers (byID, from startAllReady), and plays its rolling change
+// until slot 1's replacement runs, not yet ready, slot 0's being ready. It
+// returns the token of slot 1's replacement.
+func (r *loopRig) rollOutUntilSlot1Starts(cfg *config.Config, byID map[int]uint64) uint64 {
+	r.t.Helper()
+	r.reload(cfg)
+	r.deliver()
+	r.requests()
+	r.s.handle(workerExited{token: byID[0], pid: 100, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	sp := spawned(r.requests())
+	if len(sp) != 1 {
+		r.t.Fatalf("%d spawns, want slot 0's replacement", len(sp))
+	}
+	r.s.handle(workerStarted{token: sp[0].token, pid: 200, at: r.clock.now})
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	r.s.handle(readyDue{token: sp[0].token, seq: r.s.byToken[sp[0].token].readySeq})
+	if sg := signals(r.requests()); len(sg) != 1 || sg[0].token != byID[1] {
+		r.t.Fatalf("requests %+v, want slot 1 stopped next", sg)
+	}
+	r.s.handle(workerExited{token: byID[1], pid: 101, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	sp = spawned(r.requests())
+	if len(sp) != 1 {
+		r.t.Fatalf("%d spawns, want slot 1's replacement", len(sp))
+	}
+	r.s.handle(workerStarted{token: sp[0].token, pid: 201, at: r.clock.now})
+	return sp[0].token
 }
