@@ -30,6 +30,15 @@ package supervisor_test
 // n pids have arrived (bare-ns/op), then kills and waits for them. The two
 // halves alternate in order from op to op. ratio = ns/op / bare-ns/op.
 //
+// BenchmarkRollout: one manager runs a ready: notify service of 10
+// bench-workers, which say READY=1 as they start. Each op changes the
+// service's env in the file and sends SIGHUP, and times until the 10th new
+// worker's pid arrives (ns/op): a rolling replacement, one worker at a
+// time, each waiting for the one before to be ready. Then, in the same op,
+// the baseline starts 10 bare bench-workers one after the other, each once
+// the one before has reported, as the rollout does (bare-ns/op); they are
+// killed outside the timing. ratio = ns/op / bare-ns/op.
+//
 // BenchmarkIdle1000: one manager with 1000 bench-workers; once all have
 // connected it waits 1s to settle, then over a 5s window reads the manager's
 // utime+stime from /proc/PID/stat (clock ticks, 100 a second) and, at the
@@ -52,6 +61,7 @@ package supervisor_test
 //	go test -run '^$' -bench 'Respawn|StartWorkers/n=(10|100)$' -count 5 -timeout 30m ./supervisor/ | tee bench-small.txt
 //	go test -run '^$' -bench 'StartWorkers/n=1000' -benchtime 3x -count 5 -timeout 30m ./supervisor/ | tee bench-1000.txt
 //	go test -run '^$' -bench Idle1000 -benchtime 1x -count 3 -timeout 30m ./supervisor/ | tee bench-idle.txt
+//	go test -run '^$' -bench Rollout -benchtime 20x -count 5 ./supervisor/ | tee bench-rollout.txt
 //	benchstat bench-small.txt bench-1000.txt bench-idle.txt   # golang.org/x/perf/cmd/benchstat
 //
 // 1000 workers need about 2,100 file descriptors in the manager and as many
@@ -824,4 +834,69 @@ func waitExits(tb testing.TB, fds []unix.PollFd, n int, t0 time.Time) time.Durat
 		}
 	}
 	return time.Since(t0)
+}
+
+// rolloutWorkers is BenchmarkRollout's service size.
+const rolloutWorkers = 10
+
+// BenchmarkRollout: a rolling replacement of 10 workers that are ready at
+// once, against 10 bare starts one after the other, in the same run.
+func BenchmarkRollout(b *testing.B) {
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	supervised, bare := listenWorkers(b), listenWorkers(b)
+	conf := func(gen int) string {
+		return fmt.Sprintf(`services:
+  bench:
+    command: [%s]
+    workers: %d
+    env: {TEST_HELPER: bench-worker, BENCH_SOCKET: %s, GEN: "%d"}
+    ready: notify
+    stop_timeout: 2s
+`, strconv.Quote(exe), rolloutWorkers, strconv.Quote(supervised.path), gen)
+	}
+	path := writeBenchConfig(b, conf(0))
+	m := prepareBenchManager(b, path)
+	m.start()
+	_, live := benchWaitN(b, supervised, rolloutWorkers, "the first workers", m.done)
+	bw := newBareWorkers(b, bare)
+
+	var rollout, baseline time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		t0 := time.Now()
+		if err := os.WriteFile(path, []byte(conf(i+1)), 0o644); err != nil {
+			b.Fatal(err)
+		}
+		if err := syscall.Kill(m.pid(), syscall.SIGHUP); err != nil {
+			b.Fatal(err)
+		}
+		last, next := benchWaitN(b, supervised, rolloutWorkers, "the replaced workers", m.done)
+		rollout += last.Sub(t0)
+		b.StopTimer()
+		for _, old := range live {
+			supervised.drop(old.conn) // stopped by the rollout already
+		}
+		live = next
+		b.StartTimer()
+
+		t0 = time.Now()
+		started := make([]arrival, 0, rolloutWorkers)
+		for range rolloutWorkers {
+			bw.start()
+			started = append(started, benchWait(b, bare, "a bare worker", nil))
+		}
+		baseline += started[len(started)-1].at.Sub(t0)
+		b.StopTimer()
+		bw.killAll()
+		for _, a := range started {
+			bare.drop(a.conn)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	m.stop()
+	reportVsBare(b, rollout, baseline)
 }

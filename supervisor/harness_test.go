@@ -314,8 +314,14 @@ var helperCommands = map[string]func() int{
 	},
 	// bench-worker tells the benchmark it runs, by connecting to
 	// $BENCH_SOCKET and writing its pid, then lives until the benchmark
-	// closes the connection or kills it.
+	// closes the connection or kills it. With a notify socket, it says
+	// READY=1 first.
 	"bench-worker": func() int {
+		// Ready at once, under a ready: notify service (BenchmarkRollout).
+		if _, err := daemon.SdNotify(false, "READY=1"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
 		c, err := net.Dial("unix", os.Getenv("BENCH_SOCKET"))
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
