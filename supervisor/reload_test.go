@@ -424,8 +424,11 @@ services:
 		t.Errorf("%d workers replaced for the bad edit, want only the first", n)
 	}
 	st := m.statusJSON()
-	if st.LastReload == nil || st.LastReload.OK || st.LastReload.Error != "gen worker 0 exit code 1 before ready" || st.Reloads.Failed != 1 {
-		t.Errorf("status last reload %+v, reloads %+v; want failed with the reason, counted", st.LastReload, st.Reloads)
+	if st.LastReload == nil || st.LastReload.OK || !st.LastReload.Halted || st.LastReload.Error != "gen worker 0 exit code 1 before ready" || st.Reloads.Failed != 1 {
+		t.Errorf("status last reload %+v, reloads %+v; want failed, halted, with the reason, counted", st.LastReload, st.Reloads)
+	}
+	if code, out, _ := m.ctl(nil, "", "status"); code != 0 || !strings.Contains(out, "its rolling change halted, the service is back on its previous definition:\n  gen worker 0 exit code 1 before ready") {
+		t.Errorf("status (exit %d) says\n%s\nwant the halted rollout and why", code, out)
 	}
 
 	m.rewrite(good(2))

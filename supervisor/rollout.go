@@ -132,7 +132,7 @@ func (s *Supervisor) revert(w *worker, reason error) {
 	// The reload's result is recorded once: a second halt from the same
 	// reload (another service's rollout) is only logged.
 	if s.rolloutOf != nil {
-		s.recordReload(*s.rolloutOf, reason)
+		s.recordReloadResult(*s.rolloutOf, reason, true)
 		s.rolloutOf = nil
 	}
 }

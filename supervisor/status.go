@@ -112,8 +112,12 @@ type WorkerStatus struct {
 type ReloadResult struct {
 	At     time.Time
 	Source ReloadSource
-	// Error is why the reload changed nothing; empty when it was applied.
+	// Error is why the reload changed nothing, or why its rolling change
+	// halted; empty when it was applied.
 	Error string
+	// Halted: the reload was applied, and its rolling change halted (Error
+	// says why): the service went back to its previous definition.
+	Halted bool
 }
 
 // ReloadSource says what asked for a reload.
@@ -204,7 +208,13 @@ func (s *Supervisor) counters(service string) *ServiceCounters {
 }
 
 func (s *Supervisor) recordReload(source ReloadSource, err error) {
-	r := &ReloadResult{At: s.now(), Source: source}
+	s.recordReloadResult(source, err, false)
+}
+
+// recordReloadResult records a reload's result; halted: it was applied,
+// and its rolling change halted for err.
+func (s *Supervisor) recordReloadResult(source ReloadSource, err error, halted bool) {
+	r := &ReloadResult{At: s.now(), Source: source, Halted: halted}
 	if err != nil {
 		r.Error = err.Error()
 		s.reloadsFailed++

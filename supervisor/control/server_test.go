@@ -72,7 +72,7 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
 		"worker":      {"failures", "id", "last_exit", "last_exit_at", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds"},
 		"queue":       {"acked_per_second", "acked_total", "capacity", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_total", "redelivered_total"},
-		"last_reload": {"at", "error", "ok", "source"},
+		"last_reload": {"at", "error", "halted", "ok", "source"},
 		"reloads":     {"failed", "ok"},
 	}
 	svc := top["services"].([]any)[0]

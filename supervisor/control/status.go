@@ -90,8 +90,12 @@ type ReloadStatus struct {
 	// Source is SIGHUP, file, control, or "" for the program itself.
 	Source string `json:"source"`
 	OK     bool   `json:"ok"`
-	// Error holds every FILE:LINE:COL line of a failure.
+	// Error holds every FILE:LINE:COL line of a failure, or why a rolling
+	// change halted.
 	Error string `json:"error"`
+	// Halted: the reload was applied and its rolling change halted; the
+	// service is back on its previous definition.
+	Halted bool `json:"halted"`
 }
 
 // ReloadCounts count reloads since the manager started.
@@ -157,7 +161,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 		})
 	}
 	if lr := st.LastReload; lr != nil {
-		doc.LastReload = &ReloadStatus{At: lr.At.UTC(), Source: lr.Source.String(), OK: lr.Error == "", Error: lr.Error}
+		doc.LastReload = &ReloadStatus{At: lr.At.UTC(), Source: lr.Source.String(), OK: lr.Error == "", Error: lr.Error, Halted: lr.Halted}
 	}
 	return doc
 }

@@ -166,9 +166,13 @@ func printStatus(w io.Writer, doc control.Status, now time.Time) error {
 			source = "library"
 		}
 		ago := roundDuration(now.Sub(r.At).Seconds())
-		if r.OK {
+		switch {
+		case r.OK:
 			fmt.Fprintf(w, "last reload: ok, %s ago (%s); %d ok, %d failed\n", ago, source, doc.Reloads.OK, doc.Reloads.Failed)
-		} else {
+		case r.Halted:
+			fmt.Fprintf(w, "last reload: FAILED, %s ago (%s); its rolling change halted, the service is back on its previous definition:\n  %s\n", ago, source,
+				strings.ReplaceAll(r.Error, "\n", "\n  "))
+		default:
 			fmt.Fprintf(w, "last reload: FAILED, %s ago (%s); the running services are unchanged:\n  %s\n", ago, source,
 				strings.ReplaceAll(r.Error, "\n", "\n  "))
 		}
