@@ -597,19 +597,24 @@ services:
     command: [%[1]q]
     env: {TEST_HELPER: notifier, GEN: p, NOTIFY_AT_ONCE: '1', NOTIFY_PING: '1'}
     ready: notify
-    watchdog: 5s
+    watchdog: 2s
 `, exe))
 	pinger := m.waitFor("pinger serving", output("pinger", "serving p"))
 	missed := func(svc string) func(entry) bool {
 		return func(e entry) bool { return e.is("worker missed its watchdog; aborting it", "service", svc) }
 	}
-	m.waitN("silent aborted twice", 2, missed("silent"))
-	m.waitN("silent serving a third time", 3, output("silent", "serving s"))
+	// Six aborts of the silent worker take at least 6 × 300ms plus its
+	// backoff (0, 100, 200, 400, 800ms): over 3s, more than the pinger's
+	// watchdog, which its pings must have kept from running out.
+	aborts := m.waitN("silent aborted six times", 6, missed("silent"))
+	if span := aborts[5].at(t).Sub(pinger.at(t)); span < 2*time.Second {
+		t.Fatalf("six aborts took %v from the pinger's start, less than its 2s watchdog: the test proves nothing", span)
+	}
 	if n := len(m.all(missed("pinger"))); n != 0 {
 		t.Errorf("the pinging worker was aborted %d times", n)
 	}
-	if st := m.statusJSON(); st.Services[0].WatchdogAborts < 2 || st.Services[1].WatchdogAborts != 0 {
-		t.Errorf("watchdog aborts: silent %d, pinger %d; want at least 2 and 0", st.Services[0].WatchdogAborts, st.Services[1].WatchdogAborts)
+	if st := m.statusJSON(); st.Services[0].WatchdogAborts < 6 || st.Services[1].WatchdogAborts != 0 {
+		t.Errorf("watchdog aborts: silent %d, pinger %d; want at least 6 and 0", st.Services[0].WatchdogAborts, st.Services[1].WatchdogAborts)
 	}
 
 	if err := syscall.Kill(pinger.int("pid"), syscall.SIGSTOP); err != nil {
