@@ -17,10 +17,9 @@ import (
 // Worker notify sockets: the worker side of systemd's sd_notify protocol.
 //
 // Each process of a `ready: notify` service, or of one with a watchdog,
-// gets a socket of its own: a
-// Unix datagram socket in the manager's notify directory (0700, removed when
-// Run returns), named by the process's token, whose path is the worker's
-// NOTIFY_SOCKET. What arrives on it is that process's, whoever in its
+// gets a socket of its own: a Unix datagram socket in the manager's notify
+// directory (0700, removed when Run returns), named by the process's token,
+// whose path is the worker's NOTIFY_SOCKET. What arrives on it is that process's, whoever in its
 // process tree sent it. A datagram is sd_notify's: KEY=VALUE assignments,
 // one per line. The manager acts on
 //

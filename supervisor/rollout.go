@@ -11,27 +11,29 @@ import (
 
 // Readiness and rolling changes.
 //
-// A worker is ready once its process has run its service's min_uptime: the
-// time after which an exit no longer counts as a failure to start. A
-// rolling replacement (a reload that changes a service's command, run,
-// env, dir or stop_signal) replaces one slot at a time, and starts on the
-// next only when the new process of the previous one is ready. If that
-// process exits before it is ready, or cannot be started, the rollout
-// halts:
+// A worker is ready once its process has run its service's min_uptime (the
+// time after which an exit no longer counts as a failure to start), or,
+// with ready: notify, once it has sent READY=1 (notify.go). A rolling
+// replacement (a reload that changes what processChanged compares)
+// replaces one slot at a time, and starts on the next only when the new
+// process of the previous one is ready. If that process exits before it is
+// ready, cannot be started, or is not ready within ready_timeout, the
+// rollout halts:
 //
 //   - the service goes back to its previous definition, for every start
-//     from then on (the running configuration's service is reverted, its
-//     worker count and restart policy kept);
+//     from then on (withDefinition: the running configuration's service is
+//     reverted but for what applies without a restart);
 //   - the failed slot is started again at once on that definition;
 //   - the workers not yet replaced keep running; those already replaced,
 //     and ready, keep running too, on the new definition, until they next
-//     exit;
-//   - the reload is recorded as failed, with the reason (Status's
-//     LastReload, the reload counters).
+//     exit (a rescale does not replace them);
+//   - the reload is recorded as failed and halted, with the reason
+//     (Status's LastReload, the reload counters).
 //
 // The next reload that changes the service starts a new rollout, measured
-// against what each slot runs. `replace: all` is not gated: every stale
-// slot is stopped at once.
+// against what each slot runs; one that comes during a rollout supersedes
+// it (replacementFailed). `replace: all` is not gated: every stale slot is
+// stopped at once.
 
 // notifyMode reports whether w's process says itself when it is ready: its
 // service is ready: notify, and it was started with a notify socket (a

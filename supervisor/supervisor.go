@@ -671,7 +671,6 @@ func (s *Supervisor) onReload(cfg *config.Config, source ReloadSource) error {
 	if s.rolloutOf != nil {
 		// Superseded: what it changed is measured against cfg now.
 		s.recordReload(*s.rolloutOf, nil)
-		s.rolloutOf = nil
 	}
 	s.rolloutOf = &source
 	s.apply(cfg, true)

@@ -12,7 +12,7 @@
 //	gotyledon_worker_restarts_total{service}       counter  processes started to replace one that exited on its own
 //	gotyledon_worker_exits_total{service,reason}   counter  processes that ended, by reason: stopped, clean, error, signal, start_failed
 //	gotyledon_worker_watchdog_aborts_total{service} counter processes aborted for missing their watchdog
-//	gotyledon_reloads_total{result}                counter  reloads by result: ok (applied) or failed (nothing changed)
+//	gotyledon_reloads_total{result}                counter  reloads by result: ok (applied) or failed (nothing changed, or its rolling change halted)
 //	gotyledon_last_reload_success                  gauge    1 if the newest reload was applied, 0 if it failed; absent before the first
 //	gotyledon_last_reload_timestamp_seconds        gauge    when the newest reload happened (Unix time); absent before the first
 //	gotyledon_ready                                gauge    1 once every worker's first start has been answered
@@ -176,7 +176,7 @@ var (
 	workerExits = gotyledonDesc("worker_exits_total",
 		"Worker processes that ended since the manager started, by reason: stopped (asked to by the manager), clean (exit code 0), error (non-zero exit code), signal (a signal the manager did not send), start_failed (could not be started).", counterType, "service", "reason")
 	reloads = gotyledonDesc("reloads_total",
-		"Reloads of the configuration since the manager started, by result: ok (applied) or failed (nothing changed).", counterType, "result")
+		"Reloads of the configuration since the manager started, by result: ok (applied) or failed (nothing changed, or its rolling change halted).", counterType, "result")
 	lastReloadSuccess = gotyledonDesc("last_reload_success",
 		"1 if the newest reload was applied, 0 if it failed; absent before the first reload.", gaugeType)
 	lastReloadTime = gotyledonDesc("last_reload_timestamp_seconds",

@@ -343,8 +343,10 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 // written by the client's registry and promhttp handler, from the same
 // Status and queue stats): names, help, types, labels, order and numbers.
 // The families added since (gotyledon_workers_ready,
-// gotyledon_worker_watchdog_aborts_total) were added to it by hand, in the
-// same format; promlint checks them (TestMetricsLint).
+// gotyledon_worker_watchdog_aborts_total), and the help of
+// gotyledon_reloads_total since halted rollouts count as failed, were
+// written into it by hand, in the same format; promlint checks them
+// (TestMetricsValues).
 func TestMetricsAsTheGoClientWroteThem(t *testing.T) {
 	status := func(context.Context) (supervisor.Status, error) { return metricsStatus(), nil }
 	_, body := scrapeMetrics(t, NewHandler(status, metricsQueues, zap.NewNop()))
