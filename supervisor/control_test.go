@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -106,6 +107,7 @@ func TestControlStatusScaleAndReload(t *testing.T) {
 	t.Parallel()
 	m := startManager(t, strings.Replace(controlBase, "%d", "2", 1))
 	m.waitN("3 ready", 3, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	m.waitFor("the manager ready", func(e entry) bool { return e.str("msg") == "manager ready: every worker is ready" })
 
 	doc := m.statusJSON()
 	p := serviceIndex(t, doc, "printer")
@@ -518,5 +520,81 @@ func TestRevertingARefusedEditIsApplied(t *testing.T) {
 	doc := m.statusJSON()
 	if lr := doc.LastReload; lr == nil || !lr.OK || lr.Source != "file" {
 		t.Errorf("last reload %+v, want ok from the file", lr)
+	}
+}
+
+// `gotyledon reload` answers once the reload has settled: with ready:
+// notify workers that say READY=1 only when told, it is still waiting
+// after the first replacement is ready, and returns once the last one is;
+// a change whose new worker is never ready makes it fail with the reason.
+func TestReloadCommandWaitsForTheRollout(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := func(gen, extra, readyTimeout string) string {
+		return fmt.Sprintf(`
+services:
+  gen:
+    command: [%q]
+    workers: 2
+    env: {TEST_HELPER: notifier, GEN: %q%s}
+    ready: notify
+    ready_timeout: %s
+`, exe, gen, extra, readyTimeout)
+	}
+	m := startManager(t, conf("1", ", NOTIFY_AT_ONCE: '1'", "1h"))
+	m.waitN("2 of gen 1 serving", 2, output("gen", "serving 1"))
+
+	type result struct {
+		code        int
+		out, errOut string
+	}
+	reload := func() <-chan result {
+		done := make(chan result, 1)
+		go func() {
+			code, out, errOut := m.ctl(nil, "", "reload")
+			done <- result{code, out, errOut}
+		}()
+		return done
+	}
+	notYet := func(done <-chan result, when string) {
+		t.Helper()
+		select {
+		case r := <-done:
+			t.Fatalf("reload returned (exit %d, %q %q) %s", r.code, r.out, r.errOut, when)
+		default:
+		}
+	}
+
+	m.rewrite(conf("2", "", "1h"))
+	done := reload()
+	w0 := m.waitFor("worker 0 of gen 2 waiting", func(e entry) bool { return output("gen", "waiting 2")(e) && e.int("worker") == 0 })
+	notYet(done, "while worker 0's replacement was not ready")
+	if err := syscall.Kill(w0.int("pid"), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	w1 := m.waitFor("worker 1 of gen 2 waiting", func(e entry) bool { return output("gen", "waiting 2")(e) && e.int("worker") == 1 })
+	notYet(done, "while worker 1's replacement was not ready")
+	if err := syscall.Kill(w1.int("pid"), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.code != 0 || r.out != "reloaded\n" {
+		t.Fatalf("reload: exit %d, stdout %q, stderr %q; want 0 and reloaded", r.code, r.out, r.errOut)
+	}
+	// Returned once settled: both workers are on gen 2, and ready.
+	st := m.statusJSON()
+	for _, w := range st.Services[0].Workers {
+		if !w.Ready || w.Outdated || (w.PID != w0.int("pid") && w.PID != w1.int("pid")) {
+			t.Errorf("worker %+v when reload returned, want a ready gen 2 process", w)
+		}
+	}
+
+	m.rewrite(conf("3", ", NOTIFY_NEVER: '1'", "300ms"))
+	r = <-reload()
+	if r.code != 1 || !strings.Contains(r.errOut, "its rolling change halted") || !strings.Contains(r.errOut, "gen worker 0 not ready within 300ms") {
+		t.Errorf("reload of a change never ready: exit %d, stderr %q; want 1, the halt and its reason", r.code, r.errOut)
 	}
 }

@@ -160,12 +160,15 @@ func checkReloading(t *testing.T, m notifyMsg, before int64) {
 	}
 }
 
+var extendRE = regexp.MustCompile(`^EXTEND_TIMEOUT_USEC=[1-9][0-9]*$`)
+
 // notifyProtocol checks the whole run's datagrams: each is a known
-// message; the first of READY, RELOADING and STOPPING is READY; every
-// RELOADING is followed by exactly one READY before the next RELOADING
-// (or STOPPING); nothing but STATUS= and WATCHDOG=1 after STOPPING;
-// MONOTONIC_USEC never goes back. It returns how many RELOADING=1 it saw,
-// and what is wrong.
+// message; EXTEND_TIMEOUT_USEC= comes only before the first READY; the
+// first of READY, RELOADING and STOPPING is READY; every RELOADING is
+// followed by exactly one READY before the next RELOADING, or by
+// STOPPING (a shutdown during a rolling change ends the reload);
+// nothing but STATUS= and WATCHDOG=1 after STOPPING; MONOTONIC_USEC never
+// goes back. It returns how many RELOADING=1 it saw, and what is wrong.
 func notifyProtocol(msgs []notifyMsg) (reloads int, problems []string) {
 	var ready, reloading, stopping bool
 	var lastUsec int64
@@ -175,6 +178,10 @@ func notifyProtocol(msgs []notifyMsg) (reloads int, problems []string) {
 		switch {
 		case m.text == notifyEnd:
 		case isStatusOnly(m.text):
+		case extendRE.MatchString(m.text):
+			if ready || stopping {
+				fail("EXTEND_TIMEOUT_USEC after the first READY or STOPPING")
+			}
 		case lines[0] == "READY=1":
 			if len(lines) != 2 || !strings.HasPrefix(lines[1], "STATUS=") {
 				fail("READY=1 without one STATUS=")
@@ -212,10 +219,7 @@ func notifyProtocol(msgs []notifyMsg) (reloads int, problems []string) {
 			if stopping {
 				fail("a second STOPPING")
 			}
-			if reloading {
-				fail("STOPPING during a reload (after RELOADING, before its READY)")
-			}
-			stopping = true
+			stopping, reloading = true, false
 		case m.text == "WATCHDOG=1":
 		default:
 			fail("not a message the manager sends")
@@ -252,12 +256,13 @@ func TestNotifyProtocolCheck(t *testing.T) {
 		reloads int
 		bad     bool
 	}{
-		{[]string{"STATUS=s 0/1", ready, reload1, "STATUS=s 0/1", ready, reload2, ready, stop, "STATUS=x", "WATCHDOG=1", notifyEnd}, 2, false},
+		{[]string{"EXTEND_TIMEOUT_USEC=100", "STATUS=s 0/1", ready, reload1, "STATUS=s 0/1", ready, reload2, ready, stop, "STATUS=x", "WATCHDOG=1", notifyEnd}, 2, false},
+		{[]string{ready, reload1, stop}, 1, false}, // a shutdown during a rolling change
+		{[]string{ready, "EXTEND_TIMEOUT_USEC=100"}, 0, true},
 		{[]string{reload1, ready}, 1, true},                 // RELOADING before READY
 		{[]string{ready, reload1, reload2, ready}, 2, true}, // two RELOADING in a row
 		{[]string{ready, ready}, 0, true},                   // READY without RELOADING
 		{[]string{ready, reload1}, 1, true},                 // RELOADING never answered
-		{[]string{ready, reload1, stop}, 1, true},           // STOPPING mid-reload
 		{[]string{ready, stop, ready}, 0, true},             // READY after STOPPING
 		{[]string{ready, stop, reload1, ready}, 1, true},    // RELOADING after STOPPING
 		{[]string{ready, reload2, ready, reload1, ready}, 2, true},
@@ -286,16 +291,21 @@ queues:
   jobs: {}
 `
 
-// The manager tells systemd it is ready once every worker runs, brackets
-// each reload, good or bad, with RELOADING=1 and READY=1, and says
-// STOPPING=1 on SIGTERM, and nothing after.
+// The manager asks systemd to wait past its start timeout for the
+// workers' ready_timeout, tells it it is ready once every worker is,
+// brackets each reload, good or bad, with RELOADING=1 and READY=1, and
+// says STOPPING=1 on SIGTERM, and nothing after.
 func TestNotifySequence(t *testing.T) {
 	t.Parallel()
 	ns := listenNotify(t)
 	m := startManager(t, fmt.Sprintf(notifyBase, "2"), "NOTIFY_SOCKET="+ns.path)
 
-	// (1) READY=1 once all three workers run: the summary counts running
-	// processes only, so 2/2 and 1/1 say every first start is done.
+	// (1) The default ready_timeout (90s) and 10s: EXTEND_TIMEOUT_USEC
+	// first. Then READY=1 once all three workers are ready: the summary
+	// names none as not ready.
+	if got, want := ns.next(t, waitTimeout).text, "EXTEND_TIMEOUT_USEC=100000000"; got != want {
+		t.Fatalf("first notification %q, want %q", got, want)
+	}
 	if got, want := ns.next(t, waitTimeout).text, "READY=1\nSTATUS=other 1/1, sleeper 2/2; jobs: 0 queued, 0 in flight"; got != want {
 		t.Fatalf("first notification %q, want %q", got, want)
 	}
@@ -309,9 +319,10 @@ func TestNotifySequence(t *testing.T) {
 		}
 	}
 
-	// (2) A good reload, to 3 sleepers, by an edit the watch sees. The new
-	// worker may not run yet when READY=1 goes out.
-	readyAfterGood := regexp.MustCompile(`^READY=1\nSTATUS=other 1/1, sleeper [23]/3; jobs: 0 queued, 0 in flight$`)
+	// (2) A good reload, to 3 sleepers, by an edit the watch sees. It
+	// replaces no worker, so it has settled once applied: the new worker
+	// may not run, nor be ready, when READY=1 goes out.
+	readyAfterGood := regexp.MustCompile(`^READY=1\nSTATUS=other 1/1, sleeper [23]/3( \(not ready: worker 2\))?; jobs: 0 queued, 0 in flight$`)
 	before := monoUsec()
 	write(fmt.Sprintf(notifyBase, "3"))
 	checkReloading(t, ns.next(t, waitTimeout), before)
@@ -324,7 +335,7 @@ func TestNotifySequence(t *testing.T) {
 	// (3) A bad reload, by an edit and then by SIGHUP (which reloads even
 	// when the file has not changed since): READY=1 all the same, and the
 	// STATUS says why, by FILE:LINE:COL.
-	readyAfterBad := regexp.MustCompile(`^READY=1\nSTATUS=other 1/1, sleeper [23]/3; jobs: 0 queued, 0 in flight; last reload failed: ` +
+	readyAfterBad := regexp.MustCompile(`^READY=1\nSTATUS=other 1/1, sleeper [23]/3( \(not ready: worker 2\))?; jobs: 0 queued, 0 in flight; last reload failed: ` +
 		regexp.QuoteMeta(m.config+":6:14: ") + `[^\n]+$`)
 	before = monoUsec()
 	write(fmt.Sprintf(notifyBase, "many"))
@@ -384,11 +395,115 @@ func TestNotifyWatchdog(t *testing.T) {
 		switch got := ns.next(t, waitTimeout).text; {
 		case got == "WATCHDOG=1":
 			pings++
+		case extendRE.MatchString(got) && !ready:
 		case got == "READY=1\nSTATUS=sleeper 1/1" && !ready:
 			ready = true
 		default:
 			t.Fatalf("got %q, want WATCHDOG=1 or the first READY=1", got)
 		}
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exit code %d, want 0", code)
+	}
+	ns.end(t)
+	for ns.next(t, waitTimeout).text != notifyEnd {
+	}
+	checkNotifyProtocol(t, ns.received())
+}
+
+// statusUntil reads datagrams until one is want, and fails the test if a
+// READY=1 comes first or want does not come within waitTimeout.
+func (s *notifySocket) statusUntil(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.After(waitTimeout)
+	var seen []string
+	for {
+		select {
+		case m, ok := <-s.msgs:
+			if !ok {
+				t.Fatal("the notify socket was closed")
+			}
+			if strings.HasPrefix(m.text, "READY=1") {
+				t.Fatalf("%q before %q (after %q)", m.text, want, seen)
+			}
+			if m.text == want {
+				return
+			}
+			seen = append(seen, m.text)
+		case <-deadline:
+			t.Fatalf("no %q within %v; got %q", want, waitTimeout, seen)
+		}
+	}
+}
+
+// The manager's READY=1 waits for every worker of the first start to be
+// ready (here: to send READY=1 itself), and STATUS= follows each worker
+// as it becomes ready. The watchdog interval (10 min) makes the
+// Reporter's periodic refresh 5 min apart: every STATUS= seen here was
+// sent for a change.
+func TestNotifyReadyWaitsForEveryWorker(t *testing.T) {
+	t.Parallel()
+	ns := listenNotify(t)
+	m := startManager(t, "services:\n  late:\n    run: late-ready\n    workers: 2\n    ready: notify\n",
+		"NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC=600000000")
+	m.waitN("2 workers loading", 2, output("late", "loading"))
+	ns.statusUntil(t, "STATUS=starting: late 2/2 (not ready: workers 0, 1)")
+	pids := map[int]int{}
+	for _, e := range m.all(func(e entry) bool { return e.str("msg") == "worker started" }) {
+		pids[e.int("worker")] = e.int("pid")
+	}
+	if len(pids) != 2 {
+		t.Fatalf("worker pids %v, want 2", pids)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	ns.statusUntil(t, "STATUS=starting: late 2/2 (not ready: worker 1)")
+	if err := syscall.Kill(pids[1], syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ns.next(t, waitTimeout).text, "READY=1\nSTATUS=late 2/2"; got != want {
+		t.Fatalf("after both workers said READY=1: %q, want %q", got, want)
+	}
+	m.waitFor("manager ready", func(e entry) bool { return e.str("msg") == "manager ready: every worker is ready" })
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exit code %d, want 0", code)
+	}
+	ns.end(t)
+	for ns.next(t, waitTimeout).text != notifyEnd {
+	}
+	checkNotifyProtocol(t, ns.received())
+}
+
+// A worker that is not ready within its ready_timeout does not hold the
+// manager's READY=1 back past it; STATUS= then says which worker is not
+// ready.
+func TestNotifyReadyAfterTheReadyTimeout(t *testing.T) {
+	t.Parallel()
+	ns := listenNotify(t)
+	m := startManager(t, "services:\n  late:\n    run: late-ready\n    workers: 2\n    ready: notify\n    ready_timeout: 1s\n",
+		"NOTIFY_SOCKET="+ns.path)
+	if got, want := ns.next(t, waitTimeout).text, "EXTEND_TIMEOUT_USEC=11000000"; got != want {
+		t.Fatalf("first notification %q, want %q (ready_timeout and 10s)", got, want)
+	}
+	m.waitN("2 workers loading", 2, output("late", "loading"))
+	started := m.waitFor("worker 0", started("late", 0))
+	if err := syscall.Kill(started.int("pid"), syscall.SIGUSR1); err != nil {
+		t.Fatal(err)
+	}
+	// Worker 1 stays silent: the manager gives up on it (and restarts it)
+	// after its ready_timeout.
+	want := regexp.MustCompile(`^READY=1\nSTATUS=late [12]/2 \(not ready: worker 1\)$`)
+	if got := ns.next(t, waitTimeout).text; !want.MatchString(got) {
+		t.Fatalf("READY=1 after the ready_timeout: %q, want %s", got, want)
+	}
+	e := m.waitFor("manager ready", func(e entry) bool {
+		return e.str("msg") == "manager ready: not every worker was ready within its ready_timeout"
+	})
+	if got := e.str("not_ready"); !strings.HasPrefix(got, "late worker 1 (") {
+		t.Errorf("not_ready %q, want late worker 1", got)
 	}
 	m.signal(syscall.SIGTERM)
 	if code := m.waitExit(); code != 0 {

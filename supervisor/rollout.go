@@ -95,6 +95,11 @@ func (s *Supervisor) replacementFailed(w *worker) bool {
 func (s *Supervisor) onReady(w *worker) {
 	w.ready = true
 	w.cancelReady = nil
+	s.changed = true
+	if w.awaited {
+		w.awaited = false
+		s.checkReady()
+	}
 	s.armWatchdog(w)
 	if w.prevSvc != nil {
 		w.prevSvc = nil
@@ -131,18 +136,19 @@ func (s *Supervisor) revert(w *worker, reason error) {
 			}
 		}
 	}
-	// The reload's result is recorded once: a second halt from the same
-	// reload (another service's rollout) is only logged.
-	if s.rolloutOf != nil {
-		s.recordReloadResult(*s.rolloutOf, reason, true)
-		s.rolloutOf = nil
+	// The reload's result is recorded, and its waiters answered, once: a
+	// second halt from the same reload (another service's rollout) is only
+	// logged.
+	if s.rollout != nil {
+		s.recordReloadResult(s.rollout.source, reason, true)
+		s.settle(haltedError(reason))
 	}
 }
 
 // rolloutProgressed records the result of the reload whose rolling changes
 // were under way, once none is left.
 func (s *Supervisor) rolloutProgressed() {
-	if s.rolloutOf == nil {
+	if s.rollout == nil {
 		return
 	}
 	for _, w := range s.workers {
@@ -150,8 +156,8 @@ func (s *Supervisor) rolloutProgressed() {
 			return
 		}
 	}
-	s.recordReload(*s.rolloutOf, nil)
-	s.rolloutOf = nil
+	s.recordReload(s.rollout.source, nil)
+	s.settle(nil)
 	s.log.Info("reload complete: every worker runs the new configuration")
 }
 

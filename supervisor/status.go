@@ -15,9 +15,11 @@ type Status struct {
 	Config string
 	// StartedAt is when the first workers were started; zero before.
 	StartedAt time.Time
-	// Ready: every worker's first start has been answered (started or
-	// failed). Stopping: a shutdown is under way.
-	Ready, Stopping bool
+	// Started: every worker's first start has been answered (started or
+	// failed). Ready: every worker of the first start is ready, or its
+	// service's ready_timeout has passed (see Supervisor.Ready); systemd
+	// is told READY=1 then. Stopping: a shutdown is under way.
+	Started, Ready, Stopping bool
 	// Services in the running configuration's order, then services a
 	// reload removed whose workers are still stopping.
 	Services []ServiceStatus
@@ -188,11 +190,6 @@ func (s *Supervisor) ReloadRefused(source ReloadSource, err error) {
 	s.inbox.put(reloadRefused{source: source, err: err})
 }
 
-// Ready returns a channel closed once every worker's first start has been
-// answered (started, or failed and put in backoff). It is never closed if
-// a shutdown comes first.
-func (s *Supervisor) Ready() <-chan struct{} { return s.ready }
-
 // Done returns a channel closed when Run has returned.
 func (s *Supervisor) Done() <-chan struct{} { return s.finished }
 
@@ -229,6 +226,7 @@ func (s *Supervisor) status() Status {
 	st := Status{
 		Config:        s.cfg.File,
 		StartedAt:     s.startedAt,
+		Started:       s.startedNoted,
 		Ready:         s.readyNoted,
 		Stopping:      s.stopping,
 		ReloadsOK:     s.reloadsOK,

@@ -24,8 +24,8 @@ func TestStatusShowsWorkersCountersAndBackoff(t *testing.T) {
 	r := newRig(t, "services:\n  w:\n    command: [/bin/true]\n    workers: 3\n    restart: {min_uptime: 1s, backoff_initial: 100ms, backoff_max: 400ms}\n")
 	tokens := r.startAllRunning()
 	st := r.status()
-	if !st.Ready || len(st.Services) != 1 {
-		t.Fatalf("status %+v, want ready with one service", st)
+	if !st.Started || len(st.Services) != 1 {
+		t.Fatalf("status %+v, want started with one service", st)
 	}
 	sv := st.Services[0]
 	if sv.Name != "w" || sv.Desired != 3 || sv.Configured != 3 || sv.Running != 3 || len(sv.Workers) != 3 {
@@ -77,9 +77,9 @@ func TestStatusShowsWorkersCountersAndBackoff(t *testing.T) {
 }
 
 // A rescale while the first workers are still starting must not keep the
-// manager from being ready: each first start is answered once, whatever
+// manager from having started: each first start is answered once, whatever
 // became of its slot.
-func TestReadyDespiteAScaleDuringTheFirstStart(t *testing.T) {
+func TestStartedDespiteAScaleDuringTheFirstStart(t *testing.T) {
 	for _, n := range []int{1, 5} {
 		r := newRig(t, strings.Replace(scaled, "%d", "3", 1))
 		r.s.startAll()
@@ -88,17 +88,17 @@ func TestReadyDespiteAScaleDuringTheFirstStart(t *testing.T) {
 			t.Fatal(err)
 		}
 		select {
-		case <-r.s.Ready():
-			t.Fatalf("scale to %d: ready before any start was answered", n)
+		case <-r.s.Started():
+			t.Fatalf("scale to %d: started before any start was answered", n)
 		default:
 		}
 		for i, sp := range first {
 			r.s.handle(workerStarted{token: sp.token, pid: 100 + i, at: r.clock.now})
 		}
 		select {
-		case <-r.s.Ready():
+		case <-r.s.Started():
 		default:
-			t.Errorf("scale to %d during the first start: never ready (pending %d)", n, r.s.pendingUp)
+			t.Errorf("scale to %d during the first start: never started (pending %d)", n, r.s.pendingUp)
 		}
 	}
 }
@@ -116,7 +116,7 @@ func TestStatusShowsReconfigureOverrideUntilTheFileWins(t *testing.T) {
 	if r.status().LastReload != nil {
 		t.Error("a Reconfigure was reported as a reload")
 	}
-	if err := r.s.onReload(file, ReloadBySignal); err != nil {
+	if err := r.s.onReload(file, ReloadBySignal, nil); err != nil {
 		t.Fatal(err)
 	}
 	st := r.status()
@@ -155,7 +155,7 @@ func TestReplaceAllStopsEveryOutdatedWorkerAtOnce(t *testing.T) {
 			}
 			r := newRig(t, cfgFor("a"))
 			r.startAllRunning()
-			if err := r.s.onReload(parse(t, cfgFor("b")), ReloadByProgram); err != nil {
+			if err := r.s.onReload(parse(t, cfgFor("b")), ReloadByProgram, nil); err != nil {
 				t.Fatal(err)
 			}
 			if sg := signals(r.requests()); len(sg) != tc.stops {

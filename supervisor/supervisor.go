@@ -85,19 +85,30 @@ type Supervisor struct {
 	hooksInbox  *mailbox[func()]
 
 	// Below: owned by the loop goroutine (Run) alone.
-	procs      *procTable
-	workers    map[workerKey]*worker
-	byToken    map[uint64]*worker // slots with a live or starting process
-	nextToken  uint64
-	nextSeq    uint64
-	stopping   bool // shutdown asked for: start nothing new
-	fast       bool // and kill rather than ask
-	pendingUp  int  // initial starts not yet answered
-	failedUp   int  // initial starts that failed
-	startedUp  int  // initial starts that succeeded
-	startedAt  time.Time
-	readyNoted bool
-	ready      chan struct{} // closed when readyNoted is set
+	procs     *procTable
+	workers   map[workerKey]*worker
+	byToken   map[uint64]*worker // slots with a live or starting process
+	nextToken uint64
+	nextSeq   uint64
+	stopping  bool // shutdown asked for: start nothing new
+	fast      bool // and kill rather than ask
+	pendingUp int  // initial starts not yet answered
+	failedUp  int  // initial starts that failed
+	startedUp int  // initial starts that succeeded
+	startedAt time.Time
+	// startedNoted: every initial start is answered (started is closed);
+	// readyNoted: every worker of the first start is ready, or no longer
+	// waited for (ready is closed). See announce.go.
+	startedNoted, readyNoted bool
+	started, ready           chan struct{}
+	// cancelInitialReady cancels the first start's ready_timeout timers;
+	// notReadyAtStart names the workers they gave up on.
+	cancelInitialReady []func() bool
+	notReadyAtStart    []string
+	// changed: an event since the last signal on changes may have changed
+	// a summary of Status (Changes).
+	changed bool
+	changes chan struct{}
 
 	// received is the configuration as New or the last Reload handed it
 	// over; overrides are the worker counts Reconfigure set since, by
@@ -108,9 +119,10 @@ type Supervisor struct {
 	lastReload    *ReloadResult
 	reloadsOK     uint64
 	reloadsFailed uint64
-	// rolloutOf is the reload whose rolling replacements are under way;
-	// its result is recorded when they end (rollout.go).
-	rolloutOf *ReloadSource
+	// rollout is the reload whose rolling replacements are under way;
+	// its result is recorded, and its waiters answered, when they end
+	// (rollout.go, announce.go).
+	rollout *rollout
 	// notifyDir holds the workers' notify sockets; made on first use.
 	notifyDir string
 }
@@ -130,8 +142,10 @@ type worker struct {
 	// changed; it is replaced, one slot of its service at a time.
 	stale bool
 	// initial: the slot's first start, from startAll, is not answered yet;
-	// the manager is ready once no slot is.
-	initial bool
+	// the manager has started once no slot is. awaited: the slot is of
+	// the first start and not ready yet; the manager is ready once no slot
+	// is (announce.go).
+	initial, awaited bool
 
 	// ready: the process is ready (rollout.go): it has run its service's
 	// min_uptime, or sent READY=1 (notify.go). cancelReady cancels the
@@ -189,7 +203,9 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		hooksInbox:  newMailbox[func()](),
 		workers:     make(map[workerKey]*worker),
 		byToken:     make(map[uint64]*worker),
+		started:     make(chan struct{}),
 		ready:       make(chan struct{}),
+		changes:     make(chan struct{}, 1),
 		received:    cfg,
 		overrides:   make(map[string]int),
 		totals:      make(map[string]*ServiceCounters),
@@ -345,12 +361,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if !s.stopping {
 		s.startAll()
 	}
+	s.signalChange()
 	for !s.done() {
 		<-s.inbox.wake
 		batch = s.inbox.take(batch)
 		for _, ev := range batch {
 			s.handle(ev)
 		}
+		s.signalChange()
 	}
 	swept := make(chan struct{})
 	s.procs.inbox.put(sweepReq{fast: s.fast, timeout: s.cfg.ShutdownTimeout, done: swept})
@@ -392,7 +410,7 @@ func (s *Supervisor) startAll() {
 	for _, svc := range s.cfg.Services {
 		total += svc.Workers
 		for id := range svc.Workers {
-			w := &worker{svc: svc, key: workerKey{svc.Name, id}, initial: true}
+			w := &worker{svc: svc, key: workerKey{svc.Name, id}, initial: true, awaited: true}
 			s.workers[w.key] = w
 			s.pendingUp++
 			s.start(w)
@@ -400,13 +418,18 @@ func (s *Supervisor) startAll() {
 	}
 	s.log.Info("manager started", zap.Int("pid", os.Getpid()), zap.Int("services", len(s.cfg.Services)),
 		zap.Int("workers", total), zap.String("config", s.cfg.File))
-	s.noteReady()
+	s.changed = true
+	s.awaitInitialReady()
+	s.noteStarted()
 }
 
 // done reports whether a shutdown has finished: no process is left.
 func (s *Supervisor) done() bool { return s.stopping && len(s.byToken) == 0 }
 
 func (s *Supervisor) handle(ev event) {
+	if isChange(ev) {
+		s.changed = true
+	}
 	switch ev := ev.(type) {
 	case workerStarted:
 		s.onStarted(ev)
@@ -447,10 +470,14 @@ func (s *Supervisor) handle(ev event) {
 	case shutdownRequested:
 		s.onShutdown(ev.fast)
 	case reloadRequested:
-		err := s.onReload(ev.cfg, ev.source)
+		err := s.onReload(ev.cfg, ev.source, nil)
 		if ev.reply != nil {
 			ev.reply <- err
 		}
+	case reloadSettleRequested:
+		s.onReloadSettle(ev)
+	case initialReadyDue:
+		s.onInitialReadyDue(ev.service)
 	case reloadRefused:
 		s.recordReload(ev.source, ev.err)
 	case reconfigureRequested:
@@ -534,6 +561,7 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 		cancel(&w.cancelKill)
 		if !s.wanted(w.key) {
 			delete(s.workers, w.key)
+			s.checkReady()
 			s.replaceNext(w.key.service)
 			return
 		}
@@ -592,6 +620,7 @@ func (s *Supervisor) onExited(ev workerExited) {
 			return
 		}
 		delete(s.workers, w.key)
+		s.checkReady()
 		s.replaceNext(w.key.service)
 		return
 	}
@@ -661,18 +690,27 @@ func (s *Supervisor) wanted(key workerKey) bool {
 // backoff state; a changed stop_timeout or restart policy applies from now
 // on. A reload during another's replacements supersedes it: every slot is
 // measured against the newest configuration.
-func (s *Supervisor) onReload(cfg *config.Config, source ReloadSource) error {
+//
+// settled, if not nil, receives the reload's outcome once it has settled
+// (ReloadSettled).
+func (s *Supervisor) onReload(cfg *config.Config, source ReloadSource, settled chan<- error) error {
 	if s.stopping {
 		s.log.Warn("reload ignored: the manager is stopping")
 		return fmt.Errorf("reload: %w", ErrStopped)
 	}
 	s.received = cfg
 	clear(s.overrides)
-	if s.rolloutOf != nil {
-		// Superseded: what it changed is measured against cfg now.
-		s.recordReload(*s.rolloutOf, nil)
+	next := &rollout{source: source}
+	if prev := s.rollout; prev != nil {
+		// Superseded: what it changed is measured against cfg now, and
+		// those who wait for it wait for this one.
+		s.recordReload(prev.source, nil)
+		next.waiters = prev.waiters
 	}
-	s.rolloutOf = &source
+	if settled != nil {
+		next.waiters = append(next.waiters, settled)
+	}
+	s.rollout = next
 	s.apply(cfg, true)
 	s.rolloutProgressed()
 	if s.hooks.OnReload != nil {
@@ -812,6 +850,7 @@ func (s *Supervisor) onShutdown(fast bool) {
 		s.log.Warn("fast shutdown: killing workers still running", zap.Int("running", len(s.byToken)))
 	}
 	s.stopping, s.fast = true, fast
+	s.settle(fmt.Errorf("reload: %w", ErrStopped))
 	for _, w := range s.workers {
 		s.stop(w)
 	}
@@ -825,6 +864,7 @@ func (s *Supervisor) stop(w *worker) {
 	case stateBackoff:
 		cancel(&w.cancelRestart)
 		delete(s.workers, w.key)
+		s.checkReady()
 		return
 	case stateStopping:
 		if !s.fast {
@@ -863,16 +903,17 @@ func (s *Supervisor) initialStartDone(w *worker) {
 	if w.initial {
 		w.initial = false
 		s.pendingUp--
-		s.noteReady()
+		s.noteStarted()
 	}
 }
 
-func (s *Supervisor) noteReady() {
-	if s.pendingUp == 0 && !s.readyNoted {
-		s.readyNoted = true
-		close(s.ready)
+func (s *Supervisor) noteStarted() {
+	if s.pendingUp == 0 && !s.startedNoted {
+		s.startedNoted = true
+		close(s.started)
 		s.log.Info("initial start done", zap.Int("started", s.startedUp),
 			zap.Int("failed", s.failedUp), zap.Duration("took", s.now().Sub(s.startedAt)))
+		s.checkReady()
 	}
 }
 

@@ -66,6 +66,15 @@ func (c *Client) Reload(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/reload", nil, nil)
 }
 
+// ReloadSettled is Reload, but returns only once the reload has settled:
+// nil when every worker its rolling changes replaced is ready, an *Error
+// (code 422) whose Details say why if one halted and the service went
+// back to its previous definition. A rolling change takes as long as its
+// workers take to be ready: give ctx room for it.
+func (c *Client) ReloadSettled(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/v1/reload?wait=settled", nil, nil)
+}
+
 // Metrics returns the manager's metrics, GET /metrics in Prometheus's
 // text format.
 func (c *Client) Metrics(ctx context.Context) ([]byte, error) {

@@ -35,7 +35,7 @@ func TestClientAndServerOverTheSocket(t *testing.T) {
 			}
 			return nil
 		},
-		Reload: func(context.Context) error {
+		Reload: func(context.Context, bool) error {
 			return config.ErrorList{{Pos: config.Position{File: "c.yaml", Line: 3, Col: 7}, Msg: "workers must be a number"}}
 		},
 		Queues:  func() []ipc.QueueStats { return []ipc.QueueStats{{Name: "jobs", Depth: 3}} },
@@ -107,7 +107,7 @@ func TestClientTimeout(t *testing.T) {
 	}
 	release := make(chan struct{})
 	srv := NewServer(l, Options{
-		Reload: func(ctx context.Context) error {
+		Reload: func(ctx context.Context, _ bool) error {
 			<-release
 			return nil
 		},

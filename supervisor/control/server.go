@@ -5,7 +5,8 @@
 //
 //	GET  /v1/status   the status document (Status)
 //	POST /v1/scale    {"service": "printer", "workers": 5}
-//	POST /v1/reload   reload the configuration file, as SIGHUP does, and say how it went
+//	POST /v1/reload   reload the configuration file, as SIGHUP does, and say how it went;
+//	                  with ?wait=settled, once its rolling changes are complete or halted
 //	GET  /metrics     Prometheus text format (package supervisor/metrics)
 //
 // Every connection's peer is checked (SO_PEERCRED, taken when it is
@@ -13,7 +14,8 @@
 // acted on: a refused peer gets its headers read (at most 8 KiB) and a 403,
 // nothing else. A request that fails is answered with an ErrorBody and one
 // of 400 (bad request), 403 (peer not allowed), 404 (no such service), 422
-// (the reload changed nothing) or 503 (the manager is stopping).
+// (the reload changed nothing, or its rolling change halted) or 503 (the
+// manager is stopping).
 package control
 
 import (
@@ -56,8 +58,11 @@ type Options struct {
 	// Scale sets a service's worker count (Supervisor.Reconfigure).
 	Scale func(ctx context.Context, service string, workers int) error
 	// Reload asks the manager to reload its file, as SIGHUP does, and
-	// returns nil once it is applied, or why it changed nothing.
-	Reload func(context.Context) error
+	// returns nil once it is applied, or why it changed nothing. With
+	// settle, it returns once the reload has settled instead: nil when
+	// its rolling changes are complete, an error wrapping
+	// supervisor.ErrRolloutHalted when one halted.
+	Reload func(ctx context.Context, settle bool) error
 	// Queues returns the broker's figures; nil without a broker.
 	Queues func() []ipc.QueueStats
 	// Allow decides whether a connected peer may use the socket. Default:
@@ -79,7 +84,7 @@ type Server struct {
 	l      net.Listener
 	status func(context.Context) (supervisor.Status, error)
 	scale  func(ctx context.Context, service string, workers int) error
-	reload func(context.Context) error
+	reload func(ctx context.Context, settle bool) error
 	queues func() []ipc.QueueStats
 	allow  func(ipc.Peer) bool
 	log    *zap.Logger // the manager's: for the socket itself
@@ -223,9 +228,25 @@ func (c *Server) serveScale(w http.ResponseWriter, r *http.Request) {
 }
 
 func (c *Server) serveReload(w http.ResponseWriter, r *http.Request) {
-	err := c.reload(r.Context())
+	var settle bool
+	switch wait := r.URL.Query().Get("wait"); wait {
+	case "", "applied":
+	case "settled":
+		settle = true
+	default:
+		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: fmt.Sprintf("wait=%q: want applied (the default) or settled", wait)})
+		return
+	}
+	err := c.reload(r.Context(), settle)
 	if err == nil {
 		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+		return
+	}
+	if halted, ok := errors.AsType[*supervisor.RolloutHaltedError](err); ok {
+		writeJSON(w, http.StatusUnprocessableEntity, ErrorBody{
+			Error:   "reload failed: its rolling change halted, and the service is back on its previous definition",
+			Details: []string{halted.Reason},
+		})
 		return
 	}
 	doc := ErrorBody{Error: "reload failed: the running services are unchanged"}

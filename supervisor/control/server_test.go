@@ -122,7 +122,11 @@ func fakeControl(t *testing.T, allow bool) (*httptest.Server, *[]string) {
 			}
 			return nil
 		},
-		Reload: func(context.Context) error {
+		Reload: func(_ context.Context, settle bool) error {
+			if settle {
+				calls = append(calls, "reload settled")
+				return &supervisor.RolloutHaltedError{Reason: "printer worker 0 exit code 1 before ready"}
+			}
 			calls = append(calls, "reload")
 			return config.ErrorList{{Pos: config.Position{File: "c.yaml", Line: 3, Col: 7}, Msg: "workers must be a number"}}
 		},
@@ -168,6 +172,9 @@ func TestControlAnswers(t *testing.T) {
 		{"POST", "/v1/scale", `{"service":"printer","workers":5,"extra":1}`, 400, "want a JSON body"},
 		{"POST", "/v1/scale", `not json`, 400, "want a JSON body"},
 		{"POST", "/v1/reload", "", 422, "reload failed: the running services are unchanged"},
+		{"POST", "/v1/reload?wait=applied", "", 422, "reload failed: the running services are unchanged"},
+		{"POST", "/v1/reload?wait=settled", "", 422, "reload failed: its rolling change halted, and the service is back on its previous definition"},
+		{"POST", "/v1/reload?wait=forever", "", 400, `wait="forever": want applied (the default) or settled`},
 		{"GET", "/v1/scale", "", 405, ""},
 		{"GET", "/nowhere", "", 404, ""},
 	} {
@@ -178,8 +185,11 @@ func TestControlAnswers(t *testing.T) {
 		if tc.route == "/v1/reload" && (len(doc.Details) != 1 || doc.Details[0] != "c.yaml:3:7: workers must be a number") {
 			t.Errorf("reload details %q, want the FILE:LINE:COL error", doc.Details)
 		}
+		if tc.route == "/v1/reload?wait=settled" && (len(doc.Details) != 1 || doc.Details[0] != "printer worker 0 exit code 1 before ready") {
+			t.Errorf("settled reload details %q, want the halt's reason", doc.Details)
+		}
 	}
-	if want := []string{"scale printer", "scale nosuch", "reload"}; !slices.Equal(*calls, want) {
+	if want := []string{"scale printer", "scale nosuch", "reload", "reload", "reload settled"}; !slices.Equal(*calls, want) {
 		t.Errorf("calls %v, want %v", *calls, want)
 	}
 }
@@ -273,7 +283,7 @@ func FuzzControlRequest(f *testing.F) {
 			}
 			return nil
 		},
-		Reload: func(context.Context) error { return nil },
+		Reload: func(context.Context, bool) error { return nil },
 		Allow:  func(ipc.Peer) bool { return true },
 		Logger: zap.NewNop(),
 	})

@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -182,22 +183,34 @@ func (s *Status) Service(name string) *ServiceStatus {
 }
 
 // Summary is the status in one line, as systemd's STATUS= shows it: each
-// service's running and desired workers, each queue's depth, and a failed
-// last reload's first error.
+// service's running and desired workers, those of them not ready yet (by
+// id) and those in backoff, each queue's depth, and a failed last
+// reload's first error. Until the manager is ready it starts with
+// "starting: ", during a shutdown with "stopping: ".
 //
-//	printer 5/5, producer 1/1 (1 in backoff); jobs: 12 queued, 2 in flight
+//	printer 5/5 (not ready: worker 3), producer 1/2 (1 in backoff); jobs: 12 queued, 2 in flight
 func (s *Status) Summary() string {
 	var b strings.Builder
-	if s.Stopping {
+	switch {
+	case s.Stopping:
 		b.WriteString("stopping: ")
+	case !s.Ready:
+		b.WriteString("starting: ")
 	}
 	for i, sv := range s.Services {
 		if i > 0 {
 			b.WriteString(", ")
 		}
 		fmt.Fprintf(&b, "%s %d/%d", sv.Name, sv.Running, sv.Desired)
+		var notes []string
+		if ids := notReady(sv); ids != "" {
+			notes = append(notes, "not ready: "+ids)
+		}
 		if sv.Backoff > 0 {
-			fmt.Fprintf(&b, " (%d in backoff)", sv.Backoff)
+			notes = append(notes, fmt.Sprintf("%d in backoff", sv.Backoff))
+		}
+		if len(notes) > 0 {
+			fmt.Fprintf(&b, " (%s)", strings.Join(notes, "; "))
 		}
 	}
 	for i, q := range s.Queues {
@@ -213,4 +226,35 @@ func (s *Status) Summary() string {
 		fmt.Fprintf(&b, "; last reload failed: %s", first)
 	}
 	return b.String()
+}
+
+// summaryIDs is how many worker ids a summary names before it counts the
+// rest: STATUS= is one line.
+const summaryIDs = 4
+
+// notReady names the workers the service wants that are not ready,
+// whatever they are doing (starting, running, being replaced), but for
+// those in backoff, which the summary counts apart: "worker 3", "workers
+// 0, 2, 5, 6 and 3 more"; "" if none.
+func notReady(sv ServiceStatus) string {
+	var ids []string
+	n := 0
+	for _, w := range sv.Workers {
+		if w.Ready || w.State == "backoff" || w.ID >= sv.Desired {
+			continue
+		}
+		n++
+		if len(ids) < summaryIDs {
+			ids = append(ids, strconv.Itoa(w.ID))
+		}
+	}
+	switch {
+	case n == 0:
+		return ""
+	case n == 1:
+		return "worker " + ids[0]
+	case n > len(ids):
+		return fmt.Sprintf("workers %s and %d more", strings.Join(ids, ", "), n-len(ids))
+	}
+	return "workers " + strings.Join(ids, ", ")
 }

@@ -237,9 +237,11 @@ func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, 
 		return nil
 	}
 	m.control = control.NewServer(l, control.Options{
-		Status:  m.sup.Status,
-		Scale:   m.sup.Reconfigure,
-		Reload:  func(ctx context.Context) error { return m.reloads.Reload(ctx, supervisor.ReloadByControl) },
+		Status: m.sup.Status,
+		Scale:  m.sup.Reconfigure,
+		Reload: func(ctx context.Context, settle bool) error {
+			return m.reloads.Reload(ctx, supervisor.ReloadByControl, settle)
+		},
 		Queues:  queues,
 		Allow:   ipc.AllowPeers(os.Getuid(), peerRules(cfg.Control.SocketAccess), ipc.ProcessGroups),
 		Metrics: metricsHandler,
@@ -298,10 +300,11 @@ func (m *Manager) Run(ctx context.Context) error {
 	if m.metricsServer != nil {
 		g.Add(m.metricsServer.Run, m.metricsServer.Interrupt)
 	}
-	// systemd: STATUS= kept current and, when systemd asks for it, the
-	// watchdog pinged, each only after the supervisor's loop has answered.
+	// systemd: STATUS= kept current as the workers change and, when
+	// systemd asks for it, the watchdog pinged, each only after the
+	// supervisor's loop has answered.
 	if m.notify.Enabled() {
-		reporter := sdnotify.NewReporter(m.notify, func(ctx context.Context) (string, error) {
+		reporter := sdnotify.NewReporter(m.notify, m.sup.Changes(), func(ctx context.Context) (string, error) {
 			var queues func() []ipc.QueueStats
 			if m.broker != nil {
 				queues = m.broker.Stats

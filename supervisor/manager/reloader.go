@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"time"
 
 	"go.uber.org/zap"
 
@@ -49,13 +50,30 @@ type reloader struct {
 	// lastRead is the file's content as the last reload (or the start)
 	// read it, good or bad.
 	lastRead []byte
+	// announced: systemd has been told the first READY=1; reloads are
+	// told to it only from then on. reloading: a RELOADING=1 went out and
+	// its READY=1 has not. stopping: a shutdown is under way.
+	announced, reloading, stopping bool
+	// settling are the applied reloads that have not settled yet, oldest
+	// first; latest is the newest one's outcome, which comes once every
+	// older one's has (a reload settles with the one that supersedes it).
+	settling []settlingReload
+	latest   <-chan error
+}
+
+// settlingReload is an applied reload waiting for its rolling changes to
+// end.
+type settlingReload struct {
+	ask     reloadAsk
+	outcome <-chan error
 }
 
 // loop is what the reloader asks of the supervisor (*supervisor.Supervisor).
 type loop interface {
+	Started() <-chan struct{}
 	Ready() <-chan struct{}
 	Shutdown(fast bool)
-	Reload(ctx context.Context, source supervisor.ReloadSource, cfg *config.Config) error
+	ReloadSettled(ctx context.Context, source supervisor.ReloadSource, cfg *config.Config) (<-chan error, error)
 	ReloadRefused(source supervisor.ReloadSource, err error)
 }
 
@@ -66,15 +84,19 @@ type queueSetter interface {
 
 // notifier is what the reloader tells systemd (*sdnotify.Notifier).
 type notifier interface {
+	ExtendTimeout(d time.Duration)
 	Ready(status string)
 	Reloading()
 	Stopping()
 }
 
 // reloadAsk asks for one reload; reply (buffered) gets its outcome, or is
-// nil when nobody waits.
+// nil when nobody waits. With settle, the outcome is the reload's
+// settlement (supervisor.Supervisor.ReloadSettled) rather than its
+// application.
 type reloadAsk struct {
 	source supervisor.ReloadSource
+	settle bool
 	reply  chan<- error
 }
 
@@ -95,12 +117,14 @@ func newReloader(cfg *config.Config, data []byte) *reloader {
 }
 
 // Reload asks for a reload, as SIGHUP does, and waits for its outcome:
-// nil once applied, or why it changed nothing. ctx bounds the wait, not
-// the reload.
-func (r *reloader) Reload(ctx context.Context, source supervisor.ReloadSource) error {
+// nil once applied, or why it changed nothing. With settle, it waits
+// longer, until the reload has settled: nil once its rolling changes are
+// complete, an error wrapping supervisor.ErrRolloutHalted if one halted.
+// ctx bounds the wait, not the reload.
+func (r *reloader) Reload(ctx context.Context, source supervisor.ReloadSource, settle bool) error {
 	reply := make(chan error, 1)
 	select {
-	case r.asks <- reloadAsk{source: source, reply: reply}:
+	case r.asks <- reloadAsk{source: source, settle: settle, reply: reply}:
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-r.quit:
@@ -130,12 +154,16 @@ func (r *reloader) ask(a any) {
 	}
 }
 
+// startMargin is how much longer than the longest ready_timeout the
+// manager asks systemd to wait for its first READY=1.
+const startMargin = 10 * time.Second
+
 // Run serves asks until Interrupt. The end of ctx is a graceful shutdown.
 // A reload asked for before the supervisor's first start is done waits for
 // it; one asked for during a shutdown is refused.
 func (r *reloader) Run(ctx context.Context) error {
-	stopping := false
-	ready := r.sup.Ready()
+	started, ready := r.sup.Started(), r.sup.Ready()
+	r.notify.ExtendTimeout(longestReadyTimeout(r.current) + startMargin)
 	var pending []reloadAsk
 	refuseAll := func() {
 		for _, p := range pending {
@@ -145,17 +173,17 @@ func (r *reloader) Run(ctx context.Context) error {
 	}
 	reload := func(a reloadAsk) {
 		switch {
-		case stopping:
+		case r.stopping:
 			r.log.Warn("reload ignored: the manager is stopping", zap.Stringer("source", a.source))
 			a.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
-		case ready != nil && a.source == supervisor.ReloadByFile:
+		case started != nil && a.source == supervisor.ReloadByFile:
 			// One read of the file once started covers every change of
 			// its directory meanwhile.
 			if !slices.ContainsFunc(pending, func(p reloadAsk) bool { return p.source == supervisor.ReloadByFile }) {
 				r.log.Debug("config directory changed during the first start; the file is read once it is done")
 				pending = append(pending, a)
 			}
-		case ready != nil:
+		case started != nil:
 			r.log.Info("reload waits until the first start is done", zap.Stringer("source", a.source))
 			pending = append(pending, a)
 		default:
@@ -163,32 +191,40 @@ func (r *reloader) Run(ctx context.Context) error {
 		}
 	}
 	stop := func(fast bool) {
-		if !stopping {
+		if !r.stopping {
 			r.notify.Stopping()
 			refuseAll()
 		}
 		r.sup.Shutdown(fast)
-		stopping = true
+		r.stopping = true
 	}
 	done := ctx.Done()
 	for {
 		select {
 		case <-r.quit:
 			refuseAll()
+			for _, s := range r.settling {
+				s.ask.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
+			}
 			return nil
 		case <-done:
 			done = nil
 			stop(false)
-		case <-ready:
-			ready = nil
-			if stopping {
-				break // systemd has been told STOPPING=1 already
-			}
-			r.notify.Ready(r.summary())
+		case <-started:
+			started = nil
 			for _, p := range pending {
 				r.reload(p)
 			}
 			pending = nil
+		case <-ready:
+			ready = nil
+			if r.stopping {
+				break // systemd has been told STOPPING=1 already
+			}
+			r.notify.Ready(r.summary())
+			r.announced = true
+		case err := <-r.latest:
+			r.settled(err)
 		case <-r.fileChanges:
 			reload(reloadAsk{source: supervisor.ReloadByFile})
 		case a := <-r.asks:
@@ -196,10 +232,19 @@ func (r *reloader) Run(ctx context.Context) error {
 			case reloadAsk:
 				reload(a)
 			case stopAsk:
-				stop(a.escalate && stopping)
+				stop(a.escalate && r.stopping)
 			}
 		}
 	}
+}
+
+// longestReadyTimeout is the longest ready_timeout of cfg's services.
+func longestReadyTimeout(cfg *config.Config) time.Duration {
+	var d time.Duration
+	for _, svc := range cfg.Services {
+		d = max(d, svc.ReadyTimeout)
+	}
+	return d
 }
 
 // Interrupt ends Run; reloads still waiting are refused. Safe to call more
@@ -239,41 +284,93 @@ func (r *reloader) reload(a reloadAsk) {
 		}
 		r.log.Info("config file changed; reloading", zap.String("config", r.file))
 	}
-	r.notify.Reloading()
-	err := r.apply(a.source, data, readErr)
+	// systemd hears of reloads once it has heard the manager is ready: a
+	// reload before that is part of the start. One RELOADING=1 covers
+	// every reload until none is left settling.
+	if r.announced && !r.reloading {
+		r.notify.Reloading()
+		r.reloading = true
+	}
+	outcome, err := r.apply(a.source, data, readErr)
 	if err != nil {
 		r.sup.ReloadRefused(a.source, err)
+		r.reloadDone()
+		a.answer(err)
+		return
 	}
-	r.notify.Ready(r.summary())
-	a.answer(err)
+	waiter := settlingReload{outcome: outcome}
+	if a.settle {
+		waiter.ask = a
+	}
+	r.settling = append(r.settling, waiter)
+	r.latest = outcome
+	// A reload that replaces no process has settled already (the
+	// supervisor settles it before it answers): told at once, so that
+	// systemd hears READY=1 before the reload's asker hears back.
+	select {
+	case err := <-outcome:
+		r.settled(err)
+	default:
+	}
+	if !a.settle {
+		a.answer(nil)
+	}
 }
 
-func (r *reloader) apply(source supervisor.ReloadSource, data []byte, readErr error) error {
+// settled answers every reload waiting for its settlement, now that the
+// newest one has settled with err; the older ones have their outcomes
+// already (they settle with the newest, or settled before it).
+func (r *reloader) settled(err error) {
+	settling := r.settling
+	r.settling, r.latest = nil, nil
+	r.reloadDone()
+	for i, s := range settling {
+		outcome := err
+		if i < len(settling)-1 {
+			outcome = <-s.outcome
+		}
+		s.ask.answer(outcome)
+	}
+}
+
+// reloadDone tells systemd the reloads are over (READY=1, with the
+// summary), once none is left settling.
+func (r *reloader) reloadDone() {
+	if r.reloading && len(r.settling) == 0 && !r.stopping {
+		r.notify.Ready(r.summary())
+		r.reloading = false
+	}
+}
+
+// apply loads the file's content data (or reports readErr) and hands the
+// result to the broker and the supervisor. It returns the channel of the
+// reload's settlement, or why it changed nothing.
+func (r *reloader) apply(source supervisor.ReloadSource, data []byte, readErr error) (<-chan error, error) {
 	if readErr != nil {
 		err := fmt.Errorf("load config: %w", readErr)
 		logConfigError(r.log, err, "reload failed: the running services are unchanged")
-		return err
+		return nil, err
 	}
 	r.lastRead = data
 	next, err := r.parse(data)
 	if err != nil {
 		logConfigError(r.log, err, "reload failed: the running services are unchanged")
-		return err
+		return nil, err
 	}
 	if why := socketsChange(r.current, next); why != "" {
 		r.log.Error("reload refused: the running services are unchanged", zap.String("reason", why))
-		return errors.New(why)
+		return nil, errors.New(why)
 	}
 	// The broker's queues change first: if it refuses (a queue to remove
 	// still holds items), nothing changes at all.
 	if r.broker != nil && !sameQueues(r.current.Queues, next.Queues) {
 		if err := r.broker.SetQueues(brokerQueues(next.Queues)); err != nil {
 			r.log.Error("reload refused: the running services are unchanged", zap.Error(err))
-			return err
+			return nil, err
 		}
 	}
 	r.current = next
-	return r.sup.Reload(context.Background(), source, next)
+	return r.sup.ReloadSettled(context.Background(), source, next)
 }
 
 // socketsChange says what a reload cannot change: the broker's and the

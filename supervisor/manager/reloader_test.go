@@ -22,22 +22,43 @@ import (
 
 // fakeLoop stands in for the supervisor: it records what the reloader asks.
 type fakeLoop struct {
-	ready chan struct{}
+	started, ready chan struct{}
+	// hold: reloads do not settle until the test sends their outcomes
+	// (outcomes, in the order they were applied); otherwise they settle
+	// at once, as one that replaces no worker does.
+	hold bool
 
 	mu        sync.Mutex
 	calls     []string
 	shutdowns []bool
+	outcomes  []chan error
 }
 
-func (f *fakeLoop) Ready() <-chan struct{} { return f.ready }
+func (f *fakeLoop) Started() <-chan struct{} { return f.started }
+func (f *fakeLoop) Ready() <-chan struct{}   { return f.ready }
 
 func (f *fakeLoop) Shutdown(fast bool) {
 	f.record(fmt.Sprintf("shutdown fast=%v", fast))
 }
 
-func (f *fakeLoop) Reload(_ context.Context, source supervisor.ReloadSource, cfg *config.Config) error {
+func (f *fakeLoop) ReloadSettled(_ context.Context, source supervisor.ReloadSource, cfg *config.Config) (<-chan error, error) {
 	f.record(fmt.Sprintf("reload %s %s", source, workersOf(cfg)))
-	return nil
+	c := make(chan error, 1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.hold {
+		f.outcomes = append(f.outcomes, c)
+	} else {
+		c <- nil
+	}
+	return c, nil
+}
+
+// outcome returns the outcome channel of the i-th reload held.
+func (f *fakeLoop) outcome(i int) chan<- error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.outcomes[i]
 }
 
 func (f *fakeLoop) ReloadRefused(source supervisor.ReloadSource, err error) {
@@ -71,19 +92,28 @@ type fakeNotifier struct {
 	sent []string
 }
 
-func (n *fakeNotifier) Ready(status string) { n.add("READY " + status) }
-func (n *fakeNotifier) Reloading()          { n.add("RELOADING") }
-func (n *fakeNotifier) Stopping()           { n.add("STOPPING") }
+func (n *fakeNotifier) ExtendTimeout(d time.Duration) { n.add(fmt.Sprintf("EXTEND %v", d)) }
+func (n *fakeNotifier) Ready(status string)           { n.add("READY " + status) }
+func (n *fakeNotifier) Reloading()                    { n.add("RELOADING") }
+func (n *fakeNotifier) Stopping()                     { n.add("STOPPING") }
 func (n *fakeNotifier) add(s string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.sent = append(n.sent, s)
 }
 
+// all returns what systemd was told, but for the EXTEND_TIMEOUT_USEC of
+// the start, which the tests of the start check themselves.
 func (n *fakeNotifier) all() []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return slices.Clone(n.sent)
+	return slices.DeleteFunc(slices.Clone(n.sent), func(s string) bool { return strings.HasPrefix(s, "EXTEND ") })
+}
+
+func (n *fakeNotifier) extends() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.DeleteFunc(slices.Clone(n.sent), func(s string) bool { return !strings.HasPrefix(s, "EXTEND ") })
 }
 
 // fakeBroker refuses its queues when refuse is set.
@@ -112,7 +142,7 @@ type reloadRig struct {
 }
 
 // newReloadRig is a reloader of a configuration file holding yaml, over
-// fakes; ready says whether the first start is done already.
+// fakes; ready says whether the first start is done (and ready) already.
 func newReloadRig(t *testing.T, yaml string, ready bool) *reloadRig {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "g.yaml")
@@ -123,8 +153,9 @@ func newReloadRig(t *testing.T, yaml string, ready bool) *reloadRig {
 		t.Fatal(err)
 	}
 	core, logs := observer.New(zap.DebugLevel)
-	rig := &reloadRig{t: t, loop: &fakeLoop{ready: make(chan struct{})}, notify: &fakeNotifier{}, logs: logs, path: path}
+	rig := &reloadRig{t: t, loop: &fakeLoop{started: make(chan struct{}), ready: make(chan struct{})}, notify: &fakeNotifier{}, logs: logs, path: path}
 	if ready {
+		close(rig.loop.started)
 		close(rig.loop.ready)
 	}
 	rig.r = newReloader(cfg, []byte(yaml))
@@ -165,7 +196,7 @@ func (rig *reloadRig) reload(source supervisor.ReloadSource) error {
 	rig.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return rig.r.Reload(ctx, source)
+	return rig.r.Reload(ctx, source, false)
 }
 
 const twoWorkers = "services:\n  a: {command: [/bin/true], workers: 2}\n"
@@ -274,7 +305,7 @@ func TestReloadWaitsForTheFirstStart(t *testing.T) {
 	if calls := rig.loop.all(); len(calls) != 0 {
 		t.Fatalf("reloaded before the first start was done: %q", calls)
 	}
-	close(rig.loop.ready)
+	close(rig.loop.started)
 	if err := <-answered; err != nil {
 		t.Fatal(err)
 	}
@@ -282,8 +313,18 @@ func TestReloadWaitsForTheFirstStart(t *testing.T) {
 	if got := rig.loop.all(); !slices.Equal(got, want) {
 		t.Errorf("supervisor asked %q, want %q", got, want)
 	}
-	if got := rig.notify.all(); len(got) == 0 || got[0] != "READY summary" {
-		t.Errorf("systemd told %q, want READY first", got)
+	// Started, not ready yet: the reloads are part of the start, not told
+	// to systemd; READY=1 comes with readiness.
+	if got := rig.notify.all(); len(got) != 0 {
+		t.Errorf("systemd told %q before the manager was ready, want nothing", got)
+	}
+	close(rig.loop.ready)
+	waitFor(t, func() bool { return len(rig.notify.all()) > 0 })
+	if got := rig.notify.all(); !slices.Equal(got, []string{"READY summary"}) {
+		t.Errorf("systemd told %q, want READY alone", got)
+	}
+	if got := rig.notify.extends(); !slices.Equal(got, []string{"EXTEND 1m40s"}) {
+		t.Errorf("start timeout extensions %q, want one of the default ready_timeout (90s) and 10s", got)
 	}
 }
 
@@ -309,6 +350,7 @@ func TestStopRefusesReloadsAndEscalates(t *testing.T) {
 	}
 	// The first start ends during the stop: no READY, whenever the
 	// reloader sees it (before this round trip, or after).
+	close(rig.loop.started)
 	close(rig.loop.ready)
 	if err := rig.reload(supervisor.ReloadBySignal); !errors.Is(err, supervisor.ErrStopped) {
 		t.Errorf("reload during the stop: %v, want ErrStopped", err)
@@ -343,5 +385,67 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// A reload asked to settle is answered when its rolling change ends, with
+// its outcome; systemd's READY=1 after RELOADING=1 waits as long. A reload
+// that comes meanwhile is told to systemd within the same RELOADING=1, and
+// both settle together.
+func TestReloadSettlesWithItsRollout(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, true)
+	rig.loop.hold = true
+	rig.start()
+	write(t, rig.path, "services:\n  a: {command: [/bin/false], workers: 2}\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	settled := make(chan error, 1)
+	go func() { settled <- rig.r.Reload(ctx, supervisor.ReloadByControl, true) }()
+	waitFor(t, func() bool { return len(rig.loop.all()) == 1 })
+	// A second reload, not waiting for settlement: answered once applied.
+	write(t, rig.path, "services:\n  a: {command: [/bin/false], workers: 3}\n")
+	if err := rig.reload(supervisor.ReloadBySignal); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-settled:
+		t.Fatalf("answered %v before the rollout settled", err)
+	default:
+	}
+	if got := rig.notify.all(); !slices.Equal(got, []string{"READY summary", "RELOADING"}) {
+		t.Fatalf("systemd told %q during the rollout, want READY, RELOADING and no READY yet", got)
+	}
+	halted := fmt.Errorf("%w: a worker 0 exit code 1 before ready", supervisor.ErrRolloutHalted)
+	// The first reload settles with the second, which superseded it.
+	rig.loop.outcome(0) <- halted
+	rig.loop.outcome(1) <- halted
+	if err := <-settled; !errors.Is(err, supervisor.ErrRolloutHalted) {
+		t.Fatalf("settled with %v, want the halt", err)
+	}
+	if got := rig.notify.all(); !slices.Equal(got, []string{"READY summary", "RELOADING", "READY summary"}) {
+		t.Errorf("systemd told %q, want READY, RELOADING, READY", got)
+	}
+}
+
+// A shutdown during a rollout answers who waits for it, and tells systemd
+// nothing but STOPPING=1.
+func TestReloadSettlingAtAStop(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, true)
+	rig.loop.hold = true
+	rig.start()
+	write(t, rig.path, "services:\n  a: {command: [/bin/false], workers: 2}\n")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	settled := make(chan error, 1)
+	go func() { settled <- rig.r.Reload(ctx, supervisor.ReloadByControl, true) }()
+	waitFor(t, func() bool { return len(rig.loop.all()) == 1 })
+	rig.r.stop(false)
+	// The supervisor settles every rollout with ErrStopped as it stops.
+	rig.loop.outcome(0) <- fmt.Errorf("reload: %w", supervisor.ErrStopped)
+	if err := <-settled; !errors.Is(err, supervisor.ErrStopped) {
+		t.Fatalf("settled with %v, want ErrStopped", err)
+	}
+	if got := rig.notify.all(); !slices.Equal(got, []string{"READY summary", "RELOADING", "STOPPING"}) {
+		t.Errorf("systemd told %q, want READY, RELOADING, STOPPING", got)
 	}
 }

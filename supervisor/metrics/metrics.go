@@ -15,7 +15,7 @@
 //	gotyledon_reloads_total{result}                counter  reloads by result: ok (applied) or failed (nothing changed, or its rolling change halted)
 //	gotyledon_last_reload_success                  gauge    1 if the newest reload was applied, 0 if it failed; absent before the first
 //	gotyledon_last_reload_timestamp_seconds        gauge    when the newest reload happened (Unix time); absent before the first
-//	gotyledon_ready                                gauge    1 once every worker's first start has been answered
+//	gotyledon_ready                                gauge    1 once every worker of the first start is ready (or its ready_timeout passed)
 //	gotyledon_stopping                             gauge    1 while a shutdown is under way
 //	gotyledon_queue_depth{queue}                   gauge    items waiting in the queue
 //	gotyledon_queue_in_flight{queue}               gauge    items handed out and not yet acked or requeued
@@ -182,7 +182,7 @@ var (
 	lastReloadTime = gotyledonDesc("last_reload_timestamp_seconds",
 		"When the newest reload happened, in seconds since the Unix epoch; absent before the first reload.", gaugeType)
 	ready = gotyledonDesc("ready",
-		"1 once every worker's first start has been answered (started, or failed and put in backoff), else 0.", gaugeType)
+		"1 once the manager is ready (every worker of its first start is ready, or its ready_timeout has passed), else 0.", gaugeType)
 	stopping = gotyledonDesc("stopping",
 		"1 while a shutdown is under way, else 0.", gaugeType)
 )

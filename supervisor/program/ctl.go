@@ -23,22 +23,31 @@ import (
 type controlFlags struct {
 	Socket string `placeholder:"PATH" help:"The manager's control socket. Default: control.socket of --config, else control.sock in $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/gotyledon or /run/gotyledon, the first that exists."`
 	Config string `short:"c" placeholder:"FILE" help:"The manager's configuration file, to find its control socket."`
-	// Timeout bounds the whole request.
+}
+
+// answerTimeout bounds a request that the manager answers at once.
+type answerTimeout struct {
 	Timeout time.Duration `default:"30s" help:"How long to wait for the manager's answer."`
 }
 
 type statusCommand struct {
 	controlFlags
+	answerTimeout
 	JSON bool `help:"Print the status document as JSON (schema 1: fields may be added, none changes meaning)."`
 }
 
 type scaleCommand struct {
 	controlFlags
+	answerTimeout
 	Counts []string `arg:"" name:"SERVICE=N" help:"Worker counts to set, e.g. printer=5. The file's counts come back at its next reload."`
 }
 
 type reloadCommand struct {
 	controlFlags
+	// Timeout's default is systemd's for a reload job (TimeoutStartSec's
+	// default), since the unit's ExecReload= runs this command.
+	Timeout time.Duration `default:"90s" help:"How long to wait for the reload's outcome (with --no-wait, for it to be applied)."`
+	NoWait  bool          `name:"no-wait" help:"Return once the file is applied, without waiting for the rolling changes it starts to complete."`
 }
 
 // client finds the control socket, or says where it looked.
@@ -67,7 +76,7 @@ func (f *controlFlags) client(e *env) (*control.Client, error) {
 }
 
 // context bounds a request by --timeout.
-func (f *controlFlags) context() (context.Context, context.CancelFunc) {
+func (f *answerTimeout) context() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), f.Timeout)
 }
 
@@ -137,9 +146,17 @@ func (c *reloadCommand) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	ctx, cancel := c.context()
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
 	defer cancel()
-	if err := cl.Reload(ctx); err != nil {
+	if c.NoWait {
+		err = cl.ReloadSettled(ctx)
+	} else {
+		err = cl.ReloadSettled(ctx)
+	}
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && !c.NoWait {
+			return fmt.Errorf("the reload did not settle within --timeout (%v): its rolling change may still be under way (see gotyledon status)", c.Timeout)
+		}
 		return c.explain(cl, err)
 	}
 	fmt.Fprintln(e.stdout, "reloaded")

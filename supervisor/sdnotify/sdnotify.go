@@ -1,14 +1,15 @@
 // Package sdnotify tells systemd how the manager is doing, in the protocol
-// of sd_notify(3): READY=1 once the manager is up, RELOADING=1 with
-// MONOTONIC_USEC when a reload begins and READY=1 when it is over (so the
-// same manager serves Type=notify with ExecReload on systemd 252 and
+// of sd_notify(3): EXTEND_TIMEOUT_USEC while the first start waits for its
+// workers to be ready, READY=1 once they are, RELOADING=1 with
+// MONOTONIC_USEC when a reload begins and READY=1 when it has settled (so
+// the same manager serves Type=notify with ExecReload on systemd 252 and
 // Type=notify-reload on 253 and later), STOPPING=1 when a shutdown begins,
 // STATUS= a one-line summary, and WATCHDOG=1 when systemd asks for it.
 //
 // A Notifier sends the messages; a Reporter is the actor that keeps STATUS=
-// current and pings the watchdog, each only after the supervisor's loop has
-// answered, so that a stuck loop misses its ping and systemd restarts the
-// manager.
+// current, as the workers change, and pings the watchdog, each only after
+// the supervisor's loop has answered, so that a stuck loop misses its ping
+// and systemd restarts the manager.
 package sdnotify
 
 import (
@@ -70,7 +71,8 @@ func (n *Notifier) notify(lines ...string) {
 }
 
 func (n *Notifier) sendLocked(lines []string) {
-	if !strings.HasPrefix(lines[0], "STATUS=") && lines[0] != "WATCHDOG=1" {
+	switch lines[0] {
+	case "READY=1", "RELOADING=1", "STOPPING=1":
 		n.sent++
 	}
 	for _, l := range lines {
@@ -85,6 +87,16 @@ func (n *Notifier) sendLocked(lines []string) {
 
 // Ready says the manager is up, or a reload is over, with its summary.
 func (n *Notifier) Ready(status string) { n.notify("READY=1", "STATUS="+status) }
+
+// ExtendTimeout asks systemd to wait d more for the next message (here:
+// READY=1), beyond TimeoutStartSec if need be: the first start waits for
+// its workers' readiness up to their ready_timeout, which the unit's
+// start timeout must not cut short.
+func (n *Notifier) ExtendTimeout(d time.Duration) {
+	if d > 0 {
+		n.notify("EXTEND_TIMEOUT_USEC=" + strconv.FormatInt(d.Microseconds(), 10))
+	}
+}
 
 // Reloading says a reload begins, with the time systemd matches it by.
 func (n *Notifier) Reloading() {
@@ -142,13 +154,22 @@ func watchdogInterval() time.Duration {
 }
 
 // statusEvery is how often a Reporter refreshes STATUS= when systemd wants
-// no watchdog.
+// no watchdog: the figures that change without a worker changing (queue
+// depths) are that stale at most.
 const statusEvery = 5 * time.Second
 
-// Reporter is the Notifier's actor: every interval it asks for a summary,
+// statusGap is the least time between two STATUS= updates made for
+// changes: a burst of changes (a whole service restarting) makes one
+// update at its start and one at most every statusGap after, the last of
+// which shows where the burst ended.
+const statusGap = 100 * time.Millisecond
+
+// Reporter is the Notifier's actor. Every interval it asks for a summary,
 // which takes an answer from the supervisor's loop, and when one comes in
 // time it pings the watchdog (if systemd asked for one) and updates
-// STATUS=. Run is its execute function and Interrupt its interrupt.
+// STATUS=. Whenever the supervisor reports a change it updates STATUS=
+// too, at most once every statusGap. Run is its execute function and
+// Interrupt its interrupt.
 type Reporter struct {
 	n        *Notifier
 	interval time.Duration
@@ -156,51 +177,82 @@ type Reporter struct {
 	// summary returns the one-line STATUS= text. It must fail when the
 	// loop does not answer before ctx ends: then no ping goes out.
 	summary func(ctx context.Context) (string, error)
+	// changes receives a value when the summary may have changed
+	// (supervisor.Supervisor.Changes); nil: none.
+	changes <-chan struct{}
+	gap     time.Duration
 
 	quit     chan struct{}
 	quitOnce sync.Once
 }
 
 // NewReporter returns the Reporter of n: it pings every half of
-// $WATCHDOG_USEC when systemd asked for a watchdog, and otherwise only
-// refreshes STATUS= every 5 s.
-func NewReporter(n *Notifier, summary func(ctx context.Context) (string, error)) *Reporter {
+// $WATCHDOG_USEC when systemd asked for a watchdog, and otherwise
+// refreshes STATUS= every 5 s; and it updates STATUS= on every value from
+// changes (nil: never).
+func NewReporter(n *Notifier, changes <-chan struct{}, summary func(ctx context.Context) (string, error)) *Reporter {
 	interval, watchdog := watchdogInterval(), true
 	if interval == 0 {
 		interval, watchdog = statusEvery, false
 	}
-	return newReporter(n, interval, watchdog, summary)
+	r := newReporter(n, interval, watchdog, summary)
+	r.changes = changes
+	return r
 }
 
 func newReporter(n *Notifier, interval time.Duration, watchdog bool, summary func(context.Context) (string, error)) *Reporter {
-	return &Reporter{n: n, interval: interval, watchdog: watchdog, summary: summary, quit: make(chan struct{})}
+	return &Reporter{n: n, interval: interval, watchdog: watchdog, summary: summary, gap: statusGap, quit: make(chan struct{})}
 }
 
 // Run reports until Interrupt. It returns nil.
 func (r *Reporter) Run() error {
 	t := time.NewTicker(r.interval)
 	defer t.Stop()
+	var (
+		lastChange time.Time
+		held       <-chan time.Time // a change waits for the gap to end
+	)
 	for {
 		select {
 		case <-r.quit:
 			return nil
 		case <-t.C:
-		}
-		// A loop that cannot answer within an interval is stuck: no ping,
-		// and systemd, after WATCHDOG_USEC, restarts the manager.
-		gen := r.n.generation()
-		ctx, cancel := context.WithTimeout(context.Background(), r.interval)
-		s, err := r.summary(ctx)
-		cancel()
-		if err != nil {
-			r.n.log.Warn("supervisor loop did not answer; watchdog not pinged", zap.Error(err), zap.Duration("waited", r.interval))
+			r.report(true)
 			continue
+		case <-r.changes:
+			if wait := r.gap - time.Since(lastChange); wait > 0 {
+				if held == nil {
+					held = time.After(wait)
+				}
+				continue
+			}
+		case <-held:
 		}
-		if r.watchdog {
-			r.n.Watchdog()
-		}
-		r.n.statusSince(gen, s)
+		held = nil
+		lastChange = time.Now()
+		r.report(false)
 	}
+}
+
+// report takes a summary and updates STATUS=, and pings the watchdog if
+// ping and systemd wants one.
+func (r *Reporter) report(ping bool) {
+	// A loop that cannot answer within an interval is stuck: no ping,
+	// and systemd, after WATCHDOG_USEC, restarts the manager.
+	gen := r.n.generation()
+	ctx, cancel := context.WithTimeout(context.Background(), r.interval)
+	s, err := r.summary(ctx)
+	cancel()
+	if err != nil {
+		if ping {
+			r.n.log.Warn("supervisor loop did not answer; watchdog not pinged", zap.Error(err), zap.Duration("waited", r.interval))
+		}
+		return
+	}
+	if ping && r.watchdog {
+		r.n.Watchdog()
+	}
+	r.n.statusSince(gen, s)
 }
 
 // Interrupt ends Run. Safe to call more than once, and before Run.

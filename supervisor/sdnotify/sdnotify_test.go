@@ -298,3 +298,66 @@ func TestNotifySendErrorIsLogged(t *testing.T) {
 		t.Errorf("%d warnings, want 2", got)
 	}
 }
+
+// A change reported by the supervisor updates STATUS= at once, without a
+// watchdog ping, however far the next tick is; a burst of changes makes
+// one update at its start and one for where it ended, not one each.
+func TestStatusFollowsChanges(t *testing.T) {
+	t.Parallel()
+	sent := &sentLog{ch: make(chan string, 100)}
+	n := &Notifier{send: sent.send, log: zap.NewNop()}
+	var mu sync.Mutex
+	summaries, text := 0, "a 0/2"
+	summary := func(context.Context) (string, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		summaries++
+		return text, nil
+	}
+	set := func(s string) {
+		mu.Lock()
+		defer mu.Unlock()
+		text = s
+	}
+	changes := make(chan struct{}, 1)
+	r := newReporter(n, time.Hour, true, summary)
+	r.changes = changes
+	// A gap far longer than the burst below takes, even on a loaded
+	// machine: the burst falls within one gap.
+	r.gap = time.Second
+	go r.Run()
+	defer r.Interrupt(nil)
+
+	changes <- struct{}{}
+	if got := <-sent.ch; got != "STATUS=a 0/2" {
+		t.Fatalf("after a change: %q, want STATUS=a 0/2", got)
+	}
+	// A burst: the first is taken within the gap after the last update,
+	// so it waits for the gap to end; those after it find it waiting.
+	// (Summaries meanwhile: none.)
+	for i := 1; i <= 50; i++ {
+		set("a " + strconv.Itoa(i%3) + "/2")
+		select {
+		case changes <- struct{}{}:
+		default:
+		}
+	}
+	set("a 2/2")
+	changes <- struct{}{}
+	if got := <-sent.ch; got != "STATUS=a 2/2" {
+		t.Fatalf("after the burst: %q, want where it ended, STATUS=a 2/2", got)
+	}
+	mu.Lock()
+	taken := summaries
+	mu.Unlock()
+	// 2; 3 if the machine stalled for a gap between the first update and
+	// the burst.
+	if taken < 2 || taken > 3 {
+		t.Errorf("%d summaries taken for a change and a burst of 51, want one per update: 2 (3 after a stall)", taken)
+	}
+	for _, m := range sent.all() {
+		if m == "WATCHDOG=1" {
+			t.Error("a change pinged the watchdog: only the interval's tick may")
+		}
+	}
+}
