@@ -9,7 +9,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -529,21 +528,7 @@ func TestRevertingARefusedEditIsApplied(t *testing.T) {
 // a change whose new worker is never ready makes it fail with the reason.
 func TestReloadCommandWaitsForTheRollout(t *testing.T) {
 	t.Parallel()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := func(gen, extra, readyTimeout string) string {
-		return fmt.Sprintf(`
-services:
-  gen:
-    command: [%q]
-    workers: 2
-    env: {TEST_HELPER: notifier, GEN: %q%s}
-    ready: notify
-    ready_timeout: %s
-`, exe, gen, extra, readyTimeout)
-	}
+	conf := notifierConf(t)
 	m := startManager(t, conf("1", ", NOTIFY_AT_ONCE: '1'", "1h"))
 	m.waitN("2 of gen 1 serving", 2, output("gen", "serving 1"))
 

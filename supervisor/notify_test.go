@@ -402,14 +402,7 @@ func TestNotifyWatchdog(t *testing.T) {
 			t.Fatalf("got %q, want WATCHDOG=1 or the first READY=1", got)
 		}
 	}
-	m.signal(syscall.SIGTERM)
-	if code := m.waitExit(); code != 0 {
-		t.Fatalf("manager exit code %d, want 0", code)
-	}
-	ns.end(t)
-	for ns.next(t, waitTimeout).text != notifyEnd {
-	}
-	checkNotifyProtocol(t, ns.received())
+	stopAndCheckProtocol(t, m, ns)
 }
 
 // statusUntil reads datagrams until one is want, and fails the test if a
@@ -467,14 +460,7 @@ func TestNotifyReadyWaitsForEveryWorker(t *testing.T) {
 		t.Fatalf("after both workers said READY=1: %q, want %q", got, want)
 	}
 	m.waitFor("manager ready", func(e entry) bool { return e.str("msg") == "manager ready: every worker is ready" })
-	m.signal(syscall.SIGTERM)
-	if code := m.waitExit(); code != 0 {
-		t.Fatalf("manager exit code %d, want 0", code)
-	}
-	ns.end(t)
-	for ns.next(t, waitTimeout).text != notifyEnd {
-	}
-	checkNotifyProtocol(t, ns.received())
+	stopAndCheckProtocol(t, m, ns)
 }
 
 // A worker that is not ready within its ready_timeout does not hold the
@@ -505,6 +491,13 @@ func TestNotifyReadyAfterTheReadyTimeout(t *testing.T) {
 	if got := e.str("not_ready"); !strings.HasPrefix(got, "late worker 1 (") {
 		t.Errorf("not_ready %q, want late worker 1", got)
 	}
+	stopAndCheckProtocol(t, m, ns)
+}
+
+// stopAndCheckProtocol stops m with SIGTERM, waits for its exit (code 0)
+// and checks every datagram it sent ns against notifyProtocol.
+func stopAndCheckProtocol(t *testing.T, m *manager, ns *notifySocket) {
+	t.Helper()
 	m.signal(syscall.SIGTERM)
 	if code := m.waitExit(); code != 0 {
 		t.Fatalf("manager exit code %d, want 0", code)

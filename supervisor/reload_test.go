@@ -466,21 +466,7 @@ services:
 // is not ready within ready_timeout halts the rollout.
 func TestNotifyReadinessGatesTheRollout(t *testing.T) {
 	t.Parallel()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := func(gen, extra, readyTimeout string) string {
-		return fmt.Sprintf(`
-services:
-  gen:
-    command: [%q]
-    workers: 2
-    env: {TEST_HELPER: notifier, GEN: %q%s}
-    ready: notify
-    ready_timeout: %s
-`, exe, gen, extra, readyTimeout)
-	}
+	conf := notifierConf(t)
 	m := startManager(t, conf("1", ", NOTIFY_AT_ONCE: '1'", "1h"))
 	first := m.waitN("2 of gen 1 serving", 2, output("gen", "serving 1"))
 	original := map[int]int{}
@@ -525,6 +511,29 @@ services:
 	}
 	if st := m.statusJSON(); st.LastReload == nil || st.LastReload.Error != "gen worker 0 not ready within 500ms" {
 		t.Errorf("last reload %+v, want failed: gen worker 0 not ready within 500ms", st.LastReload)
+	}
+}
+
+// notifierConf returns the configuration of a service gen of 2 notifier
+// helpers (harness_test.go) that say READY=1 under ready: notify: generation
+// gen, with the notifier's extra environment (", NOTIFY_AT_ONCE: '1'") and
+// readyTimeout.
+func notifierConf(t *testing.T) func(gen, extra, readyTimeout string) string {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(gen, extra, readyTimeout string) string {
+		return fmt.Sprintf(`
+services:
+  gen:
+    command: [%q]
+    workers: 2
+    env: {TEST_HELPER: notifier, GEN: %q%s}
+    ready: notify
+    ready_timeout: %s
+`, exe, gen, extra, readyTimeout)
 	}
 }
 

@@ -388,20 +388,29 @@ func waitFor(t *testing.T, cond func() bool) {
 	}
 }
 
-// A reload asked to settle is answered when its rolling change ends, with
-// its outcome; systemd's READY=1 after RELOADING=1 waits as long. A reload
-// that comes meanwhile is told to systemd within the same RELOADING=1, and
-// both settle together.
-func TestReloadSettlesWithItsRollout(t *testing.T) {
+// holdRollout starts a reloader whose reloads settle only when the test
+// says so, and asks it for a reload that waits for its settlement, which
+// the returned channel receives. It returns once the reload is applied.
+func holdRollout(t *testing.T) (*reloadRig, <-chan error) {
+	t.Helper()
 	rig := newReloadRig(t, twoWorkers, true)
 	rig.loop.hold = true
 	rig.start()
 	write(t, rig.path, "services:\n  a: {command: [/bin/false], workers: 2}\n")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
+	t.Cleanup(cancel)
 	settled := make(chan error, 1)
 	go func() { settled <- rig.r.Reload(ctx, supervisor.ReloadByControl, true) }()
 	waitFor(t, func() bool { return len(rig.loop.all()) == 1 })
+	return rig, settled
+}
+
+// A reload asked to settle is answered when its rolling change ends, with
+// its outcome; systemd's READY=1 after RELOADING=1 waits as long. A reload
+// that comes meanwhile is told to systemd within the same RELOADING=1, and
+// both settle together.
+func TestReloadSettlesWithItsRollout(t *testing.T) {
+	rig, settled := holdRollout(t)
 	// A second reload, not waiting for settlement: answered once applied.
 	write(t, rig.path, "services:\n  a: {command: [/bin/false], workers: 3}\n")
 	if err := rig.reload(supervisor.ReloadBySignal); err != nil {
@@ -430,15 +439,7 @@ func TestReloadSettlesWithItsRollout(t *testing.T) {
 // A shutdown during a rollout answers who waits for it, and tells systemd
 // nothing but STOPPING=1.
 func TestReloadSettlingAtAStop(t *testing.T) {
-	rig := newReloadRig(t, twoWorkers, true)
-	rig.loop.hold = true
-	rig.start()
-	write(t, rig.path, "services:\n  a: {command: [/bin/false], workers: 2}\n")
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	settled := make(chan error, 1)
-	go func() { settled <- rig.r.Reload(ctx, supervisor.ReloadByControl, true) }()
-	waitFor(t, func() bool { return len(rig.loop.all()) == 1 })
+	rig, settled := holdRollout(t)
 	rig.r.stop(false)
 	// The supervisor settles every rollout with ErrStopped as it stops.
 	rig.loop.outcome(0) <- fmt.Errorf("reload: %w", supervisor.ErrStopped)
