@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"slices"
 	"sync"
 	"syscall"
@@ -965,14 +966,19 @@ func TestListen(t *testing.T) {
 	if di, _ := os.Stat(filepath.Dir(path)); di.Mode().Perm() != 0o700 {
 		t.Errorf("dir mode %v, want 0700", di.Mode())
 	}
-	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 1 {
-		t.Errorf("left over: %v", entries)
+	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 2 || entries[0].Name() != "queue.sock" || entries[1].Name() != "queue.sock.lock" {
+		t.Errorf("in the socket's directory: %v, want the socket and its lock", entries)
 	}
-	// live: refused
-	if _, err := Listen(path, -1); !errors.Is(err, ErrInUse) {
-		t.Fatalf("second Listen on a live socket: %v, want ErrInUse", err)
+	if pid, err := os.ReadFile(LockPath(path)); err != nil || string(pid) != strconv.Itoa(os.Getpid())+"\n" {
+		t.Errorf("lock file holds %q (%v), want this process's pid", pid, err)
+	}
+	// live: refused, naming the holder
+	var inUse *InUseError
+	if _, err := Listen(path, -1); !errors.Is(err, ErrInUse) || !errors.As(err, &inUse) || inUse.PID != os.Getpid() {
+		t.Fatalf("second Listen on a live socket: %v, want ErrInUse naming pid %d", err, os.Getpid())
 	}
 	l.Close()
+	l.Close() // twice is fine
 	// stale (nobody accepts): replaced
 	l2, err := Listen(path, -1)
 	if err != nil {
@@ -1291,5 +1297,50 @@ func TestClientLateNackDoesNotBlockReader(t *testing.T) {
 	}
 	if !queued {
 		t.Fatal("the late ITEMS was not NACKed")
+	}
+}
+
+// However many processes (here: goroutines, each with its own open of the
+// lock file, which flock tells apart as it does processes) start on one
+// path at once, exactly one serves it; the others are told who does. Without
+// the lock, two could see no live socket, and both bind and rename.
+func TestListenConcurrentlyOneWins(t *testing.T) {
+	dir := t.TempDir()
+	for round := range 50 {
+		path := filepath.Join(dir, strconv.Itoa(round), "queue.sock")
+		const n = 4
+		type result struct {
+			l   *Listener
+			err error
+		}
+		results := make(chan result, n)
+		start := make(chan struct{})
+		for range n {
+			go func() {
+				<-start
+				l, err := Listen(path, -1)
+				results <- result{l, err}
+			}()
+		}
+		close(start)
+		var won []*Listener
+		for range n {
+			r := <-results
+			switch {
+			case r.err == nil:
+				won = append(won, r.l)
+			case !errors.Is(r.err, ErrInUse):
+				t.Errorf("round %d: %v, want success or ErrInUse", round, r.err)
+			}
+		}
+		if len(won) != 1 {
+			t.Fatalf("round %d: %d of %d listeners got the socket, want exactly 1", round, len(won), n)
+		}
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatalf("round %d: dial the winner: %v", round, err)
+		}
+		c.Close()
+		won[0].Close()
 	}
 }

@@ -8,22 +8,70 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
 
-// ErrInUse is wrapped by Listen's error when a broker already accepts
-// connections on the socket's path.
+// ErrInUse is matched by Listen's error (an *InUseError) when another
+// process serves the socket's path.
 var ErrInUse = errors.New("socket in use by a live broker")
+
+// InUseError is Listen's error when another process holds the socket's
+// lock, or accepts on it.
+type InUseError struct {
+	Path string
+	// PID is the process that holds the lock, as it wrote it in the lock
+	// file; 0 if unknown (it has not written it yet, or a process that
+	// takes no lock accepts on the socket).
+	PID int
+}
+
+func (e *InUseError) Error() string {
+	if e.PID > 0 {
+		return fmt.Sprintf("socket %s is in use by process %d", e.Path, e.PID)
+	}
+	return fmt.Sprintf("socket %s is in use by a live broker", e.Path)
+}
+
+// Is makes errors.Is(err, ErrInUse) hold.
+func (e *InUseError) Is(target error) bool { return target == ErrInUse }
+
+// Listener is a socket made by Listen. It holds the socket's lock until
+// Close, which stops accepting and then releases the lock; the socket
+// file stays (see Listen). Close is safe to call more than once.
+type Listener struct {
+	*net.UnixListener
+	lock     *os.File
+	lockOnce sync.Once
+}
+
+// Close stops accepting connections and releases the socket's lock.
+func (l *Listener) Close() error {
+	err := l.UnixListener.Close()
+	l.lockOnce.Do(func() { l.lock.Close() })
+	return err
+}
+
+// LockPath is the lock file Listen holds for the socket at path: the
+// socket's path with ".lock" added. It is left in place when released
+// (removing it would let two processes lock two different files).
+func LockPath(path string) string { return path + ".lock" }
 
 // Listen creates the broker's Unix socket at path and listens on it.
 //
 // The socket's directory is created if missing, with mode 0700, or 0750
-// and group gid when gid >= 0 (its parents with 0755). A socket already at
-// path that nobody accepts on (a broker that died) is replaced; one that
-// accepts is left alone and Listen fails with an error wrapping ErrInUse;
-// anything else at path (a regular file, say) is an error too.
+// and group gid when gid >= 0 (its parents with 0755). Only one process
+// at a time serves a path: Listen takes an exclusive lock (flock) on the
+// file LockPath(path), writes its pid in it, and holds it until the
+// Listener is closed or the process ends, however it ends. If another
+// process holds it, Listen fails with an *InUseError naming that process.
+// Holding the lock, it replaces a socket already at path that nobody
+// accepts on (a broker that died); one that accepts is left alone (an
+// *InUseError); anything else at path (a regular file, say) is an error
+// too.
 //
 // The socket file has mode 0600, or 0660 and group gid when gid >= 0, from
 // the moment it appears at path: it is bound under a temporary name in the
@@ -32,11 +80,20 @@ var ErrInUse = errors.New("socket in use by a live broker")
 // into place. The file stays when the listener is closed (the next Listen
 // replaces it as stale), so that closing never removes a newer broker's
 // socket.
-func Listen(path string, gid int) (*net.UnixListener, error) {
+func Listen(path string, gid int) (_ *Listener, err error) {
 	dir := filepath.Dir(path)
 	if err := makeSocketDir(dir, gid); err != nil {
 		return nil, fmt.Errorf("ipc: listen on %s: %w", path, err)
 	}
+	lock, err := lockSocket(path)
+	if err != nil {
+		return nil, fmt.Errorf("ipc: listen on %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			lock.Close()
+		}
+	}()
 	if err := checkStale(path); err != nil {
 		return nil, fmt.Errorf("ipc: listen on %s: %w", path, err)
 	}
@@ -100,7 +157,36 @@ func Listen(path string, gid int) (*net.UnixListener, error) {
 	bound = false
 	ul := l.(*net.UnixListener)
 	ul.SetUnlinkOnClose(false)
-	return ul, nil
+	return &Listener{UnixListener: ul, lock: lock}, nil
+}
+
+// lockSocket takes the lock of the socket at path and writes this
+// process's pid in it, or returns an *InUseError naming the holder. The
+// file is close-on-exec: a worker must not hold the lock past the manager.
+func lockSocket(path string) (*os.File, error) {
+	f, err := os.OpenFile(LockPath(path), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening the socket's lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		defer f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			data := make([]byte, 32)
+			n, _ := f.ReadAt(data, 0)
+			pid, _ := strconv.Atoi(strings.TrimSpace(string(data[:n])))
+			return nil, &InUseError{Path: path, PID: pid}
+		}
+		return nil, fmt.Errorf("locking %s: %w", LockPath(path), err)
+	}
+	if err := f.Truncate(0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("writing %s: %w", LockPath(path), err)
+	}
+	if _, err := f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("writing %s: %w", LockPath(path), err)
+	}
+	return f, nil
 }
 
 // makeSocketDir creates dir if missing, 0700 or 0750 with group gid.
@@ -133,7 +219,8 @@ func makeSocketDir(dir string, gid int) error {
 }
 
 // checkStale returns nil when nothing is at path or a socket nobody
-// accepts on, an error wrapping ErrInUse when a broker accepts on it.
+// accepts on, an *InUseError when a process accepts on it (one that takes
+// no lock: an older gotyledon, say).
 func checkStale(path string) error {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, os.ErrNotExist) {
@@ -148,7 +235,7 @@ func checkStale(path string) error {
 	c, err := net.Dial("unix", path)
 	if err == nil {
 		c.Close()
-		return ErrInUse
+		return &InUseError{Path: path}
 	}
 	if errors.Is(err, unix.ECONNREFUSED) {
 		return nil // stale: replaced by the rename

@@ -345,10 +345,14 @@ func TestASecondManagerOnTheSameControlSocketDoesNotStart(t *testing.T) {
 	if code := second.waitExit(); code != 1 {
 		t.Errorf("second manager exit code %d, want 1", code)
 	}
-	if len(second.all(func(e entry) bool {
+	why := second.all(func(e entry) bool {
 		return strings.HasPrefix(e.str("msg"), "another manager runs with this control socket")
-	})) != 1 {
-		t.Error("the second manager did not say why it stopped")
+	})
+	if len(why) != 1 {
+		t.Fatal("the second manager did not say why it stopped")
+	}
+	if pid := why[0].int("manager_pid"); pid != first.cmd.Process.Pid || !strings.Contains(why[0].str("fix"), "set control.socket to another path") {
+		t.Errorf("the second manager said %v, want the first one's pid %d and the key to set", why[0], first.cmd.Process.Pid)
 	}
 	if n := len(second.all(func(e entry) bool { return e.str("msg") == "worker started" })); n != 0 {
 		t.Errorf("the second manager started %d workers", n)

@@ -167,7 +167,12 @@ func New(opts Options) (_ *Manager, err error) {
 			return nil, fmt.Errorf("start the queue broker: %w", err)
 		}
 		if m.queueListener, err = ipc.Listen(socket, cfg.Broker.GID); err != nil {
-			log.Error("cannot serve the queues", zap.String("socket", socket), zap.Error(err))
+			if inUse, ok := errors.AsType[*ipc.InUseError](err); ok {
+				log.Error("another manager serves this queue socket; not starting a second one",
+					inUseFields(inUse, "broker.socket")...)
+			} else {
+				log.Error("cannot serve the queues", zap.String("socket", socket), zap.Error(err))
+			}
 			return nil, fmt.Errorf("%w: %w", ErrNotStarted, err)
 		}
 		queues = m.broker.Stats
@@ -227,9 +232,10 @@ func New(opts Options) (_ *Manager, err error) {
 func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, queues func() []ipc.QueueStats, metricsHandler http.Handler) error {
 	path := control.SocketPath(cfg, getenv)
 	l, err := ipc.Listen(path, cfg.Control.GID)
+	inUse, _ := errors.AsType[*ipc.InUseError](err)
 	switch {
-	case errors.Is(err, ipc.ErrInUse):
-		m.log.Error("another manager runs with this control socket; not starting a second one", zap.String("socket", path), zap.Error(err))
+	case inUse != nil:
+		m.log.Error("another manager runs with this control socket; not starting a second one", inUseFields(inUse, "control.socket")...)
 		return fmt.Errorf("%w: control socket %s: %w", ErrNotStarted, path, err)
 	case err != nil:
 		m.log.Error("cannot serve the control socket: status, scale and reload will not answer (set control.socket to a writable place)",
@@ -249,6 +255,16 @@ func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, 
 		Path:    path,
 	})
 	return nil
+}
+
+// inUseFields say which process holds a socket, and which configuration
+// key gives a second manager a socket of its own.
+func inUseFields(e *ipc.InUseError, key string) []zap.Field {
+	f := []zap.Field{zap.String("socket", e.Path)}
+	if e.PID > 0 {
+		f = append(f, zap.Int("manager_pid", e.PID))
+	}
+	return append(f, zap.String("fix", "stop that manager first, or set "+key+" to another path to run a second one beside it"))
 }
 
 // summary is the one-line status systemd shows, taken from the loop: it
