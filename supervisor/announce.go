@@ -92,14 +92,16 @@ func (s *Supervisor) Changes() <-chan struct{} { return s.changes }
 // no channel. Safe from any goroutine.
 func (s *Supervisor) ReloadSettled(ctx context.Context, source ReloadSource, cfg *config.Config) (<-chan error, error) {
 	reply, settled := make(chan error, 1), make(chan error, 1)
-	s.inbox.put(reloadSettleRequested{reloadRequested: reloadRequested{cfg: cfg, source: source, reply: reply}, settled: settled})
+	if !s.inbox.put(reloadSettleRequested{reloadRequested: reloadRequested{cfg: cfg, source: source, reply: reply}, settled: settled}) {
+		return nil, fmt.Errorf("reload: %w", ErrStopped)
+	}
 	select {
 	case err := <-reply:
 		if err != nil {
 			return nil, err
 		}
 		return settled, nil
-	case <-s.finished:
+	case <-s.loopEnded:
 		return nil, fmt.Errorf("reload: %w", ErrStopped)
 	case <-ctx.Done():
 		return nil, fmt.Errorf("reload: %w", ctx.Err())

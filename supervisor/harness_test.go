@@ -350,6 +350,50 @@ var helperCommands = map[string]func() int{
 		fmt.Printf("run returned %v; workers started: %d\n", err, logs.FilterMessage("worker started").Len())
 		return 0
 	},
+	// calls-after-end runs a Supervisor of one worker, which it shuts down
+	// as soon as the worker starts. Its OnDeadWorker hook, run as the
+	// shutdown reaps the worker, asks for Status until one fails (the loop
+	// has ended), then calls Reconfigure and Reload; it prints what each
+	// returned, then "hook done", and the program "run returned" once Run
+	// has. shutdown_timeout is 30s, and each call may wait 10s: a call that
+	// waited for Run to return, which waits for the hook, would show.
+	"calls-after-end": func() int {
+		cfg, err := config.Parse("end.yaml", []byte("shutdown_timeout: 30s\nservices:\n  s: {command: [/bin/sleep, '1000']}\n"), nil)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		var sup *supervisor.Supervisor
+		call := func(what string, f func(context.Context) error) {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			fmt.Printf("%s: %v\n", what, f(ctx))
+		}
+		hooks := supervisor.Hooks{
+			OnNewWorker: func(supervisor.WorkerEvent) { sup.Shutdown(false) },
+			OnDeadWorker: func(supervisor.WorkerEvent) {
+				for {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, err := sup.Status(ctx)
+					cancel()
+					if err != nil {
+						fmt.Printf("status: %v\n", err)
+						break
+					}
+				}
+				call("reconfigure", func(ctx context.Context) error { return sup.Reconfigure(ctx, "s", 2) })
+				call("reload", func(ctx context.Context) error { return sup.Reload(ctx, supervisor.ReloadByProgram, cfg) })
+				fmt.Println("hook done")
+			},
+		}
+		if sup, err = supervisor.New(cfg, supervisor.Options{Hooks: hooks}); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		err = sup.Run(context.Background())
+		fmt.Printf("run returned %v\n", err)
+		return 0
+	},
 	// notifier speaks sd_notify to $NOTIFY_SOCKET: STATUS=waiting, then,
 	// on SIGUSR1 (at once with NOTIFY_AT_ONCE=1; never with
 	// NOTIFY_NEVER=1), READY=1 and STATUS=serving. It prints "waiting GEN"

@@ -70,17 +70,21 @@ func (reconfigureRequested) isEvent() {}
 // It blocks until the loop has applied the change (not until the workers
 // have started or stopped), ctx ends, or the supervisor stops. It is safe
 // from any goroutine and from a hook; asked before Run, it is applied
-// before the first workers start.
+// before the first workers start; asked once the loop has ended (the last
+// worker of a shutdown is gone), it returns an error wrapping ErrStopped at
+// once.
 func (s *Supervisor) Reconfigure(ctx context.Context, service string, workers int) error {
 	if workers < 0 || workers > config.MaxWorkers {
 		return fmt.Errorf("reconfigure %s: %d workers: want 0 to %d", service, workers, config.MaxWorkers)
 	}
 	reply := make(chan error, 1)
-	s.inbox.put(reconfigureRequested{service: service, workers: workers, reply: reply})
+	if !s.inbox.put(reconfigureRequested{service: service, workers: workers, reply: reply}) {
+		return fmt.Errorf("reconfigure %s: %w", service, ErrStopped)
+	}
 	select {
 	case err := <-reply:
 		return err
-	case <-s.finished:
+	case <-s.loopEnded:
 		return fmt.Errorf("reconfigure %s: %w", service, ErrStopped)
 	case <-ctx.Done():
 		return fmt.Errorf("reconfigure %s: %w", service, ctx.Err())

@@ -16,12 +16,13 @@ func newMailbox[T any]() *mailbox[T] {
 	return &mailbox[T]{wake: make(chan struct{}, 1)}
 }
 
-// put appends v; after close it drops v. Safe for concurrent use.
-func (m *mailbox[T]) put(v T) {
+// put appends v and reports true; after close it drops v and reports
+// false. Safe for concurrent use.
+func (m *mailbox[T]) put(v T) bool {
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
-		return
+		return false
 	}
 	m.items = append(m.items, v)
 	m.mu.Unlock()
@@ -29,6 +30,7 @@ func (m *mailbox[T]) put(v T) {
 	case m.wake <- struct{}{}:
 	default:
 	}
+	return true
 }
 
 // take returns everything queued, in order, after a receive from wake.

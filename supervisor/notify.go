@@ -91,7 +91,7 @@ func (s *Supervisor) listenNotify(token uint64) (*notifySocket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create notify socket: %w", err)
 	}
-	go readNotify(conn, token, s.inbox.put, s.log)
+	go readNotify(conn, token, func(ev event) { s.inbox.put(ev) }, s.log)
 	return &notifySocket{conn: conn, path: path}, nil
 }
 

@@ -540,6 +540,25 @@ func TestShutdownBeforeRunStartsNothing(t *testing.T) {
 	}
 }
 
+// Calls into a supervisor whose loop has ended (the last worker of a
+// shutdown is gone) fail at once, even from a hook, which Run waits for:
+// they do not wait for Run to return.
+func TestCallsAfterTheLoopEndedFailAtOnce(t *testing.T) {
+	t.Parallel()
+	out, err := helperCmd("calls-after-end").Output()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	want := "status: status: supervisor stopping or stopped\n" +
+		"reconfigure: reconfigure s: supervisor stopping or stopped\n" +
+		"reload: reload: supervisor stopping or stopped\n" +
+		"hook done\n" +
+		"run returned <nil>\n"
+	if got := string(out); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
 // Every line a worker writes is logged before its exit is, even lines still
 // in the pipe when it exits; and the manager does not exit before logging
 // them.

@@ -164,17 +164,20 @@ func (statusRequested) isEvent() {}
 func (reloadRefused) isEvent()   {}
 
 // Status returns a snapshot of the supervisor. It blocks until the loop
-// answers, ctx ends or the supervisor stops (then the error wraps
+// answers, ctx ends or the loop ends (the last worker of a shutdown is
+// gone: then, and at once for a Status asked later, the error wraps
 // ErrStopped). The loop answers between two events, so a Status that comes
 // back also shows the loop is not stuck: the systemd watchdog relies on it.
 // Safe from any goroutine; asked before Run, it is answered once Run starts.
 func (s *Supervisor) Status(ctx context.Context) (Status, error) {
 	reply := make(chan Status, 1)
-	s.inbox.put(statusRequested{reply: reply})
+	if !s.inbox.put(statusRequested{reply: reply}) {
+		return Status{}, fmt.Errorf("status: %w", ErrStopped)
+	}
 	select {
 	case st := <-reply:
 		return st, nil
-	case <-s.finished:
+	case <-s.loopEnded:
 		return Status{}, fmt.Errorf("status: %w", ErrStopped)
 	case <-ctx.Done():
 		return Status{}, fmt.Errorf("status: %w", ctx.Err())

@@ -27,6 +27,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -77,9 +78,14 @@ type Supervisor struct {
 	afterFunc func(d time.Duration, f func()) (cancel func() bool)
 	rnd       func() float64
 
-	inbox       *mailbox[event]
-	ran         atomic.Bool   // set by the first Run
-	finished    chan struct{} // closed when Run returns
+	inbox    *mailbox[event]
+	ran      atomic.Bool   // set by the first Run
+	finished chan struct{} // closed when Run returns
+	// loopEnded is closed when the loop stops reading its inbox, which is
+	// closed then too: a request made later is refused at once, not left
+	// waiting for Run to return (which waits for the hooks, which may be
+	// the ones asking).
+	loopEnded   chan struct{}
 	outputGrace time.Duration
 	hooks       Hooks
 	hooksInbox  *mailbox[func()]
@@ -198,6 +204,7 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		rnd:         rand.Float64,
 		inbox:       newMailbox[event](),
 		finished:    make(chan struct{}),
+		loopEnded:   make(chan struct{}),
 		outputGrace: defaultOutputGrace,
 		hooks:       opts.Hooks,
 		hooksInbox:  newMailbox[func()](),
@@ -262,11 +269,13 @@ func (s *Supervisor) Shutdown(fast bool) {
 // from OnReload it would run OnReload again, without end.
 func (s *Supervisor) Reload(ctx context.Context, source ReloadSource, cfg *config.Config) error {
 	reply := make(chan error, 1)
-	s.inbox.put(reloadRequested{cfg: cfg, source: source, reply: reply})
+	if !s.inbox.put(reloadRequested{cfg: cfg, source: source, reply: reply}) {
+		return fmt.Errorf("reload: %w", ErrStopped)
+	}
 	select {
 	case err := <-reply:
 		return err
-	case <-s.finished:
+	case <-s.loopEnded:
 		return fmt.Errorf("reload: %w", ErrStopped)
 	case <-ctx.Done():
 		return fmt.Errorf("reload: %w", ctx.Err())
@@ -285,6 +294,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return errors.New("supervisor: Run called twice")
 	}
 	defer close(s.finished)
+	var endOnce sync.Once
+	endLoop := func() {
+		endOnce.Do(func() {
+			s.inbox.close()
+			close(s.loopEnded)
+		})
+	}
+	defer endLoop()
 	// The end of ctx is a graceful Shutdown, asked for from a goroutine
 	// that lives only as long as Run; a ctx that has ended already asks
 	// now, so that nothing starts.
@@ -335,7 +352,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		log:         s.log,
 		now:         s.now,
 		inbox:       newMailbox[procMsg](),
-		post:        s.inbox.put,
+		post:        func(ev event) { s.inbox.put(ev) },
 		devNull:     devNull,
 		managerPipe: managerR,
 		outputGrace: s.outputGrace,
@@ -345,7 +362,6 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	stopProcs := startProcTable(s.procs)
 	defer stopProcs()
 	defer s.removeNotifyDir()
-	defer s.inbox.close()
 
 	// A shutdown asked for before Run (a signal during start-up) is
 	// honoured before anything is started.
@@ -370,6 +386,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		}
 		s.signalChange()
 	}
+	endLoop()
 	swept := make(chan struct{})
 	s.procs.inbox.put(sweepReq{fast: s.fast, timeout: s.cfg.ShutdownTimeout, done: swept})
 	<-swept
