@@ -66,7 +66,7 @@ func (s *Supervisor) Started() <-chan struct{} { return s.started }
 // ready (it has run its service's min_uptime, or sent READY=1 with ready:
 // notify), or its service's ready_timeout has passed since the first
 // start: then Status shows which workers are not ready. Slots a reload
-// removes are not waited for, nor are those it adds. It is never closed
+// removes are not waited for once they are gone, nor are those it adds. It is never closed
 // if a shutdown comes first.
 func (s *Supervisor) Ready() <-chan struct{} { return s.ready }
 
@@ -217,9 +217,13 @@ func (s *Supervisor) checkReady() {
 // isChange reports whether ev may change what a summary of Status shows
 // (see Changes).
 func isChange(ev event) bool {
-	switch ev.(type) {
-	case statusRequested, workerNotified:
-		return false // a READY=1 among the notifications marks the change itself (onReady)
+	switch ev := ev.(type) {
+	case workerNotified:
+		// A READY=1 marks the change itself (onReady); WATCHDOG=trigger
+		// stops the worker.
+		return ev.trigger
+	case statusRequested, commandRequested, commandCancelRequested:
+		return false
 	}
 	return true
 }

@@ -62,8 +62,8 @@ func TestLoopReadyWaitsForEveryWorkerOfTheFirstStart(t *testing.T) {
 	// The ready_timeout timer of the first start is cancelled: only the
 	// workers' own timers are left (none here).
 	for _, p := range r.clock.timers {
-		if p.d == config.DefaultReadyTimeout && !p.stopped && !p.fired {
-			t.Errorf("the first start's ready_timeout timer is still armed")
+		if p.initial && (p.d != config.DefaultReadyTimeout || !p.stopped) {
+			t.Errorf("the first start's ready_timeout timer: %+v, want the default's, stopped", p)
 		}
 	}
 }
@@ -82,13 +82,13 @@ func TestLoopReadyAfterTheFirstStartsReadyTimeout(t *testing.T) {
 		t.Fatal("ready with worker 1 silent")
 	}
 	var initial *fakeTimer
-	for _, p := range r.clock.pending() {
-		if p.d == 5*time.Second && initial == nil {
-			initial = p // armed by startAll, before the workers' own
+	for _, p := range r.clock.timers {
+		if p.initial && p.d == 5*time.Second {
+			initial = p
 		}
 	}
 	if initial == nil {
-		t.Fatalf("no 5s timer among %v", durations(r.clock.pending()))
+		t.Fatal("startAll armed no 5s bound on the first start's readiness")
 	}
 	r.clock.now = r.clock.now.Add(5 * time.Second)
 	initial.fire()
@@ -247,5 +247,50 @@ func TestLoopSignalsChanges(t *testing.T) {
 	r.s.signalChange()
 	if !closed(r.s.Changes()) {
 		t.Fatal("no change signalled when the worker became ready")
+	}
+}
+
+// replace: all stops every outdated worker at once, and its reload settles
+// once every new process is ready; one that dies before it is ready halts
+// it, and the service goes back to its previous definition.
+func TestLoopReplaceAllSettlesOnReadinessAndHalts(t *testing.T) {
+	const conf = "services:\n  w:\n    command: [%s]\n    workers: 2\n    replace: all\n    restart: {min_uptime: 1s}\n"
+	for _, halt := range []bool{false, true} {
+		r := newRig(t, strings.Replace(conf, "%s", "/bin/true", 1))
+		byID := r.startAllReady()
+		settled := r.reloadSettled(parse(t, strings.Replace(conf, "%s", "/bin/false", 1)))
+		if sg := signals(r.requests()); len(sg) != 2 {
+			t.Fatalf("%d stops, want both workers at once", len(sg))
+		}
+		var fresh []uint64
+		for id := range 2 {
+			r.s.handle(workerExited{token: byID[id], pid: 100 + id, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+			sp := spawned(r.requests())
+			if len(sp) != 1 {
+				t.Fatalf("%d spawns after worker %d stopped, want its replacement", len(sp), id)
+			}
+			r.s.handle(workerStarted{token: sp[0].token, pid: 200 + id, at: r.clock.now})
+			fresh = append(fresh, sp[0].token)
+		}
+		if err, ok := pendingOutcome(settled); ok {
+			t.Fatalf("settled (%v) before the new workers were ready", err)
+		}
+		r.clock.now = r.clock.now.Add(time.Second)
+		r.readyAll(fresh[0])
+		if !halt {
+			r.readyAll(fresh[1])
+			if err, ok := pendingOutcome(settled); !ok || err != nil {
+				t.Errorf("outcome %v (received %v), want nil once both are ready", err, ok)
+			}
+			continue
+		}
+		// Worker 1's new process dies 10ms after its start: not ready.
+		r.s.handle(workerExited{token: fresh[1], pid: 201, status: 256, at: r.clock.now.Add(-time.Second + 10*time.Millisecond)})
+		if err, ok := pendingOutcome(settled); !ok || !errors.Is(err, ErrRolloutHalted) {
+			t.Errorf("outcome %v (received %v), want the halt", err, ok)
+		}
+		if sp := spawned(r.requests()); len(sp) != 1 || sp[0].spec.argv0 != "/bin/true" {
+			t.Errorf("spawns %+v after the halt, want worker 1 on /bin/true again", sp)
+		}
 	}
 }

@@ -530,6 +530,7 @@ func TestRevertingARefusedEditIsApplied(t *testing.T) {
 // notify workers that say READY=1 only when told, it is still waiting
 // after the first replacement is ready, and returns once the last one is;
 // a change whose new worker is never ready makes it fail with the reason.
+// With --no-wait it answers at once, the rollout under way.
 func TestReloadCommandWaitsForTheRollout(t *testing.T) {
 	t.Parallel()
 	conf := notifierConf(t)
@@ -557,7 +558,12 @@ func TestReloadCommandWaitsForTheRollout(t *testing.T) {
 		}
 	}
 
+	// --no-wait answers once the change is applied: gen 2's first worker
+	// is not ready (it waits for SIGUSR1) when it returns.
 	m.rewrite(conf("2", "", "1h"))
+	if code, out, errOut := m.ctl(nil, "", "reload", "--no-wait"); code != 0 || out != "reloaded\n" {
+		t.Fatalf("reload --no-wait: exit %d, stdout %q, stderr %q; want 0 and reloaded", code, out, errOut)
+	}
 	done := reload()
 	w0 := m.waitFor("worker 0 of gen 2 waiting", func(e entry) bool { return output("gen", "waiting 2")(e) && e.int("worker") == 0 })
 	notYet(done, "while worker 0's replacement was not ready")

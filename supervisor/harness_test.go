@@ -394,6 +394,70 @@ var helperCommands = map[string]func() int{
 		fmt.Printf("run returned %v\n", err)
 		return 0
 	},
+	// hook-commands runs a Supervisor of a worker that crashes again and
+	// again (so that the manager reaps all the while) and one that
+	// sleeps. Once the sleeper has started, its OnNewWorker hook runs, from
+	// 4 goroutines at once, 200 commands in all with RunCommand: each must
+	// come back with its own exit code (its number mod 7) and output. Then
+	// one that outlives its context: the context's error, killed. Then one
+	// that does not exist: the error. It prints a line for each check and
+	// shuts the supervisor down.
+	"hook-commands": func() int {
+		cfg, err := config.Parse("cmds.yaml", []byte(`services:
+  sleeper: {command: [/bin/sleep, '1000']}
+  crasher: {command: [/bin/sh, -c, 'exit 1'], workers: 2, restart: {min_uptime: 100ms, backoff_initial: 10ms, backoff_max: 20ms}}
+`), nil)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		var sup *supervisor.Supervisor
+		hooks := supervisor.Hooks{OnNewWorker: func(w supervisor.WorkerEvent) {
+			if w.Service != "sleeper" {
+				return
+			}
+			defer w.Supervisor.Shutdown(false)
+			ctx := context.Background()
+			var wg sync.WaitGroup
+			bad := make(chan string, 200)
+			for g := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := g; i < 200; i += 4 {
+						res, err := w.Supervisor.RunCommand(ctx, supervisor.Command{Path: "sh", Args: []string{"-c", fmt.Sprintf("echo out %d; echo err %d >&2; exit %d", i, i, i%7)}})
+						want := fmt.Sprintf("out %d\nerr %d\n", i, i)
+						if res.ExitCode != i%7 || string(res.Output) != want || (i%7 == 0) != (err == nil) || (err != nil && !errors.Is(err, supervisor.ErrCommandFailed)) {
+							bad <- fmt.Sprintf("command %d: %+v, %v", i, res, err)
+						}
+					}
+				}()
+			}
+			wg.Wait()
+			close(bad)
+			n := 0
+			for b := range bad {
+				fmt.Println(b)
+				n++
+			}
+			fmt.Printf("200 commands, %d wrong\n", n)
+			short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			defer cancel()
+			res, err := w.Supervisor.RunCommand(short, supervisor.Command{Path: "/bin/sleep", Args: []string{"1000"}})
+			fmt.Printf("cancelled: %v; %s\n", errors.Is(err, context.DeadlineExceeded), res.Status)
+			_, err = w.Supervisor.RunCommand(ctx, supervisor.Command{Path: "/no/such/program"})
+			fmt.Printf("missing: %v\n", err)
+		}}
+		if sup, err = supervisor.New(cfg, supervisor.Options{Hooks: hooks, Logger: zap.NewNop()}); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		if err := sup.Run(context.Background()); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		return 0
+	},
 	// notifier speaks sd_notify to $NOTIFY_SOCKET: STATUS=waiting, then,
 	// on SIGUSR1 (at once with NOTIFY_AT_ONCE=1; never with
 	// NOTIFY_NEVER=1), READY=1 and STATUS=serving. It prints "waiting GEN"

@@ -17,6 +17,10 @@ import (
 // register_hooks. They run in the manager process, one at a time and in the
 // order of the events, on a goroutine of their own: a slow hook delays the
 // hooks after it, never supervision. Any may be nil.
+//
+// A hook that runs a program must do it with the Supervisor's RunCommand,
+// not os/exec: the manager reaps every child of its process, and os/exec's
+// Wait would find its child gone ("waitid: no child processes").
 type Hooks struct {
 	// OnReload runs after a reload of the configuration (SIGHUP, an edit
 	// of the file, `gotyledon reload`, Reload) has been applied. It may call
@@ -43,6 +47,9 @@ type WorkerEvent struct {
 	Status   string
 	ExitCode int
 	Signal   syscall.Signal
+	// Supervisor is the one that runs the worker, for a hook to call its
+	// Reconfigure, RunCommand or Shutdown.
+	Supervisor *Supervisor
 }
 
 // ErrNoSuchService is wrapped by Reconfigure's error for a service the

@@ -7,6 +7,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -30,10 +31,16 @@ type fakeTimer struct {
 	d              time.Duration
 	f              func()
 	stopped, fired bool
+	// initial: armed by awaitInitialReady, the bound on the first start's
+	// readiness (pending leaves it out).
+	initial bool
 }
 
 func (c *fakeClock) afterFunc(d time.Duration, f func()) func() bool {
 	t := &fakeTimer{d: d, f: f}
+	if pc, _, _, ok := runtime.Caller(1); ok {
+		t.initial = strings.HasSuffix(runtime.FuncForPC(pc).Name(), ".awaitInitialReady")
+	}
 	c.timers = append(c.timers, t)
 	return func() bool {
 		pending := !t.stopped && !t.fired
@@ -43,12 +50,12 @@ func (c *fakeClock) afterFunc(d time.Duration, f func()) func() bool {
 }
 
 // pending returns the timers neither stopped nor fired, but for the
-// bound on the first start's readiness that startAll arms when a service
-// has the default ready_timeout: the tests of announce.go check that one.
+// bounds on the first start's readiness that startAll arms: the tests of
+// announce.go check those.
 func (c *fakeClock) pending() []*fakeTimer {
 	var p []*fakeTimer
 	for _, t := range c.timers {
-		if !t.stopped && !t.fired && t.d != config.DefaultReadyTimeout {
+		if !t.stopped && !t.fired && !t.initial {
 			p = append(p, t)
 		}
 	}

@@ -559,6 +559,23 @@ func TestCallsAfterTheLoopEndedFailAtOnce(t *testing.T) {
 	}
 }
 
+// A hook runs commands through the process table: each gets its own exit
+// status and output, however busy the reaper is with crashing workers;
+// a cancelled one is killed; a missing one is an error.
+func TestHookCommandsGetTheirExitStatus(t *testing.T) {
+	t.Parallel()
+	out, err := helperCmd("hook-commands").Output()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	want := "200 commands, 0 wrong\n" +
+		"cancelled: true; killed by SIGKILL\n" +
+		"missing: run /no/such/program: exec /no/such/program: no such file or directory\n"
+	if got := string(out); got != want {
+		t.Errorf("got\n%s\nwant\n%s", got, want)
+	}
+}
+
 // Every line a worker writes is logged before its exit is, even lines still
 // in the pipe when it exits; and the manager does not exit before logging
 // them.

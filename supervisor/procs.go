@@ -56,6 +56,10 @@ type procTable struct {
 
 	procs map[uint64]*proc // started and not yet finished, by token
 	byPid map[int]*proc    // started and not yet reaped, by pid
+	// cmds are the commands of RunCommand not yet answered, by id;
+	// cmdByPid those not yet reaped (proccommand.go). Made on first use.
+	cmds     map[uint64]*command
+	cmdByPid map[int]*command
 }
 
 // proc is one worker process as the process table sees it.
@@ -197,6 +201,8 @@ func (p *procTable) handle(m procMsg) {
 	case sweepReq:
 		p.sweep(m.fast, m.timeout)
 		close(m.done)
+	default:
+		p.handleCommand(m)
 	}
 }
 
@@ -338,9 +344,9 @@ func (p *procTable) signal(req signalReq) {
 }
 
 // reap collects every child that has exited: workers are finished (once
-// their output is closed, see tryFinish); anything else is an orphan a
-// worker left behind, reparented to us as the child subreaper, and is only
-// logged.
+// their output is closed, see tryFinish), commands answered (RunCommand);
+// anything else is an orphan a worker left behind, reparented to us as the
+// child subreaper, and is only logged.
 func (p *procTable) reap() {
 	for {
 		var ws unix.WaitStatus
@@ -353,6 +359,10 @@ func (p *procTable) reap() {
 		}
 		pr := p.byPid[pid]
 		if pr == nil {
+			if c := p.cmdByPid[pid]; c != nil {
+				p.commandExited(c, ws)
+				continue
+			}
 			p.log.Debug("reaped orphan", zap.Int("pid", pid), zap.String("status", describeStatus(ws)))
 			continue
 		}

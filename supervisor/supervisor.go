@@ -85,7 +85,11 @@ type Supervisor struct {
 	// closed then too: a request made later is refused at once, not left
 	// waiting for Run to return (which waits for the hooks, which may be
 	// the ones asking).
-	loopEnded   chan struct{}
+	loopEnded chan struct{}
+	// tableEnded is closed when the process table has stopped: no command
+	// of RunCommand is answered after it.
+	tableEnded  chan struct{}
+	nextCommand atomic.Uint64 // RunCommand's ids
 	outputGrace time.Duration
 	hooks       Hooks
 	hooksInbox  *mailbox[func()]
@@ -205,6 +209,7 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		inbox:       newMailbox[event](),
 		finished:    make(chan struct{}),
 		loopEnded:   make(chan struct{}),
+		tableEnded:  make(chan struct{}),
 		outputGrace: defaultOutputGrace,
 		hooks:       opts.Hooks,
 		hooksInbox:  newMailbox[func()](),
@@ -360,7 +365,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		byPid:       make(map[int]*proc),
 	}
 	stopProcs := startProcTable(s.procs)
-	defer stopProcs()
+	defer func() {
+		stopProcs()
+		close(s.tableEnded)
+	}()
 	defer s.removeNotifyDir()
 
 	// A shutdown asked for before Run (a signal during start-up) is
@@ -501,6 +509,10 @@ func (s *Supervisor) handle(ev event) {
 		s.onReconfigure(ev)
 	case statusRequested:
 		ev.reply <- s.status()
+	case commandRequested:
+		s.procs.inbox.put(ev.req)
+	case commandCancelRequested:
+		s.procs.inbox.put(commandCancel{id: ev.id})
 	}
 }
 
@@ -552,7 +564,7 @@ func (s *Supervisor) onStarted(ev workerStarted) {
 	w.state = stateRunning
 	s.armReady(w)
 	if s.hooks.OnNewWorker != nil {
-		ev := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: w.pid}
+		ev := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: w.pid, Supervisor: s}
 		s.hook(func() { s.hooks.OnNewWorker(ev) })
 	}
 	s.replaceNext(w.key.service)
@@ -612,7 +624,7 @@ func (s *Supervisor) onExited(ev workerExited) {
 	s.counters(w.key.service).Exits[exitReason(w.state, ev.status)]++
 	fields := s.fields(w, zap.String("status", status), zap.Duration("uptime", uptime))
 	if s.hooks.OnDeadWorker != nil {
-		dead := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: ev.pid, Status: status, ExitCode: ev.status.ExitStatus()}
+		dead := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: ev.pid, Status: status, ExitCode: ev.status.ExitStatus(), Supervisor: s}
 		if ev.status.Signaled() {
 			dead.Signal = ev.status.Signal()
 		}
@@ -818,9 +830,13 @@ func processChanged(old, new *config.Service) bool {
 // With `replace: all`, every stale slot is stopped at once instead.
 func (s *Supervisor) replaceNext(service string) {
 	if svc := s.cfg.Service(service); svc != nil && svc.Replace == config.ReplaceAll {
+		// Not gated, but followed all the same: each slot's new process
+		// must be ready for the reload to settle, and one that fails
+		// before it is ready halts it, as a rolling one would.
 		for _, w := range s.workers {
 			if w.key.service == service && w.stale && w.state == stateRunning {
 				w.stale = false
+				w.prevSvc = w.svc
 				s.log.Info("replacing worker: its definition changed", s.fields(w)...)
 				s.stop(w)
 			}

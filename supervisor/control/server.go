@@ -249,6 +249,10 @@ func (c *Server) serveReload(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
+	if errors.Is(err, supervisor.ErrStopped) {
+		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: "the manager is stopping: " + err.Error()})
+		return
+	}
 	doc := ErrorBody{Error: "reload failed: the running services are unchanged"}
 	var list config.ErrorList
 	if errors.As(err, &list) {
@@ -258,11 +262,7 @@ func (c *Server) serveReload(w http.ResponseWriter, r *http.Request) {
 	} else {
 		doc.Details = []string{err.Error()}
 	}
-	status := http.StatusUnprocessableEntity
-	if errors.Is(err, supervisor.ErrStopped) {
-		status = http.StatusServiceUnavailable
-	}
-	writeJSON(w, status, doc)
+	writeJSON(w, http.StatusUnprocessableEntity, doc)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -424,12 +424,13 @@ func TestReloadSettlesWithItsRollout(t *testing.T) {
 	if got := rig.notify.all(); !slices.Equal(got, []string{"READY summary", "RELOADING"}) {
 		t.Fatalf("systemd told %q during the rollout, want READY, RELOADING and no READY yet", got)
 	}
+	// Each reload is answered with its own outcome (the supervisor gives a
+	// superseded one the outcome of the reload that superseded it).
 	halted := fmt.Errorf("%w: a worker 0 exit code 1 before ready", supervisor.ErrRolloutHalted)
-	// The first reload settles with the second, which superseded it.
 	rig.loop.outcome(0) <- halted
-	rig.loop.outcome(1) <- halted
-	if err := <-settled; !errors.Is(err, supervisor.ErrRolloutHalted) {
-		t.Fatalf("settled with %v, want the halt", err)
+	rig.loop.outcome(1) <- errors.New("the newer reload's outcome")
+	if err := <-settled; err != halted {
+		t.Fatalf("settled with %v, want its own outcome, the halt", err)
 	}
 	if got := rig.notify.all(); !slices.Equal(got, []string{"READY summary", "RELOADING", "READY summary"}) {
 		t.Errorf("systemd told %q, want READY, RELOADING, READY", got)

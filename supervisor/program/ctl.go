@@ -149,7 +149,7 @@ func (c *reloadCommand) Run(e *env) error {
 	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
 	defer cancel()
 	if c.NoWait {
-		err = cl.ReloadSettled(ctx)
+		err = cl.Reload(ctx)
 	} else {
 		err = cl.ReloadSettled(ctx)
 	}
