@@ -574,6 +574,9 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 	if t := sd.watchdog; t.isSet() && r.problem(t.seq, path+".watchdog", durationProblem("watchdog", t.v, shortDuration(t.v))) {
 		s.Watchdog = t.v
 	}
+	if sig := sd.reloadSignal; sig.isSet() && !r.problem(sig.seq, path+".reload_signal", reloadSignalProblem(s.ReloadSignal, s.StopSignal, s.Run != "")) {
+		s.ReloadSignal = 0
+	}
 	return s, r.restart(path+".restart", sd, &s.Restart)
 }
 

@@ -56,6 +56,9 @@ func TestDeclarationErrors(t *testing.T) {
 			false, `services.web.reload_signal (declared in Go): reload_signal KILL would kill the workers at every reload (use HUP, USR1 or USR2, which the workers can handle)`},
 		{"reload_signal PIPE", func(d *Declaration) { d.Service("web", web, ReloadSignal(syscall.SIGPIPE)) },
 			false, `services.web.reload_signal (declared in Go): invalid reload_signal SIGPIPE ` + use},
+		{"reload_signal the stop_signal", func(d *Declaration) {
+			d.Service("web", web, StopSignal(syscall.SIGUSR2), ReloadSignal(syscall.SIGUSR2))
+		}, false, `services.web.reload_signal (declared in Go): reload_signal SIGUSR2 is the service's stop_signal: every reload would stop its workers (use HUP, USR1 or USR2, or another stop_signal)`},
 		{"bad env name", func(d *Declaration) { d.Service("web", web, Env(map[string]string{"MY-VAR": "x"})) },
 			false, `services.web.env."MY-VAR" (declared in Go): invalid env name "MY-VAR" (a name starts with a letter or "_" and has only letters, digits and "_")`},
 		{"reserved GOTYLEDON_ env name", func(d *Declaration) { d.Service("web", web, Env(map[string]string{"GOTYLEDON_WORKER": "1"})) },

@@ -685,6 +685,7 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 		return s
 	}
 	var hasCommand, hasRun bool
+	var reloadPos Position // of a valid reload_signal, if the file set one
 	for _, f := range ents {
 		switch f.key {
 		case "command":
@@ -712,6 +713,7 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 		case "reload_signal":
 			if sig, ok := d.signal(f); ok {
 				s.ReloadSignal = sig
+				reloadPos = f.pos
 			}
 		case "restart":
 			whence := "by default"
@@ -754,6 +756,16 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 		s.Run = ""
 	case hasRun:
 		s.Command = nil
+	}
+	// A reload_signal is judged against the stop_signal and the kind of
+	// service it ends up with, wherever each was set; blamed on the
+	// file's reload_signal if it set one, else on the service.
+	if msg := reloadSignalProblem(s.ReloadSignal, s.StopSignal, s.Run != ""); msg != "" {
+		if reloadPos == (Position{}) {
+			reloadPos = e.keyPos
+		}
+		d.problem(reloadPos, msg)
+		s.ReloadSignal = 0
 	}
 	return s
 }

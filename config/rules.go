@@ -114,6 +114,22 @@ func signalProblem(key string, sig syscall.Signal, got string) string {
 	return ""
 }
 
+// reloadSignalProblem is the rule for a service's reload_signal against
+// its stop_signal and kind: a reload signal that stops the workers would
+// turn every reload into a stop. goService: the service runs a Go
+// service (run:), whose runtime stops on SIGTERM and SIGINT as well as on
+// its stop_signal.
+func reloadSignalProblem(reload, stop syscall.Signal, goService bool) string {
+	switch {
+	case reload == 0:
+	case reload == stop:
+		return fmt.Sprintf("reload_signal %s is the service's stop_signal: every reload would stop its workers (use HUP, USR1 or USR2, or another stop_signal)", signalName(reload))
+	case goService && (reload == syscall.SIGTERM || reload == syscall.SIGINT):
+		return fmt.Sprintf("reload_signal %s stops a Go service's workers (their runtime stops on TERM and INT): use HUP, USR1 or USR2", signalName(reload))
+	}
+	return ""
+}
+
 // signalName shows a signal declared in Go: SIGTERM, or "signal 99".
 func signalName(sig syscall.Signal) string {
 	if name := unix.SignalName(sig); name != "" {
@@ -187,7 +203,7 @@ func runProblem(name string, goServices []string) string {
 
 // systemdEnv are the variables systemd hands the manager about itself; the
 // manager removes them from workers' environment, so env may not set them.
-var systemdEnv = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID"}
+var systemdEnv = []string{"NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM"}
 
 // envNameProblem is the rule for a variable name under env: a valid name
 // that neither gotyledon nor systemd sets.

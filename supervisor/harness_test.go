@@ -497,7 +497,7 @@ var helperCommands = map[string]func() int{
 	},
 	// env prints the variables a worker may or may not see, then waits.
 	"env": func() int {
-		for _, k := range []string{"GOTYLEDON_SERVICE", "GOTYLEDON_WORKER_ID", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC", "GOTYLEDON_RUN", "GOTYLEDON_EXTRA", "FOO"} {
+		for _, k := range []string{"GOTYLEDON_SERVICE", "GOTYLEDON_WORKER_ID", "NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_PID", "WATCHDOG_USEC", "JOURNAL_STREAM", "GOTYLEDON_RUN", "GOTYLEDON_EXTRA", "FOO"} {
 			v, ok := os.LookupEnv(k)
 			if !ok {
 				v = "<unset>"

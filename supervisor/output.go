@@ -112,6 +112,14 @@ func (lw *lineWriter) flush() {
 	}
 }
 
+// closedByUs reports whether err says the file was closed under its
+// reader. A raw connection's Read says it with internal/poll's
+// ErrFileClosing ("use of closed file"), which os.File's own methods turn
+// into os.ErrClosed but SyscallConn's do not.
+func closedByUs(err error) bool {
+	return err != nil && (errors.Is(err, os.ErrClosed) || err.Error() == "use of closed file")
+}
+
 // logOutput reads f to its end, logging each line through log, then closes
 // f. It returns when every writer of the pipe has closed it: the worker and
 // whatever children inherited its output. It tells progress what it does.
@@ -148,7 +156,7 @@ func logOutput(f *os.File, log *zap.Logger, bufs *readBuffers, progress *outputP
 			bufs.put(buf)
 		}
 		switch {
-		case errors.Is(err, os.ErrClosed):
+		case closedByUs(err):
 			return // the manager closed it: the worker is gone, a leftover held it
 		case err != nil:
 			log.Error("cannot read worker output", zap.Error(err))

@@ -399,7 +399,7 @@ services:
     workers: 2
     dir: %s
     env: {TEST_HELPER: env, FOO: bar}
-`, exe, dir), "NOTIFY_SOCKET=/run/systemd/notify", "LISTEN_FDS=3", "LISTEN_PID=1", "WATCHDOG_USEC=1000",
+`, exe, dir), "NOTIFY_SOCKET=/run/systemd/notify", "LISTEN_FDS=3", "LISTEN_PID=1", "WATCHDOG_USEC=1000", "JOURNAL_STREAM=8:1234",
 		// As if this manager were itself a worker of an outer one.
 		"GOTYLEDON_SERVICE=outer", "GOTYLEDON_WORKER_ID=7", "GOTYLEDON_EXTRA=leak")
 	want := map[string]string{
@@ -408,6 +408,7 @@ services:
 		"LISTEN_FDS":        "<unset>",
 		"LISTEN_PID":        "<unset>",
 		"WATCHDOG_USEC":     "<unset>",
+		"JOURNAL_STREAM":    "<unset>",
 		"GOTYLEDON_RUN":     "<unset>",
 		"GOTYLEDON_EXTRA":   "<unset>",
 		"FOO":               "bar",

@@ -321,3 +321,40 @@ func TestParseNotify(t *testing.T) {
 		t.Errorf("an empty STATUS= clears the status: %+v (ok %v)", ev, ok)
 	}
 }
+
+// The manager closing a worker's output under its reader (the output
+// grace is over) is how that reader is meant to end: no error is logged.
+func TestLogOutputClosedUnderItsReaderLogsNoError(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close() // held open, as by a process that left the worker's group
+	log, logs := observed()
+	var bufs readBuffers
+	var progress outputProgress
+	done := make(chan struct{})
+	go func() {
+		logOutput(r, log, &bufs, &progress)
+		close(done)
+	}()
+	if _, err := w.WriteString("hello\n"); err != nil {
+		t.Fatal(err)
+	}
+	// The reader has logged the line: it is back waiting on the pipe.
+	for deadline := time.Now().Add(10 * time.Second); logs.FilterMessage("hello").Len() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the line was not logged within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reader did not end when its file was closed")
+	}
+	if n := logs.FilterMessage("cannot read worker output").Len(); n != 0 {
+		t.Errorf("%d 'cannot read worker output' errors for a file the manager closed: %v", n, logs.All())
+	}
+}
