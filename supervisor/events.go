@@ -15,9 +15,10 @@ type event interface{ isEvent() }
 
 // workerStarted: the process table forked and exec'd token's process.
 type workerStarted struct {
-	token uint64
-	pid   int
-	at    time.Time
+	token  uint64
+	pid    int
+	at     time.Time
+	cgroup string // its own cgroup; "" without one
 }
 
 // startFailed: token's process could not be started (no such program,

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -652,6 +653,7 @@ func launchManager(t *testing.T, config string, args []string, files []*os.File,
 			_ = m.cmd.Process.Kill()
 			m.waitExit()
 		}
+		removeDeadCgroups(m.cmd.Process.Pid)
 		// A race fails the test even if it did not look at the exit code:
 		// the manager's own report comes as raw lines on its stderr, a
 		// worker's as lines of the worker's output that the manager logged.
@@ -667,6 +669,51 @@ func launchManager(t *testing.T, config string, args []string, files []*os.File,
 		}
 	})
 	return m
+}
+
+// removeDeadCgroups removes the cgroup subtree of a manager that has
+// exited, if it left one (killed with SIGKILL: its sentinel may still wait
+// out its grace), killing what is in it: the next manager to start would,
+// but none may, and runs must leave nothing behind.
+func removeDeadCgroups(pid int) {
+	name := "gotyledon-" + strconv.Itoa(pid)
+	for _, mount := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		var dirs []string
+		_ = filepath.WalkDir(mount, func(p string, d fs.DirEntry, err error) error {
+			switch {
+			case err != nil || !d.IsDir():
+				return nil
+			case d.Name() == name:
+				_ = filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
+					if err == nil && d.IsDir() {
+						dirs = append(dirs, q)
+					}
+					return nil
+				})
+				return fs.SkipDir
+			case strings.Count(strings.TrimPrefix(p, mount), "/") > 6:
+				return fs.SkipDir // deep enough: the tests' cgroup is near the top
+			}
+			return nil
+		})
+		if len(dirs) == 0 {
+			continue
+		}
+		if f, err := os.OpenFile(filepath.Join(dirs[0], "cgroup.kill"), os.O_WRONLY, 0); err == nil {
+			_, _ = f.WriteString("1")
+			f.Close()
+		}
+		events := filepath.Join(dirs[0], "cgroup.events")
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
+			if b, err := os.ReadFile(events); err != nil || strings.Contains(string(b), "populated 0") {
+				break
+			}
+			time.Sleep(10 * time.Millisecond) // the kill takes effect; polled with a deadline, as cgroup.events offers no simple event
+		}
+		for i := len(dirs) - 1; i >= 0; i-- {
+			os.Remove(dirs[i])
+		}
+	}
 }
 
 func (m *manager) read(r io.Reader) {

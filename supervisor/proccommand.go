@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -52,6 +53,7 @@ type command struct {
 	pid    int // also its process group id
 	reply  chan<- commandDone
 	outR   *os.File
+	cgroup string // its own cgroup; "" without one
 	reaped bool
 	status unix.WaitStatus
 	// read: its output is at end of file; output and truncated are what
@@ -77,14 +79,23 @@ func (p *procTable) startCommand(req commandReq) {
 		req.reply <- commandDone{err: fmt.Errorf("output pipe: %w", err)}
 		return
 	}
+	sys := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cgroup, cgfd := p.newCgroup("c-" + strconv.FormatUint(req.id, 10))
+	useCgroup(sys, cgfd)
 	pid, err := p.sys.forkExec(path, req.argv, &syscall.ProcAttr{
 		Dir:   req.dir,
 		Env:   req.env,
 		Files: []uintptr{p.devNull.Fd(), outW.Fd(), outW.Fd()},
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
+		Sys:   sys,
 	})
 	outW.Close()
+	if cgfd >= 0 {
+		unix.Close(cgfd)
+	}
 	if err != nil {
+		if cgroup != "" {
+			p.cg.remove(cgroup)
+		}
 		outR.Close()
 		if req.dir != "" && errors.Is(err, syscall.ENOENT) {
 			if _, serr := os.Stat(req.dir); serr != nil {
@@ -95,7 +106,7 @@ func (p *procTable) startCommand(req commandReq) {
 		return
 	}
 	p.log.Debug("command started", zap.Int("pid", pid), zap.Strings("argv", req.argv))
-	c := &command{id: req.id, pid: pid, reply: req.reply, outR: outR}
+	c := &command{id: req.id, pid: pid, reply: req.reply, outR: outR, cgroup: cgroup}
 	p.cmds[c.id], p.cmdByPid[pid] = c, c
 	id := c.id
 	go func() {
@@ -127,6 +138,9 @@ func (p *procTable) commandExited(c *command, ws unix.WaitStatus) {
 	delete(p.cmdByPid, c.pid)
 	c.reaped, c.status = true, ws
 	_ = p.sys.kill(-c.pid, unix.SIGKILL)
+	if c.cgroup != "" {
+		p.cg.kill(c.cgroup)
+	}
 	p.commandTryFinish(c)
 }
 
@@ -141,6 +155,9 @@ func (p *procTable) commandTryFinish(c *command) {
 			c.grace()
 		}
 		c.outR.Close()
+		if c.cgroup != "" {
+			p.cg.remove(c.cgroup)
+		}
 		delete(p.cmds, c.id)
 		c.reply <- commandDone{status: c.status, output: c.output, truncated: c.truncated}
 	case c.grace == nil:
@@ -157,6 +174,9 @@ func (p *procTable) handleCommand(m procMsg) {
 	case commandCancel:
 		if c := p.cmds[m.id]; c != nil && !c.reaped {
 			_ = p.sys.kill(-c.pid, unix.SIGKILL)
+			if c.cgroup != "" {
+				p.cg.kill(c.cgroup)
+			}
 		}
 	case commandOutput:
 		if c := p.cmds[m.id]; c != nil {

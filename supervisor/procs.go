@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -60,6 +61,15 @@ type procTable struct {
 	// cmdByPid those not yet reaped (proccommand.go). Made on first use.
 	cmds     map[uint64]*command
 	cmdByPid map[int]*command
+	// cg is the manager's cgroup subtree, each worker and command in a
+	// cgroup of its own (cgroup.go); nil without one. sentinelPipe is the
+	// write end of the sentinel's standard input, and sentinelPid its pid.
+	cg           *cgroupTree
+	sentinelPipe *os.File
+	sentinelPid  int
+	// sentinelGrace is how long the sentinel waits between its SIGTERM
+	// and its SIGKILL: the configuration's shutdown_timeout.
+	sentinelGrace time.Duration
 }
 
 // proc is one worker process as the process table sees it.
@@ -85,6 +95,8 @@ type proc struct {
 	// handed to another process, so nothing of this worker is left in the
 	// group and the id must never be signalled for it again.
 	groupGone bool
+	// cgroup is the worker's own cgroup; "" without one.
+	cgroup string
 }
 
 // procMsg is a message to the process table.
@@ -137,6 +149,9 @@ func (sweepReq) isProcMsg()        {}
 // returns, its OS thread exits with it (see the type's comment).
 func (p *procTable) run(quit <-chan struct{}) {
 	runtime.LockOSThread() // never unlocked: see the type's comment
+	if p.cg != nil {
+		p.startSentinel()
+	}
 	var batch []procMsg
 	for {
 		select {
@@ -227,7 +242,7 @@ func (p *procTable) spawn(token uint64, s *spawnSpec) {
 	}
 	p.procs[token] = pr
 	p.byPid[pr.pid] = pr
-	p.post(workerStarted{token: token, pid: pr.pid, at: p.now()})
+	p.post(workerStarted{token: token, pid: pr.pid, at: p.now(), cgroup: pr.cgroup})
 }
 
 // groupReused marks pr's group as gone, its id handed to someone else.
@@ -275,15 +290,24 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	if s.goWorker {
 		files = append(files, p.managerPipe.Fd())
 	}
+	sys := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: s.deathSignal}
+	cgroup, cgfd := p.newCgroup("w-" + strconv.FormatUint(token, 10))
+	useCgroup(sys, cgfd)
 	pid, err := p.sys.forkExec(path, s.argv, &syscall.ProcAttr{
 		Dir:   s.dir,
 		Env:   s.env,
 		Files: files,
-		Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: s.deathSignal},
+		Sys:   sys,
 	})
 	outW.Close()
 	errW.Close()
+	if cgfd >= 0 {
+		unix.Close(cgfd)
+	}
 	if err != nil {
+		if cgroup != "" {
+			p.cg.remove(cgroup)
+		}
 		outR.Close()
 		errR.Close()
 		if s.dir != "" && errors.Is(err, syscall.ENOENT) {
@@ -297,7 +321,7 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	// Logged here rather than by the loop, so that it always comes before
 	// the worker's first line of output.
 	log.Info("worker started", zap.Int("restarts", s.restarts))
-	pr := &proc{token: token, pid: pid, outputs: [2]*os.File{outR, errR}, open: 2}
+	pr := &proc{token: token, pid: pid, outputs: [2]*os.File{outR, errR}, open: 2, cgroup: cgroup}
 	for i, stream := range []string{"stdout", "stderr"} {
 		f, slog, progress := pr.outputs[i], log.With(zap.String("stream", stream)), &pr.output
 		go func() {
@@ -338,6 +362,11 @@ func (p *procTable) signal(req signalReq) {
 		p.post(stopSignalSent{token: req.token, at: p.now()})
 	}
 	if req.sig == syscall.SIGKILL {
+		// Its cgroup holds what left its group too, and cannot be
+		// reused by anyone else: no pid check needed.
+		if pr.cgroup != "" {
+			p.cg.kill(pr.cgroup)
+		}
 		pr.killed = true
 		p.tryFinish(pr)
 	}
@@ -363,6 +392,11 @@ func (p *procTable) reap() {
 				p.commandExited(c, ws)
 				continue
 			}
+			if pid == p.sentinelPid {
+				p.sentinelPid = 0
+				p.log.Debug("cgroup sentinel exited", zap.Int("pid", pid), zap.String("status", describeStatus(ws)))
+				continue
+			}
 			p.log.Debug("reaped orphan", zap.Int("pid", pid), zap.String("status", describeStatus(ws)))
 			continue
 		}
@@ -376,9 +410,13 @@ func (p *procTable) exited(pr *proc, ws unix.WaitStatus) {
 	pr.reaped, pr.status, pr.exitAt = true, ws, p.now()
 	if !pr.stop {
 		// A worker that died on its own takes what is left of its group
-		// with it. No fork can come between the reap and this kill (both
-		// run here), so the group id is not one of our new workers'.
+		// (and of its cgroup) with it. No fork can come between the reap
+		// and this kill (both run here), so the group id is not one of our
+		// new workers'.
 		_ = p.sys.kill(-pr.pid, unix.SIGKILL)
+		if pr.cgroup != "" {
+			p.cg.kill(pr.cgroup)
+		}
 		pr.killed = true
 	}
 	p.tryFinish(pr)
@@ -439,6 +477,9 @@ func (p *procTable) finish(pr *proc) {
 		f.Close() // unblocks a reader still waiting on a pipe held elsewhere
 	}
 	delete(p.procs, pr.token)
+	if pr.cgroup != "" {
+		p.cg.remove(pr.cgroup)
+	}
 	p.post(workerExited{token: pr.token, pid: pr.pid, status: pr.status, at: pr.exitAt})
 }
 
@@ -463,7 +504,7 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) {
 	logged := false
 	for {
 		p.reap()
-		kids := childrenOf(p.sys.processes(), self)
+		kids := slices.DeleteFunc(childrenOf(p.sys.processes(), self), func(pid int) bool { return pid == p.sentinelPid })
 		if len(kids) == 0 {
 			return
 		}
@@ -511,6 +552,52 @@ func describeStatus(ws unix.WaitStatus) string {
 	default:
 		return fmt.Sprintf("status %#x", uint32(ws))
 	}
+}
+
+// startSentinel starts the shell that kills the manager's cgroup subtree
+// once the manager is gone (cgroup.go). Without it, the workers' cgroups
+// are still killed at every stop, and by the next manager to start.
+func (p *procTable) startSentinel() {
+	r, w, err := os.Pipe()
+	if err != nil {
+		p.log.Warn("no cgroup sentinel: what workers leave behind outlives a manager killed with SIGKILL", zap.Error(err))
+		return
+	}
+	defer r.Close()
+	dir, fd := p.newCgroup("sentinel")
+	sys := &syscall.SysProcAttr{Setpgid: true} // away from the terminal's signals
+	useCgroup(sys, fd)
+	grace := strconv.FormatFloat(p.sentinelGrace.Seconds(), 'f', 3, 64)
+	pid, err := p.sys.forkExec("/bin/sh", []string{"/bin/sh", "-c", sentinelScript, "gotyledon-sentinel", p.cg.root, grace},
+		&syscall.ProcAttr{Env: []string{"PATH=/usr/bin:/bin"}, Files: []uintptr{r.Fd(), p.devNull.Fd(), p.devNull.Fd()}, Sys: sys})
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+	if err != nil || dir == "" {
+		w.Close()
+		if err == nil {
+			_ = p.sys.kill(pid, syscall.SIGKILL)
+			err = errors.New("no cgroup of its own")
+		}
+		p.log.Warn("no cgroup sentinel: what workers leave behind outlives a manager killed with SIGKILL", zap.Error(err))
+		return
+	}
+	p.sentinelPipe, p.sentinelPid = w, pid
+}
+
+// newCgroup makes the cgroup called name for a process about to be forked
+// and opens it; "" and -1 without a cgroup tree, or when it cannot (said
+// in the log: the process then runs in its process group alone).
+func (p *procTable) newCgroup(name string) (dir string, fd int) {
+	if p.cg == nil {
+		return "", -1
+	}
+	dir, fd, err := p.cg.workerCgroup(name)
+	if err != nil {
+		p.log.Warn("process not in a cgroup of its own", zap.Error(err))
+		return "", -1
+	}
+	return dir, fd
 }
 
 // startProcTable starts the process table's goroutine, on the real

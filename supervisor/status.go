@@ -108,6 +108,21 @@ type WorkerStatus struct {
 	Ready bool
 	// StatusText is the last STATUS= the process sent (ready: notify).
 	StatusText string
+	// Usage is what the process and everything it forked use, read from
+	// its own cgroup; nil without one (see cgroup.go).
+	Usage *WorkerUsage
+
+	cgroup string // where Usage is read from
+}
+
+// WorkerUsage is a worker process's resource use, its descendants'
+// included.
+type WorkerUsage struct {
+	// CPU is the CPU time (user and system) used since it started.
+	CPU time.Duration
+	// Memory is its memory in bytes: the cgroup's memory.current where the
+	// memory controller is enabled, else its processes' resident sets.
+	Memory uint64
 }
 
 // ReloadResult is what became of one reload.
@@ -176,6 +191,18 @@ func (s *Supervisor) Status(ctx context.Context) (Status, error) {
 	}
 	select {
 	case st := <-reply:
+		// Read here, not in the loop: a file read per worker.
+		for i := range st.Services {
+			for j := range st.Services[i].Workers {
+				w := &st.Services[i].Workers[j]
+				if w.cgroup == "" {
+					continue
+				}
+				if u, ok := readCgroupStats(w.cgroup); ok {
+					w.Usage = &WorkerUsage{CPU: u.CPU, Memory: u.Memory}
+				}
+			}
+		}
 		return st, nil
 	case <-s.loopEnded:
 		return Status{}, fmt.Errorf("status: %w", ErrStopped)
@@ -277,6 +304,7 @@ func (s *Supervisor) status() Status {
 		}
 		if w.pid != 0 {
 			ws.StartedAt = w.startedAt
+			ws.cgroup = w.cgroup
 		}
 		if w.state == stateBackoff {
 			ws.RetryAt = w.retryAt

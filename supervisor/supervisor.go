@@ -190,6 +190,7 @@ type worker struct {
 	retryAt       time.Time
 	lastExit      string // how the previous process ended
 	lastExitAt    time.Time
+	cgroup        string // the current process's own cgroup; "" without one
 }
 
 // New prepares a Supervisor for cfg, which must come from config.Load or
@@ -353,16 +354,26 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// cannot.
 	_, _ = time.Now().Zone()
 
+	cg, err := setupCgroups(s.log)
+	if err != nil {
+		s.log.Info("workers share the manager's cgroup: what a worker's descendants move out of its process group outlives a manager killed with SIGKILL",
+			zap.String("why", err.Error()))
+	} else {
+		s.log.Debug("each worker in a cgroup of its own", zap.String("cgroup", cg.root))
+	}
+
 	s.procs = &procTable{
-		log:         s.log,
-		now:         s.now,
-		inbox:       newMailbox[procMsg](),
-		post:        func(ev event) { s.inbox.put(ev) },
-		devNull:     devNull,
-		managerPipe: managerR,
-		outputGrace: s.outputGrace,
-		procs:       make(map[uint64]*proc),
-		byPid:       make(map[int]*proc),
+		cg:            cg,
+		sentinelGrace: s.cfg.ShutdownTimeout,
+		log:           s.log,
+		now:           s.now,
+		inbox:         newMailbox[procMsg](),
+		post:          func(ev event) { s.inbox.put(ev) },
+		devNull:       devNull,
+		managerPipe:   managerR,
+		outputGrace:   s.outputGrace,
+		procs:         make(map[uint64]*proc),
+		byPid:         make(map[int]*proc),
 	}
 	stopProcs := startProcTable(s.procs)
 	defer func() {
@@ -398,6 +409,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	swept := make(chan struct{})
 	s.procs.inbox.put(sweepReq{fast: s.fast, timeout: s.cfg.ShutdownTimeout, done: swept})
 	<-swept
+	if cg != nil {
+		cg.close(s.procs.sentinelPipe)
+	}
 	s.log.Info("manager stopped: every worker has exited")
 	return nil
 }
@@ -551,6 +565,7 @@ func (s *Supervisor) onStarted(ev workerStarted) {
 		return
 	}
 	w.pid = ev.pid
+	w.cgroup = ev.cgroup
 	w.startedAt = ev.at
 	if w.initial {
 		s.startedUp++

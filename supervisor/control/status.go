@@ -69,6 +69,10 @@ type WorkerStatus struct {
 	Outdated      bool       `json:"outdated"`    // waits to be replaced by a reload
 	Ready         bool       `json:"ready"`       // has run min_uptime, or sent READY=1
 	StatusText    string     `json:"status_text"` // the last STATUS= it sent
+	// CPUSeconds and MemoryBytes are what the process and everything it
+	// forked use, from its own cgroup; null where workers have none.
+	CPUSeconds  *float64 `json:"cpu_seconds"`
+	MemoryBytes *uint64  `json:"memory_bytes"`
 }
 
 // QueueStatus is one queue of the broker.
@@ -148,6 +152,10 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 			}
 			if !w.RetryAt.IsZero() {
 				wd.RetryAt = timePtr(w.RetryAt)
+			}
+			if u := w.Usage; u != nil {
+				cpu, mem := u.CPU.Seconds(), u.Memory
+				wd.CPUSeconds, wd.MemoryBytes = &cpu, &mem
 			}
 			sd.Workers = append(sd.Workers, wd)
 		}

@@ -12,6 +12,8 @@
 //	gotyledon_worker_restarts_total{service}       counter  processes started to replace one that exited on its own
 //	gotyledon_worker_exits_total{service,reason}   counter  processes that ended, by reason: stopped, clean, error, signal, start_failed
 //	gotyledon_worker_watchdog_aborts_total{service} counter processes aborted for missing their watchdog
+//	gotyledon_worker_cpu_seconds_total{service,worker} counter CPU time of a worker's process and its descendants (from its cgroup)
+//	gotyledon_worker_memory_bytes{service,worker}  gauge    memory of a worker's process and its descendants (from its cgroup)
 //	gotyledon_reloads_total{result}                counter  reloads by result: ok (applied) or failed (nothing changed, or its rolling change halted)
 //	gotyledon_last_reload_success                  gauge    1 if the newest reload was applied, 0 if it failed; absent before the first
 //	gotyledon_last_reload_timestamp_seconds        gauge    when the newest reload happened (Unix time); absent before the first
@@ -169,6 +171,10 @@ var (
 		"Running workers that are ready: they have run min_uptime, or sent READY=1 (ready: notify).", gaugeType, "service")
 	workerWatchdogAborts = gotyledonDesc("worker_watchdog_aborts_total",
 		"Worker processes aborted for missing their watchdog, since the manager started.", counterType, "service")
+	workerCPU = gotyledonDesc("worker_cpu_seconds_total",
+		"CPU time used by a worker's current process and everything it forked, read from its own cgroup; absent where workers have none.", counterType, "service", "worker")
+	workerMemory = gotyledonDesc("worker_memory_bytes",
+		"Memory of a worker's current process and everything it forked, read from its own cgroup (memory.current, else the resident sets); absent where workers have none.", gaugeType, "service", "worker")
 	workersBackoff = gotyledonDesc("workers_backoff",
 		"Worker slots waiting out a restart delay after their process exited.", gaugeType, "service")
 	workerRestarts = gotyledonDesc("worker_restarts_total",
@@ -211,7 +217,15 @@ func supervisorFamilies(st supervisor.Status) []*family {
 	running, backoff := &family{desc: workersRunning}, &family{desc: workersBackoff}
 	restarts, exits := &family{desc: workerRestarts}, &family{desc: workerExits}
 	readyWorkers, aborts := &family{desc: workersReady}, &family{desc: workerWatchdogAborts}
+	cpu, mem := &family{desc: workerCPU}, &family{desc: workerMemory}
 	for _, s := range st.Services {
+		for _, w := range s.Workers {
+			if w.Usage != nil {
+				id := strconv.Itoa(w.ID)
+				cpu.add(w.Usage.CPU.Seconds(), s.Name, id)
+				mem.add(float64(w.Usage.Memory), s.Name, id)
+			}
+		}
 		readyWorkers.add(float64(s.Ready), s.Name)
 		aborts.add(float64(s.Counters.WatchdogAborts), s.Name)
 		desired.add(float64(s.Desired), s.Name)
@@ -228,7 +242,7 @@ func supervisorFamilies(st supervisor.Status) []*family {
 	rl := &family{desc: reloads}
 	rl.add(float64(st.ReloadsOK), "ok")
 	rl.add(float64(st.ReloadsFailed), "failed")
-	fams := []*family{desired, configured, running, readyWorkers, backoff, restarts, exits, aborts, rl,
+	fams := []*family{desired, configured, running, readyWorkers, backoff, restarts, exits, aborts, cpu, mem, rl,
 		one(ready, boolValue(st.Ready)), one(stopping, boolValue(st.Stopping))}
 	if r := st.LastReload; r != nil {
 		fams = append(fams,

@@ -40,6 +40,11 @@ func metricsStatus() supervisor.Status {
 				Counters: supervisor.ServiceCounters{Restarts: 7, Exits: map[supervisor.ExitReason]uint64{
 					supervisor.ExitStopped: 11, supervisor.ExitError: 5, supervisor.ExitSignal: 2,
 				}, WatchdogAborts: 2},
+				// One worker with a cgroup, one without.
+				Workers: []supervisor.WorkerStatus{
+					{ID: 0, State: "running", Usage: &supervisor.WorkerUsage{CPU: 1500 * time.Millisecond, Memory: 2 << 20}},
+					{ID: 1, State: "backoff"},
+				},
 			},
 			// Removed by a reload, its workers still stopping; Exits nil.
 			{Name: "old", Running: 0, Backoff: 0},
@@ -211,8 +216,10 @@ func TestMetricsValues(t *testing.T) {
 	for _, r := range supervisor.ExitReasons {
 		metricValue(t, fams, "gotyledon_worker_exits_total", counter, "service", "old", "reason", string(r))
 	}
-	// Exactly the series of two queues and two services, nothing more.
-	for prefix, want := range map[string]int{"gotyledon_queue_": 2 * 7, "gotyledon_worker": 2 * (5 + 2 + len(supervisor.ExitReasons))} {
+	// Exactly the series of two queues and two services, nothing more: a
+	// worker's CPU and memory only where it has a cgroup (web's worker 0).
+	metricValue(t, fams, "gotyledon_worker_cpu_seconds_total", counter, "service", "web", "worker", "0")
+	for prefix, want := range map[string]int{"gotyledon_queue_": 2 * 7, "gotyledon_worker": 2*(5+2+len(supervisor.ExitReasons)) + 2} {
 		if n := seriesCount(fams, prefix); n != want {
 			t.Errorf("%d %s* series, want %d", n, prefix, want)
 		}
@@ -343,7 +350,8 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 // written by the client's registry and promhttp handler, from the same
 // Status and queue stats): names, help, types, labels, order and numbers.
 // The families added since (gotyledon_workers_ready,
-// gotyledon_worker_watchdog_aborts_total), and the help of
+// gotyledon_worker_watchdog_aborts_total, gotyledon_worker_cpu_seconds_total,
+// gotyledon_worker_memory_bytes), and the help of
 // gotyledon_reloads_total since halted rollouts count as failed, were
 // written into it by hand, in the same format; promlint checks them
 // (TestMetricsValues).

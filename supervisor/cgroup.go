@@ -1,0 +1,342 @@
+package supervisor
+
+// Workers in cgroups of their own.
+//
+// A worker's process group holds what it forks, unless a descendant leaves
+// it (setsid, a daemon's double fork): then only the manager's sweep at
+// shutdown finds it, and nothing does if the manager is SIGKILLed. Where
+// the manager may make a cgroup v2 subtree (as root, or in a unit with
+// systemd's Delegate=yes), each worker process gets a cgroup of its own,
+// which nothing it forks can leave:
+//
+//	<the manager's cgroup>/gotyledon-<manager pid>/
+//	    manager/      the manager itself (a cgroup with children holds no process)
+//	    sentinel/     a shell that kills the subtree when the manager is gone
+//	    w-<token>/    one worker process and everything it forks
+//	    c-<id>/       a command of RunCommand
+//
+// The process is forked straight into its cgroup (clone3's
+// CLONE_INTO_CGROUP). cgroup.kill then ends a worker whole: when its main
+// process dies on its own, when its stop timeout runs out, and when the
+// manager stops. If the manager itself is killed (SIGKILL, the OOM killer,
+// a crash), nothing of it can act: the sentinel, a shell blocked reading
+// a pipe only the manager holds open, sees end of file, sends SIGTERM to
+// what is left in the workers' cgroups, and after shutdown_timeout writes
+// cgroup.kill of the whole subtree, itself included. A manager that starts
+// finds the subtrees of managers that died beside its own, kills what is
+// left in them and removes them. Each worker's CPU time and memory are
+// read from its cgroup for status and metrics.
+//
+// Where no subtree can be made (no cgroup v2, no permission, systemd's
+// ProtectControlGroups=), the manager says so once and goes on with
+// process groups alone.
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
+)
+
+// cgroupTree is the manager's cgroup v2 subtree. Its methods are called
+// from the process table's goroutine, but for stats, which only reads.
+type cgroupTree struct {
+	// parent is the cgroup the manager was in when it started; root its
+	// subtree, parent/gotyledon-<pid>.
+	parent, root string
+	log          *zap.Logger
+}
+
+// cgroupPrefix names a manager's subtree in its parent: the prefix and
+// the manager's pid.
+const cgroupPrefix = "gotyledon-"
+
+// setupCgroups makes the manager's subtree and moves the manager into its
+// manager/ leaf, after killing and removing what dead managers left beside
+// it. It returns why it could not (the manager then runs without).
+func setupCgroups(log *zap.Logger) (*cgroupTree, error) {
+	mount, err := cgroup2Mount()
+	if err != nil {
+		return nil, err
+	}
+	own, err := ownCgroup()
+	if err != nil {
+		return nil, err
+	}
+	t := &cgroupTree{parent: filepath.Join(mount, own), log: log}
+	t.root = filepath.Join(t.parent, cgroupPrefix+strconv.Itoa(os.Getpid()))
+	t.cleanStale()
+	if err := os.Mkdir(t.root, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return nil, fmt.Errorf("create %s: %w", t.root, err)
+	}
+	leaf := filepath.Join(t.root, "manager")
+	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		os.Remove(t.root)
+		return nil, fmt.Errorf("create %s: %w", leaf, err)
+	}
+	if err := writeCgroupFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
+		os.Remove(leaf)
+		os.Remove(t.root)
+		return nil, fmt.Errorf("move the manager into %s: %w", leaf, err)
+	}
+	// The controllers the parent hands down, to the workers' cgroups:
+	// memory.current and memory.max, say, need the memory controller.
+	// Not having them is not an error: cpu.stat is there regardless.
+	if ctl, err := os.ReadFile(filepath.Join(t.root, "cgroup.controllers")); err == nil {
+		var enable []string
+		for _, c := range strings.Fields(string(ctl)) {
+			enable = append(enable, "+"+c)
+		}
+		if len(enable) > 0 {
+			if err := writeCgroupFile(filepath.Join(t.root, "cgroup.subtree_control"), strings.Join(enable, " ")); err != nil {
+				log.Debug("cgroup controllers not enabled for the workers", zap.Strings("controllers", enable), zap.Error(err))
+			}
+		}
+	}
+	return t, nil
+}
+
+// cgroup2Mount finds where the cgroup v2 hierarchy is mounted: on
+// /sys/fs/cgroup (unified), or /sys/fs/cgroup/unified (hybrid).
+func cgroup2Mount() (string, error) {
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return "", fmt.Errorf("find the cgroup v2 mount: %w", err)
+	}
+	for line := range strings.Lines(string(data)) {
+		// ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok || !strings.HasPrefix(post, "cgroup2 ") {
+			continue
+		}
+		f := strings.Fields(pre)
+		if len(f) >= 5 && f[3] == "/" {
+			return unescapeMountPath(f[4]), nil
+		}
+	}
+	return "", errors.New("no cgroup v2 hierarchy is mounted")
+}
+
+// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMountPath(s string) string {
+	if !strings.Contains(s, `\`) {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// ownCgroup is the manager's cgroup v2 path ("0::/PATH" in
+// /proc/self/cgroup).
+func ownCgroup() (string, error) {
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", fmt.Errorf("read the manager's cgroup: %w", err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
+			return p, nil
+		}
+	}
+	return "", errors.New("the manager is in no cgroup v2")
+}
+
+// cleanStale kills what dead managers left in their subtrees beside ours
+// (their pid is gone), and removes the subtrees.
+func (t *cgroupTree) cleanStale() {
+	entries, err := os.ReadDir(t.parent)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), cgroupPrefix))
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), cgroupPrefix) || err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
+			continue // alive (or not ours to judge): its manager runs
+		}
+		dir := filepath.Join(t.parent, e.Name())
+		left := cgroupPids(dir)
+		if len(left) > 0 {
+			t.log.Warn("killing what a manager that died left running", zap.Int("dead_manager_pid", pid), zap.Ints("pids", left), zap.String("cgroup", dir))
+		}
+		removeCgroupTree(dir, 2*time.Second)
+	}
+}
+
+// removeCgroupTree kills everything in dir and below, waits up to limit
+// for it to be gone, and removes the cgroups, deepest first.
+func removeCgroupTree(dir string, limit time.Duration) {
+	_ = writeCgroupFile(filepath.Join(dir, "cgroup.kill"), "1")
+	deadline := time.Now().Add(limit)
+	for cgroupPopulated(dir) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond) // the kernel empties it; no event to wait on from here
+	}
+	var dirs []string
+	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		os.Remove(dirs[i])
+	}
+}
+
+// workerCgroup creates the cgroup of a worker process (or command) named
+// name and opens it for clone3. The caller closes the descriptor after the
+// fork.
+func (t *cgroupTree) workerCgroup(name string) (dir string, fd int, err error) {
+	dir = filepath.Join(t.root, name)
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+		return "", -1, fmt.Errorf("create cgroup %s: %w", dir, err)
+	}
+	fd, err = unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		os.Remove(dir)
+		return "", -1, fmt.Errorf("open cgroup %s: %w", dir, err)
+	}
+	return dir, fd, nil
+}
+
+// sentinelScript waits for end of file on its standard input (the manager
+// is gone, or closed the pipe at exit). Then, as the manager's own
+// shutdown would, it sends SIGTERM to every process in the workers' and
+// commands' cgroups under the subtree $1 (the workers themselves had their
+// parent-death signal: a Go worker its stop signal, to finish the item in
+// hand), waits $2 seconds (shutdown_timeout), and kills everything in the
+// subtree, itself included.
+const sentinelScript = `read -r _
+for f in "$1"/w-*/cgroup.procs "$1"/c-*/cgroup.procs; do kill -TERM $(cat "$f" 2>/dev/null) 2>/dev/null; done
+sleep "$2"
+echo 1 > "$1/cgroup.kill"`
+
+// kill sends SIGKILL to every process in the worker cgroup dir.
+func (t *cgroupTree) kill(dir string) {
+	if err := writeCgroupFile(filepath.Join(dir, "cgroup.kill"), "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.log.Warn("cannot kill a worker's cgroup", zap.String("cgroup", dir), zap.Error(err))
+	}
+}
+
+// remove removes the worker cgroup dir once it is empty; a cgroup still
+// populated is killed and left for close.
+func (t *cgroupTree) remove(dir string) {
+	if err := os.Remove(dir); err != nil && errors.Is(err, unix.EBUSY) {
+		t.kill(dir)
+	}
+}
+
+// close moves the manager back to the cgroup it came from, kills what is
+// left in the subtree and removes it. sentinel is the write end of the
+// sentinel's pipe (nil: none), closed once the manager is out, so that
+// the sentinel acts, and ends, too.
+func (t *cgroupTree) close(sentinel *os.File) {
+	// Out of the subtree first: the sentinel kills all of it.
+	if err := writeCgroupFile(filepath.Join(t.parent, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
+		t.log.Debug("cannot move the manager back to its cgroup; its subtree stays until the next start", zap.Error(err))
+		return
+	}
+	if sentinel != nil {
+		sentinel.Close()
+	}
+	removeCgroupTree(t.root, 2*time.Second)
+}
+
+// readCgroupStats reads dir's CPU time (cpu.stat) and memory
+// (memory.current where the memory controller is enabled, else the sum of
+// its processes' resident sets from /proc). ok is false when dir is gone.
+func readCgroupStats(dir string) (s WorkerUsage, ok bool) {
+	data, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+	if err != nil {
+		return s, false
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		if v, found := strings.CutPrefix(sc.Text(), "usage_usec "); found {
+			usec, _ := strconv.ParseUint(v, 10, 64)
+			s.CPU = time.Duration(usec) * time.Microsecond
+		}
+	}
+	if cur, err := os.ReadFile(filepath.Join(dir, "memory.current")); err == nil {
+		s.Memory, _ = strconv.ParseUint(strings.TrimSpace(string(cur)), 10, 64)
+		return s, true
+	}
+	page := uint64(os.Getpagesize())
+	for _, pid := range cgroupPids(dir) {
+		statm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(statm)); len(f) > 1 {
+			rss, _ := strconv.ParseUint(f[1], 10, 64)
+			s.Memory += rss * page
+		}
+	}
+	return s, true
+}
+
+// cgroupPids lists the processes in dir (not below).
+func cgroupPids(dir string) []int {
+	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(data)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// cgroupPopulated reports whether dir or a cgroup below it holds a
+// process (cgroup.events).
+func cgroupPopulated(dir string) bool {
+	data, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+	if err != nil {
+		return false
+	}
+	return strings.Contains(string(data), "populated 1")
+}
+
+func writeCgroupFile(path, value string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString(value)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// useCgroup puts a fork into the cgroup open as fd (clone3's
+// CLONE_INTO_CGROUP); fd < 0 leaves attr as it is.
+func useCgroup(attr *syscall.SysProcAttr, fd int) {
+	if fd >= 0 {
+		attr.UseCgroupFD, attr.CgroupFD = true, fd
+	}
+}
