@@ -239,13 +239,11 @@ func (t *cgroupTree) kill(dir string) {
 	}
 }
 
-// remove removes the worker cgroup dir once it is empty; a cgroup still
-// populated is killed and left for close.
-func (t *cgroupTree) remove(dir string) {
-	if err := os.Remove(dir); err != nil && errors.Is(err, unix.EBUSY) {
-		t.kill(dir)
-	}
-}
+// remove removes the worker cgroup dir if it is empty. One that still
+// holds what a stopped worker left behind stays: those processes get the
+// shutdown's sweep (SIGTERM, then SIGKILL after shutdown_timeout), and
+// close removes it.
+func (t *cgroupTree) remove(dir string) { _ = os.Remove(dir) }
 
 // close moves the manager back to the cgroup it came from, kills what is
 // left in the subtree and removes it. sentinel is the write end of the

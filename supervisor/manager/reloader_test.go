@@ -42,15 +42,17 @@ func (f *fakeLoop) Shutdown(fast bool) {
 }
 
 func (f *fakeLoop) ReloadSettled(_ context.Context, source supervisor.ReloadSource, cfg *config.Config) (<-chan error, error) {
-	f.record(fmt.Sprintf("reload %s %s", source, workersOf(cfg)))
 	c := make(chan error, 1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	// The outcome is there by the time the call is seen (all): a test
+	// that waits for the call then sends on it.
 	if f.hold {
 		f.outcomes = append(f.outcomes, c)
 	} else {
 		c <- nil
 	}
+	f.calls = append(f.calls, fmt.Sprintf("reload %s %s", source, workersOf(cfg)))
 	return c, nil
 }
 
