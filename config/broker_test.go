@@ -97,11 +97,11 @@ func TestParseReloadSignal(t *testing.T) {
 		t.Errorf("reload signals %v and %v, want SIGHUP and none", cfg.Services[0].ReloadSignal, cfg.Services[1].ReloadSignal)
 	}
 	for src, want := range map[string]string{
-		"services:\n  web: {command: [a], reload_signal: KILL}\n": `g.yaml:2:38: reload_signal KILL would kill the workers at every reload (use HUP, USR1 or USR2, which the workers can handle)`,
-		"services:\n  web: {command: [a], reload_signal: PIPE}\n": `g.yaml:2:38: invalid reload_signal "PIPE" (use one of HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH, with or without "SIG")`,
-		"services:\n  web: {command: [a], reload_signal: TERM}\n": `g.yaml:2:38: reload_signal SIGTERM is the service's stop_signal: every reload would stop its workers (use HUP, USR1 or USR2, or another stop_signal)`,
+		"services:\n  web: {command: [a], reload_signal: KILL}\n":                    `g.yaml:2:38: reload_signal KILL would kill the workers at every reload (use HUP, USR1 or USR2, which the workers can handle)`,
+		"services:\n  web: {command: [a], reload_signal: PIPE}\n":                    `g.yaml:2:38: invalid reload_signal "PIPE" (use one of HUP, INT, QUIT, KILL, USR1, USR2, TERM, WINCH, with or without "SIG")`,
+		"services:\n  web: {command: [a], reload_signal: TERM}\n":                    `g.yaml:2:38: reload_signal SIGTERM is the service's stop_signal: every reload would stop its workers (use HUP, USR1 or USR2, or another stop_signal)`,
 		"services:\n  web: {command: [a], stop_signal: USR1, reload_signal: USR1}\n": `g.yaml:2:57: reload_signal SIGUSR1 is the service's stop_signal: every reload would stop its workers (use HUP, USR1 or USR2, or another stop_signal)`,
-		"services:\n  web: {reload_signal: INT, run: web, stop_signal: QUIT}\n": `g.yaml:2:24: reload_signal SIGINT stops a Go service's workers (their runtime stops on TERM and INT): use HUP, USR1 or USR2`,
+		"services:\n  web: {reload_signal: INT, run: web, stop_signal: QUIT}\n":      `g.yaml:2:24: reload_signal SIGINT stops a Go service's workers (their runtime stops on TERM and INT): use HUP, USR1 or USR2`,
 	} {
 		if _, err := Parse("g.yaml", []byte(src), []string{"web"}); err == nil || err.Error() != want {
 			t.Errorf("got %v, want %s", err, want)
