@@ -222,7 +222,7 @@ func isChange(ev event) bool {
 		// A READY=1 marks the change itself (onReady); WATCHDOG=trigger
 		// stops the worker.
 		return ev.trigger
-	case statusRequested, commandRequested, commandCancelRequested:
+	case statusRequested, probeRequested, commandRequested, commandCancelRequested:
 		return false
 	}
 	return true

@@ -5,6 +5,7 @@ package supervisor
 // fake clock of loop_test.go.
 
 import (
+	"context"
 	"errors"
 	"strings"
 	"syscall"
@@ -292,5 +293,35 @@ func TestLoopReplaceAllSettlesOnReadinessAndHalts(t *testing.T) {
 		if sp := spawned(r.requests()); len(sp) != 1 || sp[0].spec.argv0 != "/bin/true" {
 			t.Errorf("spawns %+v after the halt, want worker 1 on /bin/true again", sp)
 		}
+	}
+}
+
+// Probe is answered only once the process table has answered too: the
+// loop alone does not make the watchdog's ping.
+func TestProbeNeedsTheProcessTableToo(t *testing.T) {
+	r := newRig(t, oneWorker)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- r.s.Probe(ctx) }()
+	<-r.s.inbox.wake
+	r.deliver()
+	select {
+	case err := <-errc:
+		t.Fatalf("Probe returned %v with only the loop having answered", err)
+	default:
+	}
+	var probes []procMsg
+	for _, m := range r.requests() {
+		if _, ok := m.(procProbe); ok {
+			probes = append(probes, m)
+		}
+	}
+	if len(probes) != 1 {
+		t.Fatalf("%d probes forwarded to the process table, want 1", len(probes))
+	}
+	r.s.procs.handle(probes[0])
+	if err := <-errc; err != nil {
+		t.Fatalf("Probe: %v, want nil once the table answered", err)
 	}
 }

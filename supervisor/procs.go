@@ -216,6 +216,8 @@ func (p *procTable) handle(m procMsg) {
 	case sweepReq:
 		p.sweep(m.fast, m.timeout)
 		close(m.done)
+	case procProbe:
+		m.reply <- struct{}{}
 	default:
 		p.handleCommand(m)
 	}

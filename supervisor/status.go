@@ -211,6 +211,36 @@ func (s *Supervisor) Status(ctx context.Context) (Status, error) {
 	}
 }
 
+// probeRequested: answer reply once the process table has answered too
+// (Probe).
+type probeRequested struct{ reply chan<- struct{} } // buffered
+
+// procProbe: the process table answers reply (buffered).
+type procProbe struct{ reply chan<- struct{} }
+
+func (probeRequested) isEvent() {}
+func (procProbe) isProcMsg()    {}
+
+// Probe returns nil once both the loop and the process table (the thread
+// that forks and reaps) have answered, each between two of its messages:
+// neither is stuck. It fails if ctx ends first, or, wrapping ErrStopped,
+// if the loop has ended. The systemd watchdog is pinged only after a
+// Probe returns. Safe from any goroutine.
+func (s *Supervisor) Probe(ctx context.Context) error {
+	reply := make(chan struct{}, 1)
+	if !s.inbox.put(probeRequested{reply: reply}) {
+		return fmt.Errorf("probe: %w", ErrStopped)
+	}
+	select {
+	case <-reply:
+		return nil
+	case <-s.loopEnded:
+		return fmt.Errorf("probe: %w", ErrStopped)
+	case <-ctx.Done():
+		return fmt.Errorf("probe: the loop or the process table did not answer: %w", ctx.Err())
+	}
+}
+
 // ReloadRefused records that a reload for source changed nothing, and
 // why (the file did not load, or the broker refused its queues), for
 // Status and the reload counters: the manager's reload path calls it where

@@ -523,6 +523,8 @@ func (s *Supervisor) handle(ev event) {
 		s.onReconfigure(ev)
 	case statusRequested:
 		ev.reply <- s.status()
+	case probeRequested:
+		s.procs.inbox.put(procProbe(ev))
 	case commandRequested:
 		s.procs.inbox.put(ev.req)
 	case commandCancelRequested:

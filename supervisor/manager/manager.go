@@ -318,9 +318,14 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	// systemd: STATUS= kept current as the workers change and, when
 	// systemd asks for it, the watchdog pinged, each only after the
-	// supervisor's loop has answered.
+	// supervisor's loop and process table have answered.
 	if m.notify.Enabled() {
 		reporter := sdnotify.NewReporter(m.notify, m.sup.Changes(), func(ctx context.Context) (string, error) {
+			// The loop and the thread that forks and reaps: a watchdog
+			// ping says neither is stuck.
+			if err := m.sup.Probe(ctx); err != nil {
+				return "", err
+			}
 			var queues func() []ipc.QueueStats
 			if m.broker != nil {
 				queues = m.broker.Stats

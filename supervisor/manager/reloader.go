@@ -54,6 +54,9 @@ type reloader struct {
 	// told to it only from then on. reloading: a RELOADING=1 went out and
 	// its READY=1 has not. stopping: a shutdown is under way.
 	announced, reloading, stopping bool
+	// unreadable: the watch's last report found the file unreadable (and
+	// said so once).
+	unreadable bool
 	// settling are the applied reloads that have not settled yet, oldest
 	// first; latest is the newest one's outcome, which comes once every
 	// older one's has (a reload settles with the one that supersedes it).
@@ -273,10 +276,22 @@ func (r *reloader) reload(a reloadAsk) {
 	if a.source == supervisor.ReloadByFile {
 		switch {
 		case readErr != nil:
-			// Mid-swap, or removed: the next change says more.
-			r.log.Warn("config file changed but cannot be read; waiting for the next change", zap.Error(readErr))
+			// Mid-swap, or removed: the next change says more. Said once
+			// (whatever else in the directory keeps changing meanwhile),
+			// and again when the file is back.
+			if !r.unreadable {
+				r.log.Warn("config file cannot be read; the running services are unchanged, and the file is read again when it changes", zap.Error(readErr))
+			} else {
+				r.log.Debug("config file still cannot be read", zap.Error(readErr))
+			}
+			r.unreadable = true
 			a.answer(nil)
 			return
+		case r.unreadable:
+			r.unreadable = false
+			r.log.Info("config file can be read again", zap.String("config", r.file))
+		}
+		switch {
 		case bytes.Equal(data, r.lastRead):
 			r.log.Debug("config file unchanged; nothing to do", zap.String("config", r.file))
 			a.answer(nil)

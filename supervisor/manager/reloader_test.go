@@ -453,3 +453,34 @@ func TestReloadSettlingAtAStop(t *testing.T) {
 		t.Errorf("systemd told %q, want READY, RELOADING, STOPPING", got)
 	}
 }
+
+// A file that cannot be read (removed) is said once, however often its
+// directory changes meanwhile, and again when it is back; its return is
+// applied if it changed.
+func TestUnreadableFileIsSaidOnce(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, true)
+	if err := os.Remove(rig.path); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		rig.r.reload(reloadAsk{source: supervisor.ReloadByFile})
+	}
+	if n := rig.logs.FilterMessageSnippet("cannot be read").FilterLevelExact(zap.WarnLevel).Len(); n != 1 {
+		t.Errorf("%d warnings for 5 reports of an unreadable file, want 1", n)
+	}
+	write(t, rig.path, "services:\n  a: {command: [/bin/true], workers: 3}\n")
+	rig.r.reload(reloadAsk{source: supervisor.ReloadByFile})
+	if n := rig.logs.FilterMessage("config file can be read again").Len(); n != 1 {
+		t.Errorf("%d 'can be read again' entries, want 1", n)
+	}
+	if got := rig.loop.all(); !slices.Equal(got, []string{"reload file a=3"}) {
+		t.Errorf("supervisor asked %q, want the file's return applied", got)
+	}
+	if err := os.Remove(rig.path); err != nil {
+		t.Fatal(err)
+	}
+	rig.r.reload(reloadAsk{source: supervisor.ReloadByFile})
+	if n := rig.logs.FilterMessageSnippet("cannot be read").FilterLevelExact(zap.WarnLevel).Len(); n != 2 {
+		t.Errorf("%d warnings after it went away again, want 2", n)
+	}
+}

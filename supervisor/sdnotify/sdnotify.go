@@ -8,7 +8,8 @@
 //
 // A Notifier sends the messages; a Reporter is the actor that keeps STATUS=
 // current, as the workers change, and pings the watchdog, each only after
-// the supervisor's loop has answered, so that a stuck loop misses its ping
+// the supervisor has answered (its loop and its process table: see the
+// manager's summary function), so that a stuck supervisor misses its ping
 // and systemd restarts the manager.
 package sdnotify
 
