@@ -322,8 +322,8 @@ func TestLoopReportsFailedInitialStarts(t *testing.T) {
 	r.s.handle(workerStarted{token: sp[0].token, pid: 10, at: r.clock.now})
 	r.s.handle(startFailed{token: sp[1].token, err: syscall.EACCES, at: r.clock.now})
 	e := r.logs.FilterMessage("initial start done").All()
-	if len(e) != 1 || e[0].ContextMap()["started"] != int64(1) || e[0].ContextMap()["failed"] != int64(1) {
-		t.Errorf("initial start entries %v, want one with started 1, failed 1", e)
+	if len(e) != 1 || e[0].ContextMap()["started"] != int64(1) || e[0].ContextMap()["failed"] != int64(1) || e[0].Level != zap.WarnLevel {
+		t.Errorf("initial start entries %v, want one warning with started 1, failed 1", e)
 	}
 }
 

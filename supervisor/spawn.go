@@ -4,6 +4,7 @@ package supervisor
 // worker process is given. The worker's side is in package service.
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -139,5 +140,63 @@ func lookPath(name string, env []string, dir string) (string, error) {
 			return p, nil
 		}
 	}
-	return "", fmt.Errorf("exec %s: %w (PATH=%s)", name, exec.ErrNotFound, path)
+	// The PATH is not in the error: it would be most of the status
+	// table's LAST EXIT column. `gotyledon check` shows it.
+	return "", fmt.Errorf("exec %s: %w", name, exec.ErrNotFound)
+}
+
+// StartProblems says, for each command service of cfg, what would keep
+// its workers from starting as the machine is now: its program not found
+// (in the PATH its workers get: the service's env, else environ's, else a
+// default), or not an executable file; its dir missing or not a
+// directory. Each problem is at the service's position. environ is the
+// manager's environment (os.Environ()). Go services run the manager's own
+// executable and have none.
+func StartProblems(cfg *config.Config, environ []string) []*config.Error {
+	var problems []*config.Error
+	base := workerBaseEnv(environ)
+	for _, svc := range cfg.Services {
+		if len(svc.Command) == 0 {
+			continue
+		}
+		add := func(format string, args ...any) {
+			problems = append(problems, &config.Error{Pos: svc.Pos, Msg: fmt.Sprintf("service %q: ", svc.Name) + fmt.Sprintf(format, args...)})
+		}
+		if svc.Dir != "" {
+			if fi, err := os.Stat(svc.Dir); err != nil {
+				add("dir %s: %v", svc.Dir, errors.Unwrap(err))
+			} else if !fi.IsDir() {
+				add("dir %s is not a directory", svc.Dir)
+			}
+		}
+		env := base
+		for k, v := range svc.Env {
+			env = setEnv(env, k, v)
+		}
+		name := svc.Command[0]
+		path, err := lookPath(name, env, svc.Dir)
+		if err != nil {
+			p := defaultPath
+			for _, kv := range env {
+				if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+					p = v
+				}
+			}
+			add("command %q not found in PATH %s", name, p)
+			continue
+		}
+		full := path
+		if !filepath.IsAbs(full) && svc.Dir != "" {
+			full = filepath.Join(svc.Dir, full)
+		}
+		switch fi, err := os.Stat(full); {
+		case err != nil:
+			add("command %s: %v", path, errors.Unwrap(err))
+		case !fi.Mode().IsRegular():
+			add("command %s is not a regular file", path)
+		case unix.Access(full, unix.X_OK) != nil:
+			add("command %s is not executable (mode %v)", path, fi.Mode().Perm())
+		}
+	}
+	return problems
 }

@@ -961,7 +961,11 @@ func (s *Supervisor) noteStarted() {
 	if s.pendingUp == 0 && !s.startedNoted {
 		s.startedNoted = true
 		close(s.started)
-		s.log.Info("initial start done", zap.Int("started", s.startedUp),
+		level := zap.InfoLevel
+		if s.failedUp > 0 {
+			level = zap.WarnLevel // each failure was logged with its reason
+		}
+		s.log.Log(level, "initial start done", zap.Int("started", s.startedUp),
 			zap.Int("failed", s.failedUp), zap.Duration("took", s.now().Sub(s.startedAt)))
 		s.checkReady()
 	}

@@ -225,12 +225,22 @@ func exitCode(code int) error { return exitError{code: code} }
 
 type checkCommand struct {
 	Config string `short:"c" placeholder:"FILE" help:"Configuration file to validate (applied on top of what the program declares)."`
+	Strict bool   `help:"Exit 1 on warnings too (a command or dir that does not exist on this machine yet)."`
 }
 
 func (c *checkCommand) Run(e *env) error {
 	cfg, err := e.load(c.Config, "check")
 	if err != nil {
 		return err
+	}
+	// What the machine lacks now may be there by the time the manager
+	// runs (a program installed later): warnings, unless --strict.
+	warnings := supervisor.StartProblems(cfg, os.Environ())
+	for _, w := range warnings {
+		fmt.Fprintf(e.stdout, "%s: warning: %s\n", w.Pos, w.Msg)
+	}
+	if len(warnings) > 0 && c.Strict {
+		return exitCode(ExitError)
 	}
 	workers := 0
 	for _, s := range cfg.Services {

@@ -2,6 +2,7 @@ package program
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -50,6 +51,33 @@ func TestCheckReportsEveryErrorAndExits1(t *testing.T) {
 		if !strings.HasPrefix(lines[i], want) {
 			t.Errorf("error %d = %q, want it to start %q", i, lines[i], want)
 		}
+	}
+}
+
+// What would keep workers from starting on this machine is warned about,
+// at each service's position: a program not found, one that is not
+// executable, a dir that does not exist. With --strict it fails.
+func TestCheckWarnsOfWhatCannotStartHere(t *testing.T) {
+	dir := t.TempDir()
+	notExec := filepath.Join(dir, "script")
+	if err := os.WriteFile(notExec, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	path := writeConfig(t, fmt.Sprintf(`services:
+  missing: {command: [no-such-program-here]}
+  plain: {command: [%s]}
+  nodir: {command: [/bin/true], dir: %s}
+  fine: {command: [true], env: {PATH: /bin:/usr/bin}}
+`, notExec, filepath.Join(dir, "nowhere")))
+	want := path + ":2:3: warning: service \"missing\": command \"no-such-program-here\" not found in PATH " + os.Getenv("PATH") + "\n" +
+		path + ":3:3: warning: service \"plain\": command " + notExec + " is not executable (mode -rw-r--r--)\n" +
+		path + ":4:3: warning: service \"nodir\": dir " + filepath.Join(dir, "nowhere") + ": no such file or directory\n" +
+		path + ": ok (4 services, 4 workers)\n"
+	if code, stdout, stderr := runCLI(New(), "check", "-c", path); code != ExitOK || stdout != want || stderr != "" {
+		t.Errorf("check: exit %d stderr %q stdout\n%s\nwant 0 and\n%s", code, stderr, stdout, want)
+	}
+	if code, _, _ := runCLI(New(), "check", "--strict", "-c", path); code != ExitError {
+		t.Errorf("check --strict with warnings: exit %d, want 1", code)
 	}
 }
 
