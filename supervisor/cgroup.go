@@ -223,14 +223,15 @@ func (t *cgroupTree) workerCgroup(name string) (dir string, fd int, err error) {
 // sentinelScript waits for end of file on its standard input (the manager
 // is gone, or closed the pipe at exit). Then, as the manager's own
 // shutdown would, it sends SIGTERM to every process in the workers' and
-// commands' cgroups under the subtree $1 (the workers themselves had their
-// parent-death signal: a Go worker its stop signal, to finish the item in
-// hand), waits $2 seconds (shutdown_timeout), and kills everything in the
-// subtree, itself included.
+// commands' cgroups under the subtree $GOTYLEDON_CGROUP (the workers
+// themselves had their parent-death signal: a Go worker its stop signal,
+// to finish the item in hand), waits $GOTYLEDON_GRACE seconds
+// (shutdown_timeout), and kills everything in the subtree, itself
+// included.
 const sentinelScript = `read -r _
-for f in "$1"/w-*/cgroup.procs "$1"/c-*/cgroup.procs; do kill -TERM $(cat "$f" 2>/dev/null) 2>/dev/null; done
-sleep "$2"
-echo 1 > "$1/cgroup.kill"`
+for f in "$GOTYLEDON_CGROUP"/w-*/cgroup.procs "$GOTYLEDON_CGROUP"/c-*/cgroup.procs; do kill -TERM $(cat "$f" 2>/dev/null) 2>/dev/null; done
+sleep "$GOTYLEDON_GRACE"
+echo 1 > "$GOTYLEDON_CGROUP/cgroup.kill"`
 
 // kill sends SIGKILL to every process in the worker cgroup dir.
 func (t *cgroupTree) kill(dir string) {

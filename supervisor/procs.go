@@ -68,8 +68,10 @@ type procTable struct {
 	sentinelPipe *os.File
 	sentinelPid  int
 	// sentinelGrace is how long the sentinel waits between its SIGTERM
-	// and its SIGKILL: the configuration's shutdown_timeout.
+	// and its SIGKILL: the configuration's shutdown_timeout. sentinelName
+	// is its argv[0], its title in ps.
 	sentinelGrace time.Duration
+	sentinelName  string
 }
 
 // proc is one worker process as the process table sees it.
@@ -569,9 +571,15 @@ func (p *procTable) startSentinel() {
 	dir, fd := p.newCgroup("sentinel")
 	sys := &syscall.SysProcAttr{Setpgid: true} // away from the terminal's signals
 	useCgroup(sys, fd)
+	// The script and its arguments in the environment, so that ps shows
+	// a title, as it does for Go workers: "NAME: cgroup sentinel -c ...".
 	grace := strconv.FormatFloat(p.sentinelGrace.Seconds(), 'f', 3, 64)
-	pid, err := p.sys.forkExec("/bin/sh", []string{"/bin/sh", "-c", sentinelScript, "gotyledon-sentinel", p.cg.root, grace},
-		&syscall.ProcAttr{Env: []string{"PATH=/usr/bin:/bin"}, Files: []uintptr{r.Fd(), p.devNull.Fd(), p.devNull.Fd()}, Sys: sys})
+	pid, err := p.sys.forkExec("/bin/sh", []string{p.sentinelName, "-c", `eval "$GOTYLEDON_SENTINEL"`},
+		&syscall.ProcAttr{
+			Env:   []string{"PATH=/usr/bin:/bin", "GOTYLEDON_SENTINEL=" + sentinelScript, "GOTYLEDON_CGROUP=" + p.cg.root, "GOTYLEDON_GRACE=" + grace},
+			Files: []uintptr{r.Fd(), p.devNull.Fd(), p.devNull.Fd()},
+			Sys:   sys,
+		})
 	if fd >= 0 {
 		unix.Close(fd)
 	}

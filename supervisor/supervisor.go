@@ -365,6 +365,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.procs = &procTable{
 		cg:            cg,
 		sentinelGrace: s.cfg.ShutdownTimeout,
+		sentinelName:  s.program + ": cgroup sentinel",
 		log:           s.log,
 		now:           s.now,
 		inbox:         newMailbox[procMsg](),
