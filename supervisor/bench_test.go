@@ -900,3 +900,61 @@ func BenchmarkRollout(b *testing.B) {
 	m.stop()
 	reportVsBare(b, rollout, baseline)
 }
+
+// BenchmarkStop: SIGTERM to a manager of 3 workers that die of it at once,
+// until the manager has exited (every worker reaped, its cgroups, if any,
+// removed), beside SIGTERM to 3 bare workers until each is reaped.
+func BenchmarkStop(b *testing.B) {
+	const workers = 3
+	exe, err := os.Executable()
+	if err != nil {
+		b.Fatal(err)
+	}
+	supervised := listenWorkers(b)
+	bare := listenWorkers(b)
+	bw := newBareWorkers(b, bare)
+	var stop, baseline time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		m := startBenchManager(b, benchConfig(exe, workers, supervised))
+		_, up := benchWaitN(b, supervised, workers, "the workers", m.done)
+		b.StartTimer()
+		t0 := time.Now()
+		if err := m.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case <-m.done:
+		case <-time.After(benchTimeout):
+			b.Fatalf("manager did not exit within %v of SIGTERM", benchTimeout)
+		}
+		stop += time.Since(t0)
+		b.StopTimer()
+		for _, w := range up {
+			supervised.drop(w.conn)
+		}
+
+		for range workers {
+			bw.start()
+		}
+		_, started := benchWaitN(b, bare, workers, "the bare workers", nil)
+		b.StartTimer()
+		t0 = time.Now()
+		for _, c := range bw.cmds {
+			_ = c.Process.Signal(syscall.SIGTERM)
+		}
+		for _, c := range bw.cmds {
+			waitCmd(b, c)
+		}
+		baseline += time.Since(t0)
+		b.StopTimer()
+		bw.cmds = bw.cmds[:0]
+		for _, w := range started {
+			bare.drop(w.conn)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	reportVsBare(b, stop, baseline)
+}

@@ -10,7 +10,6 @@ package supervisor
 // which nothing it forks can leave:
 //
 //	<the manager's cgroup>/gotyledon-<manager pid>/
-//	    manager/      the manager itself (a cgroup with children holds no process)
 //	    sentinel/     a shell that kills the subtree when the manager is gone
 //	    w-<token>/    one worker process and everything it forks
 //	    c-<id>/       a command of RunCommand
@@ -60,9 +59,11 @@ type cgroupTree struct {
 // the manager's pid.
 const cgroupPrefix = "gotyledon-"
 
-// setupCgroups makes the manager's subtree and moves the manager into its
-// manager/ leaf, after killing and removing what dead managers left beside
-// it. It returns why it could not (the manager then runs without).
+// setupCgroups makes the manager's subtree, after killing and removing
+// what dead managers left beside it. The manager itself stays where it
+// is: the subtree holds no process of its own, so that it may hand its
+// controllers down to the workers' cgroups. It returns why it could not
+// (the manager then runs without).
 func setupCgroups(log *zap.Logger) (*cgroupTree, error) {
 	mount, err := cgroup2Mount()
 	if err != nil {
@@ -77,16 +78,6 @@ func setupCgroups(log *zap.Logger) (*cgroupTree, error) {
 	t.cleanStale()
 	if err := os.Mkdir(t.root, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return nil, fmt.Errorf("create %s: %w", t.root, err)
-	}
-	leaf := filepath.Join(t.root, "manager")
-	if err := os.Mkdir(leaf, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		os.Remove(t.root)
-		return nil, fmt.Errorf("create %s: %w", leaf, err)
-	}
-	if err := writeCgroupFile(filepath.Join(leaf, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
-		os.Remove(leaf)
-		os.Remove(t.root)
-		return nil, fmt.Errorf("move the manager into %s: %w", leaf, err)
 	}
 	// The controllers the parent hands down, to the workers' cgroups:
 	// memory.current and memory.max, say, need the memory controller.
@@ -188,10 +179,7 @@ func (t *cgroupTree) cleanStale() {
 // for it to be gone, and removes the cgroups, deepest first.
 func removeCgroupTree(dir string, limit time.Duration) {
 	_ = writeCgroupFile(filepath.Join(dir, "cgroup.kill"), "1")
-	deadline := time.Now().Add(limit)
-	for cgroupPopulated(dir) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond) // the kernel empties it; no event to wait on from here
-	}
+	waitUnpopulated(dir, limit)
 	var dirs []string
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
@@ -220,15 +208,17 @@ func (t *cgroupTree) workerCgroup(name string) (dir string, fd int, err error) {
 	return dir, fd, nil
 }
 
-// sentinelScript waits for end of file on its standard input (the manager
-// is gone, or closed the pipe at exit). Then, as the manager's own
+// sentinelScript waits for a line on its standard input: "bye" from a
+// manager that cleans up itself (it exits at once), or end of file (the
+// manager is gone). Then, as the manager's own
 // shutdown would, it sends SIGTERM to every process in the workers' and
 // commands' cgroups under the subtree $GOTYLEDON_CGROUP (the workers
 // themselves had their parent-death signal: a Go worker its stop signal,
 // to finish the item in hand), waits $GOTYLEDON_GRACE seconds
 // (shutdown_timeout), and kills everything in the subtree, itself
 // included.
-const sentinelScript = `read -r _
+const sentinelScript = `read -r line
+[ "$line" = bye ] && exit 0
 for f in "$GOTYLEDON_CGROUP"/w-*/cgroup.procs "$GOTYLEDON_CGROUP"/c-*/cgroup.procs; do kill -TERM $(cat "$f" 2>/dev/null) 2>/dev/null; done
 sleep "$GOTYLEDON_GRACE"
 echo 1 > "$GOTYLEDON_CGROUP/cgroup.kill"`
@@ -246,17 +236,11 @@ func (t *cgroupTree) kill(dir string) {
 // close removes it.
 func (t *cgroupTree) remove(dir string) { _ = os.Remove(dir) }
 
-// close moves the manager back to the cgroup it came from, kills what is
-// left in the subtree and removes it. sentinel is the write end of the
-// sentinel's pipe (nil: none), closed once the manager is out, so that
-// the sentinel acts, and ends, too.
+// close has the sentinel leave (sentinel is the write end of its pipe;
+// nil: none), kills what is left in the subtree and removes it.
 func (t *cgroupTree) close(sentinel *os.File) {
-	// Out of the subtree first: the sentinel kills all of it.
-	if err := writeCgroupFile(filepath.Join(t.parent, "cgroup.procs"), strconv.Itoa(os.Getpid())); err != nil {
-		t.log.Debug("cannot move the manager back to its cgroup; its subtree stays until the next start", zap.Error(err))
-		return
-	}
 	if sentinel != nil {
+		_, _ = sentinel.WriteString("bye\n")
 		sentinel.Close()
 	}
 	removeCgroupTree(t.root, 2*time.Second)
@@ -295,6 +279,22 @@ func readCgroupStats(dir string) (s WorkerUsage, ok bool) {
 	return s, true
 }
 
+// workerPids lists the processes in the workers' and commands' cgroups
+// (w-*, c-*).
+func (t *cgroupTree) workerPids() []int {
+	entries, err := os.ReadDir(t.root)
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		if e.IsDir() && (strings.HasPrefix(e.Name(), "w-") || strings.HasPrefix(e.Name(), "c-")) {
+			pids = append(pids, cgroupPids(filepath.Join(t.root, e.Name()))...)
+		}
+	}
+	return pids
+}
+
 // cgroupPids lists the processes in dir (not below).
 func cgroupPids(dir string) []int {
 	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
@@ -308,6 +308,40 @@ func cgroupPids(dir string) []int {
 		}
 	}
 	return pids
+}
+
+// waitUnpopulated waits, at most limit, until no process is left in dir
+// or below. The kernel reports a change of cgroup.events as a
+// modification of the file (inotify), so that the wait ends as soon as
+// the last process is gone; without inotify it polls.
+func waitUnpopulated(dir string, limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	events := filepath.Join(dir, "cgroup.events")
+	in, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err == nil {
+		defer unix.Close(in)
+		if _, err = unix.InotifyAddWatch(in, events, unix.IN_MODIFY); err != nil {
+			in = -1
+		}
+	} else {
+		in = -1
+	}
+	buf := make([]byte, 4096)
+	for cgroupPopulated(dir) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return
+		}
+		if in < 0 {
+			time.Sleep(min(left, 5*time.Millisecond))
+			continue
+		}
+		fds := []unix.PollFd{{Fd: int32(in), Events: unix.POLLIN}}
+		if _, err := unix.Poll(fds, int(left.Milliseconds())+1); err != nil && !errors.Is(err, unix.EINTR) {
+			return
+		}
+		_, _ = unix.Read(in, buf) // drain; the loop looks at the file itself
+	}
 }
 
 // cgroupPopulated reports whether dir or a cgroup below it holds a

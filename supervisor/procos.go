@@ -1,6 +1,7 @@
 package supervisor
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,6 +39,9 @@ type procOS struct {
 	// processes lists the processes alive or unreaped now. Processes that
 	// vanish while it looks are left out.
 	processes func() []procStat
+	// noChildren reports that this process has no child at all, alive or
+	// unreaped, without reaping one; nil: unknown (processes tells).
+	noChildren func() bool
 	// afterFunc runs f on its own goroutine after d, as time.AfterFunc; the
 	// returned function stops it, reporting whether it had not run yet.
 	afterFunc func(d time.Duration, f func()) (stop func() bool)
@@ -55,6 +59,10 @@ func realProcOS() *procOS {
 		kill:      unix.Kill,
 		wait4:     unix.Wait4,
 		processes: readProcStats,
+		noChildren: func() bool {
+			var info unix.Siginfo
+			return errors.Is(unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil), unix.ECHILD)
+		},
 		afterFunc: func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
 		newTicker: func(d time.Duration) (<-chan time.Time, func()) {
 			t := time.NewTicker(d)

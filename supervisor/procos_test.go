@@ -934,3 +934,24 @@ func TestProcTableWaitsWhileAReaderIsStillLogging(t *testing.T) {
 	}
 	r.os.releaseOutput(pid)
 }
+
+// The sweep reads /proc for what workers left only when the manager has a
+// child at all (reading every process's stat file is the slow part of a
+// stop on a busy machine).
+func TestLeftoversReadProcOnlyWithChildren(t *testing.T) {
+	f := newFakeOS(t)
+	f.start(500, f.self, 500) // an orphan reparented to the manager
+	scans := 0
+	sys := f.sys(&fakeClock{})
+	sys.processes = func() []procStat { scans++; return f.processes() }
+	none := true
+	sys.noChildren = func() bool { return none }
+	p := &procTable{sys: sys}
+	if got := p.leftovers(f.self); got != nil || scans != 0 {
+		t.Errorf("no children: leftovers %v after %d scans of /proc, want none and no scan", got, scans)
+	}
+	none = false
+	if got := p.leftovers(f.self); !slices.Equal(got, []int{500}) || scans != 1 {
+		t.Errorf("with a child: leftovers %v after %d scans, want [500] after one", got, scans)
+	}
+}

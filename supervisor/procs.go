@@ -508,7 +508,7 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) {
 	logged := false
 	for {
 		p.reap()
-		kids := slices.DeleteFunc(childrenOf(p.sys.processes(), self), func(pid int) bool { return pid == p.sentinelPid })
+		kids := p.leftovers(self)
 		if len(kids) == 0 {
 			return
 		}
@@ -537,6 +537,21 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) {
 			stopDeadline = p.sys.afterFunc(sweepKillWait, expire)
 		}
 	}
+}
+
+// leftovers lists what the workers left behind: with cgroups, the
+// processes in the workers' and commands' cgroups (nothing can leave
+// them); without, the manager's children (orphans are reparented to it),
+// looked for in /proc only if it has any: reading every process's stat
+// file is the slow part of a stop on a busy machine.
+func (p *procTable) leftovers(self int) []int {
+	if p.cg != nil {
+		return p.cg.workerPids()
+	}
+	if p.sys.noChildren != nil && p.sys.noChildren() {
+		return nil
+	}
+	return slices.DeleteFunc(childrenOf(p.sys.processes(), self), func(pid int) bool { return pid == p.sentinelPid })
 }
 
 // sweepKillWait bounds the wait for SIGKILLed leftovers to be reaped.
