@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"golang.org/x/sys/unix"
@@ -75,7 +76,13 @@ type QueueConfig struct {
 // Peer is the process at the other end of a connection, as the kernel
 // reports it (SO_PEERCRED) when it connected. Fields are -1 when the
 // connection is not a Unix socket.
-type Peer struct{ PID, UID, GID int }
+type Peer struct {
+	PID, UID, GID int
+	// Groups are its process's supplementary groups as the kernel recorded
+	// them when it connected (SO_PEERGROUPS, Linux 4.13); nil if the kernel
+	// does not say (then AllowPeers asks its groupsOf).
+	Groups []int
+}
 
 // BrokerOptions configure a broker. The zero value is a broker with no
 // queues, every default applied.
@@ -532,9 +539,35 @@ func PeerOf(nc net.Conn) Peer {
 	raw.Control(func(fd uintptr) {
 		if cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED); err == nil {
 			p = Peer{PID: int(cred.Pid), UID: int(cred.Uid), GID: int(cred.Gid)}
+			p.Groups, _ = peerGroups(int(fd))
 		}
 	})
 	return p
+}
+
+// peerGroups asks the kernel for the supplementary groups the peer of
+// Unix socket fd had when it connected (SO_PEERGROUPS). Unlike
+// /proc/PID/status, read after the fact, they cannot belong to another
+// process that got the pid since.
+func peerGroups(fd int) ([]int, error) {
+	buf := make([]uint32, 64)
+	for {
+		size := uint32(len(buf) * 4)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&size)), 0)
+		switch {
+		case errno == unix.ERANGE && int(size/4) > len(buf):
+			buf = make([]uint32, size/4)
+			continue
+		case errno != 0:
+			return nil, errno
+		}
+		groups := make([]int, size/4)
+		for i := range groups {
+			groups[i] = int(buf[i])
+		}
+		return groups, nil
+	}
 }
 
 func (c *conn) signal(ch chan struct{}) {

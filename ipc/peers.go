@@ -22,9 +22,10 @@ type PeerRules struct {
 // AllowPeers returns a peer check (BrokerOptions.Allow, and the control
 // socket's): the user self and root always; then the users and groups of
 // rules. Membership is the peer's primary group or one of its process's
-// supplementary groups, as groupsOf returns them (ProcessGroups), the ones
-// the kernel consulted when it let the peer open the socket. The check is
-// safe for concurrent use if groupsOf is.
+// supplementary groups: those the kernel recorded when it connected
+// (Peer.Groups), or, on a kernel that does not say, as groupsOf returns
+// them (ProcessGroups). The check is safe for concurrent use if groupsOf
+// is.
 func AllowPeers(self int, rules PeerRules, groupsOf func(pid int) []int) func(Peer) bool {
 	uids, gids := slices.Clone(rules.UIDs), slices.Clone(rules.GIDs)
 	return func(p Peer) bool {
@@ -34,7 +35,11 @@ func AllowPeers(self int, rules PeerRules, groupsOf func(pid int) []int) func(Pe
 		if len(gids) == 0 {
 			return false
 		}
-		for _, g := range groupsOf(p.PID) {
+		groups := p.Groups
+		if groups == nil {
+			groups = groupsOf(p.PID)
+		}
+		for _, g := range groups {
 			if slices.Contains(gids, g) {
 				return true
 			}

@@ -1,7 +1,9 @@
 package ipc
 
 import (
+	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 )
@@ -25,6 +27,10 @@ func TestAllowPeers(t *testing.T) {
 		{Peer{PID: 1, UID: 2000, GID: 900}, true},   // the socket's group, primary
 		{Peer{PID: 42, UID: 2000, GID: 2000}, true}, // the socket's group, supplementary
 		{Peer{PID: 1, UID: 2000, GID: 2000}, false}, // none of these
+		// What the kernel recorded at connect wins over the pid's groups
+		// now (the pid may be another process's by then).
+		{Peer{PID: 1, UID: 2000, GID: 2000, Groups: []int{3, 900}}, true},
+		{Peer{PID: 42, UID: 2000, GID: 2000, Groups: []int{}}, false},
 	} {
 		if got := withGroup(tc.p); got != tc.want {
 			t.Errorf("peer %+v: allowed %v, want %v", tc.p, got, tc.want)
@@ -49,5 +55,36 @@ func TestProcessGroupsReadsOurOwn(t *testing.T) {
 	}
 	if g := ProcessGroups(1 << 30); g != nil {
 		t.Errorf("groups of a process that cannot exist: %v", g)
+	}
+}
+
+// The kernel's record of a peer's supplementary groups, taken as it
+// connects, is this process's own.
+func TestPeerOfHasTheGroupsOfTheConnectingProcess(t *testing.T) {
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(t.TempDir(), "s"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	sc, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sc.Close()
+	p := PeerOf(sc)
+	want, err := os.Getgroups()
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(want)
+	got := slices.Clone(p.Groups)
+	slices.Sort(got)
+	if p.Groups == nil || !slices.Equal(got, want) || p.PID != os.Getpid() {
+		t.Errorf("peer %+v, want pid %d and groups %v", p, os.Getpid(), want)
 	}
 }
