@@ -11,6 +11,8 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -330,12 +332,29 @@ func (b *Broker) Stats() []QueueStats {
 	return out
 }
 
+// noSuchQueue is NO_SUCH_QUEUE's message for name: the queues there are,
+// so that a typo shows its fix.
+func (b *Broker) noSuchQueue(name string) string {
+	list := b.queues.Load().list
+	names := make([]string, len(list))
+	for i, q := range list {
+		names[i] = strconv.Quote(q.name)
+	}
+	if len(names) == 0 {
+		return fmt.Sprintf("no queue %q (the broker has none)", name)
+	}
+	return fmt.Sprintf("no queue %q (the queues are %s)", name, strings.Join(names, ", "))
+}
+
 // QueueStats describe one queue at one instant.
 type QueueStats struct {
 	Name     string
 	Capacity int
 	Depth    int // items waiting
 	InFlight int // items handed out and not yet acked or requeued
+	// Consumers are the requests taking from the queue now: streaming
+	// consumers (CONSUME), and GETs waiting for an item.
+	Consumers int
 	// Totals since the broker started: items accepted by PUTs, handed out
 	// (a redelivery counts again), acked (auto-ack items count when written
 	// out), and handed out again after a NACK or a closed connection.
@@ -866,7 +885,7 @@ func (c *conn) handle(payload []byte) error {
 	case *putFrame:
 		q := c.b.queue(f.Queue)
 		if q == nil {
-			c.reply(f.ID, statusNoSuchQueue, 0, "no queue "+f.Queue)
+			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))
 			return nil
 		}
 		for i, it := range f.Items {
@@ -879,7 +898,7 @@ func (c *conn) handle(payload []byte) error {
 	case *getFrame:
 		q := c.b.queue(f.Queue)
 		if q == nil {
-			c.reply(f.ID, statusNoSuchQueue, 0, "no queue "+f.Queue)
+			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))
 			return nil
 		}
 		q.get(c, f.ID, f.TimeoutMS, int(min(f.Max, 1<<24)), f.Flags&flagAutoAck != 0)
@@ -888,7 +907,7 @@ func (c *conn) handle(payload []byte) error {
 	case *consumeFrame:
 		q := c.b.queue(f.Queue)
 		if q == nil {
-			c.reply(f.ID, statusNoSuchQueue, 0, "no queue "+f.Queue)
+			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))
 			return nil
 		}
 		q.consume(c, f.ID, int(min(f.Prefetch, maxPrefetch)))

@@ -511,11 +511,19 @@ func (q *queue) dropConn(c *conn) {
 func (q *queue) snapshot() QueueStats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	// Consumers: the live CONSUMEs, and the GETs waiting for an item.
+	consumers := len(q.consumers)
+	for _, w := range q.gets {
+		if !w.done && !w.consume {
+			consumers++
+		}
+	}
 	return QueueStats{
 		Name:        q.name,
 		Capacity:    q.capacity,
 		Depth:       q.ring.size,
 		InFlight:    q.inFlight,
+		Consumers:   consumers,
 		Put:         q.stats.put,
 		Delivered:   q.stats.delivered,
 		Acked:       q.stats.acked,

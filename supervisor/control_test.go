@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -591,5 +592,43 @@ func TestReloadCommandWaitsForTheRollout(t *testing.T) {
 	r = <-reload()
 	if r.code != 1 || !strings.Contains(r.errOut, "its rolling change halted") || !strings.Contains(r.errOut, "gen worker 0 not ready within 300ms") {
 		t.Errorf("reload of a change never ready: exit %d, stderr %q; want 1, the halt and its reason", r.code, r.errOut)
+	}
+}
+
+// `gotyledon queue list` shows each queue's depth, items in flight and
+// consumers (here: two workers waiting in `queue get`), from the control
+// socket.
+func TestQueueList(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := startManager(t, fmt.Sprintf(`
+queues:
+  jobs: {capacity: 50}
+  mail: {}
+services:
+  getter:
+    command: [%q, queue, get, jobs]
+    env: {TEST_HELPER: cli}
+    workers: 2
+`, exe))
+	m.waitN("2 getters started", 2, func(e entry) bool { return e.is("worker started", "service", "getter") })
+	want := "QUEUE  DEPTH  IN FLIGHT  CONSUMERS  CAPACITY\n" +
+		"jobs   0      0          2          50\n" +
+		"mail   0      0          0          10000\n"
+	var out []byte
+	for deadline := time.Now().Add(waitTimeout); ; {
+		cmd := exec.Command(exe, "queue", "list", "--control-socket", m.controlSocket())
+		cmd.Env = append(os.Environ(), envTestManager+"=1", goraceEnv)
+		out, err = cmd.Output()
+		if err == nil && string(out) == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue list: %v\n%s\nwant\n%s", err, out, want)
+		}
+		time.Sleep(20 * time.Millisecond) // the getters' GETs reach the broker on their own time; polled
 	}
 }

@@ -459,6 +459,9 @@ var helperCommands = map[string]func() int{
 		}
 		return 0
 	},
+	// cli is the gotyledon command line, for a worker that runs one
+	// (queue get, say): workers do not inherit GOTYLEDON_TEST_MANAGER.
+	"cli": func() int { return program.New().Main(os.Args) },
 	// notifier speaks sd_notify to $NOTIFY_SOCKET: STATUS=waiting, then,
 	// on SIGUSR1 (at once with NOTIFY_AT_ONCE=1; never with
 	// NOTIFY_NEVER=1), READY=1 and STATUS=serving. It prints "waiting GEN"

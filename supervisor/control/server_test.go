@@ -71,7 +71,7 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		"service":     {"backoff", "configured", "desired", "exits", "name", "ready", "restarts", "running", "watchdog_aborts", "workers"},
 		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
 		"worker":      {"cpu_seconds", "failures", "id", "last_exit", "last_exit_at", "memory_bytes", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds"},
-		"queue":       {"acked_per_second", "acked_total", "capacity", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_total", "redelivered_total"},
+		"queue":       {"acked_per_second", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_total", "redelivered_total"},
 		"last_reload": {"at", "error", "halted", "ok", "source"},
 		"reloads":     {"failed", "ok"},
 	}

@@ -81,6 +81,7 @@ type QueueStatus struct {
 	Capacity         int     `json:"capacity"`
 	Depth            int     `json:"depth"`
 	InFlight         int     `json:"in_flight"`
+	Consumers        int     `json:"consumers"` // CONSUMEs, and GETs waiting for an item
 	PutTotal         uint64  `json:"put_total"`
 	DeliveredTotal   uint64  `json:"delivered_total"`
 	AckedTotal       uint64  `json:"acked_total"`
@@ -164,7 +165,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 	for _, q := range queues {
 		r := rates[q.Name]
 		doc.Queues = append(doc.Queues, QueueStatus{
-			Name: q.Name, Capacity: q.Capacity, Depth: q.Depth, InFlight: q.InFlight,
+			Name: q.Name, Capacity: q.Capacity, Depth: q.Depth, InFlight: q.InFlight, Consumers: q.Consumers,
 			PutTotal: q.Put, DeliveredTotal: q.Delivered, AckedTotal: q.Acked, RedeliveredTotal: q.Redelivered,
 			PutPerSecond: r.Put, AckedPerSecond: r.Acked,
 		})

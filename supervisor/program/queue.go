@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,11 +29,45 @@ type queueCommand struct {
 	Get    queueGetCommand `cmd:"" help:"Take one item from a queue, print it, and acknowledge it once it is written."`
 
 	Consume queueConsumeCommand `cmd:"" help:"Run a command for each item of a queue, the item on its standard input: acknowledge the item if it exits 0, put it back if not."`
+	List    queueListCommand    `cmd:"" help:"List a running manager's queues: depth, items in flight, consumers, capacity (from its control socket)."`
+}
+
+// queueListCommand is `gotyledon queue list`. It asks the control socket,
+// which --socket (the queue socket's) does not name: --control-socket
+// and --config find it, as status's --socket and --config do.
+type queueListCommand struct {
+	ControlSocket string        `name:"control-socket" placeholder:"PATH" help:"The manager's control socket (default: as for gotyledon status)."`
+	Config        string        `short:"c" placeholder:"FILE" help:"The manager's configuration file, to find its control socket."`
+	Timeout       time.Duration `default:"30s" help:"How long to wait for the manager's answer."`
+}
+
+func (c *queueListCommand) Run(e *env) error {
+	f := controlFlags{Socket: c.ControlSocket, Config: c.Config}
+	cl, err := f.client(e)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	defer cancel()
+	doc, err := cl.Status(ctx)
+	if err != nil {
+		return f.explain(cl, err)
+	}
+	if len(doc.Queues) == 0 {
+		fmt.Fprintln(e.stdout, "no queues")
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "QUEUE\tDEPTH\tIN FLIGHT\tCONSUMERS\tCAPACITY")
+	for _, q := range doc.Queues {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", q.Name, q.Depth, q.InFlight, q.Consumers, q.Capacity)
+	}
+	return tw.Flush()
 }
 
 type queuePutCommand struct {
 	Queue   string        `arg:"" help:"Queue name."`
-	Data    []string      `arg:"" optional:"" help:"The item. Without it, standard input is read."`
+	Data    *string       `arg:"" optional:"" help:"The item (quote it: one argument). Without it, standard input is read."`
 	Lines   bool          `help:"Put each line of standard input as an item (without its newline)."`
 	Timeout time.Duration `help:"How long to wait while the queue is full; 0 waits as long as it takes." default:"0"`
 }
@@ -53,9 +89,22 @@ func (q *queueCommand) socketPath() string {
 	return ipc.DefaultSocketPath(os.Getenv)
 }
 
-// dial connects to the queue; its error says "ipc: dial PATH: ...".
+// dial connects to the queue; its error says what is wrong in words a
+// shell user can act on: no manager, one that is gone, no permission.
 func (q *queueCommand) dial(ctx context.Context) (*ipc.Client, error) {
-	return ipc.Dial(ctx, q.socketPath())
+	path := q.socketPath()
+	c, err := ipc.Dial(ctx, path)
+	switch {
+	case err == nil:
+		return c, nil
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("no manager is running: nothing at %s (start one with `gotyledon run`, or give --socket)", path)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return nil, fmt.Errorf("no manager is running: %s is left from one that stopped, and nobody accepts on it", path)
+	case errors.Is(err, fs.ErrPermission):
+		return nil, fmt.Errorf("permission denied on %s: run this as the manager's user or root, or as a member of the socket's group (broker.group)", path)
+	}
+	return nil, err
 }
 
 // queueContext is cancelled by SIGTERM or SIGINT (a worker being stopped
@@ -70,10 +119,7 @@ func queueContext(timeout time.Duration) (context.Context, context.CancelFunc) {
 }
 
 func (c *queuePutCommand) Run(e *env, q *queueCommand) error {
-	if len(c.Data) > 1 {
-		return usageError("queue put takes one DATA argument (quote it), or none to read standard input")
-	}
-	if c.Lines && len(c.Data) == 1 {
+	if c.Lines && c.Data != nil {
 		return usageError("--lines reads standard input; give no DATA with it")
 	}
 	ctx, cancel := queueContext(c.Timeout)
@@ -86,8 +132,8 @@ func (c *queuePutCommand) Run(e *env, q *queueCommand) error {
 
 	var items [][]byte
 	switch {
-	case len(c.Data) == 1:
-		items = [][]byte{[]byte(c.Data[0])}
+	case c.Data != nil:
+		items = [][]byte{[]byte(*c.Data)}
 	case c.Lines:
 		sc := bufio.NewScanner(e.stdin)
 		sc.Buffer(make([]byte, 64<<10), ipc.DefaultMaxItem)
@@ -101,6 +147,9 @@ func (c *queuePutCommand) Run(e *env, q *queueCommand) error {
 		data, err := io.ReadAll(e.stdin)
 		if err != nil {
 			return fmt.Errorf("read standard input: %w", err)
+		}
+		if len(data) == 0 {
+			return fmt.Errorf("queue put %s: nothing to put: standard input was empty (give DATA, or pipe the item in; DATA '' puts an empty item)", c.Queue)
 		}
 		items = [][]byte{data}
 	}

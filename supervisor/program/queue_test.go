@@ -57,10 +57,13 @@ func TestQueueErrors(t *testing.T) {
 		code int
 		says string
 	}{
-		{[]string{"--socket", sock, "put", "nope", "x"}, ExitError, `0 of 1 items queued: ipc: put on "nope": queue broker: NO_SUCH_QUEUE`},
-		{[]string{"--socket", sock, "put", "jobs", "x", "y"}, ExitUsage, "one DATA argument"},
+		{[]string{"--socket", sock, "put", "nope", "x"}, ExitError, `0 of 1 items queued: ipc: put on "nope": queue broker: NO_SUCH_QUEUE: no queue "nope" (the queues are "jobs")`},
+		{[]string{"--socket", sock, "put", "jobs", "x", "y"}, ExitUsage, `unexpected argument y`},
 		{[]string{"--socket", sock, "put", "--lines", "jobs", "x"}, ExitUsage, "--lines reads standard input"},
-		{[]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "get", "jobs"}, ExitError, "ipc: dial "},
+		{[]string{"--socket", sock, "put", "jobs"}, ExitError, "queue put jobs: nothing to put: standard input was empty"},
+		{[]string{"--socket", sock, "put", "jobs", ""}, ExitOK, ""}, // an empty item, asked for
+		{[]string{"--socket", sock, "put", "jobs", "x", "y"}, ExitUsage, `unexpected argument y`},
+		{[]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "get", "jobs"}, ExitError, "no manager is running: nothing at "},
 	} {
 		code, _, stderr := queueCLI("", tc.args...)
 		if code != tc.code || !strings.Contains(stderr, tc.says) {
