@@ -180,7 +180,7 @@ services:
 }
 
 // A worker that ignores its stop signal is killed at its stop timeout, and
-// the manager still exits 0.
+// the manager exits 1, saying the shutdown was not graceful.
 func TestStubbornWorkerIsKilledAfterStopTimeout(t *testing.T) {
 	t.Parallel()
 	m := startManager(t, `
@@ -200,9 +200,12 @@ services:
 			t.Errorf("worker %d: status %q, want killed by SIGKILL", e.int("worker"), e.str("status"))
 		}
 	}
-	if code := m.waitExit(); code != 0 {
-		t.Fatalf("manager exit code %d, want 0", code)
+	if code := m.waitExit(); code != 1 {
+		t.Fatalf("manager exit code %d, want 1: the shutdown had to kill", code)
 	}
+	m.waitFor("the shutdown said not graceful", func(e entry) bool {
+		return strings.HasPrefix(e.str("msg"), "manager stopped: every worker has exited, the shutdown was not graceful: 2 workers killed") && e.int("workers_killed") == 2
+	})
 	if el := time.Since(begin); el < 300*time.Millisecond {
 		t.Errorf("workers killed after %v, before their 300ms stop timeout", el)
 	}
@@ -230,8 +233,8 @@ services:
 			if stop.str("status") != "killed by SIGKILL" {
 				t.Errorf("status %q, want killed by SIGKILL", stop.str("status"))
 			}
-			if code := m.waitExit(); code != 0 {
-				t.Fatalf("manager exit code %d, want 0", code)
+			if code := m.waitExit(); code != 1 {
+				t.Fatalf("manager exit code %d, want 1: the shutdown had to kill", code)
 			}
 		})
 	}

@@ -133,11 +133,11 @@ type outputGraceOver struct{ token uint64 }
 type groupCheckDue struct{ token uint64 }
 
 // sweepReq: stop whatever children the workers left behind (see sweep) and
-// close done.
+// say on done how many had to be killed.
 type sweepReq struct {
 	fast    bool
 	timeout time.Duration
-	done    chan<- struct{}
+	done    chan<- int // buffered: receives how many leftovers it had to SIGKILL
 }
 
 func (spawnReq) isProcMsg()        {}
@@ -216,8 +216,7 @@ func (p *procTable) handle(m procMsg) {
 			p.tryFinish(pr)
 		}
 	case sweepReq:
-		p.sweep(m.fast, m.timeout)
-		close(m.done)
+		m.done <- p.sweep(m.fast, m.timeout)
 	case procProbe:
 		m.reply <- struct{}{}
 	default:
@@ -490,7 +489,7 @@ func (p *procTable) finish(pr *proc) {
 // sweep stops the processes that workers left behind and that were
 // reparented to us: daemons that left their worker's process group. They get
 // SIGTERM (SIGKILL if fast), then SIGKILL at timeout, and are reaped.
-func (p *procTable) sweep(fast bool, timeout time.Duration) {
+func (p *procTable) sweep(fast bool, timeout time.Duration) (killed int) {
 	self := os.Getpid()
 	// One slot: a timer is only re-armed after the previous one fired, and
 	// one that fires after sweep returned must not block.
@@ -510,7 +509,7 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) {
 		p.reap()
 		kids := p.leftovers(self)
 		if len(kids) == 0 {
-			return
+			return killed
 		}
 		if !logged {
 			p.log.Info("stopping processes the workers left behind", zap.Ints("pids", kids), zap.Stringer("signal", sig))
@@ -520,6 +519,9 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) {
 			if signalled[pid] != sig {
 				_ = p.sys.kill(pid, sig) // our unreaped child: the pid is still its
 				signalled[pid] = sig
+				if sig == unix.SIGKILL {
+					killed++
+				}
 			}
 		}
 		select {
@@ -530,7 +532,7 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) {
 				// Only a process stuck in the kernel survives SIGKILL;
 				// waiting longer would hang the shutdown.
 				p.log.Error("processes the workers left behind survive SIGKILL; leaving them", zap.Ints("pids", kids))
-				return
+				return killed
 			}
 			p.log.Warn("processes the workers left behind did not stop in time; killing them", zap.Ints("pids", kids))
 			sig = unix.SIGKILL

@@ -101,11 +101,13 @@ type Supervisor struct {
 	nextToken uint64
 	nextSeq   uint64
 	stopping  bool // shutdown asked for: start nothing new
-	fast      bool // and kill rather than ask
-	pendingUp int  // initial starts not yet answered
-	failedUp  int  // initial starts that failed
-	startedUp int  // initial starts that succeeded
-	startedAt time.Time
+	// killedAtStop counts the workers the shutdown had to SIGKILL.
+	killedAtStop int
+	fast         bool // and kill rather than ask
+	pendingUp    int  // initial starts not yet answered
+	failedUp     int  // initial starts that failed
+	startedUp    int  // initial starts that succeeded
+	startedAt    time.Time
 	// startedNoted: every initial start is answered (started is closed);
 	// readyNoted: every worker of the first start is ready, or no longer
 	// waited for (ready is closed). See announce.go.
@@ -175,6 +177,7 @@ type worker struct {
 	watchdogSeq    uint64
 	cancelWatchdog func() bool
 	aborted        bool // stopped by its watchdog or ready_timeout: restarted as after a crash
+	killedAtStop   bool // counted in Supervisor.killedAtStop
 
 	// prevSvc is set while the slot is replaced for a rolling change, from
 	// the stop of its old process until its new one is ready: the
@@ -407,14 +410,47 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		s.signalChange()
 	}
 	endLoop()
-	swept := make(chan struct{})
+	swept := make(chan int, 1)
 	s.procs.inbox.put(sweepReq{fast: s.fast, timeout: s.cfg.ShutdownTimeout, done: swept})
-	<-swept
+	leftoversKilled := <-swept
 	if cg != nil {
 		cg.close(s.procs.sentinelPipe)
 	}
+	if s.killedAtStop > 0 || leftoversKilled > 0 {
+		err := &ShutdownKillError{Workers: s.killedAtStop, Leftovers: leftoversKilled}
+		s.log.Warn("manager stopped: every worker has exited, "+err.Error(),
+			zap.Int("workers_killed", s.killedAtStop), zap.Int("leftovers_killed", leftoversKilled))
+		return err
+	}
 	s.log.Info("manager stopped: every worker has exited")
 	return nil
+}
+
+// ShutdownKillError is Run's error when the shutdown had to use SIGKILL:
+// workers that did not stop within their stop_timeout (or a fast
+// shutdown, a second Ctrl-C, killed them), or processes they left behind
+// that did not stop within shutdown_timeout. Every worker is gone all the
+// same; the error says the stop was not graceful.
+type ShutdownKillError struct {
+	Workers, Leftovers int
+}
+
+func (e *ShutdownKillError) Error() string {
+	var parts []string
+	if e.Workers > 0 {
+		parts = append(parts, fmt.Sprintf("%d %s killed (SIGKILL: not stopped within stop_timeout, or a fast shutdown)", e.Workers, plural(e.Workers, "worker", "workers")))
+	}
+	if e.Leftovers > 0 {
+		parts = append(parts, fmt.Sprintf("%d %s the workers left behind killed (not stopped within shutdown_timeout)", e.Leftovers, plural(e.Leftovers, "process", "processes")))
+	}
+	return "the shutdown was not graceful: " + strings.Join(parts, "; ")
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 // closeInheritedOnExec sets close-on-exec on every descriptor above stderr.
@@ -506,6 +542,7 @@ func (s *Supervisor) handle(ev event) {
 		if w := s.byToken[ev.token]; w != nil && w.state == stateStopping {
 			s.log.Warn("worker did not stop in time; killing it", s.fields(w, zap.Duration("stop_timeout", w.svc.StopTimeout))...)
 			s.procs.inbox.put(signalReq{token: w.token, sig: syscall.SIGKILL})
+			s.countKilledAtStop(w)
 		}
 	case shutdownRequested:
 		s.onShutdown(ev.fast)
@@ -926,6 +963,7 @@ func (s *Supervisor) stop(w *worker) {
 	sig := w.svc.StopSignal
 	if s.fast {
 		sig = syscall.SIGKILL
+		s.countKilledAtStop(w)
 	}
 	s.stopWith(w, sig)
 }
@@ -938,6 +976,15 @@ func (s *Supervisor) stopWith(w *worker, sig syscall.Signal) {
 	cancel(&w.cancelWatchdog)
 	s.log.Debug("stopping worker", s.fields(w, zap.Stringer("signal", sig))...)
 	s.procs.inbox.put(signalReq{token: w.token, sig: sig, stop: true})
+}
+
+// countKilledAtStop counts w among the workers a shutdown had to SIGKILL
+// (ShutdownKillError), once.
+func (s *Supervisor) countKilledAtStop(w *worker) {
+	if s.stopping && !w.killedAtStop {
+		w.killedAtStop = true
+		s.killedAtStop++
+	}
 }
 
 // cancel stops the timer *c refers to, if any, and forgets it.

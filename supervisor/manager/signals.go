@@ -70,7 +70,11 @@ func (s *signals) Run() error {
 		case sig := <-s.c:
 			switch sig {
 			case syscall.SIGINT:
-				s.log.Info("signal received", zap.Stringer("signal", sig), zap.Bool("fast", s.stopAsked))
+				if !s.stopAsked {
+					s.log.Info("signal received; stopping the workers gracefully (interrupt again to kill them now)", zap.Stringer("signal", sig))
+				} else {
+					s.log.Info("signal received again; killing the workers still running", zap.Stringer("signal", sig))
+				}
 				s.stopAsked = true
 				s.to.stop(true)
 			case syscall.SIGTERM:
