@@ -632,3 +632,25 @@ services:
 		time.Sleep(20 * time.Millisecond) // the getters' GETs reach the broker on their own time; polled
 	}
 }
+
+// scale is all or nothing: one unknown service, and no count changes.
+// status SERVICE shows that service alone.
+func TestScaleAllOrNothingAndStatusOfOneService(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, "queues:\n  jobs: {}\nservices:\n  one:\n    run: sleeper\n  two:\n    run: sleeper\n")
+	m.waitN("2 ready", 2, func(e entry) bool { return strings.HasPrefix(e.str("msg"), "ready ") })
+	code, _, errOut := m.ctl(nil, "", "scale", "one=3", "nope=1")
+	if code != 1 || !strings.Contains(errOut, `scale: nothing changed: no service "nope" (the services are one, two)`) {
+		t.Errorf("scale with an unknown service: exit %d, %q; want 1 naming it and the services there are", code, errOut)
+	}
+	if n := len(m.all(func(e entry) bool { return e.str("msg") == "reconfigure" })); n != 0 {
+		t.Errorf("%d reconfigures logged: the scale was not all or nothing", n)
+	}
+	code, out, errOut := m.ctl(nil, "", "status", "two")
+	if code != 0 || !strings.Contains(out, "\ntwo ") || strings.Contains(out, "\none ") || strings.Contains(out, "QUEUE") {
+		t.Errorf("status two: exit %d, stderr %q, stdout\n%s\nwant service two alone, no queues", code, errOut, out)
+	}
+	if code, _, errOut := m.ctl(nil, "", "status", "nope"); code != 1 || !strings.Contains(errOut, `no service "nope"`) {
+		t.Errorf("status nope: exit %d, %q; want 1 naming it", code, errOut)
+	}
+}

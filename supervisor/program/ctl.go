@@ -5,6 +5,7 @@ package program
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -33,7 +34,8 @@ type answerTimeout struct {
 type statusCommand struct {
 	controlFlags
 	answerTimeout
-	JSON bool `help:"Print the status document as JSON (schema 1: fields may be added, none changes meaning)."`
+	JSON     bool     `help:"Print the status document as JSON (schema 1: fields may be added, none changes meaning)."`
+	Services []string `arg:"" optional:"" name:"SERVICE" help:"Show only these services (and no queues)."`
 }
 
 type scaleCommand struct {
@@ -96,7 +98,7 @@ func (c *statusCommand) Run(e *env) error {
 	}
 	ctx, cancel := c.context()
 	defer cancel()
-	if c.JSON {
+	if c.JSON && len(c.Services) == 0 {
 		raw, err := cl.StatusJSON(ctx)
 		if err != nil {
 			return c.explain(cl, err)
@@ -108,7 +110,38 @@ func (c *statusCommand) Run(e *env) error {
 	if err != nil {
 		return c.explain(cl, err)
 	}
+	if len(c.Services) > 0 {
+		if err := checkServices(doc, c.Services); err != nil {
+			return err
+		}
+		doc.Services = slices.DeleteFunc(doc.Services, func(s control.ServiceStatus) bool { return !slices.Contains(c.Services, s.Name) })
+		doc.Queues = nil
+	}
+	if c.JSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(doc)
+	}
 	return printStatus(e.stdout, doc, time.Now())
+}
+
+// checkServices fails, naming the services there are, if a name in names
+// is not a service of doc.
+func checkServices(doc control.Status, names []string) error {
+	var unknown []string
+	for _, n := range names {
+		if doc.Service(n) == nil {
+			unknown = append(unknown, strconv.Quote(n))
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	there := make([]string, len(doc.Services))
+	for i, s := range doc.Services {
+		there[i] = s.Name
+	}
+	return fmt.Errorf("no service %s (the services are %s)", strings.Join(unknown, ", "), strings.Join(there, ", "))
 }
 
 func (c *scaleCommand) Run(e *env) error {
@@ -128,6 +161,21 @@ func (c *scaleCommand) Run(e *env) error {
 	cl, err := c.client(e)
 	if err != nil {
 		return err
+	}
+	// All or nothing: every service named must exist before any count
+	// changes (a rescale itself does not fail otherwise).
+	ctx, cancel := c.context()
+	doc, err := cl.Status(ctx)
+	cancel()
+	if err != nil {
+		return c.explain(cl, err)
+	}
+	var names []string
+	for _, ch := range changes {
+		names = append(names, ch.service)
+	}
+	if err := checkServices(doc, names); err != nil {
+		return fmt.Errorf("scale: nothing changed: %w", err)
 	}
 	for _, ch := range changes {
 		ctx, cancel := c.context() // --timeout bounds each request

@@ -23,6 +23,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strings"
 
 	"github.com/alecthomas/kong"
 	"golang.org/x/sys/unix"
@@ -67,9 +70,56 @@ type commandLine struct {
 	Check checkCommand `cmd:"" help:"Validate a configuration file: exit 0 if it is good, 1 with every error if not."`
 	Queue queueCommand `cmd:"" help:"Put items on, or take them from, a queue of a running manager (for shell workers)."`
 
+	Version kong.VersionFlag `help:"Print the version and exit."`
+
 	Status statusCommand `cmd:"" help:"Show a running manager's services, workers, queues and last reload."`
 	Scale  scaleCommand  `cmd:"" help:"Set services' worker counts in a running manager (SERVICE=N ...), until the file's next reload."`
 	Reload reloadCommand `cmd:"" help:"Have a running manager reload its configuration file, and say whether it could."`
+
+	VersionCommand versionCommand `cmd:"" name:"version" help:"Print the version: the module's, the source revision it was built from, and Go's."`
+}
+
+type versionCommand struct{}
+
+func (versionCommand) Run(e *env) error {
+	fmt.Fprintln(e.stdout, version(e.name))
+	return nil
+}
+
+// version says what this binary is: "gotyledon v1.2.3 (rev abc1234,
+// modified), go1.26.8": the main module's version ("devel" for a build
+// from a checkout), the VCS revision and whether the tree was clean,
+// when the build recorded them, and the Go release.
+func version(program string) string {
+	info, ok := debug.ReadBuildInfo()
+	if !ok {
+		return program + " (no build information), " + runtime.Version()
+	}
+	v := info.Main.Version
+	if v == "" || v == "(devel)" {
+		v = "devel"
+	}
+	var rev, modified string
+	for _, s := range info.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			modified = s.Value
+		}
+	}
+	out := program + " " + v
+	if rev != "" {
+		if len(rev) > 12 {
+			rev = rev[:12]
+		}
+		out += " (rev " + rev
+		if modified == "true" {
+			out += ", modified"
+		}
+		out += ")"
+	}
+	return out + ", " + info.GoVersion
 }
 
 // Program is a Go program that embeds gotyledon: the services it declares,
@@ -153,6 +203,23 @@ func (p *Program) Main(args []string) int {
 	return p.main(args, os.Stdin, os.Stdout, os.Stderr)
 }
 
+// helpFor is the command whose --help explains a parse error: the
+// subcommand the line had got to ("gotyledon queue put"), else the
+// program.
+func helpFor(program string, err error) string {
+	var perr *kong.ParseError
+	if !errors.As(err, &perr) || perr.Context == nil {
+		return program
+	}
+	words := []string{program}
+	for _, p := range perr.Context.Path {
+		if p.Command != nil {
+			words = append(words, p.Command.Name)
+		}
+	}
+	return strings.Join(words, " ")
+}
+
 // env is what every command's Run gets: the program and its streams.
 type env struct {
 	*Program
@@ -174,6 +241,7 @@ func (p *Program) main(args []string, stdin io.Reader, stdout, stderr io.Writer)
 	helpShown := false
 	parser, err := kong.New(&cl,
 		kong.Name(program),
+		kong.Vars{"version": version(program)},
 		kong.Description("gotyledon runs the services of a YAML file as supervised worker processes."),
 		kong.Writers(e.stdout, e.stderr),
 		kong.Exit(func(int) { helpShown = true }),
@@ -187,7 +255,7 @@ func (p *Program) main(args []string, stdin io.Reader, stdout, stderr io.Writer)
 		return ExitOK
 	}
 	if err != nil {
-		fmt.Fprintf(e.stderr, "%s: %v (see %s --help)\n", program, err, program)
+		fmt.Fprintf(e.stderr, "%s: %v (see %s --help)\n", program, err, helpFor(program, err))
 		return ExitUsage
 	}
 	if err := kctx.Run(e, &cl); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -78,6 +79,32 @@ func TestCheckWarnsOfWhatCannotStartHere(t *testing.T) {
 	}
 	if code, _, _ := runCLI(New(), "check", "--strict", "-c", path); code != ExitError {
 		t.Errorf("check --strict with warnings: exit %d, want 1", code)
+	}
+}
+
+// version and --version print the same line: the program, its version,
+// the Go release.
+func TestVersion(t *testing.T) {
+	code, out, _ := runCLI(New(), "version")
+	if code != ExitOK || !strings.HasPrefix(out, "gotyledon ") || !strings.HasSuffix(out, ", "+runtime.Version()+"\n") {
+		t.Errorf("version: exit %d, %q; want gotyledon VERSION ..., %s", code, out, runtime.Version())
+	}
+	if code, flag, _ := runCLI(New(), "--version"); code != ExitOK || flag != out {
+		t.Errorf("--version: exit %d, %q; want %q", code, flag, out)
+	}
+}
+
+// A command line error points to the help of the subcommand it was in.
+func TestUsageErrorsPointToTheSubcommandsHelp(t *testing.T) {
+	for args, want := range map[string]string{
+		"queue put":  "(see gotyledon queue put --help)",
+		"scale":      "(see gotyledon scale --help)",
+		"frobnicate": "(see gotyledon --help)",
+	} {
+		code, _, stderr := runCLI(nil, strings.Fields(args)...)
+		if code != ExitUsage || !strings.Contains(stderr, want) {
+			t.Errorf("%q: exit %d, %q; want 2 and %q", args, code, stderr, want)
+		}
 	}
 }
 
