@@ -55,6 +55,9 @@ func (reloadSettleRequested) isEvent() {}
 type rollout struct {
 	source  ReloadSource
 	waiters []chan<- error
+	// restart: no reload started it, only Restart (restartworkers.go):
+	// nothing to record as a reload's result.
+	restart bool
 }
 
 // Started returns a channel closed once every worker's first start has

@@ -325,3 +325,52 @@ func TestProbeNeedsTheProcessTableToo(t *testing.T) {
 		t.Fatalf("Probe: %v, want nil once the table answered", err)
 	}
 }
+
+// A restart replaces the workers asked for one at a time, as a rollout of
+// an unchanged definition, settles once the new ones are ready, and is
+// not a reload: no reload is recorded.
+func TestLoopRestartIsARollingReplacement(t *testing.T) {
+	r := newRig(t, twoTrue)
+	byID := r.startAllReady()
+	reply, settled := make(chan error, 1), make(chan error, 1)
+	r.s.handle(restartRequested{service: "w", id: -1, reply: reply, settled: settled})
+	if err := <-reply; err != nil {
+		t.Fatal(err)
+	}
+	new0 := r.replaceSlot(byID[0], 200)
+	if err, ok := pendingOutcome(settled); ok {
+		t.Fatalf("settled (%v) with worker 0's new process not ready", err)
+	}
+	if sg := signals(r.requests()); len(sg) != 0 {
+		t.Fatalf("worker 1 stopped (%+v) before worker 0's new process was ready", sg)
+	}
+	r.clock.now = r.clock.now.Add(time.Second)
+	r.readyAll(new0)
+	new1 := r.replaceSlot(byID[1], 201)
+	r.clock.now = r.clock.now.Add(time.Second)
+	r.readyAll(new1)
+	if err, ok := pendingOutcome(settled); !ok || err != nil {
+		t.Fatalf("outcome %v (received %v), want nil once both were replaced and ready", err, ok)
+	}
+	if st := r.status(); st.LastReload != nil || st.ReloadsOK != 0 {
+		t.Errorf("a restart was recorded as a reload: %+v, %d ok", st.LastReload, st.ReloadsOK)
+	}
+	// One worker, by id; and ids or services that are not there.
+	r.s.handle(restartRequested{service: "w", id: 1, reply: reply, settled: settled})
+	if err := <-reply; err != nil {
+		t.Fatal(err)
+	}
+	if sg := signals(r.requests()); len(sg) != 1 || sg[0].token != new1 {
+		t.Errorf("restart w/1 stopped %+v, want worker 1 alone", sg)
+	}
+	for _, tc := range []struct {
+		service string
+		id      int
+		want    error
+	}{{"w", 2, ErrNoSuchWorker}, {"nope", -1, ErrNoSuchService}} {
+		r.s.handle(restartRequested{service: tc.service, id: tc.id, reply: reply, settled: make(chan error, 1)})
+		if err := <-reply; !errors.Is(err, tc.want) {
+			t.Errorf("restart %s/%d: %v, want %v", tc.service, tc.id, err, tc.want)
+		}
+	}
+}

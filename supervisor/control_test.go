@@ -654,3 +654,52 @@ func TestScaleAllOrNothingAndStatusOfOneService(t *testing.T) {
 		t.Errorf("status nope: exit %d, %q; want 1 naming it", code, errOut)
 	}
 }
+
+// `gotyledon restart SERVICE` replaces each worker with a new process, one
+// at a time, and returns once the last new one is ready; SERVICE/ID
+// replaces that worker alone.
+func TestRestartCommand(t *testing.T) {
+	t.Parallel()
+	conf := notifierConf(t)
+	m := startManager(t, conf("1", ", NOTIFY_AT_ONCE: '1'", "1h"))
+	first := m.waitN("2 serving", 2, output("gen", "serving 1"))
+	old := map[int]int{}
+	for _, e := range first {
+		old[e.int("worker")] = e.int("pid")
+	}
+	if code, out, errOut := m.ctl(nil, "", "restart", "gen"); code != 0 || out != "restarted\n" {
+		t.Fatalf("restart gen: exit %d, %q, %q; want 0 and restarted", code, out, errOut)
+	}
+	// Returned once settled: both workers are new processes, and ready.
+	st := m.statusJSON()
+	for _, w := range st.Services[0].Workers {
+		if w.PID == old[w.ID] || !w.Ready {
+			t.Errorf("worker %+v after restart gen, want a new, ready process (old pid %d)", w, old[w.ID])
+		}
+	}
+	// One at a time: worker 1 was stopped only once worker 0's new
+	// process was ready.
+	var order []string
+	for _, e := range m.all(func(e entry) bool { return true }) {
+		switch {
+		case e.is("replacing worker: its definition changed", "service", "gen"):
+			order = append(order, fmt.Sprintf("replace %d", e.int("worker")))
+		case e.is("replacement worker ready", "service", "gen"):
+			order = append(order, fmt.Sprintf("ready %d", e.int("worker")))
+		}
+	}
+	if want := []string{"replace 0", "ready 0", "replace 1", "ready 1"}; !slices.Equal(order, want) {
+		t.Errorf("the restart went %v, want %v", order, want)
+	}
+	before := m.statusJSON().Services[0].Workers
+	if code, _, errOut := m.ctl(nil, "", "restart", "gen/1"); code != 0 {
+		t.Fatalf("restart gen/1: exit %d, %q", code, errOut)
+	}
+	after := m.statusJSON().Services[0].Workers
+	if after[0].PID != before[0].PID || after[1].PID == before[1].PID {
+		t.Errorf("restart gen/1: pids %d %d -> %d %d, want worker 1 alone replaced", before[0].PID, before[1].PID, after[0].PID, after[1].PID)
+	}
+	if code, _, errOut := m.ctl(nil, "", "restart", "gen/5"); code != 1 || !strings.Contains(errOut, "no such worker") {
+		t.Errorf("restart gen/5: exit %d, %q; want 1 and no such worker", code, errOut)
+	}
+}

@@ -140,7 +140,9 @@ func (s *Supervisor) revert(w *worker, reason error) {
 	// second halt from the same reload (another service's rollout) is only
 	// logged.
 	if s.rollout != nil {
-		s.recordReloadResult(s.rollout.source, reason, true)
+		if !s.rollout.restart {
+			s.recordReloadResult(s.rollout.source, reason, true)
+		}
 		s.settle(haltedError(reason))
 	}
 }
@@ -155,6 +157,11 @@ func (s *Supervisor) rolloutProgressed() {
 		if w.stale || w.prevSvc != nil {
 			return
 		}
+	}
+	if s.rollout.restart {
+		s.settle(nil)
+		s.log.Info("restart complete: every worker asked for runs a new process")
+		return
 	}
 	s.recordReload(s.rollout.source, nil)
 	s.settle(nil)

@@ -559,6 +559,8 @@ func (s *Supervisor) handle(ev event) {
 		s.recordReload(ev.source, ev.err)
 	case reconfigureRequested:
 		s.onReconfigure(ev)
+	case restartRequested:
+		s.onRestart(ev)
 	case statusRequested:
 		ev.reply <- s.status()
 	case probeRequested:
@@ -788,7 +790,9 @@ func (s *Supervisor) onReload(cfg *config.Config, source ReloadSource, settled c
 	if prev := s.rollout; prev != nil {
 		// Superseded: what it changed is measured against cfg now, and
 		// those who wait for it wait for this one.
-		s.recordReload(prev.source, nil)
+		if !prev.restart {
+			s.recordReload(prev.source, nil)
+		}
 		next.waiters = prev.waiters
 	}
 	if settled != nil {

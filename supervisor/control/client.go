@@ -75,6 +75,22 @@ func (c *Client) ReloadSettled(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/v1/reload?wait=settled", nil, nil)
 }
 
+// Restart has the manager replace service's workers (worker < 0: all of
+// them) one at a time, and, with settle, returns once the new ones are
+// ready: an *Error (code 422) if one failed, (404) for no such service or
+// worker.
+func (c *Client) Restart(ctx context.Context, service string, worker int, settle bool) error {
+	req := RestartRequest{Service: service}
+	if worker >= 0 {
+		req.Worker = &worker
+	}
+	route := "/v1/restart"
+	if settle {
+		route += "?wait=settled"
+	}
+	return c.do(ctx, http.MethodPost, route, req, nil)
+}
+
 // Metrics returns the manager's metrics, GET /metrics in Prometheus's
 // text format.
 func (c *Client) Metrics(ctx context.Context) ([]byte, error) {

@@ -7,6 +7,8 @@
 //	POST /v1/scale    {"service": "printer", "workers": 5}
 //	POST /v1/reload   reload the configuration file, as SIGHUP does, and say how it went;
 //	                  with ?wait=settled, once its rolling changes are complete or halted
+//	POST /v1/restart  {"service": "printer"} or {"service": "printer", "worker": 3}: replace
+//	                  the workers, one at a time; with ?wait=settled, answer once done
 //	GET  /metrics     Prometheus text format (package supervisor/metrics)
 //
 // Every connection's peer is checked (SO_PEERCRED, taken when it is
@@ -36,6 +38,13 @@ import (
 	"github.com/gotyledon/gotyledon/supervisor"
 )
 
+// RestartRequest is the body of POST /v1/restart: a service, and one of
+// its workers (all of them without one).
+type RestartRequest struct {
+	Service string `json:"service"`
+	Worker  *int   `json:"worker,omitempty"`
+}
+
 // ScaleRequest is the body of POST /v1/scale.
 type ScaleRequest struct {
 	Service string `json:"service"`
@@ -63,6 +72,11 @@ type Options struct {
 	// its rolling changes are complete, an error wrapping
 	// supervisor.ErrRolloutHalted when one halted.
 	Reload func(ctx context.Context, settle bool) error
+	// Restart replaces a service's workers (worker < 0: all of them) as a
+	// rolling change (Supervisor.Restart): nil once marked, or, with
+	// settle, once done; an error wrapping supervisor.ErrRolloutHalted if
+	// a new worker failed. Nil: no such route.
+	Restart func(ctx context.Context, service string, worker int, settle bool) error
 	// Queues returns the broker's figures; nil without a broker.
 	Queues func() []ipc.QueueStats
 	// Allow decides whether a connected peer may use the socket. Default:
@@ -81,17 +95,18 @@ type Options struct {
 // Server is the actor that serves the control socket: Run is its execute
 // function and Interrupt its interrupt.
 type Server struct {
-	l      net.Listener
-	status func(context.Context) (supervisor.Status, error)
-	scale  func(ctx context.Context, service string, workers int) error
-	reload func(ctx context.Context, settle bool) error
-	queues func() []ipc.QueueStats
-	allow  func(ipc.Peer) bool
-	log    *zap.Logger // the manager's: for the socket itself
-	reqLog *zap.Logger // "control": for what requests did
-	now    func() time.Time
-	pid    int
-	path   string
+	l       net.Listener
+	status  func(context.Context) (supervisor.Status, error)
+	scale   func(ctx context.Context, service string, workers int) error
+	reload  func(ctx context.Context, settle bool) error
+	restart func(ctx context.Context, service string, worker int, settle bool) error
+	queues  func() []ipc.QueueStats
+	allow   func(ipc.Peer) bool
+	log     *zap.Logger // the manager's: for the socket itself
+	reqLog  *zap.Logger // "control": for what requests did
+	now     func() time.Time
+	pid     int
+	path    string
 
 	rates   *queueRates
 	metrics http.Handler
@@ -114,7 +129,7 @@ func NewServer(l net.Listener, opts Options) *Server {
 		allow = ipc.AllowPeers(os.Getuid(), ipc.PeerRules{}, nil)
 	}
 	return &Server{
-		l: l, status: opts.Status, scale: opts.Scale, reload: opts.Reload, queues: opts.Queues,
+		l: l, status: opts.Status, scale: opts.Scale, reload: opts.Reload, restart: opts.Restart, queues: opts.Queues,
 		allow: allow, log: log, reqLog: log.Named("control"), now: time.Now, pid: os.Getpid(), path: opts.Path,
 		rates: &queueRates{}, metrics: opts.Metrics, quit: make(chan struct{}),
 	}
@@ -129,6 +144,9 @@ func (c *Server) handler() http.Handler {
 	mux.HandleFunc("GET /v1/status", c.serveStatus)
 	mux.HandleFunc("POST /v1/scale", c.serveScale)
 	mux.HandleFunc("POST /v1/reload", c.serveReload)
+	if c.restart != nil {
+		mux.HandleFunc("POST /v1/restart", c.serveRestart)
+	}
 	if c.metrics != nil {
 		mux.Handle("GET /metrics", c.metrics)
 	}
@@ -227,14 +245,60 @@ func (c *Server) serveScale(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func (c *Server) serveReload(w http.ResponseWriter, r *http.Request) {
-	var settle bool
+// waitSettled reads ?wait=: applied (the default) or settled; false and
+// a 400 answered for anything else.
+func waitSettled(w http.ResponseWriter, r *http.Request) (settle, ok bool) {
 	switch wait := r.URL.Query().Get("wait"); wait {
 	case "", "applied":
+		return false, true
 	case "settled":
-		settle = true
+		return true, true
 	default:
 		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: fmt.Sprintf("wait=%q: want applied (the default) or settled", wait)})
+		return false, false
+	}
+}
+
+func (c *Server) serveRestart(w http.ResponseWriter, r *http.Request) {
+	settle, ok := waitSettled(w, r)
+	if !ok {
+		return
+	}
+	var req RestartRequest
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil || req.Service == "" || (req.Worker != nil && *req.Worker < 0) {
+		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: `want a JSON body {"service": NAME} or {"service": NAME, "worker": ID}`})
+		return
+	}
+	id := -1
+	if req.Worker != nil {
+		id = *req.Worker
+	}
+	err := c.restart(r.Context(), req.Service, id, settle)
+	switch {
+	case err == nil:
+		c.reqLog.Info("restart from the control socket", zap.String("service", req.Service), zap.Int("worker", id))
+		writeJSON(w, http.StatusOK, map[string]bool{"ok": true})
+	case errors.Is(err, supervisor.ErrNoSuchService), errors.Is(err, supervisor.ErrNoSuchWorker):
+		writeJSON(w, http.StatusNotFound, ErrorBody{Error: err.Error()})
+	case errors.Is(err, supervisor.ErrStopped):
+		writeJSON(w, http.StatusServiceUnavailable, ErrorBody{Error: "the manager is stopping: " + err.Error()})
+	default:
+		if halted, ok := errors.AsType[*supervisor.RolloutHaltedError](err); ok {
+			writeJSON(w, http.StatusUnprocessableEntity, ErrorBody{
+				Error:   "restart failed: a new worker was not ready, and the service is back on its workers' previous processes where they run",
+				Details: []string{halted.Reason},
+			})
+			return
+		}
+		writeJSON(w, http.StatusBadRequest, ErrorBody{Error: err.Error()})
+	}
+}
+
+func (c *Server) serveReload(w http.ResponseWriter, r *http.Request) {
+	settle, ok := waitSettled(w, r)
+	if !ok {
 		return
 	}
 	err := c.reload(r.Context(), settle)

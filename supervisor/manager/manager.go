@@ -248,6 +248,18 @@ func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, 
 		Reload: func(ctx context.Context, settle bool) error {
 			return m.reloads.Reload(ctx, supervisor.ReloadByControl, settle)
 		},
+		Restart: func(ctx context.Context, service string, worker int, settle bool) error {
+			done, err := m.sup.Restart(ctx, service, worker)
+			if err != nil || !settle {
+				return err
+			}
+			select {
+			case err := <-done:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		},
 		Queues:  queues,
 		Allow:   ipc.AllowPeers(os.Getuid(), peerRules(cfg.Control.SocketAccess), ipc.ProcessGroups),
 		Metrics: metricsHandler,

@@ -211,6 +211,38 @@ func (c *reloadCommand) Run(e *env) error {
 	return nil
 }
 
+type restartCommand struct {
+	controlFlags
+	Target  string        `arg:"" name:"SERVICE[/ID]" help:"The service whose workers to replace, or one of its workers (printer/3)."`
+	Timeout time.Duration `default:"90s" help:"How long to wait for the new workers to be ready (with --no-wait, for the manager's answer)."`
+	NoWait  bool          `name:"no-wait" help:"Return once the workers are marked for replacement, without waiting for them."`
+}
+
+func (c *restartCommand) Run(e *env) error {
+	service, id := c.Target, -1
+	if name, n, ok := strings.Cut(c.Target, "/"); ok {
+		var err error
+		if id, err = strconv.Atoi(n); err != nil || id < 0 || name == "" {
+			return exitError{code: ExitUsage, err: fmt.Errorf("restart %q: want SERVICE or SERVICE/ID, e.g. printer or printer/3", c.Target)}
+		}
+		service = name
+	}
+	cl, err := c.client(e)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.Timeout)
+	defer cancel()
+	if err := cl.Restart(ctx, service, id, !c.NoWait); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && !c.NoWait {
+			return fmt.Errorf("the restart did not settle within --timeout (%v): it may still be under way (see gotyledon status)", c.Timeout)
+		}
+		return c.explain(cl, err)
+	}
+	fmt.Fprintln(e.stdout, "restarted")
+	return nil
+}
+
 // printStatus writes doc as tables: the manager, each worker, each queue.
 func printStatus(w io.Writer, doc control.Status, now time.Time) error {
 	state := "starting"

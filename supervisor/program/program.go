@@ -72,9 +72,10 @@ type commandLine struct {
 
 	Version kong.VersionFlag `help:"Print the version and exit."`
 
-	Status statusCommand `cmd:"" help:"Show a running manager's services, workers, queues and last reload."`
-	Scale  scaleCommand  `cmd:"" help:"Set services' worker counts in a running manager (SERVICE=N ...), until the file's next reload."`
-	Reload reloadCommand `cmd:"" help:"Have a running manager reload its configuration file, and say whether it could."`
+	Status  statusCommand  `cmd:"" help:"Show a running manager's services, workers, queues and last reload."`
+	Scale   scaleCommand   `cmd:"" help:"Set services' worker counts in a running manager (SERVICE=N ...), until the file's next reload."`
+	Reload  reloadCommand  `cmd:"" help:"Have a running manager reload its configuration file, and say whether it could."`
+	Restart restartCommand `cmd:"" help:"Replace a running service's workers (or one: SERVICE/ID) with new processes, one at a time, each once the one before is ready."`
 
 	VersionCommand versionCommand `cmd:"" name:"version" help:"Print the version: the module's, the source revision it was built from, and Go's."`
 }
