@@ -469,27 +469,36 @@ func TestNotifyReadyWaitsForEveryWorker(t *testing.T) {
 func TestNotifyReadyAfterTheReadyTimeout(t *testing.T) {
 	t.Parallel()
 	ns := listenNotify(t)
-	m := startManager(t, "services:\n  late:\n    run: late-ready\n    workers: 2\n    ready: notify\n    ready_timeout: 1s\n",
-		"NOTIFY_SOCKET="+ns.path)
-	if got, want := ns.next(t, waitTimeout).text, "EXTEND_TIMEOUT_USEC=11000000"; got != want {
-		t.Fatalf("first notification %q, want %q (ready_timeout and 10s)", got, want)
+	// quick never says READY=1 and has 1s for it; late says it when told,
+	// and has all the time it needs.
+	m := startManager(t, `services:
+  late:
+    run: late-ready
+    ready: notify
+    ready_timeout: 1h
+  quick:
+    run: late-ready
+    ready: notify
+    ready_timeout: 1s
+`, "NOTIFY_SOCKET="+ns.path)
+	if got, want := ns.next(t, waitTimeout).text, "EXTEND_TIMEOUT_USEC=3610000000"; got != want {
+		t.Fatalf("first notification %q, want %q (the longest ready_timeout and 10s)", got, want)
 	}
-	m.waitN("2 workers loading", 2, output("late", "loading"))
-	started := m.waitFor("worker 0", started("late", 0))
-	if err := syscall.Kill(started.int("pid"), syscall.SIGUSR1); err != nil {
+	late := m.waitFor("late loading", output("late", "loading"))
+	if err := syscall.Kill(late.int("pid"), syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	// Worker 1 stays silent: the manager gives up on it (and restarts it)
-	// after its ready_timeout.
-	want := regexp.MustCompile(`^READY=1\nSTATUS=late [12]/2 \(not ready: worker 1\)$`)
+	// quick's worker stays silent: the manager gives up on it (and
+	// restarts it) after its ready_timeout.
+	want := regexp.MustCompile(`^READY=1\nSTATUS=late 1/1, quick [01]/1 \(not ready: worker 0\)$`)
 	if got := ns.next(t, waitTimeout).text; !want.MatchString(got) {
 		t.Fatalf("READY=1 after the ready_timeout: %q, want %s", got, want)
 	}
 	e := m.waitFor("manager ready", func(e entry) bool {
 		return e.str("msg") == "manager ready: not every worker was ready within its ready_timeout"
 	})
-	if got := e.str("not_ready"); !strings.HasPrefix(got, "late worker 1 (") {
-		t.Errorf("not_ready %q, want late worker 1", got)
+	if got := e.str("not_ready"); !strings.HasPrefix(got, "quick worker 0 (") {
+		t.Errorf("not_ready %q, want quick worker 0", got)
 	}
 	stopAndCheckProtocol(t, m, ns)
 }
