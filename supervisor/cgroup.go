@@ -9,7 +9,7 @@ package supervisor
 // systemd's Delegate=yes), each worker process gets a cgroup of its own,
 // which nothing it forks can leave:
 //
-//	<the manager's cgroup>/gotyledon-<manager pid>/
+//	<the manager's cgroup>/gotyledon-<manager pid>-<random>/
 //	    sentinel/     a shell that kills the subtree when the manager is gone
 //	    w-<token>/    one worker process and everything it forks
 //	    c-<id>/       a command of RunCommand
@@ -20,19 +20,22 @@ package supervisor
 // manager stops. If the manager itself is killed (SIGKILL, the OOM killer,
 // a crash), nothing of it can act: the sentinel, a shell blocked reading
 // a pipe only the manager holds open, sees end of file, sends SIGTERM to
-// what is left in the workers' cgroups, and after shutdown_timeout writes
-// cgroup.kill of the whole subtree, itself included. A manager that starts
-// finds the subtrees of managers that died beside its own, kills what is
-// left in them and removes them. Each worker's CPU time and memory are
-// read from its cgroup for status and metrics.
+// what is left in the workers' cgroups, and after shutdown_timeout moves
+// itself out, writes cgroup.kill of the subtree, and removes it. A
+// manager never touches a subtree but its own: another one's, in another
+// pid namespace say, cannot be told dead from alive by its pid.
 //
-// Where no subtree can be made (no cgroup v2, no permission, systemd's
-// ProtectControlGroups=), the manager says so once and goes on with
-// process groups alone.
+// Each worker's CPU time and memory are read from its cgroup for status
+// and metrics. Where no subtree can be made, or this kernel cannot fork
+// into a cgroup (clone3 with CLONE_INTO_CGROUP: Linux 5.7, and a seccomp
+// profile that allows it) or kill one (cgroup.kill: Linux 5.14), the
+// manager says so once and goes on with process groups alone.
 
 import (
 	"bufio"
 	"bytes"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -55,15 +58,15 @@ type cgroupTree struct {
 	log          *zap.Logger
 }
 
-// cgroupPrefix names a manager's subtree in its parent: the prefix and
-// the manager's pid.
+// cgroupPrefix names a manager's subtree in its parent: the prefix, the
+// manager's pid and a random suffix (pids repeat across pid namespaces).
 const cgroupPrefix = "gotyledon-"
 
-// setupCgroups makes the manager's subtree, after killing and removing
-// what dead managers left beside it. The manager itself stays where it
-// is: the subtree holds no process of its own, so that it may hand its
-// controllers down to the workers' cgroups. It returns why it could not
-// (the manager then runs without).
+// setupCgroups makes the manager's subtree, and checks that a process can
+// be forked into a cgroup of it and a cgroup killed. The manager itself
+// stays where it is: the subtree holds no process of its own, so that it
+// may hand its controllers down to the workers' cgroups. It returns why
+// it could not (the manager then runs without).
 func setupCgroups(log *zap.Logger) (*cgroupTree, error) {
 	mount, err := cgroup2Mount()
 	if err != nil {
@@ -74,10 +77,19 @@ func setupCgroups(log *zap.Logger) (*cgroupTree, error) {
 		return nil, err
 	}
 	t := &cgroupTree{parent: filepath.Join(mount, own), log: log}
-	t.root = filepath.Join(t.parent, cgroupPrefix+strconv.Itoa(os.Getpid()))
-	t.cleanStale()
-	if err := os.Mkdir(t.root, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	t.root = filepath.Join(t.parent, cgroupPrefix+strconv.Itoa(os.Getpid())+"-"+hex.EncodeToString(rnd[:]))
+	if err := os.Mkdir(t.root, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", t.root, err)
+	}
+	if _, err := os.Stat(filepath.Join(t.root, "cgroup.kill")); err != nil {
+		os.Remove(t.root)
+		return nil, fmt.Errorf("no cgroup.kill (Linux 5.14 has it): %w", err)
+	}
+	if err := t.probeFork(); err != nil {
+		removeCgroupTree(t.root, time.Second)
+		return nil, fmt.Errorf("cannot fork into a cgroup (clone3 with CLONE_INTO_CGROUP: Linux 5.7, and no seccomp filter against it): %w", err)
 	}
 	// The controllers the parent hands down, to the workers' cgroups:
 	// memory.current and memory.max, say, need the memory controller.
@@ -151,27 +163,30 @@ func ownCgroup() (string, error) {
 	return "", errors.New("the manager is in no cgroup v2")
 }
 
-// cleanStale kills what dead managers left in their subtrees beside ours
-// (their pid is gone), and removes the subtrees.
-func (t *cgroupTree) cleanStale() {
-	entries, err := os.ReadDir(t.parent)
+// probeFork forks /bin/sh (the sentinel's shell) into a cgroup of the
+// subtree and reaps it:
+// where the kernel (or a seccomp filter) refuses clone3's
+// CLONE_INTO_CGROUP, every worker's fork would fail. Called before the
+// process table runs, so that the reap steals no one's status.
+func (t *cgroupTree) probeFork() error {
+	dir, fd, err := t.workerCgroup("probe")
 	if err != nil {
-		return
+		return err
 	}
-	for _, e := range entries {
-		pid, err := strconv.Atoi(strings.TrimPrefix(e.Name(), cgroupPrefix))
-		if !e.IsDir() || !strings.HasPrefix(e.Name(), cgroupPrefix) || err != nil || pid == os.Getpid() {
-			continue
+	defer os.Remove(dir)
+	sys := &syscall.SysProcAttr{}
+	useCgroup(sys, fd)
+	pid, err := syscall.ForkExec("/bin/sh", []string{"sh", "-c", ":"}, &syscall.ProcAttr{Sys: sys})
+	unix.Close(fd)
+	if err != nil {
+		return err
+	}
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, 0, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return err
 		}
-		if err := unix.Kill(pid, 0); !errors.Is(err, unix.ESRCH) {
-			continue // alive (or not ours to judge): its manager runs
-		}
-		dir := filepath.Join(t.parent, e.Name())
-		left := cgroupPids(dir)
-		if len(left) > 0 {
-			t.log.Warn("killing what a manager that died left running", zap.Int("dead_manager_pid", pid), zap.Ints("pids", left), zap.String("cgroup", dir))
-		}
-		removeCgroupTree(dir, 2*time.Second)
 	}
 }
 
@@ -210,18 +225,33 @@ func (t *cgroupTree) workerCgroup(name string) (dir string, fd int, err error) {
 
 // sentinelScript waits for a line on its standard input: "bye" from a
 // manager that cleans up itself (it exits at once), or end of file (the
-// manager is gone). Then, as the manager's own
-// shutdown would, it sends SIGTERM to every process in the workers' and
-// commands' cgroups under the subtree $GOTYLEDON_CGROUP (the workers
-// themselves had their parent-death signal: a Go worker its stop signal,
-// to finish the item in hand), waits $GOTYLEDON_GRACE seconds
-// (shutdown_timeout), and kills everything in the subtree, itself
-// included.
+// manager is gone). Then, as the manager's own shutdown would, it sends
+// SIGTERM to every process in the workers' and commands' cgroups under
+// the subtree $GOTYLEDON_CGROUP (the workers themselves had their
+// parent-death signal: a Go worker its stop signal, to finish the item in
+// hand), waits $GOTYLEDON_GRACE seconds (shutdown_timeout), moves itself
+// to the subtree's parent $GOTYLEDON_PARENT, kills everything left in
+// the subtree, waits for it to be empty (up to 5 s), and removes it.
+// Shell builtins but sleep; a pid of 0 is another pid namespace's.
 const sentinelScript = `read -r line
 [ "$line" = bye ] && exit 0
-for f in "$GOTYLEDON_CGROUP"/w-*/cgroup.procs "$GOTYLEDON_CGROUP"/c-*/cgroup.procs; do kill -TERM $(cat "$f" 2>/dev/null) 2>/dev/null; done
+R=$GOTYLEDON_CGROUP
+for f in "$R"/w-*/cgroup.procs "$R"/c-*/cgroup.procs; do
+	[ -f "$f" ] || continue
+	while read -r p; do [ "$p" -gt 0 ] 2>/dev/null && kill -TERM "$p" 2>/dev/null; done < "$f"
+done
 sleep "$GOTYLEDON_GRACE"
-echo 1 > "$GOTYLEDON_CGROUP/cgroup.kill"`
+echo $$ > "$GOTYLEDON_PARENT/cgroup.procs" || exit 1
+echo 1 > "$R/cgroup.kill"
+n=0
+while [ $n -lt 50 ]; do
+	while read -r k v; do [ "$k" = populated ] && pop=$v; done < "$R/cgroup.events"
+	[ "$pop" = 0 ] && break
+	sleep 0.1
+	n=$((n + 1))
+done
+for d in "$R"/*/; do rmdir "$d" 2>/dev/null; done
+rmdir "$R"`
 
 // kill sends SIGKILL to every process in the worker cgroup dir.
 func (t *cgroupTree) kill(dir string) {
@@ -230,19 +260,20 @@ func (t *cgroupTree) kill(dir string) {
 	}
 }
 
-// remove removes the worker cgroup dir if it is empty. One that still
-// holds what a stopped worker left behind stays: those processes get the
-// shutdown's sweep (SIGTERM, then SIGKILL after shutdown_timeout), and
-// close removes it.
-func (t *cgroupTree) remove(dir string) { _ = os.Remove(dir) }
+// remove removes the worker cgroup dir if it is empty, and reports
+// whether it is gone. One that still holds processes stays: those a kill
+// has not ended yet (the kernel's kill is not instant), or what a stopped
+// worker left behind, which the shutdown's sweep stops (SIGTERM, then
+// SIGKILL after shutdown_timeout). The process table tries again later,
+// and close removes the rest.
+func (t *cgroupTree) remove(dir string) bool {
+	err := os.Remove(dir)
+	return err == nil || errors.Is(err, os.ErrNotExist)
+}
 
-// close has the sentinel leave (sentinel is the write end of its pipe;
-// nil: none), kills what is left in the subtree and removes it.
-func (t *cgroupTree) close(sentinel *os.File) {
-	if sentinel != nil {
-		_, _ = sentinel.WriteString("bye\n")
-		sentinel.Close()
-	}
+// close kills what is left in the subtree (the sentinel, told to leave,
+// is gone or going) and removes it.
+func (t *cgroupTree) close() {
 	removeCgroupTree(t.root, 2*time.Second)
 }
 
@@ -303,7 +334,9 @@ func cgroupPids(dir string) []int {
 	}
 	var pids []int
 	for _, f := range strings.Fields(string(data)) {
-		if pid, err := strconv.Atoi(f); err == nil {
+		// A process of another pid namespace is listed as 0: not one to
+		// signal (kill(0, sig) would signal our own process group).
+		if pid, err := strconv.Atoi(f); err == nil && pid > 0 {
 			pids = append(pids, pid)
 		}
 	}

@@ -679,14 +679,14 @@ func launchManager(t *testing.T, config string, args []string, files []*os.File,
 // out its grace), killing what is in it: the next manager to start would,
 // but none may, and runs must leave nothing behind.
 func removeDeadCgroups(pid int) {
-	name := "gotyledon-" + strconv.Itoa(pid)
+	prefix := "gotyledon-" + strconv.Itoa(pid) + "-"
 	for _, mount := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
 		var dirs []string
 		_ = filepath.WalkDir(mount, func(p string, d fs.DirEntry, err error) error {
 			switch {
 			case err != nil || !d.IsDir():
 				return nil
-			case d.Name() == name:
+			case strings.HasPrefix(d.Name(), prefix):
 				_ = filepath.WalkDir(p, func(q string, d fs.DirEntry, err error) error {
 					if err == nil && d.IsDir() {
 						dirs = append(dirs, q)

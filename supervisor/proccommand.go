@@ -94,7 +94,7 @@ func (p *procTable) startCommand(req commandReq) {
 	}
 	if err != nil {
 		if cgroup != "" {
-			p.cg.remove(cgroup)
+			p.removeCgroup(cgroup)
 		}
 		outR.Close()
 		if req.dir != "" && errors.Is(err, syscall.ENOENT) {
@@ -156,7 +156,7 @@ func (p *procTable) commandTryFinish(c *command) {
 		}
 		c.outR.Close()
 		if c.cgroup != "" {
-			p.cg.remove(c.cgroup)
+			p.removeCgroup(c.cgroup)
 		}
 		delete(p.cmds, c.id)
 		c.reply <- commandDone{status: c.status, output: c.output, truncated: c.truncated}

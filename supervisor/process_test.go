@@ -291,14 +291,15 @@ services:
 // worker runs in a cgroup of its own, with its CPU time and memory in
 // status; when the manager is killed with SIGKILL, what a worker left
 // outside its process group (a setsid'd child, which a parent-death
-// signal does not reach) is killed too, by the sentinel; and the next
-// manager removes the dead one's cgroups.
+// signal does not reach, and which ignores SIGTERM) is killed by the
+// sentinel after shutdown_timeout, and the sentinel removes the cgroups.
 func TestWorkerCgroupsOutliveNothing(t *testing.T) {
 	t.Parallel()
 	m := startManager(t, `
+shutdown_timeout: 1s
 services:
   leaver:
-    command: ["/bin/sh", "-c", "setsid /bin/sleep 300 & echo escaped $!; exec /bin/sleep 1000"]
+    command: ["/bin/sh", "-c", "setsid /bin/sh -c 'trap \"\" TERM; exec /bin/sleep 300' & echo escaped $!; exec /bin/sleep 1000"]
 `)
 	line := m.waitFor("the escaped child", output("leaver", "escaped "))
 	if len(m.all(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "workers share the manager's cgroup") })) > 0 {
@@ -308,36 +309,38 @@ services:
 	if err != nil {
 		t.Fatal(err)
 	}
-	root := fmt.Sprintf("gotyledon-%d", m.cmd.Process.Pid)
 	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", escaped))
-	if err != nil || !strings.Contains(string(cg), "/"+root+"/w-") {
-		t.Fatalf("the escaped child's cgroup: %q (%v), want one under %s/w-", cg, err, root)
+	prefix := fmt.Sprintf("/gotyledon-%d-", m.cmd.Process.Pid)
+	if err != nil || !strings.Contains(string(cg), prefix) || !strings.Contains(string(cg), "/w-") {
+		t.Fatalf("the escaped child's cgroup: %q (%v), want one under %s*/w-", cg, err, prefix)
 	}
 	w := m.statusJSON().Services[0].Workers[0]
 	if w.CPUSeconds == nil || w.MemoryBytes == nil || *w.MemoryBytes == 0 {
 		t.Errorf("worker %+v: want its CPU seconds and memory from its cgroup", w)
 	}
-	var parent string
+	var tree string
 	for line := range strings.Lines(string(cg)) {
 		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
-			parent = p[:strings.Index(p, "/"+root+"/")]
+			tree = p[:strings.Index(p, "/w-")]
 		}
 	}
-
-	m.signal(syscall.SIGKILL)
-	m.waitExit()
-	waitGone(t, escaped, waitTimeout)
-
-	// The next manager, in the same cgroup, removes the dead one's subtree.
 	mount := "/sys/fs/cgroup"
 	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err == nil {
 		mount = "/sys/fs/cgroup/unified"
 	}
-	deadTree := filepath.Join(mount, parent, root)
-	next := startManager(t, "services:\n  one:\n    command: [/bin/sleep, '1000']\n")
-	next.waitFor("started", func(e entry) bool { return e.str("msg") == "initial start done" })
-	if _, err := os.Stat(deadTree); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the killed manager's cgroups %s: %v, want removed by the next manager", deadTree, err)
+	tree = filepath.Join(mount, tree)
+
+	m.signal(syscall.SIGKILL)
+	m.waitExit()
+	waitGone(t, escaped, waitTimeout)
+	for deadline := time.Now().Add(waitTimeout); ; {
+		if _, err := os.Stat(tree); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed manager's cgroups %s are still there after %v", tree, waitTimeout)
+		}
+		time.Sleep(20 * time.Millisecond) // the sentinel removes them on its own time; polled
 	}
 }
 
@@ -941,5 +944,38 @@ func waitStopped(t *testing.T, pid int) {
 			t.Fatalf("process %d not stopped within %v: %s", pid, waitTimeout, b)
 		}
 		time.Sleep(5 * time.Millisecond) // polling /proc: there is no event for a stop but waitid, which only the parent may use
+	}
+}
+
+// A worker that dies leaving a process that is still dying when its exit
+// is handled (its cgroup cannot be removed yet) does not leave its cgroup
+// behind: it is removed once empty. A crash-looping worker keeps at most
+// a couple of cgroups.
+func TestCrashLoopLeavesNoCgroups(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, `
+services:
+  looper:
+    command: ["/bin/sh", "-c", "setsid /bin/sleep 300 </dev/null & sleep 0.05; exit 1"]
+    restart: {min_uptime: 100ms, backoff_initial: 10ms, backoff_max: 20ms}
+`)
+	m.waitN("10 exits", 10, func(e entry) bool { return e.is("worker exited", "service", "looper") })
+	if len(m.all(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "workers share the manager's cgroup") })) > 0 {
+		t.Skip("no cgroup v2 subtree for the manager here")
+	}
+	var tree string
+	for _, mount := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+		matches, _ := filepath.Glob(filepath.Join(mount, "*", fmt.Sprintf("gotyledon-%d-*", m.cmd.Process.Pid)))
+		more, _ := filepath.Glob(filepath.Join(mount, fmt.Sprintf("gotyledon-%d-*", m.cmd.Process.Pid)))
+		if matches = append(matches, more...); len(matches) == 1 {
+			tree = matches[0]
+		}
+	}
+	if tree == "" {
+		t.Fatal("the manager's cgroup subtree was not found")
+	}
+	workers, _ := filepath.Glob(filepath.Join(tree, "w-*"))
+	if len(workers) > 3 {
+		t.Errorf("%d worker cgroups after 10 crashes: %v; want the current one and at most a couple still emptying", len(workers), workers)
 	}
 }

@@ -67,6 +67,13 @@ type procTable struct {
 	cg           *cgroupTree
 	sentinelPipe *os.File
 	sentinelPid  int
+	sentinelBye  bool // the manager told it to leave (a clean exit)
+	// cgPending are workers' cgroups not yet empty when their workers
+	// finished, removed when they are; uncontained: some worker runs
+	// outside a cgroup of its own (its cgroup could not be made), so
+	// leftovers are looked for among the manager's children too.
+	cgPending   []string
+	uncontained bool
 	// sentinelGrace is how long the sentinel waits between its SIGTERM
 	// and its SIGKILL: the configuration's shutdown_timeout. sentinelName
 	// is its argv[0], its title in ps.
@@ -216,7 +223,9 @@ func (p *procTable) handle(m procMsg) {
 			p.tryFinish(pr)
 		}
 	case sweepReq:
-		m.done <- p.sweep(m.fast, m.timeout)
+		killed := p.sweep(m.fast, m.timeout)
+		p.sentinelLeave()
+		m.done <- killed
 	case procProbe:
 		m.reply <- struct{}{}
 	default:
@@ -309,7 +318,7 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	}
 	if err != nil {
 		if cgroup != "" {
-			p.cg.remove(cgroup)
+			p.removeCgroup(cgroup)
 		}
 		outR.Close()
 		errR.Close()
@@ -397,7 +406,10 @@ func (p *procTable) reap() {
 			}
 			if pid == p.sentinelPid {
 				p.sentinelPid = 0
-				p.log.Debug("cgroup sentinel exited", zap.Int("pid", pid), zap.String("status", describeStatus(ws)))
+				if p.sentinelPipe != nil && !p.sentinelBye {
+					p.log.Warn("the cgroup sentinel exited: what the workers leave behind now outlives a manager killed with SIGKILL",
+						zap.Int("pid", pid), zap.String("status", describeStatus(ws)))
+				}
 				continue
 			}
 			p.log.Debug("reaped orphan", zap.Int("pid", pid), zap.String("status", describeStatus(ws)))
@@ -481,7 +493,7 @@ func (p *procTable) finish(pr *proc) {
 	}
 	delete(p.procs, pr.token)
 	if pr.cgroup != "" {
-		p.cg.remove(pr.cgroup)
+		p.removeCgroup(pr.cgroup)
 	}
 	p.post(workerExited{token: pr.token, pid: pr.pid, status: pr.status, at: pr.exitAt})
 }
@@ -547,7 +559,7 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) (killed int) {
 // looked for in /proc only if it has any: reading every process's stat
 // file is the slow part of a stop on a busy machine.
 func (p *procTable) leftovers(self int) []int {
-	if p.cg != nil {
+	if p.cg != nil && !p.uncontained {
 		return p.cg.workerPids()
 	}
 	if p.sys.noChildren != nil && p.sys.noChildren() {
@@ -577,15 +589,20 @@ func describeStatus(ws unix.WaitStatus) string {
 
 // startSentinel starts the shell that kills the manager's cgroup subtree
 // once the manager is gone (cgroup.go). Without it, the workers' cgroups
-// are still killed at every stop, and by the next manager to start.
+// are still killed at every stop.
 func (p *procTable) startSentinel() {
+	dir, fd := p.newCgroup("sentinel")
+	if dir == "" {
+		p.log.Warn("no cgroup sentinel: what workers leave behind outlives a manager killed with SIGKILL")
+		return
+	}
 	r, w, err := os.Pipe()
 	if err != nil {
+		unix.Close(fd)
 		p.log.Warn("no cgroup sentinel: what workers leave behind outlives a manager killed with SIGKILL", zap.Error(err))
 		return
 	}
 	defer r.Close()
-	dir, fd := p.newCgroup("sentinel")
 	sys := &syscall.SysProcAttr{Setpgid: true} // away from the terminal's signals
 	useCgroup(sys, fd)
 	// The script and its arguments in the environment, so that ps shows
@@ -593,23 +610,38 @@ func (p *procTable) startSentinel() {
 	grace := strconv.FormatFloat(p.sentinelGrace.Seconds(), 'f', 3, 64)
 	pid, err := p.sys.forkExec("/bin/sh", []string{p.sentinelName, "-c", `eval "$GOTYLEDON_SENTINEL"`},
 		&syscall.ProcAttr{
-			Env:   []string{"PATH=/usr/bin:/bin", "GOTYLEDON_SENTINEL=" + sentinelScript, "GOTYLEDON_CGROUP=" + p.cg.root, "GOTYLEDON_GRACE=" + grace},
+			Env: []string{"PATH=/usr/bin:/bin", "GOTYLEDON_SENTINEL=" + sentinelScript,
+				"GOTYLEDON_CGROUP=" + p.cg.root, "GOTYLEDON_PARENT=" + p.cg.parent, "GOTYLEDON_GRACE=" + grace},
 			Files: []uintptr{r.Fd(), p.devNull.Fd(), p.devNull.Fd()},
 			Sys:   sys,
 		})
 	if fd >= 0 {
 		unix.Close(fd)
 	}
-	if err != nil || dir == "" {
+	if err != nil {
 		w.Close()
-		if err == nil {
-			_ = p.sys.kill(pid, syscall.SIGKILL)
-			err = errors.New("no cgroup of its own")
-		}
 		p.log.Warn("no cgroup sentinel: what workers leave behind outlives a manager killed with SIGKILL", zap.Error(err))
 		return
 	}
 	p.sentinelPipe, p.sentinelPid = w, pid
+}
+
+// sentinelLeave tells the sentinel the manager cleans up itself: it exits
+// at once, without killing anything.
+func (p *procTable) sentinelLeave() {
+	if p.sentinelPipe == nil {
+		return
+	}
+	p.sentinelBye = true
+	_, _ = p.sentinelPipe.WriteString("bye\n")
+	p.sentinelPipe.Close()
+	p.sentinelPipe = nil
+}
+
+// removeCgroup removes the cgroup of a finished worker or command, or
+// keeps it for later if it is not empty yet, and retries those kept.
+func (p *procTable) removeCgroup(dir string) {
+	p.cgPending = slices.DeleteFunc(append(p.cgPending, dir), p.cg.remove)
 }
 
 // newCgroup makes the cgroup called name for a process about to be forked
@@ -622,6 +654,7 @@ func (p *procTable) newCgroup(name string) (dir string, fd int) {
 	dir, fd, err := p.cg.workerCgroup(name)
 	if err != nil {
 		p.log.Warn("process not in a cgroup of its own", zap.Error(err))
+		p.uncontained = true
 		return "", -1
 	}
 	return dir, fd

@@ -414,7 +414,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	s.procs.inbox.put(sweepReq{fast: s.fast, timeout: s.cfg.ShutdownTimeout, done: swept})
 	leftoversKilled := <-swept
 	if cg != nil {
-		cg.close(s.procs.sentinelPipe)
+		cg.close()
 	}
 	if s.killedAtStop > 0 || leftoversKilled > 0 {
 		err := &ShutdownKillError{Workers: s.killedAtStop, Leftovers: leftoversKilled}

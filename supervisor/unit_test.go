@@ -358,3 +358,15 @@ func TestLogOutputClosedUnderItsReaderLogsNoError(t *testing.T) {
 		t.Errorf("%d 'cannot read worker output' errors for a file the manager closed: %v", n, logs.All())
 	}
 }
+
+// A process of another pid namespace shows in cgroup.procs as 0: never a
+// pid to signal (kill(0, sig) is the manager's own process group).
+func TestCgroupPidsSkipsOtherNamespaces(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte("0\n123\n0\n456\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := cgroupPids(dir); !slices.Equal(got, []int{123, 456}) {
+		t.Errorf("cgroupPids = %v, want [123 456]", got)
+	}
+}
