@@ -164,7 +164,9 @@ func Listen(path string, gid int) (_ *Listener, err error) {
 // process's pid in it, or returns an *InUseError naming the holder. The
 // file is close-on-exec: a worker must not hold the lock past the manager.
 func lockSocket(path string) (*os.File, error) {
-	f, err := os.OpenFile(LockPath(path), os.O_RDWR|os.O_CREATE, 0o600)
+	// O_NOFOLLOW: a symlink planted at the lock's path must not make the
+	// manager truncate whatever it points to.
+	f, err := os.OpenFile(LockPath(path), os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening the socket's lock: %w", err)
 	}
