@@ -15,10 +15,12 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/buffer"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/sys/unix"
 )
 
 // New builds the manager's logger. Entries are one per line, each
@@ -60,7 +62,7 @@ func New(format, level, logFile string, stderr io.Writer, getenv func(string) st
 			}
 		}
 	}
-	enc, err := newEncoder(format)
+	enc, err := newEncoder(format, useColor(format, logFile, stderr, getenv))
 	if err != nil {
 		return nil, nil, err
 	}
@@ -79,8 +81,40 @@ func New(format, level, logFile string, stderr io.Writer, getenv func(string) st
 	return zap.New(zapcore.NewCore(enc, ws, lvl)), sink, nil
 }
 
-// newEncoder returns the encoder of a log format other than auto.
-func newEncoder(format string) (zapcore.Encoder, error) {
+// useColor reports whether the console's levels get colours: for a person
+// at a terminal, unless NO_COLOR (no-color.org) or TERM=dumb says
+// otherwise; never in a file.
+func useColor(format, logFile string, stderr io.Writer, getenv func(string) string) bool {
+	return format == "console" && logFile == "" && getenv != nil &&
+		getenv("NO_COLOR") == "" && getenv("TERM") != "dumb" && isTerminal(stderr)
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(interface{ Fd() uintptr })
+	if !ok {
+		return false
+	}
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
+
+// roundedDuration writes a duration for a person: to the millisecond from
+// a second on (46.033s, not 46.033125287s), to the microsecond from a
+// millisecond on. JSON keeps every digit, for programs.
+func roundedDuration(d time.Duration, enc zapcore.PrimitiveArrayEncoder) {
+	switch {
+	case d >= time.Second || d <= -time.Second:
+		d = d.Round(time.Millisecond)
+	case d >= time.Millisecond || d <= -time.Millisecond:
+		d = d.Round(time.Microsecond)
+	}
+	enc.AppendString(d.String())
+}
+
+// newEncoder returns the encoder of a log format other than auto; color
+// colours the console's levels.
+func newEncoder(format string, color bool) (zapcore.Encoder, error) {
 	ec := zapcore.EncoderConfig{
 		TimeKey:        "ts",
 		LevelKey:       "level",
@@ -97,8 +131,13 @@ func newEncoder(format string) (zapcore.Encoder, error) {
 		return zapcore.NewJSONEncoder(ec), nil
 	case "console":
 		ec.EncodeLevel = zapcore.CapitalLevelEncoder
+		if color {
+			ec.EncodeLevel = zapcore.CapitalColorLevelEncoder
+		}
+		ec.EncodeDuration = roundedDuration
 		return zapcore.NewConsoleEncoder(ec), nil
 	case "journal":
+		ec.EncodeDuration = roundedDuration
 		return newJournalEncoder(ec), nil
 	default:
 		return nil, fmt.Errorf("log format %q: want auto, console, json or journal", format)

@@ -93,7 +93,7 @@ func TestJournalFormatPriorityPerLevel(t *testing.T) {
 	}
 	// Panic and fatal, which the logger would act on, straight through the
 	// encoder.
-	enc, err := newEncoder("journal")
+	enc, err := newEncoder("journal", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -539,5 +539,85 @@ func TestLogSinkClose(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(path); string(b) != "a\n" {
 		t.Errorf("file holds %q", b)
+	}
+}
+
+// For people (console, journal) durations are rounded; JSON keeps every
+// digit.
+func TestDurationsRoundedForPeople(t *testing.T) {
+	d := 46033125287 * time.Nanosecond
+	for format, want := range map[string]string{
+		"console": "46.033s",
+		"journal": "46.033s",
+		"json":    "46.033125287s",
+	} {
+		var buf bytes.Buffer
+		log, _, err := New(format, "info", "", &buf, noEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		log.Info("x", zap.Duration("took", d), zap.Duration("short", 819668416*time.Nanosecond))
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("%s: %q, want the duration as %s", format, buf.String(), want)
+		}
+		if format != "json" && !strings.Contains(buf.String(), "819.668ms") {
+			t.Errorf("%s: %q, want 819.668ms", format, buf.String())
+		}
+	}
+}
+
+// The console's levels are coloured on a terminal, unless NO_COLOR or
+// TERM=dumb; never in a pipe.
+func TestConsoleColourOnlyOnATerminal(t *testing.T) {
+	master, err := os.OpenFile("/dev/ptmx", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminal here: %v", err)
+	}
+	defer master.Close()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	env := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+	for _, tc := range []struct {
+		name    string
+		format  string
+		logFile string
+		out     *os.File
+		env     func(string) string
+		color   bool
+	}{
+		{"terminal", "console", "", master, env("TERM", "xterm"), true},
+		{"NO_COLOR", "console", "", master, env("TERM", "xterm", "NO_COLOR", "1"), false},
+		{"TERM=dumb", "console", "", master, env("TERM", "dumb"), false},
+		{"pipe", "console", "", w, env("TERM", "xterm"), false},
+		{"json", "json", "", master, env("TERM", "xterm"), false},
+		{"log file", "console", "/var/log/x", master, env("TERM", "xterm"), false},
+	} {
+		if got := useColor(tc.format, tc.logFile, tc.out, tc.env); got != tc.color {
+			t.Errorf("%s: colour %v, want %v", tc.name, got, tc.color)
+		}
+	}
+	enc, err := newEncoder("console", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf, err := enc.EncodeEntry(zapcore.Entry{Level: zapcore.ErrorLevel, Message: "m"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "\x1b[31mERROR\x1b[0m") {
+		t.Errorf("coloured console entry %q, want ERROR in red", buf.String())
 	}
 }

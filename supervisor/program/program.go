@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 
 	"github.com/alecthomas/kong"
@@ -292,6 +293,14 @@ func (e exitError) Unwrap() error { return e.err }
 // exitCode is the error of a command that has already said why it failed.
 func exitCode(code int) error { return exitError{code: code} }
 
+// countOf says n things: "1 service", "3 services".
+func countOf(n int, thing string) string {
+	if n == 1 {
+		return "1 " + thing
+	}
+	return strconv.Itoa(n) + " " + thing + "s"
+}
+
 type checkCommand struct {
 	Config string `short:"c" placeholder:"FILE" help:"Configuration file to validate (applied on top of what the program declares)."`
 	Strict bool   `help:"Exit 1 on warnings too (a command or dir that does not exist on this machine yet)."`
@@ -319,7 +328,7 @@ func (c *checkCommand) Run(e *env) error {
 	if name == "" {
 		name = e.name
 	}
-	fmt.Fprintf(e.stdout, "%s: ok (%d services, %d workers)\n", name, len(cfg.Services), workers)
+	fmt.Fprintf(e.stdout, "%s: ok (%s, %s)\n", name, countOf(len(cfg.Services), "service"), countOf(workers, "worker"))
 	return nil
 }
 

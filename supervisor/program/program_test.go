@@ -41,6 +41,13 @@ func TestCheckAcceptsAGoodConfig(t *testing.T) {
 	}
 }
 
+func TestCheckCountsInGoodEnglish(t *testing.T) {
+	path := writeConfig(t, "services:\n  a: {command: [/bin/true]}\n")
+	if code, stdout, _ := runCLI(New(), "check", "-c", path); code != ExitOK || stdout != path+": ok (1 service, 1 worker)\n" {
+		t.Errorf("exit %d stdout %q, want ok (1 service, 1 worker)", code, stdout)
+	}
+}
+
 func TestCheckReportsEveryErrorAndExits1(t *testing.T) {
 	path := writeConfig(t, "services:\n  a: {command: [/bin/true], workers: -1}\n  b: {run: printer}\n")
 	code, stdout, stderr := runCLI(New(), "check", "--config", path)
