@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -1016,16 +1017,24 @@ func TestListen(t *testing.T) {
 func TestDefaultSocketPath(t *testing.T) {
 	env := func(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
 	for _, tc := range []struct {
-		env  map[string]string
-		want string
+		env      map[string]string
+		uid      int
+		writable bool // /run/gotyledon, or /run, for this user
+		want     string
 	}{
-		{map[string]string{"RUNTIME_DIRECTORY": "/run/gotyledon:/run/other", "XDG_RUNTIME_DIR": "/run/user/1"}, "/run/gotyledon/queue.sock"},
-		{map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"}, "/run/user/1000/gotyledon/queue.sock"},
-		{nil, "/run/gotyledon/queue.sock"},
+		{map[string]string{"RUNTIME_DIRECTORY": "/run/gotyledon:/run/other", "XDG_RUNTIME_DIR": "/run/user/1"}, 1000, false, "/run/gotyledon"},
+		{map[string]string{"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000, false, "/run/user/1000/gotyledon"},
+		{nil, 0, false, "/run/gotyledon"},
+		{nil, 1000, true, "/run/gotyledon"},
+		{nil, 1000, false, filepath.Join(os.TempDir(), "gotyledon-1000")},
 	} {
-		if got := DefaultSocketPath(env(tc.env)); got != tc.want {
-			t.Errorf("%v: %s, want %s", tc.env, got, tc.want)
+		got := defaultSocketDir(env(tc.env), tc.uid, func(string) bool { return tc.writable })
+		if got != tc.want {
+			t.Errorf("%v, uid %d, /run writable %v: %s, want %s", tc.env, tc.uid, tc.writable, got, tc.want)
 		}
+	}
+	if got := DefaultSocketPath(env(map[string]string{"XDG_RUNTIME_DIR": "/x"})); got != "/x/gotyledon/queue.sock" {
+		t.Errorf("DefaultSocketPath: %s", got)
 	}
 }
 
@@ -1343,4 +1352,32 @@ func TestListenConcurrentlyOneWins(t *testing.T) {
 		c.Close()
 		won[0].Close()
 	}
+}
+
+// In a directory everyone may write (/tmp), a socket directory another
+// user made first is refused, with the fix; one of ours is used.
+func TestListenRefusesAnotherUsersDirInASharedOne(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root, to make a directory another user owns")
+	}
+	shared := t.TempDir()
+	if err := os.Chmod(shared, 0o1777); err != nil {
+		t.Fatal(err)
+	}
+	theirs := filepath.Join(shared, "gotyledon-1000")
+	if err := os.Mkdir(theirs, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(theirs, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Listen(filepath.Join(theirs, "queue.sock"), -1); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+		t.Errorf("Listen in another user's directory: %v, want refused, naming its owner", err)
+	}
+	ours := filepath.Join(shared, "gotyledon-0")
+	l, err := Listen(filepath.Join(ours, "queue.sock"), -1)
+	if err != nil {
+		t.Fatalf("Listen in a directory of our own: %v", err)
+	}
+	l.Close()
 }

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -191,11 +192,23 @@ func lockSocket(path string) (*os.File, error) {
 	return f, nil
 }
 
+// sharedDir reports whether everyone may create entries in dir (as in
+// /tmp).
+func sharedDir(dir string) bool {
+	fi, err := os.Stat(dir)
+	return err == nil && fi.Mode().Perm()&0o002 != 0
+}
+
 // makeSocketDir creates dir if missing, 0700 or 0750 with group gid.
 func makeSocketDir(dir string, gid int) error {
-	if fi, err := os.Stat(dir); err == nil {
+	if fi, err := os.Lstat(dir); err == nil {
 		if !fi.IsDir() {
 			return fmt.Errorf("%s is not a directory", dir)
+		}
+		// In a directory everyone may write (/tmp), another user could
+		// have made it first: only ours, or root's, will do.
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Getuid() && st.Uid != 0 && sharedDir(filepath.Dir(dir)) {
+			return fmt.Errorf("%s belongs to uid %d, not to this user (uid %d): not serving a socket in it; set broker.socket and control.socket, or remove it", dir, st.Uid, os.Getuid())
 		}
 		return nil
 	}
@@ -246,15 +259,49 @@ func checkStale(path string) error {
 }
 
 // DefaultSocketPath is where the broker's socket goes unless configured:
-// $RUNTIME_DIRECTORY/queue.sock (systemd's RuntimeDirectory=, the first one
-// if several), else $XDG_RUNTIME_DIR/gotyledon/queue.sock, else
-// /run/gotyledon/queue.sock. getenv is os.Getenv outside tests.
+// queue.sock in DefaultSocketDir. getenv is os.Getenv outside tests.
 func DefaultSocketPath(getenv func(string) string) string {
+	return filepath.Join(DefaultSocketDir(getenv), "queue.sock")
+}
+
+// SystemSocketDir is the sockets' directory of a manager run by root (or
+// as a systemd unit, RuntimeDirectory=gotyledon).
+const SystemSocketDir = "/run/gotyledon"
+
+// DefaultSocketDir is the directory of the manager's sockets unless
+// configured: $RUNTIME_DIRECTORY (systemd's RuntimeDirectory=, the first
+// one if several), else $XDG_RUNTIME_DIR/gotyledon, else /run/gotyledon
+// for root or a user who may write there, else /tmp/gotyledon-UID, a
+// directory of the user's own (created 0700; one owned by anyone else is
+// refused when the socket is made).
+func DefaultSocketDir(getenv func(string) string) string {
+	return defaultSocketDir(getenv, os.Getuid(), writableDir)
+}
+
+func defaultSocketDir(getenv func(string) string, uid int, writable func(string) bool) string {
 	if d, _, _ := strings.Cut(getenv("RUNTIME_DIRECTORY"), ":"); d != "" {
-		return filepath.Join(d, "queue.sock")
+		return d
 	}
 	if d := getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "gotyledon", "queue.sock")
+		return filepath.Join(d, "gotyledon")
 	}
-	return "/run/gotyledon/queue.sock"
+	if uid == 0 || writable(SystemSocketDir) {
+		return SystemSocketDir
+	}
+	return UserSocketDir(uid)
+}
+
+// UserSocketDir is the sockets' directory of a user without
+// $XDG_RUNTIME_DIR who may not write /run/gotyledon: /tmp/gotyledon-UID.
+func UserSocketDir(uid int) string {
+	return filepath.Join(os.TempDir(), "gotyledon-"+strconv.Itoa(uid))
+}
+
+// writableDir reports whether this process may create files in dir, or
+// create dir itself.
+func writableDir(dir string) bool {
+	if _, err := os.Stat(dir); err == nil {
+		return unix.Access(dir, unix.W_OK|unix.X_OK) == nil
+	}
+	return unix.Access(filepath.Dir(dir), unix.W_OK|unix.X_OK) == nil
 }

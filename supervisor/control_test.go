@@ -311,6 +311,15 @@ func TestControlSocketRefusesOtherUsers(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "permission denied on "+m.controlSocket()) {
 		t.Errorf("status as nobody: exit %d, %q; want 1 and permission denied", code, errOut)
 	}
+	// Looking for the socket, without --socket, finds it there and says
+	// it may not reach it, rather than that no manager runs.
+	find := exec.Command(exe, "status")
+	find.Env = append(os.Environ(), envTestManager+"=1", goraceEnv, "RUNTIME_DIRECTORY="+m.runtimeDir)
+	find.SysProcAttr = &syscall.SysProcAttr{Credential: nobody}
+	out, _ := find.CombinedOutput()
+	if !strings.Contains(string(out), "permission denied on "+m.controlSocket()+": a manager may run there") {
+		t.Errorf("status as nobody, looking for the socket: %q; want permission denied on %s", out, m.controlSocket())
+	}
 	// With the modes opened up (an operator's mistake), the manager's own
 	// peer check (SO_PEERCRED) still refuses.
 	if err := os.Chmod(m.runtimeDir, 0o755); err != nil {

@@ -23,6 +23,7 @@ package manager
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"fmt"
 	"net"
 	"net/http"
@@ -170,6 +171,9 @@ func New(opts Options) (_ *Manager, err error) {
 			if inUse, ok := errors.AsType[*ipc.InUseError](err); ok {
 				log.Error("another manager serves this queue socket; not starting a second one",
 					inUseFields(inUse, "broker.socket")...)
+			} else if errors.Is(err, fs.ErrPermission) {
+				log.Error("cannot serve the queues: permission denied", zap.String("socket", socket), zap.Error(err),
+					zap.String("fix", "set broker.socket and control.socket to a directory this user may write, or run with $XDG_RUNTIME_DIR set"))
 			} else {
 				log.Error("cannot serve the queues", zap.String("socket", socket), zap.Error(err))
 			}
