@@ -23,8 +23,8 @@ package manager
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
