@@ -759,15 +759,17 @@ func (c *conn) handshake() (*bufio.Reader, bool) {
 	if err == nil {
 		f, err = decodeFrame(payload)
 	}
+	// Whatever is wrong with the first frame, the answer is BAD_HELLO: the
+	// client did not say a good HELLO.
 	if err != nil {
 		c.log.Warn("queue client sent a malformed HELLO", zap.Error(err))
-		c.fatalDirect(statusBadFrame, err.Error())
+		c.fatalDirect(statusBadHello, "malformed HELLO: "+err.Error())
 		return nil, false
 	}
 	h, ok := f.(*helloFrame)
 	if !ok {
-		c.log.Warn("queue client did not start with HELLO", zap.String("frame", fmt.Sprintf("%T", f)))
-		c.fatalDirect(statusBadHello, "expected HELLO")
+		c.log.Warn("queue client did not start with HELLO", zap.String("frame", frameName(f)))
+		c.fatalDirect(statusBadHello, "expected HELLO, got "+frameName(f))
 		return nil, false
 	}
 	c.client = h.Client
@@ -919,9 +921,36 @@ func (c *conn) handle(payload []byte) error {
 			w.q.finish(w, statusCancelled, "cancelled")
 		}
 	default:
-		return badFrame("unexpected %T from a client", f)
+		return badFrame("%s is not a request a client sends", frameName(f))
 	}
 	return nil
+}
+
+// frameName is the protocol's name of a decoded frame's type.
+func frameName(f any) string {
+	switch f.(type) {
+	case *helloFrame:
+		return "HELLO"
+	case *welcomeFrame:
+		return "WELCOME"
+	case *putFrame:
+		return "PUT"
+	case *getFrame:
+		return "GET"
+	case *ackFrame:
+		return "ACK or NACK"
+	case *cancelFrame:
+		return "CANCEL"
+	case *consumeFrame:
+		return "CONSUME"
+	case *resultFrame:
+		return "RESULT"
+	case *itemsFrame:
+		return "ITEMS"
+	case *fatalFrame:
+		return "FATAL"
+	}
+	return fmt.Sprintf("frame %T", f)
 }
 
 // ack carries out an ACK or NACK: only this connection's in-flight items

@@ -615,6 +615,8 @@ func TestBadFramesCloseOnlyThatConnection(t *testing.T) {
 		"trailing bytes":   unhex(t, "00000006 06 00000001 00"),
 		"broker frame":     appendWelcome(nil, &welcomeFrame{}),
 		"second HELLO":     appendHello(nil, &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: 1}),
+		"GET flag bit 1":   appendGet(nil, &getFrame{ID: 1, Queue: "jobs", Max: 1, Flags: 0x02}),
+		"non-UTF-8 queue":  appendGet(nil, &getFrame{ID: 1, Queue: "jo\xffbs", Max: 1}),
 	} {
 		t.Run(name, func(t *testing.T) {
 			rc := h.rawT(t, true)
@@ -625,10 +627,27 @@ func TestBadFramesCloseOnlyThatConnection(t *testing.T) {
 			}
 		})
 	}
+	// Whatever is wrong with the first frame is BAD_HELLO.
 	t.Run("garbage before HELLO", func(t *testing.T) {
 		rc := h.raw(false)
 		rc.write([]byte("GET / HTTP/1.1\r\n\r\n"))
-		rc.expectFatalAndClose(statusBadFrame)
+		rc.expectFatalAndClose(statusBadHello)
+	})
+	t.Run("a request before HELLO", func(t *testing.T) {
+		rc := h.raw(false)
+		rc.write(appendGet(nil, &getFrame{ID: 1, Queue: "jobs", Max: 1}))
+		f, ok := rc.read().(*fatalFrame)
+		if !ok || f.Status != statusBadHello || f.Message != "expected HELLO, got GET" {
+			t.Fatalf("got %#v, want FATAL BAD_HELLO expected HELLO, got GET", f)
+		}
+	})
+	t.Run("second HELLO says so", func(t *testing.T) {
+		rc := h.rawT(t, true)
+		rc.write(appendHello(nil, &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: 1}))
+		f, ok := rc.read().(*fatalFrame)
+		if !ok || f.Status != statusBadFrame || f.Message != "malformed frame: HELLO is not a request a client sends" {
+			t.Fatalf("got %#v, want FATAL BAD_FRAME naming HELLO (no Go type)", f)
+		}
 	})
 	t.Run("bad magic", func(t *testing.T) {
 		rc := h.raw(false)
@@ -643,8 +662,8 @@ func TestBadFramesCloseOnlyThatConnection(t *testing.T) {
 	if h.logs.FilterMessageSnippet("broke the protocol").Len() == 0 {
 		t.Error("no log line for the protocol violations")
 	}
-	if s := h.stats("jobs"); s.Put != 6 {
-		t.Errorf("the good client put %d items, want 6", s.Put)
+	if s := h.stats("jobs"); s.Put != 8 {
+		t.Errorf("the good client put %d items, want 8 (one after each bad frame)", s.Put)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 )
 
 // This file is the wire codec of PROTOCOL.md: one struct per frame type,
@@ -374,7 +375,11 @@ func (d *decoder) bytes(n int, what string) []byte {
 
 func (d *decoder) str8(what string) string {
 	n := int(d.u8(what))
-	return string(d.bytes(n, what))
+	b := d.bytes(n, what)
+	if d.err == nil && !utf8.Valid(b) {
+		d.err = badFrame("%s is not UTF-8", what)
+	}
+	return string(b)
 }
 
 func (d *decoder) bytes32(what string) []byte {
@@ -458,8 +463,11 @@ func decodeFrame(payload []byte) (any, error) {
 		if err := d.finish("GET"); err != nil {
 			return &f, err
 		}
-		if f.Max == 0 {
+		switch {
+		case f.Max == 0:
 			return &f, badFrame("GET max is 0")
+		case f.Flags&^flagAutoAck != 0:
+			return &f, badFrame("GET flags 0x%02x: only bit 0 (auto-ack) is defined", f.Flags)
 		}
 		return &f, nil
 	case typeAck, typeNack:
