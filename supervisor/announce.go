@@ -75,9 +75,9 @@ func (s *Supervisor) Ready() <-chan struct{} { return s.ready }
 
 // Changes returns a channel that receives a value (it holds one at most)
 // after the loop handled an event that may change a summary of Status:
-// a worker started, became ready, exited or stopped, a reload or a
-// rescale, a shutdown. Pings from workers and status requests do not
-// count. Read it, then take a Status: the one taken after the value was
+// a worker started, became ready, sent a STATUS=, exited or stopped, a
+// reload or a rescale, a shutdown. Pings from workers and status
+// requests do not count. Read it, then take a Status: the one taken after the value was
 // received shows the change.
 func (s *Supervisor) Changes() <-chan struct{} { return s.changes }
 
@@ -223,8 +223,9 @@ func isChange(ev event) bool {
 	switch ev := ev.(type) {
 	case workerNotified:
 		// A READY=1 marks the change itself (onReady); WATCHDOG=trigger
-		// stops the worker.
-		return ev.trigger
+		// stops the worker; a STATUS= is shown for a worker not ready.
+		// Pings alone change nothing.
+		return ev.trigger || ev.status != nil
 	case statusRequested, probeRequested, commandRequested, commandCancelRequested:
 		return false
 	}

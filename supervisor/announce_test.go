@@ -243,6 +243,12 @@ func TestLoopSignalsChanges(t *testing.T) {
 	if closed(r.s.Changes()) {
 		t.Fatal("a status request and a watchdog ping signalled a change")
 	}
+	text := "warming up"
+	r.s.handle(workerNotified{token: tok, status: &text})
+	r.s.signalChange()
+	if !closed(r.s.Changes()) {
+		t.Fatal("no change signalled for a worker's STATUS=")
+	}
 	r.clock.now = r.clock.now.Add(time.Second)
 	r.readyAll(tok)
 	r.s.signalChange()

@@ -441,7 +441,7 @@ func TestNotifyReadyWaitsForEveryWorker(t *testing.T) {
 	m := startManager(t, "services:\n  late:\n    run: late-ready\n    workers: 2\n    ready: notify\n",
 		"NOTIFY_SOCKET="+ns.path, "WATCHDOG_USEC=600000000")
 	m.waitN("2 workers loading", 2, output("late", "loading"))
-	ns.statusUntil(t, "STATUS=starting: late 2/2 (not ready: workers 0, 1)")
+	ns.statusUntil(t, "STATUS=starting: late 2/2 (not ready: workers 0 (loading), 1 (loading))")
 	pids := map[int]int{}
 	for _, e := range m.all(func(e entry) bool { return e.str("msg") == "worker started" }) {
 		pids[e.int("worker")] = e.int("pid")
@@ -452,7 +452,7 @@ func TestNotifyReadyWaitsForEveryWorker(t *testing.T) {
 	if err := syscall.Kill(pids[0], syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
-	ns.statusUntil(t, "STATUS=starting: late 2/2 (not ready: worker 1)")
+	ns.statusUntil(t, "STATUS=starting: late 2/2 (not ready: worker 1 (loading))")
 	if err := syscall.Kill(pids[1], syscall.SIGUSR1); err != nil {
 		t.Fatal(err)
 	}
@@ -490,7 +490,7 @@ func TestNotifyReadyAfterTheReadyTimeout(t *testing.T) {
 	}
 	// quick's worker stays silent: the manager gives up on it (and
 	// restarts it) after its ready_timeout.
-	want := regexp.MustCompile(`^READY=1\nSTATUS=late 1/1, quick [01]/1 \(not ready: worker 0\)$`)
+	want := regexp.MustCompile(`^READY=1\nSTATUS=late 1/1, quick [01]/1 \(not ready: worker 0( \(loading\))?\)$`)
 	if got := ns.next(t, waitTimeout).text; !want.MatchString(got) {
 		t.Fatalf("READY=1 after the ready_timeout: %q, want %s", got, want)
 	}

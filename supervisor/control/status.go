@@ -193,7 +193,7 @@ func (s *Status) Service(name string) *ServiceStatus {
 
 // Summary is the status in one line, as systemd's STATUS= shows it: each
 // service's running and desired workers, those of them not ready yet (by
-// id) and those in backoff, each queue's depth, and a failed last
+// id, with the STATUS= each sent) and those in backoff, each queue's depth, and a failed last
 // reload's first error. Until the manager is ready it starts with
 // "starting: ", during a shutdown with "stopping: ".
 //
@@ -238,13 +238,18 @@ func (s *Status) Summary() string {
 }
 
 // summaryIDs is how many worker ids a summary names before it counts the
-// rest: STATUS= is one line.
-const summaryIDs = 4
+// rest, and summaryText how much of each one's STATUS= it shows: STATUS=
+// is one line.
+const (
+	summaryIDs  = 4
+	summaryText = 40
+)
 
 // notReady names the workers the service wants that are not ready,
 // whatever they are doing (starting, running, being replaced), but for
-// those in backoff, which the summary counts apart: "worker 3", "workers
-// 0, 2, 5, 6 and 3 more"; "" if none.
+// those in backoff, which the summary counts apart, each with the last
+// STATUS= it sent, if any: "worker 3", "workers 0 (loading 40%), 2, 5,
+// 6 and 3 more"; "" if none.
 func notReady(sv ServiceStatus) string {
 	var ids []string
 	n := 0
@@ -254,7 +259,14 @@ func notReady(sv ServiceStatus) string {
 		}
 		n++
 		if len(ids) < summaryIDs {
-			ids = append(ids, strconv.Itoa(w.ID))
+			id := strconv.Itoa(w.ID)
+			if t := w.StatusText; t != "" {
+				if len(t) > summaryText {
+					t = t[:summaryText] + "..."
+				}
+				id += " (" + t + ")"
+			}
+			ids = append(ids, id)
 		}
 	}
 	switch {

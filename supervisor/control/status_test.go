@@ -1,6 +1,7 @@
 package control
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -38,6 +39,12 @@ func TestStatusSummary(t *testing.T) {
 		{"one not ready", supervisor.Status{Ready: true, Services: []supervisor.ServiceStatus{
 			{Name: "printer", Desired: 3, Running: 3, Workers: running(true, false, true)},
 		}}, nil, "printer 3/3 (not ready: worker 1)"},
+		{"not ready, with what it said", supervisor.Status{Services: []supervisor.ServiceStatus{
+			{Name: "cache", Desired: 2, Running: 2, Workers: []supervisor.WorkerStatus{
+				{ID: 0, State: "running", StatusText: "loading 40%"},
+				{ID: 1, State: "running", StatusText: strings.Repeat("x", 50)},
+			}},
+		}}, nil, `starting: cache 2/2 (not ready: workers 0 (loading 40%), 1 (` + strings.Repeat("x", 40) + `...))`},
 		{"several not ready, and backoff", supervisor.Status{Services: []supervisor.ServiceStatus{
 			{Name: "printer", Desired: 8, Running: 7, Backoff: 1, Workers: append(running(false, true, false, false, false, false, false),
 				supervisor.WorkerStatus{ID: 7, State: "backoff"})},

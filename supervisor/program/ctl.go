@@ -22,7 +22,7 @@ import (
 
 // controlFlags say where the manager's control socket is.
 type controlFlags struct {
-	Socket string `placeholder:"PATH" help:"The manager's control socket. Default: control.socket of --config, else control.sock in $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/gotyledon or /run/gotyledon, the first that exists."`
+	Socket string `placeholder:"PATH" help:"The manager's control socket. Default: control.socket of --config, else control.sock in the first that has one of $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/gotyledon, /run/gotyledon and /tmp/gotyledon-UID."`
 	Config string `short:"c" placeholder:"FILE" help:"The manager's configuration file, to find its control socket."`
 }
 
