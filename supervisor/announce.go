@@ -95,8 +95,16 @@ func (s *Supervisor) Changes() <-chan struct{} { return s.changes }
 // no channel. Safe from any goroutine.
 func (s *Supervisor) ReloadSettled(ctx context.Context, source ReloadSource, cfg *config.Config) (<-chan error, error) {
 	reply, settled := make(chan error, 1), make(chan error, 1)
-	if !s.inbox.put(reloadSettleRequested{reloadRequested: reloadRequested{cfg: cfg, source: source, reply: reply}, settled: settled}) {
-		return nil, fmt.Errorf("reload: %w", ErrStopped)
+	ev := reloadSettleRequested{reloadRequested: reloadRequested{cfg: cfg, source: source, reply: reply}, settled: settled}
+	return s.askSettled(ctx, "reload", ev, reply, settled)
+}
+
+// askSettled sends ev, which answers reply once applied and settled once
+// done, and returns settled once reply says it was applied (what names
+// the request in errors).
+func (s *Supervisor) askSettled(ctx context.Context, what string, ev event, reply <-chan error, settled <-chan error) (<-chan error, error) {
+	if !s.inbox.put(ev) {
+		return nil, fmt.Errorf("%s: %w", what, ErrStopped)
 	}
 	select {
 	case err := <-reply:
@@ -105,9 +113,9 @@ func (s *Supervisor) ReloadSettled(ctx context.Context, source ReloadSource, cfg
 		}
 		return settled, nil
 	case <-s.loopEnded:
-		return nil, fmt.Errorf("reload: %w", ErrStopped)
+		return nil, fmt.Errorf("%s: %w", what, ErrStopped)
 	case <-ctx.Done():
-		return nil, fmt.Errorf("reload: %w", ctx.Err())
+		return nil, fmt.Errorf("%s: %w", what, ctx.Err())
 	}
 }
 

@@ -79,23 +79,14 @@ func (p *procTable) startCommand(req commandReq) {
 		req.reply <- commandDone{err: fmt.Errorf("output pipe: %w", err)}
 		return
 	}
-	sys := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	cgroup, cgfd := p.newCgroup("c-" + strconv.FormatUint(req.id, 10))
-	useCgroup(sys, cgfd)
-	pid, err := p.sys.forkExec(path, req.argv, &syscall.ProcAttr{
+	pid, cgroup, err := p.forkInCgroup("c-"+strconv.FormatUint(req.id, 10), path, req.argv, &syscall.ProcAttr{
 		Dir:   req.dir,
 		Env:   req.env,
 		Files: []uintptr{p.devNull.Fd(), outW.Fd(), outW.Fd()},
-		Sys:   sys,
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 	})
 	outW.Close()
-	if cgfd >= 0 {
-		unix.Close(cgfd)
-	}
 	if err != nil {
-		if cgroup != "" {
-			p.removeCgroup(cgroup)
-		}
 		outR.Close()
 		if req.dir != "" && errors.Is(err, syscall.ENOENT) {
 			if _, serr := os.Stat(req.dir); serr != nil {

@@ -302,24 +302,15 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	if s.goWorker {
 		files = append(files, p.managerPipe.Fd())
 	}
-	sys := &syscall.SysProcAttr{Setpgid: true, Pdeathsig: s.deathSignal}
-	cgroup, cgfd := p.newCgroup("w-" + strconv.FormatUint(token, 10))
-	useCgroup(sys, cgfd)
-	pid, err := p.sys.forkExec(path, s.argv, &syscall.ProcAttr{
+	pid, cgroup, err := p.forkInCgroup("w-"+strconv.FormatUint(token, 10), path, s.argv, &syscall.ProcAttr{
 		Dir:   s.dir,
 		Env:   s.env,
 		Files: files,
-		Sys:   sys,
+		Sys:   &syscall.SysProcAttr{Setpgid: true, Pdeathsig: s.deathSignal},
 	})
 	outW.Close()
 	errW.Close()
-	if cgfd >= 0 {
-		unix.Close(cgfd)
-	}
 	if err != nil {
-		if cgroup != "" {
-			p.removeCgroup(cgroup)
-		}
 		outR.Close()
 		errR.Close()
 		if s.dir != "" && errors.Is(err, syscall.ENOENT) {
@@ -636,6 +627,23 @@ func (p *procTable) sentinelLeave() {
 	_, _ = p.sentinelPipe.WriteString("bye\n")
 	p.sentinelPipe.Close()
 	p.sentinelPipe = nil
+}
+
+// forkInCgroup forks and execs path into a cgroup of its own called name,
+// where the manager has cgroups (and it can be made), and returns the
+// process's pid and cgroup ("" without one).
+func (p *procTable) forkInCgroup(name, path string, argv []string, attr *syscall.ProcAttr) (pid int, cgroup string, err error) {
+	cgroup, fd := p.newCgroup(name)
+	useCgroup(attr.Sys, fd)
+	pid, err = p.sys.forkExec(path, argv, attr)
+	if fd >= 0 {
+		unix.Close(fd)
+	}
+	if err != nil && cgroup != "" {
+		p.removeCgroup(cgroup)
+		cgroup = ""
+	}
+	return pid, cgroup, err
 }
 
 // removeCgroup removes the cgroup of a finished worker or command, or

@@ -43,20 +43,8 @@ func (restartRequested) isEvent() {}
 // loop. Safe from any goroutine.
 func (s *Supervisor) Restart(ctx context.Context, service string, id int) (<-chan error, error) {
 	reply, settled := make(chan error, 1), make(chan error, 1)
-	if !s.inbox.put(restartRequested{service: service, id: id, reply: reply, settled: settled}) {
-		return nil, fmt.Errorf("restart %s: %w", service, ErrStopped)
-	}
-	select {
-	case err := <-reply:
-		if err != nil {
-			return nil, err
-		}
-		return settled, nil
-	case <-s.loopEnded:
-		return nil, fmt.Errorf("restart %s: %w", service, ErrStopped)
-	case <-ctx.Done():
-		return nil, fmt.Errorf("restart %s: %w", service, ctx.Err())
-	}
+	ev := restartRequested{service: service, id: id, reply: reply, settled: settled}
+	return s.askSettled(ctx, "restart "+service, ev, reply, settled)
 }
 
 func (s *Supervisor) onRestart(r restartRequested) {
