@@ -325,8 +325,12 @@ func (p *procTable) forkExec(token uint64, s *spawnSpec) (*proc, error) {
 	// the worker's first line of output.
 	log.Info("worker started", zap.Int("restarts", s.restarts))
 	pr := &proc{token: token, pid: pid, outputs: [2]*os.File{outR, errR}, open: 2, cgroup: cgroup}
+	// The worker's lines carry its tag as the logger's name, which the
+	// console and journal formats print before the message ("printer/0"),
+	// where a person reading a long line finds it.
+	outLog := log.Named(s.service + "/" + strconv.Itoa(s.id))
 	for i, stream := range []string{"stdout", "stderr"} {
-		f, slog, progress := pr.outputs[i], log.With(zap.String("stream", stream)), &pr.output
+		f, slog, progress := pr.outputs[i], outLog.With(zap.String("stream", stream)), &pr.output
 		go func() {
 			logOutput(f, slog, &p.bufs, progress)
 			p.inbox.put(outputClosed{token: token})
