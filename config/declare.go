@@ -219,7 +219,8 @@ func StopTimeout(t time.Duration) ServiceOption {
 
 // ReloadSignal sets `reload_signal` (default: none), sent to the workers on
 // each reload that leaves their definition unchanged; as StopSignal, but
-// not SIGKILL.
+// not SIGKILL, not the service's stop signal, and for a Go service not
+// SIGTERM or SIGINT.
 func ReloadSignal(sig syscall.Signal) ServiceOption {
 	return func(s *serviceDecl) { s.reloadSignal.set(sig, s.now) }
 }
@@ -253,7 +254,8 @@ func ReadyBy(r Ready) ServiceOption {
 }
 
 // ReadyTimeout sets `ready_timeout` (default DefaultReadyTimeout): how
-// long a ReadyNotify worker has to send READY=1.
+// long a ReadyNotify worker has to send READY=1, and how long the
+// manager's first start waits for the service's workers to be ready.
 func ReadyTimeout(t time.Duration) ServiceOption {
 	return func(s *serviceDecl) { s.readyTimeout.set(t, s.now) }
 }

@@ -26,28 +26,20 @@ import (
 //     replaced worker is ready) or one of them halted. `gotyledon reload`
 //     and systemd's reload job wait for it.
 //   - Changes: something a summary shows may have changed (a worker
-//     started, became ready, exited; a reload's result), so that systemd's
-//     STATUS= follows the workers instead of a clock.
+//     started, became ready, sent a STATUS=, exited; a reload's result),
+//     so that systemd's STATUS= follows the workers instead of a clock.
 
 // ErrRolloutHalted is matched by the settlement of a reload whose rolling
-// change halted (a *RolloutHaltedError): a new worker exited (or could not start) before it was
-// ready, or was not ready within ready_timeout. Its service went back to
-// its previous definition (see rollout.go).
+// change halted (a *RolloutHaltedError): a new worker exited (or could not
+// start) before it was ready, or was not ready within ready_timeout. Its
+// service went back to its previous definition (see rollout.go).
 var ErrRolloutHalted = errors.New("rollout halted")
 
 // initialReadyDue: the ready_timeout of service's first start is over;
 // the manager stops waiting for its workers to be ready.
 type initialReadyDue struct{ service string }
 
-// reloadSettleRequested: apply cfg as reloadRequested does, answer reply
-// once applied, and settled once the reload has settled.
-type reloadSettleRequested struct {
-	reloadRequested
-	settled chan<- error // buffered
-}
-
-func (initialReadyDue) isEvent()       {}
-func (reloadSettleRequested) isEvent() {}
+func (initialReadyDue) isEvent() {}
 
 // rollout is a reload whose rolling changes are under way, and those who
 // wait for it to settle: its own waiters and those of the reloads it
@@ -69,16 +61,16 @@ func (s *Supervisor) Started() <-chan struct{} { return s.started }
 // ready (it has run its service's min_uptime, or sent READY=1 with ready:
 // notify), or its service's ready_timeout has passed since the first
 // start: then Status shows which workers are not ready. Slots a reload
-// removes are not waited for once they are gone, nor are those it adds. It is never closed
-// if a shutdown comes first.
+// removes are not waited for once they are gone, nor are those it adds.
+// It is never closed if a shutdown comes first.
 func (s *Supervisor) Ready() <-chan struct{} { return s.ready }
 
 // Changes returns a channel that receives a value (it holds one at most)
 // after the loop handled an event that may change a summary of Status:
 // a worker started, became ready, sent a STATUS=, exited or stopped, a
 // reload or a rescale, a shutdown. Pings from workers and status
-// requests do not count. Read it, then take a Status: the one taken after the value was
-// received shows the change.
+// requests do not count. Read it, then take a Status: the one taken after
+// the value was received shows the change.
 func (s *Supervisor) Changes() <-chan struct{} { return s.changes }
 
 // ReloadSettled applies cfg as Reload does and returns, once it is
@@ -95,13 +87,13 @@ func (s *Supervisor) Changes() <-chan struct{} { return s.changes }
 // no channel. Safe from any goroutine.
 func (s *Supervisor) ReloadSettled(ctx context.Context, source ReloadSource, cfg *config.Config) (<-chan error, error) {
 	reply, settled := make(chan error, 1), make(chan error, 1)
-	ev := reloadSettleRequested{reloadRequested: reloadRequested{cfg: cfg, source: source, reply: reply}, settled: settled}
+	ev := reloadRequested{cfg: cfg, source: source, reply: reply, settled: settled}
 	return s.askSettled(ctx, "reload", ev, reply, settled)
 }
 
-// askSettled sends ev, which answers reply once applied and settled once
-// done, and returns settled once reply says it was applied (what names
-// the request in errors).
+// askSettled sends ev, which answers reply once applied and settled (if
+// not nil) once done, and returns settled once reply says it was applied
+// (what names the request in errors).
 func (s *Supervisor) askSettled(ctx context.Context, what string, ev event, reply <-chan error, settled <-chan error) (<-chan error, error) {
 	if !s.inbox.put(ev) {
 		return nil, fmt.Errorf("%s: %w", what, ErrStopped)
@@ -117,14 +109,6 @@ func (s *Supervisor) askSettled(ctx context.Context, what string, ev event, repl
 	case <-ctx.Done():
 		return nil, fmt.Errorf("%s: %w", what, ctx.Err())
 	}
-}
-
-// onReloadSettle applies ev's reload and, if it was applied, puts its
-// settled channel among the waiters of the rollout it started (which may
-// be over already: then it is answered at once).
-func (s *Supervisor) onReloadSettle(ev reloadSettleRequested) {
-	err := s.onReload(ev.cfg, ev.source, ev.settled)
-	ev.reply <- err
 }
 
 // settle answers everyone waiting for the rollout under way, and ends it.

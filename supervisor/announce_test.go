@@ -132,7 +132,7 @@ func TestLoopReadyDespiteSlotsScaledAway(t *testing.T) {
 func (r *loopRig) reloadSettled(cfg *config.Config) <-chan error {
 	r.t.Helper()
 	reply, settled := make(chan error, 1), make(chan error, 1)
-	r.s.handle(reloadSettleRequested{reloadRequested: reloadRequested{cfg: cfg, source: ReloadByControl, reply: reply}, settled: settled})
+	r.s.handle(reloadRequested{cfg: cfg, source: ReloadByControl, reply: reply, settled: settled})
 	if err := <-reply; err != nil {
 		r.t.Fatalf("reload not applied: %v", err)
 	}

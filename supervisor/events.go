@@ -60,11 +60,13 @@ type killDue struct{ token uint64 }
 type readyDue struct{ token, seq uint64 }
 
 // reloadRequested: apply cfg, read for source, in place of the running
-// configuration; then answer on reply, if any (buffered).
+// configuration; then answer on reply, if any (buffered), and on settled,
+// if any (buffered), once the reload has settled (ReloadSettled).
 type reloadRequested struct {
-	cfg    *config.Config
-	source ReloadSource
-	reply  chan<- error
+	cfg     *config.Config
+	source  ReloadSource
+	reply   chan<- error
+	settled chan<- error
 }
 
 // shutdownRequested: stop every worker and return from Run. fast skips the

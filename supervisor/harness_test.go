@@ -675,9 +675,9 @@ func launchManager(t *testing.T, config string, args []string, files []*os.File,
 }
 
 // removeDeadCgroups removes the cgroup subtree of a manager that has
-// exited, if it left one (killed with SIGKILL: its sentinel may still wait
-// out its grace), killing what is in it: the next manager to start would,
-// but none may, and runs must leave nothing behind.
+// exited, if it left one (killed with SIGKILL, its sentinel may still wait
+// out its grace, which a test need not), killing what is in it: runs
+// must leave nothing behind.
 func removeDeadCgroups(pid int) {
 	prefix := "gotyledon-" + strconv.Itoa(pid) + "-"
 	for _, mount := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {

@@ -63,11 +63,11 @@ type procTable struct {
 	cmdByPid map[int]*command
 	// cg is the manager's cgroup subtree, each worker and command in a
 	// cgroup of its own (cgroup.go); nil without one. sentinelPipe is the
-	// write end of the sentinel's standard input, and sentinelPid its pid.
+	// write end of the sentinel's standard input (nil once it is told to
+	// leave), and sentinelPid its pid.
 	cg           *cgroupTree
 	sentinelPipe *os.File
 	sentinelPid  int
-	sentinelBye  bool // the manager told it to leave (a clean exit)
 	// cgPending are workers' cgroups not yet empty when their workers
 	// finished, removed when they are; uncontained: some worker runs
 	// outside a cgroup of its own (its cgroup could not be made), so
@@ -401,7 +401,7 @@ func (p *procTable) reap() {
 			}
 			if pid == p.sentinelPid {
 				p.sentinelPid = 0
-				if p.sentinelPipe != nil && !p.sentinelBye {
+				if p.sentinelPipe != nil { // not told to leave: it died
 					p.log.Warn("the cgroup sentinel exited: what the workers leave behind now outlives a manager killed with SIGKILL",
 						zap.Int("pid", pid), zap.String("status", describeStatus(ws)))
 				}
@@ -627,7 +627,6 @@ func (p *procTable) sentinelLeave() {
 	if p.sentinelPipe == nil {
 		return
 	}
-	p.sentinelBye = true
 	_, _ = p.sentinelPipe.WriteString("bye\n")
 	p.sentinelPipe.Close()
 	p.sentinelPipe = nil

@@ -278,17 +278,8 @@ func (s *Supervisor) Shutdown(fast bool) {
 // from OnReload it would run OnReload again, without end.
 func (s *Supervisor) Reload(ctx context.Context, source ReloadSource, cfg *config.Config) error {
 	reply := make(chan error, 1)
-	if !s.inbox.put(reloadRequested{cfg: cfg, source: source, reply: reply}) {
-		return fmt.Errorf("reload: %w", ErrStopped)
-	}
-	select {
-	case err := <-reply:
-		return err
-	case <-s.loopEnded:
-		return fmt.Errorf("reload: %w", ErrStopped)
-	case <-ctx.Done():
-		return fmt.Errorf("reload: %w", ctx.Err())
-	}
+	_, err := s.askSettled(ctx, "reload", reloadRequested{cfg: cfg, source: source, reply: reply}, reply, nil)
+	return err
 }
 
 // Run makes the manager process a child subreaper, starts every service's
@@ -547,12 +538,10 @@ func (s *Supervisor) handle(ev event) {
 	case shutdownRequested:
 		s.onShutdown(ev.fast)
 	case reloadRequested:
-		err := s.onReload(ev.cfg, ev.source, nil)
+		err := s.onReload(ev.cfg, ev.source, ev.settled)
 		if ev.reply != nil {
 			ev.reply <- err
 		}
-	case reloadSettleRequested:
-		s.onReloadSettle(ev)
 	case initialReadyDue:
 		s.onInitialReadyDue(ev.service)
 	case reloadRefused:
