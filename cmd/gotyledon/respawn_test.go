@@ -158,7 +158,7 @@ services:
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		b.Fatal(err)
 	}
-	mgr := exec.Command(prog, "--log-level", "warn", "run", "--config", cfg)
+	mgr := exec.Command(prog, "run", "--log-level", "warn", "--config", cfg)
 	var logs strings.Builder
 	mgr.Stdout, mgr.Stderr = &logs, &logs
 	if err := mgr.Start(); err != nil {

@@ -63,10 +63,6 @@ func writeStartupProbe(w io.Writer) {
 
 // commandLine is the grammar of the gotyledon command.
 type commandLine struct {
-	LogFormat string `name:"log-format" enum:"auto,console,json,journal" default:"auto" help:"Log format: console (for people), json, journal (systemd's), or auto (journal under systemd, else console)."`
-	LogLevel  string `name:"log-level" enum:"debug,info,warn,error" default:"info" help:"Least severe level logged: debug, info, warn or error."`
-	LogFile   string `name:"log-file" type:"path" placeholder:"PATH" help:"Append the log to PATH instead of stderr (SIGUSR1 reopens it)."`
-
 	Run   runCommand   `cmd:"" help:"Run the services of a configuration file in the foreground, as a systemd unit does."`
 	Check checkCommand `cmd:"" help:"Validate a configuration file: exit 0 if it is good, 1 with every error if not."`
 	Queue queueCommand `cmd:"" help:"Put items on, or take them from, a queue of a running manager (for shell workers)."`

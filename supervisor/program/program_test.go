@@ -101,6 +101,25 @@ func TestVersion(t *testing.T) {
 	}
 }
 
+// Only run keeps a log, so only its help shows the log flags: the help of
+// every other command is its own flags and not the manager's.
+func TestOnlyRunsHelpShowsTheLogFlags(t *testing.T) {
+	for _, args := range [][]string{{"--help"}, {"run", "--help"}, {"status", "--help"}, {"scale", "--help"},
+		{"reload", "--help"}, {"restart", "--help"}, {"check", "--help"}, {"queue", "put", "--help"},
+		{"queue", "consume", "--help"}, {"version", "--help"}} {
+		code, out, stderr := runCLI(New(), args...)
+		if code != ExitOK || out == "" {
+			t.Fatalf("%q: exit %d, stdout %q, stderr %q", args, code, out, stderr)
+		}
+		want := args[0] == "run"
+		for _, flag := range []string{"--log-level", "--log-format", "--log-file"} {
+			if strings.Contains(out, flag) != want {
+				t.Errorf("%q: shows %s = %v, want %v:\n%s", args, flag, !want, want, out)
+			}
+		}
+	}
+}
+
 // A command line error points to the help of the subcommand it was in.
 func TestUsageErrorsPointToTheSubcommandsHelp(t *testing.T) {
 	for args, want := range map[string]string{
@@ -123,7 +142,7 @@ func TestCheckOnAMissingFile(t *testing.T) {
 }
 
 func TestUsageErrorsExit2(t *testing.T) {
-	for _, args := range [][]string{{}, {"run"}, {"frobnicate"}, {"--log-format", "xml", "check", "-c", "x"}} {
+	for _, args := range [][]string{{}, {"run"}, {"frobnicate"}, {"run", "--log-format", "xml", "-c", "x"}, {"--log-level", "warn", "status"}} {
 		code, _, stderr := runCLI(nil, args...)
 		if code != ExitUsage || !strings.HasPrefix(stderr, "gotyledon: ") {
 			t.Errorf("%q: exit %d stderr %q; want 2 and a message", args, code, stderr)

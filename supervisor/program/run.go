@@ -11,16 +11,22 @@ import (
 
 type runCommand struct {
 	Config string `short:"c" placeholder:"FILE" help:"Configuration file (YAML), applied on top of what the program declares; reloaded on SIGHUP and when it is edited."`
+
+	// The log flags belong to run alone: the other commands print for
+	// people and keep no log, so their help need not repeat these.
+	LogFormat string `name:"log-format" enum:"auto,console,json,journal" default:"auto" help:"Log format: console (for people), json, journal (systemd's), or auto (journal under systemd, else console)."`
+	LogLevel  string `name:"log-level" enum:"debug,info,warn,error" default:"info" help:"Least severe level logged: debug, info, warn or error."`
+	LogFile   string `name:"log-file" type:"path" placeholder:"PATH" help:"Append the log to PATH instead of stderr (SIGUSR1 reopens it)."`
 }
 
 // Run is the manager: it runs until a requested shutdown has stopped every
 // worker. What the manager has to say goes to its log; a failure the log
 // has not told is printed too.
-func (c *runCommand) Run(e *env, cl *commandLine) error {
+func (c *runCommand) Run(e *env) error {
 	if c.Config == "" && !e.declared {
 		return usageError("run needs --config FILE: this program declares no services of its own")
 	}
-	log, logFile, err := logging.New(cl.LogFormat, cl.LogLevel, cl.LogFile, e.stderr, os.Getenv)
+	log, logFile, err := logging.New(c.LogFormat, c.LogLevel, c.LogFile, e.stderr, os.Getenv)
 	if err != nil {
 		return err
 	}
