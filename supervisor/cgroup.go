@@ -9,10 +9,11 @@ package supervisor
 // systemd's Delegate=yes), each worker process gets a cgroup of its own,
 // which nothing it forks can leave:
 //
-//	<the manager's cgroup>/gotyledon-<manager pid>-<random>/
-//	    sentinel/     a shell that kills the subtree when the manager is gone
-//	    w-<token>/    one worker process and everything it forks
-//	    c-<id>/       a command of RunCommand
+//	<the manager's cgroup>/               the manager, and its sentinel: a shell
+//	                                      that kills the subtree once the manager is gone
+//	    gotyledon-<manager pid>-<random>/
+//	        w-<token>/    one worker process and everything it forks
+//	        c-<id>/       a command of RunCommand
 //
 // The process is forked straight into its cgroup (clone3's
 // CLONE_INTO_CGROUP). cgroup.kill then ends a worker whole: when its main
@@ -20,8 +21,8 @@ package supervisor
 // manager stops. If the manager itself is killed (SIGKILL, the OOM killer,
 // a crash), nothing of it can act: the sentinel, a shell blocked reading
 // a pipe only the manager holds open, sees end of file, sends SIGTERM to
-// what is left in the workers' cgroups, and after shutdown_timeout moves
-// itself out, writes cgroup.kill of the subtree, and removes it. A
+// what is left in the workers' cgroups, and after shutdown_timeout writes
+// cgroup.kill of the subtree, and removes it. A
 // manager never touches a subtree but its own: another one's, in another
 // pid namespace say, cannot be told dead from alive by its pid.
 //
@@ -191,10 +192,13 @@ func (t *cgroupTree) probeFork() error {
 }
 
 // removeCgroupTree kills everything in dir and below, waits up to limit
-// for it to be gone, and removes the cgroups, deepest first.
+// for it to be gone, and removes the cgroups, deepest first. A subtree
+// already empty, as at the end of every clean stop, is only removed.
 func removeCgroupTree(dir string, limit time.Duration) {
-	_ = writeCgroupFile(filepath.Join(dir, "cgroup.kill"), "1")
-	waitUnpopulated(dir, limit)
+	if cgroupPopulated(dir) {
+		_ = writeCgroupFile(filepath.Join(dir, "cgroup.kill"), "1")
+		waitUnpopulated(dir, limit)
+	}
 	var dirs []string
 	_ = filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
 		if err == nil && d.IsDir() {
@@ -229,9 +233,9 @@ func (t *cgroupTree) workerCgroup(name string) (dir string, fd int, err error) {
 // SIGTERM to every process in the workers' and commands' cgroups under
 // the subtree $GOTYLEDON_CGROUP (the workers themselves had their
 // parent-death signal: a Go worker its stop signal, to finish the item in
-// hand), waits $GOTYLEDON_GRACE seconds (shutdown_timeout), moves itself
-// to the subtree's parent $GOTYLEDON_PARENT, kills everything left in
-// the subtree, waits for it to be empty (up to 5 s), and removes it.
+// hand), waits $GOTYLEDON_GRACE seconds (shutdown_timeout), kills
+// everything left in the subtree (the sentinel is not in it), waits for it
+// to be empty (up to 5 s), and removes it.
 // Shell builtins but sleep; a pid of 0 is another pid namespace's.
 const sentinelScript = `read -r line
 [ "$line" = bye ] && exit 0
@@ -241,7 +245,6 @@ for f in "$R"/w-*/cgroup.procs "$R"/c-*/cgroup.procs; do
 	while read -r p; do [ "$p" -gt 0 ] 2>/dev/null && kill -TERM "$p" 2>/dev/null; done < "$f"
 done
 sleep "$GOTYLEDON_GRACE"
-echo $$ > "$GOTYLEDON_PARENT/cgroup.procs" || exit 1
 echo 1 > "$R/cgroup.kill"
 n=0
 while [ $n -lt 50 ]; do
@@ -271,8 +274,7 @@ func (t *cgroupTree) remove(dir string) bool {
 	return err == nil || errors.Is(err, os.ErrNotExist)
 }
 
-// close kills what is left in the subtree (the sentinel, told to leave,
-// is gone or going) and removes it.
+// close kills what is left in the subtree and removes it.
 func (t *cgroupTree) close() {
 	removeCgroupTree(t.root, 2*time.Second)
 }
@@ -313,6 +315,9 @@ func readCgroupStats(dir string) (s WorkerUsage, ok bool) {
 // workerPids lists the processes in the workers' and commands' cgroups
 // (w-*, c-*).
 func (t *cgroupTree) workerPids() []int {
+	if !cgroupPopulated(t.root) { // one read, where a stop ends
+		return nil
+	}
 	entries, err := os.ReadDir(t.root)
 	if err != nil {
 		return nil

@@ -74,6 +74,8 @@ type procTable struct {
 	// leftovers are looked for among the manager's children too.
 	cgPending   []string
 	uncontained bool
+	// swept: the shutdown's sweep is done, and the table with it.
+	swept bool
 	// sentinelGrace is how long the sentinel waits between its SIGTERM
 	// and its SIGKILL: the configuration's shutdown_timeout. sentinelName
 	// is its argv[0], its title in ps.
@@ -140,7 +142,7 @@ type outputGraceOver struct{ token uint64 }
 type groupCheckDue struct{ token uint64 }
 
 // sweepReq: stop whatever children the workers left behind (see sweep) and
-// say on done how many had to be killed.
+// say on done how many had to be killed. The table ends after it.
 type sweepReq struct {
 	fast    bool
 	timeout time.Duration
@@ -154,13 +156,15 @@ func (outputGraceOver) isProcMsg() {}
 func (groupCheckDue) isProcMsg()   {}
 func (sweepReq) isProcMsg()        {}
 
-// run serves messages and reaps children until quit is closed. When it
-// returns, its OS thread exits with it (see the type's comment).
+// run serves messages and reaps children until quit is closed or the
+// shutdown's sweep is done. When it returns, its OS thread exits with it
+// (see the type's comment).
 func (p *procTable) run(quit <-chan struct{}) {
 	runtime.LockOSThread() // never unlocked: see the type's comment
 	if p.cg != nil {
 		p.startSentinel()
 	}
+	defer p.sentinelRelease()
 	var batch []procMsg
 	for {
 		select {
@@ -172,6 +176,9 @@ func (p *procTable) run(quit <-chan struct{}) {
 			batch = p.inbox.take(batch)
 			for _, m := range batch {
 				p.handle(m)
+				if p.swept {
+					return
+				}
 				// Reap between the spawns of a long batch, so that an exit
 				// is not timed late (a quick crash taken for a long run).
 				select {
@@ -225,6 +232,7 @@ func (p *procTable) handle(m procMsg) {
 	case sweepReq:
 		killed := p.sweep(m.fast, m.timeout)
 		p.sentinelLeave()
+		p.swept = true
 		m.done <- killed
 	case procProbe:
 		m.reply <- struct{}{}
@@ -583,36 +591,27 @@ func describeStatus(ws unix.WaitStatus) string {
 }
 
 // startSentinel starts the shell that kills the manager's cgroup subtree
-// once the manager is gone (cgroup.go). Without it, the workers' cgroups
+// once the manager is gone (cgroup.go). It stays in the manager's own
+// cgroup, outside the subtree, so that removing the subtree at the end of
+// a stop need not wait for it to exit. Without it, the workers' cgroups
 // are still killed at every stop.
 func (p *procTable) startSentinel() {
-	dir, fd := p.newCgroup("sentinel")
-	if dir == "" {
-		p.log.Warn("no cgroup sentinel: what workers leave behind outlives a manager killed with SIGKILL")
-		return
-	}
 	r, w, err := os.Pipe()
 	if err != nil {
-		unix.Close(fd)
 		p.log.Warn("no cgroup sentinel: what workers leave behind outlives a manager killed with SIGKILL", zap.Error(err))
 		return
 	}
 	defer r.Close()
-	sys := &syscall.SysProcAttr{Setpgid: true} // away from the terminal's signals
-	useCgroup(sys, fd)
 	// The script and its arguments in the environment, so that ps shows
 	// a title, as it does for Go workers: "NAME: cgroup sentinel -c ...".
 	grace := strconv.FormatFloat(p.sentinelGrace.Seconds(), 'f', 3, 64)
 	pid, err := p.sys.forkExec("/bin/sh", []string{p.sentinelName, "-c", `eval "$GOTYLEDON_SENTINEL"`},
 		&syscall.ProcAttr{
 			Env: []string{"PATH=/usr/bin:/bin", "GOTYLEDON_SENTINEL=" + sentinelScript,
-				"GOTYLEDON_CGROUP=" + p.cg.root, "GOTYLEDON_PARENT=" + p.cg.parent, "GOTYLEDON_GRACE=" + grace},
+				"GOTYLEDON_CGROUP=" + p.cg.root, "GOTYLEDON_GRACE=" + grace},
 			Files: []uintptr{r.Fd(), p.devNull.Fd(), p.devNull.Fd()},
-			Sys:   sys,
+			Sys:   &syscall.SysProcAttr{Setpgid: true}, // away from the terminal's signals
 		})
-	if fd >= 0 {
-		unix.Close(fd)
-	}
 	if err != nil {
 		w.Close()
 		p.log.Warn("no cgroup sentinel: what workers leave behind outlives a manager killed with SIGKILL", zap.Error(err))
@@ -630,6 +629,31 @@ func (p *procTable) sentinelLeave() {
 	_, _ = p.sentinelPipe.WriteString("bye\n")
 	p.sentinelPipe.Close()
 	p.sentinelPipe = nil
+}
+
+// sentinelRelease, as the table stops, reaps the sentinel told to leave
+// if it has exited, or else leaves a goroutine to: the stop does not wait
+// for a shell to exit, and a program that goes on after Run keeps no
+// zombie.
+func (p *procTable) sentinelRelease() {
+	pid := p.sentinelPid
+	if pid == 0 {
+		return
+	}
+	p.sentinelPid = 0
+	p.sentinelLeave() // in case no sweep told it
+	var ws unix.WaitStatus
+	if got, err := p.sys.wait4(pid, &ws, unix.WNOHANG, nil); got == pid || (err != nil && !errors.Is(err, unix.EINTR)) {
+		return
+	}
+	go func() {
+		for {
+			var ws unix.WaitStatus
+			if _, err := p.sys.wait4(pid, &ws, 0, nil); !errors.Is(err, unix.EINTR) {
+				return
+			}
+		}
+	}()
 }
 
 // forkInCgroup forks and execs path into a cgroup of its own called name,
@@ -673,7 +697,8 @@ func (p *procTable) newCgroup(name string) (dir string, fd int) {
 
 // startProcTable starts the process table's goroutine, on the real
 // operating system unless p.sys says otherwise. SIGCHLD is subscribed
-// before it returns, so no exit is missed.
+// before it returns, so no exit is missed. stop ends the table, unless a
+// sweep has, and waits for it.
 func startProcTable(p *procTable) (stop func()) {
 	if p.sys == nil {
 		p.sys = realProcOS()
@@ -685,10 +710,10 @@ func startProcTable(p *procTable) (stop func()) {
 	go func() {
 		defer close(done)
 		p.run(quit)
+		signal.Stop(p.sigchld)
 	}()
 	return func() {
 		close(quit)
 		<-done
-		signal.Stop(p.sigchld)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -88,7 +89,9 @@ type Supervisor struct {
 	loopEnded chan struct{}
 	// tableEnded is closed when the process table has stopped: no command
 	// of RunCommand is answered after it.
-	tableEnded  chan struct{}
+	tableEnded chan struct{}
+	// stopped is closed once the shutdown has left no process: Stopped.
+	stopped     chan struct{}
 	nextCommand atomic.Uint64 // RunCommand's ids
 	outputGrace time.Duration
 	hooks       Hooks
@@ -214,6 +217,7 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		finished:    make(chan struct{}),
 		loopEnded:   make(chan struct{}),
 		tableEnded:  make(chan struct{}),
+		stopped:     make(chan struct{}),
 		outputGrace: defaultOutputGrace,
 		hooks:       opts.Hooks,
 		hooksInbox:  newMailbox[func()](),
@@ -404,6 +408,13 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	swept := make(chan int, 1)
 	s.procs.inbox.put(sweepReq{fast: s.fast, timeout: s.cfg.ShutdownTimeout, done: swept})
 	leftoversKilled := <-swept
+	close(s.stopped)
+	// A goroutine woken by that would otherwise wait for this one to
+	// block, on the same P: its stopping is what should overlap ours.
+	runtime.Gosched()
+	// The process table ends after the sweep on its own: removing the
+	// cgroups here overlaps with that, and the caller's own stopping with
+	// both.
 	if cg != nil {
 		cg.close()
 	}

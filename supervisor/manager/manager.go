@@ -315,9 +315,20 @@ func (m *Manager) Run(ctx context.Context) error {
 	if m.watch != nil {
 		g.Add(m.watch.Run, m.watch.Interrupt)
 	}
-	// Supervisor: starts, restarts and stops the workers. Its return, once
-	// every worker is gone, ends the group.
-	g.Add(func() error { return m.sup.Run(ctx) }, func(error) { m.sup.Shutdown(false) })
+	// Supervisor: starts, restarts and stops the workers. Once a shutdown
+	// has left no process the group ends: the other actors stop while the
+	// supervisor removes its cgroups and process table, and Run returns
+	// when both are done.
+	var supErr error
+	g.Add(func() error { supErr = m.sup.Run(ctx); return supErr }, func(error) { m.sup.Shutdown(false) })
+	groupEnd := make(chan struct{})
+	g.Add(func() error {
+		select {
+		case <-m.sup.Stopped():
+		case <-groupEnd:
+		}
+		return nil
+	}, func(error) { close(groupEnd) })
 	// Queue broker: serves until the group ends, so that stopping workers
 	// can still ack what they finish; items in flight when it closes are
 	// lost with the manager (at least once holds while the manager lives).
@@ -350,7 +361,10 @@ func (m *Manager) Run(ctx context.Context) error {
 		})
 		g.Add(reporter.Run, reporter.Interrupt)
 	}
-	return g.Run()
+	if err := g.Run(); err != nil {
+		return err
+	}
+	return supErr // the group may have ended at Stopped, before Run's error
 }
 
 // Close releases what New took: the signals, the sockets, the watch. Run

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -22,7 +23,8 @@ import (
 // an edit seen by the watch, `gotyledon reload`), one at a time and in
 // the order asked; the broker and the supervisor receive what it applied
 // and hold no configuration of their own. Because a shutdown ends every
-// reload still waiting, it sequences shutdowns too.
+// reload still waiting, it sequences shutdowns too; the supervisor hears
+// of one at once all the same (stop).
 //
 // Run is its execute function, Interrupt its interrupt. Reload, request
 // and stop are safe from any goroutine.
@@ -44,6 +46,9 @@ type reloader struct {
 	asks     chan any // reloadAsk and stopAsk, in the order they were made
 	quit     chan struct{}
 	quitOnce sync.Once
+	// shutdownTold: the supervisor has been asked for a graceful
+	// shutdown, by stop or by Run.
+	shutdownTold atomic.Bool
 
 	// Owned by Run.
 	current *config.Config
@@ -147,8 +152,16 @@ func (r *reloader) Reload(ctx context.Context, source supervisor.ReloadSource, s
 func (r *reloader) request(source supervisor.ReloadSource) { r.ask(reloadAsk{source: source}) }
 
 // stop asks for a graceful shutdown, or, with escalate, a fast one if a
-// shutdown is under way already.
-func (r *reloader) stop(escalate bool) { r.ask(stopAsk{escalate: escalate}) }
+// shutdown is under way already. The supervisor is told of the graceful
+// one at once, not after a reload being read: the workers' stop signals
+// go out without waiting for that reload, which the supervisor then
+// refuses, as it refuses any during a shutdown.
+func (r *reloader) stop(escalate bool) {
+	if !r.shutdownTold.Swap(true) {
+		r.sup.Shutdown(false)
+	}
+	r.ask(stopAsk{escalate: escalate})
+}
 
 func (r *reloader) ask(a any) {
 	select {
@@ -198,7 +211,9 @@ func (r *reloader) Run(ctx context.Context) error {
 			r.notify.Stopping()
 			refuseAll()
 		}
-		r.sup.Shutdown(fast)
+		if fast || !r.shutdownTold.Swap(true) {
+			r.sup.Shutdown(fast)
+		}
 		r.stopping = true
 	}
 	done := ctx.Done()

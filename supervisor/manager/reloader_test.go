@@ -362,7 +362,8 @@ func TestStopRefusesReloadsAndEscalates(t *testing.T) {
 	}
 }
 
-// A first stop with escalate (Ctrl-C) is graceful.
+// A first stop with escalate (Ctrl-C) is graceful; a graceful one after it
+// asks nothing more of the supervisor.
 func TestFirstInterruptIsGraceful(t *testing.T) {
 	rig := newReloadRig(t, twoWorkers, true)
 	rig.start()
@@ -371,7 +372,7 @@ func TestFirstInterruptIsGraceful(t *testing.T) {
 	if err := rig.reload(supervisor.ReloadBySignal); !errors.Is(err, supervisor.ErrStopped) {
 		t.Fatalf("reload after the stop: %v", err)
 	}
-	want := []string{"shutdown fast=false", "shutdown fast=false"}
+	want := []string{"shutdown fast=false"}
 	if got := rig.loop.all(); !slices.Equal(got, want) {
 		t.Errorf("supervisor asked %q, want %q", got, want)
 	}
@@ -482,5 +483,22 @@ func TestUnreadableFileIsSaidOnce(t *testing.T) {
 	rig.r.reload(reloadAsk{source: supervisor.ReloadByFile})
 	if n := rig.logs.FilterMessageSnippet("cannot be read").FilterLevelExact(zap.WarnLevel).Len(); n != 2 {
 		t.Errorf("%d warnings after it went away again, want 2", n)
+	}
+}
+
+// A stop reaches the supervisor at once, while the reloader is busy (here:
+// not running at all), not after the reload it is reading: the workers'
+// stop signals do not wait for a file.
+func TestStopReachesTheSupervisorWhileTheReloaderIsBusy(t *testing.T) {
+	loop := &fakeLoop{}
+	r := newReloader(nil, nil)
+	r.sup = loop
+	r.stop(false)
+	r.stop(false)
+	if got, want := loop.all(), []string{"shutdown fast=false"}; !slices.Equal(got, want) {
+		t.Errorf("supervisor asked %q, want %q", got, want)
+	}
+	if n := len(r.asks); n != 2 {
+		t.Errorf("%d stops queued for the reloader, want 2 (it still tells systemd and refuses reloads)", n)
 	}
 }

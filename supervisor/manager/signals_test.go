@@ -26,6 +26,7 @@ func TestSignalsBecomeRequests(t *testing.T) {
 	s := subscribeSignals(zap.New(core), logFile)
 	defer s.unsubscribe()
 	r := newReloader(nil, nil)
+	r.sup = &fakeLoop{}
 	s.to = r
 	done := make(chan error, 1)
 	go func() { done <- s.Run() }()
