@@ -999,12 +999,20 @@ func TestListen(t *testing.T) {
 	}
 	l.Close()
 	l.Close() // twice is fine
+	// A longer pid left by an earlier holder is replaced whole, not
+	// overwritten in part.
+	if err := os.WriteFile(LockPath(path), []byte("1234567890123\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	// stale (nobody accepts): replaced
 	l2, err := Listen(path, -1)
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
 	defer l2.Close()
+	if pid, err := os.ReadFile(LockPath(path)); err != nil || string(pid) != strconv.Itoa(os.Getpid())+"\n" {
+		t.Errorf("lock file over a longer old pid holds %q (%v), want this process's pid", pid, err)
+	}
 	if c, err := net.Dial("unix", path); err != nil {
 		t.Fatalf("dial the new socket: %v", err)
 	} else {

@@ -41,6 +41,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -92,18 +93,15 @@ func setupCgroups(log *zap.Logger) (*cgroupTree, error) {
 		removeCgroupTree(t.root, time.Second)
 		return nil, fmt.Errorf("cannot fork into a cgroup (clone3 with CLONE_INTO_CGROUP: Linux 5.7, and no seccomp filter against it): %w", err)
 	}
-	// The controllers the parent hands down, to the workers' cgroups:
-	// memory.current and memory.max, say, need the memory controller.
-	// Not having them is not an error: cpu.stat is there regardless.
-	if ctl, err := os.ReadFile(filepath.Join(t.root, "cgroup.controllers")); err == nil {
-		var enable []string
-		for _, c := range strings.Fields(string(ctl)) {
-			enable = append(enable, "+"+c)
-		}
-		if len(enable) > 0 {
-			if err := writeCgroupFile(filepath.Join(t.root, "cgroup.subtree_control"), strings.Join(enable, " ")); err != nil {
-				log.Debug("cgroup controllers not enabled for the workers", zap.Strings("controllers", enable), zap.Error(err))
-			}
+	// The memory controller, handed down to the workers' cgroups for
+	// memory.current (status, metrics). Not the cpu or io controllers:
+	// each would make every worker a scheduling group of its own, sharing
+	// the CPU (or the disk) out per worker rather than per thread as
+	// without cgroups. Not having it is not an error: cpu.stat is there
+	// regardless, and memory is then summed from /proc.
+	if ctl, err := readCgroupFile(filepath.Join(t.root, "cgroup.controllers")); err == nil && slices.Contains(strings.Fields(string(ctl)), "memory") {
+		if err := writeCgroupFile(filepath.Join(t.root, "cgroup.subtree_control"), "+memory"); err != nil {
+			log.Debug("memory controller not enabled for the workers", zap.Error(err))
 		}
 	}
 	return t, nil
@@ -283,7 +281,7 @@ func (t *cgroupTree) close() {
 // (memory.current where the memory controller is enabled, else the sum of
 // its processes' resident sets from /proc). ok is false when dir is gone.
 func readCgroupStats(dir string) (s WorkerUsage, ok bool) {
-	data, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+	data, err := readCgroupFile(filepath.Join(dir, "cpu.stat"))
 	if err != nil {
 		return s, false
 	}
@@ -294,13 +292,13 @@ func readCgroupStats(dir string) (s WorkerUsage, ok bool) {
 			s.CPU = time.Duration(usec) * time.Microsecond
 		}
 	}
-	if cur, err := os.ReadFile(filepath.Join(dir, "memory.current")); err == nil {
+	if cur, err := readCgroupFile(filepath.Join(dir, "memory.current")); err == nil {
 		s.Memory, _ = strconv.ParseUint(strings.TrimSpace(string(cur)), 10, 64)
 		return s, true
 	}
 	page := uint64(os.Getpagesize())
 	for _, pid := range cgroupPids(dir) {
-		statm, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/statm")
+		statm, err := readCgroupFile("/proc/" + strconv.Itoa(pid) + "/statm")
 		if err != nil {
 			continue
 		}
@@ -333,7 +331,7 @@ func (t *cgroupTree) workerPids() []int {
 
 // cgroupPids lists the processes in dir (not below).
 func cgroupPids(dir string) []int {
-	data, err := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
+	data, err := readCgroupFile(filepath.Join(dir, "cgroup.procs"))
 	if err != nil {
 		return nil
 	}
@@ -385,23 +383,58 @@ func waitUnpopulated(dir string, limit time.Duration) {
 // cgroupPopulated reports whether dir or a cgroup below it holds a
 // process (cgroup.events).
 func cgroupPopulated(dir string) bool {
-	data, err := os.ReadFile(filepath.Join(dir, "cgroup.events"))
+	data, err := readCgroupFile(filepath.Join(dir, "cgroup.events"))
 	if err != nil {
 		return false
 	}
 	return strings.Contains(string(data), "populated 1")
 }
 
-func writeCgroupFile(path, value string) error {
-	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+// readCgroupFile reads a cgroup interface file (or a small /proc file)
+// whole. Plain system calls, not an *os.File: these files can be polled,
+// so os would add each to its epoll set and take it out again, several
+// times the cost of the read, and a stop reads a few of them.
+func readCgroupFile(path string) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
 	}
-	_, err = f.WriteString(value)
-	if cerr := f.Close(); err == nil {
-		err = cerr
+	defer unix.Close(fd)
+	var data []byte
+	buf := make([]byte, 4096)
+	for {
+		n, err := unix.Read(fd, buf)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return data, nil
+		}
+		data = append(data, buf[:n]...)
 	}
-	return err
+}
+
+// writeCgroupFile writes value to a cgroup interface file, with plain
+// system calls as readCgroupFile reads.
+func writeCgroupFile(path, value string) error {
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	for {
+		_, err = unix.Write(fd, []byte(value))
+		if !errors.Is(err, unix.EINTR) {
+			break
+		}
+	}
+	if err != nil {
+		return &os.PathError{Op: "write", Path: path, Err: err}
+	}
+	return nil
 }
 
 // useCgroup puts a fork into the cgroup open as fd (clone3's

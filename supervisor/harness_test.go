@@ -351,6 +351,50 @@ var helperCommands = map[string]func() int{
 		fmt.Printf("run returned %v; workers started: %d\n", err, logs.FilterMessage("worker started").Len())
 		return 0
 	},
+	// stopped-first runs a Supervisor of two workers and shuts it down
+	// once both have started. It prints how many had exited (pidfds
+	// readable) when Stopped was closed, whether Status then failed with
+	// ErrStopped, and Run's error.
+	"stopped-first": func() int {
+		cfg, err := config.Parse("stopped.yaml", []byte("services:\n  s: {command: [/bin/sleep, '1000'], workers: 2}\n"), nil)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		pids := make(chan int, 2)
+		sup, err := supervisor.New(cfg, supervisor.Options{Logger: zap.NewNop(), Hooks: supervisor.Hooks{
+			OnNewWorker: func(w supervisor.WorkerEvent) { pids <- w.PID },
+		}})
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		ran := make(chan error, 1)
+		go func() { ran <- sup.Run(context.Background()) }()
+		var fds []int
+		for range 2 {
+			fd, err := unix.PidfdOpen(<-pids, 0)
+			if err != nil {
+				fmt.Println("pidfd:", err)
+				return 1
+			}
+			fds = append(fds, fd)
+		}
+		sup.Shutdown(false)
+		<-sup.Stopped()
+		exited := 0
+		for _, fd := range fds {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if n, _ := unix.Poll(pfd, 0); n == 1 {
+				exited++
+			}
+		}
+		fmt.Printf("workers exited at stopped: %d\n", exited)
+		_, err = sup.Status(context.Background())
+		fmt.Printf("status: %v\n", errors.Is(err, supervisor.ErrStopped))
+		fmt.Printf("run returned %v\n", <-ran)
+		return 0
+	},
 	// calls-after-end runs a Supervisor of one worker, which it shuts down
 	// as soon as the worker starts. Its OnDeadWorker hook, run as the
 	// shutdown reaps the worker, asks for Status until one fails (the loop

@@ -344,6 +344,76 @@ services:
 	}
 }
 
+// The cgroup sentinel lives in the manager's own cgroup, not in the
+// subtree it guards, so that a clean stop removes the subtree without
+// waiting for the shell to exit; told to leave, it exits all the same, and
+// the subtree is gone when the manager has exited.
+func TestCleanStopEndsTheSentinel(t *testing.T) {
+	t.Parallel()
+	m := startManager(t, "services:\n  s: {command: [/bin/sleep, '1000']}\n")
+	m.waitFor("the worker", started("s", 0))
+	if len(m.all(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "workers share the manager's cgroup") })) > 0 {
+		t.Skip("no cgroup v2 subtree for the manager here (see its log)")
+	}
+	subtree := m.waitFor("the subtree", func(e entry) bool { return e.is("each worker in a cgroup of its own") }).str("cgroup")
+	manager := m.cmd.Process.Pid
+	var sentinel int
+	for _, pid := range childPids(t, manager) {
+		if cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); strings.Contains(string(cmdline), "cgroup sentinel") {
+			sentinel = pid
+		}
+	}
+	if sentinel == 0 {
+		t.Fatalf("no cgroup sentinel among the manager's children %v", childPids(t, manager))
+	}
+	if own, theirs := cgroupOf(t, manager), cgroupOf(t, sentinel); own != theirs {
+		t.Errorf("the sentinel is in cgroup %s, want the manager's %s", theirs, own)
+	}
+	m.signal(syscall.SIGTERM)
+	if code := m.waitExit(); code != 0 {
+		t.Fatalf("manager exited %d", code)
+	}
+	if _, err := os.Stat(subtree); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the subtree %s is still there once the manager has exited (%v)", subtree, err)
+	}
+	waitGone(t, sentinel, waitTimeout)
+}
+
+// childPids lists pid's children, from every one of its threads.
+func childPids(t *testing.T, pid int) []int {
+	t.Helper()
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []int
+	for _, task := range tasks {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", pid, task.Name()))
+		for _, f := range strings.Fields(string(data)) {
+			if k, err := strconv.Atoi(f); err == nil {
+				kids = append(kids, k)
+			}
+		}
+	}
+	return kids
+}
+
+// cgroupOf is pid's cgroup v2 path ("0::PATH" of /proc/PID/cgroup).
+func cgroupOf(t *testing.T, pid int) string {
+	t.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.Lines(string(data)) {
+		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
+			return p
+		}
+	}
+	t.Fatalf("pid %d in no cgroup v2: %q", pid, data)
+	return ""
+}
+
 // SIGKILL of the manager leaves no worker behind, Go or command, within a
 // second. A command worker gets SIGKILL as its parent-death signal; a Go
 // worker gets its stop signal, so that it stops gracefully (its context
@@ -598,6 +668,20 @@ func TestShutdownBeforeRunStartsNothing(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	if got, want := string(out), "run returned <nil>; workers started: 0\n"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// Stopped is closed once every worker is gone, before Run returns (which
+// still removes cgroups and stops the process table); calls fail from then.
+func TestStoppedComesWhenNoWorkerIsLeft(t *testing.T) {
+	t.Parallel()
+	out, err := helperCmd("stopped-first").Output()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	want := "workers exited at stopped: 2\nstatus: true\nrun returned <nil>\n"
+	if got := string(out); got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
