@@ -495,10 +495,12 @@ func (p *procTable) finish(pr *proc) {
 		f.Close() // unblocks a reader still waiting on a pipe held elsewhere
 	}
 	delete(p.procs, pr.token)
+	// The loop first, the cgroup after: its removal (the kernel's, a tenth
+	// of a millisecond) need not delay a restart or a shutdown's end.
+	p.post(workerExited{token: pr.token, pid: pr.pid, status: pr.status, at: pr.exitAt})
 	if pr.cgroup != "" {
 		p.removeCgroup(pr.cgroup)
 	}
-	p.post(workerExited{token: pr.token, pid: pr.pid, status: pr.status, at: pr.exitAt})
 }
 
 // sweep stops the processes that workers left behind and that were
