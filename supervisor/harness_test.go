@@ -352,7 +352,9 @@ var helperCommands = map[string]func() int{
 		return 0
 	},
 	// stopped-first runs a Supervisor of two workers and shuts it down
-	// once both have started. It prints how many had exited (pidfds
+	// once both have started. Its OnDeadWorker hook looks whether Stopped
+	// is closed while it runs (it must not be: Stopped waits for the
+	// hooks). It prints how many of the workers had exited (pidfds
 	// readable) when Stopped was closed, whether Status then failed with
 	// ErrStopped, and Run's error.
 	"stopped-first": func() int {
@@ -362,8 +364,17 @@ var helperCommands = map[string]func() int{
 			return 1
 		}
 		pids := make(chan int, 2)
-		sup, err := supervisor.New(cfg, supervisor.Options{Logger: zap.NewNop(), Hooks: supervisor.Hooks{
+		var sup *supervisor.Supervisor
+		sup, err = supervisor.New(cfg, supervisor.Options{Logger: zap.NewNop(), Hooks: supervisor.Hooks{
 			OnNewWorker: func(w supervisor.WorkerEvent) { pids <- w.PID },
+			OnDeadWorker: func(supervisor.WorkerEvent) {
+				time.Sleep(50 * time.Millisecond) // the sweep and more would be done by now
+				select {
+				case <-sup.Stopped():
+					fmt.Println("stopped while a hook ran")
+				default:
+				}
+			},
 		}})
 		if err != nil {
 			fmt.Println(err)
@@ -392,6 +403,62 @@ var helperCommands = map[string]func() int{
 		fmt.Printf("workers exited at stopped: %d\n", exited)
 		_, err = sup.Status(context.Background())
 		fmt.Printf("status: %v\n", errors.Is(err, supervisor.ErrStopped))
+		fmt.Printf("run returned %v\n", <-ran)
+		return 0
+	},
+	// command-at-stop runs a Supervisor of one worker that stops only
+	// once its OnTerminate hook's command has started; that command would
+	// run 30s, and the shutdown's final sweep stops it. It prints how the
+	// command ended, as RunCommand says.
+	"command-at-stop": func() int {
+		dir, err := os.MkdirTemp("", "cmdstop")
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		// The worker says on a FIFO that its trap is set: a SIGTERM before
+		// that would end it at once, and the loop with it.
+		fifo := filepath.Join(dir, "armed")
+		if err := unix.Mkfifo(fifo, 0o600); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		// The worker stops only once the hook's command has started and
+		// said so on another FIFO: the command is surely running when the
+		// loop ends, whatever the machine's load.
+		begun := filepath.Join(dir, "begun")
+		if err := unix.Mkfifo(begun, 0o600); err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		cfg, err := config.Parse("cmdstop.yaml", []byte(fmt.Sprintf(`services:
+  s: {command: [/bin/sh, -c, 'trap "read x < %s; exit 0" TERM; echo > %s; while :; do sleep 0.05; done']}
+`, begun, fifo)), nil)
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		var sup *supervisor.Supervisor
+		sup, err = supervisor.New(cfg, supervisor.Options{Logger: zap.NewNop(), Hooks: supervisor.Hooks{
+			OnTerminate: func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+				defer cancel()
+				res, err := sup.RunCommand(ctx, supervisor.Command{Path: "/bin/sh", Args: []string{"-c", "echo > " + begun + "; exec sleep 30"}})
+				fmt.Printf("command: %s, failed %v, stopped %v\n", res.Status, errors.Is(err, supervisor.ErrCommandFailed), errors.Is(err, supervisor.ErrStopped))
+			},
+		}})
+		if err != nil {
+			fmt.Println(err)
+			return 1
+		}
+		ran := make(chan error, 1)
+		go func() { ran <- sup.Run(context.Background()) }()
+		if _, err := os.ReadFile(fifo); err != nil { // until the worker has written and closed it
+			fmt.Println(err)
+			return 1
+		}
+		sup.Shutdown(false)
 		fmt.Printf("run returned %v\n", <-ran)
 		return 0
 	},

@@ -672,8 +672,8 @@ func TestShutdownBeforeRunStartsNothing(t *testing.T) {
 	}
 }
 
-// Stopped is closed once every worker is gone, before Run returns (which
-// still removes cgroups and stops the process table); calls fail from then.
+// Stopped is closed once every worker is gone and the hooks' last calls
+// have returned; calls fail from then.
 func TestStoppedComesWhenNoWorkerIsLeft(t *testing.T) {
 	t.Parallel()
 	out, err := helperCmd("stopped-first").Output()
@@ -681,6 +681,21 @@ func TestStoppedComesWhenNoWorkerIsLeft(t *testing.T) {
 		t.Fatalf("%v: %s", err, out)
 	}
 	want := "workers exited at stopped: 2\nstatus: true\nrun returned <nil>\n"
+	if got := string(out); got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// A command a hook runs during the shutdown, stopped by the final sweep as
+// what the workers left behind is, is answered with how it ended: the
+// process table serves it to the end, not just until the sweep.
+func TestCommandStoppedByTheFinalSweepIsAnswered(t *testing.T) {
+	t.Parallel()
+	out, err := helperCmd("command-at-stop").Output()
+	if err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	want := "command: killed by SIGTERM, failed true, stopped false\nrun returned <nil>\n"
 	if got := string(out); got != want {
 		t.Errorf("got %q, want %q", got, want)
 	}

@@ -42,6 +42,10 @@ type procOS struct {
 	// noChildren reports that this process has no child at all, alive or
 	// unreaped, without reaping one; nil: unknown (processes tells).
 	noChildren func() bool
+	// children lists this process's children, alive or unreaped (each
+	// thread's /proc children list); ok is false where the kernel keeps no
+	// such list (processes tells). nil: unknown.
+	children func() (pids []int, ok bool)
 	// afterFunc runs f on its own goroutine after d, as time.AfterFunc; the
 	// returned function stops it, reporting whether it had not run yet.
 	afterFunc func(d time.Duration, f func()) (stop func() bool)
@@ -63,12 +67,39 @@ func realProcOS() *procOS {
 			var info unix.Siginfo
 			return errors.Is(unix.Waitid(unix.P_ALL, 0, &info, unix.WEXITED|unix.WNOHANG|unix.WNOWAIT, nil), unix.ECHILD)
 		},
+		children:  ownChildren,
 		afterFunc: func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
 		newTicker: func(d time.Duration) (<-chan time.Time, func()) {
 			t := time.NewTicker(d)
 			return t.C, t.Stop
 		},
 	}
+}
+
+// ownChildren reads this process's children from each of its threads'
+// /proc children lists (a child is listed under the thread that forked
+// it, or that became its parent as subreaper, until it is reaped).
+func ownChildren() ([]int, bool) {
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		return nil, false
+	}
+	var kids []int
+	for _, t := range tasks {
+		data, err := os.ReadFile(filepath.Join("/proc/self/task", t.Name(), "children"))
+		if errors.Is(err, os.ErrNotExist) {
+			if _, serr := os.Stat(filepath.Join("/proc/self/task", t.Name())); serr == nil {
+				return nil, false // the thread is there, its list is not: no CONFIG_PROC_CHILDREN
+			}
+			continue // the thread has exited
+		}
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				kids = append(kids, pid)
+			}
+		}
+	}
+	return kids, true
 }
 
 // readProcStats reads the pid, parent pid and process group of every

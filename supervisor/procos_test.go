@@ -9,6 +9,7 @@ package supervisor
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"syscall"
@@ -953,5 +954,28 @@ func TestLeftoversReadProcOnlyWithChildren(t *testing.T) {
 	none = false
 	if got := p.leftovers(f.self); !slices.Equal(got, []int{500}) || scans != 1 {
 		t.Errorf("with a child: leftovers %v after %d scans, want [500] after one", got, scans)
+	}
+}
+
+// With cgroups, a leftover that has left its cgroup as it dies (the
+// subtree says it is empty) but is not reaped yet is still one of ours:
+// the sweep finds it among the manager's children, the sentinel aside, so
+// that it is reaped before the process table ends.
+func TestLeftoversWithCgroupsIncludeChildrenNotReapedYet(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "cgroup.events"), []byte("populated 0\nfrozen 0\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f := newFakeOS(t)
+	sys := f.sys(&fakeClock{})
+	kids := []int{700}
+	sys.children = func() ([]int, bool) { return slices.Clone(kids), true }
+	p := &procTable{sys: sys, cg: &cgroupTree{root: root}, sentinelPid: 700}
+	if got := p.leftovers(f.self); len(got) != 0 {
+		t.Errorf("only the sentinel as a child: leftovers %v, want none", got)
+	}
+	kids = []int{700, 701}
+	if got := p.leftovers(f.self); !slices.Equal(got, []int{701}) {
+		t.Errorf("a child outside the emptied cgroups: leftovers %v, want [701]", got)
 	}
 }

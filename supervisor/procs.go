@@ -16,8 +16,10 @@ import (
 )
 
 // procTable is the only code in the manager process that forks, waits for
-// or signals a child. It runs on one goroutine locked to one OS thread for
-// as long as the supervisor runs, for two reasons:
+// or signals a child (but for the wait of the cgroup sentinel it leaves
+// behind as it ends: sentinelRelease). It runs on one goroutine locked to
+// one OS thread from the supervisor's start until the shutdown's final
+// sweep has left no child and every command is answered, for two reasons:
 //
 //   - Pdeathsig. The kernel sends a child its parent-death signal when the
 //     thread that forked it exits, not the process (golang/go#27505). Forking
@@ -74,7 +76,8 @@ type procTable struct {
 	// leftovers are looked for among the manager's children too.
 	cgPending   []string
 	uncontained bool
-	// swept: the shutdown's sweep is done, and the table with it.
+	// swept: the shutdown's sweep is done; the table ends once the
+	// commands it killed are answered (ended).
 	swept bool
 	// sentinelGrace is how long the sentinel waits between its SIGTERM
 	// and its SIGKILL: the configuration's shutdown_timeout. sentinelName
@@ -142,7 +145,8 @@ type outputGraceOver struct{ token uint64 }
 type groupCheckDue struct{ token uint64 }
 
 // sweepReq: stop whatever children the workers left behind (see sweep) and
-// say on done how many had to be killed. The table ends after it.
+// say on done how many had to be killed. The table ends after it, once
+// the commands it killed are answered.
 type sweepReq struct {
 	fast    bool
 	timeout time.Duration
@@ -172,11 +176,14 @@ func (p *procTable) run(quit <-chan struct{}) {
 			return
 		case <-p.sigchld:
 			p.reap()
+			if p.ended() {
+				return
+			}
 		case <-p.inbox.wake:
 			batch = p.inbox.take(batch)
 			for _, m := range batch {
 				p.handle(m)
-				if p.swept {
+				if p.ended() {
 					return
 				}
 				// Reap between the spawns of a long batch, so that an exit
@@ -190,6 +197,11 @@ func (p *procTable) run(quit <-chan struct{}) {
 		}
 	}
 }
+
+// ended reports that the table has nothing left to do: the shutdown's
+// sweep is done and every command it killed has been answered, its
+// output read (or its output grace over).
+func (p *procTable) ended() bool { return p.swept && len(p.cmds) == 0 }
 
 func (p *procTable) handle(m procMsg) {
 	switch m := m.(type) {
@@ -565,7 +577,18 @@ func (p *procTable) sweep(fast bool, timeout time.Duration) (killed int) {
 // file is the slow part of a stop on a busy machine.
 func (p *procTable) leftovers(self int) []int {
 	if p.cg != nil && !p.uncontained {
-		return p.cg.workerPids()
+		if pids := p.cg.workerPids(); len(pids) > 0 {
+			return pids
+		}
+		// A process leaves its cgroup as it dies, a moment before it can
+		// be reaped: one of ours (reparented to us) that is between the
+		// two is no longer in the workers' cgroups but still our child.
+		// Looked for among our children, so that the sweep reaps it.
+		if p.sys.children != nil {
+			if kids, ok := p.sys.children(); ok {
+				return slices.DeleteFunc(kids, func(pid int) bool { return pid == p.sentinelPid })
+			}
+		}
 	}
 	if p.sys.noChildren != nil && p.sys.noChildren() {
 		return nil
@@ -646,6 +669,18 @@ func (p *procTable) sentinelRelease() {
 	p.sentinelLeave() // in case no sweep told it
 	var ws unix.WaitStatus
 	if got, err := p.sys.wait4(pid, &ws, unix.WNOHANG, nil); got == pid || (err != nil && !errors.Is(err, unix.EINTR)) {
+		return
+	}
+	// Through a pidfd where the kernel has them (opened now, while the
+	// pid is surely the sentinel's: only this table reaps, and it has
+	// not): a pid alone could, once reaped elsewhere, name someone else.
+	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+		go func() {
+			defer unix.Close(fd)
+			var info unix.Siginfo
+			for errors.Is(unix.Waitid(unix.P_PIDFD, fd, &info, unix.WEXITED, nil), unix.EINTR) {
+			}
+		}()
 		return
 	}
 	go func() {

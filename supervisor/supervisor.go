@@ -316,10 +316,14 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	defer stopWatch()
 	hooksQuit, hooksDone := make(chan struct{}), make(chan struct{})
 	go s.runHooks(hooksQuit, hooksDone)
-	defer func() {
-		close(hooksQuit)
-		s.waitHooks(hooksDone, s.cfg.ShutdownTimeout)
-	}()
+	var hooksOnce sync.Once
+	endHooks := func() {
+		hooksOnce.Do(func() {
+			close(hooksQuit)
+			s.waitHooks(hooksDone, s.cfg.ShutdownTimeout)
+		})
+	}
+	defer endHooks()
 	// Orphans of our workers are reparented to us, not to PID 1, so that
 	// they are reaped here and do not escape supervision.
 	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
@@ -408,6 +412,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	swept := make(chan int, 1)
 	s.procs.inbox.put(sweepReq{fast: s.fast, timeout: s.cfg.ShutdownTimeout, done: swept})
 	leftoversKilled := <-swept
+	// The hooks' last calls (OnDeadWorker of the last workers) may still
+	// use what runs beside the supervisor, the queue socket say: Stopped
+	// waits for them.
+	endHooks()
 	close(s.stopped)
 	// A goroutine woken by that would otherwise wait for this one to
 	// block, on the same P: its stopping is what should overlap ours.

@@ -1,8 +1,9 @@
 // Package manager is a running gotyledon manager: the actors it is made
 // of, each a type with its own execute and interrupt, wired in one
 // run.Group (see Manager.Run, read top to bottom). If any actor returns,
-// the others are interrupted; the group ends when the supervisor returns,
-// which it does once a shutdown has stopped every worker.
+// the others are interrupted; the group ends once a shutdown has left no
+// process (the supervisor's Stopped), and Run returns when the supervisor
+// has also removed its cgroups.
 //
 // New does everything that can fail before a worker starts (read the
 // configuration, bind the sockets, refuse to run a second manager on the

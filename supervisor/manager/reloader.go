@@ -189,7 +189,8 @@ func (r *reloader) Run(ctx context.Context) error {
 	}
 	reload := func(a reloadAsk) {
 		switch {
-		case r.stopping:
+		case r.stopping || r.shutdownTold.Load():
+			// stop told the supervisor already: its stopAsk is on its way.
 			r.log.Warn("reload ignored: the manager is stopping", zap.Stringer("source", a.source))
 			a.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
 		case started != nil && a.source == supervisor.ReloadByFile:
@@ -220,6 +221,11 @@ func (r *reloader) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-r.quit:
+			if r.shutdownTold.Load() && !r.stopping {
+				// The stop ended before its stopAsk was read: systemd
+				// still hears of it.
+				r.notify.Stopping()
+			}
 			refuseAll()
 			for _, s := range r.settling {
 				s.ask.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
@@ -314,6 +320,13 @@ func (r *reloader) reload(a reloadAsk) {
 		}
 		r.log.Info("config file changed; reloading", zap.String("config", r.file))
 	}
+	// A stop told while the file was read: the reload would be refused
+	// anyway; it must not reach systemd or the broker first.
+	if r.shutdownTold.Load() {
+		r.log.Warn("reload ignored: the manager is stopping", zap.Stringer("source", a.source))
+		a.answer(fmt.Errorf("reload: %w", supervisor.ErrStopped))
+		return
+	}
 	// systemd hears of reloads once it has heard the manager is ready: a
 	// reload before that is part of the start. One RELOADING=1 covers
 	// every reload until none is left settling.
@@ -366,7 +379,7 @@ func (r *reloader) settled(err error) {
 // reloadDone tells systemd the reloads are over (READY=1, with the
 // summary), once none is left settling.
 func (r *reloader) reloadDone() {
-	if r.reloading && len(r.settling) == 0 && !r.stopping {
+	if r.reloading && len(r.settling) == 0 && !r.stopping && !r.shutdownTold.Load() {
 		r.notify.Ready(r.summary())
 		r.reloading = false
 	}

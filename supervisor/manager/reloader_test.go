@@ -502,3 +502,42 @@ func TestStopReachesTheSupervisorWhileTheReloaderIsBusy(t *testing.T) {
 		t.Errorf("%d stops queued for the reloader, want 2 (it still tells systemd and refuses reloads)", n)
 	}
 }
+
+// A stop whose stopAsk is not read before the reloader is interrupted (the
+// stop was quick, the reloader busy) is still told to systemd, once:
+// Run's select takes the interrupt or the ask first at random, so it runs
+// many times.
+func TestAStopEndedBeforeItWasReadStillTellsSystemd(t *testing.T) {
+	for range 50 {
+		rig := newReloadRig(t, twoWorkers, false)
+		rig.r.stop(false)
+		rig.r.Interrupt(nil)
+		if err := rig.r.Run(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := rig.notify.all(); !slices.Equal(got, []string{"STOPPING"}) {
+			t.Fatalf("systemd told %q, want STOPPING once", got)
+		}
+	}
+}
+
+// A reload being read when the stop is told is refused without reaching
+// systemd (no RELOADING=1, no READY=1) or the supervisor.
+func TestAReloadReadDuringAStopIsRefused(t *testing.T) {
+	rig := newReloadRig(t, twoWorkers, true)
+	rig.start()
+	rig.r.shutdownTold.Store(true) // as stop does, before its ask is read
+	if err := rig.reload(supervisor.ReloadBySignal); !errors.Is(err, supervisor.ErrStopped) {
+		t.Errorf("reload during the stop: %v, want ErrStopped", err)
+	}
+	for _, told := range rig.notify.all() {
+		if told == "RELOADING" {
+			t.Errorf("systemd told %q, want no RELOADING", rig.notify.all())
+		}
+	}
+	for _, call := range rig.loop.all() {
+		if strings.HasPrefix(call, "reload ") {
+			t.Errorf("supervisor asked %q, want no reload", rig.loop.all())
+		}
+	}
+}
