@@ -86,7 +86,7 @@ func ownChildren() ([]int, bool) {
 	}
 	var kids []int
 	for _, t := range tasks {
-		data, err := os.ReadFile(filepath.Join("/proc/self/task", t.Name(), "children"))
+		data, err := readCgroupFile(filepath.Join("/proc/self/task", t.Name(), "children"))
 		if errors.Is(err, os.ErrNotExist) {
 			if _, serr := os.Stat(filepath.Join("/proc/self/task", t.Name())); serr == nil {
 				return nil, false // the thread is there, its list is not: no CONFIG_PROC_CHILDREN
