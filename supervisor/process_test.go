@@ -660,30 +660,31 @@ services:
 	}
 }
 
+// expectHelperOutput runs the helper program name (a Supervisor in a
+// process of its own: Run reaps every child of its process) and checks
+// that it printed want and exited 0.
+func expectHelperOutput(t *testing.T, name, want string) {
+	t.Helper()
+	out, err := helperCmd(name).Output()
+	if err != nil {
+		t.Fatalf("%s: %v: %s", name, err, out)
+	}
+	if got := string(out); got != want {
+		t.Errorf("%s printed\n%s\nwant\n%s", name, got, want)
+	}
+}
+
 // A shutdown asked for before Run starts nothing.
 func TestShutdownBeforeRunStartsNothing(t *testing.T) {
 	t.Parallel()
-	out, err := helperCmd("early-shutdown").Output()
-	if err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	if got, want := string(out), "run returned <nil>; workers started: 0\n"; got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
+	expectHelperOutput(t, "early-shutdown", "run returned <nil>; workers started: 0\n")
 }
 
 // Stopped is closed once every worker is gone and the hooks' last calls
 // have returned; calls fail from then.
 func TestStoppedComesWhenNoWorkerIsLeft(t *testing.T) {
 	t.Parallel()
-	out, err := helperCmd("stopped-first").Output()
-	if err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	want := "workers exited at stopped: 2\nstatus: true\nrun returned <nil>\n"
-	if got := string(out); got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
+	expectHelperOutput(t, "stopped-first", "workers exited at stopped: 2\nstatus: true\nrun returned <nil>\n")
 }
 
 // A command a hook runs during the shutdown, stopped by the final sweep as
@@ -691,14 +692,7 @@ func TestStoppedComesWhenNoWorkerIsLeft(t *testing.T) {
 // process table serves it to the end, not just until the sweep.
 func TestCommandStoppedByTheFinalSweepIsAnswered(t *testing.T) {
 	t.Parallel()
-	out, err := helperCmd("command-at-stop").Output()
-	if err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	want := "command: killed by SIGTERM, failed true, stopped false\nrun returned <nil>\n"
-	if got := string(out); got != want {
-		t.Errorf("got %q, want %q", got, want)
-	}
+	expectHelperOutput(t, "command-at-stop", "command: killed by SIGTERM, failed true, stopped false\nrun returned <nil>\n")
 }
 
 // Calls into a supervisor whose loop has ended (the last worker of a
@@ -706,18 +700,11 @@ func TestCommandStoppedByTheFinalSweepIsAnswered(t *testing.T) {
 // they do not wait for Run to return.
 func TestCallsAfterTheLoopEndedFailAtOnce(t *testing.T) {
 	t.Parallel()
-	out, err := helperCmd("calls-after-end").Output()
-	if err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	want := "status: status: supervisor stopping or stopped\n" +
-		"reconfigure: reconfigure s: supervisor stopping or stopped\n" +
-		"reload: reload: supervisor stopping or stopped\n" +
-		"hook done\n" +
-		"run returned <nil>\n"
-	if got := string(out); got != want {
-		t.Errorf("got\n%s\nwant\n%s", got, want)
-	}
+	expectHelperOutput(t, "calls-after-end", "status: status: supervisor stopping or stopped\n"+
+		"reconfigure: reconfigure s: supervisor stopping or stopped\n"+
+		"reload: reload: supervisor stopping or stopped\n"+
+		"hook done\n"+
+		"run returned <nil>\n")
 }
 
 // A hook runs commands through the process table: each gets its own exit
@@ -725,16 +712,9 @@ func TestCallsAfterTheLoopEndedFailAtOnce(t *testing.T) {
 // a cancelled one is killed; a missing one is an error.
 func TestHookCommandsGetTheirExitStatus(t *testing.T) {
 	t.Parallel()
-	out, err := helperCmd("hook-commands").Output()
-	if err != nil {
-		t.Fatalf("%v: %s", err, out)
-	}
-	want := "200 commands, 0 wrong\n" +
-		"cancelled: true; killed by SIGKILL\n" +
-		"missing: run /no/such/program: exec /no/such/program: no such file or directory\n"
-	if got := string(out); got != want {
-		t.Errorf("got\n%s\nwant\n%s", got, want)
-	}
+	expectHelperOutput(t, "hook-commands", "200 commands, 0 wrong\n"+
+		"cancelled: true; killed by SIGKILL\n"+
+		"missing: run /no/such/program: exec /no/such/program: no such file or directory\n")
 }
 
 // Every line a worker writes is logged before its exit is, even lines still
