@@ -301,34 +301,21 @@ services:
   leaver:
     command: ["/bin/sh", "-c", "setsid /bin/sh -c 'trap \"\" TERM; exec /bin/sleep 300' & echo escaped $!; exec /bin/sleep 1000"]
 `)
+	tree := m.cgroupSubtree()
 	line := m.waitFor("the escaped child", output("leaver", "escaped "))
-	if len(m.all(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "workers share the manager's cgroup") })) > 0 {
-		t.Skip("no cgroup v2 subtree for the manager here (see its log); README: what survives a killed manager")
-	}
 	escaped, err := strconv.Atoi(strings.TrimPrefix(line.str("msg"), "escaped "))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cg, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", escaped))
+	cg := cgroupOf(t, escaped)
 	prefix := fmt.Sprintf("/gotyledon-%d-", m.cmd.Process.Pid)
-	if err != nil || !strings.Contains(string(cg), prefix) || !strings.Contains(string(cg), "/w-") {
-		t.Fatalf("the escaped child's cgroup: %q (%v), want one under %s*/w-", cg, err, prefix)
+	if !strings.Contains(cg, prefix) || !strings.Contains(cg, "/w-") || !strings.HasSuffix(tree, cg[:strings.Index(cg, "/w-")]) {
+		t.Fatalf("the escaped child's cgroup: %q, want one under %s/w-", cg, tree)
 	}
 	w := m.statusJSON().Services[0].Workers[0]
 	if w.CPUSeconds == nil || w.MemoryBytes == nil || *w.MemoryBytes == 0 {
 		t.Errorf("worker %+v: want its CPU seconds and memory from its cgroup", w)
 	}
-	var tree string
-	for line := range strings.Lines(string(cg)) {
-		if p, ok := strings.CutPrefix(strings.TrimSpace(line), "0::"); ok {
-			tree = p[:strings.Index(p, "/w-")]
-		}
-	}
-	mount := "/sys/fs/cgroup"
-	if _, err := os.Stat("/sys/fs/cgroup/unified/cgroup.procs"); err == nil {
-		mount = "/sys/fs/cgroup/unified"
-	}
-	tree = filepath.Join(mount, tree)
 
 	m.signal(syscall.SIGKILL)
 	m.waitExit()
@@ -351,11 +338,8 @@ services:
 func TestCleanStopEndsTheSentinel(t *testing.T) {
 	t.Parallel()
 	m := startManager(t, "services:\n  s: {command: [/bin/sleep, '1000']}\n")
+	subtree := m.cgroupSubtree()
 	m.waitFor("the worker", started("s", 0))
-	if len(m.all(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "workers share the manager's cgroup") })) > 0 {
-		t.Skip("no cgroup v2 subtree for the manager here (see its log)")
-	}
-	subtree := m.waitFor("the subtree", func(e entry) bool { return e.is("each worker in a cgroup of its own") }).str("cgroup")
 	manager := m.cmd.Process.Pid
 	var sentinel int
 	for _, pid := range childPids(t, manager) {
@@ -396,6 +380,20 @@ func childPids(t *testing.T, pid int) []int {
 		}
 	}
 	return kids
+}
+
+// cgroupSubtree waits for the manager to say where its workers' cgroups
+// are, and returns that subtree's directory; it skips the test where the
+// manager has none (it says so too, with why).
+func (m *manager) cgroupSubtree() string {
+	m.t.Helper()
+	e := m.waitFor("the manager's word on cgroups", func(e entry) bool {
+		return e.is("each worker in a cgroup of its own") || strings.HasPrefix(e.str("msg"), "workers share the manager's cgroup")
+	})
+	if !e.is("each worker in a cgroup of its own") {
+		m.t.Skipf("no cgroup v2 subtree for the manager here: %s (README: what survives a killed manager)", e.str("why"))
+	}
+	return e.str("cgroup")
 }
 
 // cgroupOf is pid's cgroup v2 path ("0::PATH" of /proc/PID/cgroup).
@@ -1039,19 +1037,9 @@ services:
     restart: {min_uptime: 100ms, backoff_initial: 10ms, backoff_max: 20ms}
 `)
 	m.waitN("10 exits", 10, func(e entry) bool { return e.is("worker exited", "service", "looper") })
-	if len(m.all(func(e entry) bool { return strings.HasPrefix(e.str("msg"), "workers share the manager's cgroup") })) > 0 {
-		t.Skip("no cgroup v2 subtree for the manager here")
-	}
-	var tree string
-	for _, mount := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
-		matches, _ := filepath.Glob(filepath.Join(mount, "*", fmt.Sprintf("gotyledon-%d-*", m.cmd.Process.Pid)))
-		more, _ := filepath.Glob(filepath.Join(mount, fmt.Sprintf("gotyledon-%d-*", m.cmd.Process.Pid)))
-		if matches = append(matches, more...); len(matches) == 1 {
-			tree = matches[0]
-		}
-	}
-	if tree == "" {
-		t.Fatal("the manager's cgroup subtree was not found")
+	tree := m.cgroupSubtree()
+	if _, err := os.Stat(tree); err != nil {
+		t.Fatalf("the manager's cgroup subtree: %v", err)
 	}
 	workers, _ := filepath.Glob(filepath.Join(tree, "w-*"))
 	if len(workers) > 3 {
