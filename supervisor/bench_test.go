@@ -307,13 +307,20 @@ func writeBenchConfig(tb testing.TB, yaml string) string {
 }
 
 // prepareBenchManager makes, but does not start, a manager on config at
-// --log-level warn.
+// --log-level warn: the test binary, with the tests' Go services.
 func prepareBenchManager(tb testing.TB, config string) *benchManager {
 	tb.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return prepareBenchManagerBinary(tb, exe, config)
+}
+
+// prepareBenchManagerBinary is prepareBenchManager with exe as the
+// manager.
+func prepareBenchManagerBinary(tb testing.TB, exe, config string) *benchManager {
+	tb.Helper()
 	m := &benchManager{tb: tb, done: make(chan struct{})}
 	m.cmd = exec.Command(exe, "run", "--log-format", "json", "--log-level", "warn", "-c", config)
 	m.cmd.Env = append(os.Environ(), envTestManager+"=1")
@@ -358,6 +365,23 @@ func (m *benchManager) start() {
 			m.mu.Unlock()
 		}
 	})
+}
+
+// buildManagerBinary builds gotyledon as the README builds it (static,
+// -trimpath) into a temporary directory, for a benchmark whose figure
+// holds the manager process's own exit: the test binary, bigger and
+// linked to libc, takes longer to exit than the binary users run.
+func buildManagerBinary(b *testing.B) string {
+	b.Helper()
+	out := filepath.Join(b.TempDir(), "gotyledon")
+	// go test puts its go first in the PATH of the test binary.
+	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/gotyledon")
+	cmd.Dir = ".." // the module's root: tests run in their package's directory
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if outp, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("build the manager: %v\n%s", err, outp)
+	}
+	return out
 }
 
 // startBenchManager starts a manager on yaml.
@@ -903,13 +927,16 @@ func BenchmarkRollout(b *testing.B) {
 
 // BenchmarkStop: SIGTERM to a manager of 3 workers that die of it at once,
 // until the manager has exited (every worker reaped, its cgroups, if any,
-// removed), beside SIGTERM to 3 bare workers until each is reaped.
+// removed), beside SIGTERM to 3 bare workers until each is reaped. The
+// manager is gotyledon built as users build it; the workers, both times,
+// the test binary.
 func BenchmarkStop(b *testing.B) {
 	const workers = 3
 	exe, err := os.Executable()
 	if err != nil {
 		b.Fatal(err)
 	}
+	manager := buildManagerBinary(b)
 	supervised := listenWorkers(b)
 	bare := listenWorkers(b)
 	bw := newBareWorkers(b, bare)
@@ -917,7 +944,8 @@ func BenchmarkStop(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		b.StopTimer()
-		m := startBenchManager(b, benchConfig(exe, workers, supervised))
+		m := prepareBenchManagerBinary(b, manager, writeBenchConfig(b, benchConfig(exe, workers, supervised)))
+		m.start()
 		_, up := benchWaitN(b, supervised, workers, "the workers", m.done)
 		b.StartTimer()
 		t0 := time.Now()

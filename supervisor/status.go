@@ -257,11 +257,12 @@ func (s *Supervisor) Done() <-chan struct{} { return s.finished }
 // and the hooks' last calls have returned (or shutdown_timeout has passed
 // waiting for them): every worker has exited and been reaped, and so has
 // whatever they left behind, but for a process that survived SIGKILL
-// (logged). Calls made from then on fail with ErrStopped; Run still
-// removes its cgroups and ends its process table before it returns, which
-// a caller may overlap with stopping what it runs beside the supervisor
-// (a control socket, a broker). A hook must not wait for it. Never closed
-// if Run fails to start.
+// (logged), and the workers' cgroups are removed. Calls made from then on
+// fail with ErrStopped; Run still ends its process table and releases
+// what it holds before it returns, which a caller may overlap with
+// stopping what it runs beside the supervisor (a control socket, a
+// broker). A hook must not wait for it. Never closed if Run fails to
+// start.
 func (s *Supervisor) Stopped() <-chan struct{} { return s.stopped }
 
 // serviceCounters are the loop's running totals of one service; they

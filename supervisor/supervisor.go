@@ -416,16 +416,16 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// use what runs beside the supervisor, the queue socket say: Stopped
 	// waits for them.
 	endHooks()
+	// Once the last worker is gone its subtree is empty, and removing it
+	// is one rmdir: done before Stopped, so that what Stopped promises is
+	// all done.
+	if cg != nil {
+		cg.close()
+	}
 	close(s.stopped)
 	// A goroutine woken by that would otherwise wait for this one to
 	// block, on the same P: its stopping is what should overlap ours.
 	runtime.Gosched()
-	// The process table ends after the sweep on its own: removing the
-	// cgroups here overlaps with that, and the caller's own stopping with
-	// both.
-	if cg != nil {
-		cg.close()
-	}
 	if s.killedAtStop > 0 || leftoversKilled > 0 {
 		err := &ShutdownKillError{Workers: s.killedAtStop, Leftovers: leftoversKilled}
 		s.log.Warn("manager stopped: every worker has exited, "+err.Error(),

@@ -5,11 +5,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
@@ -368,5 +371,79 @@ func TestCgroupPidsSkipsOtherNamespaces(t *testing.T) {
 	}
 	if got := cgroupPids(dir); !slices.Equal(got, []int{123, 456}) {
 		t.Errorf("cgroupPids = %v, want [123 456]", got)
+	}
+}
+
+// The sweep's list of the manager's children reads two threads' lists
+// only: the forking thread's and the main thread's, where the kernel puts
+// orphans. Both kinds must be in it.
+func TestOwnChildrenListsForkedAndReparentedChildren(t *testing.T) {
+	var was int
+	if _, _, errno := unix.Syscall(unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&was)), 0); errno != 0 {
+		t.Fatalf("PR_GET_CHILD_SUBREAPER: %v", errno)
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, uintptr(was), 0, 0, 0) })
+
+	type result struct {
+		forked, orphan int
+		kids           []int
+		ok             bool
+		err            error
+	}
+	done := make(chan result, 1)
+	// On a thread of its own that is not the main one, as the process
+	// table's: the main thread, if a goroutine lands on it, is kept
+	// locked until the test ends and the next goroutine tries again.
+	var tryOnThread func()
+	release := make(chan struct{})
+	defer close(release)
+	tryOnThread = func() {
+		runtime.LockOSThread()
+		if unix.Gettid() == os.Getpid() {
+			go tryOnThread()
+			<-release
+			runtime.UnlockOSThread()
+			return
+		}
+		defer runtime.UnlockOSThread()
+		var r result
+		forked := exec.Command("sleep", "60")
+		if r.err = forked.Start(); r.err != nil {
+			done <- r
+			return
+		}
+		r.forked = forked.Process.Pid
+		// sh starts sleep in the background, prints its pid and exits:
+		// the sleep is an orphan, reparented to this process.
+		out, err := exec.Command("sh", "-c", "sleep 60 </dev/null >/dev/null 2>&1 & echo $!").Output()
+		if r.err = err; err == nil {
+			r.orphan, r.err = strconv.Atoi(strings.TrimSpace(string(out)))
+		}
+		r.kids, r.ok = ownChildren()
+		done <- r
+	}
+	go tryOnThread()
+	r := <-done
+	for _, pid := range []int{r.forked, r.orphan} {
+		if pid > 0 {
+			_ = unix.Kill(pid, unix.SIGKILL)
+			var ws unix.WaitStatus
+			_, _ = unix.Wait4(pid, &ws, 0, nil)
+		}
+	}
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	if !r.ok {
+		t.Skip("this kernel keeps no /proc children lists (CONFIG_PROC_CHILDREN)")
+	}
+	if !slices.Contains(r.kids, r.forked) {
+		t.Errorf("ownChildren = %v: no %d, forked by the calling thread", r.kids, r.forked)
+	}
+	if !slices.Contains(r.kids, r.orphan) {
+		t.Errorf("ownChildren = %v: no %d, an orphan reparented to this process", r.kids, r.orphan)
 	}
 }
