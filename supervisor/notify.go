@@ -110,6 +110,7 @@ func (n *notifySocket) close() {
 func (s *Supervisor) removeNotifyDir() {
 	if s.notifyDir != "" {
 		os.RemoveAll(s.notifyDir)
+		s.notifyDir = ""
 	}
 }
 

@@ -24,7 +24,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
+
 	"slices"
 	"strconv"
 	"strings"
@@ -383,7 +383,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		stopProcs()
 		close(s.tableEnded)
 	}()
-	defer s.removeNotifyDir()
+	defer s.removeNotifyDir() // at once when Run fails; else, done before Stopped
 
 	// A shutdown asked for before Run (a signal during start-up) is
 	// honoured before anything is started.
@@ -418,14 +418,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	endHooks()
 	// Once the last worker is gone its subtree is empty, and removing it
 	// is one rmdir: done before Stopped, so that what Stopped promises is
-	// all done.
+	// all done. So is the notify directory.
 	if cg != nil {
 		cg.close()
 	}
+	s.removeNotifyDir()
+	// Not followed by a Gosched: the caller's goroutine that this wakes
+	// is taken by the other P soon enough, and this one, on the global
+	// queue, would wait behind everything the caller then stops.
 	close(s.stopped)
-	// A goroutine woken by that would otherwise wait for this one to
-	// block, on the same P: its stopping is what should overlap ours.
-	runtime.Gosched()
 	if s.killedAtStop > 0 || leftoversKilled > 0 {
 		err := &ShutdownKillError{Workers: s.killedAtStop, Leftovers: leftoversKilled}
 		s.log.Warn("manager stopped: every worker has exited, "+err.Error(),

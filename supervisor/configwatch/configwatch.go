@@ -41,6 +41,11 @@ type Watch struct {
 
 	quit     chan struct{}
 	quitOnce sync.Once
+
+	// unwatch, once closed (Release), has Run release the watch and
+	// report nothing more.
+	unwatch     chan struct{}
+	unwatchOnce sync.Once
 }
 
 // New starts watching path's directory. It fails if the directory cannot
@@ -61,6 +66,7 @@ func New(path string, log *zap.Logger) (*Watch, error) {
 	return &Watch{
 		log: log, events: fs.Events, errors: fs.Errors, release: fs.Close,
 		changes: make(chan struct{}, 1), quiet: Quiet, after: time.After, quit: make(chan struct{}),
+		unwatch: make(chan struct{}),
 	}, nil
 }
 
@@ -76,16 +82,20 @@ func (w *Watch) Run() error {
 	// quiet is the newest quiet period's end; an event starts a new period
 	// and the older one's end is no longer listened to. nil: none under way.
 	var quiet <-chan time.Time
+	events, errs, unwatch := w.events, w.errors, w.unwatch
 	for {
 		select {
 		case <-w.quit:
 			return nil
-		case _, ok := <-w.events:
+		case <-unwatch:
+			_ = w.release()
+			events, errs, unwatch, quiet = nil, nil, nil, nil
+		case _, ok := <-events:
 			if !ok {
 				return nil
 			}
 			quiet = w.after(w.quiet)
-		case err, ok := <-w.errors:
+		case err, ok := <-errs:
 			if !ok {
 				return nil
 			}
@@ -105,6 +115,13 @@ func (w *Watch) Run() error {
 // Interrupt ends Run. Safe to call more than once, and before Run (which
 // then returns at once).
 func (w *Watch) Interrupt(error) { w.quitOnce.Do(func() { close(w.quit) }) }
+
+// Release stops the watch before Run ends, for a reader that will not
+// read Changes again (a manager that is shutting down): Run releases the
+// inotify descriptor and goroutine at once, reports nothing more, and
+// still returns only at Interrupt. It does not block; safe to call more
+// than once, and with Run.
+func (w *Watch) Release() { w.unwatchOnce.Do(func() { close(w.unwatch) }) }
 
 // Close ends Run and releases the watch, for a Watch whose Run may never
 // run. Safe to call more than once, and with Run.

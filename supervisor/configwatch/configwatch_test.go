@@ -19,19 +19,21 @@ import (
 // taken it, and a send nobody listens to can be told apart.
 type fakeWatch struct {
 	*Watch
-	events chan fsnotify.Event
-	errs   chan error
-	ends   chan chan time.Time // one per quiet period started
-	done   chan error
+	events   chan fsnotify.Event
+	errs     chan error
+	ends     chan chan time.Time // one per quiet period started
+	done     chan error
+	released chan struct{} // receives at each call of release
 }
 
 func startFake(t *testing.T) *fakeWatch {
 	t.Helper()
 	core, _ := observer.New(zap.WarnLevel)
-	f := &fakeWatch{events: make(chan fsnotify.Event), errs: make(chan error), ends: make(chan chan time.Time, 16), done: make(chan error, 1)}
+	f := &fakeWatch{events: make(chan fsnotify.Event), errs: make(chan error), ends: make(chan chan time.Time, 16), done: make(chan error, 1), released: make(chan struct{}, 4)}
 	f.Watch = &Watch{
-		log: zap.New(core), events: f.events, errors: f.errs, release: func() error { return nil },
-		changes: make(chan struct{}, 1), quiet: Quiet, quit: make(chan struct{}),
+		log: zap.New(core), events: f.events, errors: f.errs,
+		release: func() error { f.released <- struct{}{}; return nil },
+		changes: make(chan struct{}, 1), quiet: Quiet, quit: make(chan struct{}), unwatch: make(chan struct{}),
 		after: func(time.Duration) <-chan time.Time {
 			c := make(chan time.Time)
 			f.ends <- c
@@ -204,4 +206,43 @@ func TestWatchOfAMissingDirectory(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "/nonexistent/dir") {
 		t.Errorf("New: %v, want an error naming /nonexistent/dir", err)
 	}
+}
+
+// Release lets the watch go at once, while Run goes on until Interrupt: a
+// quiet period under way no longer ends in a report, and no event is read.
+func TestWatchReleaseStopsWatchingButNotRun(t *testing.T) {
+	t.Parallel()
+	f := startFake(t)
+	quiet := f.event(t)
+	f.Release()
+	f.Release() // twice is safe
+	select {
+	case <-f.released:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Release did not release the watch")
+	}
+	// Run released it from its select, which it has not reached again:
+	// nothing can take these.
+	select {
+	case quiet <- time.Time{}:
+		t.Error("the watch still waits for a quiet period's end after Release")
+	default:
+	}
+	select {
+	case f.events <- fsnotify.Event{Name: "g.yaml", Op: fsnotify.Write}:
+		t.Error("the watch still reads events after Release")
+	default:
+	}
+	select {
+	case err := <-f.done:
+		t.Fatalf("Run returned %v at Release; it must wait for Interrupt", err)
+	default:
+	}
+	f.Interrupt(nil)
+	select {
+	case <-f.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return at Interrupt after Release")
+	}
+	f.done <- nil // for the cleanup's receive
 }

@@ -225,7 +225,7 @@ func New(opts Options) (_ *Manager, err error) {
 		log.Warn("config file not watched; SIGHUP still reloads it", zap.Error(err))
 		m.watch, err = nil, nil
 	} else {
-		m.reloads.fileChanges = m.watch.Changes()
+		m.reloads.fileChanges, m.reloads.unwatch = m.watch.Changes(), m.watch.Release
 	}
 	return m, nil
 }

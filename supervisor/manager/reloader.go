@@ -40,8 +40,12 @@ type reloader struct {
 	notify  notifier
 	summary func() string
 	// fileChanges reports edits of the file's directory (configwatch);
-	// nil without a watch.
+	// nil without a watch. unwatch, called once a shutdown is under way
+	// (nil without a watch), lets the watch go then, beside the workers'
+	// stopping, rather than after it, when the manager's own stop waits
+	// for it.
 	fileChanges <-chan struct{}
+	unwatch     func()
 
 	asks     chan any // reloadAsk and stopAsk, in the order they were made
 	quit     chan struct{}
@@ -211,6 +215,9 @@ func (r *reloader) Run(ctx context.Context) error {
 		if !r.stopping {
 			r.notify.Stopping()
 			refuseAll()
+			if r.unwatch != nil {
+				r.unwatch()
+			}
 		}
 		if fast || !r.shutdownTold.Swap(true) {
 			r.sup.Shutdown(fast)

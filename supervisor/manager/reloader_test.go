@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -141,6 +142,8 @@ type reloadRig struct {
 	path   string
 	done   chan error
 	cancel context.CancelFunc
+	// unwatched counts the reloader's calls of unwatch.
+	unwatched atomic.Int32
 }
 
 // newReloadRig is a reloader of a configuration file holding yaml, over
@@ -164,6 +167,7 @@ func newReloadRig(t *testing.T, yaml string, ready bool) *reloadRig {
 	rig.r.file, rig.r.parse, rig.r.log = path, parse, zap.New(core)
 	rig.r.sup, rig.r.notify = rig.loop, rig.notify
 	rig.r.summary = func() string { return "summary" }
+	rig.r.unwatch = func() { rig.unwatched.Add(1) }
 	return rig
 }
 
@@ -349,6 +353,9 @@ func TestStopRefusesReloadsAndEscalates(t *testing.T) {
 	want := []string{"shutdown fast=false", "shutdown fast=true"}
 	if got := rig.loop.all(); !slices.Equal(got, want) {
 		t.Errorf("supervisor asked %q, want %q", got, want)
+	}
+	if n := rig.unwatched.Load(); n != 1 {
+		t.Errorf("the watch was let go %d times at the stop, want once", n)
 	}
 	// The first start ends during the stop: no READY, whenever the
 	// reloader sees it (before this round trip, or after).

@@ -61,8 +61,11 @@ func (s *signals) unsubscribe() {
 	signal.Stop(s.c)
 }
 
-// Run acts on signals until Interrupt, then returns nil.
+// Run acts on signals until Interrupt, then gives them back their
+// default actions (as Manager.Close would, but beside the other actors'
+// stopping rather than after it) and returns nil.
 func (s *signals) Run() error {
+	defer s.unsubscribe()
 	for {
 		select {
 		case <-s.quit:
