@@ -1,0 +1,28 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// Every Go worker and every command starts the program's binary, so what
+// it links is paid at every start (BenchmarkStartup). NATS's client alone
+// adds about 2 ms of package inits: the JetStream store runs outside these
+// binaries, and this test keeps it there.
+func TestBinariesLinkNoNATS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("go list builds the dependency graph")
+	}
+	for _, pkg := range []string{"github.com/gotyledon/gotyledon/cmd/gotyledon", "github.com/gotyledon/gotyledon/cmd/seed"} {
+		out, err := exec.Command(goTool(), "list", "-deps", pkg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list -deps %s: %v\n%s", pkg, err, out)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			if strings.HasPrefix(dep, "github.com/nats-io/") {
+				t.Errorf("%s links %s", pkg, dep)
+			}
+		}
+	}
+}
