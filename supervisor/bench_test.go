@@ -367,15 +367,16 @@ func (m *benchManager) start() {
 	})
 }
 
-// buildManagerBinary builds gotyledon as the README builds it (static,
-// -trimpath) into a temporary directory, for a benchmark whose figure
-// holds the manager process's own exit: the test binary, bigger and
-// linked to libc, takes longer to exit than the binary users run.
+// buildManagerBinary builds gotyledon as the README builds it
+// (CGO_ENABLED=0 go build) into a temporary directory, for a benchmark
+// whose figure holds the manager process's own exit: the test binary,
+// bigger and linked to libc, takes longer to exit than the binary users
+// run.
 func buildManagerBinary(b *testing.B) string {
 	b.Helper()
 	out := filepath.Join(b.TempDir(), "gotyledon")
 	// go test puts its go first in the PATH of the test binary.
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/gotyledon")
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/gotyledon")
 	cmd.Dir = ".." // the module's root: tests run in their package's directory
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if outp, err := cmd.CombinedOutput(); err != nil {

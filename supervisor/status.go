@@ -257,7 +257,8 @@ func (s *Supervisor) Done() <-chan struct{} { return s.finished }
 // and the hooks' last calls have returned (or shutdown_timeout has passed
 // waiting for them): every worker has exited and been reaped, and so has
 // whatever they left behind, but for a process that survived SIGKILL
-// (logged), and the workers' cgroups are removed. Calls made from then on
+// (logged), and the workers' cgroups are removed (but for one holding such
+// a process). Calls made from then on
 // fail with ErrStopped; Run still ends its process table and releases
 // what it holds before it returns, which a caller may overlap with
 // stopping what it runs beside the supervisor (a control socket, a

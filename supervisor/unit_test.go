@@ -378,7 +378,7 @@ func TestCgroupPidsSkipsOtherNamespaces(t *testing.T) {
 // only: the forking thread's and the main thread's, where the kernel puts
 // orphans. Both kinds must be in it.
 func TestOwnChildrenListsForkedAndReparentedChildren(t *testing.T) {
-	var was int
+	var was int32 // the kernel writes an int
 	if _, _, errno := unix.Syscall(unix.SYS_PRCTL, unix.PR_GET_CHILD_SUBREAPER, uintptr(unsafe.Pointer(&was)), 0); errno != 0 {
 		t.Fatalf("PR_GET_CHILD_SUBREAPER: %v", errno)
 	}

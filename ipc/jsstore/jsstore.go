@@ -1,7 +1,6 @@
-// Package jsstore keeps a queue's items in NATS JetStream: the store of a
-// queue configured with `store: jetstream`, whose items outlive the
-// processes that put and took them, and which processes on several hosts
-// can share.
+// Package jsstore keeps a queue's items in NATS JetStream, for queues whose
+// items must outlive the processes that put and took them, and which
+// processes on several hosts can share. (The manager does not use it yet.)
 //
 // One queue is one stream, GOTYLEDON_<queue>, on one subject,
 // gotyledon.queue.<queue>, with work-queue retention, and one durable
@@ -32,7 +31,9 @@
 //
 // A Put retried with the same ids (after a lost reply) stores nothing
 // twice within the stream's duplicate window (two minutes). Items are
-// delivered in the order they were stored, but for redeliveries.
+// delivered in the order they were stored, but for redeliveries (and,
+// on a cluster, a Put that spans a change of the stream's leader may store
+// its items out of order).
 package jsstore
 
 import (
@@ -42,6 +43,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -50,6 +52,11 @@ const (
 	// DefaultAckWait is how long an item may stay in flight before it is
 	// delivered again.
 	DefaultAckWait = 30 * time.Second
+	// publishTimeout bounds the wait for the server's acknowledgement of
+	// a stored item: the server does not answer every failure (a write
+	// error, a proposal lost with a cluster's leader), and nats.go, left
+	// to itself, would keep such a publish pending for ever.
+	publishTimeout = 10 * time.Second
 	// consumerName is the durable consumer every getter shares.
 	consumerName = "gotyledon"
 	// streamFullCode is JetStream's error code for a store that refused a
@@ -95,10 +102,14 @@ type Store struct {
 	cons    jetstream.Consumer
 }
 
-// Open makes (or updates, to cfg) the queue's stream and consumer and
-// returns its store. Opening the same queue from several processes, on
-// one server or a cluster, shares it.
-func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
+// Open makes (or updates, to cfg) the queue's stream and consumer on nc's
+// server or cluster and returns its store. Opening the same queue from
+// several processes shares it. The store uses nc; closing nc ends it.
+func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncTimeout(publishTimeout))
+	if err != nil {
+		return nil, fmt.Errorf("open queue %s in JetStream: %w", cfg.Queue, err)
+	}
 	if cfg.AckWait <= 0 {
 		cfg.AckWait = DefaultAckWait
 	}
@@ -138,7 +149,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 }
 
 // Item is an item to put, with the id that makes a retried Put of it
-// store it once.
+// store it once (an empty ID: no such protection).
 type Item struct {
 	ID   string
 	Data []byte
@@ -147,7 +158,8 @@ type Item struct {
 // Put stores items in order and returns how many of the first were
 // stored: all of them, or n < len(items) and an error (ErrFull when the
 // stream is at Capacity). It publishes them all before it waits for the
-// server's acknowledgements, so that a batch costs about one round trip.
+// server's acknowledgements, so that a batch costs about one round trip,
+// and waits for each at most 10 seconds, or until ctx ends.
 // Put them again with the same ids to retry: those stored already are not
 // stored twice. With a full stream and getters taking items meanwhile, an
 // item after the first refused one may have been stored all the same; the
@@ -222,9 +234,11 @@ func (d Delivery) AckSync(ctx context.Context) error { return d.msg.DoubleAck(ct
 // Nak gives the item back, to be delivered again at once.
 func (d Delivery) Nak() error { return d.msg.Nak() }
 
-// Get hands out up to limit items, waiting up to wait for the first one
-// when none is there. It returns no item and no error when wait passes
-// with none.
+// Get hands out up to limit items, waiting up to wait (or until ctx ends)
+// for the first one when none is there. It returns no item and no error
+// when wait passes with none. It returns either items or an error, never
+// both: items it holds are handed out, and an error after them is left to
+// the next call.
 func (s *Store) Get(ctx context.Context, limit int, wait time.Duration) ([]Delivery, error) {
 	out, err := s.fetch(ctx, limit, 0)
 	if len(out) > 0 || err != nil || wait <= 0 {
@@ -232,12 +246,12 @@ func (s *Store) Get(ctx context.Context, limit int, wait time.Duration) ([]Deliv
 	}
 	// One item waited for, then what else is there: a pull request for
 	// limit items would wait the whole time for all of them.
-	first, err := s.fetch(ctx, 1, wait)
-	if len(first) == 0 || err != nil || limit == 1 {
-		return first, err
+	out, err = s.fetch(ctx, 1, wait)
+	if len(out) == 0 || err != nil || limit == 1 {
+		return out, err
 	}
-	more, err := s.fetch(ctx, limit-1, 0)
-	return append(first, more...), err
+	more, _ := s.fetch(ctx, limit-1, 0)
+	return append(out, more...), nil
 }
 
 // fetch is one pull request: for what is there when wait is 0.
@@ -247,10 +261,11 @@ func (s *Store) fetch(ctx context.Context, limit int, wait time.Duration) ([]Del
 	if wait <= 0 {
 		batch, err = s.cons.FetchNoWait(limit)
 	} else {
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-			wait = time.Until(dl)
-		}
-		batch, err = s.cons.Fetch(limit, jetstream.FetchMaxWait(max(wait, time.Millisecond)))
+		// On ctx's end the wait ends here; the server's pull request
+		// expires on its own.
+		waitCtx, cancel := context.WithTimeout(ctx, wait)
+		defer cancel()
+		batch, err = s.cons.Fetch(limit, jetstream.FetchContext(waitCtx))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("get from queue %s: %w", s.cfg.Queue, err)
@@ -263,17 +278,21 @@ func (s *Store) fetch(ctx context.Context, limit int, wait time.Duration) ([]Del
 		}
 		out = append(out, d)
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-		return out, fmt.Errorf("get from queue %s: %w", s.cfg.Queue, err)
+	if err := batch.Error(); err != nil && len(out) == 0 && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("get from queue %s: %w", s.cfg.Queue, ctx.Err())
+		}
+		return nil, fmt.Errorf("get from queue %s: %w", s.cfg.Queue, err)
 	}
 	return out, nil
 }
 
 // Stats is what the store says of its queue.
 type Stats struct {
-	// Waiting: items not delivered yet. InFlight: delivered, neither
-	// acknowledged nor refused, AckWait not passed. Redelivered: of those
-	// in flight, items delivered more than once.
+	// Waiting: items never delivered yet. InFlight: delivered and not
+	// acknowledged, including those refused or past AckWait that wait to
+	// be delivered again. Redelivered: of those, items delivered more
+	// than once.
 	Waiting, InFlight, Redelivered int
 }
 

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"slices"
@@ -14,7 +15,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 )
 
 // The tests run a JetStream server in the test process, on a loopback
@@ -67,12 +67,8 @@ func open(t *testing.T, s *server.Server, cfg Config) *Store {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cfg.Queue = "jobs"
-	st, err := Open(context.Background(), js, cfg)
+	st, err := Open(context.Background(), nc, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -231,6 +227,11 @@ func TestItemsSurviveTheServersProcessKilled(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The helper exits at the end of its stdin: if this test dies first,
+	// the helper and its server do not outlive it.
+	if _, err := cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -253,13 +254,15 @@ func TestItemsSurviveTheServersProcessKilled(t *testing.T) {
 	}
 	_ = cmd.Wait()
 
-	st := open(t, startServer(t, dir), Config{AckWait: time.Second})
+	// AckWait long enough that nothing taken here comes back before it
+	// is acknowledged, even on a loaded machine.
+	st := open(t, startServer(t, dir), Config{AckWait: 5 * time.Second})
 	seen := map[string]int{}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for len(seen) < queued && time.Now().Before(deadline) {
-		for _, d := range get(t, st, queued, 5*time.Second) {
+		for _, d := range get(t, st, queued, 10*time.Second) {
 			seen[string(d.Data)] = d.Deliveries
-			if err := d.Ack(); err != nil {
+			if err := d.AckSync(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -298,9 +301,8 @@ func putTakeAndHang() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	js, _ := jetstream.New(nc)
 	ctx := context.Background()
-	st, err := Open(ctx, js, Config{Queue: "jobs", AckWait: time.Second})
+	st, err := Open(ctx, nc, Config{Queue: "jobs", AckWait: time.Second})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -318,5 +320,17 @@ func putTakeAndHang() int {
 		got += len(ds)
 	}
 	fmt.Println("ready")
-	select {}
+	_, _ = io.Copy(io.Discard, os.Stdin) // until the test kills us, or is gone
+	return 1
+}
+
+// A Get waiting for an item ends with its context, not after its wait.
+func TestGetEndsWithItsContext(t *testing.T) {
+	st := open(t, startServer(t, t.TempDir()), Config{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ds, err := st.Get(ctx, 1, time.Hour)
+	if len(ds) != 0 || !errors.Is(err, context.Canceled) {
+		t.Fatalf("Get with its context cancelled = %q, %v; want nothing and context.Canceled", data(ds), err)
+	}
 }

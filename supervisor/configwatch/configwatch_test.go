@@ -221,17 +221,17 @@ func TestWatchReleaseStopsWatchingButNotRun(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Release did not release the watch")
 	}
-	// Run released it from its select, which it has not reached again:
-	// nothing can take these.
+	// Nothing may take these now; a tenth of a second gives a Run that
+	// wrongly listens still the time to show it.
 	select {
 	case quiet <- time.Time{}:
 		t.Error("the watch still waits for a quiet period's end after Release")
-	default:
+	case <-time.After(100 * time.Millisecond):
 	}
 	select {
 	case f.events <- fsnotify.Event{Name: "g.yaml", Op: fsnotify.Write}:
 		t.Error("the watch still reads events after Release")
-	default:
+	case <-time.After(100 * time.Millisecond):
 	}
 	select {
 	case err := <-f.done:

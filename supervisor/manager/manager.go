@@ -317,9 +317,9 @@ func (m *Manager) Run(ctx context.Context) error {
 		g.Add(m.watch.Run, m.watch.Interrupt)
 	}
 	// Supervisor: starts, restarts and stops the workers. Once a shutdown
-	// has left no process the group ends: the other actors stop while the
-	// supervisor removes its cgroups and process table, and Run returns
-	// when both are done.
+	// has left no process (and no cgroup) the group ends: the other actors
+	// stop while the supervisor ends its process table, and Run returns
+	// when all are done.
 	var supErr error
 	g.Add(func() error { supErr = m.sup.Run(ctx); return supErr }, func(error) { m.sup.Shutdown(false) })
 	groupEnd := make(chan struct{})

@@ -61,11 +61,10 @@ func (s *signals) unsubscribe() {
 	signal.Stop(s.c)
 }
 
-// Run acts on signals until Interrupt, then gives them back their
-// default actions (as Manager.Close would, but beside the other actors'
-// stopping rather than after it) and returns nil.
+// Run acts on signals until Interrupt, then returns nil. The signals stay
+// caught until Manager.Close: one that comes while the manager is still
+// stopping must not kill it.
 func (s *signals) Run() error {
-	defer s.unsubscribe()
 	for {
 		select {
 		case <-s.quit:
