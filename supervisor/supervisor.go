@@ -24,7 +24,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-
 	"slices"
 	"strconv"
 	"strings"
@@ -383,7 +382,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		stopProcs()
 		close(s.tableEnded)
 	}()
-	defer s.removeNotifyDir() // at once when Run fails; else, done before Stopped
+	defer s.removeNotifyDir() // done before Stopped; this covers an end by panic
 
 	// A shutdown asked for before Run (a signal during start-up) is
 	// honoured before anything is started.
