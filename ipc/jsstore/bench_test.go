@@ -20,20 +20,17 @@ package jsstore
 // acknowledges), power loss up to that interval.
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sys/unix"
@@ -50,7 +47,8 @@ func BenchmarkJetStreamDirect(b *testing.B) {
 }
 
 func benchDirect(b *testing.B, sync string, pack int) {
-	url := startHelper(b, "bench-server", nil, "JSSTORE_DIR="+b.TempDir(), "JSSTORE_SYNC="+sync)
+	_, ready := startHelper(b, "bench-server", nil, "JSSTORE_DIR="+b.TempDir(), "JSSTORE_SYNC="+sync)
+	url, _ := strings.CutPrefix(ready, "ready ")
 	nc, err := nats.Connect(url)
 	if err != nil {
 		b.Fatal(err)
@@ -84,59 +82,6 @@ func benchDirect(b *testing.B, sync string, pack int) {
 	b.ReportMetric(p99, "p99-ms")
 }
 
-// startHelper runs this test binary as helper name with env, and returns
-// the first line it prints ("ready URL" gives the URL); a later line, if
-// more is not nil, goes to more. The helper is killed when the benchmark
-// ends, and ends itself at the end of its stdin if the benchmark dies.
-func startHelper(b *testing.B, name string, more chan<- string, env ...string) string {
-	b.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(append(os.Environ(), envHelper+"="+name), env...)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := cmd.StdinPipe(); err != nil {
-		b.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	lines := make(chan string, 2)
-	go func() {
-		r := bufio.NewReader(out)
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				close(lines)
-				return
-			}
-			lines <- strings.TrimSpace(line)
-		}
-	}()
-	var first string
-	select {
-	case l, ok := <-lines:
-		if !ok {
-			b.Fatalf("helper %s ended before it was ready", name)
-		}
-		first = l
-	case <-time.After(30 * time.Second):
-		b.Fatalf("helper %s not ready in 30s", name)
-	}
-	if more != nil {
-		go func() {
-			if l, ok := <-lines; ok {
-				more <- l
-			}
-		}()
-	}
-	url, _ := strings.CutPrefix(first, "ready ")
-	return url
-}
-
 // benchHelper runs the benchmark's helper name; it returns the exit code.
 func benchHelper(name string) int {
 	var err error
@@ -156,15 +101,9 @@ func benchHelper(name string) int {
 }
 
 func benchServer() error {
-	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: os.Getenv("JSSTORE_DIR"),
-		NoSigs: true, NoLog: true, SyncAlways: os.Getenv("JSSTORE_SYNC") == "always"}
-	s, err := server.NewServer(opts)
+	s, err := newServer(os.Getenv("JSSTORE_DIR"), os.Getenv("JSSTORE_SYNC") == "always")
 	if err != nil {
 		return err
-	}
-	s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		return fmt.Errorf("not ready in 10s")
 	}
 	fmt.Println("ready", s.ClientURL())
 	_, _ = io.Copy(io.Discard, os.Stdin) // until the benchmark kills us, or is gone

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,10 +38,62 @@ func TestMain(m *testing.M) {
 	}
 }
 
+// startHelper runs this test binary as helper name with env, and returns
+// it and the first line it prints; a later line, if more is not nil, goes
+// to more. The helper is killed when the test ends, and ends itself at
+// the end of its stdin if the test dies.
+func startHelper(b testing.TB, name string, more chan<- string, env ...string) (*exec.Cmd, string) {
+	b.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(append(os.Environ(), envHelper+"="+name), env...)
+	cmd.Stderr = os.Stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := cmd.StdinPipe(); err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	lines := make(chan string, 2)
+	go func() {
+		r := bufio.NewReader(out)
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				close(lines)
+				return
+			}
+			lines <- strings.TrimSpace(line)
+		}
+	}()
+	var first string
+	select {
+	case l, ok := <-lines:
+		if !ok {
+			b.Fatalf("helper %s ended before it was ready", name)
+		}
+		first = l
+	case <-time.After(30 * time.Second):
+		b.Fatalf("helper %s not ready in 30s", name)
+	}
+	if more != nil {
+		go func() {
+			if l, ok := <-lines; ok {
+				more <- l
+			}
+		}()
+	}
+	return cmd, first
+}
+
 // startServer runs a JetStream server on dir until the test ends.
 func startServer(t *testing.T, dir string) *server.Server {
 	t.Helper()
-	s, err := newServer(dir)
+	s, err := newServer(dir, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,8 +101,11 @@ func startServer(t *testing.T, dir string) *server.Server {
 	return s
 }
 
-func newServer(dir string) (*server.Server, error) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir, NoSigs: true, NoLog: true})
+// newServer starts a JetStream server on a loopback port, its store in
+// dir; syncAlways syncs the store at every message.
+func newServer(dir string, syncAlways bool) (*server.Server, error) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: dir,
+		NoSigs: true, NoLog: true, SyncAlways: syncAlways})
 	if err != nil {
 		return nil, err
 	}
@@ -221,35 +277,10 @@ func TestItemsOfAGetterThatWentAwayComeBackAfterAckWait(t *testing.T) {
 func TestItemsSurviveTheServersProcessKilled(t *testing.T) {
 	const queued, taken = 100, 10
 	dir := t.TempDir()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), envHelper+"=put-take-and-hang", "JSSTORE_DIR="+dir,
+	cmd, line := startHelper(t, "put-take-and-hang", nil, "JSSTORE_DIR="+dir,
 		"JSSTORE_QUEUED="+strconv.Itoa(queued), "JSSTORE_TAKEN="+strconv.Itoa(taken))
-	cmd.Stderr = os.Stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The helper exits at the end of its stdin: if this test dies first,
-	// the helper and its server do not outlive it.
-	if _, err := cmd.StdinPipe(); err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	ready := make(chan string, 1)
-	go func() {
-		line, _ := bufio.NewReader(out).ReadString('\n')
-		ready <- line
-	}()
-	select {
-	case line := <-ready:
-		if line != "ready\n" {
-			t.Fatalf("helper said %q, want ready", line)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("helper not ready in 30s")
+	if line != "ready" {
+		t.Fatalf("helper said %q, want ready", line)
 	}
 	if err := cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -293,7 +324,7 @@ func TestItemsSurviveTheServersProcessKilled(t *testing.T) {
 func putTakeAndHang() int {
 	queued, _ := strconv.Atoi(os.Getenv("JSSTORE_QUEUED"))
 	taken, _ := strconv.Atoi(os.Getenv("JSSTORE_TAKEN"))
-	s, err := newServer(os.Getenv("JSSTORE_DIR"))
+	s, err := newServer(os.Getenv("JSSTORE_DIR"), false)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
