@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"slices"
+	"strconv"
 
 	"github.com/goccy/go-yaml/ast"
 )
@@ -20,26 +21,77 @@ func (d *decoder) queues(e entry, qs []*Queue) []*Queue {
 		if i := slices.IndexFunc(qs, func(x *Queue) bool { return x.Name == q.key }); i >= 0 {
 			queue = qs[i]
 		} else {
-			queue = &Queue{Name: q.key, Capacity: DefaultCapacity}
+			queue = newQueue(q.key, q.keyPos)
 			d.problem(q.keyPos, nameProblem("queue", q.key))
 			qs = append(qs, queue)
 		}
 		queue.Pos = q.keyPos
 		settings, ok := d.expectMapping(q, fmt.Sprintf(`queue %q must be a mapping, e.g. "{capacity: 10000}" (or empty for the defaults)`, q.key), "key")
 		if ok {
-			for _, f := range settings {
-				switch f.key {
-				case "capacity":
-					if n, ok := d.intRange(f, capacityRule); ok {
-						queue.Capacity = int(n)
-					}
-				default:
-					d.unknownKey(f, fmt.Sprintf(" in queue %q", q.key), queueKeys)
-				}
-			}
+			d.queue(q.key, settings, queue)
 		}
 	}
 	return qs
+}
+
+// queue decodes the settings of the queue called name into q, over what
+// q holds (the defaults or the declared values).
+func (d *decoder) queue(name string, settings []entry, q *Queue) {
+	at := d.queueAt[q]
+	storeValid := true
+	var ackWaitAt, replicasAt Position // keys of valid values, if the file sets them
+	for _, f := range settings {
+		switch f.key {
+		case "capacity":
+			if n, ok := d.intRange(f, capacityRule); ok {
+				q.Capacity = int(n)
+			}
+		case "store":
+			storeValid = false
+			if v, ok := d.text(f, `"memory" or "jetstream"`); ok && d.problem(f.pos, storeProblem(Store(v), strconv.Quote(v))) {
+				q.Store, at.store, storeValid = Store(v), f.pos, true
+			}
+		case "ack_wait":
+			if t, ok := d.duration(f); ok {
+				q.AckWait, ackWaitAt = t, f.keyPos
+			}
+		case "replicas":
+			if n, ok := d.intRange(f, replicasRule); ok {
+				q.Replicas, at.replicas, replicasAt = int(n), f.pos, f.keyPos
+			}
+		default:
+			d.unknownKey(f, fmt.Sprintf(" in queue %q", name), queueKeys)
+		}
+	}
+	d.queueAt[q] = at
+	// Judged against the store the queue ends up with, set here or
+	// declared; not against a store the file got wrong.
+	if storeValid && ackWaitAt != (Position{}) {
+		d.problem(ackWaitAt, jetStreamOnlyProblem("ack_wait", q.Store))
+	}
+	if storeValid && replicasAt != (Position{}) {
+		d.problem(replicasAt, jetStreamOnlyProblem("replicas", q.Store))
+	}
+}
+
+// jetStream checks the jetstream queues against the nats: section, once
+// both are known: a jetstream queue needs one, and one with local_dir
+// keeps a single replica. An error is put on the file's store or replicas
+// of the queue, else on the declared store, or on the file's local_dir.
+func (d *decoder) jetStream(cfg *Config) {
+	for _, q := range cfg.JetStreamQueues() {
+		at := d.queueAt[q]
+		if at.store == (Position{}) {
+			at.store = Position{Field: "queues." + fieldName(q.Name, validServiceName) + ".store"}
+		}
+		if at.replicas == (Position{}) {
+			at.replicas = d.localDirAt
+		}
+		d.problem(at.store, needsNATSProblem(q.Store, cfg.NATS != nil))
+		if n := cfg.NATS; n != nil {
+			d.problem(at.replicas, localReplicasProblem(q.Name, q.Replicas, n.LocalDir != "" && len(n.URLs) == 0))
+		}
+	}
 }
 
 // broker decodes broker: into b, which holds the defaults.
@@ -149,4 +201,11 @@ func (d *decoder) ids(e entry, kind string) []int {
 		}
 	}
 	return out
+}
+
+// newQueue is a queue called name with every default: a memory queue of
+// DefaultCapacity. finish gives a jetstream queue its AckWait and
+// Replicas.
+func newQueue(name string, pos Position) *Queue {
+	return &Queue{Name: name, Capacity: DefaultCapacity, Store: StoreMemory, Pos: pos}
 }

@@ -30,8 +30,8 @@ services:
 		t.Errorf("broker %+v, want %+v", cfg.Broker, wantBroker)
 	}
 	wantQueues := []*Queue{
-		{Name: "jobs", Capacity: 5, Pos: Position{File: "/etc/gotyledon/g.yaml", Line: 7, Col: 3}},
-		{Name: "results", Capacity: DefaultCapacity, Pos: Position{File: "/etc/gotyledon/g.yaml", Line: 8, Col: 3}},
+		{Name: "jobs", Capacity: 5, Store: StoreMemory, Pos: Position{File: "/etc/gotyledon/g.yaml", Line: 7, Col: 3}},
+		{Name: "results", Capacity: DefaultCapacity, Store: StoreMemory, Pos: Position{File: "/etc/gotyledon/g.yaml", Line: 8, Col: 3}},
 	}
 	if !reflect.DeepEqual(cfg.Queues, wantQueues) {
 		t.Errorf("queues %+v, want %+v", cfg.Queues, wantQueues)
@@ -63,7 +63,7 @@ func TestParseBrokerAndQueueErrors(t *testing.T) {
 		{"capacity absurd", "queues:\n  jobs: {capacity: 100000000}\n" + svc,
 			`g.yaml:2:20: capacity must be a whole number from 1 to 10000000 (got 100000000)`},
 		{"unknown queue key", "queues:\n  jobs: {capactiy: 10}\n" + svc,
-			`g.yaml:2:10: unknown key "capactiy" in queue "jobs" (did you mean "capacity"? known keys: capacity)`},
+			`g.yaml:2:10: unknown key "capactiy" in queue "jobs" (did you mean "capacity"? known keys: ack_wait, capacity, replicas, store)`},
 		{"duplicate queue", "queues:\n  jobs: {}\n  jobs: {}\n" + svc,
 			`g.yaml:3:3: duplicate queue name "jobs" (first at line 2, col 3; each queue name may appear once)`},
 		{"socket too long", "broker: {socket: " + long + "}\n" + svc,

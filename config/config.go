@@ -60,8 +60,17 @@ const (
 
 	// DefaultCapacity is a queue's capacity when the file gives none.
 	DefaultCapacity = 10000
-	// MaxCapacity bounds a queue's capacity, items waiting in memory.
+	// MaxCapacity bounds a queue's capacity.
 	MaxCapacity = 10_000_000
+	// DefaultAckWait is a JetStream queue's ack_wait when the file gives
+	// none: how long an item may stay in flight before it is delivered
+	// again.
+	DefaultAckWait = 30 * time.Second
+	// AckWaitFloor is the least ack_wait a file may set, so that an item
+	// is not delivered again while its worker is still on it.
+	AckWaitFloor = 1 * time.Second
+	// MaxReplicas bounds a JetStream queue's replicas, as JetStream does.
+	MaxReplicas = 5
 	// MaxSocketPath is the longest Unix socket path the kernel takes
 	// (sun_path holds 108 bytes with the terminating NUL).
 	MaxSocketPath = 107
@@ -93,15 +102,88 @@ type Config struct {
 	// Control says where the control socket (status, scale, reload,
 	// metrics) listens and whom it lets in (`control`).
 	Control Control
+	// NATS says where the JetStream queues keep their items (`nats`): NATS
+	// servers, or a JetStream server gotyledon runs. nil when the file has
+	// no nats: section; never nil when a queue's store is jetstream.
+	NATS *NATS
+}
+
+// Store is where a queue keeps its items (`store`).
+type Store string
+
+const (
+	// StoreMemory (`store: memory`, the default): the broker's own memory.
+	// Items are lost when the manager stops.
+	StoreMemory Store = "memory"
+	// StoreJetStream (`store: jetstream`): a NATS JetStream stream, through
+	// the gotyledon-jetstream bridge, which the manager runs. Items outlive
+	// the manager; the top-level nats: section says where JetStream is.
+	StoreJetStream Store = "jetstream"
+)
+
+// NATS is the `nats:` mapping: where JetStream is for the queues whose
+// store is jetstream. Exactly one of URLs and LocalDir is set. Every path
+// is absolute (a relative one is taken from the config file's directory).
+type NATS struct {
+	// URLs are the NATS servers to connect to (`url`: one URL or a list),
+	// each nats://, tls://, ws:// or wss:// with a host.
+	URLs []string
+	// Creds is a NATS credentials file (`creds`), NKey an nkey seed file
+	// (`nkey`); at most one of them, with URLs only. Both exist.
+	Creds, NKey string
+	// TLSCA verifies the servers' certificates (`tls.ca`; else the
+	// system's roots); TLSCert and TLSKey are a client certificate and its
+	// key (`tls.cert`, `tls.key`), both or neither. With URLs only; each
+	// exists.
+	TLSCA, TLSCert, TLSKey string
+	// LocalDir (`local_dir`) makes the bridge run a JetStream server of its
+	// own, its files in this directory (created if need be), instead of
+	// connecting to URLs.
+	LocalDir string
+	// SyncAlways (`sync: always`) makes the local server write every item
+	// to disk before it acknowledges it; else it syncs every SyncInterval
+	// (`sync: 1s`; 0: the server's default, 2 minutes). With LocalDir only.
+	SyncAlways   bool
+	SyncInterval time.Duration
+	// Bridge is the gotyledon-jetstream program's absolute path (`bridge`);
+	// empty means the default: next to the manager's binary, else in $PATH.
+	Bridge string
+	// Pos is where `nats:` stands in the file.
+	Pos Position
+}
+
+// JetStreamQueues returns the queues whose store is jetstream, in order.
+func (c *Config) JetStreamQueues() []*Queue {
+	var out []*Queue
+	for _, q := range c.Queues {
+		if q.Store == StoreJetStream {
+			out = append(out, q)
+		}
+	}
+	return out
 }
 
 // Queue is one entry under `queues:`: a named work queue of the broker.
 type Queue struct {
 	// Name is the key under `queues:`; same rules as a service name.
 	Name string
-	// Capacity bounds the items waiting in the queue (not those in
-	// flight): a put on a full queue waits (`capacity`, default 10000).
+	// Capacity bounds the items of the queue (`capacity`, default
+	// 10000): of a memory queue, those waiting (not those in flight); of a
+	// jetstream queue, those its stream holds, waiting and in flight. A
+	// put on a full queue waits.
 	Capacity int
+	// Store is where the queue keeps its items (`store`, default
+	// StoreMemory).
+	Store Store
+	// AckWait is how long an item may stay in flight before it is
+	// delivered again (`ack_wait`, from AckWaitFloor to MaxDuration):
+	// DefaultAckWait by default for a jetstream queue; always 0 for a
+	// memory queue.
+	AckWait time.Duration
+	// Replicas is how many NATS servers keep the queue's stream
+	// (`replicas`, 1 to MaxReplicas): 1 by default for a jetstream queue;
+	// always 0 for a memory queue.
+	Replicas int
 	// Pos is where the queue's name stands in the file, or its declared
 	// field when only a Declaration names it.
 	Pos Position

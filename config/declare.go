@@ -75,6 +75,9 @@ type queueDecl struct {
 	name     string
 	seq, now int
 	capacity setting[int]
+	store    setting[Store]
+	ackWait  setting[time.Duration]
+	replicas setting[int]
 }
 
 type socketDecl struct {
@@ -271,6 +274,26 @@ func Capacity(n int) QueueOption {
 	return func(q *queueDecl) { q.capacity.set(n, q.now) }
 }
 
+// QueueStore sets a queue's `store` (default StoreMemory). A StoreJetStream
+// queue needs the nats: section, which only a file gives: declared, it
+// resolves only under a file that has one ([ParseOver], [LoadOver]).
+func QueueStore(s Store) QueueOption {
+	return func(q *queueDecl) { q.store.set(s, q.now) }
+}
+
+// AckWait sets a jetstream queue's `ack_wait` (default DefaultAckWait,
+// from AckWaitFloor to MaxDuration): how long an item may stay in flight
+// before it is delivered again.
+func AckWait(t time.Duration) QueueOption {
+	return func(q *queueDecl) { q.ackWait.set(t, q.now) }
+}
+
+// Replicas sets a jetstream queue's `replicas` (default 1, from 1 to
+// MaxReplicas): how many NATS servers keep its stream.
+func Replicas(n int) QueueOption {
+	return func(q *queueDecl) { q.replicas.set(n, q.now) }
+}
+
 // Socket sets `socket`, the socket's path; a relative path is taken from
 // the working directory (see [Declaration]).
 func Socket(path string) SocketOption {
@@ -300,7 +323,9 @@ func AllowGIDs(gids ...int) SocketOption {
 // Resolve validates d by the rules a file follows and returns the Config
 // it declares, with every default filled in as [Parse] fills them in, and
 // File empty. goServices lists the Go services the program registers; Run
-// must name one of them. A declaration must declare at least one service.
+// must name one of them. A declaration must declare at least one service,
+// and no queue whose store is StoreJetStream: the nats: section such a
+// queue needs comes from a file only ([ParseOver]).
 //
 // Otherwise Resolve returns nil and an [ErrorList] holding every problem,
 // in the order the faulty values were declared; each error's Position
@@ -310,7 +335,7 @@ func AllowGIDs(gids ...int) SocketOption {
 //
 // A nil d declares nothing. Resolve does not modify d and never panics.
 func (d *Declaration) Resolve(goServices []string) (*Config, error) {
-	base, errs := d.resolve(goServices)
+	base, errs := d.resolve(goServices, false)
 	if len(base.cfg.Services) == 0 {
 		errs = append(errs, &Error{Pos: Position{Field: "services"},
 			Msg: `no service is declared (declare at least one, as in d.Service("web", config.Command("/usr/bin/web")))`})
@@ -335,18 +360,23 @@ func (d *Declaration) Resolve(goServices []string) (*Config, error) {
 // replaces a declared run and the other way round; env is merged variable
 // by variable, the file's value winning. A service or queue the file names
 // but d does not must be complete, as in a file on its own. The file
-// cannot remove a declared service: `workers: 0` stops it. When d declares
-// services, the file may leave `services` out, or be empty. The Config
-// lists the declared services (and queues) in the order of their
+// cannot remove a declared service: `workers: 0` stops it. A file's
+// `store: memory` over a declared jetstream queue drops its declared
+// ack_wait and replicas, which apply to jetstream queues only. When d
+// declares services, the file may leave `services` out, or be empty. The
+// Config lists the declared services (and queues) in the order of their
 // declaration, then the file's own in the file's order.
 //
 // d is validated on its own as by [Declaration.Resolve] (save that the
-// file may supply the services): a file cannot make a faulty declaration
-// valid. The [ErrorList] holds the declaration's errors first, in the
-// order they were declared, then the file's, by line and column, each as
-// FILE:LINE:COL as from Parse. An error that only the two together make
-// (backoff_max below backoff_initial, one from each; the control and queue
-// sockets on one path) points at the file's value.
+// file may supply the services and the nats: section): a file cannot make
+// a faulty declaration valid. The [ErrorList] holds the declaration's
+// errors first, in the order they were declared, then the file's, by line
+// and column, each as FILE:LINE:COL as from Parse. An error that only the
+// two together make (backoff_max below backoff_initial, one from each; the
+// control and queue sockets on one path; declared replicas above 1 under
+// the file's nats.local_dir) points at the file's value; a declared
+// jetstream queue under a file without nats: is an error at its declared
+// store.
 //
 // ParseOver does not modify d, so a reload may call it again on the same
 // declaration; it never panics, whatever data holds.
@@ -354,7 +384,7 @@ func ParseOver(d *Declaration, file string, data []byte, goServices []string) (*
 	if d == nil {
 		return Parse(file, data, goServices)
 	}
-	base, errs := d.resolve(goServices)
+	base, errs := d.resolve(goServices, true)
 	dec := newDecoder(file, goServices, base)
 	cfg := dec.decode(data)
 	sortErrors(dec.errs)
@@ -406,7 +436,10 @@ func (b *declared) hasServices() bool { return b != nil && len(b.cfg.Services) >
 // when the faulty value was declared.
 type resolver struct {
 	goServices []string
-	errs       []seqError
+	// withFile: a file is applied on top, which may give the nats:
+	// section the declared jetstream queues need.
+	withFile bool
+	errs     []seqError
 }
 
 type seqError struct {
@@ -425,13 +458,15 @@ func (r *resolver) problem(seq int, field, msg string) bool {
 }
 
 // resolve builds a fresh declared from d, sharing no slice or map with d,
-// and returns the errors in declaration order.
-func (d *Declaration) resolve(goServices []string) (*declared, ErrorList) {
+// and returns the errors in declaration order. withFile says a file is
+// applied on top: it may give the nats: section a declared jetstream
+// queue needs, which the decoder checks then.
+func (d *Declaration) resolve(goServices []string, withFile bool) (*declared, ErrorList) {
 	b := &declared{cfg: defaultConfig(), backoffMaxSet: map[string]bool{}}
 	if d == nil {
 		return b, nil
 	}
-	r := &resolver{goServices: goServices}
+	r := &resolver{goServices: goServices, withFile: withFile}
 	cfg := b.cfg
 	if st := d.shutdownTimeout; st.isSet() && r.problem(st.seq, "shutdown_timeout", durationProblem("shutdown_timeout", st.v, shortDuration(st.v))) {
 		cfg.ShutdownTimeout = st.v
@@ -500,10 +535,31 @@ func (r *resolver) ids(parent, key string, ids setting[[]int]) []int {
 
 func (r *resolver) queue(qd *queueDecl) *Queue {
 	path := "queues." + fieldName(qd.name, validServiceName)
-	q := &Queue{Name: qd.name, Capacity: DefaultCapacity, Pos: Position{Field: path}}
+	q := newQueue(qd.name, Position{Field: path})
 	r.problem(qd.seq, path, nameProblem("queue", qd.name))
 	if c := qd.capacity; c.isSet() && r.problem(c.seq, path+".capacity", capacityRule.problem("capacity", int64(c.v), strconv.Itoa(c.v))) {
 		q.Capacity = c.v
+	}
+	storeValid := true
+	if s := qd.store; s.isSet() {
+		storeValid = r.problem(s.seq, path+".store", storeProblem(s.v, strconv.Quote(string(s.v))))
+		if storeValid {
+			q.Store = s.v
+		}
+		// Only a file has the nats: section a jetstream queue needs.
+		if storeValid && !r.withFile {
+			r.problem(s.seq, path+".store", needsNATSProblem(s.v, false))
+		}
+	}
+	// As in a file: ack_wait and replicas are judged against the store
+	// the queue is declared with, unless that store is itself wrong.
+	if t := qd.ackWait; t.isSet() && r.problem(t.seq, path+".ack_wait", durationProblem("ack_wait", t.v, shortDuration(t.v))) &&
+		storeValid && r.problem(t.seq, path+".ack_wait", jetStreamOnlyProblem("ack_wait", q.Store)) {
+		q.AckWait = t.v
+	}
+	if n := qd.replicas; n.isSet() && r.problem(n.seq, path+".replicas", replicasRule.problem("replicas", int64(n.v), strconv.Itoa(n.v))) &&
+		storeValid && r.problem(n.seq, path+".replicas", jetStreamOnlyProblem("replicas", q.Store)) {
+		q.Replicas = n.v
 	}
 	return q
 }

@@ -95,6 +95,24 @@ func TestDeclarationErrors(t *testing.T) {
 			false, `queues."2jobs" (declared in Go): invalid queue name "2jobs" (a name starts with a letter and has only letters, digits, "-" and "_", at most 63 bytes)`},
 		{"capacity zero", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Capacity(0)) },
 			false, `queues.jobs.capacity (declared in Go): capacity must be a whole number from 1 to 10000000 (got 0)`},
+		{"store unknown", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", QueueStore("disk")) },
+			false, `queues.jobs.store (declared in Go): store must be "memory" (the broker's own memory) or "jetstream" (NATS JetStream, configured under nats:) (got "disk")`},
+		{"store empty", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", QueueStore("")) },
+			false, `queues.jobs.store (declared in Go): store must be "memory" (the broker's own memory) or "jetstream" (NATS JetStream, configured under nats:) (got "")`},
+		{"jetstream queue without nats", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", QueueStore(StoreJetStream)) },
+			false, `queues.jobs.store (declared in Go): store jetstream needs a top-level nats: section: url: for NATS servers, or local_dir: for a JetStream server gotyledon runs`},
+		{"ack_wait on a memory queue", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", AckWait(time.Minute)) },
+			false, `queues.jobs.ack_wait (declared in Go): ack_wait applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove ack_wait)`},
+		{"replicas on a memory queue", func(d *Declaration) {
+			d.Service("web", web)
+			d.Queue("jobs", QueueStore(StoreMemory), Replicas(3))
+		}, false, `queues.jobs.replicas (declared in Go): replicas applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove replicas)`},
+		{"ack_wait under the floor", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", AckWait(999*time.Millisecond)) },
+			false, `queues.jobs.ack_wait (declared in Go): ack_wait must be at least 1s (got 999ms; a shorter one would deliver items again while their workers are still on them)`},
+		{"ack_wait over 24h", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", AckWait(25*time.Hour)) },
+			false, `queues.jobs.ack_wait (declared in Go): ack_wait must be at most 24h (got 25h)`},
+		{"replicas out of range", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Replicas(6)) },
+			false, `queues.jobs.replicas (declared in Go): replicas must be a whole number from 1 to 5 (got 6)`},
 		{"socket too long", func(d *Declaration) { d.Service("web", web); d.Broker(Socket(long)) },
 			false, `broker.socket (declared in Go): socket path "` + long + `" is 108 bytes long (a Unix socket path has at most 107; choose a shorter one)`},
 		{"socket empty", func(d *Declaration) { d.Service("web", web); d.Control(Socket("")) },
@@ -425,8 +443,8 @@ func TestParseOver(t *testing.T) {
 		}},
 		{"queues: a declared one overridden, a new one after it", "queues:\n  results: {}\n  jobs: {capacity: 7}\n", func(t *testing.T, cfg *Config) {
 			want := []*Queue{
-				{Name: "jobs", Capacity: 7, Pos: Position{File: "c.yaml", Line: 3, Col: 3}},
-				{Name: "results", Capacity: DefaultCapacity, Pos: Position{File: "c.yaml", Line: 2, Col: 3}},
+				{Name: "jobs", Capacity: 7, Store: StoreMemory, Pos: Position{File: "c.yaml", Line: 3, Col: 3}},
+				{Name: "results", Capacity: DefaultCapacity, Store: StoreMemory, Pos: Position{File: "c.yaml", Line: 2, Col: 3}},
 			}
 			if !reflect.DeepEqual(cfg.Queues, want) {
 				t.Errorf("queues %+v %+v, want %+v %+v", *cfg.Queues[0], *cfg.Queues[len(cfg.Queues)-1], *want[0], *want[1])
@@ -728,6 +746,12 @@ func TestDeclarationAndFileAgree(t *testing.T) {
 		{"uid", func(d *Declaration) { d.Service("web", web); d.Broker(AllowUIDs(-1)) }, "broker: {allow_uids: [-1]}\n"},
 		{"service name", func(d *Declaration) { d.Service("web", web); d.Service("9x", web) }, "  9x: {command: [/bin/web]}\n"},
 		{"queue name", func(d *Declaration) { d.Service("web", web); d.Queue("9q") }, "queues: {9q: {}}\n"},
+		{"store", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", QueueStore("disk")) }, "queues: {jobs: {store: disk}}\n"},
+		{"store needs nats", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", QueueStore(StoreJetStream)) }, "queues: {jobs: {store: jetstream}}\n"},
+		{"ack_wait on a memory queue", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", AckWait(time.Minute)) }, "queues: {jobs: {ack_wait: 1m}}\n"},
+		{"replicas on a memory queue", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Replicas(2)) }, "queues: {jobs: {replicas: 2}}\n"},
+		{"ack_wait floor", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", AckWait(time.Millisecond)) }, "queues: {jobs: {ack_wait: 1ms}}\n"},
+		{"replicas", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Replicas(0)) }, "queues: {jobs: {replicas: 0}}\n"},
 		{"min_uptime floor", func(d *Declaration) { d.Service("web", web, MinUptime(time.Millisecond)) }, "    restart: {min_uptime: 1ms}\n"},
 		{"backoff_initial floor", func(d *Declaration) { d.Service("web", web, BackoffInitial(time.Millisecond)) }, "    restart: {backoff_initial: 1ms}\n"},
 		{"backoff order", func(d *Declaration) { d.Service("web", web, BackoffInitial(5*time.Second), BackoffMax(time.Second)) }, "    restart: {backoff_initial: 5s, backoff_max: 1s}\n"},

@@ -29,6 +29,10 @@ func FuzzParse(f *testing.F) {
 		"broker: {socket: /run/q.sock, allow_gids: [5]}\nqueues:\n  jobs: {capacity: 3}\nservices:\n  w: {run: printer, reload_signal: HUP}\n",
 		"broker: {socket: /run/a}\ncontrol: {socket: /run/a, metrics_listen: \":1\"}\nservices:\n  w: {command: [a], restart: {backoff_initial: 1m}}\n",
 		"services:\n  w: {command: [\"\", \"\\0\"], env: {A: \"\\0\", 1B: x}, dir: ~, reload_signal: KILL, replace: blue, restart: {min_uptime: 1ms, backoff_max: 1ms}}\n",
+		"nats:\n  local_dir: /var/lib/gotyledon/jetstream\n  sync: always\nqueues:\n  jobs: {capacity: 10000, store: jetstream, ack_wait: 30s}\n  mem: {store: memory}\nservices:\n  w: {run: printer}\n",
+		"nats:\n  url: [nats://a:4222, \"tls://b:4222\"]\n  tls: {ca: /etc/ssl/certs}\n  bridge: bin/gotyledon-jetstream\nqueues:\n  jobs: {store: jetstream, replicas: 3, ack_wait: 1m}\nservices:\n  w: {command: [a]}\n",
+		"nats: {url: \"nats://a:4222,b\", local_dir: x, sync: 1s, creds: c, nkey: k, tls: {cert: c}}\nqueues: {j: {store: disk, ack_wait: 1ms, replicas: 9}, k: {replicas: 2}}\nservices: {w: {command: [a]}}\n",
+		"nats: {local_dir: /x, sync: 10}\nqueues: {j: {store: jetstream, replicas: 2}, k: {store: jetstream}}\nservices: {w: {command: [a]}}\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -131,6 +135,55 @@ func checkConfig(t *testing.T, cfg *Config) {
 			t.Fatalf("bad or repeated queue %+v", *q)
 		}
 		queues[q.Name] = true
+		switch q.Store {
+		case StoreMemory:
+			if q.AckWait != 0 || q.Replicas != 0 {
+				t.Fatalf("memory queue with jetstream settings %+v", *q)
+			}
+		case StoreJetStream:
+			if q.AckWait < AckWaitFloor || q.AckWait > MaxDuration || q.Replicas < 1 || q.Replicas > MaxReplicas {
+				t.Fatalf("jetstream queue with bad settings %+v", *q)
+			}
+			if cfg.NATS == nil || cfg.NATS.LocalDir != "" && q.Replicas > 1 {
+				t.Fatalf("jetstream queue %+v with nats %+v", *q, cfg.NATS)
+			}
+		default:
+			t.Fatalf("queue with store %q: %+v", q.Store, *q)
+		}
+	}
+	if n := cfg.NATS; n != nil {
+		checkNATS(t, n)
+	}
+}
+
+// checkNATS fails t unless n keeps the promises the bridge relies on.
+func checkNATS(t *testing.T, n *NATS) {
+	t.Helper()
+	local := n.LocalDir != ""
+	if (len(n.URLs) > 0) == local {
+		t.Fatalf("nats with URLs %q and local_dir %q: want exactly one", n.URLs, n.LocalDir)
+	}
+	for _, u := range n.URLs {
+		if urlProblem("url", u) != "" {
+			t.Fatalf("url %q accepted", u)
+		}
+	}
+	for _, p := range []string{n.Creds, n.NKey, n.TLSCA, n.TLSCert, n.TLSKey, n.LocalDir, n.Bridge} {
+		if p != "" && !filepath.IsAbs(p) {
+			t.Fatalf("relative path %q in nats %+v", p, *n)
+		}
+	}
+	if n.Creds != "" && n.NKey != "" || (n.TLSCert == "") != (n.TLSKey == "") {
+		t.Fatalf("nats with creds and nkey, or half a client certificate: %+v", *n)
+	}
+	if local && (n.Creds != "" || n.NKey != "" || n.TLSCA != "" || n.TLSCert != "") {
+		t.Fatalf("local_dir with credentials or TLS: %+v", *n)
+	}
+	if (n.SyncAlways || n.SyncInterval != 0) && !local || n.SyncAlways && n.SyncInterval != 0 || n.SyncInterval < 0 || n.SyncInterval > MaxDuration {
+		t.Fatalf("bad sync in %+v", *n)
+	}
+	if n.Pos.Line < 1 {
+		t.Fatalf("nats without a position: %+v", *n)
 	}
 }
 
@@ -160,6 +213,8 @@ func FuzzParseOver(f *testing.F) {
 		"services:\n  printer: {command: [a], run: ticker}\n  new: {workers: 2}\n",
 		"services: {}\n",
 		"services:\n  web: &w {workers: 0}\n  printer: *w\n",
+		"nats: {url: nats://a:4222}\nqueues:\n  jobs: {store: jetstream, ack_wait: 5s}\n",
+		"nats: {local_dir: js, sync: 2s}\nqueues:\n  jobs: {replicas: 1}\n  more: {store: jetstream}\n",
 	}
 	for _, s := range seeds {
 		f.Add([]byte(s))
@@ -221,7 +276,18 @@ func FuzzDeclaration(f *testing.F) {
 			opts = append(opts, Run(run))
 		}
 		d.Service(name, opts...)
-		d.Queue(name, Capacity(capacity))
+		// The queue's store and jetstream settings come from the values
+		// at hand, so that the corpus keeps its shape.
+		qopts := []QueueOption{Capacity(capacity)}
+		switch uint(workers) % 4 {
+		case 1:
+			qopts = append(qopts, QueueStore(StoreJetStream), AckWait(time.Duration(stop)), Replicas(stopSig))
+		case 2:
+			qopts = append(qopts, AckWait(time.Duration(backoff)))
+		case 3:
+			qopts = append(qopts, QueueStore(Store(envVal)), Replicas(reloadSig))
+		}
+		d.Queue(name, qopts...)
 		d.Broker(Socket(socket), Group(group), AllowUIDs(uid))
 		d.Control(Socket(socket + "c"))
 		d.MetricsListen(listen)

@@ -27,10 +27,12 @@ const maxExpanded = 1_000_000
 
 // Keys allowed in each mapping, sorted: error messages list them in this order.
 var (
-	topKeys     = []string{"broker", "control", "queues", "services", "shutdown_timeout"}
+	topKeys     = []string{"broker", "control", "nats", "queues", "services", "shutdown_timeout"}
 	brokerKeys  = []string{"allow_gids", "allow_uids", "group", "socket"}
 	controlKeys = []string{"allow_gids", "allow_uids", "group", "metrics_listen", "socket"}
-	queueKeys   = []string{"capacity"}
+	queueKeys   = []string{"ack_wait", "capacity", "replicas", "store"}
+	natsKeys    = []string{"bridge", "creds", "local_dir", "nkey", "sync", "tls", "url"}
+	tlsKeys     = []string{"ca", "cert", "key"}
 	serviceKeys = []string{"command", "dir", "env", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
 )
@@ -94,7 +96,16 @@ type decoder struct {
 	// broker.socket stand (zero: not in the file), for an error about
 	// them that only the whole configuration shows.
 	controlSocketAt, brokerSocketAt Position
+	// queueAt is where the file sets each queue's store and replicas, and
+	// localDirAt where it sets nats.local_dir, for the errors that only
+	// the queues and the nats: section together show.
+	queueAt    map[*Queue]queueAt
+	localDirAt Position
 }
+
+// queueAt is where the file sets a queue's store and replicas (zero: not
+// in the file).
+type queueAt struct{ store, replicas Position }
 
 func newDecoder(file string, goServices []string, base *declared) *decoder {
 	return &decoder{
@@ -104,6 +115,7 @@ func newDecoder(file string, goServices []string, base *declared) *decoder {
 		aliases:    map[*ast.AliasNode]ast.Node{},
 		sizes:      map[ast.Node]int{},
 		seen:       map[Error]bool{},
+		queueAt:    map[*Queue]queueAt{},
 	}
 }
 
@@ -589,10 +601,13 @@ func (d *decoder) config(top entry) *Config {
 			d.broker(e, &cfg.Broker)
 		case "control":
 			d.control(e, &cfg.Control)
+		case "nats":
+			cfg.NATS = d.nats(e)
 		default:
 			d.unknownKey(e, "", topKeys)
 		}
 	}
+	d.jetStream(cfg)
 	// Only a path the file gives can clash here: the declaration's own
 	// clash is reported by resolve.
 	switch {
@@ -654,11 +669,27 @@ func newService(name string, pos Position) *Service {
 }
 
 // finish fills in what is known only once the whole configuration is:
-// a stop_timeout set nowhere follows shutdown_timeout.
+// a stop_timeout set nowhere follows shutdown_timeout; a queue's ack_wait
+// and replicas set nowhere take their defaults if its store is jetstream,
+// and are 0 if it is memory (a file's store: memory over a declared
+// jetstream queue drops them).
 func finish(cfg *Config) {
 	for _, s := range cfg.Services {
 		if s.StopTimeout == 0 {
 			s.StopTimeout = cfg.ShutdownTimeout
+		}
+	}
+	for _, q := range cfg.Queues {
+		switch {
+		case q.Store != StoreJetStream:
+			q.AckWait, q.Replicas = 0, 0
+		default:
+			if q.AckWait == 0 {
+				q.AckWait = DefaultAckWait
+			}
+			if q.Replicas == 0 {
+				q.Replicas = 1
+			}
 		}
 	}
 }

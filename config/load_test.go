@@ -59,12 +59,12 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown top-level key with suggestion",
 			src:  "services:\n  web: {command: [a]}\nshutdown_timout: 5s\n",
-			want: `c.yaml:3:1: unknown key "shutdown_timout" (did you mean "shutdown_timeout"? known keys: broker, control, queues, services, shutdown_timeout)`,
+			want: `c.yaml:3:1: unknown key "shutdown_timout" (did you mean "shutdown_timeout"? known keys: broker, control, nats, queues, services, shutdown_timeout)`,
 		},
 		{
 			name: "unknown top-level key without suggestion",
 			src:  "logging: debug\nservices:\n  web: {command: [a]}\n",
-			want: `c.yaml:1:1: unknown key "logging" (known keys: broker, control, queues, services, shutdown_timeout)`,
+			want: `c.yaml:1:1: unknown key "logging" (known keys: broker, control, nats, queues, services, shutdown_timeout)`,
 		},
 		{
 			name: "unknown service key with suggestion",

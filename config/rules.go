@@ -1,8 +1,12 @@
 package config
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"net"
+	"net/url"
+	"os"
 	"os/user"
 	"path/filepath"
 	"slices"
@@ -27,6 +31,7 @@ type wholeRule struct{ lo, hi int64 }
 var (
 	workersRule  = wholeRule{0, MaxWorkers}
 	capacityRule = wholeRule{1, MaxCapacity}
+	replicasRule = wholeRule{1, MaxReplicas}
 	idRule       = wholeRule{0, 1<<31 - 1}
 )
 
@@ -47,9 +52,10 @@ func (r wholeRule) message(key, got string) string {
 
 // durationProblem is the rule for every duration, keyed by its name: more
 // than 0 and at most MaxDuration, min_uptime, ready_timeout and watchdog
-// at least MinUptimeFloor, and backoff_initial at least BackoffFloor. No duration may be 0: a zero stop timeout would skip
-// the polite stop, a zero min_uptime would let a worker that dies at once
-// be restarted in a busy loop.
+// at least MinUptimeFloor, backoff_initial at least BackoffFloor, and
+// ack_wait at least AckWaitFloor. No duration may be 0: a zero stop
+// timeout would skip the polite stop, a zero min_uptime would let a worker
+// that dies at once be restarted in a busy loop.
 func durationProblem(key string, t time.Duration, got string) string {
 	switch {
 	case t <= 0:
@@ -64,6 +70,9 @@ func durationProblem(key string, t time.Duration, got string) string {
 			key, shortDuration(MinUptimeFloor), shortDuration(t))
 	case key == "backoff_initial" && t < BackoffFloor:
 		return fmt.Sprintf("backoff_initial must be at least %s (got %s)", shortDuration(BackoffFloor), shortDuration(t))
+	case key == "ack_wait" && t < AckWaitFloor:
+		return fmt.Sprintf("ack_wait must be at least %s (got %s; a shorter one would deliver items again while their workers are still on them)",
+			shortDuration(AckWaitFloor), shortDuration(t))
 	}
 	return ""
 }
@@ -370,4 +379,202 @@ func replaceProblem(r Replace, got string) string {
 		return ""
 	}
 	return fmt.Sprintf(`replace must be "rolling" (one worker at a time) or "all" (all at once) (got %s)`, got)
+}
+
+// storeProblem is the rule for a queue's store. A file's word reaches it
+// as it is written.
+func storeProblem(s Store, got string) string {
+	if s == StoreMemory || s == StoreJetStream {
+		return ""
+	}
+	return fmt.Sprintf(`store must be "memory" (the broker's own memory) or "jetstream" (NATS JetStream, configured under nats:) (got %s)`, got)
+}
+
+// jetStreamOnlyProblem is the rule that key (ack_wait, replicas) is set
+// on jetstream queues only; store is the queue's.
+func jetStreamOnlyProblem(key string, store Store) string {
+	if store == StoreJetStream {
+		return ""
+	}
+	return fmt.Sprintf(`%s applies to "store: jetstream" queues only (this queue's store is %s: add store: jetstream, or remove %s)`, key, store, key)
+}
+
+// needsNATSProblem is the rule that a jetstream queue has a nats: section
+// to say where JetStream is.
+func needsNATSProblem(store Store, hasNATS bool) string {
+	if store != StoreJetStream || hasNATS {
+		return ""
+	}
+	return "store jetstream needs a top-level nats: section: url: for NATS servers, or local_dir: for a JetStream server gotyledon runs"
+}
+
+// localReplicasProblem is the rule that a queue kept by the JetStream
+// server gotyledon runs (local) has one replica: that server is one node.
+func localReplicasProblem(queue string, replicas int, local bool) string {
+	if !local || replicas <= 1 {
+		return ""
+	}
+	return fmt.Sprintf("queue %q has replicas %d, but the JetStream server gotyledon runs for local_dir is a single node, which keeps one copy (use replicas: 1, or url: with a cluster of NATS servers)", queue, replicas)
+}
+
+// natsServerProblem is the rule that nats: has exactly one of url and
+// local_dir.
+func natsServerProblem(hasURL, hasLocal bool) string {
+	switch {
+	case hasURL && hasLocal:
+		return "nats has both url and local_dir (keep one: url connects to NATS servers, local_dir runs a JetStream server of gotyledon's own)"
+	case !hasURL && !hasLocal:
+		return "nats needs url (the NATS servers to connect to, as in \"nats://127.0.0.1:4222\") or local_dir (a directory for a JetStream server gotyledon runs)"
+	}
+	return ""
+}
+
+// credsProblem is the rule that nats: has at most one of creds and nkey.
+func credsProblem(hasCreds, hasNKey bool) string {
+	if hasCreds && hasNKey {
+		return "nats has both creds and nkey (keep one: creds is a credentials file, a user JWT with its nkey seed; nkey a seed file alone)"
+	}
+	return ""
+}
+
+// natsKeyProblem is the rule that sync goes with local_dir, and creds,
+// nkey and tls with url: local says which of the two nats: has.
+func natsKeyProblem(key string, local bool) string {
+	switch {
+	case key == "sync" && !local:
+		return "sync applies to local_dir only (it says when the JetStream server gotyledon runs writes to disk; NATS servers at url have their own settings): remove it"
+	case key != "sync" && local:
+		return fmt.Sprintf("%s applies to url only (the JetStream server gotyledon runs for local_dir is reached inside the bridge's process, with no credentials or TLS): remove it", key)
+	}
+	return ""
+}
+
+// tlsPairProblem is the rule that a client certificate comes with its
+// key.
+func tlsPairProblem(hasCert, hasKey bool) string {
+	switch {
+	case hasCert && !hasKey:
+		return "tls has cert but no key (a client certificate needs its private key: add key)"
+	case hasKey && !hasCert:
+		return "tls has key but no cert (add cert, the client certificate the key belongs to)"
+	}
+	return ""
+}
+
+// emptyURLs is what is wrong with a url: list of no server.
+const emptyURLs = `url lists no server (give at least one, as in [nats://127.0.0.1:4222])`
+
+// natsSchemes are the URL schemes a NATS client connects with.
+var natsSchemes = []string{"nats", "tls", "ws", "wss"}
+
+// urlProblem is the rule for a NATS server URL, named key ("url",
+// "url[1]"): nats://, tls://, ws:// or wss://, a host, and a port if any
+// from 1 to 65535. A comma is refused: the NATS client would read a
+// server list, which url: writes as a list.
+func urlProblem(key, u string) string {
+	const example = `as in "nats://127.0.0.1:4222"`
+	if strings.Contains(u, ",") {
+		return fmt.Sprintf("%s %q holds a comma (list the servers instead, as in [nats://a:4222, nats://b:4222])", key, u)
+	}
+	p, err := url.Parse(u)
+	if err != nil || !slices.Contains(natsSchemes, p.Scheme) {
+		return fmt.Sprintf("%s must be a nats://, tls://, ws:// or wss:// URL with a host, %s (got %q)", key, example, u)
+	}
+	if p.Hostname() == "" {
+		return fmt.Sprintf("%s %q has no host (write one, %s)", key, u, example)
+	}
+	if port := p.Port(); port != "" {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return fmt.Sprintf("%s %q: the port must be a number from 1 to 65535, %s", key, u, example)
+		}
+	}
+	return ""
+}
+
+// pathRule is the rule for the paths of nats: (key names the one): no
+// NUL, no "~", made absolute against base. It returns the clean absolute
+// path, or "" and the message.
+func pathRule(key, p string, base baseDir) (string, string) {
+	switch {
+	case p == "" && key == "bridge":
+		return "", "bridge is empty (write the path of gotyledon-jetstream, or leave bridge out to find it next to gotyledon or in $PATH)"
+	case p == "" && key == "local_dir":
+		return "", "local_dir is empty (write the path of a directory for the JetStream server's files)"
+	case p == "":
+		return "", fmt.Sprintf("%s is empty (write the path of a file, or leave %s out)", key, key)
+	case strings.IndexByte(p, 0) >= 0:
+		return "", fmt.Sprintf(`%s contains a NUL byte (a path cannot hold "\0")`, key)
+	case p == "~" || strings.HasPrefix(p, "~/"):
+		return "", fmt.Sprintf(`%s %q starts with "~" (gotyledon does not expand "~"; write the full path)`, key, p)
+	case filepath.IsAbs(p):
+		return filepath.Clean(p), ""
+	}
+	abs, err := base.abs()
+	if err != nil {
+		return "", fmt.Sprintf("cannot resolve %s %q against %s: %v (write an absolute path)", key, p, base.name, err)
+	}
+	return filepath.Join(abs, p), ""
+}
+
+// localDirRule is pathRule for nats.local_dir, a directory that need not
+// exist yet (the bridge creates it), but is not a file.
+func localDirRule(p string, base baseDir) (string, string) {
+	abs, msg := pathRule("local_dir", p, base)
+	if msg != "" {
+		return "", msg
+	}
+	if fi, err := os.Stat(abs); err == nil && !fi.IsDir() {
+		return "", fmt.Sprintf("local_dir %q is a file (give a directory, or a path where one may be created)", abs)
+	}
+	return abs, ""
+}
+
+// bridgeRule is pathRule for nats.bridge, the gotyledon-jetstream
+// program. It need not exist when the file is read: the manager looks for
+// it when it starts the bridge.
+func bridgeRule(p string, base baseDir) (string, string) {
+	return pathRule("bridge", p, base)
+}
+
+// fileRule is pathRule for a file that must exist (creds, nkey, the tls
+// files).
+func fileRule(key, p string, base baseDir) (string, string) {
+	abs, msg := pathRule(key, p, base)
+	if msg != "" {
+		return "", msg
+	}
+	fi, err := os.Stat(abs)
+	var pe *fs.PathError
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "", fmt.Sprintf("%s file %q does not exist (a relative path is taken from %s)", key, abs, base.name)
+	case errors.As(err, &pe):
+		return "", fmt.Sprintf("cannot use %s file %q: %v", key, abs, pe.Err)
+	case err != nil:
+		return "", fmt.Sprintf("cannot use %s file %q: %v", key, abs, err)
+	case fi.IsDir():
+		return "", fmt.Sprintf("%s %q is a directory (give the path of a file)", key, abs)
+	}
+	return abs, ""
+}
+
+// syncRule is the rule for nats.sync, v as written: "always", or a
+// duration as every duration is. It returns whether it is always, or the
+// interval, or the message; got is v as a message shows it.
+func syncRule(v, got string) (bool, time.Duration, string) {
+	const want = `sync must be "always" (every item written to disk before it is acknowledged) or a duration like "1s" (how often the server writes to disk)`
+	if v == "always" {
+		return true, 0, ""
+	}
+	if isDecimal(v) {
+		return false, 0, fmt.Sprintf(`sync must be "always" or a duration with a unit (got %s; write "%ss")`, got, v)
+	}
+	t, err := time.ParseDuration(v)
+	if err != nil {
+		return false, 0, fmt.Sprintf("%s (got %s)", want, got)
+	}
+	if msg := durationProblem("sync", t, got); msg != "" {
+		return false, 0, msg
+	}
+	return false, t, ""
 }
