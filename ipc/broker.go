@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"regexp"
@@ -73,6 +74,11 @@ type QueueConfig struct {
 	// Capacity bounds the items waiting in the queue (not those in
 	// flight). <= 0 means DefaultCapacity.
 	Capacity int
+	// Forward: the queue's items are kept by the store server at
+	// BrokerOptions.StoreSocket (a JetStream bridge), which serves its
+	// requests; the broker forwards them there (upstream.go), and
+	// Capacity is the store's business.
+	Forward bool
 }
 
 // Peer is the process at the other end of a connection, as the kernel
@@ -105,6 +111,10 @@ type BrokerOptions struct {
 	// Logger receives connection events: refusals and protocol violations
 	// at Warn, connects and disconnects at Debug. nil: no logs.
 	Logger *zap.Logger
+	// StoreSocket is the Unix socket of the store server that serves the
+	// forwarded queues (QueueConfig.Forward). It must serve them with
+	// this broker's MaxItem, delivery ids from StoreDeliveryBase.
+	StoreSocket string
 }
 
 // Broker serves named queues to clients on stream sockets, speaking
@@ -130,6 +140,7 @@ type Broker struct {
 	allow         func(Peer) bool
 	log           *zap.Logger
 	clock         clock // set before the first Serve; never changed after
+	storeSocket   string
 
 	nextDelivery atomic.Uint64 // last delivery id handed out
 	nextConn     atomic.Uint64
@@ -152,6 +163,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		allow:         opts.Allow,
 		log:           opts.Logger,
 		clock:         realClock(),
+		storeSocket:   opts.StoreSocket,
 		listeners:     make(map[net.Listener]struct{}),
 		conns:         make(map[*conn]struct{}),
 	}
@@ -175,10 +187,15 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 	set := &queueSet{byName: make(map[string]*queue, len(qcs))}
 	longest := 0
 	for _, qc := range qcs {
+		longest = max(longest, len(qc.Name))
+		set.names = append(set.names, qc.Name)
+		if qc.Forward {
+			set.forward(qc.Name)
+			continue
+		}
 		q := &queue{name: qc.Name, capacity: qc.Capacity, b: b}
 		set.byName[qc.Name] = q
 		set.list = append(set.list, q)
-		longest = max(longest, len(qc.Name))
 	}
 	b.queues.Store(set)
 	// max_frame leaves room for a one-item PUT of max_item bytes on any of
@@ -196,7 +213,20 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 type queueSet struct {
 	byName map[string]*queue
 	list   []*queue // in configuration order
+	// forwarded are the queues a store server serves (upstream.go).
+	forwarded map[string]bool
+	names     []string // every queue, in configuration order
 }
+
+func (s *queueSet) forward(name string) {
+	if s.forwarded == nil {
+		s.forwarded = make(map[string]bool)
+	}
+	s.forwarded[name] = true
+}
+
+// forwardedQueue reports whether the current set forwards queue name.
+func (b *Broker) forwardedQueue(name string) bool { return b.queues.Load().forwarded[name] }
 
 // queue returns the queue named name in the current set, or nil.
 func (b *Broker) queue(name string) *queue { return b.queues.Load().byName[name] }
@@ -263,6 +293,13 @@ func (b *Broker) SetQueues(qs []QueueConfig) error {
 	}
 	var resized []resize
 	for _, qc := range qcs {
+		set.names = append(set.names, qc.Name)
+		if qc.Forward {
+			// A queue the broker kept until now is removed from it, as
+			// if it were gone from qs (refused if it holds items).
+			set.forward(qc.Name)
+			continue
+		}
 		q := old.byName[qc.Name]
 		if q == nil {
 			q = &queue{name: qc.Name, capacity: qc.Capacity, b: b, closed: closing}
@@ -335,10 +372,10 @@ func (b *Broker) Stats() []QueueStats {
 // noSuchQueue is NO_SUCH_QUEUE's message for name: the queues there are,
 // so that a typo shows its fix.
 func (b *Broker) noSuchQueue(name string) string {
-	list := b.queues.Load().list
+	list := b.queues.Load().names
 	names := make([]string, len(list))
 	for i, q := range list {
-		names[i] = strconv.Quote(q.name)
+		names[i] = strconv.Quote(q)
 	}
 	if len(names) == 0 {
 		return fmt.Sprintf("no queue %q (the broker has none)", name)
@@ -458,6 +495,7 @@ const (
 	msgResult msgKind = iota
 	msgItems
 	msgFatal
+	msgRaw // a store server's frame, passed on as it is (upstream.go)
 )
 
 // outMsg is one reply waiting for the connection's writer. Items are
@@ -472,6 +510,7 @@ type outMsg struct {
 	q       *queue
 	items   []item
 	first   uint64 // delivery id of items[0]; the others follow
+	raw     []byte // msgRaw: the frame's type and body
 }
 
 type inflightItem struct {
@@ -522,6 +561,9 @@ type conn struct {
 	// Waiting requests and the bytes of their PUTs' items, for flow
 	// control. Counted apart from waiting, which a reused id overwrites.
 	nWaiting, waitingBytes int
+	// up is the connection to the store server of forwarded queues; the
+	// reader's alone (upstream.go).
+	up *upstream
 }
 
 func (b *Broker) newConn(nc net.Conn) *conn {
@@ -840,6 +882,7 @@ func (c *conn) readLoop(br *bufio.Reader) {
 		// already: pipelined requests' replies go out together. The reader
 		// never waits for the socket with handling set.
 		if !frameBuffered(br) {
+			c.flushUpstream()
 			c.flushInline()
 		}
 		// Flow control: let the writer catch up, and waiting requests be
@@ -855,6 +898,7 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			if n < maxOutbox && !waits {
 				break
 			}
+			c.flushUpstream()
 			c.endHandling(true)
 			select {
 			case <-c.drained:
@@ -864,6 +908,15 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			}
 		}
 	}
+}
+
+// timeoutDuration is a request's timeout_ms as a duration, waitForever as
+// the longest one.
+func timeoutDuration(ms uint32) time.Duration {
+	if ms == waitForever {
+		return time.Duration(math.MaxInt64)
+	}
+	return time.Duration(ms) * time.Millisecond
 }
 
 // frameBuffered reports whether br holds a whole frame, which reading will
@@ -887,6 +940,10 @@ func (c *conn) handle(payload []byte) error {
 	case *putFrame:
 		q := c.b.queue(f.Queue)
 		if q == nil {
+			if c.b.forwardedQueue(f.Queue) {
+				c.forward(payload, f.ID, pendingFwd{kind: fwdOne}, timeoutDuration(f.TimeoutMS))
+				return nil
+			}
 			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))
 			return nil
 		}
@@ -900,6 +957,10 @@ func (c *conn) handle(payload []byte) error {
 	case *getFrame:
 		q := c.b.queue(f.Queue)
 		if q == nil {
+			if c.b.forwardedQueue(f.Queue) {
+				c.forward(payload, f.ID, pendingFwd{kind: fwdOne}, timeoutDuration(f.TimeoutMS))
+				return nil
+			}
 			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))
 			return nil
 		}
@@ -909,6 +970,10 @@ func (c *conn) handle(payload []byte) error {
 	case *consumeFrame:
 		q := c.b.queue(f.Queue)
 		if q == nil {
+			if c.b.forwardedQueue(f.Queue) {
+				c.forward(payload, f.ID, pendingFwd{kind: fwdConsume}, upstreamDialTimeout)
+				return nil
+			}
 			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))
 			return nil
 		}
@@ -917,8 +982,11 @@ func (c *conn) handle(payload []byte) error {
 		c.mu.Lock()
 		w := c.waiting[f.ID]
 		c.mu.Unlock()
-		if w != nil {
+		switch {
+		case w != nil:
 			w.q.finish(w, statusCancelled, "cancelled")
+		case c.forwarded(f.ID):
+			c.forward(payload, f.ID, pendingFwd{kind: fwdCancel}, 0)
 		}
 	default:
 		return badFrame("%s is not a request a client sends", frameName(f))
@@ -954,8 +1022,50 @@ func frameName(f any) string {
 }
 
 // ack carries out an ACK or NACK: only this connection's in-flight items
-// are found (rules 3 and 4).
+// are found (rules 3 and 4). Deliveries of the store server (forwarded
+// queues) are forwarded, and its RESULT merged with this one's.
 func (c *conn) ack(f *ackFrame) {
+	split := len(f.Deliveries)
+	for i, d := range f.Deliveries {
+		if d >= StoreDeliveryBase {
+			split = i
+			break
+		}
+	}
+	if split == len(f.Deliveries) {
+		n := c.settle(f)
+		c.replyAck(f.ID, n, uint32(len(f.Deliveries))-n)
+		return
+	}
+	var local, remote []uint64
+	for _, d := range f.Deliveries {
+		if d >= StoreDeliveryBase {
+			remote = append(remote, d)
+		} else {
+			local = append(local, d)
+		}
+	}
+	var n uint32
+	if len(local) > 0 {
+		n = c.settle(&ackFrame{Nack: f.Nack, ID: f.ID, Deliveries: local})
+	}
+	fwd := appendAck(nil, &ackFrame{Nack: f.Nack, ID: f.ID, Deliveries: remote})
+	c.forward(fwd[frameHeaderLen:], f.ID, pendingFwd{kind: fwdAck, merge: ackMerge{found: n, unknown: uint32(len(local)) - n}}, upstreamDialTimeout)
+}
+
+// replyAck answers an ACK or NACK of which found deliveries were found
+// and unknown were not.
+func (c *conn) replyAck(id, found, unknown uint32) {
+	if unknown > 0 {
+		c.reply(id, statusUnknownDelivery, found, fmt.Sprintf("%d of %d deliveries are not this connection's in-flight items", unknown, found+unknown))
+		return
+	}
+	c.reply(id, statusOK, found, "")
+}
+
+// settle acks or NACKs the broker's own deliveries of f and returns how
+// many it found.
+func (c *conn) settle(f *ackFrame) uint32 {
 	type found struct {
 		delivery uint64
 		inflightItem
@@ -1020,11 +1130,7 @@ func (c *conn) ack(f *ackFrame) {
 	for w, k := range credit {
 		w.q.release(w, k)
 	}
-	status, msg := statusOK, ""
-	if n < len(f.Deliveries) {
-		status, msg = statusUnknownDelivery, fmt.Sprintf("%d of %d deliveries are not this connection's in-flight items", len(f.Deliveries)-n, len(f.Deliveries))
-	}
-	c.reply(f.ID, status, uint32(n), msg)
+	return uint32(n)
 }
 
 // requeueGrouped requeues n items, given in delivery order, queue by queue,
@@ -1150,6 +1256,8 @@ func (c *conn) writeAll() (stop bool, err error) {
 			case msgFatal:
 				c.wbuf = appendFatal(c.wbuf, &fatalFrame{Status: m.status, Message: m.message})
 				fatal = true
+			case msgRaw:
+				c.wbuf = append(appendUint32(c.wbuf, uint32(len(m.raw))), m.raw...)
 			case msgItems:
 				err = c.encodeItems(&c.wbuf, m, write)
 				if err == nil && m.autoAck {
@@ -1230,6 +1338,8 @@ func (c *conn) flushInline() {
 		switch m.kind {
 		case msgResult:
 			c.wbuf = appendResult(c.wbuf, &resultFrame{ID: m.id, Status: m.status, N: m.n, Message: m.message})
+		case msgRaw:
+			c.wbuf = append(appendUint32(c.wbuf, uint32(len(m.raw))), m.raw...)
 		case msgItems:
 			c.encodeItems(&c.wbuf, m, nil) //nolint:errcheck // no big body (inlineable): it writes nothing
 			if m.autoAck {
@@ -1389,6 +1499,7 @@ func (c *conn) cleanup() {
 		<-c.writerDone
 	}
 	c.nc.Close()
+	c.closeUpstream()
 	c.stopWriter()
 	<-c.writerDone
 	// Only queues of the current set can hold this connection's waiting

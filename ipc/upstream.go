@@ -1,0 +1,334 @@
+package ipc
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Forwarded queues. A queue whose items a store server keeps (QueueConfig's
+// Forward: a JetStream bridge, package ipc/jsstore) is served by that
+// server: a connection's requests on it go there over a connection of the
+// connection's own (its upstream), dialled at its first such request, and
+// the replies come back into the connection's outbox unchanged. So the
+// store server sees one client per worker connection and applies the
+// protocol's rules to it, the close of a connection that NACKs its items
+// in flight included (the broker closes the upstream with it).
+//
+// The store server's delivery ids start at StoreDeliveryBase, above any
+// the broker hands out, so an ACK or NACK is split by id: the broker's
+// deliveries are settled here, the others forwarded, and the client gets
+// one RESULT with both counts (ackMerge).
+//
+// Flow control: every request forwarded and not yet answered counts as a
+// waiting request of the connection, so a connection has at most
+// maxWaiting of them (and their replies) outstanding, as with the broker's
+// own queues. The reader alone writes to the upstream, and flushes it
+// whenever it would wait: before reading from the socket, and before
+// waiting for replies to be written or requests answered.
+
+// upstreamDialTimeout bounds the connect and handshake with the store
+// server, which the connection's reader waits for.
+const upstreamDialTimeout = 5 * time.Second
+
+// fwdKind is what a forwarded request waits for.
+type fwdKind uint8
+
+const (
+	fwdOne     fwdKind = iota // PUT or GET: the first reply ends it
+	fwdConsume                // ITEMS go on until a RESULT ends it
+	fwdAck                    // ACK or NACK: its RESULT is merged with the broker's part
+	fwdCancel                 // CANCEL: no reply; nothing waits
+)
+
+// ackMerge is what the broker found of a split ACK's deliveries.
+type ackMerge struct {
+	found, unknown uint32
+}
+
+type pendingFwd struct {
+	kind  fwdKind
+	merge ackMerge
+}
+
+// upstream is one connection's connection to the store server.
+type upstream struct {
+	c        *conn
+	nc       net.Conn
+	bw       *bufio.Writer // the client's reader's alone
+	maxFrame int
+	dead     atomic.Bool // the reader stopped: the next forward dials again
+
+	mu      sync.Mutex
+	pending map[uint32]pendingFwd // forwarded requests not yet answered, by id
+	gone    bool                  // answered everything pending: register nothing more
+}
+
+// upstream returns the connection's live upstream, dialling one if there
+// is none, and trying again for up to wait while the store server is not
+// there (it starts with the manager's workers, and is restarted when it
+// dies). Called by the reader only, which the tries hold up.
+func (c *conn) upstream(wait time.Duration) (*upstream, error) {
+	if c.up != nil && !c.up.dead.Load() {
+		return c.up, nil
+	}
+	if c.up != nil {
+		c.up.nc.Close()
+		c.up = nil
+	}
+	if c.b.storeSocket == "" {
+		return nil, errors.New("no store server configured")
+	}
+	deadline := time.Now().Add(wait)
+	pause := 5 * time.Millisecond
+	var nc net.Conn
+	var err error
+	for {
+		nc, err = net.DialTimeout("unix", c.b.storeSocket, upstreamDialTimeout)
+		if err == nil {
+			break
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, fmt.Errorf("connect to the queue store: %w", err)
+		}
+		time.Sleep(min(pause, left))
+		pause = min(2*pause, 100*time.Millisecond)
+	}
+	u := &upstream{c: c, nc: nc, bw: bufio.NewWriterSize(nc, writeChunk), pending: make(map[uint32]pendingFwd)}
+	br, err := u.handshake()
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("queue store handshake: %w", err)
+	}
+	c.b.wg.Add(1)
+	go u.readLoop(br)
+	c.up = u
+	return u, nil
+}
+
+func (u *upstream) handshake() (*bufio.Reader, error) {
+	u.nc.SetDeadline(time.Now().Add(upstreamDialTimeout))
+	defer u.nc.SetDeadline(time.Time{})
+	hello := appendHello(nil, &helloFrame{Magic: [4]byte([]byte(helloMagic)), Version: ProtocolVersion, Client: fmt.Sprintf("broker conn %d (%s)", u.c.id, u.c.client)})
+	if _, err := u.nc.Write(hello); err != nil {
+		return nil, err
+	}
+	br := bufio.NewReaderSize(u.nc, writeChunk)
+	fr := frameReader{r: br}
+	payload, err := fr.read(maxHelloLen, nil)
+	if err != nil {
+		return nil, err
+	}
+	f, err := decodeFrame(payload)
+	if err != nil {
+		return nil, err
+	}
+	switch f := f.(type) {
+	case *welcomeFrame:
+		u.maxFrame = int(f.MaxFrame)
+		return br, nil
+	case *fatalFrame:
+		return nil, &StatusError{Code: f.Status, Message: f.Message}
+	default:
+		return nil, fmt.Errorf("store server answered HELLO with %s", frameName(f))
+	}
+}
+
+// forward sends a request's frame (payload: type and body) to the store
+// server, to be answered from there. A store server that cannot be reached
+// within wait (the request's timeout, at most upstreamDialTimeout) answers
+// it TIMEOUT, saying why.
+func (c *conn) forward(payload []byte, id uint32, p pendingFwd, wait time.Duration) {
+	if p.kind == fwdCancel && (c.up == nil || c.up.dead.Load()) {
+		return // what it would cancel was answered when the upstream ended
+	}
+	u, err := c.upstream(min(wait, upstreamDialTimeout))
+	if err == nil && (p.kind == fwdCancel || u.register(id, p)) {
+		var hdr [frameHeaderLen]byte
+		binary.BigEndian.PutUint32(hdr[:], uint32(len(payload)))
+		u.bw.Write(hdr[:])
+		if _, err := u.bw.Write(payload); err != nil {
+			u.nc.Close() // its reader answers what is pending, this one too
+		}
+		return
+	}
+	if err == nil {
+		err = errors.New("connection to the queue store lost")
+	}
+	c.log.Warn("queue store unavailable", zap.Error(err))
+	if p.kind == fwdAck {
+		c.reply(id, statusUnknownDelivery, p.merge.found, "queue store unavailable: "+err.Error())
+		return
+	}
+	c.reply(id, statusTimeout, 0, "queue store unavailable: "+err.Error())
+}
+
+// forwarded reports whether request id was forwarded and waits there.
+func (c *conn) forwarded(id uint32) bool {
+	if c.up == nil {
+		return false
+	}
+	c.up.mu.Lock()
+	defer c.up.mu.Unlock()
+	_, ok := c.up.pending[id]
+	return ok
+}
+
+// flushUpstream writes what was forwarded. Called by the reader only.
+func (c *conn) flushUpstream() {
+	if c.up == nil || c.up.bw.Buffered() == 0 {
+		return
+	}
+	if err := c.up.bw.Flush(); err != nil {
+		c.up.nc.Close()
+	}
+}
+
+// closeUpstream ends the upstream with the connection: the store server
+// takes back the items in flight on it.
+func (c *conn) closeUpstream() {
+	if c.up != nil {
+		c.up.nc.Close()
+	}
+}
+
+// register records a forwarded request as waiting; false once the
+// upstream is gone.
+func (u *upstream) register(id uint32, p pendingFwd) bool {
+	u.mu.Lock()
+	if u.gone {
+		u.mu.Unlock()
+		return false
+	}
+	u.pending[id] = p
+	u.mu.Unlock()
+	u.c.mu.Lock()
+	u.c.nWaiting++
+	u.c.mu.Unlock()
+	return true
+}
+
+// answered forgets request id if the reply ends it (end), returning what
+// it was.
+func (u *upstream) answered(id uint32, end bool) (pendingFwd, bool) {
+	u.mu.Lock()
+	p, ok := u.pending[id]
+	if ok && (end || p.kind == fwdOne) {
+		delete(u.pending, id)
+	} else {
+		ok = false
+	}
+	u.mu.Unlock()
+	if ok {
+		u.c.mu.Lock()
+		u.c.nWaiting--
+		u.c.mu.Unlock()
+		u.c.signal(u.c.unwaited)
+	}
+	return p, ok
+}
+
+// readLoop passes the store server's replies to the client until the
+// upstream ends, then answers what is still pending.
+func (u *upstream) readLoop(br *bufio.Reader) {
+	defer u.c.b.wg.Done()
+	fr := frameReader{r: br}
+	var err error
+	for {
+		var payload []byte
+		payload, err = fr.read(u.maxFrame, func(byte) bool { return true })
+		if err != nil {
+			break
+		}
+		if typ := payload[0]; typ == typeFatal {
+			if f, derr := decodeFrame(payload); derr == nil {
+				ff := f.(*fatalFrame)
+				err = &StatusError{Code: ff.Status, Message: ff.Message}
+			}
+			break
+		} else if typ != typeResult && typ != typeItems || len(payload) < 5 {
+			err = fmt.Errorf("store server sent a frame of type %#x", typ)
+			break
+		}
+		id := binary.BigEndian.Uint32(payload[1:5])
+		if payload[0] == typeItems {
+			u.answered(id, false)
+			u.c.passOn(payload)
+			continue
+		}
+		p, ok := u.answered(id, true)
+		if len(payload) >= 7 && binary.BigEndian.Uint16(payload[5:7]) == statusShuttingDown {
+			// The store server stops, not the broker: its bridge is
+			// restarted, and the request may be made again.
+			n := uint32(0)
+			if len(payload) >= 11 {
+				n = binary.BigEndian.Uint32(payload[7:11])
+			}
+			if ok && p.kind == fwdAck {
+				u.c.reply(id, statusUnknownDelivery, p.merge.found, "queue store stopping")
+				continue
+			}
+			u.c.reply(id, statusTimeout, n, "queue store stopping; try again")
+			continue
+		}
+		if ok && p.kind == fwdAck {
+			f, derr := decodeFrame(payload)
+			if derr != nil {
+				err = derr
+				break
+			}
+			r := f.(*resultFrame)
+			status, msg := r.Status, r.Message
+			if status == statusOK && p.merge.unknown > 0 {
+				status, msg = statusUnknownDelivery, fmt.Sprintf("%d deliveries are not this connection's in-flight items", p.merge.unknown)
+			}
+			u.c.reply(id, status, r.N+p.merge.found, msg)
+			continue
+		}
+		u.c.passOn(payload)
+	}
+	u.dead.Store(true)
+	u.nc.Close()
+	u.mu.Lock()
+	u.gone = true
+	pending := u.pending
+	u.pending = nil
+	u.mu.Unlock()
+	if len(pending) > 0 {
+		u.c.log.Warn("connection to the queue store lost; its requests are answered TIMEOUT", zap.Int("requests", len(pending)), zap.Error(err))
+	}
+	for id, p := range pending {
+		if p.kind == fwdAck {
+			u.c.reply(id, statusUnknownDelivery, p.merge.found, "connection to the queue store lost")
+		} else {
+			u.c.reply(id, statusTimeout, 0, "connection to the queue store lost")
+		}
+		u.c.mu.Lock()
+		u.c.nWaiting--
+		u.c.mu.Unlock()
+	}
+	u.c.signal(u.c.unwaited)
+}
+
+// passOn queues a frame from the store server for the client as it is.
+func (c *conn) passOn(payload []byte) {
+	c.mu.Lock()
+	if c.closed || c.fatalSet {
+		c.mu.Unlock()
+		return
+	}
+	c.outbox = append(c.outbox, outMsg{kind: msgRaw, raw: payload})
+	wake := !c.handling
+	c.mu.Unlock()
+	if wake {
+		c.signal(c.wake)
+	}
+}

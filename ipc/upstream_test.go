@@ -1,0 +1,219 @@
+package ipc
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// forwardHarness is a broker with a memory queue "mem" and a forwarded
+// queue "js", whose store server (a StoreServer over a fakeStore) serves
+// "js" with delivery ids from StoreDeliveryBase, as gotyledon-jetstream
+// serves a manager.
+type forwardHarness struct {
+	*brokerHarness
+	store *storeHarness
+}
+
+func newForwardHarness(t *testing.T, capacity int) *forwardHarness {
+	t.Helper()
+	fake := newFakeStore(capacity, "js")
+	sh := newStoreHarness(t, fake, StoreServerOptions{Queues: []string{"js"}, FirstDelivery: StoreDeliveryBase})
+	bh := newBrokerHarness(t, BrokerOptions{
+		Queues:      []QueueConfig{{Name: "mem"}, {Name: "js", Forward: true}},
+		StoreSocket: sh.path,
+	})
+	return &forwardHarness{brokerHarness: bh, store: sh}
+}
+
+// A forwarded queue works through the broker as the store server serves
+// it: the items are the store's (the broker holds none), their delivery
+// ids are the store server's, and an ACK reaches the store.
+func TestForwardedQueuePutGetAck(t *testing.T) {
+	h := newForwardHarness(t, 0)
+	c := h.dial()
+	ctx := ctxT(t)
+	if n, err := c.PutBatch(ctx, "js", [][]byte{[]byte("a"), []byte("b")}); n != 2 || err != nil {
+		t.Fatalf("PutBatch = %d, %v", n, err)
+	}
+	if st := h.store.store.state(); len(st.queued["js"]) != 2 {
+		t.Fatalf("the store holds %q; want a and b", st.queued["js"])
+	}
+	ds, err := c.GetBatch(ctx, "js", 2)
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("GetBatch = %d items, %v", len(ds), err)
+	}
+	for _, d := range ds {
+		if d.ID <= StoreDeliveryBase {
+			t.Errorf("delivery %d of %s is not the store server's (from %d)", d.ID, d.Body, StoreDeliveryBase)
+		}
+	}
+	if err := c.Ack(ctx, ds...); err != nil {
+		t.Fatalf("Ack: %v", err)
+	}
+	h.store.store.await(t, "both acked", func(st fakeState) bool { return len(st.acks) == 2 })
+}
+
+// One ACK naming deliveries of both a memory queue and a forwarded one
+// settles each where it belongs and answers once, with both counts; one
+// unknown delivery makes it UNKNOWN_DELIVERY without stopping the others.
+func TestAckSplitBetweenBrokerAndStore(t *testing.T) {
+	h := newForwardHarness(t, 0)
+	c := h.dial()
+	ctx := ctxT(t)
+	for _, q := range []string{"mem", "js"} {
+		if err := c.Put(ctx, q, []byte(q+"-item")); err != nil {
+			t.Fatalf("Put %s: %v", q, err)
+		}
+	}
+	mem, err := c.Get(ctx, "mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := c.Get(ctx, "js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ack(ctx, mem, js); err != nil {
+		t.Fatalf("Ack of both: %v", err)
+	}
+	h.store.store.await(t, "the store's item acked", func(st fakeState) bool { return len(st.acks) == 1 })
+	if st := h.stats("mem"); st.InFlight != 0 || st.Acked != 1 {
+		t.Fatalf("mem: %d in flight, %d acked; want 0, 1", st.InFlight, st.Acked)
+	}
+
+	// Both again: neither is in flight now.
+	err = c.Ack(ctx, mem, js)
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != statusUnknownDelivery {
+		t.Fatalf("second Ack of both = %v; want UNKNOWN_DELIVERY", err)
+	}
+}
+
+// A forwarded queue's items in flight go back to the store when their
+// client's connection closes: the broker closes the connection it
+// forwarded them on.
+func TestForwardedInFlightGoBackOnClose(t *testing.T) {
+	h := newForwardHarness(t, 0)
+	c := h.dial()
+	ctx := ctxT(t)
+	if err := c.Put(ctx, "js", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, "js"); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	h.store.store.await(t, "x NACKed", func(st fakeState) bool { return len(st.nacks) == 1 })
+	d, err := h.dial().Get(ctx, "js")
+	if err != nil || string(d.Body) != "x" || d.Deliveries != 2 {
+		t.Fatalf("Get after the close = %+v, %v; want x delivered twice", d, err)
+	}
+}
+
+// A CONSUME of a forwarded queue is pushed to through the broker, its
+// credit given back by ACKs forwarded.
+func TestForwardedConsume(t *testing.T) {
+	h := newForwardHarness(t, 0)
+	c := h.dial()
+	ctx := ctxT(t)
+	cons, err := c.Consume(ctx, "js", 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := c.Put(ctx, "js", fmt.Appendf(nil, "%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		d, err := cons.Next(ctx)
+		if err != nil {
+			t.Fatalf("Next %d: %v", i, err)
+		}
+		if string(d.Body) != fmt.Sprint(i) {
+			t.Fatalf("item %d is %q", i, d.Body)
+		}
+		if err := cons.Ack(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := h.store.store.await(t, "ten acked", func(st fakeState) bool { return len(st.acks) == 10 }); st.maxInFlight > 2 {
+		t.Errorf("%d items in flight at once; prefetch is 2", st.maxInFlight)
+	}
+	if err := cons.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
+// A PUT on a full forwarded queue waits for room as on the broker's own.
+func TestForwardedFullQueue(t *testing.T) {
+	h := newForwardHarness(t, 1)
+	c := h.dial()
+	ctx := ctxT(t)
+	if err := c.Put(ctx, "js", []byte("1")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.TryPut("js", []byte("2")); !errors.Is(err, ErrFull) {
+		t.Fatalf("TryPut on a full queue = %v; want ErrFull", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.Put(ctx, "js", []byte("2")) }()
+	h.store.store.await(t, "the put waiting", func(st fakeState) bool { return st.putWaiting == 1 })
+	other := h.dial()
+	d, err := other.Get(ctx, "js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Ack(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("the waiting Put: %v", err)
+	}
+}
+
+// With no store server to reach, a request on a forwarded queue is
+// answered TIMEOUT saying so, once its timeout has passed (at most the
+// dial's bound); the connection and the broker's own queues go on.
+func TestForwardedQueueWithoutStoreServer(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{
+		Queues:      []QueueConfig{{Name: "mem"}, {Name: "js", Forward: true}},
+		StoreSocket: t.TempDir() + "/none.sock",
+	})
+	c := h.dial()
+	err := c.TryPut("js", []byte("x"))
+	var se *StatusError
+	if !errors.As(err, &se) || se.Code != statusTimeout {
+		t.Fatalf("TryPut with no store server = %v; want TIMEOUT", err)
+	}
+	ctx := ctxT(t)
+	if err := c.Put(ctx, "mem", []byte("y")); err != nil {
+		t.Fatalf("Put on the memory queue after: %v", err)
+	}
+}
+
+// When the store server goes away, what waits there is answered TIMEOUT,
+// and the next request dials it again.
+func TestForwardedStoreServerGoesAway(t *testing.T) {
+	h := newForwardHarness(t, 0)
+	c := h.dial()
+	ctx := ctxT(t)
+	got := make(chan error, 1)
+	go func() {
+		_, err := c.Get(ctx, "js")
+		got <- err
+	}()
+	h.store.store.await(t, "the get waiting", func(st fakeState) bool { return st.getWaiting == 1 })
+	h.store.closeServer()
+	select {
+	case err := <-got:
+		var se *StatusError
+		if !errors.As(err, &se) || se.Code != statusTimeout {
+			t.Fatalf("Get when the store server closed = %v; want TIMEOUT (the broker is not the one stopping)", err)
+		}
+	case <-time.After(testTimeout):
+		t.Fatal("the waiting Get was not answered")
+	}
+}
