@@ -5,9 +5,13 @@
 #
 #   --root DIR   install into DIR (an image or a chroot) instead of /
 #   --no-build   do not build: install the binary named by $GOTYLEDON_BIN
+#                (and the bridge named by $GOTYLEDON_JETSTREAM_BIN, if set)
 #
-# It builds the binary (static: CGO_ENABLED=0 go build -trimpath) and installs:
+# It builds the binaries (static: CGO_ENABLED=0 go build -trimpath) and installs:
 #   /usr/local/bin/gotyledon                  0755, replaced on every run
+#   /usr/local/bin/gotyledon-jetstream        0755, replaced on every run: the
+#                                             bridge that queues with
+#                                             store: jetstream need
 #   user and group gotyledon                  system ones, created if absent
 #   /etc/systemd/system/gotyledon.service     0644, replaced on every run
 #   /etc/gotyledon/gotyledon.yaml             0640 root:gotyledon, only if absent
@@ -63,11 +67,18 @@ say() { echo "install.sh: $*"; }
 # 1. The binary.
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+bridge=
 if [ "$build" = yes ]; then
-	say "building $src/cmd/gotyledon"
-	(cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$tmp/gotyledon" ./cmd/gotyledon)
+	say "building $src/cmd/gotyledon and $src/cmd/gotyledon-jetstream"
+	(cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$tmp/" ./cmd/gotyledon ./cmd/gotyledon-jetstream)
 	bin=$tmp/gotyledon
+	bridge=$tmp/gotyledon-jetstream
 else
+	bridge=${GOTYLEDON_JETSTREAM_BIN:-}
+	if [ -n "$bridge" ] && [ ! -x "$bridge" ]; then
+		echo "$0: GOTYLEDON_JETSTREAM_BIN is not an executable gotyledon-jetstream binary: $bridge" >&2
+		exit 2
+	fi
 	bin=${GOTYLEDON_BIN:-}
 	if [ -z "$bin" ] || [ ! -x "$bin" ]; then
 		echo "$0: --no-build needs GOTYLEDON_BIN set to an executable gotyledon binary" >&2
@@ -76,6 +87,10 @@ else
 fi
 say "installing $bin to $dest/usr/local/bin/gotyledon"
 install -D -m 0755 "$bin" "$dest/usr/local/bin/gotyledon"
+if [ -n "$bridge" ]; then
+	say "installing $bridge to $dest/usr/local/bin/gotyledon-jetstream"
+	install -D -m 0755 "$bridge" "$dest/usr/local/bin/gotyledon-jetstream"
+fi
 
 # 2. The system group and user (no home, no login shell).
 if [ -z "$dest" ]; then

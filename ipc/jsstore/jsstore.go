@@ -45,6 +45,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/gotyledon/gotyledon/ipc"
 )
 
 // Defaults.
@@ -65,8 +67,9 @@ const (
 	streamFullCode = 10077
 )
 
-// ErrFull is Put's error when the stream holds Capacity items already.
-var ErrFull = errors.New("queue is full")
+// ErrFull is Put's error when the stream holds Capacity items already:
+// ipc.ErrFull, which a PUT on a full queue answers too.
+var ErrFull = ipc.ErrFull
 
 // Config is one queue's store.
 type Config struct {
@@ -232,7 +235,12 @@ func (d Delivery) Ack() error { return d.msg.Ack() }
 func (d Delivery) AckSync(ctx context.Context) error { return d.msg.DoubleAck(ctx) }
 
 // Nak gives the item back, to be delivered again at once.
-func (d Delivery) Nak() error { return d.msg.Nak() }
+//
+// It is a NAK with a delay of a nanosecond: a plain NAK only queues the
+// item for redelivery in the server's memory, so a server that restarts
+// right after (a local server stops with its bridge) would hold it until
+// AckWait; a delayed NAK records the item as due in the consumer's state.
+func (d Delivery) Nak() error { return d.msg.NakWithDelay(time.Nanosecond) }
 
 // Get hands out up to limit items, waiting up to wait (or until ctx ends)
 // for the first one when none is there. It returns no item and no error

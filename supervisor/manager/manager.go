@@ -150,6 +150,20 @@ func New(opts Options) (_ *Manager, err error) {
 	if socket == "" {
 		socket = ipc.DefaultSocketPath(getenv)
 	}
+	// JetStream queues: the bridge is one more service (jetstream.go),
+	// in every configuration the file gives, reloads' too.
+	parseFile := parse
+	parse = func(data []byte) (*config.Config, error) {
+		cfg, err := parseFile(data)
+		if err != nil {
+			return nil, err
+		}
+		return withBridge(cfg, socket)
+	}
+	if cfg, err = withBridge(cfg, socket); err != nil {
+		log.Error("cannot serve the JetStream queues; nothing was started", zap.Error(err))
+		return nil, fmt.Errorf("%w: %w", ErrNotStarted, err)
+	}
 	var workerEnv []string
 	if len(cfg.Queues) > 0 {
 		workerEnv = append(workerEnv, ipc.EnvSocket+"="+socket)
@@ -161,9 +175,10 @@ func New(opts Options) (_ *Manager, err error) {
 	var queues func() []ipc.QueueStats // nil without a broker
 	if len(cfg.Queues) > 0 {
 		m.broker, err = ipc.NewBroker(ipc.BrokerOptions{
-			Queues: brokerQueues(cfg.Queues),
-			Allow:  ipc.AllowPeers(os.Getuid(), peerRules(cfg.Broker), ipc.ProcessGroups),
-			Logger: log.Named("broker"),
+			Queues:      brokerQueues(cfg.Queues),
+			Allow:       ipc.AllowPeers(os.Getuid(), peerRules(cfg.Broker), ipc.ProcessGroups),
+			Logger:      log.Named("broker"),
+			StoreSocket: bridgeSocket(socket),
 		})
 		if err != nil {
 			return nil, fmt.Errorf("start the queue broker: %w", err)
@@ -249,7 +264,13 @@ func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, 
 	}
 	m.control = control.NewServer(l, control.Options{
 		Status: m.sup.Status,
-		Scale:  m.sup.Reconfigure,
+		Scale: func(ctx context.Context, service string, workers int) error {
+			if service == BridgeService {
+				// Two bridges would serve one socket.
+				return fmt.Errorf("scale %s: the JetStream bridge runs one worker (its queues scale with their consumers)", service)
+			}
+			return m.sup.Reconfigure(ctx, service, workers)
+		},
 		Reload: func(ctx context.Context, settle bool) error {
 			return m.reloads.Reload(ctx, supervisor.ReloadByControl, settle)
 		},

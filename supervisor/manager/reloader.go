@@ -446,16 +446,18 @@ func sameAccess(a, b config.SocketAccess) bool {
 }
 
 // sameQueues reports whether two configurations' queues are the same
-// names with the same capacities.
+// names with the same capacities and stores.
 func sameQueues(a, b []*config.Queue) bool {
-	return slices.EqualFunc(a, b, func(x, y *config.Queue) bool { return x.Name == y.Name && x.Capacity == y.Capacity })
+	return slices.EqualFunc(a, b, func(x, y *config.Queue) bool {
+		return x.Name == y.Name && x.Capacity == y.Capacity && x.Store == y.Store
+	})
 }
 
 // brokerQueues turns the configuration's queues into the broker's.
 func brokerQueues(qs []*config.Queue) []ipc.QueueConfig {
 	out := make([]ipc.QueueConfig, len(qs))
 	for i, q := range qs {
-		out[i] = ipc.QueueConfig{Name: q.Name, Capacity: q.Capacity}
+		out[i] = ipc.QueueConfig{Name: q.Name, Capacity: q.Capacity, Forward: q.Store == config.StoreJetStream}
 	}
 	return out
 }

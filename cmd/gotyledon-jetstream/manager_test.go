@@ -1,0 +1,221 @@
+package main
+
+// These tests run the product as users do: gotyledon, built as the README
+// builds it, runs a configuration with a JetStream queue on a local
+// server; it finds gotyledon-jetstream next to its own binary and runs it
+// as the bridge; the test is the queue's client, over the manager's queue
+// socket. Every wait has a deadline and ends on an event (a log line, an
+// exit, a reply).
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gotyledon/gotyledon/ipc"
+)
+
+// builtBinaries builds gotyledon and gotyledon-jetstream, once per test
+// binary, into one directory.
+var builtBinaries = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "gtyjs-bin")
+	if err != nil {
+		return "", err
+	}
+	for _, pkg := range []string{"./cmd/gotyledon", "./cmd/gotyledon-jetstream"} {
+		cmd := exec.Command("go", "build", "-o", dir, pkg)
+		cmd.Dir = "../.."
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, out)
+		}
+	}
+	return dir, nil
+})
+
+// managerProcess is a gotyledon run of a test.
+type managerProcess struct {
+	cmd    *exec.Cmd
+	lines  chan string // its log, line by line; closed at its end
+	exited chan struct{}
+}
+
+// startManager runs gotyledon on config and returns once its bridge
+// serves the JetStream queues.
+func startManager(t *testing.T, runDir, config string) *managerProcess {
+	t.Helper()
+	bin, err := builtBinaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &managerProcess{lines: make(chan string, 1024), exited: make(chan struct{})}
+	m.cmd = exec.Command(filepath.Join(bin, "gotyledon"), "run", "--log-format", "json", "-c", config)
+	m.cmd.Env = append(os.Environ(), "RUNTIME_DIRECTORY="+runDir)
+	stderr, err := m.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var tail []string
+	var mu sync.Mutex
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			mu.Lock()
+			tail = append(tail, sc.Text())
+			mu.Unlock()
+			select {
+			case m.lines <- sc.Text():
+			default: // nobody waits for lines now
+			}
+		}
+		close(m.lines)
+		_ = m.cmd.Wait()
+		close(m.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-m.exited:
+		default:
+			_ = m.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-m.exited:
+			case <-time.After(30 * time.Second):
+				_ = m.cmd.Process.Kill()
+				<-m.exited
+			}
+		}
+		if t.Failed() {
+			mu.Lock()
+			t.Logf("manager log:\n%s", strings.Join(tail, "\n"))
+			mu.Unlock()
+		}
+	})
+	m.waitLine(t, "JetStream queues served")
+	return m
+}
+
+// waitLine waits for a log line holding text.
+func (m *managerProcess) waitLine(t *testing.T, text string) {
+	t.Helper()
+	deadline := time.After(60 * time.Second)
+	for {
+		select {
+		case l, ok := <-m.lines:
+			if !ok {
+				t.Fatalf("manager exited before logging %q", text)
+			}
+			if strings.Contains(l, text) {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("manager did not log %q within 60s", text)
+		}
+	}
+}
+
+func (m *managerProcess) stop(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	_ = m.cmd.Process.Signal(sig)
+	select {
+	case <-m.exited:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("manager did not exit within 30s of %v", sig)
+	}
+}
+
+// jetstreamConfig is a manager's configuration with the queue jobs on a
+// local JetStream server in dir.
+func jetstreamConfig(t *testing.T, dir, ackWait string) string {
+	t.Helper()
+	path := filepath.Join(dir, "gotyledon.yaml")
+	yaml := fmt.Sprintf(`nats:
+  local_dir: %s
+queues:
+  jobs: {capacity: 1000, store: jetstream, ack_wait: %s}
+services:
+  idle: {command: [/bin/sleep, infinity], workers: 1}
+`, filepath.Join(dir, "jetstream"), ackWait)
+	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// runDir is a short directory for the manager's sockets (a socket path
+// has at most 107 bytes).
+func runDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "gtyjs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+func dialQueue(t *testing.T, run string) *ipc.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := ipc.Dial(ctx, filepath.Join(run, "queue.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// A manager killed with SIGKILL, with items queued and in flight, loses
+// none of them: the next manager on the same files delivers them all, those
+// in flight again once their ack wait has passed.
+func TestManagerKilledLosesNoJetStreamItem(t *testing.T) {
+	dir, run := t.TempDir(), runDir(t)
+	config := jetstreamConfig(t, dir, "2s")
+	m := startManager(t, run, config)
+	c := dialQueue(t, run)
+	putN(t, c, 100)
+	getN(t, c, 10, 20*time.Second)
+	m.stop(t, syscall.SIGKILL)
+
+	startManager(t, run, config)
+	seen := drain(t, dialQueue(t, run), 100, 60*time.Second)
+	if len(seen) != 100 {
+		t.Errorf("%d distinct items after the restart; want 100", len(seen))
+	}
+}
+
+// A manager stopped with SIGTERM gives the items in flight back: the next
+// manager hands them out at once, as second deliveries, long before their
+// ack wait of an hour.
+func TestManagerStopGivesJetStreamInFlightBack(t *testing.T) {
+	dir, run := t.TempDir(), runDir(t)
+	config := jetstreamConfig(t, dir, "1h")
+	m := startManager(t, run, config)
+	c := dialQueue(t, run)
+	putN(t, c, 100)
+	held := getN(t, c, 10, 20*time.Second)
+	m.stop(t, syscall.SIGTERM)
+	if code := m.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Fatalf("manager exited %d on SIGTERM; want 0", code)
+	}
+
+	startManager(t, run, config)
+	seen := drain(t, dialQueue(t, run), 100, 30*time.Second)
+	for _, d := range held {
+		if got := seen[string(d.Body)]; got != 2 {
+			t.Errorf("%s, in flight at the stop, came back with deliveries %d; want 2", d.Body, got)
+		}
+	}
+}

@@ -1,0 +1,213 @@
+package jsstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/coreos/go-systemd/v22/daemon"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/ipc"
+)
+
+// BridgeConfig says what a bridge serves and where JetStream is: the
+// servers of URLs, or, with LocalDir set, a JetStream server the bridge
+// runs in its own process.
+type BridgeConfig struct {
+	// Socket is the Unix socket the bridge serves PROTOCOL.md on.
+	Socket string
+	// Queues are the queues served, each its own stream.
+	Queues []Config
+	// MaxItem is the largest item, in bytes (<= 0: ipc.DefaultMaxItem).
+	MaxItem int
+
+	// URLs are the NATS servers to connect to (any of them; the client
+	// learns the rest of a cluster from the one it reaches).
+	URLs []string
+	// Creds is a NATS credentials file (a user JWT and its nkey seed),
+	// NKey an nkey seed file; at most one of them.
+	Creds, NKey string
+	// TLSCA verifies the servers' certificates (else the system's roots);
+	// TLSCert and TLSKey are a client certificate, if the servers ask for
+	// one.
+	TLSCA, TLSCert, TLSKey string
+
+	// LocalDir, when set, runs a JetStream server inside the bridge's
+	// process with its files under LocalDir, reachable only from that
+	// process (no port), instead of connecting to URLs.
+	LocalDir string
+	// SyncAlways makes the local server write every stored item to disk
+	// (fsync) before it acknowledges it; otherwise it syncs every
+	// SyncInterval (<= 0: the server's default, 2 minutes).
+	SyncAlways   bool
+	SyncInterval time.Duration
+
+	// Logger receives the bridge's events. nil: no logs.
+	Logger *zap.Logger
+}
+
+// RunBridge serves cfg's queues from JetStream on cfg.Socket until ctx
+// ends: it starts the local server if asked, connects, opens every
+// queue's stream and consumer, listens, and then says READY=1 to
+// $NOTIFY_SOCKET if there is one. When ctx ends it answers waiting
+// requests SHUTTING_DOWN, gives the items in flight back (they are
+// delivered again at once), and stops. A bridge that dies instead leaves
+// its items in flight to come back after their AckWait.
+func RunBridge(ctx context.Context, cfg BridgeConfig) error {
+	log := cfg.Logger
+	if log == nil {
+		log = zap.NewNop()
+	}
+	var closing atomic.Bool // our own Close is no lost connection
+	opts := []nats.Option{
+		nats.Name("gotyledon-jetstream"),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if closing.Load() {
+				return
+			}
+			log.Warn("NATS connection lost; puts and gets wait until it is back", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS connection back", zap.String("server", nc.ConnectedUrlRedacted()))
+		}),
+	}
+	var url string
+	if cfg.LocalDir != "" {
+		s, err := startLocal(cfg)
+		if err != nil {
+			return err
+		}
+		defer s.WaitForShutdown()
+		defer s.Shutdown()
+		opts = append(opts, nats.InProcessServer(s))
+		log.Info("local JetStream server started", zap.String("dir", cfg.LocalDir), zap.Bool("sync_always", cfg.SyncAlways))
+	} else {
+		if len(cfg.URLs) == 0 {
+			return errors.New("jetstream bridge: no NATS server: give URLs or LocalDir")
+		}
+		for i, u := range cfg.URLs {
+			if i > 0 {
+				url += ","
+			}
+			url += u
+		}
+		auth, err := authOptions(cfg)
+		if err != nil {
+			return err
+		}
+		opts = append(opts, auth...)
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return fmt.Errorf("jetstream bridge: connect to NATS %s: %w", url, err)
+	}
+	defer func() {
+		closing.Store(true)
+		nc.Close()
+	}()
+	stores := make([]*Store, 0, len(cfg.Queues))
+	names := make([]string, 0, len(cfg.Queues))
+	for _, qc := range cfg.Queues {
+		openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		st, err := Open(openCtx, nc, qc)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("jetstream bridge: %w", err)
+		}
+		stores = append(stores, st)
+		names = append(names, qc.Queue)
+	}
+	srv, err := ipc.NewStoreServer(ipc.StoreServerOptions{
+		Store:         NewQueues(log, stores...),
+		Queues:        names,
+		MaxItem:       cfg.MaxItem,
+		FirstDelivery: ipc.StoreDeliveryBase,
+		Logger:        log,
+	})
+	if err != nil {
+		return fmt.Errorf("jetstream bridge: %w", err)
+	}
+	_ = os.Remove(cfg.Socket) // ours from a bridge that died: the manager gave us the path
+	l, err := net.Listen("unix", cfg.Socket)
+	if err != nil {
+		return fmt.Errorf("jetstream bridge: listen on %s: %w", cfg.Socket, err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
+		log.Warn("could not say READY=1", zap.Error(err))
+	}
+	log.Info("JetStream queues served", zap.String("socket", cfg.Socket), zap.Strings("queues", names))
+	select {
+	case <-ctx.Done():
+	case err = <-served:
+	}
+	srv.Close()
+	// What Close gave back (NACKs) must reach the server before the
+	// connection closes.
+	if ferr := nc.FlushTimeout(5 * time.Second); ferr != nil {
+		log.Warn("NATS did not confirm the last acknowledgements", zap.Error(ferr))
+	}
+	if err != nil {
+		return fmt.Errorf("jetstream bridge: %w", err)
+	}
+	return nil
+}
+
+// startLocal runs the in-process JetStream server of cfg.LocalDir.
+func startLocal(cfg BridgeConfig) (*server.Server, error) {
+	s, err := server.NewServer(&server.Options{
+		ServerName:   "gotyledon-local",
+		JetStream:    true,
+		StoreDir:     cfg.LocalDir,
+		DontListen:   true,
+		NoSigs:       true,
+		NoLog:        true,
+		SyncAlways:   cfg.SyncAlways,
+		SyncInterval: cfg.SyncInterval,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("jetstream bridge: local server in %s: %w", cfg.LocalDir, err)
+	}
+	s.Start()
+	if !s.ReadyForConnections(30 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("jetstream bridge: local server in %s not ready within 30s", cfg.LocalDir)
+	}
+	return s, nil
+}
+
+// authOptions are the connection's credentials and TLS.
+func authOptions(cfg BridgeConfig) ([]nats.Option, error) {
+	var opts []nats.Option
+	switch {
+	case cfg.Creds != "" && cfg.NKey != "":
+		return nil, errors.New("jetstream bridge: give a creds file or an nkey file, not both")
+	case cfg.Creds != "":
+		opts = append(opts, nats.UserCredentials(cfg.Creds))
+	case cfg.NKey != "":
+		o, err := nats.NkeyOptionFromSeed(cfg.NKey)
+		if err != nil {
+			return nil, fmt.Errorf("jetstream bridge: nkey file %s: %w", cfg.NKey, err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLSCA))
+	}
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, errors.New("jetstream bridge: a TLS client certificate needs both its certificate and its key")
+	}
+	if cfg.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLSCert, cfg.TLSKey))
+	}
+	return opts, nil
+}

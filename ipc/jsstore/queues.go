@@ -1,0 +1,214 @@
+package jsstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nuid"
+	"go.uber.org/zap"
+
+	"github.com/gotyledon/gotyledon/ipc"
+)
+
+// How long Queues waits between tries while a stream is full or the
+// server cannot be reached: from the first to the last, doubling.
+const (
+	firstRetry = time.Millisecond
+	lastRetry  = 100 * time.Millisecond
+	// maxPull bounds one pull request's wait (retry.slice).
+	maxPull = 5 * time.Second
+)
+
+// Queues is the ipc.Store of the queues it was given: what an
+// ipc.StoreServer serves from JetStream. Its methods are safe for
+// concurrent use.
+//
+// A Put waits for room in a full stream, and while the server cannot be
+// reached (a lost connection, a cluster electing a stream leader), trying
+// again until its wait ends: with the same per-item ids, so that an item
+// stored by a try whose answer was lost is not stored twice. A Get waits
+// the same way.
+type Queues struct {
+	stores map[string]*Store
+	log    *zap.Logger
+	// Item ids are prefix (unique to this Queues) and a count.
+	prefix string
+	nextID atomic.Uint64
+}
+
+// NewQueues returns the store of the given queues. log receives failures
+// it retries; nil: no logs.
+func NewQueues(log *zap.Logger, stores ...*Store) *Queues {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	q := &Queues{stores: make(map[string]*Store, len(stores)), log: log, prefix: nuid.Next() + "."}
+	for _, s := range stores {
+		q.stores[s.cfg.Queue] = s
+	}
+	return q
+}
+
+var _ ipc.Store = (*Queues)(nil)
+
+func (q *Queues) store(queue string) (*Store, error) {
+	s, ok := q.stores[queue]
+	if !ok {
+		return nil, fmt.Errorf("queue %s: %w", queue, ipc.ErrNoSuchQueue)
+	}
+	return s, nil
+}
+
+// Put stores items, as ipc.Store says: it returns an error wrapping
+// ipc.ErrFull when the stream stayed full for wait, ctx's error once ctx
+// ends, and the last failure when the server could not be reached for
+// wait.
+func (q *Queues) Put(ctx context.Context, queue string, items [][]byte, wait time.Duration, waiting func()) (int, error) {
+	s, err := q.store(queue)
+	if err != nil {
+		return 0, err
+	}
+	batch := make([]Item, len(items))
+	last := q.nextID.Add(uint64(len(items)))
+	for i, data := range items {
+		batch[i] = Item{ID: q.prefix + strconv.FormatUint(last-uint64(len(items))+uint64(i)+1, 36), Data: data}
+	}
+	done := 0
+	r := newRetry(wait)
+	for {
+		n, err := s.Put(ctx, batch[done:])
+		done += n
+		switch {
+		case err == nil:
+			return done, nil
+		case ctx.Err() != nil:
+			return done, ctx.Err()
+		}
+		full := errors.Is(err, ErrFull)
+		if full && waiting != nil && wait != 0 {
+			waiting()
+			waiting = nil
+		}
+		if !full {
+			q.log.Warn("JetStream did not store a put; trying again", zap.String("queue", queue), zap.Int("stored", done), zap.Int("items", len(items)), zap.Error(err))
+		}
+		if !r.again(ctx) {
+			if ctx.Err() != nil {
+				return done, ctx.Err()
+			}
+			if full {
+				return done, fmt.Errorf("put to queue %s: %w", queue, ipc.ErrFull)
+			}
+			return done, err
+		}
+	}
+}
+
+// Get hands items out, as ipc.Store says. While the server cannot be
+// reached it tries again until wait ends, then returns none and nil.
+func (q *Queues) Get(ctx context.Context, queue string, limit int, wait time.Duration, waiting func()) ([]ipc.StoredItem, error) {
+	s, err := q.store(queue)
+	if err != nil {
+		return nil, err
+	}
+	r := newRetry(wait)
+	for try := 0; ; try++ {
+		slice := r.slice()
+		if try == 0 {
+			slice = 0 // what is there, before it says it waits
+		} else if try == 1 && waiting != nil {
+			waiting()
+		}
+		began := time.Now()
+		ds, err := s.Get(ctx, limit, slice)
+		if len(ds) > 0 {
+			out := make([]ipc.StoredItem, len(ds))
+			for i := range ds {
+				out[i] = storedItem{ds[i]}
+			}
+			return out, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if err == nil && time.Since(began) >= slice/2 {
+			// The pull request waited its time: ask again at once.
+			if r.passed() {
+				return nil, nil
+			}
+			r.pause = firstRetry
+			continue
+		}
+		if err != nil {
+			q.log.Warn("JetStream did not answer a get; trying again", zap.String("queue", queue), zap.Error(err))
+		}
+		if !r.again(ctx) {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, nil
+		}
+	}
+}
+
+// retry paces the tries of one call until its wait ends (< 0: never).
+type retry struct {
+	deadline time.Time // zero: no limit
+	pause    time.Duration
+}
+
+func newRetry(wait time.Duration) *retry {
+	r := &retry{pause: firstRetry}
+	if wait >= 0 {
+		r.deadline = time.Now().Add(wait)
+	}
+	return r
+}
+
+// slice is how long the next pull request may wait: until the deadline,
+// and at most maxPull, because the server keeps a pull request for its
+// whole wait even after the getter has gone (CANCEL, a closed connection),
+// and an item it hands to one that has gone is stuck until AckWait.
+func (r *retry) slice() time.Duration {
+	if r.deadline.IsZero() {
+		return maxPull
+	}
+	return min(max(time.Until(r.deadline), 0), maxPull)
+}
+
+// passed reports whether the deadline has passed.
+func (r *retry) passed() bool { return !r.deadline.IsZero() && !time.Now().Before(r.deadline) }
+
+// again waits before the next try and reports whether there is one: false
+// once the deadline has passed or ctx ended.
+func (r *retry) again(ctx context.Context) bool {
+	pause := r.pause
+	if !r.deadline.IsZero() {
+		left := time.Until(r.deadline)
+		if left <= 0 {
+			return false
+		}
+		pause = min(pause, left)
+	}
+	r.pause = min(2*r.pause, lastRetry)
+	t := time.NewTimer(pause)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// storedItem is a Delivery as ipc.StoredItem.
+type storedItem struct{ d Delivery }
+
+func (s storedItem) Body() []byte       { return s.d.Data }
+func (s storedItem) Deliveries() uint32 { return uint32(s.d.Deliveries) }
+func (s storedItem) Ack() error         { return s.d.Ack() }
+func (s storedItem) Nack() error        { return s.d.Nak() }

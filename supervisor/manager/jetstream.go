@@ -1,0 +1,122 @@
+package manager
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/gotyledon/gotyledon/config"
+)
+
+// JetStream queues. Their items are kept by gotyledon-jetstream, a program
+// of its own (NATS is not linked into the manager, which every Go worker
+// and command starts), which the manager runs as one more service,
+// BridgeService, and to which the broker forwards the requests on those
+// queues. The service's command holds everything the bridge is told, so a
+// reload that changes the JetStream queues or the nats: section changes
+// the command, and the supervisor restarts the bridge like any service
+// whose definition changed; any other reload leaves it alone.
+
+// BridgeService is the name of the service that runs gotyledon-jetstream.
+// It cannot clash with a configured service: a configured name starts
+// with a letter.
+const BridgeService = "_jetstream"
+
+// BridgeProgram is the bridge's program name: looked for next to the
+// manager's own binary, then in $PATH, unless nats.bridge names it.
+const BridgeProgram = "gotyledon-jetstream"
+
+// ErrNoBridge is wrapped by the error of a configuration with JetStream
+// queues when the bridge program cannot be found.
+var ErrNoBridge = errors.New(BridgeProgram + " not found")
+
+// bridgeSocket is the Unix socket the bridge serves the broker on, beside
+// the queue socket.
+func bridgeSocket(queueSocket string) string { return queueSocket + ".jetstream" }
+
+// findBridge is the bridge program: nats.bridge, else next to the
+// manager's binary, else in $PATH.
+func findBridge(n *config.NATS) (string, error) {
+	if n.Bridge != "" {
+		return n.Bridge, nil
+	}
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), BridgeProgram)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, nil
+		}
+	}
+	if p, err := exec.LookPath(BridgeProgram); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("store jetstream: %w next to the manager's binary nor in $PATH (install it, or set nats.bridge to its path)", ErrNoBridge)
+}
+
+// withBridge returns cfg with the bridge's service added when it has
+// JetStream queues (cfg itself otherwise, unchanged).
+func withBridge(cfg *config.Config, queueSocket string) (*config.Config, error) {
+	qs := cfg.JetStreamQueues()
+	if len(qs) == 0 {
+		return cfg, nil
+	}
+	program, err := findBridge(cfg.NATS)
+	if err != nil {
+		return nil, err
+	}
+	sock := bridgeSocket(queueSocket)
+	if len(sock) > config.MaxSocketPath {
+		return nil, fmt.Errorf("store jetstream: the bridge's socket %s is longer than a Unix socket path may be (%d bytes); give broker.socket a shorter path", sock, config.MaxSocketPath)
+	}
+	n := cfg.NATS
+	cmd := []string{program, "--socket", sock}
+	for _, q := range qs {
+		cmd = append(cmd, "--queue", "name="+q.Name+",capacity="+strconv.Itoa(q.Capacity)+
+			",ack-wait="+q.AckWait.String()+",replicas="+strconv.Itoa(q.Replicas))
+	}
+	if n.LocalDir != "" {
+		cmd = append(cmd, "--local-dir", n.LocalDir)
+		switch {
+		case n.SyncAlways:
+			cmd = append(cmd, "--sync", "always")
+		case n.SyncInterval > 0:
+			cmd = append(cmd, "--sync", n.SyncInterval.String())
+		}
+	}
+	for _, u := range n.URLs {
+		cmd = append(cmd, "--url", u)
+	}
+	for _, f := range []struct{ flag, path string }{
+		{"--creds", n.Creds}, {"--nkey", n.NKey}, {"--tls-ca", n.TLSCA}, {"--tls-cert", n.TLSCert}, {"--tls-key", n.TLSKey},
+	} {
+		if f.path != "" {
+			cmd = append(cmd, f.flag, f.path)
+		}
+	}
+	svc := &config.Service{
+		Name:    BridgeService,
+		Command: cmd,
+		Workers: 1,
+		Env:     map[string]string{},
+		// A bridge stopping gives its items in flight back to JetStream;
+		// it is told to stop as the workers are.
+		StopSignal:  config.DefaultStopSignal,
+		StopTimeout: cfg.ShutdownTimeout,
+		Ready:       config.ReadyNotify,
+		// A local server recovers its files before it is ready.
+		ReadyTimeout: config.DefaultReadyTimeout,
+		Restart: config.Restart{
+			MinUptime:      config.DefaultMinUptime,
+			BackoffInitial: config.DefaultBackoffInitial,
+			BackoffMax:     5 * time.Second,
+		},
+		Pos: n.Pos,
+	}
+	out := *cfg
+	out.Services = append(slices.Clone(cfg.Services), svc)
+	return &out, nil
+}
