@@ -562,8 +562,10 @@ type conn struct {
 	// control. Counted apart from waiting, which a reused id overwrites.
 	nWaiting, waitingBytes int
 	// up is the connection to the store server of forwarded queues; the
-	// reader's alone (upstream.go).
-	up *upstream
+	// reader's alone (upstream.go). upConn is its socket, guarded by mu,
+	// for fatal to close: a reader blocked writing to it then returns.
+	up     *upstream
+	upConn net.Conn
 }
 
 func (b *Broker) newConn(nc net.Conn) *conn {
@@ -704,7 +706,11 @@ func (c *conn) fatal(status uint16, message string) {
 	}
 	c.fatalSet = true
 	c.outbox = append(c.outbox, outMsg{kind: msgFatal, status: status, message: message})
+	up := c.upConn
 	c.mu.Unlock()
+	if up != nil {
+		up.Close()
+	}
 	c.nc.SetWriteDeadline(deadlineIn(c.b.frameDeadline))
 	c.nc.SetReadDeadline(deadlineIn(0)) // the reader stops at once
 	c.signal(c.wake)
@@ -941,7 +947,7 @@ func (c *conn) handle(payload []byte) error {
 		q := c.b.queue(f.Queue)
 		if q == nil {
 			if c.b.forwardedQueue(f.Queue) {
-				c.forward(payload, f.ID, pendingFwd{kind: fwdOne}, timeoutDuration(f.TimeoutMS))
+				c.forward(payload, f.ID, pendingFwd{kind: fwdOne, held: len(payload)}, timeoutDuration(f.TimeoutMS))
 				return nil
 			}
 			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))

@@ -220,6 +220,11 @@ func (s *StoreServer) Close() error {
 			conns = append(conns, c)
 		}
 		s.mu.Unlock()
+		// Every connection's requests end before any connection gives
+		// its items back: a GET still waiting would take them.
+		for _, c := range conns {
+			c.stopForShutdown()
+		}
 		for _, c := range conns {
 			c.shutdown()
 		}
@@ -264,13 +269,39 @@ type laneKey struct {
 }
 
 // storeLane runs one connection's requests on one queue in one direction,
-// one after the other.
+// one after the other. Its queue is unbounded: a request answered while
+// queued (CANCEL, its timeout) frees its slot at once but stays queued
+// until the lane reaches and skips it.
 type storeLane struct {
-	ch chan *storeRequest
+	mu    sync.Mutex
+	queue []*storeRequest
+	wake  chan struct{} // cap 1: something was pushed
 	// waiting: the request it runs waits, for room (PUT) or an item
 	// (GET), so a try (timeout 0) behind it is answered at once, FULL or
 	// "queue empty", as the broker answers it.
 	waiting atomic.Bool
+}
+
+func (l *storeLane) push(r *storeRequest) {
+	l.mu.Lock()
+	l.queue = append(l.queue, r)
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (l *storeLane) pop() *storeRequest {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.queue) == 0 {
+		return nil
+	}
+	r := l.queue[0]
+	l.queue[0] = nil
+	l.queue = l.queue[1:]
+	return r
 }
 
 // Request states: a lane's request is queued until its lane takes it
@@ -308,6 +339,8 @@ type storeRequest struct {
 	// arrival; timer answers it then if it is still queued.
 	deadline time.Time
 	timer    *time.Timer
+	// released: its slot is free (answered, or finished).
+	released atomic.Bool
 	// PUT
 	items [][]byte
 	// GET / CONSUME
@@ -456,6 +489,7 @@ func (c *storeConn) handle(f any) error {
 			r.cancelled.Store(true)
 			if r.state.CompareAndSwap(reqQueued, reqAnswered) { // not begun: answered here
 				c.result(r.id, statusCancelled, 0, "cancelled")
+				c.release(r)
 			}
 			r.cancel()
 		}
@@ -495,7 +529,7 @@ func (c *storeConn) start(r *storeRequest, key laneKey) {
 	}
 	l := c.lanes[key]
 	if l == nil {
-		l = &storeLane{ch: make(chan *storeRequest, maxWaiting)}
+		l = &storeLane{wake: make(chan struct{}, 1)}
 		c.lanes[key] = l
 		go c.runLane(l)
 	}
@@ -516,20 +550,19 @@ func (c *storeConn) start(r *storeRequest, key laneKey) {
 		r.timer = time.AfterFunc(storeWait(r.timeout), func() {
 			if r.state.CompareAndSwap(reqQueued, reqAnswered) {
 				c.result(r.id, statusTimeout, 0, "timed out")
+				c.release(r)
 			}
 		})
 	}
 	// Under mu, so that a lane that sees the end of c.ctx finds it (it
-	// takes mu before it drains). Never blocks: a lane holds at most
-	// maxWaiting, as slots.
-	l.ch <- r
+	// takes mu before it drains).
+	l.push(r)
 	c.mu.Unlock()
 }
 
 func (c *storeConn) runLane(l *storeLane) {
 	for {
-		select {
-		case r := <-l.ch:
+		if r := l.pop(); r != nil {
 			if r.state.CompareAndSwap(reqQueued, reqRunning) {
 				if r.timer != nil {
 					r.timer.Stop()
@@ -541,23 +574,23 @@ func (c *storeConn) runLane(l *storeLane) {
 				}
 			}
 			c.finish(r)
+			continue
+		}
+		select {
+		case <-l.wake:
 		case <-c.ctx.Done():
 			c.mu.Lock()
-			c.mu.Unlock() //nolint:staticcheck // a barrier: start sends under mu
-			for {
-				select {
-				case r := <-l.ch:
-					if r.timer != nil {
-						r.timer.Stop()
-					}
-					if r.state.CompareAndSwap(reqQueued, reqAnswered) {
-						c.answerEnded(r, 0)
-					}
-					c.finish(r)
-				default:
-					return
+			c.mu.Unlock() //nolint:staticcheck // a barrier: start pushes under mu
+			for r := l.pop(); r != nil; r = l.pop() {
+				if r.timer != nil {
+					r.timer.Stop()
 				}
+				if r.state.CompareAndSwap(reqQueued, reqAnswered) {
+					c.answerEnded(r, 0)
+				}
+				c.finish(r)
 			}
+			return
 		}
 	}
 }
@@ -570,8 +603,16 @@ func (c *storeConn) finish(r *storeRequest) {
 	}
 	c.mu.Unlock()
 	r.cancel()
-	<-c.slots
+	c.release(r)
 	c.tasks.Done()
+}
+
+// release frees r's slot, once: when it is answered while queued (the
+// reader may then read on), or when it finishes.
+func (c *storeConn) release(r *storeRequest) {
+	if r.released.CompareAndSwap(false, true) {
+		<-c.slots
+	}
 }
 
 // left is what remains of r's timeout (< 0: none).
@@ -613,6 +654,8 @@ func (c *storeConn) put(r *storeRequest, l *storeLane) {
 		c.result(r.id, statusOK, uint32(n), "")
 	case r.ctx.Err() != nil:
 		c.answerEnded(r, n)
+	case errors.Is(err, ErrTooLarge):
+		c.result(r.id, statusTooLarge, uint32(n), err.Error())
 	case errors.Is(err, ErrFull) && r.timeout == 0:
 		c.result(r.id, statusFull, uint32(n), "queue full")
 	case errors.Is(err, ErrFull):
@@ -869,9 +912,10 @@ func (c *storeConn) isShutting() bool {
 	return c.shutting
 }
 
-// shutdown ends the connection for the server's Close: waiting requests
-// are answered SHUTTING_DOWN, then FATAL; end NACKs what is in flight.
-func (c *storeConn) shutdown() {
+// stopForShutdown, the first step of the server's Close, answers the
+// connection's waiting requests SHUTTING_DOWN; shutdown, the second, sends
+// FATAL and ends it (and end NACKs what is in flight).
+func (c *storeConn) stopForShutdown() {
 	c.mu.Lock()
 	c.shutting = true
 	c.mu.Unlock()
@@ -879,6 +923,9 @@ func (c *storeConn) shutdown() {
 	// requests whose answers wait to be queued: bounded from now.
 	c.nc.SetWriteDeadline(deadlineIn(c.s.deadline))
 	c.stopTasks()
+}
+
+func (c *storeConn) shutdown() {
 	c.fatal(statusShuttingDown, "store server shutting down")
 	// The reader ends on EOF, and end NACKs what is in flight.
 	if cr, ok := c.nc.(interface{ CloseRead() error }); ok {

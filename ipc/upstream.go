@@ -56,6 +56,7 @@ type ackMerge struct {
 type pendingFwd struct {
 	kind  fwdKind
 	merge ackMerge
+	held  int // a PUT's bytes, counted as a waiting PUT's (flow control)
 }
 
 // upstream is one connection's connection to the store server.
@@ -86,6 +87,9 @@ func (c *conn) upstream(wait time.Duration) (*upstream, error) {
 	if c.b.storeSocket == "" {
 		return nil, errors.New("no store server configured")
 	}
+	// The dial may wait: replies other goroutines queue meanwhile go out
+	// without the reader.
+	c.endHandling(true)
 	deadline := time.Now().Add(wait)
 	pause := 5 * time.Millisecond
 	var nc net.Conn
@@ -111,6 +115,13 @@ func (c *conn) upstream(wait time.Duration) (*upstream, error) {
 	c.b.wg.Add(1)
 	go u.readLoop(br)
 	c.up = u
+	c.mu.Lock()
+	c.upConn = nc
+	fatal := c.fatalSet
+	c.mu.Unlock()
+	if fatal { // the connection is ending: fatal closed the last one
+		nc.Close()
+	}
 	return u, nil
 }
 
@@ -154,6 +165,9 @@ func (c *conn) forward(payload []byte, id uint32, p pendingFwd, wait time.Durati
 	if err == nil && (p.kind == fwdCancel || u.register(id, p)) {
 		var hdr [frameHeaderLen]byte
 		binary.BigEndian.PutUint32(hdr[:], uint32(len(payload)))
+		// A store server that stops reading fails the write within the
+		// frame deadline, rather than holding up this reader for ever.
+		u.nc.SetWriteDeadline(deadlineIn(c.b.frameDeadline))
 		u.bw.Write(hdr[:])
 		if _, err := u.bw.Write(payload); err != nil {
 			u.nc.Close() // its reader answers what is pending, this one too
@@ -187,6 +201,7 @@ func (c *conn) flushUpstream() {
 	if c.up == nil || c.up.bw.Buffered() == 0 {
 		return
 	}
+	c.up.nc.SetWriteDeadline(deadlineIn(c.b.frameDeadline))
 	if err := c.up.bw.Flush(); err != nil {
 		c.up.nc.Close()
 	}
@@ -212,6 +227,7 @@ func (u *upstream) register(id uint32, p pendingFwd) bool {
 	u.mu.Unlock()
 	u.c.mu.Lock()
 	u.c.nWaiting++
+	u.c.waitingBytes += p.held
 	u.c.mu.Unlock()
 	return true
 }
@@ -230,6 +246,7 @@ func (u *upstream) answered(id uint32, end bool) (pendingFwd, bool) {
 	if ok {
 		u.c.mu.Lock()
 		u.c.nWaiting--
+		u.c.waitingBytes -= p.held
 		u.c.mu.Unlock()
 		u.c.signal(u.c.unwaited)
 	}
@@ -313,6 +330,7 @@ func (u *upstream) readLoop(br *bufio.Reader) {
 		}
 		u.c.mu.Lock()
 		u.c.nWaiting--
+		u.c.waitingBytes -= p.held
 		u.c.mu.Unlock()
 	}
 	u.c.signal(u.c.unwaited)

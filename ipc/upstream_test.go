@@ -217,3 +217,23 @@ func TestForwardedStoreServerGoesAway(t *testing.T) {
 		t.Fatal("the waiting Get was not answered")
 	}
 }
+
+// A forwarded request answered while queued behind one that waits (CANCEL
+// here) frees its place at once: behind a GET that waits for ever, more
+// GET and CANCEL pairs than a connection may have waiting requests are
+// each answered, and the connection goes on.
+func TestForwardedCancelledRequestsFreeTheirPlace(t *testing.T) {
+	h := newForwardHarness(t, 0)
+	rc := h.raw(true)
+	rc.write(appendGet(nil, &getFrame{ID: 1, TimeoutMS: waitForever, Queue: "js", Max: 1}))
+	h.store.store.await(t, "the get waiting", func(st fakeState) bool { return st.getWaiting == 1 })
+	for i := uint32(2); i < maxWaiting+200; i++ {
+		rc.write(appendGet(nil, &getFrame{ID: i, TimeoutMS: waitForever, Queue: "js", Max: 1}))
+		rc.write(appendCancel(nil, &cancelFrame{ID: i}))
+		rc.expectResult(i, statusCancelled, 0)
+	}
+	h.store.store.preload("js", "x")
+	if f, ok := rc.read().(*itemsFrame); !ok || f.ID != 1 || string(f.Items[0].Body) != "x" {
+		t.Fatalf("the first GET got %#v; want ITEMS x", f)
+	}
+}

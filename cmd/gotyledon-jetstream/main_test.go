@@ -249,3 +249,25 @@ func TestBridgeFullQueueHoldsPutBack(t *testing.T) {
 		t.Errorf("the waiting put's item did not come: %v", seen)
 	}
 }
+
+// A bridge started again hands out delivery ids above every id the one
+// before it did: a broker connection that outlives a bridge may still ACK
+// an old id, and must not settle a new bridge's item with it.
+func TestBridgeRestartHandsOutNewDeliveryIDs(t *testing.T) {
+	dir := t.TempDir()
+	b := startBridge(t, dir, "--queue", "name=jobs,ack-wait=1h")
+	c := dial(t, b)
+	putN(t, c, 2)
+	old := getN(t, c, 2, 10*time.Second)
+	b.stop(t, syscall.SIGTERM)
+
+	b = startBridge(t, dir, "--queue", "name=jobs,ack-wait=1h")
+	again := getN(t, dial(t, b), 2, 20*time.Second)
+	for _, d := range again {
+		for _, o := range old {
+			if d.ID <= o.ID {
+				t.Errorf("the new bridge handed out delivery %d, not above the old bridge's %d", d.ID, o.ID)
+			}
+		}
+	}
+}

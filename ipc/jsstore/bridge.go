@@ -69,6 +69,12 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 	opts := []nats.Option{
 		nats.Name("gotyledon-jetstream"),
 		nats.MaxReconnects(-1),
+		// NATS may start after the bridge (another unit, another host):
+		// the first connect is retried as a lost connection is.
+		nats.RetryOnFailedConnect(true),
+		// Items wait for it: a server back up is taken at once (the
+		// default waits 2 s between tries).
+		nats.ReconnectWait(250 * time.Millisecond),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if closing.Load() {
 				return
@@ -116,20 +122,27 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 	stores := make([]*Store, 0, len(cfg.Queues))
 	names := make([]string, 0, len(cfg.Queues))
 	for _, qc := range cfg.Queues {
-		openCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		st, err := Open(openCtx, nc, qc)
-		cancel()
+		st, err := openRetrying(ctx, nc, qc, log)
 		if err != nil {
 			return fmt.Errorf("jetstream bridge: %w", err)
 		}
 		stores = append(stores, st)
 		names = append(names, qc.Queue)
 	}
+	queues := NewQueues(log, stores...)
+	if limit := nc.MaxPayload(); limit > 0 && int64(maxItemOf(cfg))+headerRoom > limit {
+		log.Warn("the NATS servers take smaller messages than the queue's max item: longer items are refused TOO_LARGE",
+			zap.Int64("max_payload", limit), zap.Int("max_item", maxItemOf(cfg)))
+	}
 	srv, err := ipc.NewStoreServer(ipc.StoreServerOptions{
-		Store:         NewQueues(log, stores...),
-		Queues:        names,
-		MaxItem:       cfg.MaxItem,
-		FirstDelivery: ipc.StoreDeliveryBase,
+		Store:   queues,
+		Queues:  names,
+		MaxItem: cfg.MaxItem,
+		// Above every id an earlier bridge handed out: a broker connection
+		// that outlives a bridge may still ACK those, and must not hit
+		// this one's items (a bridge hands out far less than an id a
+		// nanosecond).
+		FirstDelivery: ipc.StoreDeliveryBase + uint64(time.Now().UnixNano()),
 		Logger:        log,
 	})
 	if err != nil {
@@ -151,8 +164,13 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 	case err = <-served:
 	}
 	srv.Close()
-	// What Close gave back (NACKs) must reach the server before the
-	// connection closes.
+	// What Close gave back (NACKs) must be taken by the server before the
+	// connection closes, and a local server shuts down.
+	confirmCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if cerr := queues.ConfirmNaks(confirmCtx); cerr != nil {
+		log.Warn("NATS did not confirm the items given back; they come back after their ack wait", zap.Error(cerr))
+	}
+	cancel()
 	if ferr := nc.FlushTimeout(5 * time.Second); ferr != nil {
 		log.Warn("NATS did not confirm the last acknowledgements", zap.Error(ferr))
 	}
@@ -160,6 +178,37 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 		return fmt.Errorf("jetstream bridge: %w", err)
 	}
 	return nil
+}
+
+// openRetrying opens a queue, trying again while NATS cannot be reached
+// (not up yet, or its cluster has no JetStream leader yet), until ctx
+// ends.
+func openRetrying(ctx context.Context, nc *nats.Conn, qc Config, log *zap.Logger) (*Store, error) {
+	pause := 50 * time.Millisecond
+	for try := 0; ; try++ {
+		openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		st, err := Open(openCtx, nc, qc)
+		cancel()
+		if err == nil {
+			return st, nil
+		}
+		if try == 0 || try%20 == 0 {
+			log.Warn("cannot open the queue's stream yet; trying again", zap.String("queue", qc.Queue), zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("open queue %s: %w (last: %w)", qc.Queue, ctx.Err(), err)
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 2*time.Second)
+	}
+}
+
+func maxItemOf(cfg BridgeConfig) int {
+	if cfg.MaxItem > 0 {
+		return cfg.MaxItem
+	}
+	return ipc.DefaultMaxItem
 }
 
 // startLocal runs the in-process JetStream server of cfg.LocalDir.
@@ -173,6 +222,8 @@ func startLocal(cfg BridgeConfig) (*server.Server, error) {
 		NoLog:        true,
 		SyncAlways:   cfg.SyncAlways,
 		SyncInterval: cfg.SyncInterval,
+		// Room for the largest item and its headers (the default is 1 MiB).
+		MaxPayload: int32(maxItemOf(cfg) + headerRoom),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("jetstream bridge: local server in %s: %w", cfg.LocalDir, err)

@@ -61,6 +61,8 @@ const (
 	publishTimeout = 10 * time.Second
 	// consumerName is the durable consumer every getter shares.
 	consumerName = "gotyledon"
+	// maxWaitingPulls bounds the pull requests waiting on the consumer.
+	maxWaitingPulls = 16384
 	// streamFullCode is JetStream's error code for a store that refused a
 	// message (JSStreamStoreFailedF): with DiscardNew, a stream at its
 	// limits says "maximum messages exceeded" or "maximum bytes exceeded".
@@ -144,6 +146,9 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 		AckWait:       cfg.AckWait,
 		MaxDeliver:    -1,
 		MaxAckPending: -1,
+		// Every waiting get is a pull request on this one consumer, from
+		// every process that shares the queue (the default allows 512).
+		MaxWaiting: maxWaitingPulls,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("open queue %s in JetStream: consumer %s: %w", cfg.Queue, consumerName, err)
@@ -241,6 +246,9 @@ func (d Delivery) AckSync(ctx context.Context) error { return d.msg.DoubleAck(ct
 // right after (a local server stops with its bridge) would hold it until
 // AckWait; a delayed NAK records the item as due in the consumer's state.
 func (d Delivery) Nak() error { return d.msg.NakWithDelay(time.Nanosecond) }
+
+// nakNow is the NAK Nak sends, as a request's payload (Queues.ConfirmNaks).
+const nakNow = `-NAK {"delay": 1}`
 
 // Get hands out up to limit items, waiting up to wait (or until ctx ends)
 // for the first one when none is there. It returns no item and no error

@@ -16,6 +16,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+
+	"github.com/gotyledon/gotyledon/ipc"
 )
 
 // The tests run a JetStream server in the test process, on a loopback
@@ -372,5 +374,57 @@ func TestGetEndsWithItsContext(t *testing.T) {
 	ds, err := st.Get(ctx, 1, time.Hour)
 	if len(ds) != 0 || !errors.Is(err, context.Canceled) {
 		t.Fatalf("Get with its context cancelled = %q, %v; want nothing and context.Canceled", data(ds), err)
+	}
+}
+
+// Items given back just before a local server shuts down (the bridge's
+// stop) are deliverable at once after its restart: ConfirmNaks waits until
+// the server has taken the NAKs, which a flush does not (the consumer
+// takes them on a goroutine of its own, and a shutdown drops what it has
+// not taken, leaving the items to AckWait, an hour here).
+func TestConfirmNaksKeepsItemsGivenBackAcrossRestart(t *testing.T) {
+	dir := t.TempDir()
+	const n = 50
+	for round := range 30 {
+		s, err := newServer(dir, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		nc, err := nats.Connect(s.ClientURL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := Open(context.Background(), nc, Config{Queue: "jobs", AckWait: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if round == 0 {
+			if _, err := st.Put(context.Background(), items("x", n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		q := NewQueues(nil, st)
+		var got []ipc.StoredItem
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		for len(got) < n {
+			more, err := q.Get(ctx, "jobs", n-len(got), 5*time.Second, nil)
+			if err != nil || len(more) == 0 {
+				cancel()
+				t.Fatalf("round %d: %d of %d items deliverable (%v): the NAKs before the last restart were lost", round, len(got), n, err)
+			}
+			got = append(got, more...)
+		}
+		for _, it := range got {
+			if err := it.Nack(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := q.ConfirmNaks(ctx); err != nil {
+			t.Fatalf("ConfirmNaks: %v", err)
+		}
+		cancel()
+		nc.Close()
+		s.Shutdown()
+		s.WaitForShutdown()
 	}
 }

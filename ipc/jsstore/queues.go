@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nuid"
 	"go.uber.org/zap"
 
@@ -21,6 +22,9 @@ const (
 	lastRetry  = 100 * time.Millisecond
 	// maxPull bounds one pull request's wait (retry.slice).
 	maxPull = 5 * time.Second
+	// headerRoom is what a stored item's headers (its id, the stream it
+	// must go to) may add to it, against the servers' max_payload.
+	headerRoom = 512
 )
 
 // Queues is the ipc.Store of the queues it was given: what an
@@ -34,7 +38,10 @@ const (
 // the same way.
 type Queues struct {
 	stores map[string]*Store
-	log    *zap.Logger
+	// lastNak is, per queue, the reply subject of the last item NACKed:
+	// confirming a NAK of it confirms every NAK before it (ConfirmNaks).
+	lastNak map[string]*atomic.Pointer[string]
+	log     *zap.Logger
 	// Item ids are prefix (unique to this Queues) and a count.
 	prefix string
 	nextID atomic.Uint64
@@ -46,9 +53,11 @@ func NewQueues(log *zap.Logger, stores ...*Store) *Queues {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	q := &Queues{stores: make(map[string]*Store, len(stores)), log: log, prefix: nuid.Next() + "."}
+	q := &Queues{stores: make(map[string]*Store, len(stores)), lastNak: make(map[string]*atomic.Pointer[string], len(stores)),
+		log: log, prefix: nuid.Next() + "."}
 	for _, s := range stores {
 		q.stores[s.cfg.Queue] = s
+		q.lastNak[s.cfg.Queue] = new(atomic.Pointer[string])
 	}
 	return q
 }
@@ -72,6 +81,16 @@ func (q *Queues) Put(ctx context.Context, queue string, items [][]byte, wait tim
 	if err != nil {
 		return 0, err
 	}
+	// An item the servers would refuse whatever the wait (their
+	// max_payload) is TOO_LARGE at once, and nothing of the put is stored.
+	if limit := s.js.Conn().MaxPayload(); limit > 0 {
+		for i, data := range items {
+			if int64(len(data))+headerRoom > limit {
+				return 0, fmt.Errorf("put to queue %s: item %d has %d bytes, more than NATS's max_payload of %d takes with its headers: %w",
+					queue, i, len(data), limit, ipc.ErrTooLarge)
+			}
+		}
+	}
 	batch := make([]Item, len(items))
 	last := q.nextID.Add(uint64(len(items)))
 	for i, data := range items {
@@ -87,6 +106,9 @@ func (q *Queues) Put(ctx context.Context, queue string, items [][]byte, wait tim
 			return done, nil
 		case ctx.Err() != nil:
 			return done, ctx.Err()
+		}
+		if errors.Is(err, nats.ErrMaxPayload) {
+			return done, fmt.Errorf("%w: %w", err, ipc.ErrTooLarge)
 		}
 		full := errors.Is(err, ErrFull)
 		if full && waiting != nil && wait != 0 {
@@ -128,7 +150,7 @@ func (q *Queues) Get(ctx context.Context, queue string, limit int, wait time.Dur
 		if len(ds) > 0 {
 			out := make([]ipc.StoredItem, len(ds))
 			for i := range ds {
-				out[i] = storedItem{ds[i]}
+				out[i] = storedItem{ds[i], q.lastNak[queue]}
 			}
 			return out, nil
 		}
@@ -205,10 +227,41 @@ func (r *retry) again(ctx context.Context) bool {
 	}
 }
 
+// ConfirmNaks returns once the servers have taken every NAK sent so far
+// (or ctx ended): acknowledgements are not confirmed, and a server that
+// shuts down right after (a local one, with its bridge) drops those it
+// has not taken yet, and the items would wait for AckWait. A consumer
+// takes its acknowledgements in order, so one confirmed NAK, of the last
+// item NACKed, confirms them all.
+func (q *Queues) ConfirmNaks(ctx context.Context) error {
+	var errs []error
+	for name, last := range q.lastNak {
+		reply := last.Load()
+		if reply == nil {
+			continue
+		}
+		if _, err := q.stores[name].js.Conn().RequestWithContext(ctx, *reply, []byte(nakNow)); err != nil {
+			errs = append(errs, fmt.Errorf("queue %s: %w", name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // storedItem is a Delivery as ipc.StoredItem.
-type storedItem struct{ d Delivery }
+type storedItem struct {
+	d       Delivery
+	lastNak *atomic.Pointer[string]
+}
 
 func (s storedItem) Body() []byte       { return s.d.Data }
 func (s storedItem) Deliveries() uint32 { return uint32(s.d.Deliveries) }
 func (s storedItem) Ack() error         { return s.d.Ack() }
-func (s storedItem) Nack() error        { return s.d.Nak() }
+
+func (s storedItem) Nack() error {
+	err := s.d.Nak()
+	if err == nil {
+		reply := s.d.msg.Reply()
+		s.lastNak.Store(&reply)
+	}
+	return err
+}
