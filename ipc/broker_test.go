@@ -136,7 +136,14 @@ func (h *brokerHarness) raw(hello bool) *rawConn {
 
 func (h *brokerHarness) rawT(t *testing.T, hello bool) *rawConn {
 	t.Helper()
-	nc, err := net.Dial("unix", h.path)
+	return dialRaw(t, h.path, hello)
+}
+
+// dialRaw dials a hand-driven connection to the socket at path, after
+// HELLO and WELCOME if hello.
+func dialRaw(t *testing.T, path string, hello bool) *rawConn {
+	t.Helper()
+	nc, err := net.Dial("unix", path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,21 +94,7 @@ func (h *storeHarness) dialT(t *testing.T) *Client {
 // raw dials a hand-driven connection, after HELLO and WELCOME if hello.
 func (h *storeHarness) raw(t *testing.T, hello bool) *rawConn {
 	t.Helper()
-	nc, err := net.Dial("unix", h.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { nc.Close() })
-	nc.SetDeadline(time.Now().Add(testTimeout))
-	rc := &rawConn{t: t, nc: nc, fr: frameReader{r: bufio.NewReader(nc)}}
-	if hello {
-		f := helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: 1, Client: "raw"}
-		rc.write(appendHello(nil, &f))
-		if _, ok := rc.read().(*welcomeFrame); !ok {
-			t.Fatal("no WELCOME")
-		}
-	}
-	return rc
+	return dialRaw(t, h.path, hello)
 }
 
 // closeServer closes the server, failing the test if Close does not return
