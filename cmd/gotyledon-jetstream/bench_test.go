@@ -78,7 +78,7 @@ func shortDir(b *testing.B) string {
 	return dir
 }
 
-func freePort(b *testing.B) int {
+func freePort(b testing.TB) int {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -186,7 +186,9 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 func openRetrying(ctx context.Context, nc *nats.Conn, qc Config, log *zap.Logger) (*Store, error) {
 	pause := 50 * time.Millisecond
 	for try := 0; ; try++ {
-		openCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		// Short tries: a cluster without a JetStream leader yet leaves a
+		// request unanswered, and the next try may find one.
+		openCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		st, err := Open(openCtx, nc, qc)
 		cancel()
 		if err == nil {
