@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -138,5 +139,90 @@ func TestClusterLosesNothingWithOneNodeDown(t *testing.T) {
 	seen := drain(t, client, 100, 60*time.Second)
 	if len(seen) != 100 {
 		t.Errorf("%d distinct items with one node down; want 100", len(seen))
+	}
+}
+
+// The three-host example in deploy/cluster, as shipped but for the hosts'
+// addresses (here three ports of this machine): three Debian nats-server
+// processes on deploy/cluster/nats-server.conf form a JetStream cluster,
+// and a manager on deploy/cluster/gotyledon.yaml (its worker a sleep)
+// serves the queue from it; with one node killed, nothing is lost.
+func TestShippedClusterExample(t *testing.T) {
+	const natsServer = "/usr/sbin/nats-server"
+	if _, err := os.Stat(natsServer); err != nil {
+		t.Skip("no Debian nats-server (.ci/run installs it)")
+	}
+	conf, err := os.ReadFile("../../deploy/cluster/nats-server.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	yaml, err := os.ReadFile("../../deploy/cluster/gotyledon.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	clientPorts, routePorts := make([]int, 3), make([]int, 3)
+	for i := range 3 {
+		clientPorts[i], routePorts[i] = freePort(t), freePort(t)
+	}
+	// The hosts' addresses, as an operator writes them in.
+	hosts := func(s string, port func(int) int, scheme string) string {
+		for i := range 3 {
+			s = strings.ReplaceAll(s, fmt.Sprintf("%s://host-%d:%d", scheme, i+1, port(-1)), fmt.Sprintf("%s://127.0.0.1:%d", scheme, port(i)))
+		}
+		return s
+	}
+	client := func(i int) int {
+		if i < 0 {
+			return 4222
+		}
+		return clientPorts[i]
+	}
+	route := func(i int) int {
+		if i < 0 {
+			return 6222
+		}
+		return routePorts[i]
+	}
+	var servers []*exec.Cmd
+	for i := range 3 {
+		c := hosts(string(conf), route, "nats")
+		c = strings.Replace(c, "server_name: host-1", fmt.Sprintf("server_name: host-%d", i+1), 1)
+		c = strings.Replace(c, "listen: 0.0.0.0:4222", fmt.Sprintf("listen: 127.0.0.1:%d", clientPorts[i]), 1)
+		c = strings.Replace(c, "listen: 0.0.0.0:6222", fmt.Sprintf("listen: 127.0.0.1:%d", routePorts[i]), 1)
+		c = strings.Replace(c, "store_dir: /var/lib/nats", "store_dir: "+filepath.Join(dir, fmt.Sprintf("host-%d", i+1)), 1)
+		if strings.Contains(c, "://host-") || strings.Contains(c, "listen: 0.0.0.0") || strings.Contains(c, "store_dir: /var/lib") {
+			t.Fatalf("the example's hosts were not all replaced:\n%s", c)
+		}
+		path := filepath.Join(dir, fmt.Sprintf("nats-%d.conf", i+1))
+		if err := os.WriteFile(path, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(natsServer, "-c", path)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		servers = append(servers, cmd)
+	}
+
+	cfg := hosts(string(yaml), client, "nats")
+	cfg = strings.Replace(cfg, "command: [/usr/local/bin/worker]", "command: [/bin/sleep, infinity]", 1)
+	if strings.Contains(cfg, "://host-") || !strings.Contains(cfg, "/bin/sleep") {
+		t.Fatalf("the example's hosts or worker were not replaced:\n%s", cfg)
+	}
+	cfgPath := filepath.Join(dir, "gotyledon.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run := runDir(t)
+	startManager(t, run, cfgPath) // its bridge waits for the cluster's JetStream
+	q := dialQueue(t, run)
+	putN(t, q, 100)
+	_ = servers[0].Process.Kill()
+	_ = servers[0].Wait()
+	seen := drain(t, q, 100, 60*time.Second)
+	if len(seen) != 100 {
+		t.Errorf("%d distinct items with one node killed; want 100", len(seen))
 	}
 }
