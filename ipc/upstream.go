@@ -158,8 +158,17 @@ func (u *upstream) handshake() (*bufio.Reader, error) {
 // within wait (the request's timeout, at most upstreamDialTimeout) answers
 // it TIMEOUT, saying why.
 func (c *conn) forward(payload []byte, id uint32, p pendingFwd, wait time.Duration) {
-	if p.kind == fwdCancel && (c.up == nil || c.up.dead.Load()) {
-		return // what it would cancel was answered when the upstream ended
+	if c.up == nil || c.up.dead.Load() {
+		switch p.kind {
+		case fwdCancel:
+			return // what it would cancel was answered when the upstream ended
+		case fwdAck:
+			// Its deliveries were a store server's that this connection
+			// reaches no more: no other knows them (the store delivers
+			// the items again). Nothing to dial, nothing to wait for.
+			c.reply(id, statusUnknownDelivery, p.merge.found, "deliveries of a queue store connection that has ended")
+			return
+		}
 	}
 	u, err := c.upstream(min(wait, upstreamDialTimeout))
 	if err == nil && (p.kind == fwdCancel || u.register(id, p)) {

@@ -3,6 +3,7 @@ package ipc
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -235,5 +236,46 @@ func TestForwardedCancelledRequestsFreeTheirPlace(t *testing.T) {
 	h.store.store.preload("js", "x")
 	if f, ok := rc.read().(*itemsFrame); !ok || f.ID != 1 || string(f.Items[0].Body) != "x" {
 		t.Fatalf("the first GET got %#v; want ITEMS x", f)
+	}
+}
+
+// An ACK of a forwarded queue's delivery after the store server went away
+// is answered UNKNOWN_DELIVERY without trying to reach a store server (no
+// store server knows that delivery any more, and waiting for one would
+// hold up a stopping worker); the broker's own deliveries in it are acked
+// all the same.
+func TestForwardedAckAfterStoreServerGone(t *testing.T) {
+	h := newForwardHarness(t, 0)
+	c := h.dial()
+	ctx := ctxT(t)
+	for _, q := range []string{"mem", "js"} {
+		if err := c.Put(ctx, q, []byte(q)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mem, err := c.Get(ctx, "mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, err := c.Get(ctx, "js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.store.closeServer()
+	// The upstream's end is seen by its reader: wait for it, as a reply
+	// to a request on the store's queue tells.
+	eventually(t, "the upstream seen gone", func() bool {
+		err := c.TryPut("js", []byte("x"))
+		var se *StatusError
+		return errors.As(err, &se) && se.Code == statusTimeout && strings.Contains(se.Message, "unavailable")
+	})
+	err = c.Ack(ctx, mem, js)
+	var se *StatusError
+	// Not "queue store unavailable", which says it tried to reach one.
+	if !errors.As(err, &se) || se.Code != statusUnknownDelivery || !strings.Contains(se.Message, "ended") {
+		t.Fatalf("Ack after the store server went away = %v; want UNKNOWN_DELIVERY, the connection having ended", err)
+	}
+	if st := h.stats("mem"); st.Acked != 1 {
+		t.Errorf("mem: %d acked; want 1", st.Acked)
 	}
 }
