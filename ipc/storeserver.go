@@ -81,6 +81,15 @@ const StoreDeliveryBase uint64 = 1 << 63
 // rarely fit one frame, and those that do not go back.
 const maxStoreGet = 1024
 
+// fitting is how many items to ask the store for, for a request of
+// want: no more than one ITEMS frame holds of the longest items seen.
+func (s *StoreServer) fitting(want int) int {
+	if big := s.largest.Load(); big > 0 {
+		return max(1, min(want, (s.itemsRoom-itemsFixedLen)/(itemsEntryLen+int(big))))
+	}
+	return want
+}
+
 // StoreServer serves queues kept by a Store to clients on stream sockets,
 // speaking PROTOCOL.md. What differs from a Broker is where the items are:
 //
@@ -105,6 +114,10 @@ type StoreServer struct {
 	allow     func(Peer) bool
 	log       *zap.Logger
 	nextID    atomic.Uint64 // the last delivery id handed out
+	// largest is the longest item handed out so far: a get asks the store
+	// for no more items of that size than one ITEMS frame holds, since
+	// those that do not fit go back (and count a delivery more).
+	largest atomic.Int64
 
 	mu        sync.Mutex
 	closing   bool
@@ -671,7 +684,7 @@ func (c *storeConn) get(r *storeRequest, l *storeLane) {
 		c.answerEnded(r, 0)
 		return
 	}
-	items, err := c.s.store.Get(r.ctx, r.queue, r.max, r.left(), func() { l.waiting.Store(true) })
+	items, err := c.s.store.Get(r.ctx, r.queue, c.s.fitting(r.max), r.left(), func() { l.waiting.Store(true) })
 	l.waiting.Store(false)
 	switch {
 	case len(items) > 0:
@@ -703,7 +716,7 @@ func (c *storeConn) consume(r *storeRequest) {
 				return
 			}
 		}
-		items, err := c.s.store.Get(r.ctx, r.queue, credit, time.Second, nil)
+		items, err := c.s.store.Get(r.ctx, r.queue, c.s.fitting(credit), time.Second, nil)
 		if r.ctx.Err() != nil {
 			for _, it := range items {
 				c.nack(it)
@@ -731,6 +744,11 @@ func (c *storeConn) consume(r *storeRequest) {
 func (c *storeConn) deliver(r *storeRequest, items []StoredItem, cons *storeRequest) {
 	room := c.s.itemsRoom - itemsFixedLen
 	n := 0
+	for _, it := range items {
+		if size := int64(len(it.Body())); size > c.s.largest.Load() {
+			c.s.largest.Store(size) // a race may keep the smaller of two: the next one raises it
+		}
+	}
 	for n < len(items) {
 		size := itemsEntryLen + len(items[n].Body())
 		if n > 0 && size > room {

@@ -1383,3 +1383,46 @@ func TestStoreServerItemsFitOneFrame(t *testing.T) {
 	}
 	store.await(t, "all acked", func(st fakeState) bool { return len(st.acks) == 10 && st.inFlight == 0 })
 }
+
+// Once the server has handed out a big item, it asks the store for no
+// more such items than one ITEMS frame holds: a CONSUME of big items with
+// a prefetch of 10 gets each item on its first delivery, and none goes
+// back unseen (which would count a delivery its consumer never had).
+func TestStoreServerAsksForWhatFitsAFrame(t *testing.T) {
+	fake := newFakeStore(0, "jobs")
+	h := newStoreHarness(t, fake, StoreServerOptions{})
+	c := h.dial()
+	ctx := ctxT(t)
+	big := make([]byte, DefaultMaxItem/2+100) // one to a frame
+	for range 11 {
+		if err := c.Put(ctx, "jobs", big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := c.Get(ctx, "jobs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ack(ctx, first); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := c.Consume(ctx, "jobs", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		d, err := cons.Next(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d.Deliveries != 1 {
+			t.Errorf("item %d came with deliveries %d; want 1", i, d.Deliveries)
+		}
+		if err := cons.Ack(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(fake.state().nacks); n != 0 {
+		t.Errorf("%d items went back to the store unseen", n)
+	}
+}
