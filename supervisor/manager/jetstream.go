@@ -39,10 +39,14 @@ var ErrNoBridge = errors.New(BridgeProgram + " not found")
 // the queue socket.
 func bridgeSocket(queueSocket string) string { return queueSocket + ".jetstream" }
 
-// findBridge is the bridge program: nats.bridge, else next to the
-// manager's binary, else in $PATH.
-func findBridge(n *config.NATS) (string, error) {
+// FindBridge is the bridge program a manager on n runs: nats.bridge, else
+// gotyledon-jetstream next to the manager's binary, else in $PATH. Its
+// error wraps ErrNoBridge.
+func FindBridge(n *config.NATS) (string, error) {
 	if n.Bridge != "" {
+		if st, err := os.Stat(n.Bridge); err != nil || !st.Mode().IsRegular() || st.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("store jetstream: nats.bridge %s: %w (not an executable file)", n.Bridge, ErrNoBridge)
+		}
 		return n.Bridge, nil
 	}
 	if self, err := os.Executable(); err == nil {
@@ -64,7 +68,7 @@ func withBridge(cfg *config.Config, queueSocket string) (*config.Config, error) 
 	if len(qs) == 0 {
 		return cfg, nil
 	}
-	program, err := findBridge(cfg.NATS)
+	program, err := FindBridge(cfg.NATS)
 	if err != nil {
 		return nil, err
 	}

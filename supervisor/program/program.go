@@ -34,6 +34,7 @@ import (
 	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/service"
 	"github.com/gotyledon/gotyledon/supervisor"
+	"github.com/gotyledon/gotyledon/supervisor/manager"
 )
 
 // Exit codes of Main.
@@ -310,6 +311,11 @@ func (c *checkCommand) Run(e *env) error {
 	// What the machine lacks now may be there by the time the manager
 	// runs (a program installed later): warnings, unless --strict.
 	warnings := supervisor.StartProblems(cfg, os.Environ())
+	if len(cfg.JetStreamQueues()) > 0 {
+		if _, err := manager.FindBridge(cfg.NATS); err != nil {
+			warnings = append(warnings, &config.Error{Pos: cfg.NATS.Pos, Msg: err.Error()})
+		}
+	}
 	for _, w := range warnings {
 		fmt.Fprintf(e.stdout, "%s: warning: %s\n", w.Pos, w.Msg)
 	}

@@ -89,6 +89,31 @@ func TestCheckWarnsOfWhatCannotStartHere(t *testing.T) {
 	}
 }
 
+// A configuration with JetStream queues whose bridge program is not
+// there warns, at its nats: section, as for a missing command.
+func TestCheckWarnsOfAMissingBridge(t *testing.T) {
+	bridge := filepath.Join(t.TempDir(), "gotyledon-jetstream")
+	path := writeConfig(t, fmt.Sprintf(`nats:
+  local_dir: /var/lib/gotyledon/jetstream
+  bridge: %s
+queues:
+  jobs: {store: jetstream}
+services:
+  w: {command: [/bin/true]}
+`, bridge))
+	want := path + ":1:1: warning: store jetstream: nats.bridge " + bridge + ": gotyledon-jetstream not found (not an executable file)\n" +
+		path + ": ok (1 service, 1 worker)\n"
+	if code, stdout, stderr := runCLI(New(), "check", "-c", path); code != ExitOK || stdout != want || stderr != "" {
+		t.Errorf("check: exit %d stderr %q stdout\n%s\nwant 0 and\n%s", code, stderr, stdout, want)
+	}
+	if err := os.WriteFile(bridge, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if code, stdout, _ := runCLI(New(), "check", "--strict", "-c", path); code != ExitOK || strings.Contains(stdout, "warning") {
+		t.Errorf("check --strict with the bridge there: exit %d, stdout\n%s", code, stdout)
+	}
+}
+
 // version and --version print the same line: the program, its version,
 // the Go release.
 func TestVersion(t *testing.T) {
