@@ -190,7 +190,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		longest = max(longest, len(qc.Name))
 		set.names = append(set.names, qc.Name)
 		if qc.Forward {
-			set.forward(qc.Name)
+			set.forward(qc)
 			continue
 		}
 		q := &queue{name: qc.Name, capacity: qc.Capacity, b: b}
@@ -213,20 +213,24 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 type queueSet struct {
 	byName map[string]*queue
 	list   []*queue // in configuration order
-	// forwarded are the queues a store server serves (upstream.go).
-	forwarded map[string]bool
+	// forwarded are the queues a store server serves (upstream.go), and
+	// their capacities.
+	forwarded map[string]int
 	names     []string // every queue, in configuration order
 }
 
-func (s *queueSet) forward(name string) {
+func (s *queueSet) forward(qc QueueConfig) {
 	if s.forwarded == nil {
-		s.forwarded = make(map[string]bool)
+		s.forwarded = make(map[string]int)
 	}
-	s.forwarded[name] = true
+	s.forwarded[qc.Name] = qc.Capacity
 }
 
 // forwardedQueue reports whether the current set forwards queue name.
-func (b *Broker) forwardedQueue(name string) bool { return b.queues.Load().forwarded[name] }
+func (b *Broker) forwardedQueue(name string) bool {
+	_, ok := b.queues.Load().forwarded[name]
+	return ok
+}
 
 // queue returns the queue named name in the current set, or nil.
 func (b *Broker) queue(name string) *queue { return b.queues.Load().byName[name] }
@@ -297,7 +301,7 @@ func (b *Broker) SetQueues(qs []QueueConfig) error {
 		if qc.Forward {
 			// A queue the broker kept until now is removed from it, as
 			// if it were gone from qs (refused if it holds items).
-			set.forward(qc.Name)
+			set.forward(qc)
 			continue
 		}
 		q := old.byName[qc.Name]
@@ -361,10 +365,14 @@ func (b *Broker) SetQueues(qs []QueueConfig) error {
 // Stats returns a snapshot of every queue, in configuration order; each
 // queue's figures are consistent with each other. Safe concurrently.
 func (b *Broker) Stats() []QueueStats {
-	list := b.queues.Load().list
-	out := make([]QueueStats, len(list))
-	for i, q := range list {
-		out[i] = q.snapshot()
+	set := b.queues.Load()
+	out := make([]QueueStats, 0, len(set.names))
+	for _, name := range set.names {
+		if q := set.byName[name]; q != nil {
+			out = append(out, q.snapshot())
+			continue
+		}
+		out = append(out, QueueStats{Name: name, Capacity: set.forwarded[name], Forwarded: true})
 	}
 	return out
 }
@@ -396,6 +404,17 @@ type QueueStats struct {
 	// (a redelivery counts again), acked (auto-ack items count when written
 	// out), and handed out again after a NACK or a closed connection.
 	Put, Delivered, Acked, Redelivered uint64
+	// Forwarded: a store server keeps the queue's items (QueueConfig's
+	// Forward), and the broker knows none of the figures above but Name
+	// and Capacity; WithStoreStatus asks the store server for them. Store
+	// then names the store, StoreState says how it is ("connected", or
+	// why the figures are missing), and StoreRedelivered is the store's
+	// count of items in flight delivered more than once (Redelivered
+	// stays 0: the store does not count redeliveries over time).
+	Forwarded        bool
+	Store            string
+	StoreState       string
+	StoreRedelivered int
 }
 
 // Serve accepts connections on l and serves them until Close. It blocks,

@@ -1,8 +1,13 @@
 package ipc
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -277,5 +282,43 @@ func TestForwardedAckAfterStoreServerGone(t *testing.T) {
 	}
 	if st := h.stats("mem"); st.Acked != 1 {
 		t.Errorf("mem: %d acked; want 1", st.Acked)
+	}
+}
+
+// Stats lists a forwarded queue in its place, its figures unknown to the
+// broker; WithStoreStatus takes them from the store server's status
+// socket, or says why it could not.
+func TestForwardedQueueStats(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{Queues: []QueueConfig{{Name: "mem"}, {Name: "js", Capacity: 50, Forward: true}}})
+	stats := h.b.Stats()
+	if len(stats) != 2 || stats[0].Name != "mem" || stats[0].Forwarded || stats[1].Name != "js" || !stats[1].Forwarded || stats[1].Capacity != 50 {
+		t.Fatalf("Stats = %+v; want mem, then js forwarded with capacity 50", stats)
+	}
+
+	socket := filepath.Join(t.TempDir(), "status.sock")
+	got := WithStoreStatus(slices.Clone(stats), "jetstream", socket)
+	if got[1].Store != "jetstream" || !strings.HasPrefix(got[1].StoreState, "unavailable: ") || got[0].Store != "" {
+		t.Fatalf("with no status socket: %+v", got)
+	}
+
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/queues" {
+			http.NotFound(w, r)
+			return
+		}
+		json.NewEncoder(w).Encode([]StoreQueueStatus{{Queue: "js", Waiting: 7, InFlight: 2, Redelivered: 1, Getters: 3,
+			Put: 30, Delivered: 25, Acked: 21, Connection: "connected"}})
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	got = WithStoreStatus(slices.Clone(stats), "jetstream", socket)
+	want := QueueStats{Name: "js", Capacity: 50, Depth: 7, InFlight: 2, Consumers: 3, Put: 30, Delivered: 25, Acked: 21,
+		Forwarded: true, Store: "jetstream", StoreState: "connected", StoreRedelivered: 1}
+	if got[1] != want || got[0] != stats[0] {
+		t.Fatalf("WithStoreStatus = %+v\nwant mem as it was and %+v", got, want)
 	}
 }

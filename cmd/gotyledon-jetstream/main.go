@@ -31,6 +31,7 @@ import (
 
 type cli struct {
 	Socket   string   `required:"" help:"Unix socket to serve the queue protocol on."`
+	Status   string   `name:"status-socket" help:"Unix socket where GET /queues answers each queue's figures (JSON)."`
 	Queue    []string `required:"" sep:"none" help:"A queue: name=NAME[,capacity=N][,ack-wait=DURATION][,replicas=N]. Repeat for more."`
 	MaxItem  int      `default:"0" help:"Largest item in bytes (0: the protocol's default)."`
 	URL      []string `help:"A NATS server (nats://host:port); repeat or separate with commas for a cluster."`
@@ -74,7 +75,7 @@ func main() {
 
 func (c *cli) bridgeConfig() (jsstore.BridgeConfig, error) {
 	cfg := jsstore.BridgeConfig{
-		Socket: c.Socket, MaxItem: c.MaxItem, Creds: c.Creds, NKey: c.NKey,
+		Socket: c.Socket, StatusSocket: c.Status, MaxItem: c.MaxItem, Creds: c.Creds, NKey: c.NKey,
 		TLSCA: c.TLSCA, TLSCert: c.TLSCert, TLSKey: c.TLSKey, LocalDir: c.LocalDir,
 	}
 	for _, u := range c.URL {

@@ -10,7 +10,11 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -216,6 +220,76 @@ func TestManagerStopGivesJetStreamInFlightBack(t *testing.T) {
 	for _, d := range held {
 		if got := seen[string(d.Body)]; got != 2 {
 			t.Errorf("%s, in flight at the stop, came back with deliveries %d; want 2", d.Body, got)
+		}
+	}
+}
+
+// status shows a JetStream queue with JetStream's figures: what waits, what
+// is in flight, and that its store answers; so does /metrics.
+func TestManagerStatusShowsJetStreamQueue(t *testing.T) {
+	dir, run := t.TempDir(), runDir(t)
+	startManager(t, run, jetstreamConfig(t, dir, "1h"))
+	c := dialQueue(t, run)
+	putN(t, c, 100)
+	getN(t, c, 10, 20*time.Second)
+
+	bin, err := builtBinaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(filepath.Join(bin, "gotyledon"), "status", "--json")
+	cmd.Env = append(os.Environ(), "RUNTIME_DIRECTORY="+run)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("gotyledon status --json: %v", err)
+	}
+	var doc struct {
+		Queues []struct {
+			Name       string `json:"name"`
+			Depth      int    `json:"depth"`
+			InFlight   int    `json:"in_flight"`
+			Put        uint64 `json:"put_total"`
+			Store      string `json:"store"`
+			StoreState string `json:"store_state"`
+		} `json:"queues"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	if len(doc.Queues) != 1 {
+		t.Fatalf("status shows %d queues; want jobs: %s", len(doc.Queues), out)
+	}
+	q := doc.Queues[0]
+	if q.Name != "jobs" || q.Store != "jetstream" || q.StoreState != "connected" || q.Depth != 90 || q.InFlight != 10 || q.Put != 100 {
+		t.Errorf("status of jobs = %+v; want jetstream, connected, 90 waiting, 10 in flight, 100 put", q)
+	}
+
+	cmd = exec.Command(filepath.Join(bin, "gotyledon"), "status")
+	cmd.Env = append(os.Environ(), "RUNTIME_DIRECTORY="+run)
+	if out, err = cmd.Output(); err != nil {
+		t.Fatalf("gotyledon status: %v", err)
+	}
+	if !strings.Contains(string(out), "jobs: kept in jetstream (connected)") {
+		t.Errorf("gotyledon status does not say where jobs is kept:\n%s", out)
+	}
+
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", filepath.Join(run, "control.sock"))
+	}}}
+	resp, err := hc.Get("http://manager/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	metrics, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range []string{`gotyledon_queue_depth{queue="jobs"} 90`, `gotyledon_queue_in_flight{queue="jobs"} 10`,
+		`gotyledon_queue_store_up{queue="jobs",store="jetstream"} 1`} {
+		if !strings.Contains(string(metrics), line+"\n") {
+			t.Errorf("/metrics has no %s", line)
 		}
 	}
 }

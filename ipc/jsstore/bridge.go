@@ -2,10 +2,13 @@ package jsstore
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -23,6 +26,10 @@ import (
 type BridgeConfig struct {
 	// Socket is the Unix socket the bridge serves PROTOCOL.md on.
 	Socket string
+	// StatusSocket, if set, is a Unix socket where GET /queues answers
+	// what JetStream says of each queue (a JSON array of
+	// ipc.StoreQueueStatus), for the manager's status and metrics.
+	StatusSocket string
 	// Queues are the queues served, each its own stream.
 	Queues []Config
 	// MaxItem is the largest item, in bytes (<= 0: ipc.DefaultMaxItem).
@@ -155,6 +162,14 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
+	if cfg.StatusSocket != "" {
+		stop, err := serveStatus(cfg.StatusSocket, nc, stores)
+		if err != nil {
+			srv.Close()
+			return fmt.Errorf("jetstream bridge: %w", err)
+		}
+		defer stop()
+	}
 	if _, err := daemon.SdNotify(false, daemon.SdNotifyReady); err != nil {
 		log.Warn("could not say READY=1", zap.Error(err))
 	}
@@ -204,6 +219,37 @@ func openRetrying(ctx context.Context, nc *nats.Conn, qc Config, log *zap.Logger
 		}
 		pause = min(2*pause, 2*time.Second)
 	}
+}
+
+// serveStatus answers GET /queues on socket until stop.
+func serveStatus(socket string, nc *nats.Conn, stores []*Store) (stop func(), err error) {
+	_ = os.Remove(socket) // a dead bridge's
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		return nil, fmt.Errorf("status socket %s: %w", socket, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /queues", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		conn := strings.ToLower(nc.Status().String())
+		out := make([]ipc.StoreQueueStatus, 0, len(stores))
+		for _, s := range stores {
+			q := ipc.StoreQueueStatus{Queue: s.cfg.Queue, Connection: conn}
+			if st, err := s.Stats(ctx); err != nil {
+				q.Error = err.Error()
+			} else {
+				q.Waiting, q.InFlight, q.Redelivered, q.Getters = st.Waiting, st.InFlight, st.Redelivered, st.Getters
+				q.Put, q.Delivered, q.Acked = st.Put, st.Delivered, st.Acked
+			}
+			out = append(out, q)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	})
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(l) }()
+	return func() { _ = hs.Close() }, nil
 }
 
 func maxItemOf(cfg BridgeConfig) int {

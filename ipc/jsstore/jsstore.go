@@ -303,13 +303,17 @@ func (s *Store) fetch(ctx context.Context, limit int, wait time.Duration) ([]Del
 	return out, nil
 }
 
-// Stats is what the store says of its queue.
+// Stats is what the store says of its queue: of the queue as a whole,
+// whichever processes put and get.
 type Stats struct {
 	// Waiting: items never delivered yet. InFlight: delivered and not
 	// acknowledged, including those refused or past AckWait that wait to
 	// be delivered again. Redelivered: of those, items delivered more
-	// than once.
-	Waiting, InFlight, Redelivered int
+	// than once. Getters: gets waiting for an item.
+	Waiting, InFlight, Redelivered, Getters int
+	// Since the stream was made: items stored, deliveries (a redelivery
+	// counts again), and items removed for good (acknowledged).
+	Put, Delivered, Acked uint64
 }
 
 // Stats asks the server for the queue's counts.
@@ -318,5 +322,15 @@ func (s *Store) Stats(ctx context.Context) (Stats, error) {
 	if err != nil {
 		return Stats{}, fmt.Errorf("stats of queue %s: %w", s.cfg.Queue, err)
 	}
-	return Stats{Waiting: int(info.NumPending), InFlight: info.NumAckPending, Redelivered: info.NumRedelivered}, nil
+	sinfo, err := s.stream.Info(ctx)
+	if err != nil {
+		return Stats{}, fmt.Errorf("stats of queue %s: %w", s.cfg.Queue, err)
+	}
+	st := Stats{Waiting: int(info.NumPending), InFlight: info.NumAckPending, Redelivered: info.NumRedelivered,
+		Getters: info.NumWaiting, Put: sinfo.State.LastSeq, Delivered: info.Delivered.Consumer}
+	// A work queue's stream removes an item once it is acknowledged.
+	if sinfo.State.LastSeq >= sinfo.State.Msgs {
+		st.Acked = sinfo.State.LastSeq - sinfo.State.Msgs
+	}
+	return st, nil
 }

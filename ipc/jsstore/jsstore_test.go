@@ -185,8 +185,8 @@ func TestPutGetAckInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if stats, err := st.Stats(ctx); err != nil || stats != (Stats{}) {
-		t.Errorf("stats after every ack: %+v, %v; want all zero", stats, err)
+	if stats, err := st.Stats(ctx); err != nil || stats != (Stats{Put: 3, Delivered: 3, Acked: 3}) {
+		t.Errorf("stats after every ack: %+v, %v; want 3 put, delivered and acked, nothing waiting or in flight", stats, err)
 	}
 	if ds := get(t, st, 10, 50*time.Millisecond); len(ds) != 0 {
 		t.Errorf("Get after every ack = %q, want nothing", data(ds))

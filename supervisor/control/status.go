@@ -88,6 +88,15 @@ type QueueStatus struct {
 	RedeliveredTotal uint64  `json:"redelivered_total"`
 	PutPerSecond     float64 `json:"put_per_second"`
 	AckedPerSecond   float64 `json:"acked_per_second"`
+	// Store is where a queue not kept in the manager's memory keeps its
+	// items ("jetstream"; "" for memory), StoreState how that store is
+	// ("connected", or why its figures are missing), and
+	// StoreRedelivered its count of items in flight delivered more than
+	// once. The figures of such a queue are the store's, of the queue as a
+	// whole (every manager sharing it counts).
+	Store            string `json:"store,omitempty"`
+	StoreState       string `json:"store_state,omitempty"`
+	StoreRedelivered int    `json:"store_redelivered,omitempty"`
 }
 
 // ReloadStatus is the newest reload's result.
@@ -168,6 +177,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 			Name: q.Name, Capacity: q.Capacity, Depth: q.Depth, InFlight: q.InFlight, Consumers: q.Consumers,
 			PutTotal: q.Put, DeliveredTotal: q.Delivered, AckedTotal: q.Acked, RedeliveredTotal: q.Redelivered,
 			PutPerSecond: r.Put, AckedPerSecond: r.Acked,
+			Store: q.Store, StoreState: q.StoreState, StoreRedelivered: q.StoreRedelivered,
 		})
 	}
 	if lr := st.LastReload; lr != nil {
@@ -227,6 +237,10 @@ func (s *Status) Summary() string {
 			b.WriteString("; ")
 		} else {
 			b.WriteString(", ")
+		}
+		if q.Store != "" && q.StoreState != "connected" {
+			fmt.Fprintf(&b, "%s: %s %s", q.Name, q.Store, q.StoreState)
+			continue
 		}
 		fmt.Fprintf(&b, "%s: %d queued, %d in flight", q.Name, q.Depth, q.InFlight)
 	}

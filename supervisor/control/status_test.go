@@ -31,6 +31,10 @@ func TestStatusSummary(t *testing.T) {
 	}{
 		{"services and queues", supervisor.Status{Ready: true, Services: services}, queues,
 			"printer 5/5, producer 1/2 (1 in backoff); jobs: 12 queued, 2 in flight, mail: 0 queued, 0 in flight"},
+		{"a queue kept in a store", supervisor.Status{Ready: true, Services: services[:1]}, []ipc.QueueStats{
+			{Name: "jobs", Depth: 12, InFlight: 2, Forwarded: true, Store: "jetstream", StoreState: "connected"},
+			{Name: "mail", Forwarded: true, Store: "jetstream", StoreState: "unavailable: connection refused"},
+		}, "printer 5/5; jobs: 12 queued, 2 in flight, mail: jetstream unavailable: connection refused"},
 		{"services only", supervisor.Status{Ready: true, Services: services[:1]}, nil, "printer 5/5"},
 		{"starting", supervisor.Status{Services: services[:1]}, nil, "starting: printer 5/5"},
 		{"stopping", supervisor.Status{Ready: true, Stopping: true, Services: services}, queues[:1],

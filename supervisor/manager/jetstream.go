@@ -36,8 +36,9 @@ const BridgeProgram = "gotyledon-jetstream"
 var ErrNoBridge = errors.New(BridgeProgram + " not found")
 
 // bridgeSocket is the Unix socket the bridge serves the broker on, beside
-// the queue socket.
-func bridgeSocket(queueSocket string) string { return queueSocket + ".jetstream" }
+// the queue socket; bridgeStatusSocket, where it says how its queues are.
+func bridgeSocket(queueSocket string) string       { return queueSocket + ".jetstream" }
+func bridgeStatusSocket(queueSocket string) string { return queueSocket + ".jetstream-status" }
 
 // FindBridge is the bridge program a manager on n runs: nats.bridge, else
 // gotyledon-jetstream next to the manager's binary, else in $PATH. Its
@@ -72,12 +73,12 @@ func withBridge(cfg *config.Config, queueSocket string) (*config.Config, error) 
 	if err != nil {
 		return nil, err
 	}
-	sock := bridgeSocket(queueSocket)
-	if len(sock) > config.MaxSocketPath {
-		return nil, fmt.Errorf("store jetstream: the bridge's socket %s is longer than a Unix socket path may be (%d bytes); give broker.socket a shorter path", sock, config.MaxSocketPath)
+	sock, status := bridgeSocket(queueSocket), bridgeStatusSocket(queueSocket)
+	if len(status) > config.MaxSocketPath {
+		return nil, fmt.Errorf("store jetstream: the bridge's socket %s is longer than a Unix socket path may be (%d bytes); give broker.socket a shorter path", status, config.MaxSocketPath)
 	}
 	n := cfg.NATS
-	cmd := []string{program, "--socket", sock}
+	cmd := []string{program, "--socket", sock, "--status-socket", status}
 	for _, q := range qs {
 		cmd = append(cmd, "--queue", "name="+q.Name+",capacity="+strconv.Itoa(q.Capacity)+
 			",ack-wait="+q.AckWait.String()+",replicas="+strconv.Itoa(q.Replicas))

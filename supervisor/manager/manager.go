@@ -195,7 +195,9 @@ func New(opts Options) (_ *Manager, err error) {
 			}
 			return nil, fmt.Errorf("%w: %w", ErrNotStarted, err)
 		}
-		queues = m.broker.Stats
+		queues = func() []ipc.QueueStats {
+			return ipc.WithStoreStatus(m.broker.Stats(), string(config.StoreJetStream), bridgeStatusSocket(socket))
+		}
 		log.Info("queue broker listening", zap.String("socket", socket), zap.Int("queues", len(cfg.Queues)))
 	}
 

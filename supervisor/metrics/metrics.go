@@ -26,6 +26,12 @@
 //	gotyledon_queue_delivered_total{queue}         counter  items handed out (a redelivery counts again)
 //	gotyledon_queue_acked_total{queue}             counter  items acked (auto-ack items when written out)
 //	gotyledon_queue_redelivered_total{queue}       counter  items handed out again after a NACK or a closed connection
+//	gotyledon_queue_store_up{queue,store}          gauge    1 while the store of a queue not kept in memory answers, else 0
+//
+// The figures of a queue kept in a store (store: jetstream) are the
+// store's, of the queue as a whole (every manager sharing it counts): its
+// totals count since the queue was made, and its redelivered_total is 0
+// (the store does not count redeliveries over time).
 //
 // Plus the manager process's own go_* (goroutines, threads, memory, GC) and
 // process_* (CPU, memory, open and maximum fds, start time) metrics, with
@@ -209,6 +215,8 @@ var (
 		"Items acked since the broker started; auto-ack items count when written out.", counterType, "queue")
 	queueRedelivered = gotyledonDesc("queue_redelivered_total",
 		"Items handed out again after a NACK or a closed connection, since the broker started.", counterType, "queue")
+	queueStoreUp = gotyledonDesc("queue_store_up",
+		"1 while the store of a queue not kept in the manager's memory answers, else 0.", gaugeType, "queue", "store")
 )
 
 // supervisorFamilies are the figures of st.
@@ -257,7 +265,11 @@ func queueFamilies(stats []ipc.QueueStats) []*family {
 	depth, inFlight, capacity := &family{desc: queueDepth}, &family{desc: queueInFlight}, &family{desc: queueCapacity}
 	put, delivered := &family{desc: queuePut}, &family{desc: queueDelivered}
 	acked, redelivered := &family{desc: queueAcked}, &family{desc: queueRedelivered}
+	storeUp := &family{desc: queueStoreUp}
 	for _, q := range stats {
+		if q.Store != "" {
+			storeUp.add(boolValue(q.StoreState == "connected"), q.Name, q.Store)
+		}
 		depth.add(float64(q.Depth), q.Name)
 		inFlight.add(float64(q.InFlight), q.Name)
 		capacity.add(float64(q.Capacity), q.Name)
@@ -266,7 +278,11 @@ func queueFamilies(stats []ipc.QueueStats) []*family {
 		acked.add(float64(q.Acked), q.Name)
 		redelivered.add(float64(q.Redelivered), q.Name)
 	}
-	return []*family{depth, inFlight, capacity, put, delivered, acked, redelivered}
+	fams := []*family{depth, inFlight, capacity, put, delivered, acked, redelivered}
+	if len(storeUp.series) > 0 {
+		fams = append(fams, storeUp)
+	}
+	return fams
 }
 
 func boolValue(b bool) float64 {

@@ -59,6 +59,7 @@ func metricsQueues() []ipc.QueueStats {
 	return []ipc.QueueStats{
 		{Name: "jobs", Capacity: 100, Depth: 12, InFlight: 3, Put: 1000, Delivered: 990, Acked: 985, Redelivered: 4},
 		{Name: "mail", Capacity: 10000},
+		{Name: "durable", Capacity: 500, Depth: 7, Put: 20, Forwarded: true, Store: "jetstream", StoreState: "reconnecting"},
 	}
 }
 
@@ -204,6 +205,8 @@ func TestMetricsValues(t *testing.T) {
 		{"gotyledon_queue_depth", gauge, []string{"queue", "mail"}, 0},
 		{"gotyledon_queue_capacity", gauge, []string{"queue", "mail"}, 10000},
 		{"gotyledon_queue_put_total", counter, []string{"queue", "mail"}, 0},
+		{"gotyledon_queue_depth", gauge, []string{"queue", "durable"}, 7},
+		{"gotyledon_queue_store_up", gauge, []string{"queue", "durable", "store", "jetstream"}, 0},
 	} {
 		if got := metricValue(t, fams, c.name, c.typ, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
@@ -216,10 +219,11 @@ func TestMetricsValues(t *testing.T) {
 	for _, r := range supervisor.ExitReasons {
 		metricValue(t, fams, "gotyledon_worker_exits_total", counter, "service", "old", "reason", string(r))
 	}
-	// Exactly the series of two queues and two services, nothing more: a
-	// worker's CPU and memory only where it has a cgroup (web's worker 0).
+	// Exactly the series of three queues (and the store of the one kept
+	// in JetStream) and two services, nothing more: a worker's CPU and
+	// memory only where it has a cgroup (web's worker 0).
 	metricValue(t, fams, "gotyledon_worker_cpu_seconds_total", counter, "service", "web", "worker", "0")
-	for prefix, want := range map[string]int{"gotyledon_queue_": 2 * 7, "gotyledon_worker": 2*(5+2+len(supervisor.ExitReasons)) + 2} {
+	for prefix, want := range map[string]int{"gotyledon_queue_": 3*7 + 1, "gotyledon_worker": 2*(5+2+len(supervisor.ExitReasons)) + 2} {
 		if n := seriesCount(fams, prefix); n != want {
 			t.Errorf("%d %s* series, want %d", n, prefix, want)
 		}
@@ -333,7 +337,7 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 	if v := metricValue(t, fams, "gotyledon_queue_depth", dto.MetricType_GAUGE, "queue", "jobs"); v != 12 {
 		t.Errorf("gotyledon_queue_depth{queue=jobs} = %v, want 12", v)
 	}
-	if seriesCount(fams, "gotyledon_queue_") != 2*7 {
+	if seriesCount(fams, "gotyledon_queue_") != 3*7+1 {
 		t.Errorf("queue series missing:\n%s", body)
 	}
 	metricValue(t, fams, "go_goroutines", dto.MetricType_GAUGE)
@@ -351,7 +355,8 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 // Status and queue stats): names, help, types, labels, order and numbers.
 // The families added since (gotyledon_workers_ready,
 // gotyledon_worker_watchdog_aborts_total, gotyledon_worker_cpu_seconds_total,
-// gotyledon_worker_memory_bytes), and the help of
+// gotyledon_worker_memory_bytes, gotyledon_queue_store_up, and the series
+// of a queue kept in JetStream), and the help of
 // gotyledon_reloads_total since halted rollouts count as failed, were
 // written into it by hand, in the same format; promlint checks them
 // (TestMetricsValues).

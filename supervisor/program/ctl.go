@@ -324,10 +324,26 @@ func printStatus(w io.Writer, doc control.Status, now time.Time) error {
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "QUEUE\tDEPTH\tIN FLIGHT\tCAPACITY\tPUT/S\tACKED/S\tREDELIVERED")
+	var stores []control.QueueStatus
 	for _, q := range slices.Clone(doc.Queues) {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.1f\t%.1f\t%d\n", q.Name, q.Depth, q.InFlight, q.Capacity, q.PutPerSecond, q.AckedPerSecond, q.RedeliveredTotal)
+		redelivered := q.RedeliveredTotal
+		if q.Store != "" {
+			stores = append(stores, q)
+			redelivered = uint64(q.StoreRedelivered)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%.1f\t%.1f\t%d\n", q.Name, q.Depth, q.InFlight, q.Capacity, q.PutPerSecond, q.AckedPerSecond, redelivered)
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// Where a queue's figures come from when its store is not the
+	// manager's memory: the store's, of the queue as a whole.
+	for _, q := range stores {
+		if _, err := fmt.Fprintf(w, "%s: kept in %s (%s); its figures are %s's, REDELIVERED those in flight again\n", q.Name, q.Store, q.StoreState, q.Store); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // roundDuration prints seconds as a short duration: 3m2s, 1.5s, 250ms.
