@@ -417,6 +417,12 @@ type QueueStats struct {
 	StoreRedelivered int
 }
 
+// HasFigures reports whether q's figures are known: a memory queue's
+// always, a forwarded queue's once its store answered (StoreState
+// "connected"). Unknown figures are 0, which are not to be shown as
+// figures (a total falling to 0 reads as a counter reset).
+func (q QueueStats) HasFigures() bool { return !q.Forwarded || q.StoreState == "connected" }
+
 // Serve accepts connections on l and serves them until Close. It blocks,
 // and returns nil after Close (l is closed by then) or the error that made
 // Accept fail otherwise; connections already accepted are still served

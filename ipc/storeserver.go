@@ -81,10 +81,11 @@ const StoreDeliveryBase uint64 = 1 << 63
 // rarely fit one frame, and those that do not go back.
 const maxStoreGet = 1024
 
-// fitting is how many items to ask the store for, for a request of
-// want: no more than one ITEMS frame holds of the longest items seen.
-func (s *StoreServer) fitting(want int) int {
-	if big := s.largest.Load(); big > 0 {
+// fitting is how many items of queue to ask the store for, for a request
+// of want: no more than one ITEMS frame holds of the longest items of the
+// queue's last batch.
+func (s *StoreServer) fitting(queue string, want int) int {
+	if big := s.largest[queue].Load(); big > 0 {
 		return max(1, min(want, (s.itemsRoom-itemsFixedLen)/(itemsEntryLen+int(big))))
 	}
 	return want
@@ -114,10 +115,11 @@ type StoreServer struct {
 	allow     func(Peer) bool
 	log       *zap.Logger
 	nextID    atomic.Uint64 // the last delivery id handed out
-	// largest is the longest item handed out so far: a get asks the store
-	// for no more items of that size than one ITEMS frame holds, since
-	// those that do not fit go back (and count a delivery more).
-	largest atomic.Int64
+	// largest is, per queue, the longest item of the last batch handed
+	// out: a get asks the store for no more items of that size than one
+	// ITEMS frame holds, since those that do not fit go back (and count a
+	// delivery more).
+	largest map[string]*atomic.Int64
 
 	mu        sync.Mutex
 	closing   bool
@@ -136,6 +138,7 @@ func NewStoreServer(opts StoreServerOptions) (*StoreServer, error) {
 	s := &StoreServer{
 		store:     opts.Store,
 		queues:    make(map[string]bool, len(opts.Queues)),
+		largest:   make(map[string]*atomic.Int64, len(opts.Queues)),
 		maxItem:   opts.MaxItem,
 		deadline:  opts.FrameDeadline,
 		allow:     opts.Allow,
@@ -161,6 +164,7 @@ func NewStoreServer(opts StoreServerOptions) (*StoreServer, error) {
 			return nil, fmt.Errorf("ipc: new store server: invalid queue name %q", q)
 		}
 		s.queues[q] = true
+		s.largest[q] = new(atomic.Int64)
 	}
 	// It reads any frame a broker of the same MaxItem may forward (the
 	// broker's max_frame grows with its longest queue name), and sends
@@ -684,7 +688,7 @@ func (c *storeConn) get(r *storeRequest, l *storeLane) {
 		c.answerEnded(r, 0)
 		return
 	}
-	items, err := c.s.store.Get(r.ctx, r.queue, c.s.fitting(r.max), r.left(), func() { l.waiting.Store(true) })
+	items, err := c.s.store.Get(r.ctx, r.queue, c.s.fitting(r.queue, r.max), r.left(), func() { l.waiting.Store(true) })
 	l.waiting.Store(false)
 	switch {
 	case len(items) > 0:
@@ -716,7 +720,7 @@ func (c *storeConn) consume(r *storeRequest) {
 				return
 			}
 		}
-		items, err := c.s.store.Get(r.ctx, r.queue, c.s.fitting(credit), time.Second, nil)
+		items, err := c.s.store.Get(r.ctx, r.queue, c.s.fitting(r.queue, credit), time.Second, nil)
 		if r.ctx.Err() != nil {
 			for _, it := range items {
 				c.nack(it)
@@ -744,11 +748,11 @@ func (c *storeConn) consume(r *storeRequest) {
 func (c *storeConn) deliver(r *storeRequest, items []StoredItem, cons *storeRequest) {
 	room := c.s.itemsRoom - itemsFixedLen
 	n := 0
+	var longest int64
 	for _, it := range items {
-		if size := int64(len(it.Body())); size > c.s.largest.Load() {
-			c.s.largest.Store(size) // a race may keep the smaller of two: the next one raises it
-		}
+		longest = max(longest, int64(len(it.Body())))
 	}
+	c.s.largest[r.queue].Store(longest)
 	for n < len(items) {
 		size := itemsEntryLen + len(items[n].Body())
 		if n > 0 && size > room {

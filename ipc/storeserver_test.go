@@ -1426,3 +1426,51 @@ func TestStoreServerAsksForWhatFitsAFrame(t *testing.T) {
 		t.Errorf("%d items went back to the store unseen", n)
 	}
 }
+
+// What the server asks the store for follows each queue's own last items:
+// a big item on one queue does not make another queue's gets ask for one
+// item at a time, nor its own once its items are small again.
+func TestStoreServerFitsEachQueueOnItsOwn(t *testing.T) {
+	fake := newFakeStore(0, "big", "small")
+	h := newStoreHarness(t, fake, StoreServerOptions{Queues: []string{"big", "small"}})
+	c := h.dial()
+	ctx := ctxT(t)
+	if err := c.Put(ctx, "big", make([]byte, DefaultMaxItem)); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.Get(ctx, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Ack(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	items := make([][]byte, 100)
+	for i := range items {
+		items[i] = []byte{'x'}
+	}
+	for _, q := range []string{"small", "big", "big"} {
+		if n, err := c.PutBatch(ctx, q, items); n != 100 || err != nil {
+			t.Fatalf("PutBatch %s: %d, %v", q, n, err)
+		}
+		ds, err := c.GetBatch(ctx, q, 100)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Ack(ctx, ds...); err != nil {
+			t.Fatal(err)
+		}
+		if q == "small" && len(ds) != 100 {
+			t.Errorf("a get of 100 small items on %s got %d", q, len(ds))
+		}
+	}
+	// big's first get of small items was asked for one (its last item was
+	// big); its next asks for all.
+	ds, err := c.GetBatch(ctx, "big", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds) != 99 {
+		t.Errorf("a get of the 99 small items left on big got %d", len(ds))
+	}
+}

@@ -108,8 +108,10 @@ func TestTwoManagersShareAQueueAndSurviveAKill(t *testing.T) {
 	first := getN(t, onB, 90, 20*time.Second)
 	for _, d := range first {
 		for _, h := range held {
-			if string(d.Body) == string(h.Body) {
-				t.Fatalf("%s was handed to consumers on both hosts at once", d.Body)
+			// Delivered again to B is right once A's ack wait has passed
+			// (on a loaded machine, it may have before B got here).
+			if string(d.Body) == string(h.Body) && d.Deliveries == 1 {
+				t.Fatalf("%s was handed to consumers on both hosts at once, both as a first delivery", d.Body)
 			}
 		}
 	}

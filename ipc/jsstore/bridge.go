@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -221,6 +222,10 @@ func openRetrying(ctx context.Context, nc *nats.Conn, qc Config, log *zap.Logger
 	}
 }
 
+// statusAnswerTimeout bounds the bridge's questions to JetStream for one
+// status request.
+const statusAnswerTimeout = 700 * time.Millisecond
+
 // serveStatus answers GET /queues on socket until stop.
 func serveStatus(socket string, nc *nats.Conn, stores []*Store) (stop func(), err error) {
 	_ = os.Remove(socket) // a dead bridge's
@@ -230,20 +235,31 @@ func serveStatus(socket string, nc *nats.Conn, stores []*Store) (stop func(), er
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /queues", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		// Well inside the manager's wait (ipc.WithStoreStatus), so that
+		// it gets an answer that says what is wrong.
+		ctx, cancel := context.WithTimeout(r.Context(), statusAnswerTimeout)
 		defer cancel()
-		conn := strings.ToLower(nc.Status().String())
-		out := make([]ipc.StoreQueueStatus, 0, len(stores))
-		for _, s := range stores {
-			q := ipc.StoreQueueStatus{Queue: s.cfg.Queue, Connection: conn}
-			if st, err := s.Stats(ctx); err != nil {
-				q.Error = err.Error()
-			} else {
-				q.Waiting, q.InFlight, q.Redelivered, q.Getters = st.Waiting, st.InFlight, st.Redelivered, st.Getters
-				q.Put, q.Delivered, q.Acked = st.Put, st.Delivered, st.Acked
+		status := nc.Status()
+		conn := strings.ToLower(status.String())
+		out := make([]ipc.StoreQueueStatus, len(stores))
+		var wg sync.WaitGroup
+		for i, s := range stores {
+			out[i] = ipc.StoreQueueStatus{Queue: s.cfg.Queue, Connection: conn}
+			if status != nats.CONNECTED {
+				out[i].Error = "not connected to NATS"
+				continue
 			}
-			out = append(out, q)
+			wg.Go(func() {
+				q := &out[i]
+				if st, err := s.Stats(ctx); err != nil {
+					q.Error = err.Error()
+				} else {
+					q.Waiting, q.InFlight, q.Redelivered, q.Getters = st.Waiting, st.InFlight, st.Redelivered, st.Getters
+					q.Put, q.Delivered, q.Acked = st.Put, st.Delivered, st.Acked
+				}
+			})
 		}
+		wg.Wait()
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(out)
 	})

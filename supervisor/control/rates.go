@@ -31,7 +31,9 @@ const (
 func (q *queueRates) sample(qs []ipc.QueueStats, now time.Time) {
 	s := rateSample{at: now, totals: make(map[string][2]uint64, len(qs))}
 	for _, st := range qs {
-		s.totals[st.Name] = [2]uint64{st.Put, st.Acked}
+		if st.HasFigures() {
+			s.totals[st.Name] = [2]uint64{st.Put, st.Acked}
+		}
 	}
 	q.mu.Lock()
 	defer q.mu.Unlock()

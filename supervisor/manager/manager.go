@@ -29,6 +29,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -379,7 +380,11 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			var queues func() []ipc.QueueStats
 			if m.broker != nil {
-				queues = m.broker.Stats
+				// The watchdog's path does not wait for a JetStream queue's
+				// figures (the bridge's): STATUS= leaves such queues out.
+				queues = func() []ipc.QueueStats {
+					return slices.DeleteFunc(m.broker.Stats(), func(q ipc.QueueStats) bool { return q.Forwarded })
+				}
 			}
 			return m.summary(ctx, queues)
 		})

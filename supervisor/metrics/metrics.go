@@ -270,6 +270,12 @@ func queueFamilies(stats []ipc.QueueStats) []*family {
 		if q.Store != "" {
 			storeUp.add(boolValue(q.StoreState == "connected"), q.Name, q.Store)
 		}
+		if !q.HasFigures() {
+			// Unknown now: no series, rather than 0s that would read as
+			// an emptied queue and reset counters.
+			capacity.add(float64(q.Capacity), q.Name)
+			continue
+		}
 		depth.add(float64(q.Depth), q.Name)
 		inFlight.add(float64(q.InFlight), q.Name)
 		capacity.add(float64(q.Capacity), q.Name)
