@@ -46,6 +46,8 @@ func BenchmarkBridgeStart(b *testing.B) {
 			if err := ns.Start(); err != nil {
 				b.Fatal(err)
 			}
+			// Not left running if the benchmark fails before its stop.
+			b.Cleanup(func() { _ = ns.Process.Kill(); _ = ns.Wait() })
 			// As a manager would order them: the bridge once the server
 			// takes connections.
 			for deadline := time.Now().Add(30 * time.Second); ; {
