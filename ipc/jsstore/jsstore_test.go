@@ -428,3 +428,20 @@ func TestConfirmNaksKeepsItemsGivenBackAcrossRestart(t *testing.T) {
 		s.WaitForShutdown()
 	}
 }
+
+// An item that the servers' max_payload cannot take (their default is
+// 1 MiB, the protocol's max_item 1 MiB - 64, and the item's headers come
+// on top) is TOO_LARGE at once, whatever the put's wait, and nothing of
+// its put is stored; what fits is stored.
+func TestPutOverMaxPayloadIsTooLarge(t *testing.T) {
+	q := NewQueues(nil, open(t, startServer(t, t.TempDir()), Config{}))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	n, err := q.Put(ctx, "jobs", [][]byte{[]byte("small"), make([]byte, ipc.DefaultMaxItem)}, -1, nil)
+	if n != 0 || !errors.Is(err, ipc.ErrTooLarge) {
+		t.Fatalf("Put with an item over max_payload, waiting for ever = %d, %v; want 0, ErrTooLarge", n, err)
+	}
+	if n, err := q.Put(ctx, "jobs", [][]byte{make([]byte, 1<<19)}, -1, nil); n != 1 || err != nil {
+		t.Fatalf("Put of half a MiB = %d, %v; want 1", n, err)
+	}
+}
