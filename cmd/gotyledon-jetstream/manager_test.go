@@ -27,13 +27,14 @@ import (
 	"github.com/gotyledon/gotyledon/ipc"
 )
 
+// binDir is where builtBinaries builds; TestMain makes it, and removes it
+// once the tests are done.
+var binDir string
+
 // builtBinaries builds gotyledon and gotyledon-jetstream, once per test
-// binary, into one directory.
+// binary, into binDir.
 var builtBinaries = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "gtyjs-bin")
-	if err != nil {
-		return "", err
-	}
+	dir := binDir
 	for _, pkg := range []string{"./cmd/gotyledon", "./cmd/gotyledon-jetstream"} {
 		cmd := exec.Command("go", "build", "-o", dir, pkg)
 		cmd.Dir = "../.."
