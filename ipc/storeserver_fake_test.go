@@ -218,17 +218,27 @@ func (s *fakeStore) Get(ctx context.Context, queue string, maxItems int, wait ti
 func (it *fakeItem) Body() []byte       { return it.rec.body }
 func (it *fakeItem) Deliveries() uint32 { return it.deliveries }
 
+// settleLocked marks the item settled, and reports false (counting a
+// double settle) if it was already. Called with s.mu held.
+func (it *fakeItem) settleLocked() bool {
+	s := it.s
+	if it.settled {
+		s.doubleSettle++
+		s.notifyLocked()
+		return false
+	}
+	it.settled = true
+	s.inFlight--
+	return true
+}
+
 func (it *fakeItem) Ack() error {
 	s := it.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if it.settled {
-		s.doubleSettle++
-		s.notifyLocked()
+	if !it.settleLocked() {
 		return errors.New("fake store: ack of an item already settled")
 	}
-	it.settled = true
-	s.inFlight--
 	s.acks = append(s.acks, string(it.rec.body))
 	s.ackCount[string(it.rec.body)]++
 	s.notifyLocked()
@@ -241,13 +251,9 @@ func (it *fakeItem) Nack() error {
 	s := it.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if it.settled {
-		s.doubleSettle++
-		s.notifyLocked()
+	if !it.settleLocked() {
 		return errors.New("fake store: nack of an item already settled")
 	}
-	it.settled = true
-	s.inFlight--
 	s.nacks = append(s.nacks, string(it.rec.body))
 	s.queues[it.rec.queue] = append([]*fakeRecord{it.rec}, s.queues[it.rec.queue]...)
 	s.movedLocked()

@@ -122,10 +122,5 @@ func startBridgeB(b *testing.B, dir string, args ...string) *bridge {
 }
 
 func (br *bridge) stopB(b *testing.B) {
-	_ = br.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-br.exited:
-	case <-time.After(30 * time.Second):
-		b.Fatal("bridge did not stop within 30s")
-	}
+	signalAndWait(b, "bridge", br.cmd, br.exited, syscall.SIGTERM)
 }

@@ -90,11 +90,18 @@ func startBridge(t *testing.T, dir string, args ...string) *bridge {
 // stop signals the bridge and waits for its exit.
 func (b *bridge) stop(t *testing.T, sig syscall.Signal) {
 	t.Helper()
-	_ = b.cmd.Process.Signal(sig)
+	signalAndWait(t, "bridge", b.cmd, b.exited, sig)
+}
+
+// signalAndWait sends sig to cmd (the test's bridge or manager, named
+// what) and waits, 30 s at most, for exited to close.
+func signalAndWait(t testing.TB, what string, cmd *exec.Cmd, exited <-chan struct{}, sig syscall.Signal) {
+	t.Helper()
+	_ = cmd.Process.Signal(sig)
 	select {
-	case <-b.exited:
+	case <-exited:
 	case <-time.After(30 * time.Second):
-		t.Fatalf("bridge did not exit within 30s of %v", sig)
+		t.Fatalf("%s did not exit within 30s of %v", what, sig)
 	}
 }
 

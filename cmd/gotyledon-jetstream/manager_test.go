@@ -132,12 +132,7 @@ func (m *managerProcess) waitLine(t *testing.T, text string) {
 
 func (m *managerProcess) stop(t *testing.T, sig syscall.Signal) {
 	t.Helper()
-	_ = m.cmd.Process.Signal(sig)
-	select {
-	case <-m.exited:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("manager did not exit within 30s of %v", sig)
-	}
+	signalAndWait(t, "manager", m.cmd, m.exited, sig)
 }
 
 // jetstreamConfig is a manager's configuration with the queue jobs on a
