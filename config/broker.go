@@ -39,7 +39,7 @@ func (d *decoder) queues(e entry, qs []*Queue) []*Queue {
 func (d *decoder) queue(name string, settings []entry, q *Queue) {
 	at := d.queueAt[q]
 	storeValid := true
-	var ackWaitAt, replicasAt Position // keys of valid values, if the file sets them
+	var ackWaitAt, replicasAt, packAt Position // keys of valid values, if the file sets them
 	for _, f := range settings {
 		switch f.key {
 		case "capacity":
@@ -59,6 +59,10 @@ func (d *decoder) queue(name string, settings []entry, q *Queue) {
 			if n, ok := d.intRange(f, replicasRule); ok {
 				q.Replicas, at.replicas, replicasAt = int(n), f.pos, f.keyPos
 			}
+		case "pack":
+			if n, ok := d.intRange(f, packRule); ok {
+				q.Pack, packAt = int(n), f.keyPos
+			}
 		default:
 			d.unknownKey(f, fmt.Sprintf(" in queue %q", name), queueKeys)
 		}
@@ -71,6 +75,9 @@ func (d *decoder) queue(name string, settings []entry, q *Queue) {
 	}
 	if storeValid && replicasAt != (Position{}) {
 		d.problem(replicasAt, jetStreamOnlyProblem("replicas", q.Store))
+	}
+	if storeValid && packAt != (Position{}) {
+		d.problem(packAt, jetStreamOnlyProblem("pack", q.Store))
 	}
 }
 
@@ -204,8 +211,8 @@ func (d *decoder) ids(e entry, kind string) []int {
 }
 
 // newQueue is a queue called name with every default: a memory queue of
-// DefaultCapacity. finish gives a jetstream queue its AckWait and
-// Replicas.
+// DefaultCapacity. finish gives a jetstream queue its AckWait, Replicas
+// and Pack.
 func newQueue(name string, pos Position) *Queue {
 	return &Queue{Name: name, Capacity: DefaultCapacity, Store: StoreMemory, Pos: pos}
 }

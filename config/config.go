@@ -71,6 +71,9 @@ const (
 	AckWaitFloor = 1 * time.Second
 	// MaxReplicas bounds a JetStream queue's replicas, as JetStream does.
 	MaxReplicas = 5
+	// MaxPack bounds a JetStream queue's pack: the items of one put
+	// stored together in one JetStream message.
+	MaxPack = 1024
 	// MaxSocketPath is the longest Unix socket path the kernel takes
 	// (sun_path holds 108 bytes with the terminating NUL).
 	MaxSocketPath = 107
@@ -184,6 +187,11 @@ type Queue struct {
 	// (`replicas`, 1 to MaxReplicas): 1 by default for a jetstream queue;
 	// always 0 for a memory queue.
 	Replicas int
+	// Pack is how many items of one put, at most, are stored together in
+	// one JetStream message (`pack`, 1 to MaxPack): 1 by default for a
+	// jetstream queue; always 0 for a memory queue. Above 1, the queue's
+	// capacity, depth and in-flight count messages, not items.
+	Pack int
 	// Pos is where the queue's name stands in the file, or its declared
 	// field when only a Declaration names it.
 	Pos Position

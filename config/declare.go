@@ -78,6 +78,7 @@ type queueDecl struct {
 	store    setting[Store]
 	ackWait  setting[time.Duration]
 	replicas setting[int]
+	pack     setting[int]
 }
 
 type socketDecl struct {
@@ -294,6 +295,14 @@ func Replicas(n int) QueueOption {
 	return func(q *queueDecl) { q.replicas.set(n, q.now) }
 }
 
+// Pack sets a jetstream queue's `pack` (default 1, from 1 to MaxPack):
+// how many items of one put, at most, are stored together in one
+// JetStream message. Above 1, the queue's capacity, depth and in-flight
+// count messages, not items.
+func Pack(n int) QueueOption {
+	return func(q *queueDecl) { q.pack.set(n, q.now) }
+}
+
 // Socket sets `socket`, the socket's path; a relative path is taken from
 // the working directory (see [Declaration]).
 func Socket(path string) SocketOption {
@@ -362,7 +371,7 @@ func (d *Declaration) Resolve(goServices []string) (*Config, error) {
 // but d does not must be complete, as in a file on its own. The file
 // cannot remove a declared service: `workers: 0` stops it. A file's
 // `store: memory` over a declared jetstream queue drops its declared
-// ack_wait and replicas, which apply to jetstream queues only. When d
+// ack_wait, replicas and pack, which apply to jetstream queues only. When d
 // declares services, the file may leave `services` out, or be empty. The
 // Config lists the declared services (and queues) in the order of their
 // declaration, then the file's own in the file's order.
@@ -551,7 +560,7 @@ func (r *resolver) queue(qd *queueDecl) *Queue {
 			r.problem(s.seq, path+".store", needsNATSProblem(s.v, false))
 		}
 	}
-	// As in a file: ack_wait and replicas are judged against the store
+	// As in a file: ack_wait, replicas and pack are judged against the store
 	// the queue is declared with, unless that store is itself wrong.
 	if t := qd.ackWait; t.isSet() && r.problem(t.seq, path+".ack_wait", durationProblem("ack_wait", t.v, shortDuration(t.v))) &&
 		storeValid && r.problem(t.seq, path+".ack_wait", jetStreamOnlyProblem("ack_wait", q.Store)) {
@@ -560,6 +569,10 @@ func (r *resolver) queue(qd *queueDecl) *Queue {
 	if n := qd.replicas; n.isSet() && r.problem(n.seq, path+".replicas", replicasRule.problem("replicas", int64(n.v), strconv.Itoa(n.v))) &&
 		storeValid && r.problem(n.seq, path+".replicas", jetStreamOnlyProblem("replicas", q.Store)) {
 		q.Replicas = n.v
+	}
+	if n := qd.pack; n.isSet() && r.problem(n.seq, path+".pack", packRule.problem("pack", int64(n.v), strconv.Itoa(n.v))) &&
+		storeValid && r.problem(n.seq, path+".pack", jetStreamOnlyProblem("pack", q.Store)) {
+		q.Pack = n.v
 	}
 	return q
 }

@@ -107,12 +107,20 @@ func TestDeclarationErrors(t *testing.T) {
 			d.Service("web", web)
 			d.Queue("jobs", QueueStore(StoreMemory), Replicas(3))
 		}, false, `queues.jobs.replicas (declared in Go): replicas applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove replicas)`},
+		{"pack on a memory queue", func(d *Declaration) {
+			d.Service("web", web)
+			d.Queue("jobs", QueueStore(StoreMemory), Pack(100))
+		}, false, `queues.jobs.pack (declared in Go): pack applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove pack)`},
 		{"ack_wait under the floor", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", AckWait(999*time.Millisecond)) },
 			false, `queues.jobs.ack_wait (declared in Go): ack_wait must be at least 1s (got 999ms; a shorter one would deliver items again while their workers are still on them)`},
 		{"ack_wait over 24h", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", AckWait(25*time.Hour)) },
 			false, `queues.jobs.ack_wait (declared in Go): ack_wait must be at most 24h (got 25h)`},
 		{"replicas out of range", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Replicas(6)) },
 			false, `queues.jobs.replicas (declared in Go): replicas must be a whole number from 1 to 5 (got 6)`},
+		{"pack zero", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Pack(0)) },
+			false, `queues.jobs.pack (declared in Go): pack must be a whole number from 1 to 1024 (got 0)`},
+		{"pack out of range", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Pack(MaxPack+1)) },
+			false, `queues.jobs.pack (declared in Go): pack must be a whole number from 1 to 1024 (got 1025)`},
 		{"socket too long", func(d *Declaration) { d.Service("web", web); d.Broker(Socket(long)) },
 			false, `broker.socket (declared in Go): socket path "` + long + `" is 108 bytes long (a Unix socket path has at most 107; choose a shorter one)`},
 		{"socket empty", func(d *Declaration) { d.Service("web", web); d.Control(Socket("")) },
@@ -752,6 +760,8 @@ func TestDeclarationAndFileAgree(t *testing.T) {
 		{"replicas on a memory queue", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Replicas(2)) }, "queues: {jobs: {replicas: 2}}\n"},
 		{"ack_wait floor", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", AckWait(time.Millisecond)) }, "queues: {jobs: {ack_wait: 1ms}}\n"},
 		{"replicas", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Replicas(0)) }, "queues: {jobs: {replicas: 0}}\n"},
+		{"pack on a memory queue", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Pack(4)) }, "queues: {jobs: {pack: 4}}\n"},
+		{"pack", func(d *Declaration) { d.Service("web", web); d.Queue("jobs", Pack(1025)) }, "queues: {jobs: {pack: 1025}}\n"},
 		{"min_uptime floor", func(d *Declaration) { d.Service("web", web, MinUptime(time.Millisecond)) }, "    restart: {min_uptime: 1ms}\n"},
 		{"backoff_initial floor", func(d *Declaration) { d.Service("web", web, BackoffInitial(time.Millisecond)) }, "    restart: {backoff_initial: 1ms}\n"},
 		{"backoff order", func(d *Declaration) { d.Service("web", web, BackoffInitial(5*time.Second), BackoffMax(time.Second)) }, "    restart: {backoff_initial: 5s, backoff_max: 1s}\n"},

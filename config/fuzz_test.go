@@ -30,8 +30,8 @@ func FuzzParse(f *testing.F) {
 		"broker: {socket: /run/a}\ncontrol: {socket: /run/a, metrics_listen: \":1\"}\nservices:\n  w: {command: [a], restart: {backoff_initial: 1m}}\n",
 		"services:\n  w: {command: [\"\", \"\\0\"], env: {A: \"\\0\", 1B: x}, dir: ~, reload_signal: KILL, replace: blue, restart: {min_uptime: 1ms, backoff_max: 1ms}}\n",
 		"nats:\n  local_dir: /var/lib/gotyledon/jetstream\n  sync: always\nqueues:\n  jobs: {capacity: 10000, store: jetstream, ack_wait: 30s}\n  mem: {store: memory}\nservices:\n  w: {run: printer}\n",
-		"nats:\n  url: [nats://a:4222, \"tls://b:4222\"]\n  tls: {ca: /etc/ssl/certs}\n  bridge: bin/gotyledon-jetstream\nqueues:\n  jobs: {store: jetstream, replicas: 3, ack_wait: 1m}\nservices:\n  w: {command: [a]}\n",
-		"nats: {url: \"nats://a:4222,b\", local_dir: x, sync: 1s, creds: c, nkey: k, tls: {cert: c}}\nqueues: {j: {store: disk, ack_wait: 1ms, replicas: 9}, k: {replicas: 2}}\nservices: {w: {command: [a]}}\n",
+		"nats:\n  url: [nats://a:4222, \"tls://b:4222\"]\n  tls: {ca: /etc/ssl/certs}\n  bridge: bin/gotyledon-jetstream\nqueues:\n  jobs: {store: jetstream, replicas: 3, ack_wait: 1m, pack: 100}\nservices:\n  w: {command: [a]}\n",
+		"nats: {url: \"nats://a:4222,b\", local_dir: x, sync: 1s, creds: c, nkey: k, tls: {cert: c}}\nqueues: {j: {store: disk, ack_wait: 1ms, replicas: 9}, k: {replicas: 2, pack: 2000}}\nservices: {w: {command: [a]}}\n",
 		"nats: {local_dir: /x, sync: 10}\nqueues: {j: {store: jetstream, replicas: 2}, k: {store: jetstream}}\nservices: {w: {command: [a]}}\n",
 	}
 	for _, s := range seeds {
@@ -137,11 +137,11 @@ func checkConfig(t *testing.T, cfg *Config) {
 		queues[q.Name] = true
 		switch q.Store {
 		case StoreMemory:
-			if q.AckWait != 0 || q.Replicas != 0 {
+			if q.AckWait != 0 || q.Replicas != 0 || q.Pack != 0 {
 				t.Fatalf("memory queue with jetstream settings %+v", *q)
 			}
 		case StoreJetStream:
-			if q.AckWait < AckWaitFloor || q.AckWait > MaxDuration || q.Replicas < 1 || q.Replicas > MaxReplicas {
+			if q.AckWait < AckWaitFloor || q.AckWait > MaxDuration || q.Replicas < 1 || q.Replicas > MaxReplicas || q.Pack < 1 || q.Pack > MaxPack {
 				t.Fatalf("jetstream queue with bad settings %+v", *q)
 			}
 			if cfg.NATS == nil || cfg.NATS.LocalDir != "" && q.Replicas > 1 {
@@ -281,11 +281,11 @@ func FuzzDeclaration(f *testing.F) {
 		qopts := []QueueOption{Capacity(capacity)}
 		switch uint(workers) % 4 {
 		case 1:
-			qopts = append(qopts, QueueStore(StoreJetStream), AckWait(time.Duration(stop)), Replicas(stopSig))
+			qopts = append(qopts, QueueStore(StoreJetStream), AckWait(time.Duration(stop)), Replicas(stopSig), Pack(capacity))
 		case 2:
 			qopts = append(qopts, AckWait(time.Duration(backoff)))
 		case 3:
-			qopts = append(qopts, QueueStore(Store(envVal)), Replicas(reloadSig))
+			qopts = append(qopts, QueueStore(Store(envVal)), Replicas(reloadSig), Pack(workers))
 		}
 		d.Queue(name, qopts...)
 		d.Broker(Socket(socket), Group(group), AllowUIDs(uid))

@@ -30,7 +30,7 @@ var (
 	topKeys     = []string{"broker", "control", "nats", "queues", "services", "shutdown_timeout"}
 	brokerKeys  = []string{"allow_gids", "allow_uids", "group", "socket"}
 	controlKeys = []string{"allow_gids", "allow_uids", "group", "metrics_listen", "socket"}
-	queueKeys   = []string{"ack_wait", "capacity", "replicas", "store"}
+	queueKeys   = []string{"ack_wait", "capacity", "pack", "replicas", "store"}
 	natsKeys    = []string{"bridge", "creds", "local_dir", "nkey", "sync", "tls", "url"}
 	tlsKeys     = []string{"ca", "cert", "key"}
 	serviceKeys = []string{"command", "dir", "env", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
@@ -669,8 +669,8 @@ func newService(name string, pos Position) *Service {
 }
 
 // finish fills in what is known only once the whole configuration is:
-// a stop_timeout set nowhere follows shutdown_timeout; a queue's ack_wait
-// and replicas set nowhere take their defaults if its store is jetstream,
+// a stop_timeout set nowhere follows shutdown_timeout; a queue's ack_wait,
+// replicas and pack set nowhere take their defaults if its store is jetstream,
 // and are 0 if it is memory (a file's store: memory over a declared
 // jetstream queue drops them).
 func finish(cfg *Config) {
@@ -682,13 +682,16 @@ func finish(cfg *Config) {
 	for _, q := range cfg.Queues {
 		switch {
 		case q.Store != StoreJetStream:
-			q.AckWait, q.Replicas = 0, 0
+			q.AckWait, q.Replicas, q.Pack = 0, 0, 0
 		default:
 			if q.AckWait == 0 {
 				q.AckWait = DefaultAckWait
 			}
 			if q.Replicas == 0 {
 				q.Replicas = 1
+			}
+			if q.Pack == 0 {
+				q.Pack = 1
 			}
 		}
 	}

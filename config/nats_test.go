@@ -43,7 +43,7 @@ func TestParseNATS(t *testing.T) {
 			func(dir, file string) (*NATS, []*Queue) {
 				return &NATS{URLs: []string{"nats://127.0.0.1:4222"}, Pos: Position{File: file, Line: 1, Col: 1}},
 					[]*Queue{
-						{Name: "jobs", Capacity: DefaultCapacity, Store: StoreJetStream, AckWait: DefaultAckWait, Replicas: 1, Pos: Position{File: file, Line: 4, Col: 3}},
+						{Name: "jobs", Capacity: DefaultCapacity, Store: StoreJetStream, AckWait: DefaultAckWait, Replicas: 1, Pack: 1, Pos: Position{File: file, Line: 4, Col: 3}},
 						{Name: "results", Capacity: 5, Store: StoreMemory, Pos: Position{File: file, Line: 5, Col: 3}},
 					}
 			}},
@@ -54,6 +54,7 @@ func TestParseNATS(t *testing.T) {
     capacity: 100
     ack_wait: 2m
     replicas: 3
+    pack: 100
   mem: {store: memory}
 nats:
   url: [nats://a:4222, "tls://b:4222", ws://c, wss://d:443/nats]
@@ -69,32 +70,32 @@ nats:
 						TLSCert: filepath.Join(dir, "client.crt"),
 						TLSKey:  filepath.Join(dir, "client.key"),
 						Bridge:  filepath.Join(dir, "bin", "gotyledon-jetstream"),
-						Pos:     Position{File: file, Line: 8, Col: 1},
+						Pos:     Position{File: file, Line: 9, Col: 1},
 					}, []*Queue{
-						{Name: "jobs", Capacity: 100, Store: StoreJetStream, AckWait: 2 * time.Minute, Replicas: 3, Pos: Position{File: file, Line: 2, Col: 3}},
-						{Name: "mem", Capacity: DefaultCapacity, Store: StoreMemory, Pos: Position{File: file, Line: 7, Col: 3}},
+						{Name: "jobs", Capacity: 100, Store: StoreJetStream, AckWait: 2 * time.Minute, Replicas: 3, Pack: 100, Pos: Position{File: file, Line: 2, Col: 3}},
+						{Name: "mem", Capacity: DefaultCapacity, Store: StoreMemory, Pos: Position{File: file, Line: 8, Col: 3}},
 					}
 			}},
-		{"nkey, bounds of ack_wait and replicas",
-			"nats: {url: \"nats://n1:4222\", nkey: user.nk}\nqueues:\n  a: {store: jetstream, ack_wait: 1s, replicas: 5}\n  b: {store: jetstream, ack_wait: 24h, replicas: 1}\n" + svc,
+		{"nkey, bounds of ack_wait, replicas and pack",
+			"nats: {url: \"nats://n1:4222\", nkey: user.nk}\nqueues:\n  a: {store: jetstream, ack_wait: 1s, replicas: 5, pack: 1024}\n  b: {store: jetstream, ack_wait: 24h, replicas: 1, pack: 1}\n" + svc,
 			func(dir, file string) (*NATS, []*Queue) {
 				return &NATS{URLs: []string{"nats://n1:4222"}, NKey: filepath.Join(dir, "user.nk"), Pos: Position{File: file, Line: 1, Col: 1}},
 					[]*Queue{
-						{Name: "a", Capacity: DefaultCapacity, Store: StoreJetStream, AckWait: time.Second, Replicas: 5, Pos: Position{File: file, Line: 3, Col: 3}},
-						{Name: "b", Capacity: DefaultCapacity, Store: StoreJetStream, AckWait: 24 * time.Hour, Replicas: 1, Pos: Position{File: file, Line: 4, Col: 3}},
+						{Name: "a", Capacity: DefaultCapacity, Store: StoreJetStream, AckWait: time.Second, Replicas: 5, Pack: MaxPack, Pos: Position{File: file, Line: 3, Col: 3}},
+						{Name: "b", Capacity: DefaultCapacity, Store: StoreJetStream, AckWait: 24 * time.Hour, Replicas: 1, Pack: 1, Pos: Position{File: file, Line: 4, Col: 3}},
 					}
 			}},
 		{"local_dir with sync always, not yet made",
 			"nats:\n  local_dir: state/jetstream\n  sync: always\nqueues:\n  jobs: {capacity: 10000, store: jetstream, ack_wait: 30s}\n" + svc,
 			func(dir, file string) (*NATS, []*Queue) {
 				return &NATS{LocalDir: filepath.Join(dir, "state", "jetstream"), SyncAlways: true, Pos: Position{File: file, Line: 1, Col: 1}},
-					[]*Queue{{Name: "jobs", Capacity: 10000, Store: StoreJetStream, AckWait: 30 * time.Second, Replicas: 1, Pos: Position{File: file, Line: 5, Col: 3}}}
+					[]*Queue{{Name: "jobs", Capacity: 10000, Store: StoreJetStream, AckWait: 30 * time.Second, Replicas: 1, Pack: 1, Pos: Position{File: file, Line: 5, Col: 3}}}
 			}},
 		{"local_dir an existing directory, sync an interval, replicas 1",
 			"nats: {local_dir: \"DIR/sub/\", sync: 1s}\nqueues:\n  jobs: {store: jetstream, replicas: 1}\n" + svc,
 			func(dir, file string) (*NATS, []*Queue) {
 				return &NATS{LocalDir: filepath.Join(dir, "sub"), SyncInterval: time.Second, Pos: Position{File: file, Line: 1, Col: 1}},
-					[]*Queue{{Name: "jobs", Capacity: DefaultCapacity, Store: StoreJetStream, AckWait: DefaultAckWait, Replicas: 1, Pos: Position{File: file, Line: 3, Col: 3}}}
+					[]*Queue{{Name: "jobs", Capacity: DefaultCapacity, Store: StoreJetStream, AckWait: DefaultAckWait, Replicas: 1, Pack: 1, Pos: Position{File: file, Line: 3, Col: 3}}}
 			}},
 		{"nats without any jetstream queue",
 			"nats: {local_dir: /var/lib/gotyledon/jetstream}\nqueues:\n  jobs:\n" + svc,
@@ -152,6 +153,12 @@ func TestParseNATSErrors(t *testing.T) {
 			`2:23: ack_wait applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove ack_wait)`},
 		{"replicas on a memory queue", "queues:\n  jobs:\n    store: memory\n    replicas: 2\n" + svc,
 			`4:5: replicas applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove replicas)`},
+		{"pack on a memory queue", "queues:\n  jobs:\n    store: memory\n    pack: 100\n" + svc,
+			`4:5: pack applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove pack)`},
+		{"pack on a memory queue by default", "queues:\n  jobs: {capacity: 5, pack: 10}\n" + nats + svc,
+			`2:23: pack applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove pack)`},
+		{"pack with a store that is wrong: only the store is", "queues:\n  jobs: {store: disk, pack: 10}\n" + svc,
+			`2:17: store must be "memory" (the broker's own memory) or "jetstream" (NATS JetStream, configured under nats:) (got "disk")`},
 		{"ack_wait with a store that is wrong: only the store is", "queues:\n  jobs: {store: disk, ack_wait: 10s}\n" + svc,
 			`2:17: store must be "memory" (the broker's own memory) or "jetstream" (NATS JetStream, configured under nats:) (got "disk")`},
 		{"ack_wait under the floor", "queues:\n  jobs: {store: jetstream, ack_wait: 500ms}\n" + nats + svc,
@@ -166,12 +173,18 @@ func TestParseNATSErrors(t *testing.T) {
 			`2:38: replicas must be a whole number from 1 to 5 (got 0)`},
 		{"replicas 6", "queues:\n  jobs: {store: jetstream, replicas: 6}\n" + nats + svc,
 			`2:38: replicas must be a whole number from 1 to 5 (got 6)`},
+		{"pack 0", "queues:\n  jobs: {store: jetstream, pack: 0}\n" + nats + svc,
+			`2:34: pack must be a whole number from 1 to 1024 (got 0)`},
+		{"pack 1025", "queues:\n  jobs: {store: jetstream, pack: 1025}\n" + nats + svc,
+			`2:34: pack must be a whole number from 1 to 1024 (got 1025)`},
+		{"pack not a number", "queues:\n  jobs:\n    store: jetstream\n    pack: many\n" + nats + svc,
+			`4:11: pack must be a whole number from 1 to 1024 (got "many")`},
 		{"jetstream without nats", "queues:\n  jobs: {store: jetstream}\n" + svc,
 			`2:17: ` + needs},
 		{"jetstream without nats, block style", "services:\n  web: {command: [a]}\nqueues:\n  jobs:\n    capacity: 5\n    store: jetstream\n",
 			`6:12: ` + needs},
 		{"unknown queue key", "queues:\n  jobs: {stor: jetstream}\n" + svc,
-			`2:10: unknown key "stor" in queue "jobs" (did you mean "store"? known keys: ack_wait, capacity, replicas, store)`},
+			`2:10: unknown key "stor" in queue "jobs" (did you mean "store"? known keys: ack_wait, capacity, pack, replicas, store)`},
 
 		// The nats: section itself.
 		{"nats left empty", "nats:\nqueues:\n  jobs: {store: jetstream}\n" + svc,
@@ -317,7 +330,7 @@ func TestDeclaredJetStreamQueues(t *testing.T) {
 	declare := func() *Declaration {
 		var d Declaration
 		d.Service("web", web)
-		d.Queue("jobs", QueueStore(StoreJetStream), AckWait(10*time.Second), Replicas(3), Capacity(50))
+		d.Queue("jobs", QueueStore(StoreJetStream), AckWait(10*time.Second), Replicas(3), Pack(64), Capacity(50))
 		d.Queue("mem", Capacity(7))
 		return &d
 	}
@@ -328,7 +341,7 @@ func TestDeclaredJetStreamQueues(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []*Queue{
-		{Name: "jobs", Capacity: 50, Store: StoreJetStream, AckWait: 10 * time.Second, Replicas: 3, Pos: Position{Field: "queues.jobs"}},
+		{Name: "jobs", Capacity: 50, Store: StoreJetStream, AckWait: 10 * time.Second, Replicas: 3, Pack: 64, Pos: Position{Field: "queues.jobs"}},
 		{Name: "mem", Capacity: 7, Store: StoreMemory, Pos: Position{Field: "queues.mem"}},
 	}
 	if !reflect.DeepEqual(cfg.Queues, want) || len(cfg.JetStreamQueues()) != 1 || cfg.JetStreamQueues()[0] != cfg.Queues[0] {
@@ -337,14 +350,14 @@ func TestDeclaredJetStreamQueues(t *testing.T) {
 
 	// The file changes the stores: a declared memory queue becomes a
 	// jetstream one with the defaults; a declared jetstream one becomes a
-	// memory one, without its ack_wait and replicas.
+	// memory one, without its ack_wait, replicas and pack.
 	cfg, err = ParseOver(declare(), "c.yaml", []byte(nats+"queues:\n  mem: {store: jetstream}\n  jobs: {store: memory}\n"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want = []*Queue{
 		{Name: "jobs", Capacity: 50, Store: StoreMemory, Pos: Position{File: "c.yaml", Line: 5, Col: 3}},
-		{Name: "mem", Capacity: 7, Store: StoreJetStream, AckWait: DefaultAckWait, Replicas: 1, Pos: Position{File: "c.yaml", Line: 4, Col: 3}},
+		{Name: "mem", Capacity: 7, Store: StoreJetStream, AckWait: DefaultAckWait, Replicas: 1, Pack: 1, Pos: Position{File: "c.yaml", Line: 4, Col: 3}},
 	}
 	if !reflect.DeepEqual(cfg.Queues, want) {
 		t.Errorf("queues\n%s\nwant\n%s", dump(&Config{Queues: cfg.Queues}), dump(&Config{Queues: want}))
@@ -362,6 +375,10 @@ func TestDeclaredJetStreamQueues(t *testing.T) {
 			`c.yaml:2:14: queue "jobs" has replicas 3, but the JetStream server gotyledon runs for local_dir is a single node, which keeps one copy (use replicas: 1, or url: with a cluster of NATS servers)`},
 		{"declared store, the file's ack_wait on a memory queue", nats + "queues:\n  mem: {ack_wait: 1m}\n",
 			`c.yaml:4:9: ack_wait applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove ack_wait)`},
+		{"declared store, the file's pack on a memory queue", nats + "queues:\n  mem: {pack: 8}\n",
+			`c.yaml:4:9: pack applies to "store: jetstream" queues only (this queue's store is memory: add store: jetstream, or remove pack)`},
+		{"declared store, the file's pack out of range", nats + "queues:\n  jobs: {pack: 2000}\n",
+			`c.yaml:4:16: pack must be a whole number from 1 to 1024 (got 2000)`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := ParseOver(declare(), "c.yaml", []byte(tc.src), nil)

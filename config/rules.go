@@ -32,6 +32,7 @@ var (
 	workersRule  = wholeRule{0, MaxWorkers}
 	capacityRule = wholeRule{1, MaxCapacity}
 	replicasRule = wholeRule{1, MaxReplicas}
+	packRule     = wholeRule{1, MaxPack}
 	idRule       = wholeRule{0, 1<<31 - 1}
 )
 
@@ -390,7 +391,7 @@ func storeProblem(s Store, got string) string {
 	return fmt.Sprintf(`store must be "memory" (the broker's own memory) or "jetstream" (NATS JetStream, configured under nats:) (got %s)`, got)
 }
 
-// jetStreamOnlyProblem is the rule that key (ack_wait, replicas) is set
+// jetStreamOnlyProblem is the rule that key (ack_wait, replicas, pack) is set
 // on jetstream queues only; store is the queue's.
 func jetStreamOnlyProblem(key string, store Store) string {
 	if store == StoreJetStream {

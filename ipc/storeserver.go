@@ -36,6 +36,20 @@ type Store interface {
 	Get(ctx context.Context, queue string, max int, wait time.Duration, waiting func()) ([]StoredItem, error)
 }
 
+// PipelinedStore is a Store whose puts may overlap. StartPut begins a
+// put, sending its items before it returns, in the order of the calls,
+// and returns a function that waits for the outcome, which it returns as
+// Put does (the wait for room counts from StartPut). A StoreServer starts
+// a connection's PUTs on a queue one after the other and waits for their
+// outcomes concurrently, so that a producer with several PUTs in flight
+// waits for the store's round trip once, not once each. Their items are
+// stored in the order of the PUTs, but when the queue is full: a PUT
+// waiting for room may then be overtaken by a later one of the connection.
+type PipelinedStore interface {
+	Store
+	StartPut(ctx context.Context, queue string, items [][]byte, wait time.Duration, waiting func()) func() (int, error)
+}
+
 // StoredItem is an item a Store handed out, in flight until Ack or Nack
 // (or until the store takes it back on its own, as JetStream does after
 // its ack wait).
@@ -584,7 +598,15 @@ func (c *storeConn) runLane(l *storeLane) {
 				if r.timer != nil {
 					r.timer.Stop()
 				}
-				if r.items != nil {
+				if ps, ok := c.s.store.(PipelinedStore); ok && r.items != nil {
+					if outcome := c.startPut(r, l, ps); outcome != nil {
+						go func() {
+							outcome()
+							c.finish(r)
+						}()
+						continue
+					}
+				} else if r.items != nil {
 					c.put(r, l)
 				} else {
 					c.get(r, l)
@@ -666,6 +688,25 @@ func (c *storeConn) put(r *storeRequest, l *storeLane) {
 	}
 	n, err := c.s.store.Put(r.ctx, r.queue, r.items, r.left(), func() { l.waiting.Store(true) })
 	l.waiting.Store(false)
+	c.answerPut(r, n, err)
+}
+
+// startPut starts r on a PipelinedStore, and returns what waits for its
+// outcome and answers it; nil when r is answered already.
+func (c *storeConn) startPut(r *storeRequest, l *storeLane, ps PipelinedStore) func() {
+	if r.ctx.Err() != nil {
+		c.answerEnded(r, 0)
+		return nil
+	}
+	outcome := ps.StartPut(r.ctx, r.queue, r.items, r.left(), func() { l.waiting.Store(true) })
+	return func() {
+		n, err := outcome()
+		l.waiting.Store(false)
+		c.answerPut(r, n, err)
+	}
+}
+
+func (c *storeConn) answerPut(r *storeRequest, n int, err error) {
 	switch {
 	case err == nil:
 		c.result(r.id, statusOK, uint32(n), "")

@@ -26,13 +26,16 @@ type storeHarness struct {
 	served chan error
 }
 
-// newStoreHarness serves store's queues (opts.Queues nil: "jobs") with opts.
+// newStoreHarness serves store's queues (opts.Queues nil: "jobs") with
+// opts, through opts.Store if set (a wrapper of store).
 func newStoreHarness(t *testing.T, store *fakeStore, opts StoreServerOptions) *storeHarness {
 	t.Helper()
 	if opts.Queues == nil {
 		opts.Queues = []string{"jobs"}
 	}
-	opts.Store = store
+	if opts.Store == nil {
+		opts.Store = store
+	}
 	s, err := NewStoreServer(opts)
 	if err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ import (
 type cli struct {
 	Socket   string   `required:"" help:"Unix socket to serve the queue protocol on."`
 	Status   string   `name:"status-socket" help:"Unix socket where GET /queues answers each queue's figures (JSON)."`
-	Queue    []string `required:"" sep:"none" help:"A queue: name=NAME[,capacity=N][,ack-wait=DURATION][,replicas=N]. Repeat for more."`
+	Queue    []string `required:"" sep:"none" help:"A queue: name=NAME[,capacity=N][,ack-wait=DURATION][,replicas=N][,pack=N]. Repeat for more."`
 	MaxItem  int      `default:"0" help:"Largest item in bytes (0: the protocol's default)."`
 	URL      []string `help:"A NATS server (nats://host:port); repeat or separate with commas for a cluster."`
 	Creds    string   `type:"existingfile" help:"NATS credentials file."`
@@ -105,7 +105,7 @@ func (c *cli) bridgeConfig() (jsstore.BridgeConfig, error) {
 	return cfg, nil
 }
 
-// parseQueue reads name=jobs,capacity=10000,ack-wait=30s,replicas=3.
+// parseQueue reads name=jobs,capacity=10000,ack-wait=30s,replicas=3,pack=100.
 func parseQueue(spec string) (jsstore.Config, error) {
 	var q jsstore.Config
 	for _, kv := range strings.Split(spec, ",") {
@@ -123,8 +123,10 @@ func parseQueue(spec string) (jsstore.Config, error) {
 			q.AckWait, err = time.ParseDuration(v)
 		case "replicas":
 			q.Replicas, err = strconv.Atoi(v)
+		case "pack":
+			q.Pack, err = strconv.Atoi(v)
 		default:
-			return q, fmt.Errorf("--queue %q: unknown key %q (name, capacity, ack-wait, replicas)", spec, k)
+			return q, fmt.Errorf("--queue %q: unknown key %q (name, capacity, ack-wait, replicas, pack)", spec, k)
 		}
 		if err != nil {
 			return q, fmt.Errorf("--queue %q: %s: %w", spec, k, err)

@@ -25,6 +25,9 @@ func TestMain(m *testing.M) {
 		main()
 		os.Exit(0)
 	}
+	if role := os.Getenv(sbRoleEnv); role != "" {
+		os.Exit(storeBenchRole(role))
+	}
 	dir, err := os.MkdirTemp("", "gtyjs-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

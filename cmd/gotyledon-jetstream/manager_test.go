@@ -55,7 +55,14 @@ type managerProcess struct {
 
 // startManager runs gotyledon on config and returns once its bridge
 // serves the JetStream queues.
-func startManager(t *testing.T, runDir, config string) *managerProcess {
+func startManager(t testing.TB, runDir, config string) *managerProcess {
+	t.Helper()
+	return startManagerUntil(t, runDir, config, "JetStream queues served")
+}
+
+// startManagerUntil runs gotyledon on config and returns once it has
+// logged a line holding ready.
+func startManagerUntil(t testing.TB, runDir, config, ready string) *managerProcess {
 	t.Helper()
 	bin, err := builtBinaries()
 	if err != nil {
@@ -107,12 +114,12 @@ func startManager(t *testing.T, runDir, config string) *managerProcess {
 			mu.Unlock()
 		}
 	})
-	m.waitLine(t, "JetStream queues served")
+	m.waitLine(t, ready)
 	return m
 }
 
 // waitLine waits for a log line holding text.
-func (m *managerProcess) waitLine(t *testing.T, text string) {
+func (m *managerProcess) waitLine(t testing.TB, text string) {
 	t.Helper()
 	deadline := time.After(60 * time.Second)
 	for {
@@ -139,14 +146,20 @@ func (m *managerProcess) stop(t *testing.T, sig syscall.Signal) {
 // local JetStream server in dir.
 func jetstreamConfig(t *testing.T, dir, ackWait string) string {
 	t.Helper()
+	return jetstreamConfigPack(t, dir, ackWait, 1)
+}
+
+// jetstreamConfigPack is jetstreamConfig with pack items to a message.
+func jetstreamConfigPack(t *testing.T, dir, ackWait string, pack int) string {
+	t.Helper()
 	path := filepath.Join(dir, "gotyledon.yaml")
 	yaml := fmt.Sprintf(`nats:
   local_dir: %s
 queues:
-  jobs: {capacity: 1000, store: jetstream, ack_wait: %s}
+  jobs: {capacity: 1000, store: jetstream, ack_wait: %s, pack: %d}
 services:
   idle: {command: [/bin/sleep, infinity], workers: 1}
-`, filepath.Join(dir, "jetstream"), ackWait)
+`, filepath.Join(dir, "jetstream"), ackWait, pack)
 	if err := os.WriteFile(path, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -216,6 +229,93 @@ func TestManagerStopGivesJetStreamInFlightBack(t *testing.T) {
 	for _, d := range held {
 		if got := seen[string(d.Body)]; got != 2 {
 			t.Errorf("%s, in flight at the stop, came back with deliveries %d; want 2", d.Body, got)
+		}
+	}
+}
+
+// takeFromPacked puts 250 items to a queue of pack: 100 (three messages:
+// items 0-99, 100-199, 200-249), takes 150 of them, acknowledges 0-119 and
+// refuses 120-149. The second message is then part acknowledged, part
+// refused, and part (150-199) fetched and not handed out.
+func takeFromPacked(t *testing.T, c *ipc.Client) {
+	t.Helper()
+	putN(t, c, 250)
+	held := getN(t, c, 150, 20*time.Second)
+	for i, d := range held {
+		if want := fmt.Sprintf("item-%03d", i); string(d.Body) != want || d.Deliveries != 1 {
+			t.Fatalf("item %d handed out: %s (deliveries %d); want %s, first delivery", i, d.Body, d.Deliveries, want)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Ack(ctx, held[:120]...); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Nack(ctx, held[120:]...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A manager stopped with SIGTERM settles a message of several items
+// whose items went different ways: what was refused or not handed out
+// comes back at once, counted on, and what was acknowledged does not.
+func TestManagerStopSettlesPackedMessages(t *testing.T) {
+	dir, run := t.TempDir(), runDir(t)
+	config := jetstreamConfigPack(t, dir, "1h", 100)
+	m := startManager(t, run, config)
+	takeFromPacked(t, dialQueue(t, run))
+	m.stop(t, syscall.SIGTERM)
+
+	startManager(t, run, config)
+	seen := drain(t, dialQueue(t, run), 130, 30*time.Second)
+	for i := range 250 {
+		name := fmt.Sprintf("item-%03d", i)
+		got, ok := seen[name]
+		switch {
+		case i < 120 && ok:
+			t.Errorf("%s, acknowledged, came back (deliveries %d)", name, got)
+		case i >= 120 && !ok:
+			t.Errorf("%s did not come back", name)
+		case i >= 120 && i < 150 && got != 2:
+			t.Errorf("%s, refused once, came back with deliveries %d; want 2", name, got)
+		case i >= 150 && i < 200 && got != 1:
+			t.Errorf("%s, never handed out, came back with deliveries %d; want 1", name, got)
+		}
+	}
+}
+
+// A manager killed with SIGKILL loses no item of a message of several:
+// the next manager delivers every item not acknowledged (with, at least
+// once, the acknowledged ones of a message not settled).
+func TestManagerKilledLosesNoPackedItem(t *testing.T) {
+	dir, run := t.TempDir(), runDir(t)
+	config := jetstreamConfigPack(t, dir, "2s", 100)
+	m := startManager(t, run, config)
+	takeFromPacked(t, dialQueue(t, run))
+	m.stop(t, syscall.SIGKILL)
+
+	startManager(t, run, config)
+	c := dialQueue(t, run)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	for missing := 130; missing > 0; {
+		ds, err := c.GetBatch(ctx, "jobs", 100)
+		if err != nil {
+			t.Fatalf("with %d items not back: GetBatch: %v", missing, err)
+		}
+		for _, d := range ds {
+			var i int
+			if _, err := fmt.Sscanf(string(d.Body), "item-%d", &i); err != nil || i >= 250 {
+				t.Fatalf("got %q, not an item put", d.Body)
+			}
+			if i >= 120 && !seen[string(d.Body)] {
+				missing--
+			}
+			seen[string(d.Body)] = true
+		}
+		if err := c.Ack(ctx, ds...); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

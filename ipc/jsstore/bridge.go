@@ -183,7 +183,7 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 	// What Close gave back (NACKs) must be taken by the server before the
 	// connection closes, and a local server shuts down.
 	confirmCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if cerr := queues.ConfirmNaks(confirmCtx); cerr != nil {
+	if cerr := queues.Drain(confirmCtx); cerr != nil {
 		log.Warn("NATS did not confirm the items given back; they come back after their ack wait", zap.Error(cerr))
 	}
 	cancel()
@@ -205,6 +205,7 @@ func openRetrying(ctx context.Context, nc *nats.Conn, qc Config, log *zap.Logger
 		// Short tries: a cluster without a JetStream leader yet leaves a
 		// request unanswered, and the next try may find one.
 		openCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		qc.Logger = log
 		st, err := Open(openCtx, nc, qc)
 		cancel()
 		if err == nil {

@@ -41,10 +41,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/gotyledon/gotyledon/ipc"
 )
@@ -89,6 +92,11 @@ type Config struct {
 	// Replicas is how many servers of a cluster keep the stream; 0 means
 	// 1.
 	Replicas int
+	// Pack is how many items of one Queues.Put may share a JetStream
+	// message; 0 means 1. Above 1, Capacity counts messages, not items.
+	Pack int
+	// Logger receives what the store retries or gives up; nil: no logs.
+	Logger *zap.Logger
 }
 
 // StreamName is the stream that holds queue's items.
@@ -105,6 +113,14 @@ type Store struct {
 	subject string
 	stream  jetstream.Stream
 	cons    jetstream.Consumer
+	log     *zap.Logger
+	// fetched is what Get has taken from JetStream (fetch.go).
+	fetched fetched
+	// lastNak is the reply subject of the last message NAKed: confirming
+	// a NAK of it confirms every NAK before it (Drain).
+	lastNak atomic.Pointer[string]
+	// settling counts messages being stored again (fetch.go).
+	settling sync.WaitGroup
 }
 
 // Open makes (or updates, to cfg) the queue's stream and consumer on nc's
@@ -120,6 +136,12 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	}
 	if cfg.Replicas <= 0 {
 		cfg.Replicas = 1
+	}
+	if cfg.Pack <= 0 {
+		cfg.Pack = 1
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = zap.NewNop()
 	}
 	sc := jetstream.StreamConfig{
 		Name:      StreamName(cfg.Queue),
@@ -153,39 +175,55 @@ func Open(ctx context.Context, nc *nats.Conn, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open queue %s in JetStream: consumer %s: %w", cfg.Queue, consumerName, err)
 	}
-	return &Store{js: js, cfg: cfg, subject: Subject(cfg.Queue), stream: stream, cons: cons}, nil
+	st := &Store{js: js, cfg: cfg, subject: Subject(cfg.Queue), stream: stream, cons: cons, log: cfg.Logger}
+	st.fetched.init(st)
+	return st, nil
 }
 
-// Item is an item to put, with the id that makes a retried Put of it
-// store it once (an empty ID: no such protection).
-type Item struct {
-	ID   string
-	Data []byte
-}
-
-// Put stores items in order and returns how many of the first were
-// stored: all of them, or n < len(items) and an error (ErrFull when the
+// Put stores batches in order and returns how many of the first were
+// stored: all of them, or n < len(batches) and an error (ErrFull when the
 // stream is at Capacity). It publishes them all before it waits for the
-// server's acknowledgements, so that a batch costs about one round trip,
+// server's acknowledgements, so that a put costs about one round trip,
 // and waits for each at most 10 seconds, or until ctx ends.
 // Put them again with the same ids to retry: those stored already are not
-// stored twice. With a full stream and getters taking items meanwhile, an
-// item after the first refused one may have been stored all the same; the
-// retry does not store it again.
-func (s *Store) Put(ctx context.Context, items []Item) (int, error) {
-	futures := make([]jetstream.PubAckFuture, 0, len(items))
-	var pubErr error
-	for _, it := range items {
-		f, err := s.js.PublishAsync(s.subject, it.Data, jetstream.WithMsgID(it.ID), jetstream.WithExpectStream(StreamName(s.cfg.Queue)))
+// stored twice. With a full stream and getters taking items meanwhile, a
+// batch after the first refused one may have been stored all the same;
+// the retry does not store it again.
+func (s *Store) Put(ctx context.Context, batches []Batch) (int, error) {
+	return s.acks(ctx, s.publish(batches))
+}
+
+// published is what publish sent: a future per batch, and the error that
+// stopped it before the end.
+type published struct {
+	futures []jetstream.PubAckFuture
+	err     error
+}
+
+// publish sends batches in order, without waiting for the server.
+func (s *Store) publish(batches []Batch) published {
+	p := published{futures: make([]jetstream.PubAckFuture, 0, len(batches))}
+	for _, b := range batches {
+		opts := []jetstream.PublishOpt{jetstream.WithExpectStream(StreamName(s.cfg.Queue))}
+		if b.ID != "" {
+			opts = append(opts, jetstream.WithMsgID(b.ID))
+		}
+		f, err := s.js.PublishMsgAsync(b.message(s.subject), opts...)
 		if err != nil {
-			pubErr = err
+			p.err = err
 			break
 		}
-		futures = append(futures, f)
+		p.futures = append(p.futures, f)
 	}
+	return p
+}
+
+// acks waits for the server's answers to what publish sent, and returns
+// as Put does.
+func (s *Store) acks(ctx context.Context, p published) (int, error) {
 	n := 0
 	var firstErr error
-	for _, f := range futures {
+	for _, f := range p.futures {
 		select {
 		case <-f.Ok():
 			if firstErr == nil {
@@ -202,7 +240,7 @@ func (s *Store) Put(ctx context.Context, items []Item) (int, error) {
 		}
 	}
 	if firstErr == nil {
-		firstErr = pubErr
+		firstErr = p.err
 	}
 	if firstErr != nil {
 		if isFull(firstErr) {
@@ -217,90 +255,6 @@ func isFull(err error) bool {
 	var api *jetstream.APIError
 	return errors.As(err, &api) && api.ErrorCode == streamFullCode &&
 		strings.Contains(api.Description, "maximum") && strings.Contains(api.Description, "exceeded")
-}
-
-// Delivery is an item handed out by Get: in flight until Ack or Nak, or
-// until AckWait passes.
-type Delivery struct {
-	// Data is the item.
-	Data []byte
-	// Deliveries counts the times the item was handed out, this one
-	// included.
-	Deliveries int
-	msg        jetstream.Msg
-}
-
-// Ack removes the item for good. The server does not confirm it: an
-// acknowledgement lost with a connection leaves the item to be delivered
-// again after AckWait (at least once).
-func (d Delivery) Ack() error { return d.msg.Ack() }
-
-// AckSync removes the item for good and waits for the server to confirm
-// it, or for ctx to end.
-func (d Delivery) AckSync(ctx context.Context) error { return d.msg.DoubleAck(ctx) }
-
-// Nak gives the item back, to be delivered again at once.
-//
-// It is a NAK with a delay of a nanosecond: a plain NAK only queues the
-// item for redelivery in the server's memory, so a server that restarts
-// right after (a local server stops with its bridge) would hold it until
-// AckWait; a delayed NAK records the item as due in the consumer's state.
-func (d Delivery) Nak() error { return d.msg.NakWithDelay(time.Nanosecond) }
-
-// nakNow is the NAK Nak sends, as a request's payload (Queues.ConfirmNaks).
-const nakNow = `-NAK {"delay": 1}`
-
-// Get hands out up to limit items, waiting up to wait (or until ctx ends)
-// for the first one when none is there. It returns no item and no error
-// when wait passes with none. It returns either items or an error, never
-// both: items it holds are handed out, and an error after them is left to
-// the next call.
-func (s *Store) Get(ctx context.Context, limit int, wait time.Duration) ([]Delivery, error) {
-	out, err := s.fetch(ctx, limit, 0)
-	if len(out) > 0 || err != nil || wait <= 0 {
-		return out, err
-	}
-	// One item waited for, then what else is there: a pull request for
-	// limit items would wait the whole time for all of them.
-	out, err = s.fetch(ctx, 1, wait)
-	if len(out) == 0 || err != nil || limit == 1 {
-		return out, err
-	}
-	more, _ := s.fetch(ctx, limit-1, 0)
-	return append(out, more...), nil
-}
-
-// fetch is one pull request: for what is there when wait is 0.
-func (s *Store) fetch(ctx context.Context, limit int, wait time.Duration) ([]Delivery, error) {
-	var batch jetstream.MessageBatch
-	var err error
-	if wait <= 0 {
-		batch, err = s.cons.FetchNoWait(limit)
-	} else {
-		// On ctx's end the wait ends here; the server's pull request
-		// expires on its own.
-		waitCtx, cancel := context.WithTimeout(ctx, wait)
-		defer cancel()
-		batch, err = s.cons.Fetch(limit, jetstream.FetchContext(waitCtx))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("get from queue %s: %w", s.cfg.Queue, err)
-	}
-	var out []Delivery
-	for msg := range batch.Messages() {
-		d := Delivery{Data: msg.Data(), Deliveries: 1, msg: msg}
-		if md, err := msg.Metadata(); err == nil {
-			d.Deliveries = int(md.NumDelivered)
-		}
-		out = append(out, d)
-	}
-	if err := batch.Error(); err != nil && len(out) == 0 && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, context.DeadlineExceeded) {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("get from queue %s: %w", s.cfg.Queue, ctx.Err())
-		}
-		return nil, fmt.Errorf("get from queue %s: %w", s.cfg.Queue, err)
-	}
-	return out, nil
 }
 
 // Stats is what the store says of its queue: of the queue as a whole,

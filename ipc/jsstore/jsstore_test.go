@@ -32,8 +32,6 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "put-take-and-hang":
 		os.Exit(putTakeAndHang())
-	case "bench-server", "bench-produce", "bench-consume":
-		os.Exit(benchHelper(os.Getenv(envHelper)))
 	default:
 		fmt.Fprintf(os.Stderr, "unknown helper %q\n", os.Getenv(envHelper))
 		os.Exit(2)
@@ -135,10 +133,11 @@ func open(t *testing.T, s *server.Server, cfg Config) *Store {
 	return st
 }
 
-func items(prefix string, n int) []Item {
-	out := make([]Item, n)
+// items is n batches of one item each, the item its id.
+func items(prefix string, n int) []Batch {
+	out := make([]Batch, n)
 	for i := range out {
-		out[i] = Item{ID: prefix + strconv.Itoa(i), Data: []byte(prefix + strconv.Itoa(i))}
+		out[i] = Batch{ID: prefix + strconv.Itoa(i), Items: [][]byte{[]byte(prefix + strconv.Itoa(i))}}
 	}
 	return out
 }
@@ -378,11 +377,11 @@ func TestGetEndsWithItsContext(t *testing.T) {
 }
 
 // Items given back just before a local server shuts down (the bridge's
-// stop) are deliverable at once after its restart: ConfirmNaks waits until
+// stop) are deliverable at once after its restart: Drain waits until
 // the server has taken the NAKs, which a flush does not (the consumer
 // takes them on a goroutine of its own, and a shutdown drops what it has
 // not taken, leaving the items to AckWait, an hour here).
-func TestConfirmNaksKeepsItemsGivenBackAcrossRestart(t *testing.T) {
+func TestDrainKeepsItemsGivenBackAcrossRestart(t *testing.T) {
 	dir := t.TempDir()
 	const n = 50
 	for round := range 30 {
@@ -419,8 +418,8 @@ func TestConfirmNaksKeepsItemsGivenBackAcrossRestart(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := q.ConfirmNaks(ctx); err != nil {
-			t.Fatalf("ConfirmNaks: %v", err)
+		if err := q.Drain(ctx); err != nil {
+			t.Fatalf("Drain: %v", err)
 		}
 		cancel()
 		nc.Close()

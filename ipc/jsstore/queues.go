@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -38,11 +39,8 @@ const (
 // the same way.
 type Queues struct {
 	stores map[string]*Store
-	// lastNak is, per queue, the reply subject of the last item NACKed:
-	// confirming a NAK of it confirms every NAK before it (ConfirmNaks).
-	lastNak map[string]*atomic.Pointer[string]
-	log     *zap.Logger
-	// Item ids are prefix (unique to this Queues) and a count.
+	log    *zap.Logger
+	// Message ids are prefix (unique to this Queues) and a count.
 	prefix string
 	nextID atomic.Uint64
 }
@@ -53,11 +51,9 @@ func NewQueues(log *zap.Logger, stores ...*Store) *Queues {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	q := &Queues{stores: make(map[string]*Store, len(stores)), lastNak: make(map[string]*atomic.Pointer[string], len(stores)),
-		log: log, prefix: nuid.Next() + "."}
+	q := &Queues{stores: make(map[string]*Store, len(stores)), log: log, prefix: nuid.Next() + "."}
 	for _, s := range stores {
 		q.stores[s.cfg.Queue] = s
-		q.lastNak[s.cfg.Queue] = new(atomic.Pointer[string])
 	}
 	return q
 }
@@ -77,55 +73,74 @@ func (q *Queues) store(queue string) (*Store, error) {
 // ends, and the last failure when the server could not be reached for
 // wait.
 func (q *Queues) Put(ctx context.Context, queue string, items [][]byte, wait time.Duration, waiting func()) (int, error) {
+	return q.StartPut(ctx, queue, items, wait, waiting)()
+}
+
+var _ ipc.PipelinedStore = (*Queues)(nil)
+
+// StartPut is Put in two steps, as ipc.PipelinedStore says: it publishes
+// the items, and the function it returns waits for JetStream's answers,
+// and tries again what was not stored, as Put does.
+func (q *Queues) StartPut(ctx context.Context, queue string, items [][]byte, wait time.Duration, waiting func()) func() (int, error) {
 	s, err := q.store(queue)
 	if err != nil {
-		return 0, err
+		return func() (int, error) { return 0, err }
 	}
 	// An item the servers would refuse whatever the wait (their
 	// max_payload) is TOO_LARGE at once, and nothing of the put is stored.
+	maxBytes := math.MaxInt
 	if limit := s.js.Conn().MaxPayload(); limit > 0 {
 		for i, data := range items {
 			if int64(len(data))+headerRoom > limit {
-				return 0, fmt.Errorf("put to queue %s: item %d has %d bytes, more than NATS's max_payload of %d takes with its headers: %w",
+				err := fmt.Errorf("put to queue %s: item %d has %d bytes, more than NATS's max_payload of %d takes with its headers: %w",
 					queue, i, len(data), limit, ipc.ErrTooLarge)
+				return func() (int, error) { return 0, err }
 			}
 		}
+		maxBytes = int(limit) - headerRoom
 	}
-	batch := make([]Item, len(items))
-	last := q.nextID.Add(uint64(len(items)))
-	for i, data := range items {
-		batch[i] = Item{ID: q.prefix + strconv.FormatUint(last-uint64(len(items))+uint64(i)+1, 36), Data: data}
-	}
-	done := 0
+	// Made once: a retry stores the same batches under the same ids.
+	batch := batches(items, s.cfg.Pack, maxBytes, func() string {
+		return q.prefix + strconv.FormatUint(q.nextID.Add(1), 36)
+	})
 	r := newRetry(wait)
-	for {
-		n, err := s.Put(ctx, batch[done:])
-		done += n
-		switch {
-		case err == nil:
-			return done, nil
-		case ctx.Err() != nil:
-			return done, ctx.Err()
-		}
-		if errors.Is(err, nats.ErrMaxPayload) {
-			return done, fmt.Errorf("%w: %w", err, ipc.ErrTooLarge)
-		}
-		full := errors.Is(err, ErrFull)
-		if full && waiting != nil && wait != 0 {
-			waiting()
-			waiting = nil
-		}
-		if !full {
-			q.log.Warn("JetStream did not store a put; trying again", zap.String("queue", queue), zap.Int("stored", done), zap.Int("items", len(items)), zap.Error(err))
-		}
-		if !r.again(ctx) {
-			if ctx.Err() != nil {
+	first := s.publish(batch)
+	return func() (int, error) {
+		doneBatches, done := 0, 0
+		p := first
+		for {
+			n, err := s.acks(ctx, p)
+			for _, b := range batch[doneBatches : doneBatches+n] {
+				done += len(b.Items)
+			}
+			doneBatches += n
+			switch {
+			case err == nil:
+				return done, nil
+			case ctx.Err() != nil:
 				return done, ctx.Err()
 			}
-			if full {
-				return done, fmt.Errorf("put to queue %s: %w", queue, ipc.ErrFull)
+			if errors.Is(err, nats.ErrMaxPayload) {
+				return done, fmt.Errorf("%w: %w", err, ipc.ErrTooLarge)
 			}
-			return done, err
+			full := errors.Is(err, ErrFull)
+			if full && waiting != nil && wait != 0 {
+				waiting()
+				waiting = nil
+			}
+			if !full {
+				q.log.Warn("JetStream did not store a put; trying again", zap.String("queue", queue), zap.Int("stored", done), zap.Int("items", len(items)), zap.Error(err))
+			}
+			if !r.again(ctx) {
+				if ctx.Err() != nil {
+					return done, ctx.Err()
+				}
+				if full {
+					return done, fmt.Errorf("put to queue %s: %w", queue, ipc.ErrFull)
+				}
+				return done, err
+			}
+			p = s.publish(batch[doneBatches:])
 		}
 	}
 }
@@ -150,7 +165,7 @@ func (q *Queues) Get(ctx context.Context, queue string, limit int, wait time.Dur
 		if len(ds) > 0 {
 			out := make([]ipc.StoredItem, len(ds))
 			for i := range ds {
-				out[i] = storedItem{ds[i], q.lastNak[queue]}
+				out[i] = storedItem{ds[i]}
 			}
 			return out, nil
 		}
@@ -227,20 +242,26 @@ func (r *retry) again(ctx context.Context) bool {
 	}
 }
 
-// ConfirmNaks returns once the servers have taken every NAK sent so far
-// (or ctx ended): acknowledgements are not confirmed, and a server that
-// shuts down right after (a local one, with its bridge) drops those it
-// has not taken yet, and the items would wait for AckWait. A consumer
-// takes its acknowledgements in order, so one confirmed NAK, of the last
-// item NACKed, confirms them all.
-func (q *Queues) ConfirmNaks(ctx context.Context) error {
+// Drain returns once every item fetched and not handed out is given
+// back, every item given back is stored again or NAKed, and the servers
+// have taken every NAK sent so far (or ctx ended). Call it once the items
+// handed out are settled (ipc.StoreServer's Close), before the connection
+// closes: acknowledgements are not confirmed, and a server that shuts down
+// right after (a local one, with its bridge) drops those it has not taken
+// yet, and the items would wait for AckWait. A consumer takes its
+// acknowledgements in order, so one confirmed NAK, of the last message
+// NAKed, confirms them all.
+func (q *Queues) Drain(ctx context.Context) error {
 	var errs []error
-	for name, last := range q.lastNak {
-		reply := last.Load()
+	for name, s := range q.stores {
+		if err := s.Drain(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		reply := s.lastNak.Load()
 		if reply == nil {
 			continue
 		}
-		if _, err := q.stores[name].js.Conn().RequestWithContext(ctx, *reply, []byte(nakNow)); err != nil {
+		if _, err := s.js.Conn().RequestWithContext(ctx, *reply, []byte(nakNow)); err != nil {
 			errs = append(errs, fmt.Errorf("queue %s: %w", name, err))
 		}
 	}
@@ -248,20 +269,9 @@ func (q *Queues) ConfirmNaks(ctx context.Context) error {
 }
 
 // storedItem is a Delivery as ipc.StoredItem.
-type storedItem struct {
-	d       Delivery
-	lastNak *atomic.Pointer[string]
-}
+type storedItem struct{ d Delivery }
 
 func (s storedItem) Body() []byte       { return s.d.Data }
 func (s storedItem) Deliveries() uint32 { return uint32(s.d.Deliveries) }
 func (s storedItem) Ack() error         { return s.d.Ack() }
-
-func (s storedItem) Nack() error {
-	err := s.d.Nak()
-	if err == nil {
-		reply := s.d.msg.Reply()
-		s.lastNak.Store(&reply)
-	}
-	return err
-}
+func (s storedItem) Nack() error        { return s.d.Nak() }

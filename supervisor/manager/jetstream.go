@@ -81,7 +81,8 @@ func withBridge(cfg *config.Config, queueSocket string) (*config.Config, error) 
 	cmd := []string{program, "--socket", sock, "--status-socket", status}
 	for _, q := range qs {
 		cmd = append(cmd, "--queue", "name="+q.Name+",capacity="+strconv.Itoa(q.Capacity)+
-			",ack-wait="+q.AckWait.String()+",replicas="+strconv.Itoa(q.Replicas))
+			",ack-wait="+q.AckWait.String()+",replicas="+strconv.Itoa(q.Replicas)+
+			",pack="+strconv.Itoa(q.Pack))
 	}
 	if n.LocalDir != "" {
 		cmd = append(cmd, "--local-dir", n.LocalDir)

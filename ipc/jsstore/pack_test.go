@@ -1,0 +1,290 @@
+package jsstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+func TestBatchesRoundTrip(t *testing.T) {
+	in := [][]byte{[]byte("a"), {}, []byte(strings.Repeat("b", 300)), []byte("c"), []byte("d")}
+	id := 0
+	next := func() string { id++; return strconv.Itoa(id) }
+	// Three items to a message at most, and 310 bytes: the long item
+	// closes the first message.
+	bs := batches(in, 3, 310, next)
+	var sizes []int
+	for _, b := range bs {
+		sizes = append(sizes, len(b.Items))
+	}
+	if !slices.Equal(sizes, []int{3, 2}) || bs[0].ID != "1" || bs[1].ID != "2" {
+		t.Fatalf("batches: %d items each, ids %q %q; want 3 and 2, ids 1 and 2", sizes, bs[0].ID, bs[1].ID)
+	}
+	if one := batches(in[:1], 3, 310, next); len(one) != 1 || one[0].message("s").Header.Get(headerItems) != "" {
+		t.Errorf("a batch of one item must be stored as the item alone, for any client to read")
+	}
+	bs[0].delivered = []int{0, 4, 1}
+	var got [][]byte
+	for _, b := range bs {
+		m := b.message("s")
+		items, delivered, err := unpack(m.Data, m.Header)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.delivered != nil && !slices.Equal(delivered, b.delivered) {
+			t.Errorf("delivered counts %v, want %v", delivered, b.delivered)
+		}
+		got = append(got, items...)
+	}
+	if !slices.EqualFunc(got, in, func(a, b []byte) bool { return string(a) == string(b) }) {
+		t.Errorf("unpacked %q, want %q", got, in)
+	}
+}
+
+func TestUnpackRefusesMalformedMessages(t *testing.T) {
+	hdr := func(kv ...string) nats.Header {
+		h := nats.Header{}
+		for i := 0; i < len(kv); i += 2 {
+			h.Set(kv[i], kv[i+1])
+		}
+		return h
+	}
+	for _, c := range []struct {
+		name   string
+		data   string
+		header nats.Header
+	}{
+		{"count not a number", "\x01a", hdr(headerItems, "x")},
+		{"count zero", "", hdr(headerItems, "0")},
+		{"item overruns", "\x05ab", hdr(headerItems, "1")},
+		{"fewer items than said", "\x01a", hdr(headerItems, "2")},
+		{"bytes after the items", "\x01ab", hdr(headerItems, "1")},
+		{"delivered count missing", "\x01a\x01b", hdr(headerItems, "2", headerDelivered, "1")},
+		{"delivered count negative", "\x01a", hdr(headerItems, "1", headerDelivered, "-1")},
+	} {
+		if _, _, err := unpack([]byte(c.data), c.header); !errors.Is(err, errBadPack) {
+			t.Errorf("%s: err %v, want errBadPack", c.name, err)
+		}
+	}
+}
+
+// putTogether stores items through Queues: one message for them all.
+func putTogether(t *testing.T, st *Store, items ...string) {
+	t.Helper()
+	in := make([][]byte, len(items))
+	for i, it := range items {
+		in[i] = []byte(it)
+	}
+	if n, err := NewQueues(nil, st).Put(context.Background(), st.cfg.Queue, in, 0, nil); n != len(items) || err != nil {
+		t.Fatalf("Put = %d, %v; want %d, nil", n, err, len(items))
+	}
+}
+
+func deliveries(ds []Delivery) []int {
+	out := make([]int, len(ds))
+	for i, d := range ds {
+		out[i] = d.Deliveries
+	}
+	return out
+}
+
+func TestItemsOfOnePutShareAMessageAndAreHandedOutInOrder(t *testing.T) {
+	st := open(t, startServer(t, t.TempDir()), Config{AckWait: time.Hour, Pack: 10})
+	ctx := context.Background()
+	putTogether(t, st, "a", "b", "c", "d", "e")
+	if stats, err := st.Stats(ctx); err != nil || stats.Put != 1 || stats.Waiting != 1 {
+		t.Fatalf("stats after a put of 5: %+v, %v; want one message stored", stats, err)
+	}
+	var got []Delivery
+	for _, limit := range []int{2, 2, 2} {
+		got = append(got, get(t, st, limit, time.Second)...)
+	}
+	if names := data(got); !slices.Equal(names, []string{"a", "b", "c", "d", "e"}) {
+		t.Fatalf("gets of 2 = %q, want a b c d e", names)
+	}
+	for i, d := range got {
+		var err error
+		if i == len(got)-1 {
+			err = d.AckSync(ctx)
+		} else {
+			err = d.Ack()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := got[0].Ack(); !errors.Is(err, errSettled) {
+		t.Errorf("a second Ack: %v, want errSettled", err)
+	}
+	if stats, err := st.Stats(ctx); err != nil || stats.Acked != 1 || stats.Waiting+stats.InFlight != 0 {
+		t.Errorf("stats after every item acked: %+v, %v; want the message acked", stats, err)
+	}
+}
+
+func TestItemsAllRefusedComeBackTogether(t *testing.T) {
+	st := open(t, startServer(t, t.TempDir()), Config{AckWait: time.Hour, Pack: 10})
+	putTogether(t, st, "a", "b", "c")
+	ds := get(t, st, 3, time.Second)
+	for _, d := range ds {
+		if err := d.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds = get(t, st, 3, 10*time.Second)
+	if names := data(ds); !slices.Equal(names, []string{"a", "b", "c"}) || !slices.Equal(deliveries(ds), []int{2, 2, 2}) {
+		t.Fatalf("after NAKs: %q deliveries %v, want a b c each delivered twice", names, deliveries(ds))
+	}
+}
+
+// Some items of a message acknowledged, others refused: the refused ones
+// come back, counting their deliveries on, and the acknowledged ones do
+// not.
+func TestItemsRefusedBesideAcknowledgedOnesComeBackAlone(t *testing.T) {
+	st := open(t, startServer(t, t.TempDir()), Config{AckWait: time.Hour, Pack: 10})
+	ctx := context.Background()
+	putTogether(t, st, "a", "b", "c", "d")
+	ds := get(t, st, 4, time.Second)
+	for i, d := range ds {
+		settle := d.Ack
+		if i%2 == 1 {
+			settle = d.Nak
+		}
+		if err := settle(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds = get(t, st, 4, 10*time.Second)
+	if names := data(ds); !slices.Equal(names, []string{"b", "d"}) || !slices.Equal(deliveries(ds), []int{2, 2}) {
+		t.Fatalf("after acking a c and refusing b d: %q deliveries %v, want b d delivered twice", names, deliveries(ds))
+	}
+	// Refused again, alone this time: the count goes on.
+	for _, d := range ds {
+		if err := d.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds = get(t, st, 4, 10*time.Second)
+	if names := data(ds); !slices.Equal(names, []string{"b", "d"}) || !slices.Equal(deliveries(ds), []int{3, 3}) {
+		t.Fatalf("refused again: %q deliveries %v, want b d delivered three times", names, deliveries(ds))
+	}
+	for _, d := range ds {
+		if err := d.AckSync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if stats, err := st.Stats(ctx); err != nil || stats.Waiting+stats.InFlight != 0 {
+		t.Errorf("stats after all acked: %+v, %v; want nothing left", stats, err)
+	}
+}
+
+// Items fetched that no Get takes for a while go back, and are handed
+// out again counted as never handed out.
+func TestItemsNotTakenGoBack(t *testing.T) {
+	// AckWait 300 ms: what waits 100 ms goes back.
+	st := open(t, startServer(t, t.TempDir()), Config{AckWait: 300 * time.Millisecond, Pack: 10})
+	ctx := context.Background()
+	putTogether(t, st, "a", "b", "c")
+	ds := get(t, st, 1, time.Second)
+	if names := data(ds); !slices.Equal(names, []string{"a"}) {
+		t.Fatalf("Get of 1 = %q, want a", names)
+	}
+	if err := ds[0].AckSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// b and c, not taken, go back: stored again as a message of their
+	// own, and the first one is acknowledged.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		stats, err := st.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if stats.Put == 2 && stats.Acked == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b and c not stored again in 10 s: %+v", stats)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ds = get(t, st, 2, 10*time.Second)
+	if names := data(ds); !slices.Equal(names, []string{"b", "c"}) || !slices.Equal(deliveries(ds), []int{1, 1}) {
+		t.Fatalf("after going back: %q deliveries %v, want b c handed out once", names, deliveries(ds))
+	}
+}
+
+// Several Gets waiting share the pulls: one message of three items
+// serves three Gets of one item.
+func TestWaitingGetsShareAMessage(t *testing.T) {
+	st := open(t, startServer(t, t.TempDir()), Config{AckWait: time.Hour, Pack: 10})
+	var wg sync.WaitGroup
+	got := make(chan string, 3)
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ds, err := st.Get(context.Background(), 1, 20*time.Second)
+			if err != nil || len(ds) != 1 {
+				got <- fmt.Sprintf("Get = %q, %v", data(ds), err)
+				return
+			}
+			got <- string(ds[0].Data)
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st.fetched.mu.Lock()
+		demand := st.fetched.demand
+		st.fetched.mu.Unlock()
+		if demand == 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the three Gets are not waiting: demand %d", demand)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	putTogether(t, st, "a", "b", "c")
+	wg.Wait()
+	close(got)
+	var names []string
+	for g := range got {
+		names = append(names, g)
+	}
+	slices.Sort(names)
+	if !slices.Equal(names, []string{"a", "b", "c"}) {
+		t.Fatalf("the waiting Gets got %q, want a, b and c, one each", names)
+	}
+}
+
+// Drain gives back what was fetched and not handed out: another process
+// gets it.
+func TestDrainGivesBackItemsNotHandedOut(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	st := open(t, s, Config{AckWait: time.Hour, Pack: 10})
+	ctx := context.Background()
+	putTogether(t, st, "a", "b", "c")
+	ds := get(t, st, 1, time.Second)
+	if err := ds[0].Nak(); err != nil {
+		t.Fatal(err)
+	}
+	if err := NewQueues(nil, st).Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ds := get(t, st, 3, 50*time.Millisecond); len(ds) != 0 {
+		t.Errorf("Get after Drain = %q, want nothing", data(ds))
+	}
+	other := open(t, s, Config{AckWait: time.Hour, Pack: 10})
+	ds = get(t, other, 3, 10*time.Second)
+	if names := data(ds); !slices.Equal(names, []string{"a", "b", "c"}) || !slices.Equal(deliveries(ds), []int{2, 2, 2}) {
+		t.Fatalf("another getter got %q deliveries %v, want a b c, delivered twice (a NAK gives the whole message back)", names, deliveries(ds))
+	}
+}
