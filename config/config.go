@@ -269,6 +269,12 @@ type Service struct {
 	// StopTimeout is how long a stopping worker has before SIGKILL
 	// (default: the file's ShutdownTimeout).
 	StopTimeout time.Duration
+	// StopLast, at a graceful shutdown, holds the service's stop signal
+	// back until every worker of the other services has exited: for a
+	// service the others use while they stop (the manager sets it on its
+	// JetStream bridge, which takes their last acknowledgements). No file
+	// key sets it. A fast shutdown stops it with the rest.
+	StopLast bool
 	// ReloadSignal, if set (`reload_signal`), is sent to the service's
 	// workers on each reload of the file that leaves their definition
 	// unchanged, so they can reload in place (a Go service's Reload runs on

@@ -9,6 +9,15 @@ import (
 	"time"
 )
 
+// What a store server's process says of its store in a STATUS= line to
+// its manager (sd_notify), when it loses it and when it has it again:
+// the manager's own STATUS= then shows the store's queues as
+// disconnected, without asking the store server.
+const (
+	StatusStoreLost      = "store lost: puts and gets wait until it is back"
+	StatusStoreConnected = "store connected"
+)
+
 // StoreQueueStatus is what a store server says of one of its queues, on
 // its status socket (gotyledon-jetstream --status-socket: GET /queues, a
 // JSON array of them). Its figures are the store's, of the queue as a

@@ -636,3 +636,52 @@ func (r *loopRig) rollOutUntilSlot1Starts(cfg *config.Config, byID map[int]uint6
 	r.s.handle(workerStarted{token: sp[0].token, pid: 201, at: r.clock.now})
 	return sp[0].token
 }
+
+// A StopLast service gets its stop signal once the other services'
+// workers have exited, unless the shutdown turns fast.
+func TestLoopStopsAStopLastServiceOnceTheOthersHaveExited(t *testing.T) {
+	for _, fast := range []bool{false, true} {
+		r := newRig(t, "services:\n  bridge: {command: [/bin/true]}\n  w: {command: [/bin/true], workers: 2}\n")
+		r.s.cfg.Service("bridge").StopLast = true
+		r.s.startAll()
+		service := map[uint64]string{}
+		for i, sp := range spawned(r.requests()) {
+			r.s.handle(workerStarted{token: sp.token, pid: 100 + i, at: r.clock.now})
+			service[sp.token] = sp.spec.service
+		}
+		r.s.Shutdown(false)
+		r.deliver()
+		var others []uint64
+		for _, sg := range signals(r.requests()) {
+			if service[sg.token] == "bridge" {
+				t.Fatalf("the StopLast service got %v while the others stop", sg.sig)
+			}
+			others = append(others, sg.token)
+		}
+		if len(others) != 2 {
+			t.Fatalf("%d stop signals, want one for each worker of w", len(others))
+		}
+		r.s.handle(workerExited{token: others[0], pid: 1, status: 0, at: r.clock.now})
+		if sg := signals(r.requests()); len(sg) != 0 {
+			t.Fatalf("after one of w's two workers exited: %+v, want nothing yet", sg)
+		}
+		if fast {
+			r.s.Shutdown(true)
+			r.deliver()
+			sg := signals(r.requests())
+			if len(sg) != 2 || sg[0].sig != syscall.SIGKILL || sg[1].sig != syscall.SIGKILL {
+				t.Fatalf("fast shutdown: %+v, want SIGKILL for the worker of w left and the bridge", sg)
+			}
+			continue
+		}
+		r.s.handle(workerExited{token: others[1], pid: 2, status: 0, at: r.clock.now})
+		sg := signals(r.requests())
+		if len(sg) != 1 || service[sg[0].token] != "bridge" || sg[0].sig != syscall.SIGTERM || !sg[0].stop {
+			t.Fatalf("after w's workers exited: %+v, want the bridge's SIGTERM stop", sg)
+		}
+		r.s.handle(workerExited{token: sg[0].token, pid: 3, status: 0, at: r.clock.now})
+		if !r.s.done() {
+			t.Error("not done after the bridge exited")
+		}
+	}
+}

@@ -516,6 +516,9 @@ func (s *Supervisor) handle(ev event) {
 	if isChange(ev) {
 		s.changed = true
 	}
+	// After whatever ev did: in a shutdown, it may have ended the last
+	// worker that a StopLast service waits for.
+	defer s.stopLastWhenAlone()
 	switch ev := ev.(type) {
 	case workerStarted:
 		s.onStarted(ev)
@@ -952,7 +955,27 @@ func (s *Supervisor) onShutdown(fast bool) {
 	s.stopping, s.fast = true, fast
 	s.settle(fmt.Errorf("reload: %w", ErrStopped))
 	for _, w := range s.workers {
-		s.stop(w)
+		if !w.svc.StopLast || fast {
+			s.stop(w)
+		}
+	}
+}
+
+// stopLastWhenAlone stops the StopLast services' workers, in a shutdown,
+// once they are the only ones left.
+func (s *Supervisor) stopLastWhenAlone() {
+	if !s.stopping {
+		return
+	}
+	for _, w := range s.workers {
+		if !w.svc.StopLast {
+			return
+		}
+	}
+	for _, w := range s.workers {
+		if w.state != stateStopping {
+			s.stop(w)
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -60,9 +61,9 @@ func startManager(t testing.TB, runDir, config string) *managerProcess {
 	return startManagerUntil(t, runDir, config, "JetStream queues served")
 }
 
-// startManagerUntil runs gotyledon on config and returns once it has
-// logged a line holding ready.
-func startManagerUntil(t testing.TB, runDir, config, ready string) *managerProcess {
+// startManagerUntil runs gotyledon on config, with env added to its
+// environment, and returns once it has logged a line holding ready.
+func startManagerUntil(t testing.TB, runDir, config, ready string, env ...string) *managerProcess {
 	t.Helper()
 	bin, err := builtBinaries()
 	if err != nil {
@@ -70,7 +71,7 @@ func startManagerUntil(t testing.TB, runDir, config, ready string) *managerProce
 	}
 	m := &managerProcess{lines: make(chan string, 1024), exited: make(chan struct{})}
 	m.cmd = exec.Command(filepath.Join(bin, "gotyledon"), "run", "--log-format", "json", "-c", config)
-	m.cmd.Env = append(os.Environ(), "RUNTIME_DIRECTORY="+runDir)
+	m.cmd.Env = append(append(os.Environ(), "RUNTIME_DIRECTORY="+runDir), env...)
 	stderr, err := m.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -230,6 +231,40 @@ func TestManagerStopGivesJetStreamInFlightBack(t *testing.T) {
 		if got := seen[string(d.Body)]; got != 2 {
 			t.Errorf("%s, in flight at the stop, came back with deliveries %d; want 2", d.Body, got)
 		}
+	}
+}
+
+// A manager stopped with SIGTERM keeps its bridge until the other workers
+// have exited: an item a worker finishes while it stops is acknowledged,
+// and does not come back.
+func TestManagerStopKeepsTheBridgeForTheWorkersLastAcks(t *testing.T) {
+	dir, run := t.TempDir(), runDir(t)
+	bin, err := builtBinaries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	config := jetstreamConfig(t, dir, "1h")
+	yaml, err := os.ReadFile(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The item's command takes 300 ms, the time a stopping bridge takes
+	// a few times over.
+	consumer := fmt.Sprintf("  consumer: {command: [%s, queue, consume, jobs, --, /bin/sh, -c, 'echo item-in-hand; sleep 0.3'], workers: 1}\n",
+		filepath.Join(bin, "gotyledon"))
+	if err := os.WriteFile(config, append(yaml, consumer...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := startManager(t, run, config)
+	putN(t, dialQueue(t, run), 1)
+	m.waitLine(t, "item-in-hand")
+	m.stop(t, syscall.SIGTERM)
+
+	startManager(t, run, jetstreamConfig(t, dir, "1h")) // no consumer
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if ds, err := dialQueue(t, run).GetBatch(ctx, "jobs", 1); len(ds) != 0 || !errors.Is(err, ipc.ErrTimeout) {
+		t.Fatalf("after the stop: GetBatch = %d items, %v; want none (it was acknowledged)", len(ds), err)
 	}
 }
 

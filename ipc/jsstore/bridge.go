@@ -83,14 +83,22 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 		// Items wait for it: a server back up is taken at once (the
 		// default waits 2 s between tries).
 		nats.ReconnectWait(250 * time.Millisecond),
+		// A put made while the connection is down fails at once and is
+		// tried again until its timeout, rather than sitting in a buffer
+		// that the connection, once back, would send after the put was
+		// answered TIMEOUT: the client was told those items were not
+		// stored.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if closing.Load() {
 				return
 			}
 			log.Warn("NATS connection lost; puts and gets wait until it is back", zap.Error(err))
+			notifyStatus(log, ipc.StatusStoreLost)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("NATS connection back", zap.String("server", nc.ConnectedUrlRedacted()))
+			notifyStatus(log, ipc.StatusStoreConnected)
 		}),
 	}
 	var url string
@@ -194,6 +202,14 @@ func RunBridge(ctx context.Context, cfg BridgeConfig) error {
 		return fmt.Errorf("jetstream bridge: %w", err)
 	}
 	return nil
+}
+
+// notifyStatus sends STATUS=text to $NOTIFY_SOCKET, if there is one: the
+// manager shows it, and its own STATUS= follows.
+func notifyStatus(log *zap.Logger, text string) {
+	if _, err := daemon.SdNotify(false, "STATUS="+text); err != nil {
+		log.Warn("could not send STATUS=", zap.Error(err))
+	}
 }
 
 // openRetrying opens a queue, trying again while NATS cannot be reached

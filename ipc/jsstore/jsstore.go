@@ -1,6 +1,7 @@
 // Package jsstore keeps a queue's items in NATS JetStream, for queues whose
 // items must outlive the processes that put and took them, and which
-// processes on several hosts can share. (The manager does not use it yet.)
+// processes on several hosts can share: what the JetStream bridge
+// (RunBridge, cmd/gotyledon-jetstream) serves the manager's broker.
 //
 // One queue is one stream, GOTYLEDON_<queue>, on one subject,
 // gotyledon.queue.<queue>, with work-queue retention, and one durable
@@ -28,6 +29,11 @@
 //  6. Capacity bounds the items in the stream, waiting and in flight: a
 //     Put on a full stream stores what fits and fails with ErrFull for the
 //     rest. JetStream never discards to make room.
+//
+// The rules hold for JetStream messages. An item is one message, but with
+// Config.Pack above 1, where the items of one Queues.Put share messages
+// (pack.go): capacity then counts messages, and fetch.go says how the
+// items of one message are handed out and settled.
 //
 // A Put retried with the same ids (after a lost reply) stores nothing
 // twice within the stream's duplicate window (two minutes). Items are

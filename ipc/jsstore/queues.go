@@ -108,6 +108,7 @@ func (q *Queues) StartPut(ctx context.Context, queue string, items [][]byte, wai
 	return func() (int, error) {
 		doneBatches, done := 0, 0
 		p := first
+		warned := false
 		for {
 			n, err := s.acks(ctx, p)
 			for _, b := range batch[doneBatches : doneBatches+n] {
@@ -128,8 +129,9 @@ func (q *Queues) StartPut(ctx context.Context, queue string, items [][]byte, wai
 				waiting()
 				waiting = nil
 			}
-			if !full {
-				q.log.Warn("JetStream did not store a put; trying again", zap.String("queue", queue), zap.Int("stored", done), zap.Int("items", len(items)), zap.Error(err))
+			if !full && !warned {
+				warned = true // once a put: tries come every 100 ms
+				q.log.Warn("JetStream did not store a put; trying again until its timeout", zap.String("queue", queue), zap.Int("stored", done), zap.Int("items", len(items)), zap.Error(err))
 			}
 			if !r.again(ctx) {
 				if ctx.Err() != nil {
@@ -153,6 +155,7 @@ func (q *Queues) Get(ctx context.Context, queue string, limit int, wait time.Dur
 		return nil, err
 	}
 	r := newRetry(wait)
+	warned := false
 	for try := 0; ; try++ {
 		slice := r.slice()
 		if try == 0 {
@@ -180,8 +183,9 @@ func (q *Queues) Get(ctx context.Context, queue string, limit int, wait time.Dur
 			r.pause = firstRetry
 			continue
 		}
-		if err != nil {
-			q.log.Warn("JetStream did not answer a get; trying again", zap.String("queue", queue), zap.Error(err))
+		if err != nil && !warned {
+			warned = true // once a get: tries come every 100 ms
+			q.log.Warn("JetStream did not answer a get; trying again until its timeout", zap.String("queue", queue), zap.Error(err))
 		}
 		if !r.again(ctx) {
 			if ctx.Err() != nil {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor"
 )
 
 // JetStream queues. Their items are kept by gotyledon-jetstream, a program
@@ -108,10 +110,12 @@ func withBridge(cfg *config.Config, queueSocket string) (*config.Config, error) 
 		Command: cmd,
 		Workers: 1,
 		Env:     map[string]string{},
-		// A bridge stopping gives its items in flight back to JetStream;
-		// it is told to stop as the workers are.
+		// A bridge stopping gives its items in flight back to JetStream.
+		// At a shutdown it is told to stop once the other workers have
+		// exited: their last acknowledgements go through it.
 		StopSignal:  config.DefaultStopSignal,
 		StopTimeout: cfg.ShutdownTimeout,
+		StopLast:    true,
 		Ready:       config.ReadyNotify,
 		// A local server recovers its files before it is ready.
 		ReadyTimeout: config.DefaultReadyTimeout,
@@ -125,4 +129,31 @@ func withBridge(cfg *config.Config, queueSocket string) (*config.Config, error) 
 	out := *cfg
 	out.Services = append(slices.Clone(cfg.Services), svc)
 	return &out, nil
+}
+
+// watchdogQueues is stats for the STATUS= line, which the watchdog's path
+// computes without waiting for the bridge: a JetStream queue's figures
+// are the bridge's, so such a queue is left out, or shown disconnected
+// while the bridge's own STATUS= says it lost NATS.
+func watchdogQueues(stats []ipc.QueueStats, st supervisor.Status) []ipc.QueueStats {
+	lost := false
+	for _, sv := range st.Services {
+		if sv.Name != BridgeService {
+			continue
+		}
+		for _, w := range sv.Workers {
+			lost = lost || w.StatusText == ipc.StatusStoreLost
+		}
+	}
+	out := stats[:0]
+	for _, q := range stats {
+		if q.Forwarded {
+			if !lost {
+				continue
+			}
+			q.Store, q.StoreState = string(config.StoreJetStream), "disconnected"
+		}
+		out = append(out, q)
+	}
+	return out
 }

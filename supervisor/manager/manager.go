@@ -29,7 +29,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
 	"sync"
 	"time"
 
@@ -211,7 +210,11 @@ func New(opts Options) (_ *Manager, err error) {
 	m.reloads.summary = func() string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		s, err := m.summary(ctx, queues)
+		var withStatus func(supervisor.Status) []ipc.QueueStats
+		if queues != nil {
+			withStatus = func(supervisor.Status) []ipc.QueueStats { return queues() }
+		}
+		s, err := m.summary(ctx, withStatus)
 		if err != nil {
 			return "status unavailable: " + err.Error()
 		}
@@ -310,14 +313,14 @@ func inUseFields(e *ipc.InUseError, key string) []zap.Field {
 
 // summary is the one-line status systemd shows, taken from the loop: it
 // fails if the loop does not answer before ctx ends.
-func (m *Manager) summary(ctx context.Context, queues func() []ipc.QueueStats) (string, error) {
+func (m *Manager) summary(ctx context.Context, queues func(supervisor.Status) []ipc.QueueStats) (string, error) {
 	st, err := m.sup.Status(ctx)
 	if err != nil {
 		return "", err
 	}
 	var qs []ipc.QueueStats
 	if queues != nil {
-		qs = queues()
+		qs = queues(st)
 	}
 	doc := control.NewStatus(st, qs, nil, os.Getpid(), time.Now())
 	return doc.Summary(), nil
@@ -378,13 +381,9 @@ func (m *Manager) Run(ctx context.Context) error {
 			if err := m.sup.Probe(ctx); err != nil {
 				return "", err
 			}
-			var queues func() []ipc.QueueStats
+			var queues func(supervisor.Status) []ipc.QueueStats
 			if m.broker != nil {
-				// The watchdog's path does not wait for a JetStream queue's
-				// figures (the bridge's): STATUS= leaves such queues out.
-				queues = func() []ipc.QueueStats {
-					return slices.DeleteFunc(m.broker.Stats(), func(q ipc.QueueStats) bool { return q.Forwarded })
-				}
+				queues = func(st supervisor.Status) []ipc.QueueStats { return watchdogQueues(m.broker.Stats(), st) }
 			}
 			return m.summary(ctx, queues)
 		})
