@@ -43,8 +43,9 @@ type Store interface {
 // a connection's PUTs on a queue one after the other and waits for their
 // outcomes concurrently, so that a producer with several PUTs in flight
 // waits for the store's round trip once, not once each. Their items are
-// stored in the order of the PUTs, but when the queue is full: a PUT
-// waiting for room may then be overtaken by a later one of the connection.
+// stored in the order of the PUTs, but for a PUT that has to try again
+// (the queue is full, the store cannot be reached for a moment): a later
+// PUT of the connection may then be stored first.
 type PipelinedStore interface {
 	Store
 	StartPut(ctx context.Context, queue string, items [][]byte, wait time.Duration, waiting func()) func() (int, error)

@@ -38,15 +38,26 @@ type chaos struct {
 	cfgPath     string
 	queueSock   string
 	controlSock string
-	managerPID  int
 	marker      string
+	exe, dir    string // the manager's binary; the run's directory
+
+	// The manager's process, its exit and the end of its log. The
+	// schedule's goroutine changes them (a manager kill, in the
+	// jetstream store's run); the driver reads them after the schedule.
+	managerPID  int
+	managerGone bool
+	exited      chan error
+	logDone     chan struct{}
 
 	// The schedule's goroutine only.
 	fileCount     int       // consumers in the file's last good version
 	lastGoodWrite time.Time // when that version was written
 	lastBadEdit   time.Time
-	gen           int  // good versions of the file written: each differs from every other
-	restoring     bool // config writes the last good version again
+	// lastManagerKill: when the manager was last killed (jetstream).
+	lastManagerKill time.Time
+	managerKills    int
+	gen             int  // good versions of the file written: each differs from every other
+	restoring       bool // config writes the last good version again
 
 	mu        sync.Mutex
 	failures  []string
@@ -62,6 +73,9 @@ type chaos struct {
 	statusOK  int
 	statusBad int
 	statusMax time.Duration
+	// restarting: the manager was killed and its successor is not up
+	// yet; status is not asked then.
+	restarting bool
 }
 
 type stopRec struct {
@@ -110,10 +124,19 @@ func (c *chaos) config(producers, consumers int, bad string) []byte {
 	if bad == "" && !c.restoring {
 		c.gen++
 	}
+	queue := fmt.Sprintf("{capacity: %d}", c.opts.Capacity)
+	natsSection := ""
+	if c.opts.Store == "jetstream" {
+		// ack_wait above the longest a live consumer holds an item (a
+		// SIGSTOP of up to 3 s): an item comes back only from a consumer
+		// that died.
+		queue = fmt.Sprintf("{capacity: %d, store: jetstream, ack_wait: %s}", c.opts.Capacity, jetStreamAckWait)
+		natsSection = fmt.Sprintf("nats: {local_dir: %q, bridge: %q}\n", filepath.Join(c.dir, "jetstream"), c.opts.Bridge)
+	}
 	y := fmt.Sprintf(`# chaos run %s, version %d: written by cmd/chaos
 shutdown_timeout: 5s
-queues:
-  %s: {capacity: %d}
+%squeues:
+  %s: %s
 services:
   producer:
     run: producer
@@ -127,7 +150,7 @@ services:
     env: {CHAOS_RUN: %q, %s: %q}
     stop_timeout: %s
     restart: %s
-`, c.marker, c.gen, queueName, c.opts.Capacity, producers, c.marker, envRate, c.opts.Rate, restart,
+`, c.marker, c.gen, natsSection, queueName, queue, producers, c.marker, envRate, c.opts.Rate, restart,
 		consumerRun, consumerWorkers, c.marker, envWork, c.opts.Work.String(), stopTimeout, restart)
 	switch bad {
 	case "broken YAML":
@@ -155,10 +178,21 @@ func (c *chaos) writeConfig(data []byte, rename bool) error {
 
 var actionKinds = []string{"kill", "stop", "rescale", "bad-edit", "garbage"}
 
+// Of a run on the jetstream store: its queue's ack_wait, and the least
+// time between two kills of the manager.
+const (
+	jetStreamAckWait   = 10 * time.Second
+	managerKillEvery   = 10 * time.Second
+	managerRestartWait = 30 * time.Second
+)
+
 // loop runs actions until end: first one of each kind (in a seeded order),
 // then random ones, 100-500 ms apart.
 func (c *chaos) loop(ctx context.Context, end time.Time) {
 	first := slices.Clone(actionKinds)
+	if c.opts.Store == "jetstream" {
+		first = append(first, "manager-kill")
+	}
 	c.rnd.Shuffle(len(first), func(i, j int) { first[i], first[j] = first[j], first[i] })
 	for i := 0; time.Now().Before(end) && ctx.Err() == nil; i++ {
 		kind := ""
@@ -180,6 +214,9 @@ func (c *chaos) loop(ctx context.Context, end time.Time) {
 			if kind == "bad-edit" && time.Since(c.lastBadEdit) < 5*time.Second {
 				kind = "garbage"
 			}
+			if c.opts.Store == "jetstream" && c.rnd.IntN(100) < 5 && time.Since(c.lastManagerKill) >= managerKillEvery {
+				kind = "manager-kill"
+			}
 		}
 		switch kind {
 		case "kill":
@@ -192,6 +229,11 @@ func (c *chaos) loop(ctx context.Context, end time.Time) {
 			c.badEdit(ctx, end)
 		case "garbage":
 			c.garbageConn()
+		case "manager-kill":
+			if err := c.killManager(ctx); err != nil {
+				c.fail("manager kill: %v", err)
+				return
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -245,6 +287,66 @@ func (c *chaos) kill(ctx context.Context) {
 	c.kills[w.service]++
 	c.mu.Unlock()
 	c.logf("kill %s worker %d pid %d (SIGKILL)", w.service, w.id, w.pid)
+}
+
+// killManager kills the manager with SIGKILL, its workers dying with it
+// (their parent-death signal), and starts another on the same files: a
+// queue kept in JetStream loses nothing.
+func (c *chaos) killManager(ctx context.Context) error {
+	c.closeAll()
+	c.contAll()
+	c.mu.Lock()
+	c.restarting = true
+	c.mu.Unlock()
+	pid := c.managerPID
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("SIGKILL pid %d: %w", pid, err)
+	}
+	timeout := time.After(managerRestartWait)
+	for _, ch := range []<-chan struct{}{c.exitedDone(), c.logDone} {
+		select {
+		case <-ch:
+		case <-timeout:
+			return fmt.Errorf("manager pid %d: no exit, or its log did not end, within %v of SIGKILL", pid, managerRestartWait)
+		}
+	}
+	c.managerGone = true
+	var left []int
+	if err := waitUntil(ctx, managerRestartWait, func() bool {
+		left, _ = markedProcs(c.marker, -1)
+		return len(left) == 0
+	}); err != nil {
+		return fmt.Errorf("the workers of manager pid %d outlived it: %v", pid, left)
+	}
+	killed := c.logs.killedWithManager()
+	if err := c.startManager(); err != nil {
+		return err
+	}
+	// The new manager read the file, its last good version, as it started:
+	// no reload to wait for (and a scale by the control socket is gone).
+	c.lastGoodWrite = time.Time{}
+	if _, err := c.waitQuiet(ctx, managerRestartWait); err != nil {
+		return fmt.Errorf("after the restart: %w", err)
+	}
+	c.mu.Lock()
+	c.restarting = false
+	c.mu.Unlock()
+	c.lastManagerKill = time.Now()
+	c.managerKills++
+	c.logf("kill the manager pid %d (SIGKILL) with its %d workers; manager pid %d up", pid, killed, c.managerPID)
+	return nil
+}
+
+// exitedDone is closed once the manager's exit is received from c.exited
+// (the error, not needed after a kill, is dropped).
+func (c *chaos) exitedDone() <-chan struct{} {
+	done := make(chan struct{})
+	exited := c.exited
+	go func() {
+		<-exited
+		close(done)
+	}()
+	return done
 }
 
 // 2. SIGSTOP a random consumer for 1-3 s.
@@ -618,6 +720,12 @@ func (c *chaos) monitor(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		c.mu.Lock()
+		restarting := c.restarting
+		c.mu.Unlock()
+		if restarting {
+			continue
+		}
 		t0 := time.Now()
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		_, err := c.ctl.status(rctx)
@@ -627,6 +735,10 @@ func (c *chaos) monitor(ctx context.Context) {
 			return
 		}
 		c.mu.Lock()
+		if c.restarting { // the kill came while status was asked
+			c.mu.Unlock()
+			continue
+		}
 		if err != nil {
 			c.statusBad++
 		} else {

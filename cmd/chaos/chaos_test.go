@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -48,6 +50,39 @@ func TestChaosShort(t *testing.T) {
 			kind == "stop" && !strings.Contains(out, "(SIGSTOP)") || kind == "rescale" && !strings.Contains(out, "rescale consumer to") ||
 			kind == "garbage" && !strings.Contains(out, "garbage: ") {
 			t.Errorf("no %s action in the run", kind)
+		}
+	}
+}
+
+// TestChaosShortJetStream runs the harness on a JetStream queue for 8 s:
+// the manager is killed at least once (SIGKILL, its workers with it) and
+// started again, and every proof must pass: no item lost.
+func TestChaosShortJetStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a manager for about 15 s")
+	}
+	bridge := filepath.Join(t.TempDir(), "gotyledon-jetstream")
+	build := exec.Command("go", "build", "-o", bridge, "../gotyledon-jetstream")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build the bridge: %v\n%s", err, out)
+	}
+	opts := defaultOptions()
+	opts.Duration = 8 * time.Second
+	opts.Seed = uint64(time.Now().UnixNano())
+	opts.Rate = 200
+	opts.Store, opts.Bridge = "jetstream", bridge
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	w := &testWriter{t: t}
+	err := run(ctx, opts, w)
+	out := w.String()
+	if err != nil {
+		t.Fatalf("chaos (seed %d): %v", opts.Seed, err)
+	}
+	for _, want := range []string{"PASS items", "PASS duplicates", "PASS unannounced", "PASS shutdown", "PASS actions", "kill the manager pid"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q", want)
 		}
 	}
 }

@@ -9,6 +9,12 @@
 // the tree, and a clean SIGTERM. It exits 1 if any proof fails.
 //
 //	go run ./cmd/chaos -duration 60s [-seed N] [-rate 500] [-consumers 3]
+//	go run ./cmd/chaos -store jetstream -bridge bin/gotyledon-jetstream
+//
+// With -store jetstream the queue is kept in JetStream (a local server,
+// the bridge a service of the manager), and the chaos also kills the
+// manager itself, starting another on the same files: no item may be lost
+// across it.
 //
 // One binary is three things: with a worker's environment (set by the
 // manager) it is a Go worker, with CHAOS_MANAGER=1 it is the manager
@@ -41,6 +47,8 @@ func main() {
 	flag.IntVar(&opts.Consumers, "consumers", opts.Consumers, "consumer workers at start and at the end")
 	flag.DurationVar(&opts.Work, "work", opts.Work, "how long a consumer holds an item between taking it and acknowledging it")
 	flag.IntVar(&opts.Capacity, "capacity", opts.Capacity, "capacity of the queue jobs")
+	flag.StringVar(&opts.Store, "store", opts.Store, "the queue's store: memory, or jetstream (then the manager is killed and restarted too)")
+	flag.StringVar(&opts.Bridge, "bridge", "", "with -store jetstream: the gotyledon-jetstream program (go build ./cmd/gotyledon-jetstream)")
 	flag.BoolVar(&opts.Keep, "keep", false, "keep the temporary directory (config, manager log) even when every proof passes")
 	flag.Parse()
 	if flag.NArg() != 0 {

@@ -37,6 +37,10 @@ type logEntry struct {
 type consumeRec struct {
 	first procID // the consumer process that printed it first
 	count int32  // how many times it was printed
+	// second is the process that printed it next, and firstAt and
+	// secondAt when: a duplicate's story, for the report.
+	second            procID
+	firstAt, secondAt time.Time
 }
 
 // procID names one worker process: an index into logState.procs. A pid
@@ -171,6 +175,24 @@ func (s *logState) line(b []byte) {
 	}
 }
 
+// killedWithManager records every process whose end the log did not tell
+// as killed with the manager (a SIGKILL of the manager kills its workers:
+// their parent-death signal), once the dead manager's log has ended. It
+// returns how many.
+func (s *logState) killedWithManager() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for i := range s.procs {
+		if s.procs[i].exit == "" {
+			s.procs[i].exit = "killed by SIGKILL with the manager"
+			n++
+		}
+	}
+	s.eof = false
+	return n
+}
+
 // note keeps a non-item line: in the log file and the recent ring.
 func (s *logState) note(l string) {
 	if s.logFile != nil && s.logFileErr == nil {
@@ -211,8 +233,11 @@ func (s *logState) consumedLine(id string, pid int, now time.Time) {
 	}
 	s.consLines++
 	r := s.consumed[k]
-	if r.count == 0 {
-		r.first = s.proc(pid)
+	switch r.count {
+	case 0:
+		r.first, r.firstAt = s.proc(pid), now
+	case 1:
+		r.second, r.secondAt = s.proc(pid), now
 	}
 	r.count++
 	s.consumed[k] = r

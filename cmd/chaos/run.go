@@ -28,6 +28,12 @@ type options struct {
 	Capacity  int
 	Work      time.Duration // a consumer's time between its print and its Ack
 	Keep      bool
+	// Store is the queue's store: "memory" (the default) or "jetstream",
+	// on a JetStream server in the run's directory, with Bridge the
+	// bridge program; the chaos then also kills the manager (SIGKILL) and
+	// starts it again, and no item may be lost.
+	Store  string
+	Bridge string
 	// Exe is the binary the manager runs as (it must hand its command line
 	// to a program.Program's Main with CHAOS_MANAGER=1, and as a worker);
 	// default os.Executable().
@@ -35,7 +41,7 @@ type options struct {
 }
 
 func defaultOptions() options {
-	return options{Duration: 60 * time.Second, Rate: 500, Consumers: 3, Capacity: 1000, Work: time.Millisecond}
+	return options{Duration: 60 * time.Second, Rate: 500, Consumers: 3, Capacity: 1000, Work: time.Millisecond, Store: "memory"}
 }
 
 // Tolerances of the resource proof: the manager's figures at the end,
@@ -60,6 +66,12 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	if opts.Rate <= 0 || opts.Consumers < 1 || opts.Consumers > 8 || opts.Capacity < 1 || opts.Duration <= 0 || opts.Work < 0 {
 		return errors.New("bad options: want rate > 0, 1 <= consumers <= 8, capacity >= 1, duration > 0")
 	}
+	switch {
+	case opts.Store != "memory" && opts.Store != "jetstream":
+		return fmt.Errorf("bad options: store %q: want memory or jetstream", opts.Store)
+	case opts.Store == "jetstream" && opts.Bridge == "":
+		return errors.New("bad options: store jetstream needs the bridge program (-bridge)")
+	}
 	exe := opts.Exe
 	if exe == "" {
 		if exe, err = os.Executable(); err != nil {
@@ -82,6 +94,8 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	rand.Read(mb[:])
 	c := &chaos{
 		opts:        opts,
+		exe:         exe,
+		dir:         dir,
 		start:       time.Now(),
 		out:         out,
 		rnd:         mrand.New(mrand.NewPCG(opts.Seed, opts.Seed^0x9e3779b97f4a7c15)),
@@ -108,49 +122,25 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	}
 	defer logFile.Close()
 	c.logs = newLogState(logFile)
-	fmt.Fprintf(out, "chaos: seed %d, duration %v, rate %d/s, consumers %d, work %v, capacity %d, dir %s, uid %d\n",
-		opts.Seed, opts.Duration, opts.Rate, opts.Consumers, opts.Work, opts.Capacity, dir, os.Getuid())
+	fmt.Fprintf(out, "chaos: seed %d, duration %v, rate %d/s, consumers %d, work %v, capacity %d, store %s, dir %s, uid %d\n",
+		opts.Seed, opts.Duration, opts.Rate, opts.Consumers, opts.Work, opts.Capacity, opts.Store, dir, os.Getuid())
 
-	// The manager, in its own process group (a Ctrl-C reaches the driver,
-	// which stops it), with stderr on a pipe the driver reads.
-	pr, pw, err := os.Pipe()
-	if err != nil {
+	if err := c.startManager(); err != nil {
 		return err
 	}
-	cmd := exec.Command(exe, "run", "--log-format", "json", "--log-level", "info", "-c", c.cfgPath)
-	cmd.Env = append(managerEnv(), "RUNTIME_DIRECTORY="+dir, envManager+"=1")
-	cmd.Stdout = pw
-	cmd.Stderr = pw
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		pr.Close()
-		pw.Close()
-		return fmt.Errorf("start the manager: %w", err)
-	}
-	pw.Close()
-	c.managerPID = cmd.Process.Pid
-	logDone := make(chan struct{})
-	go func() {
-		c.logs.read(pr)
-		pr.Close()
-		close(logDone)
-	}()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	managerGone := false
 	defer func() {
 		// Whatever happened, the manager and its workers do not outlive
 		// the driver.
 		c.contAll()
 		c.closeAll()
-		if !managerGone {
+		if !c.managerGone {
 			syscall.Kill(c.managerPID, syscall.SIGTERM)
 			select {
-			case <-exited:
+			case <-c.exited:
 			case <-time.After(15 * time.Second):
 				syscall.Kill(-c.managerPID, syscall.SIGKILL)
 				syscall.Kill(c.managerPID, syscall.SIGKILL)
-				<-exited
+				<-c.exited
 			}
 		}
 	}()
@@ -337,21 +327,21 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	syscall.Kill(c.managerPID, syscall.SIGTERM)
 	var exitErr error
 	select {
-	case exitErr = <-exited:
-		managerGone = true
+	case exitErr = <-c.exited:
+		c.managerGone = true
 	case <-time.After(20 * time.Second):
 		exitErr = errors.New("still running after 20s")
 		// Kill it, so that its log ends and the proofs can be told.
 		syscall.Kill(-c.managerPID, syscall.SIGKILL)
 		select {
-		case <-exited:
-			managerGone = true
+		case <-c.exited:
+			c.managerGone = true
 		case <-time.After(5 * time.Second):
 		}
 	}
 	took := time.Since(t0)
 	select {
-	case <-logDone: // the log up to its end: every item line is in
+	case <-c.logDone: // the log up to its end: every item line is in
 	case <-time.After(10 * time.Second):
 		exitErr = errors.Join(exitErr, errors.New("its log did not end within 10s of its exit"))
 	}
@@ -395,6 +385,38 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	if failed > 0 {
 		return fmt.Errorf("%d of %d proofs failed (seed %d)", failed, len(proofs), opts.Seed)
 	}
+	return nil
+}
+
+// startManager starts the manager, in its own process group (a Ctrl-C
+// reaches the driver, which stops it), with stderr on a pipe whose lines
+// go to c.logs.
+func (c *chaos) startManager() error {
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(c.exe, "run", "--log-format", "json", "--log-level", "info", "-c", c.cfgPath)
+	cmd.Env = append(managerEnv(), "RUNTIME_DIRECTORY="+c.dir, envManager+"=1")
+	cmd.Stdout = pw
+	cmd.Stderr = pw
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return fmt.Errorf("start the manager: %w", err)
+	}
+	pw.Close()
+	c.managerPID, c.managerGone = cmd.Process.Pid, false
+	logDone := make(chan struct{})
+	go func() {
+		c.logs.read(pr)
+		pr.Close()
+		close(logDone)
+	}()
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	c.logDone, c.exited = logDone, exited
 	return nil
 }
 
@@ -456,7 +478,8 @@ func (c *chaos) itemProofs() []proof {
 					dupExplained++
 					reasons[why]++
 				} else if len(unexplainedD) < 5 {
-					unexplainedD = append(unexplainedD, fmt.Sprintf("%s first by pid %d (%s)", s.formatID(k), s.procs[r.first].pid, why))
+					unexplainedD = append(unexplainedD, fmt.Sprintf("%s first by pid %d (%s) at %s, then by pid %d at %s",
+						s.formatID(k), s.procs[r.first].pid, why, r.firstAt.Format("15:04:05.000"), s.procs[r.second].pid, r.secondAt.Format("15:04:05.000")))
 				}
 			}
 		}
@@ -492,6 +515,9 @@ func (c *chaos) actionProof() proof {
 	}
 	d := fmt.Sprintf("kills %d (%s), stops %d, rescales %d (%s), bad edits %d (%d refused with no change), garbage connections %d",
 		kills, formatCounts(c.kills), c.stops, rescales, formatCounts(c.rescales), c.badEdits, c.badOK, garbage)
+	if c.opts.Store == "jetstream" {
+		d += fmt.Sprintf(", manager kills %d", c.managerKills)
+	}
 	if len(c.failures) > 0 {
 		d += fmt.Sprintf("; %d failed: %s", len(c.failures), strings.Join(first(c.failures, 5), "; "))
 	}

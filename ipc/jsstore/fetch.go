@@ -10,8 +10,10 @@ package jsstore
 // bring. A pull's messages go to ready as they arrive, and whoever waits
 // takes them, so the items of one message may serve several Gets of this
 // process. An item in ready is in flight in JetStream (its AckWait runs,
-// other processes cannot have it): one that nobody takes for hold goes
-// back, as do all of them when the store drains.
+// other processes cannot have it): one that nobody takes for hold (a
+// second, or a third of AckWait) goes back, as do all of them when the
+// store drains. Pulls last a second at most, renewed while Gets wait, so
+// that one does not go on fetching long after the Gets that asked for it.
 //
 // A message is settled once each of its items is: acknowledged, refused
 // (NACK), or given back without being handed out. Then:
@@ -21,9 +23,10 @@ package jsstore
 //     out);
 //   - some acknowledged: the others are stored again as a new message,
 //     which counts the times each was handed out, then the message is
-//     acknowledged. If that store fails (the stream is full), the message
-//     is NAKed instead, and its acknowledged items come back with the rest
-//     (at least once).
+//     acknowledged. A full stream is tried again for up to half of
+//     AckWait, the message kept in flight meanwhile; if it stays full (or
+//     the store drains), the message is NAKed instead, and its
+//     acknowledged items come back with the rest (at least once).
 //
 // A message whose AckWait passes before it is settled is delivered again
 // whole, its acknowledged items with it: items put together are handled
@@ -47,9 +50,17 @@ const (
 	// maxPullBatch bounds the messages one pull asks for.
 	maxPullBatch = 1024
 	// holdMin and holdMax bound how long an item fetched waits in ready
-	// for a Get before it goes back: a third of AckWait, in between.
+	// for a Get before it goes back: a third of AckWait, in between. Not
+	// long: an item in ready is out of other processes' reach.
 	holdMin = 100 * time.Millisecond
-	holdMax = 10 * time.Second
+	holdMax = time.Second
+	// pullExpiry bounds a pull's wait: a pull outlives the Gets that
+	// asked for it (what it brings then waits in ready), and Drain waits
+	// for the pulls out to end. While Gets wait, pulls are renewed.
+	pullExpiry = time.Second
+	// restoreRetry is how long storeRest waits between tries of a full
+	// stream, and restoreFor how long it tries (at most, of AckWait).
+	restoreRetry = 100 * time.Millisecond
 	// maxWindow bounds fetched.window; a Get that comes back for more
 	// within windowQuick of the last fetch grows it.
 	maxWindow   = 64
@@ -151,18 +162,34 @@ func (m *message) storeRest() {
 		b.delivered = append(b.delivered, max(n, 0))
 	}
 	log := m.s.log.With(zap.String("queue", m.s.cfg.Queue), zap.Int("items", len(m.items)), zap.Int("acknowledged", len(m.items)-len(b.Items)))
-	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-	defer cancel()
-	_, err := m.s.js.PublishMsg(ctx, b.message(m.s.subject), jetstream.WithMsgID(b.ID), jetstream.WithExpectStream(StreamName(m.s.cfg.Queue)))
-	if err != nil {
+	// A full stream makes room as getters acknowledge: the store is tried
+	// again, the message kept in flight meanwhile (InProgress), for up to
+	// half its AckWait, and the message NAKed only then (or when the store
+	// drains), so that its acknowledged items come back only if the
+	// stream stays full.
+	giveUp := time.Now().Add(m.s.cfg.AckWait / 2)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+		_, err := m.s.js.PublishMsg(ctx, b.message(m.s.subject), jetstream.WithMsgID(b.ID), jetstream.WithExpectStream(StreamName(m.s.cfg.Queue)))
+		if err == nil {
+			err = m.msg.DoubleAck(ctx)
+			cancel()
+			if err != nil {
+				log.Warn("the server did not confirm the acknowledgement of a message whose other items were stored again: its acknowledged items may come back", zap.Error(err))
+			}
+			return
+		}
+		cancel()
+		if isFull(err) && time.Now().Before(giveUp) && !m.s.fetched.isClosed() {
+			_ = m.msg.InProgress()
+			time.Sleep(restoreRetry)
+			continue
+		}
 		log.Warn("could not store again the items of a message that were not acknowledged; the whole message is delivered again, its acknowledged items too", zap.Error(err))
 		if err := m.s.nak(m.msg); err != nil {
 			log.Warn("could not give a message back; it is delivered again after its ack wait", zap.Error(err))
 		}
 		return
-	}
-	if err := m.msg.DoubleAck(ctx); err != nil {
-		log.Warn("the server did not confirm the acknowledgement of a message whose other items were stored again: its acknowledged items may come back", zap.Error(err))
 	}
 }
 
@@ -239,6 +266,11 @@ type fetched struct {
 	pullErrAt time.Time
 	// perMsg is about how many items a message brings.
 	perMsg float64
+	// pullsCtx ends the pulls out when the store drains; late holds the
+	// messages that arrived after, given back once the pulls are over.
+	pullsCtx    context.Context
+	cancelPulls context.CancelFunc
+	late        []jetstream.Msg
 	// window is how many messages a Get that finds ready empty fetches at
 	// least: it doubles while Gets come back for more soon after such a
 	// fetch brought all it asked for, and halves when items go back.
@@ -255,6 +287,13 @@ func (f *fetched) init(s *Store) {
 	f.changed = make(chan struct{})
 	f.perMsg = 1
 	f.window = 1
+	f.pullsCtx, f.cancelPulls = context.WithCancel(context.Background())
+}
+
+func (f *fetched) isClosed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
 }
 
 func (f *fetched) signalLocked() {
@@ -288,10 +327,10 @@ func (f *fetched) arrive(msg jetstream.Msg, fromPull bool) {
 	}
 	f.perMsg = (f.perMsg + float64(len(items))) / 2
 	if f.closed {
+		// Given back once the pulls are over: NAKed now, it could come
+		// back to a pull still out.
+		f.late = append(f.late, msg)
 		f.mu.Unlock()
-		if err := s.nak(msg); err != nil {
-			s.log.Warn("could not give a message back; it is delivered again after its ack wait", zap.String("queue", s.cfg.Queue), zap.Error(err))
-		}
 		return
 	}
 	for i := range items {
@@ -330,6 +369,10 @@ func (f *fetched) takeLocked(limit int) []Delivery {
 // giveBackOld gives back the items that waited hold in ready.
 func (f *fetched) giveBackOld() {
 	f.mu.Lock()
+	if f.closed { // Drain gives back what is left
+		f.mu.Unlock()
+		return
+	}
 	f.holdArmed = false
 	cut := time.Now().Add(-f.hold)
 	k := 0
@@ -347,6 +390,9 @@ func (f *fetched) giveBackOld() {
 	if k > 0 {
 		f.window = max(f.window/2, 1)
 	}
+	// Counted before Drain can see closed: Drain waits for it.
+	f.s.settling.Add(1)
+	defer f.s.settling.Done()
 	f.mu.Unlock()
 	f.giveBack(old)
 }
@@ -434,7 +480,7 @@ func (f *fetched) await(ctx context.Context, limit int, wait time.Duration) ([]D
 		if need := f.msgsForLocked(f.demand) - f.outstanding; need > 0 {
 			f.outstanding += need
 			f.pulls++
-			go f.pull(need, min(max(time.Until(deadline), time.Millisecond), maxPull))
+			go f.pull(need, min(max(time.Until(deadline), time.Millisecond), pullExpiry))
 		}
 		changed := f.changed
 		f.mu.Unlock()
@@ -451,22 +497,27 @@ func (f *fetched) await(ctx context.Context, limit int, wait time.Duration) ([]D
 	}
 }
 
-// pull is one pull request for n messages, waiting up to expiry.
+// pull is one pull request for n messages, waiting up to expiry, or
+// until the store drains.
 //
-// It waits for the server's answer that the request has expired rather
-// than giving up on its own (nats.go's FetchMaxWait, not a context): a
-// message the server hands to a pull request the client no longer listens
-// to stays in flight until AckWait.
+// The server's request expires a tenth earlier than the client stops
+// listening (nats.go's FetchContext), so that a message the server hands
+// out at its last moment still arrives. A drain stops listening at once:
+// the server then hands the request nothing more, but for a message
+// already on its way, which stays in flight until AckWait.
 func (f *fetched) pull(n int, expiry time.Duration) {
 	received := 0
-	batch, err := f.s.cons.Fetch(n, jetstream.FetchMaxWait(expiry))
+	ctx, cancel := context.WithTimeout(f.pullsCtx, expiry)
+	defer cancel()
+	batch, err := f.s.cons.Fetch(n, jetstream.FetchContext(ctx))
 	if err == nil {
 		for msg := range batch.Messages() {
 			received++
 			f.arrive(msg, true)
 		}
 		err = batch.Error()
-		if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, nats.ErrTimeout) {
+		if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, nats.ErrTimeout) ||
+			errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
 			err = nil
 		}
 	}
@@ -483,16 +534,43 @@ func (f *fetched) pull(n int, expiry time.Duration) {
 // Drain gives back the items fetched and not handed out, and those that
 // arrive later, and waits (until ctx ends) for what is being settled.
 // The store hands nothing out after it. Call it after the items handed
-// out are settled.
+// out are settled. It ends the pulls out first, so that what it gives
+// back does not come back to them.
 func (s *Store) Drain(ctx context.Context) error {
 	f := &s.fetched
 	f.mu.Lock()
 	f.closed = true
+	if f.holdTimer != nil {
+		f.holdTimer.Stop()
+	}
 	rest := f.ready
 	f.ready = nil
 	f.signalLocked()
 	f.mu.Unlock()
+	f.cancelPulls()
+	for {
+		f.mu.Lock()
+		pulls, changed := f.pulls, f.changed
+		f.mu.Unlock()
+		if pulls == 0 {
+			break
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return fmt.Errorf("queue %s: pulls out: %w", s.cfg.Queue, ctx.Err())
+		}
+	}
 	f.giveBack(rest)
+	f.mu.Lock()
+	late := f.late
+	f.late = nil
+	f.mu.Unlock()
+	for _, msg := range late {
+		if err := s.nak(msg); err != nil {
+			s.log.Warn("could not give a message back; it is delivered again after its ack wait", zap.String("queue", s.cfg.Queue), zap.Error(err))
+		}
+	}
 	done := make(chan struct{})
 	go func() {
 		s.settling.Wait()

@@ -288,3 +288,91 @@ func TestDrainGivesBackItemsNotHandedOut(t *testing.T) {
 		t.Fatalf("another getter got %q deliveries %v, want a b c, delivered twice (a NAK gives the whole message back)", names, deliveries(ds))
 	}
 }
+
+// Drain ends the pulls out before it gives anything back: an item given
+// back does not bounce between NAKs and a pull of the draining store.
+func TestDrainEndsThePullsOutFirst(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	st := open(t, s, Config{AckWait: time.Hour})
+	ctx := context.Background()
+	got := make(chan []Delivery, 1)
+	// A Get of 5 whose pull outlives it: one item satisfies it.
+	go func() { ds, _ := st.Get(ctx, 5, 20*time.Second); got <- ds }()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st.fetched.mu.Lock()
+		pulls := st.fetched.pulls
+		st.fetched.mu.Unlock()
+		if pulls == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no pull out within 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if _, err := st.Put(ctx, items("a", 1)); err != nil {
+		t.Fatal(err)
+	}
+	ds := <-got
+	if len(ds) != 1 {
+		t.Fatalf("Get = %q, want a", data(ds))
+	}
+	if err := ds[0].Nak(); err != nil { // it may come back to the pull still out
+		t.Fatal(err)
+	}
+	if err := NewQueues(nil, st).Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st.fetched.mu.Lock()
+	pulls := st.fetched.pulls
+	st.fetched.mu.Unlock()
+	if pulls != 0 {
+		t.Errorf("%d pulls out after Drain", pulls)
+	}
+	ds = get(t, open(t, s, Config{AckWait: time.Hour}), 1, 10*time.Second)
+	// Handed out, NAKed, perhaps back to the pull and given back once: 3
+	// at most.
+	if len(ds) != 1 || ds[0].Deliveries > 3 {
+		t.Fatalf("after Drain, another getter got %q deliveries %v; want a, delivered 3 times at most", data(ds), deliveries(ds))
+	}
+}
+
+// A message partly acknowledged in a full queue: the rest waits for room
+// to be stored again, rather than the whole message, acknowledged items
+// too, coming back.
+func TestPartlyAcknowledgedMessageInAFullQueueWaitsForRoom(t *testing.T) {
+	st := open(t, startServer(t, t.TempDir()), Config{AckWait: time.Hour, Pack: 10, Capacity: 2})
+	ctx := context.Background()
+	putTogether(t, st, "a", "b")
+	putTogether(t, st, "c", "d") // full: two messages
+	ds := get(t, st, 2, 5*time.Second)
+	if names := data(ds); !slices.Equal(names, []string{"a", "b"}) {
+		t.Fatalf("Get = %q, want a b", names)
+	}
+	if err := ds[0].Ack(); err != nil {
+		t.Fatal(err)
+	}
+	if err := ds[1].Nak(); err != nil { // b cannot be stored again yet
+		t.Fatal(err)
+	}
+	cd := get(t, st, 2, 5*time.Second)
+	if names := data(cd); !slices.Equal(names, []string{"c", "d"}) {
+		t.Fatalf("Get = %q, want c d (a b's message is still in flight)", names)
+	}
+	for _, d := range cd {
+		if err := d.AckSync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ds = get(t, st, 2, 10*time.Second)
+	if names := data(ds); !slices.Equal(names, []string{"b"}) || ds[0].Deliveries != 2 {
+		t.Fatalf("once there was room: %q deliveries %v; want b alone, delivered twice", names, deliveries(ds))
+	}
+	if err := ds[0].AckSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ds := get(t, st, 2, 200*time.Millisecond); len(ds) != 0 {
+		t.Errorf("after all acknowledged: %q came back", data(ds))
+	}
+}

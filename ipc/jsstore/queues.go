@@ -99,6 +99,10 @@ func (q *Queues) StartPut(ctx context.Context, queue string, items [][]byte, wai
 		}
 		maxBytes = int(limit) - headerRoom
 	}
+	if s.cfg.MaxItem > 0 {
+		// The stream refuses a message over MaxItem: a pack stays under.
+		maxBytes = min(maxBytes, s.cfg.MaxItem)
+	}
 	// Made once: a retry stores the same batches under the same ids.
 	batch := batches(items, s.cfg.Pack, maxBytes, func() string {
 		return q.prefix + strconv.FormatUint(q.nextID.Add(1), 36)
