@@ -217,11 +217,26 @@ func (c *conn) flushUpstream() {
 }
 
 // closeUpstream ends the upstream with the connection: the store server
-// takes back the items in flight on it.
+// takes back the items in flight on it. Called once the reader has
+// stopped.
+//
+// It shuts the upstream's write side only, after what was forwarded: the
+// store server reads it all (the client's last ACKs among it), then gives
+// back what is still in flight and closes, which ends the upstream's
+// reader. A full close here would make the store server's next write to
+// it fail while those ACKs wait unread in its socket, and the store server
+// would give back items the client had acknowledged. The read deadline
+// bounds a store server that does not close.
 func (c *conn) closeUpstream() {
-	if c.up != nil {
-		c.up.nc.Close()
+	if c.up == nil {
+		return
 	}
+	c.flushUpstream()
+	if uc, ok := c.up.nc.(interface{ CloseWrite() error }); ok && uc.CloseWrite() == nil {
+		c.up.nc.SetReadDeadline(deadlineIn(c.b.frameDeadline))
+		return
+	}
+	c.up.nc.Close()
 }
 
 // register records a forwarded request as waiting; false once the

@@ -46,8 +46,10 @@ type chaos struct {
 	// jetstream store's run); the driver reads them after the schedule.
 	managerPID  int
 	managerGone bool
-	exited      chan error
+	exitDone    chan struct{} // closed at the manager's exit; exitErr then says how
+	exitErr     error
 	logDone     chan struct{}
+	m0          map[string]float64 // the manager's metrics at its start
 
 	// The schedule's goroutine only.
 	fileCount     int       // consumers in the file's last good version
@@ -190,10 +192,11 @@ const (
 // then random ones, 100-500 ms apart.
 func (c *chaos) loop(ctx context.Context, end time.Time) {
 	first := slices.Clone(actionKinds)
-	if c.opts.Store == "jetstream" {
-		first = append(first, "manager-kill")
-	}
 	c.rnd.Shuffle(len(first), func(i, j int) { first[i], first[j] = first[j], first[i] })
+	if c.opts.Store == "jetstream" {
+		// First, so that a short run has one.
+		first = append([]string{"manager-kill"}, first...)
+	}
 	for i := 0; time.Now().Before(end) && ctx.Err() == nil; i++ {
 		kind := ""
 		if i < len(first) {
@@ -289,9 +292,12 @@ func (c *chaos) kill(ctx context.Context) {
 	c.logf("kill %s worker %d pid %d (SIGKILL)", w.service, w.id, w.pid)
 }
 
-// killManager kills the manager with SIGKILL, its workers dying with it
-// (their parent-death signal), and starts another on the same files: a
-// queue kept in JetStream loses nothing.
+// killManager kills the manager with SIGKILL, and its workers with it, as
+// a crash would (under systemd the unit's cgroup goes; here the driver
+// kills them), then starts another on the same files: a queue kept in
+// JetStream loses nothing. The workers are first stopped (SIGSTOP) and
+// the log left to go quiet, so that the lines they wrote before the kill
+// are in it: the proofs count items by those lines.
 func (c *chaos) killManager(ctx context.Context) error {
 	c.closeAll()
 	c.contAll()
@@ -299,11 +305,27 @@ func (c *chaos) killManager(ctx context.Context) error {
 	c.restarting = true
 	c.mu.Unlock()
 	pid := c.managerPID
+	var children []procStat
+	for _, p := range allPIDs() {
+		if st, err := readStat(p); err == nil && st.ppid == pid {
+			children = append(children, st)
+		}
+	}
+	for _, ch := range children {
+		syscall.Kill(ch.pid, syscall.SIGSTOP)
+	}
+	c.waitLogQuiet(ctx, 200*time.Millisecond, 5*time.Second)
+	killedAt := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		return fmt.Errorf("SIGKILL pid %d: %w", pid, err)
 	}
+	for _, ch := range children {
+		// The process's own group and the process: a worker leads one.
+		syscall.Kill(-ch.pid, syscall.SIGKILL)
+		syscall.Kill(ch.pid, syscall.SIGKILL)
+	}
 	timeout := time.After(managerRestartWait)
-	for _, ch := range []<-chan struct{}{c.exitedDone(), c.logDone} {
+	for _, ch := range []<-chan struct{}{c.exitDone, c.logDone} {
 		select {
 		case <-ch:
 		case <-timeout:
@@ -311,14 +333,21 @@ func (c *chaos) killManager(ctx context.Context) error {
 		}
 	}
 	c.managerGone = true
+	// Every child gone (the bridge with its JetStream server too) before
+	// the next manager starts on their files.
 	var left []int
 	if err := waitUntil(ctx, managerRestartWait, func() bool {
-		left, _ = markedProcs(c.marker, -1)
+		left = left[:0]
+		for _, ch := range children {
+			if st, err := readStat(ch.pid); err == nil && st.start == ch.start && st.state != 'Z' {
+				left = append(left, ch.pid)
+			}
+		}
 		return len(left) == 0
 	}); err != nil {
-		return fmt.Errorf("the workers of manager pid %d outlived it: %v", pid, left)
+		return fmt.Errorf("children of manager pid %d outlived it: %v", pid, left)
 	}
-	killed := c.logs.killedWithManager()
+	killed := c.logs.killedWithManager(killedAt)
 	if err := c.startManager(); err != nil {
 		return err
 	}
@@ -328,25 +357,35 @@ func (c *chaos) killManager(ctx context.Context) error {
 	if _, err := c.waitQuiet(ctx, managerRestartWait); err != nil {
 		return fmt.Errorf("after the restart: %w", err)
 	}
+	m0, err := c.ctl.metrics(ctx)
+	if err != nil {
+		return fmt.Errorf("after the restart: %w", err)
+	}
+	c.m0 = m0
 	c.mu.Lock()
 	c.restarting = false
 	c.mu.Unlock()
 	c.lastManagerKill = time.Now()
 	c.managerKills++
-	c.logf("kill the manager pid %d (SIGKILL) with its %d workers; manager pid %d up", pid, killed, c.managerPID)
+	c.logf("kill the manager pid %d (SIGKILL) and its %d workers (%d processes of the log); manager pid %d up", pid, len(children), killed, c.managerPID)
 	return nil
 }
 
-// exitedDone is closed once the manager's exit is received from c.exited
-// (the error, not needed after a kill, is dropped).
-func (c *chaos) exitedDone() <-chan struct{} {
-	done := make(chan struct{})
-	exited := c.exited
-	go func() {
-		<-exited
-		close(done)
-	}()
-	return done
+// waitLogQuiet waits until the manager's log has had no new line for
+// quiet, or for at most limit.
+func (c *chaos) waitLogQuiet(ctx context.Context, quiet, limit time.Duration) {
+	end := time.Now().Add(limit)
+	last, lastAt := -1, time.Now()
+	for time.Now().Before(end) && ctx.Err() == nil {
+		var n int
+		c.logs.view(func(s *logState) { n = s.lines + s.consLines })
+		if n != last {
+			last, lastAt = n, time.Now()
+		} else if time.Since(lastAt) >= quiet {
+			return
+		}
+		time.Sleep(10 * time.Millisecond) // polling a count: no event says the pipes are empty
+	}
 }
 
 // 2. SIGSTOP a random consumer for 1-3 s.

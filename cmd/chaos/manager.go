@@ -55,6 +55,9 @@ type procInfo struct {
 	pid     int
 	service string // "" if its start was not seen
 	exit    string // how it ended, from "worker exited" / "worker stopped"
+	// killedAt: it was killed with the manager then (its end was not
+	// logged); what it had in hand may come again after, not before.
+	killedAt time.Time
 }
 
 func (p procInfo) bySignal() bool { return strings.HasPrefix(p.exit, "killed by") }
@@ -176,16 +179,16 @@ func (s *logState) line(b []byte) {
 }
 
 // killedWithManager records every process whose end the log did not tell
-// as killed with the manager (a SIGKILL of the manager kills its workers:
-// their parent-death signal), once the dead manager's log has ended. It
-// returns how many.
-func (s *logState) killedWithManager() int {
+// as killed at killedAt with the manager, once the dead manager's log has
+// ended. It returns how many.
+func (s *logState) killedWithManager(killedAt time.Time) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	n := 0
 	for i := range s.procs {
 		if s.procs[i].exit == "" {
 			s.procs[i].exit = "killed by SIGKILL with the manager"
+			s.procs[i].killedAt = killedAt
 			n++
 		}
 	}

@@ -136,11 +136,11 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 		if !c.managerGone {
 			syscall.Kill(c.managerPID, syscall.SIGTERM)
 			select {
-			case <-c.exited:
+			case <-c.exitDone:
 			case <-time.After(15 * time.Second):
 				syscall.Kill(-c.managerPID, syscall.SIGKILL)
 				syscall.Kill(c.managerPID, syscall.SIGKILL)
-				<-c.exited
+				<-c.exitDone
 			}
 		}
 	}()
@@ -170,6 +170,7 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	if err != nil {
 		return fail("start: %v", err)
 	}
+	c.m0 = m0
 	c.logf("manager pid %d up: %v; fds %.0f, goroutines %.0f, RSS %.1f MB", c.managerPID, st0.pids(),
 		m0["process_open_fds"], m0["go_goroutines"], m0["process_resident_memory_bytes"]/1e6)
 
@@ -245,9 +246,11 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 		"settled in %.1fs: producer %d/%d (file %d), consumer %d/%d (file %d), backoff %d; jobs depth 0, in flight 0",
 		settled.Seconds(), pr2, pd, pc, cr, cd, cc, pb+cb)
 
-	// Resources, after settling: the closes of the chaos's connections
+	// Resources, after settling, against the last manager's start (a
+	// manager killed took its figures with it): the closes of the chaos's connections
 	// and the exits of the stopped workers are seen by the manager within
 	// moments, so wait (with a deadline) for the figures to come back.
+	m0 = c.m0
 	var m1 map[string]float64
 	resOK := func(m map[string]float64) bool {
 		return m["process_open_fds"] <= m0["process_open_fds"]+fdSlack &&
@@ -327,14 +330,15 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 	syscall.Kill(c.managerPID, syscall.SIGTERM)
 	var exitErr error
 	select {
-	case exitErr = <-c.exited:
+	case <-c.exitDone:
+		exitErr = c.exitErr
 		c.managerGone = true
 	case <-time.After(20 * time.Second):
 		exitErr = errors.New("still running after 20s")
 		// Kill it, so that its log ends and the proofs can be told.
 		syscall.Kill(-c.managerPID, syscall.SIGKILL)
 		select {
-		case <-c.exited:
+		case <-c.exitDone:
 			c.managerGone = true
 		case <-time.After(5 * time.Second):
 		}
@@ -414,9 +418,13 @@ func (c *chaos) startManager() error {
 		pr.Close()
 		close(logDone)
 	}()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	c.logDone, c.exited = logDone, exited
+	exitDone := make(chan struct{})
+	go func() {
+		// Read once the channel is closed, by whoever waits for the exit.
+		c.exitErr = cmd.Wait()
+		close(exitDone)
+	}()
+	c.logDone, c.exitDone = logDone, exitDone
 	return nil
 }
 
@@ -474,7 +482,10 @@ func (c *chaos) itemProofs() []proof {
 			}
 			if r.count > 1 {
 				dups++
-				if sig, why := bySignal(r.first); sig && s.procs[r.first].service == "consumer" {
+				// Killed with the manager: its acknowledgements may have died
+				// in the manager, and the item come again, after the kill.
+				killedAt := s.procs[r.first].killedAt
+				if sig, why := bySignal(r.first); sig && s.procs[r.first].service == "consumer" && (killedAt.IsZero() || r.secondAt.After(killedAt)) {
 					dupExplained++
 					reasons[why]++
 				} else if len(unexplainedD) < 5 {

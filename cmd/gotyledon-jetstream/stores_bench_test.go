@@ -41,12 +41,13 @@ import (
 //
 // sync=always syncs the server's file at every message (nats.sync:
 // always), sync=default every two minutes; pack=P puts P items to a
-// JetStream message. Items are 64 bytes. The producer puts batches of 100
-// items (PutBatch), four batches in flight; the consumer gets up to 100 at
+// JetStream message. Items are 64 bytes. The producer puts batches of 256
+// items (PutBatch), four batches in flight; the consumer gets up to 256 at
 // a time (GetBatch, then Ack of them), four gets in flight. Direct, the
-// producer publishes 100/P messages per batch, up to 1024 unacknowledged,
+// producer publishes 256/P messages per batch, up to 1024 unacknowledged,
 // and the consumer fetches up to 512 messages at a time and acknowledges
-// each. The queue holds up to 1,000,000 messages (memory: 10,000 items).
+// each. The jetstream queue holds up to 1,000,000 messages, the direct
+// stream any number, the memory queue 10,000 items.
 //
 // One op is one item, timed from the producer's go (every process
 // connected and waiting) to the consumer's last item. Metrics:

@@ -37,6 +37,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"sync"
 	"time"
 
@@ -161,6 +162,15 @@ func (m *message) storeRest() {
 		b.Items = append(b.Items, m.items[i])
 		b.delivered = append(b.delivered, max(n, 0))
 	}
+	rest := []Batch{b}
+	if msg := b.message(m.s.subject); len(b.Items) > 1 && int64(len(msg.Data)+headerLen(msg.Header)) > m.s.largestMessage() {
+		// The counts' header made it larger than a message may be: an
+		// item to a message.
+		rest = rest[:0]
+		for i, it := range b.Items {
+			rest = append(rest, Batch{ID: b.ID + "." + strconv.Itoa(i), Items: [][]byte{it}, delivered: b.delivered[i : i+1]})
+		}
+	}
 	log := m.s.log.With(zap.String("queue", m.s.cfg.Queue), zap.Int("items", len(m.items)), zap.Int("acknowledged", len(m.items)-len(b.Items)))
 	// A full stream makes room as getters acknowledge: the store is tried
 	// again, the message kept in flight meanwhile (InProgress), for up to
@@ -168,18 +178,14 @@ func (m *message) storeRest() {
 	// drains), so that its acknowledged items come back only if the
 	// stream stays full.
 	giveUp := time.Now().Add(m.s.cfg.AckWait / 2)
-	for {
+	for len(rest) > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
-		_, err := m.s.js.PublishMsg(ctx, b.message(m.s.subject), jetstream.WithMsgID(b.ID), jetstream.WithExpectStream(StreamName(m.s.cfg.Queue)))
-		if err == nil {
-			err = m.msg.DoubleAck(ctx)
-			cancel()
-			if err != nil {
-				log.Warn("the server did not confirm the acknowledgement of a message whose other items were stored again: its acknowledged items may come back", zap.Error(err))
-			}
-			return
-		}
+		_, err := m.s.js.PublishMsg(ctx, rest[0].message(m.s.subject), jetstream.WithMsgID(rest[0].ID), jetstream.WithExpectStream(StreamName(m.s.cfg.Queue)))
 		cancel()
+		if err == nil {
+			rest = rest[1:]
+			continue
+		}
 		if isFull(err) && time.Now().Before(giveUp) && !m.s.fetched.isClosed() {
 			_ = m.msg.InProgress()
 			time.Sleep(restoreRetry)
@@ -191,6 +197,36 @@ func (m *message) storeRest() {
 		}
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), publishTimeout)
+	defer cancel()
+	if err := m.msg.DoubleAck(ctx); err != nil {
+		log.Warn("the server did not confirm the acknowledgement of a message whose other items were stored again: its acknowledged items may come back", zap.Error(err))
+	}
+}
+
+// largestMessage is the most bytes, data and headers, a message of the
+// queue may have.
+func (s *Store) largestMessage() int64 {
+	limit := s.js.Conn().MaxPayload()
+	if s.cfg.MaxItem > 0 && (limit <= 0 || int64(s.cfg.MaxItem) < limit) {
+		limit = int64(s.cfg.MaxItem)
+	}
+	if limit <= 0 {
+		return math.MaxInt64
+	}
+	// Beside ours, the headers a publish adds (its id, the stream).
+	return limit - 128
+}
+
+// headerLen is about what h takes in a message.
+func headerLen(h nats.Header) int {
+	n := 12 // "NATS/1.0\r\n" and the blank line
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 // nak gives msg back to be delivered again at once.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
 
@@ -374,5 +375,61 @@ func TestPartlyAcknowledgedMessageInAFullQueueWaitsForRoom(t *testing.T) {
 	}
 	if ds := get(t, st, 2, 200*time.Millisecond); len(ds) != 0 {
 		t.Errorf("after all acknowledged: %q came back", data(ds))
+	}
+}
+
+// Items stored again whose counts make the message larger than a message
+// may be go one to a message: none is lost, each counted on.
+func TestItemsStoredAgainSplitWhenTheirCountsDoNotFit(t *testing.T) {
+	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+		NoSigs: true, NoLog: true, MaxPayload: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Start()
+	t.Cleanup(s.Shutdown)
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("JetStream server not ready in 10s")
+	}
+	st := open(t, s, Config{AckWait: time.Hour, Pack: 1024})
+	ctx := context.Background()
+	const n = 1000
+	in := make([]string, n)
+	for i := range in {
+		in[i] = strconv.Itoa(i % 10)
+	}
+	putTogether(t, st, in...) // 1000 one-byte items: one message of 2000 bytes
+	if stats, err := st.Stats(ctx); err != nil || stats.Put != 1 {
+		t.Fatalf("stats after the put: %+v, %v; want one message", stats, err)
+	}
+	ds := get(t, st, n, 5*time.Second)
+	if len(ds) != n {
+		t.Fatalf("Get = %d items, want %d", len(ds), n)
+	}
+	// One acknowledged, 999 refused: their counts ("1 1 1 ...", 1998
+	// bytes) and their bytes do not fit 4096 with the headers.
+	if err := ds[0].Ack(); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range ds[1:] {
+		if err := d.Nak(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var back []Delivery
+	deadline := time.Now().Add(20 * time.Second)
+	for len(back) < n-1 && time.Now().Before(deadline) {
+		back = append(back, get(t, st, n, 5*time.Second)...)
+	}
+	if len(back) != n-1 {
+		t.Fatalf("%d items came back, want %d", len(back), n-1)
+	}
+	for _, d := range back {
+		if d.Deliveries != 2 {
+			t.Fatalf("an item came back with deliveries %d, want 2", d.Deliveries)
+		}
+	}
+	if stats, err := st.Stats(ctx); err != nil || stats.Put != n {
+		t.Errorf("stats: %+v, %v; want the first message and %d stored again, one item each", stats, err, n-1)
 	}
 }

@@ -21,8 +21,14 @@ import (
 const (
 	firstRetry = time.Millisecond
 	lastRetry  = 100 * time.Millisecond
-	// maxPull bounds one pull request's wait (retry.slice).
+	// maxPull bounds one Store.Get's wait in a Get (retry.slice): between
+	// two, the Get tries again at once what JetStream has (its pulls
+	// last pullExpiry at most, renewed while it waits).
 	maxPull = 5 * time.Second
+	// ackGrace is how much longer than its wait a put waits for
+	// JetStream's answers to what it sent: a server that does not answer
+	// (rather than refusing) would hold it for publishTimeout.
+	ackGrace = time.Second
 	// headerRoom is what a stored item's headers (its id, the stream it
 	// must go to) may add to it, against the servers' max_payload.
 	headerRoom = 512
@@ -113,8 +119,14 @@ func (q *Queues) StartPut(ctx context.Context, queue string, items [][]byte, wai
 		doneBatches, done := 0, 0
 		p := first
 		warned := false
+		ackCtx := ctx
+		if wait >= 0 {
+			var cancel context.CancelFunc
+			ackCtx, cancel = context.WithDeadline(ctx, r.deadline.Add(ackGrace))
+			defer cancel()
+		}
 		for {
-			n, err := s.acks(ctx, p)
+			n, err := s.acks(ackCtx, p)
 			for _, b := range batch[doneBatches : doneBatches+n] {
 				done += len(b.Items)
 			}
@@ -214,10 +226,8 @@ func newRetry(wait time.Duration) *retry {
 	return r
 }
 
-// slice is how long the next pull request may wait: until the deadline,
-// and at most maxPull, because the server keeps a pull request for its
-// whole wait even after the getter has gone (CANCEL, a closed connection),
-// and an item it hands to one that has gone is stuck until AckWait.
+// slice is how long the next Store.Get may wait: until the deadline, and
+// at most maxPull.
 func (r *retry) slice() time.Duration {
 	if r.deadline.IsZero() {
 		return maxPull
