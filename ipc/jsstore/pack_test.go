@@ -240,19 +240,7 @@ func TestWaitingGetsShareAMessage(t *testing.T) {
 			got <- string(ds[0].Data)
 		}()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st.fetched.mu.Lock()
-		demand := st.fetched.demand
-		st.fetched.mu.Unlock()
-		if demand == 3 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the three Gets are not waiting: demand %d", demand)
-		}
-		time.Sleep(time.Millisecond)
-	}
+	awaitFetched(t, st, "the three Gets waiting", func(f *fetched) bool { return f.demand == 3 })
 	putTogether(t, st, "a", "b", "c")
 	wg.Wait()
 	close(got)
@@ -299,19 +287,7 @@ func TestDrainEndsThePullsOutFirst(t *testing.T) {
 	got := make(chan []Delivery, 1)
 	// A Get of 5 whose pull outlives it: one item satisfies it.
 	go func() { ds, _ := st.Get(ctx, 5, 20*time.Second); got <- ds }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		st.fetched.mu.Lock()
-		pulls := st.fetched.pulls
-		st.fetched.mu.Unlock()
-		if pulls == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no pull out within 10 s")
-		}
-		time.Sleep(time.Millisecond)
-	}
+	awaitFetched(t, st, "a pull out", func(f *fetched) bool { return f.pulls == 1 })
 	if _, err := st.Put(ctx, items("a", 1)); err != nil {
 		t.Fatal(err)
 	}
@@ -431,5 +407,24 @@ func TestItemsStoredAgainSplitWhenTheirCountsDoNotFit(t *testing.T) {
 	}
 	if stats, err := st.Stats(ctx); err != nil || stats.Put != n {
 		t.Errorf("stats: %+v, %v; want the first message and %d stored again, one item each", stats, err, n-1)
+	}
+}
+
+// awaitFetched waits (10 s at most) until cond holds of st's fetched
+// state, which has no event to wait on: it is polled.
+func awaitFetched(t *testing.T, st *Store, what string, cond func(*fetched) bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st.fetched.mu.Lock()
+		ok := cond(&st.fetched)
+		st.fetched.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 10 s: %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
