@@ -918,7 +918,7 @@ func (c *storeConn) writeLoop() {
 	defer close(c.writerDone)
 	bw := bufio.NewWriterSize(c.nc, writeChunk)
 	var pending []func(bool)
-	failed := false
+	failed, readEnding := false, false
 	flush := func() {
 		ok := !failed && bw.Flush() == nil
 		failed = failed || !ok
@@ -945,8 +945,14 @@ func (c *storeConn) writeLoop() {
 				write(<-c.out)
 			}
 			flush()
-			if failed {
-				c.nc.Close()
+			if failed && !readEnding {
+				// The client is gone, or reads no more. What it sent
+				// before (its last ACKs) is still read, to its end or to
+				// the deadline, before the connection's end gives its
+				// items back: closing now would drop those ACKs unread.
+				readEnding = true
+				c.log.Debug("store client gone or not reading; reading what it sent to its end")
+				c.nc.SetReadDeadline(deadlineIn(c.s.deadline))
 			}
 		case <-c.quit:
 			for len(c.out) > 0 {
