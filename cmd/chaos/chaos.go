@@ -378,7 +378,7 @@ func (c *chaos) waitLogQuiet(ctx context.Context, quiet, limit time.Duration) {
 	last, lastAt := -1, time.Now()
 	for time.Now().Before(end) && ctx.Err() == nil {
 		var n int
-		c.logs.view(func(s *logState) { n = s.lines + s.consLines })
+		c.logs.view(func(s *logState) { n = s.lines })
 		if n != last {
 			last, lastAt = n, time.Now()
 		} else if time.Since(lastAt) >= quiet {

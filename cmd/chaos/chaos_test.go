@@ -30,21 +30,7 @@ func TestChaosShort(t *testing.T) {
 	}
 	opts := defaultOptions()
 	opts.Duration = 5 * time.Second
-	opts.Seed = uint64(time.Now().UnixNano())
-	opts.Rate = 200
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	w := &testWriter{t: t}
-	err := run(ctx, opts, w)
-	out := w.String()
-	if err != nil {
-		t.Fatalf("chaos (seed %d): %v", opts.Seed, err)
-	}
-	for _, want := range []string{"PASS items", "PASS duplicates", "PASS resources", "PASS shutdown", "PASS actions"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("summary lacks %q", want)
-		}
-	}
+	out := runChaos(t, opts, 2*time.Minute, "PASS items", "PASS duplicates", "PASS resources", "PASS shutdown", "PASS actions")
 	for _, kind := range actionKinds {
 		if kind == "bad-edit" && !strings.Contains(out, "bad edit (") || kind == "kill" && !strings.Contains(out, "(SIGKILL)") ||
 			kind == "stop" && !strings.Contains(out, "(SIGSTOP)") || kind == "rescale" && !strings.Contains(out, "rescale consumer to") ||
@@ -69,10 +55,18 @@ func TestChaosShortJetStream(t *testing.T) {
 	}
 	opts := defaultOptions()
 	opts.Duration = 8 * time.Second
+	opts.Store, opts.Bridge = "jetstream", bridge
+	runChaos(t, opts, 3*time.Minute, "PASS items", "PASS duplicates", "PASS unannounced", "PASS shutdown", "PASS actions", "kill the manager pid")
+}
+
+// runChaos runs the harness with opts (a fresh seed, 200 items a second)
+// within the time given, fails the test if a proof failed or the output
+// lacks one of want, and returns the output.
+func runChaos(t *testing.T, opts options, within time.Duration, want ...string) string {
+	t.Helper()
 	opts.Seed = uint64(time.Now().UnixNano())
 	opts.Rate = 200
-	opts.Store, opts.Bridge = "jetstream", bridge
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	w := &testWriter{t: t}
 	err := run(ctx, opts, w)
@@ -80,11 +74,12 @@ func TestChaosShortJetStream(t *testing.T) {
 	if err != nil {
 		t.Fatalf("chaos (seed %d): %v", opts.Seed, err)
 	}
-	for _, want := range []string{"PASS items", "PASS duplicates", "PASS unannounced", "PASS shutdown", "PASS actions", "kill the manager pid"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("output lacks %q", want)
+	for _, wanted := range want {
+		if !strings.Contains(out, wanted) {
+			t.Errorf("output lacks %q", wanted)
 		}
 	}
+	return out
 }
 
 // testWriter logs each line to t and keeps the whole output.
