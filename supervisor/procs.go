@@ -51,6 +51,13 @@ type procTable struct {
 	inbox   *mailbox[procMsg]
 	post    func(event) // into the loop's mailbox; never blocks
 	sigchld chan os.Signal
+	// exitNext: the process exits once the table has ended
+	// (Options.ExitAfterRun). The table then leaves SIGCHLD caught, and a
+	// sentinel that has not exited yet unreaped (whoever adopts it reaps
+	// it), rather than spend the process's last moments on either: a
+	// round trip to the runtime's signal thread, and a thread blocked in
+	// waitid.
+	exitNext bool
 
 	devNull     *os.File // every worker's stdin
 	managerPipe *os.File // read end handed to Go workers as fd 3
@@ -657,9 +664,9 @@ func (p *procTable) sentinelLeave() {
 }
 
 // sentinelRelease, as the table stops, reaps the sentinel told to leave
-// if it has exited, or else leaves a goroutine to: the stop does not wait
-// for a shell to exit, and a program that goes on after Run keeps no
-// zombie.
+// if it has exited, or else leaves a goroutine to (but for exitNext): the
+// stop does not wait for a shell to exit, and a program that goes on
+// after Run keeps no zombie.
 func (p *procTable) sentinelRelease() {
 	pid := p.sentinelPid
 	if pid == 0 {
@@ -668,7 +675,7 @@ func (p *procTable) sentinelRelease() {
 	p.sentinelPid = 0
 	p.sentinelLeave() // in case no sweep told it
 	var ws unix.WaitStatus
-	if got, err := p.sys.wait4(pid, &ws, unix.WNOHANG, nil); got == pid || (err != nil && !errors.Is(err, unix.EINTR)) {
+	if got, err := p.sys.wait4(pid, &ws, unix.WNOHANG, nil); got == pid || (err != nil && !errors.Is(err, unix.EINTR)) || p.exitNext {
 		return
 	}
 	// Through a pidfd where the kernel has them (opened now, while the
@@ -747,7 +754,12 @@ func startProcTable(p *procTable) (stop func()) {
 	go func() {
 		defer close(done)
 		p.run(quit)
-		signal.Stop(p.sigchld)
+		if p.cg != nil {
+			p.cg.close()
+		}
+		if !p.exitNext {
+			signal.Stop(p.sigchld)
+		}
 	}()
 	return func() {
 		close(quit)

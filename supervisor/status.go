@@ -260,7 +260,8 @@ func (s *Supervisor) Done() <-chan struct{} { return s.finished }
 // (logged), and the workers' cgroups are removed (but for one holding such
 // a process). Calls made from then on
 // fail with ErrStopped; Run still ends its process table and releases
-// what it holds before it returns, which a caller may overlap with
+// what it holds (the cgroup subtree that held the workers' cgroups among
+// it) before it returns, which a caller may overlap with
 // stopping what it runs beside the supervisor (a control socket, a
 // broker). A hook must not wait for it. Never closed if Run fails to
 // start.

@@ -60,6 +60,11 @@ type Options struct {
 	// over Environ (the queue socket's path, for one). A service's own env
 	// cannot override them: the config refuses GOTYLEDON_ names.
 	WorkerEnv []string
+	// ExitAfterRun says the process exits once Run returns: Run then
+	// leaves SIGCHLD caught (see manager.Options.ExitAfterRun) rather
+	// than give it back, and the cgroup sentinel, told to leave, to be
+	// reaped by whoever adopts it if it has not exited yet. Default false.
+	ExitAfterRun bool
 }
 
 // Supervisor runs the services of one configuration. Create it with New,
@@ -95,6 +100,9 @@ type Supervisor struct {
 	outputGrace time.Duration
 	hooks       Hooks
 	hooksInbox  *mailbox[func()]
+
+	// exitAfterRun: Options.ExitAfterRun.
+	exitAfterRun bool
 
 	// Below: owned by the loop goroutine (Run) alone.
 	procs     *procTable
@@ -229,6 +237,7 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		overrides:   make(map[string]int),
 		totals:      make(map[string]*ServiceCounters),
 	}
+	s.exitAfterRun = opts.ExitAfterRun
 	if s.log == nil {
 		s.log = zap.NewNop()
 	}
@@ -367,6 +376,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		cg:            cg,
 		sentinelGrace: s.cfg.ShutdownTimeout,
 		sentinelName:  s.program + ": cgroup sentinel",
+		exitNext:      s.exitAfterRun,
 		log:           s.log,
 		now:           s.now,
 		inbox:         newMailbox[procMsg](),
@@ -415,12 +425,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	// use what runs beside the supervisor, the queue socket say: Stopped
 	// waits for them.
 	endHooks()
-	// Once the last worker is gone its subtree is empty, and removing it
-	// is one rmdir: done before Stopped, so that what Stopped promises is
-	// all done. So is the notify directory.
-	if cg != nil {
-		cg.close()
-	}
+	// The process table removes the cgroup subtree as it ends, beside
+	// this (Run waits for it): once the last worker is gone the subtree is
+	// empty, and removing it is one rmdir, the kernel's work of a tenth of
+	// a millisecond. The notify directory is removed before Stopped.
 	s.removeNotifyDir()
 	// Not followed by a Gosched: the caller's goroutine that this wakes
 	// is taken by the other P soon enough, and this one, on the global

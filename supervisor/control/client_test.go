@@ -3,9 +3,11 @@ package control
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -82,6 +84,13 @@ func TestClientAndServerOverTheSocket(t *testing.T) {
 	}
 
 	srv.Interrupt(nil)
+	// Nothing accepts on the socket once Interrupt has returned.
+	if c, err := net.Dial("unix", path); !errors.Is(err, syscall.ECONNREFUSED) {
+		if c != nil {
+			c.Close()
+		}
+		t.Errorf("connect after Interrupt: %v, want connection refused", err)
+	}
 	srv.Interrupt(nil)
 	select {
 	case err := <-done:

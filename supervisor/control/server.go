@@ -187,15 +187,28 @@ func (c *Server) Run() error {
 	c.mu.Unlock()
 	go c.rates.runSampler(c.queues, c.quit)
 	c.log.Info("control socket listening", zap.String("socket", c.path))
-	if err := srv.Serve(c.l); !errors.Is(err, http.ErrServerClosed) {
+	if err := srv.Serve(c.l); !errors.Is(err, http.ErrServerClosed) && !c.interrupted() {
 		return fmt.Errorf("control socket: %w", err)
 	}
 	return nil
 }
 
-// Interrupt stops serving: the listener and connections are closed,
-// requests in progress cut. Safe to call twice, and before Run (which then
-// fails at once, having closed the listener).
+// interrupted reports that Interrupt has been called.
+func (c *Server) interrupted() bool {
+	select {
+	case <-c.quit:
+		return true
+	default:
+		return false
+	}
+}
+
+// Interrupt stops serving: the listener is closed (its socket file
+// removed) before Interrupt returns; the connections are closed beside
+// it, requests in progress cut. It does not wait for Run to notice, as
+// http.Server.Close would: on a loaded 2-core machine that wait was a
+// third of a millisecond of the manager's stop. Safe to call twice, and
+// before Run (which then fails at once, having closed the listener).
 func (c *Server) Interrupt(error) {
 	c.quitOnce.Do(func() { close(c.quit) })
 	c.mu.Lock()
@@ -203,8 +216,10 @@ func (c *Server) Interrupt(error) {
 	if c.server == nil {
 		c.server = &http.Server{} // a later Run fails at once
 		c.l.Close()
+		return
 	}
-	c.server.Close()
+	c.l.Close()
+	go c.server.Close()
 }
 
 func (c *Server) serveStatus(w http.ResponseWriter, r *http.Request) {

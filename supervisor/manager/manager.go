@@ -32,7 +32,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/oklog/run"
 	"go.uber.org/zap"
 
 	"github.com/gotyledon/gotyledon/config"
@@ -75,6 +74,15 @@ type Options struct {
 	// Default os.Getenv. The messages to systemd go where the process's
 	// own environment says (go-systemd reads it).
 	Getenv func(string) string
+	// ExitAfterRun says the process exits once Run returns, as the
+	// gotyledon command's does. Run then leaves the signals it catches
+	// (SIGCHLD among them) caught, each one doing nothing, rather than
+	// give them back their default actions: giving back one takes a round
+	// trip to the Go runtime's signal thread, a tenth of a millisecond or
+	// more on a busy machine, and the five were a tenth of the time from
+	// SIGTERM to the manager's exit. Default false: Run gives them back,
+	// for a program that goes on after it.
+	ExitAfterRun bool
 }
 
 // ErrNotStarted is wrapped by New's errors that New has logged in full.
@@ -96,6 +104,7 @@ type Manager struct {
 	metricsServer *metrics.Server // nil without control.metrics_listen
 	notify        *sdnotify.Notifier
 	watch         *configwatch.Watch // nil without a file or without inotify
+	exitAfterRun  bool
 	closeOnce     sync.Once
 }
 
@@ -119,7 +128,7 @@ func New(opts Options) (_ *Manager, err error) {
 	if getenv == nil {
 		getenv = os.Getenv
 	}
-	m := &Manager{log: log, signals: subscribeSignals(log, opts.LogFile), notify: sdnotify.New(getenv, log)}
+	m := &Manager{log: log, signals: subscribeSignals(log, opts.LogFile), notify: sdnotify.New(getenv, log), exitAfterRun: opts.ExitAfterRun}
 	defer func() {
 		if err != nil {
 			m.Close()
@@ -168,7 +177,7 @@ func New(opts Options) (_ *Manager, err error) {
 	if len(cfg.Queues) > 0 {
 		workerEnv = append(workerEnv, ipc.EnvSocket+"="+socket)
 	}
-	m.sup, err = supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: opts.ProgramName, WorkerEnv: workerEnv, Hooks: opts.Hooks})
+	m.sup, err = supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: opts.ProgramName, WorkerEnv: workerEnv, Hooks: opts.Hooks, ExitAfterRun: opts.ExitAfterRun})
 	if err != nil {
 		return nil, err
 	}
@@ -246,9 +255,24 @@ func New(opts Options) (_ *Manager, err error) {
 		log.Warn("config file not watched; SIGHUP still reloads it", zap.Error(err))
 		m.watch, err = nil, nil
 	} else {
-		m.reloads.fileChanges, m.reloads.unwatch = m.watch.Changes(), m.watch.Release
+		watch, sup := m.watch, m.sup
+		m.reloads.fileChanges = watch.Changes()
+		m.reloads.unwatch = func() { go releaseAfterStopSignals(watch, sup) }
 	}
 	return m, nil
+}
+
+// releaseAfterStopSignals lets the configuration watch go once the
+// workers' stop signals are out: a probe is answered after every message
+// the loop and the process table held when it was asked, the shutdown's
+// among them. Let go at once, the watch's goroutines and the kernel's
+// release of its inotify descriptor took the CPU from the loop just as
+// the shutdown began; let go at the end, that release (which waits for an
+// RCU grace period) held up the manager's exit. The probe returns once
+// the loop has answered, or has ended.
+func releaseAfterStopSignals(watch *configwatch.Watch, sup *supervisor.Supervisor) {
+	_ = sup.Probe(context.Background())
+	watch.Release()
 }
 
 // listenControl binds the control socket: the single-instance guard. A
@@ -328,11 +352,12 @@ func (m *Manager) summary(ctx context.Context, queues func(supervisor.Status) []
 
 // Run runs the manager until a shutdown has stopped every worker: after
 // SIGTERM or SIGINT, or once ctx ends (a graceful shutdown either way). It
-// returns nil then, or the error of an actor that failed. Run may be
-// called once.
+// returns nil then, or the error of an actor that failed. By then it has
+// released what New took (see Close), but for the signals under
+// Options.ExitAfterRun. Run may be called once.
 func (m *Manager) Run(ctx context.Context) error {
-	defer m.Close()
-	var g run.Group
+	defer m.release(!m.exitAfterRun)
+	g := newActorGroup(m.exitAfterRun)
 	// Signals: SIGTERM, SIGINT, SIGHUP, SIGUSR1 become requests to the
 	// reload path.
 	g.Add(m.signals.Run, m.signals.Interrupt)
@@ -344,11 +369,12 @@ func (m *Manager) Run(ctx context.Context) error {
 		g.Add(m.watch.Run, m.watch.Interrupt)
 	}
 	// Supervisor: starts, restarts and stops the workers. Once a shutdown
-	// has left no process (and no cgroup) the group ends: the other actors
-	// stop while the supervisor ends its process table, and Run returns
-	// when all are done.
+	// has left no process the group ends: the other actors stop while the
+	// supervisor ends its process table and removes its cgroups, and Run
+	// returns when all are done (under ExitAfterRun, when the supervisor
+	// is and every other actor has been told to stop).
 	var supErr error
-	g.Add(func() error { supErr = m.sup.Run(ctx); return supErr }, func(error) { m.sup.Shutdown(false) })
+	g.AddAwaited(func() error { supErr = m.sup.Run(ctx); return supErr }, func(error) { m.sup.Shutdown(false) })
 	groupEnd := make(chan struct{})
 	g.Add(func() error {
 		select {
@@ -395,12 +421,20 @@ func (m *Manager) Run(ctx context.Context) error {
 	return supErr // the group may have ended at Stopped, before Run's error
 }
 
-// Close releases what New took: the signals, the sockets, the watch. Run
-// calls it when it returns; call it yourself only for a Manager whose Run
-// is never called. Safe to call more than once.
-func (m *Manager) Close() {
+// Close releases what New took: the signals (given back their default
+// actions), the sockets, the watch. Run does the same when it returns
+// (without the signals under Options.ExitAfterRun); call Close yourself
+// only for a Manager whose Run is never called. Safe to call more than
+// once.
+func (m *Manager) Close() { m.release(true) }
+
+// release is Close, but for the signals when restoreSignals is false
+// (Options.ExitAfterRun): a later Close does not give them back either.
+func (m *Manager) release(restoreSignals bool) {
 	m.closeOnce.Do(func() {
-		m.signals.unsubscribe()
+		if restoreSignals {
+			m.signals.unsubscribe()
+		}
 		if m.queueListener != nil {
 			m.queueListener.Close()
 		}

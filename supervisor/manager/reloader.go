@@ -41,9 +41,9 @@ type reloader struct {
 	summary func() string
 	// fileChanges reports edits of the file's directory (configwatch);
 	// nil without a watch. unwatch, called once a shutdown is under way
-	// (nil without a watch), lets the watch go then, beside the workers'
+	// (nil without a watch), lets the watch go beside the workers'
 	// stopping, rather than after it, when the manager's own stop waits
-	// for it.
+	// for it. It must not block.
 	fileChanges <-chan struct{}
 	unwatch     func()
 
@@ -160,11 +160,26 @@ func (r *reloader) request(source supervisor.ReloadSource) { r.ask(reloadAsk{sou
 // one at once, not after a reload being read: the workers' stop signals
 // go out without waiting for that reload, which the supervisor then
 // refuses, as it refuses any during a shutdown.
+//
+// The ask is queued before the supervisor is told, when the queue has
+// room: of the goroutines a goroutine wakes, Go's scheduler runs the one
+// woken last first, and the supervisor's loop should send the stop
+// signals before the reloader's own work on the stop. Told first, the
+// loop waited behind it, 0.15 ms on a 2-core machine.
 func (r *reloader) stop(escalate bool) {
-	if !r.shutdownTold.Swap(true) {
+	tell := !r.shutdownTold.Swap(true)
+	asked := false
+	select {
+	case r.asks <- stopAsk{escalate: escalate}:
+		asked = true
+	default:
+	}
+	if tell {
 		r.sup.Shutdown(false)
 	}
-	r.ask(stopAsk{escalate: escalate})
+	if !asked {
+		r.ask(stopAsk{escalate: escalate})
+	}
 }
 
 func (r *reloader) ask(a any) {

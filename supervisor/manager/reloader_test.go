@@ -510,6 +510,47 @@ func TestStopReachesTheSupervisorWhileTheReloaderIsBusy(t *testing.T) {
 	}
 }
 
+// With the reloader's queue full (asks piled up behind a reload being
+// read), a stop still reaches the supervisor at once; its own ask then
+// waits for room.
+func TestStopReachesTheSupervisorWithTheQueueFull(t *testing.T) {
+	loop := &fakeLoop{}
+	r := newReloader(nil, nil)
+	r.sup = loop
+	for len(r.asks) < cap(r.asks) {
+		r.asks <- reloadAsk{source: supervisor.ReloadBySignal}
+	}
+	stopped := make(chan struct{})
+	go func() {
+		r.stop(false)
+		close(stopped)
+	}()
+	// Shutdown comes while the ask waits for room.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(loop.all()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the supervisor was not told of the stop while its ask waited for room")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	<-r.asks
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("stop did not return once the queue had room")
+	}
+	if got, want := loop.all(), []string{"shutdown fast=false"}; !slices.Equal(got, want) {
+		t.Errorf("supervisor asked %q, want %q", got, want)
+	}
+	var last any
+	for len(r.asks) > 0 {
+		last = <-r.asks
+	}
+	if _, ok := last.(stopAsk); !ok {
+		t.Errorf("the last ask queued is %T, want the stop's", last)
+	}
+}
+
 // A stop whose stopAsk is not read before the reloader is interrupted (the
 // stop was quick, the reloader busy) is still told to systemd, once:
 // Run's select takes the interrupt or the ask first at random, so it runs

@@ -43,6 +43,8 @@ func (c *runCommand) Run(e *env) error {
 		Logger:      log,
 		LogFile:     logFile,
 		ProgramName: e.name,
+		// Main's caller exits with the code it returns.
+		ExitAfterRun: true,
 	})
 	if errors.Is(err, manager.ErrNotStarted) {
 		return exitCode(ExitError) // the log says why
