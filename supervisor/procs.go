@@ -77,6 +77,9 @@ type procTable struct {
 	cg           *cgroupTree
 	sentinelPipe *os.File
 	sentinelPid  int
+	// sentinelHeld is the pipe to a sentinel told it is "gone": open till
+	// the process exits (exitNext).
+	sentinelHeld *os.File
 	// cgPending are workers' cgroups not yet empty when their workers
 	// finished, removed when they are; uncontained: some worker runs
 	// outside a cgroup of its own (its cgroup could not be made), so
@@ -653,20 +656,28 @@ func (p *procTable) startSentinel() {
 }
 
 // sentinelLeave tells the sentinel the manager cleans up itself: it exits
-// at once, without killing anything.
+// at once, without killing anything. With exitNext it is told the manager
+// is gone instead: it exits once the process has (its pipe's write end
+// held open till then), so that its exit and the SIGCHLD of it do not
+// take the CPU in the manager's last moments, and its new parent reaps it.
 func (p *procTable) sentinelLeave() {
 	if p.sentinelPipe == nil {
 		return
 	}
-	_, _ = p.sentinelPipe.WriteString("bye\n")
-	p.sentinelPipe.Close()
+	if p.exitNext {
+		_, _ = p.sentinelPipe.WriteString("gone\n")
+		p.sentinelHeld = p.sentinelPipe
+	} else {
+		_, _ = p.sentinelPipe.WriteString("bye\n")
+		p.sentinelPipe.Close()
+	}
 	p.sentinelPipe = nil
 }
 
 // sentinelRelease, as the table stops, reaps the sentinel told to leave
-// if it has exited, or else leaves a goroutine to (but for exitNext): the
-// stop does not wait for a shell to exit, and a program that goes on
-// after Run keeps no zombie.
+// if it has exited, or else leaves a goroutine to: the stop does not wait
+// for a shell to exit, and a program that goes on after Run keeps no
+// zombie. With exitNext, the sentinel outlives the process.
 func (p *procTable) sentinelRelease() {
 	pid := p.sentinelPid
 	if pid == 0 {
@@ -675,7 +686,10 @@ func (p *procTable) sentinelRelease() {
 	p.sentinelPid = 0
 	p.sentinelLeave() // in case no sweep told it
 	var ws unix.WaitStatus
-	if got, err := p.sys.wait4(pid, &ws, unix.WNOHANG, nil); got == pid || (err != nil && !errors.Is(err, unix.EINTR)) || p.exitNext {
+	if p.exitNext {
+		return // it exits after the process (sentinelLeave)
+	}
+	if got, err := p.sys.wait4(pid, &ws, unix.WNOHANG, nil); got == pid || (err != nil && !errors.Is(err, unix.EINTR)) {
 		return
 	}
 	// Through a pidfd where the kernel has them (opened now, while the
