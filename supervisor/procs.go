@@ -253,9 +253,11 @@ func (p *procTable) handle(m procMsg) {
 		}
 	case sweepReq:
 		killed := p.sweep(m.fast, m.timeout)
-		p.sentinelLeave()
 		p.swept = true
 		m.done <- killed
+		// After the answer, beside the supervisor's last steps: the table
+		// ends, and the supervisor waits for it, before the process exits.
+		p.sentinelLeave()
 	case procProbe:
 		m.reply <- struct{}{}
 	default:
