@@ -232,10 +232,8 @@ func (t *cgroupTree) workerCgroup(name string) (dir string, fd int, err error) {
 }
 
 // sentinelScript waits for a line on its standard input: "bye" from a
-// manager that cleans up itself (it exits at once), "gone" from one that
-// has cleaned up and exits next (it exits at end of file, not to be reaped
-// by it), or end of file (the manager is gone). Then, as the manager's own
-// shutdown would, it sends
+// manager that cleans up itself (it exits at once), or end of file (the
+// manager is gone). Then, as the manager's own shutdown would, it sends
 // SIGTERM to every process in the workers' and commands' cgroups under
 // the subtree $GOTYLEDON_CGROUP (the workers themselves had their
 // parent-death signal: a Go worker its stop signal, to finish the item in
@@ -245,7 +243,6 @@ func (t *cgroupTree) workerCgroup(name string) (dir string, fd int, err error) {
 // Shell builtins but sleep; a pid of 0 is another pid namespace's.
 const sentinelScript = `read -r line
 [ "$line" = bye ] && exit 0
-[ "$line" = gone ] && { read -r line; exit 0; }
 R=$GOTYLEDON_CGROUP
 for f in "$R"/w-*/cgroup.procs "$R"/c-*/cgroup.procs; do
 	[ -f "$f" ] || continue

@@ -333,9 +333,8 @@ services:
 
 // The cgroup sentinel lives in the manager's own cgroup, not in the
 // subtree it guards, so that a clean stop removes the subtree without
-// waiting for the shell to exit; told to leave, it exits all the same
-// (the gotyledon command's manager tells it it is gone: it exits once the
-// manager has), and the subtree is gone when the manager has exited.
+// waiting for the shell to exit; told to leave, it exits all the same,
+// and the subtree is gone when the manager has exited.
 func TestCleanStopEndsTheSentinel(t *testing.T) {
 	t.Parallel()
 	m := startManager(t, "services:\n  s: {command: [/bin/sleep, '1000']}\n")

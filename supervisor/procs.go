@@ -52,8 +52,8 @@ type procTable struct {
 	post    func(event) // into the loop's mailbox; never blocks
 	sigchld chan os.Signal
 	// exitNext: the process exits once the table has ended
-	// (Options.ExitAfterRun). The table then leaves SIGCHLD caught, and a
-	// sentinel that has not exited yet unreaped (whoever adopts it reaps
+	// (Options.ExitAfterRun). The table then leaves SIGCHLD caught, and
+	// the sentinel it told to leave unreaped (whoever adopts it reaps
 	// it), rather than spend the process's last moments on either: a
 	// round trip to the runtime's signal thread, and a thread blocked in
 	// waitid.
@@ -77,9 +77,6 @@ type procTable struct {
 	cg           *cgroupTree
 	sentinelPipe *os.File
 	sentinelPid  int
-	// sentinelHeld is the pipe to a sentinel told it is "gone": open till
-	// the process exits (exitNext).
-	sentinelHeld *os.File
 	// cgPending are workers' cgroups not yet empty when their workers
 	// finished, removed when they are; uncontained: some worker runs
 	// outside a cgroup of its own (its cgroup could not be made), so
@@ -658,28 +655,22 @@ func (p *procTable) startSentinel() {
 }
 
 // sentinelLeave tells the sentinel the manager cleans up itself: it exits
-// at once, without killing anything. With exitNext it is told the manager
-// is gone instead: it exits once the process has (its pipe's write end
-// held open till then), so that its exit and the SIGCHLD of it do not
-// take the CPU in the manager's last moments, and its new parent reaps it.
+// at once, without killing anything.
 func (p *procTable) sentinelLeave() {
 	if p.sentinelPipe == nil {
 		return
 	}
-	if p.exitNext {
-		_, _ = p.sentinelPipe.WriteString("gone\n")
-		p.sentinelHeld = p.sentinelPipe
-	} else {
-		_, _ = p.sentinelPipe.WriteString("bye\n")
-		p.sentinelPipe.Close()
-	}
+	_, _ = p.sentinelPipe.WriteString("bye\n")
+	p.sentinelPipe.Close()
 	p.sentinelPipe = nil
 }
 
 // sentinelRelease, as the table stops, reaps the sentinel told to leave
 // if it has exited, or else leaves a goroutine to: the stop does not wait
 // for a shell to exit, and a program that goes on after Run keeps no
-// zombie. With exitNext, the sentinel outlives the process.
+// zombie. With exitNext it does neither: whoever adopts the sentinel as
+// the process exits reaps it, and the process's last moments go to no
+// wait4 and no thread blocked in waitid.
 func (p *procTable) sentinelRelease() {
 	pid := p.sentinelPid
 	if pid == 0 {
@@ -689,7 +680,7 @@ func (p *procTable) sentinelRelease() {
 	p.sentinelLeave() // in case no sweep told it
 	var ws unix.WaitStatus
 	if p.exitNext {
-		return // it exits after the process (sentinelLeave)
+		return // the process's new parent reaps it
 	}
 	if got, err := p.sys.wait4(pid, &ws, unix.WNOHANG, nil); got == pid || (err != nil && !errors.Is(err, unix.EINTR)) {
 		return

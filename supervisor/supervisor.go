@@ -63,7 +63,7 @@ type Options struct {
 	// ExitAfterRun says the process exits once Run returns: Run then
 	// leaves SIGCHLD caught (see manager.Options.ExitAfterRun) rather
 	// than give it back, and the cgroup sentinel, told to leave, to be
-	// reaped by whoever adopts it if it has not exited yet. Default false.
+	// reaped by whoever adopts it. Default false.
 	ExitAfterRun bool
 }
 

@@ -25,7 +25,8 @@ type actorGroup struct {
 	// executes not yet returned; exitable is closed when it reaches zero.
 	pending  atomic.Int32
 	exitable chan struct{}
-	// first is the error of the first execute to return: the group's.
+	// first is the group's error: the one the interrupts are called with,
+	// the first execute's to return.
 	firstOnce sync.Once
 	first     error
 }
@@ -57,12 +58,12 @@ func (a *actorGroup) add(execute func() error, interrupt func(error), awaited bo
 	}
 	a.g.Add(func() error {
 		err := execute()
-		a.firstOnce.Do(func() { a.first = err })
 		if awaited {
 			a.done()
 		}
 		return err
 	}, func(err error) {
+		a.firstOnce.Do(func() { a.first = err })
 		interrupt(err)
 		a.done()
 	})
@@ -87,8 +88,7 @@ func (a *actorGroup) Run() error {
 	case err := <-ended:
 		return err
 	case <-a.exitable:
-		// Every interrupt was called after the first execute returned,
-		// and so after first was set.
+		// The first interrupt set first before the count could end.
 		return a.first
 	}
 }

@@ -263,13 +263,15 @@ func New(opts Options) (_ *Manager, err error) {
 }
 
 // releaseAfterStopSignals lets the configuration watch go once the
-// workers' stop signals are out: a probe is answered after every message
-// the loop and the process table held when it was asked, the shutdown's
-// among them. Let go at once, the watch's goroutines and the kernel's
-// release of its inotify descriptor took the CPU from the loop just as
-// the shutdown began; let go at the end, that release (which waits for an
-// RCU grace period) held up the manager's exit. The probe returns once
-// the loop has answered, or has ended.
+// workers' stop signals are out, as a rule: a probe is answered after
+// every message the loop and the process table held when it was asked,
+// and the shutdown's is usually among them (the supervisor is told of the
+// shutdown just after the reloader is asked: a probe that overtakes it
+// only lets the watch go sooner). Let go at once, the watch's goroutines
+// and the kernel's release of its inotify descriptor took the CPU from
+// the loop just as the shutdown began; let go at the end, that release
+// (which waits for an RCU grace period) held up the manager's exit. The
+// probe returns once the loop has answered, or has ended.
 func releaseAfterStopSignals(watch *configwatch.Watch, sup *supervisor.Supervisor) {
 	_ = sup.Probe(context.Background())
 	watch.Release()
@@ -363,7 +365,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	g.Add(m.signals.Run, m.signals.Interrupt)
 	// Reloads: the owner of the configuration; applies each reload, and
 	// each shutdown, in the order asked.
-	g.Add(func() error { return m.reloads.Run(ctx) }, m.reloads.Interrupt)
+	// Awaited under ExitAfterRun too: a stop it has not read yet is still
+	// told to systemd (STOPPING=1) as it ends.
+	g.AddAwaited(func() error { return m.reloads.Run(ctx) }, m.reloads.Interrupt)
 	// Config watch: edits of the file, applied as SIGHUP is.
 	if m.watch != nil {
 		g.Add(m.watch.Run, m.watch.Interrupt)
