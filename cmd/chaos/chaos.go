@@ -61,20 +61,23 @@ type chaos struct {
 	gen             int  // good versions of the file written: each differs from every other
 	restoring       bool // config writes the last good version again
 
-	mu        sync.Mutex
-	failures  []string
-	kills     map[string]int
-	stops     int
-	stopped   map[int]*stopRec
-	rescales  map[string]int
-	badEdits  int
-	badOK     int
-	garbage   map[string]int
-	held      []*heldConn
-	heldWG    sync.WaitGroup
-	statusOK  int
-	statusBad int
-	statusMax time.Duration
+	mu       sync.Mutex
+	failures []string
+	kills    map[string]int
+	// killedStart: the workers this run SIGKILLed, by pid, with their
+	// start times (a pid handed to a new process has another).
+	killedStart map[int]uint64
+	stops       int
+	stopped     map[int]*stopRec
+	rescales    map[string]int
+	badEdits    int
+	badOK       int
+	garbage     map[string]int
+	held        []*heldConn
+	heldWG      sync.WaitGroup
+	statusOK    int
+	statusBad   int
+	statusMax   time.Duration
 	// restarting: the manager was killed and its successor is not up
 	// yet; status is not asked then.
 	restarting bool
@@ -282,12 +285,14 @@ func (c *chaos) kill(ctx context.Context) {
 		return
 	}
 	w := ws[c.rnd.IntN(len(ws))]
+	st, _ := readStat(w.pid)
 	if err := syscall.Kill(w.pid, syscall.SIGKILL); err != nil {
 		c.logf("kill %s worker %d pid %d: %v", w.service, w.id, w.pid, err)
 		return
 	}
 	c.mu.Lock()
 	c.kills[w.service]++
+	c.killedStart[w.pid] = st.start
 	c.mu.Unlock()
 	c.logf("kill %s worker %d pid %d (SIGKILL)", w.service, w.id, w.pid)
 }
@@ -500,7 +505,9 @@ func (c *chaos) rescale(ctx context.Context) {
 }
 
 // waitQuiet waits until no SIGSTOP is pending, the file's last good
-// version is applied, and every service runs its desired workers.
+// version is applied, and every service runs its desired workers, none of
+// them one that has exited, or that this run killed, unseen by the
+// manager yet.
 func (c *chaos) waitQuiet(ctx context.Context, timeout time.Duration) (*status, error) {
 	var last *status
 	why := ""
@@ -521,7 +528,25 @@ func (c *chaos) waitQuiet(ctx context.Context, timeout time.Duration) (*status, 
 		}
 		ok, w := st.quiet()
 		why = w
-		return ok
+		if !ok {
+			return false
+		}
+		// A worker that has exited, or that this run has SIGKILLed and is
+		// still dying, is listed running until the manager has reaped it
+		// (a moment, or much more on a loaded machine).
+		for svc, pids := range st.pids() {
+			for _, pid := range pids {
+				ps, err := readStat(pid)
+				c.mu.Lock()
+				start, killed := c.killedStart[pid]
+				c.mu.Unlock()
+				if err != nil || ps.state == 'Z' || ps.state == 'X' || (killed && ps.start == start) {
+					why = fmt.Sprintf("%s pid %d has exited or is dying; the manager has not seen it yet", svc, pid)
+					return false
+				}
+			}
+		}
+		return true
 	})
 	if err != nil {
 		return last, fmt.Errorf("not quiet: %s: %w", why, err)

@@ -104,6 +104,7 @@ func run(ctx context.Context, opts options, out io.Writer) (err error) {
 		controlSock: filepath.Join(dir, "control.sock"),
 		marker:      hex.EncodeToString(mb[:]),
 		kills:       map[string]int{},
+		killedStart: map[int]uint64{},
 		stopped:     map[int]*stopRec{},
 		rescales:    map[string]int{},
 		garbage:     map[string]int{},
