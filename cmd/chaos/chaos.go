@@ -116,7 +116,10 @@ func (c *chaos) fail(format string, args ...any) {
 func (c *chaos) config(producers, consumers int, bad string) []byte {
 	restart := "{min_uptime: 100ms, backoff_initial: 20ms, backoff_max: 500ms}"
 	consumerWorkers := fmt.Sprint(consumers)
-	stopTimeout := "2s"
+	// A JetStream consumer stopping may wait out a pull request (up to a
+	// second), and a loaded machine more: once, beside the suite and
+	// .ci/run, one took 3.3 s and a 2 s stop_timeout killed it.
+	stopTimeout := "10s"
 	consumerRun := "consumer"
 	switch bad {
 	case "workers: many":
@@ -147,7 +150,7 @@ services:
     run: producer
     workers: %d
     env: {CHAOS_RUN: %q, %s: "%d"}
-    stop_timeout: 2s
+    stop_timeout: 10s
     restart: %s
   consumer:
     run: %s
