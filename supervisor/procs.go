@@ -678,10 +678,10 @@ func (p *procTable) sentinelRelease() {
 	}
 	p.sentinelPid = 0
 	p.sentinelLeave() // in case no sweep told it
-	var ws unix.WaitStatus
 	if p.exitNext {
 		return // the process's new parent reaps it
 	}
+	var ws unix.WaitStatus
 	if got, err := p.sys.wait4(pid, &ws, unix.WNOHANG, nil); got == pid || (err != nil && !errors.Is(err, unix.EINTR)) {
 		return
 	}

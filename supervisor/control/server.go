@@ -205,10 +205,11 @@ func (c *Server) interrupted() bool {
 
 // Interrupt stops serving: the listener is closed before Interrupt
 // returns (nothing accepts on the socket from then on); the connections
-// are closed beside it, requests in progress cut. It does not wait for Run to notice, as
-// http.Server.Close would: on a loaded 2-core machine that wait was a
-// third of a millisecond of the manager's stop. Safe to call twice, and
-// before Run (which then fails at once, having closed the listener).
+// are closed beside it, requests in progress cut. It does not wait for
+// Run to notice, as http.Server.Close would: on a loaded 2-core machine
+// that wait was a third of a millisecond of the manager's stop. Safe to
+// call twice, and before Run (which then fails at once, having closed the
+// listener).
 func (c *Server) Interrupt(error) {
 	c.quitOnce.Do(func() { close(c.quit) })
 	c.mu.Lock()

@@ -187,8 +187,8 @@ func (p *Program) SetHooks(h supervisor.Hooks) { p.hooks = h }
 
 // Main runs the gotyledon command line with args (os.Args) and returns the
 // process exit code (ExitOK, ExitError, ExitUsage, ExitTimeout), for main
-// to exit with at once: the run command leaves the signals the manager
-// caught caught (manager.Options.ExitAfterRun). If the
+// to exit with at once: the run command does not give back the signals
+// the manager handles (manager.Options.ExitAfterRun). If the
 // environment marks this process as a Go worker started by a manager, it
 // runs that worker instead (see service.Main). With EnvStartupProbe set,
 // it only writes the time it was called and returns ExitOK (see
