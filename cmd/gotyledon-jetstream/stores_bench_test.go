@@ -53,6 +53,10 @@ import (
 // connected and waiting) to the consumer's last item. Metrics:
 //
 //	items/s    b.N over that time
+//	cpu-ns/item
+//	           the CPU time the whole machine was busy over that time
+//	           (every process: producer, consumer, manager, bridge,
+//	           server, and anything else running), per item
 //	p50-ms, p99-ms
 //	           put → get of an item: from before its batch is put to its
 //	           get (the clock's time in the item, read by the consumer)
@@ -129,6 +133,7 @@ func benchStore(b *testing.B, kind, sync string, pack int, base *float64) float6
 	consumer, _ := startRole(b, "consume-"+role, env...)
 	producer, _ := startRole(b, "produce-"+role, env...)
 	b.ResetTimer()
+	cpu0 := readMachineCPU(b)
 	t0 := time.Now()
 	if _, err := io.WriteString(producer.stdin, "go\n"); err != nil {
 		b.Fatal(err)
@@ -147,6 +152,7 @@ func benchStore(b *testing.B, kind, sync string, pack int, base *float64) float6
 		}
 	}
 	elapsed := time.Since(t0)
+	cpu1 := readMachineCPU(b)
 	b.StopTimer()
 	var p50, p99 float64
 	if _, err := fmt.Sscanf(line, "done %g %g", &p50, &p99); err != nil {
@@ -154,6 +160,7 @@ func benchStore(b *testing.B, kind, sync string, pack int, base *float64) float6
 	}
 	perItem := float64(elapsed.Nanoseconds()) / float64(items)
 	b.ReportMetric(float64(items)/elapsed.Seconds(), "items/s")
+	b.ReportMetric(cpu1.busySince(cpu0, elapsed)/float64(items), "cpu-ns/item")
 	b.ReportMetric(p50, "p50-ms")
 	b.ReportMetric(p99, "p99-ms")
 	if base != nil && *base > 0 {
@@ -455,4 +462,57 @@ func sbConsumeBroker(socket string, items int) error {
 	}
 	lat.done()
 	return nil
+}
+
+// machineCPU is what /proc/stat says of the machine's CPU time so far:
+// its first line's clock ticks, busy and all, summed over the CPUs it
+// counts (its cpuN lines).
+type machineCPU struct {
+	busy, total int64
+	cpus        int
+}
+
+func readMachineCPU(b *testing.B) machineCPU {
+	b.Helper()
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	var c machineCPU
+	for _, l := range strings.Split(string(data), "\n") {
+		if len(l) > 3 && strings.HasPrefix(l, "cpu") && l[3] >= '0' && l[3] <= '9' {
+			c.cpus++
+		}
+	}
+	fields := strings.Fields(line)
+	if len(fields) < 5 || fields[0] != "cpu" {
+		b.Fatalf("/proc/stat begins %q, not the cpu line", line)
+	}
+	for i, f := range fields[1:] {
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/stat cpu line %q: %v", line, err)
+		}
+		switch {
+		case i >= 8: // guest time, already counted as user time
+		case i == 3 || i == 4 || i == 7: // idle, iowait, stolen by the host
+			c.total += n
+		default:
+			c.total += n
+			c.busy += n
+		}
+	}
+	return c
+}
+
+// busySince is the busy CPU time in ns between then and c, elapsed apart:
+// the busy share of the ticks times elapsed times the CPUs, so that the
+// length of a tick does not matter.
+func (c machineCPU) busySince(then machineCPU, elapsed time.Duration) float64 {
+	total := c.total - then.total
+	if total <= 0 {
+		return 0
+	}
+	return float64(c.busy-then.busy) / float64(total) * float64(elapsed.Nanoseconds()) * float64(c.cpus)
 }
