@@ -26,8 +26,10 @@ import (
 
 // Limits and defaults.
 const (
-	// ProtocolVersion is the version of PROTOCOL.md spoken here.
-	ProtocolVersion = 1
+	// ProtocolVersion is the version of PROTOCOL.md spoken here. Version
+	// 2 adds tasks (request and reply); the broker speaks version 1 too,
+	// to clients that say it in their HELLO.
+	ProtocolVersion = 2
 	// DefaultMaxItem is the largest item a broker accepts unless configured
 	// otherwise, in bytes; it is announced in WELCOME.
 	DefaultMaxItem = 1<<20 - 64
@@ -520,14 +522,16 @@ const (
 	msgResult msgKind = iota
 	msgItems
 	msgFatal
-	msgRaw // a store server's frame, passed on as it is (upstream.go)
+	msgRaw      // a store server's frame, passed on as it is (upstream.go)
+	msgOutcomes // how a submitter's tasks ended (tasks.go)
 )
 
 // outMsg is one reply waiting for the connection's writer. Items are
 // encoded by the writer, straight from the items' buffers.
 type outMsg struct {
-	kind    msgKind
-	autoAck bool
+	kind     msgKind
+	autoAck  bool
+	requests bool // msgItems: a REQUESTS frame (tasks), not ITEMS
 	status  uint16
 	id      uint32
 	n       uint32
@@ -535,7 +539,8 @@ type outMsg struct {
 	q       *queue
 	items   []item
 	first   uint64 // delivery id of items[0]; the others follow
-	raw     []byte // msgRaw: the frame's type and body
+	raw      []byte    // msgRaw: the frame's type and body
+	outcomes []outcome // msgOutcomes
 }
 
 type inflightItem struct {
@@ -550,8 +555,9 @@ type conn struct {
 	nc     net.Conn
 	id     uint64
 	peer   Peer
-	client string // from HELLO, for the logs
-	log    *zap.Logger
+	client  string // from HELLO, for the logs
+	version uint16 // from HELLO: the protocol version spoken
+	log     *zap.Logger
 
 	wake       chan struct{} // an outbox append, for the writer (cap 1)
 	drained    chan struct{} // the writer took the outbox (cap 1)
@@ -582,7 +588,10 @@ type conn struct {
 	fatalSet   bool     // a FATAL is in the outbox: nothing else is read or sent
 	unsent     []outMsg // auto-ack replies the writer took but did not write
 	inflight   inflightTable
-	waiting    map[uint32]*waiter // by request id, for CANCEL
+	// submissions are the connection's tasks not yet ended, by tag
+	// (tasks.go).
+	submissions map[uint64]*request
+	waiting     map[uint32]*waiter // by request id, for CANCEL
 	// Waiting requests and the bytes of their PUTs' items, for flow
 	// control. Counted apart from waiting, which a reused id overwrites.
 	nWaiting, waitingBytes int
@@ -681,7 +690,7 @@ func (c *conn) reply(id uint32, status uint16, n uint32, message string) {
 // false, taking nothing, when the connection's cleanup already ran or a
 // FATAL is queued: the writer stops at the FATAL, so nothing queued behind
 // it would ever be written.
-func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck bool, cons *waiter) bool {
+func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck, requests bool, cons *waiter) bool {
 	c.mu.Lock()
 	if c.closed || c.fatalSet {
 		c.mu.Unlock()
@@ -690,7 +699,7 @@ func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck 
 	if !autoAck {
 		c.inflight.add(first, q, cons, items)
 	}
-	c.outbox = append(c.outbox, outMsg{kind: msgItems, id: id, q: q, items: items, first: first, autoAck: autoAck})
+	c.outbox = append(c.outbox, outMsg{kind: msgItems, id: id, q: q, items: items, first: first, autoAck: autoAck, requests: requests})
 	wake := !c.handling
 	c.mu.Unlock()
 	if wake {
@@ -846,12 +855,13 @@ func (c *conn) handshake() (*bufio.Reader, bool) {
 		return nil, false
 	}
 	c.client = h.Client
-	if string(h.Magic[:]) != helloMagic || h.Version != ProtocolVersion {
+	if string(h.Magic[:]) != helloMagic || h.Version < 1 || h.Version > ProtocolVersion {
 		c.log.Warn("queue client sent a bad HELLO", zap.String("client", h.Client), zap.Uint16("version", h.Version))
-		c.fatalDirect(statusBadHello, fmt.Sprintf("want magic %q version %d", helloMagic, ProtocolVersion))
+		c.fatalDirect(statusBadHello, fmt.Sprintf("want magic %q version 1 to %d", helloMagic, ProtocolVersion))
 		return nil, false
 	}
-	err = c.writeDirect(appendWelcome(nil, &welcomeFrame{Version: ProtocolVersion, MaxFrame: uint32(c.b.maxFrame), MaxItem: uint32(c.b.maxItem)}))
+	c.version = h.Version
+	err = c.writeDirect(appendWelcome(nil, &welcomeFrame{Version: h.Version, MaxFrame: uint32(c.b.maxFrame), MaxItem: uint32(c.b.maxItem)}))
 	if err != nil {
 		c.log.Debug("queue client gone before WELCOME", zap.Error(err))
 		return nil, false
@@ -881,7 +891,9 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			return c.nc.SetReadDeadline(time.Time{})
 		},
 	}
-	keepPut := func(typ byte) bool { return typ == typePut }
+	// Items (PUT, SUBMIT) and results (REPLY) are kept as slices of the
+	// frame they came in (see queue.go).
+	keepPut := func(typ byte) bool { return typ == typePut || typ == typeSubmit || typ == typeReply }
 	for {
 		payload, err := fr.read(c.b.maxFrame, keepPut)
 		if err == nil {
@@ -984,7 +996,7 @@ func (c *conn) handle(payload []byte) error {
 				return nil
 			}
 		}
-		q.put(c, f.ID, f.TimeoutMS, f.Items)
+		q.put(c, f.ID, f.TimeoutMS, f.Items, nil)
 	case *getFrame:
 		q := c.b.queue(f.Queue)
 		if q == nil {
@@ -1019,6 +1031,18 @@ func (c *conn) handle(payload []byte) error {
 		case c.forwarded(f.ID):
 			c.forward(payload, f.ID, pendingFwd{kind: fwdCancel}, 0)
 		}
+	case *submitFrame, *replyFrame, *withdrawFrame:
+		if c.version < taskVersion {
+			return badFrame("%s needs protocol version %d; this connection said %d in its HELLO", frameName(f), taskVersion, c.version)
+		}
+		switch f := f.(type) {
+		case *submitFrame:
+			c.submit(f)
+		case *replyFrame:
+			c.answer(f)
+		case *withdrawFrame:
+			c.withdraw(f)
+		}
 	default:
 		return badFrame("%s is not a request a client sends", frameName(f))
 	}
@@ -1027,7 +1051,7 @@ func (c *conn) handle(payload []byte) error {
 
 // frameName is the protocol's name of a decoded frame's type.
 func frameName(f any) string {
-	switch f.(type) {
+	switch f := f.(type) {
 	case *helloFrame:
 		return "HELLO"
 	case *welcomeFrame:
@@ -1045,9 +1069,20 @@ func frameName(f any) string {
 	case *resultFrame:
 		return "RESULT"
 	case *itemsFrame:
+		if f.Requests {
+			return "REQUESTS"
+		}
 		return "ITEMS"
 	case *fatalFrame:
 		return "FATAL"
+	case *submitFrame:
+		return "SUBMIT"
+	case *replyFrame:
+		return "REPLY"
+	case *withdrawFrame:
+		return "WITHDRAW"
+	case *outcomesFrame:
+		return "OUTCOMES"
 	}
 	return fmt.Sprintf("frame %T", f)
 }
@@ -1096,7 +1131,11 @@ func (c *conn) replyAck(id, found, unknown uint32) {
 
 // settle acks or NACKs the broker's own deliveries of f and returns how
 // many it found.
-func (c *conn) settle(f *ackFrame) uint32 {
+func (c *conn) settle(f *ackFrame) uint32 { return c.settleWith(f, nil) }
+
+// settleWith is settle, the acked tasks answered by answer(i) for
+// f.Deliveries[i] (nil: done, with an empty result).
+func (c *conn) settleWith(f *ackFrame, answer func(i int) (byte, []byte)) uint32 {
 	type found struct {
 		delivery uint64
 		inflightItem
@@ -1110,14 +1149,25 @@ func (c *conn) settle(f *ackFrame) uint32 {
 	var credW *waiter
 	credN := 0
 	var credit map[*waiter]int
+	var ends map[*queue][]taskEnd // acked tasks, by queue
 	c.mu.Lock()
 	n := 0
-	for _, d := range f.Deliveries {
+	for i, d := range f.Deliveries {
 		e, ok := c.inflight.take(d)
 		if !ok {
 			continue
 		}
 		n++
+		if e.it.req != nil && !f.Nack {
+			end := taskEnd{req: e.it.req, status: outcomeDone}
+			if answer != nil {
+				end.status, end.body = answer(i)
+			}
+			if ends == nil {
+				ends = make(map[*queue][]taskEnd)
+			}
+			ends[e.q] = append(ends[e.q], end)
+		}
 		switch {
 		case e.cons == nil:
 		case credW == nil || credW == e.cons:
@@ -1145,6 +1195,9 @@ func (c *conn) settle(f *ackFrame) uint32 {
 		}
 	}
 	c.mu.Unlock()
+	for q, es := range ends {
+		q.endTasks(es)
+	}
 	if ackQ != nil {
 		ackQ.ack(ackN)
 	}
@@ -1289,6 +1342,8 @@ func (c *conn) writeAll() (stop bool, err error) {
 				fatal = true
 			case msgRaw:
 				c.wbuf = append(appendUint32(c.wbuf, uint32(len(m.raw))), m.raw...)
+			case msgOutcomes:
+				c.wbuf = appendOutcomes(c.wbuf, &outcomesFrame{Outcomes: m.outcomes})
 			case msgItems:
 				err = c.encodeItems(&c.wbuf, m, write)
 				if err == nil && m.autoAck {
@@ -1371,6 +1426,8 @@ func (c *conn) flushInline() {
 			c.wbuf = appendResult(c.wbuf, &resultFrame{ID: m.id, Status: m.status, N: m.n, Message: m.message})
 		case msgRaw:
 			c.wbuf = append(appendUint32(c.wbuf, uint32(len(m.raw))), m.raw...)
+		case msgOutcomes:
+			c.wbuf = appendOutcomes(c.wbuf, &outcomesFrame{Outcomes: m.outcomes})
 		case msgItems:
 			c.encodeItems(&c.wbuf, m, nil) //nolint:errcheck // no big body (inlineable): it writes nothing
 			if m.autoAck {
@@ -1489,7 +1546,11 @@ func (c *conn) encodeItems(buf *[]byte, m *outMsg, write func() error) error {
 	}
 	b := *buf
 	b = appendUint32(b, uint32(size))
-	b = append(b, typeItems)
+	if m.requests {
+		b = append(b, typeRequests)
+	} else {
+		b = append(b, typeItems)
+	}
 	b = appendUint32(b, m.id)
 	b = appendUint32(b, uint32(len(m.items)))
 	for i := range m.items {
@@ -1557,7 +1618,10 @@ func (c *conn) cleanup() {
 		}
 	}
 	c.inflight, c.outbox, c.spare, c.unsent = inflightTable{}, nil, nil, nil
+	subs := c.submissions
+	c.submissions = nil
 	c.mu.Unlock()
+	c.dropSubmissions(subs)
 	if len(all) > 0 {
 		slices.SortFunc(all, func(a, b held) int { return cmp.Compare(a.delivery, b.delivery) })
 		requeueGrouped(len(all), func(i int) (*queue, item) { return all[i].q, all[i].it })

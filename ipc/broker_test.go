@@ -663,7 +663,7 @@ func TestBadFramesCloseOnlyThatConnection(t *testing.T) {
 	})
 	t.Run("bad version", func(t *testing.T) {
 		rc := h.raw(false)
-		rc.write(appendHello(nil, &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: 2}))
+		rc.write(appendHello(nil, &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: ProtocolVersion + 1}))
 		rc.expectFatalAndClose(statusBadHello)
 	})
 	if h.logs.FilterMessageSnippet("broke the protocol").Len() == 0 {

@@ -46,6 +46,7 @@ type Client struct {
 	nc       net.Conn
 	maxFrame int
 	maxItem  int
+	version  uint16 // the protocol version the broker said in WELCOME
 
 	wake    chan struct{} // out has bytes (cap 1)
 	room    chan struct{} // the writer took out (cap 1)
@@ -79,6 +80,15 @@ type Client struct {
 	acks, nacks   []uint64
 	ackTimerArmed bool
 	ackErr        error
+	// Replies queued by Consumers' deliveries, sent with the
+	// acknowledgements (taskclient.go), and the bytes of their results.
+	answers     []answer
+	answerBytes int
+	// Tasks submitted and not yet ended, by tag, and the waits for
+	// their outcomes (taskclient.go).
+	nextTag     uint64
+	tasks       map[uint64]*Future
+	taskWaiters map[chan struct{}]struct{}
 }
 
 // call is a request waiting for its reply.
@@ -107,6 +117,13 @@ type Delivery struct {
 	ID         uint64 // the broker's delivery id
 	Deliveries int    // 1 the first time; more when redelivered
 	Body       []byte
+	// Request: the item is a task, whose submitter waits for its outcome:
+	// answer it with Reply or Fail (an Ack answers it with an empty
+	// result).
+	Request bool
+
+	c    *Client
+	cons *Consumer // the Consumer that handed it out; nil for a GET's
 }
 
 // Dial connects to the broker listening on the Unix socket at path and
@@ -174,7 +191,7 @@ func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
 	default:
 		return nil, fmt.Errorf("reading WELCOME: %w: got %T", errBadFrame, f)
 	}
-	if w.Version != ProtocolVersion || int64(w.MaxFrame) < int64(w.MaxItem)+frameSlack {
+	if w.Version < 1 || w.Version > ProtocolVersion || int64(w.MaxFrame) < int64(w.MaxItem)+frameSlack {
 		return nil, fmt.Errorf("unusable WELCOME: version %d, max_frame %d, max_item %d", w.Version, w.MaxFrame, w.MaxItem)
 	}
 	if !stop() { // the AfterFunc ran, or runs: its deadline may land after ours
@@ -185,12 +202,16 @@ func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
 		nc:       nc,
 		maxFrame: int(w.MaxFrame),
 		maxItem:  int(w.MaxItem),
+		version:  w.Version,
 		wake:     make(chan struct{}, 1),
 		room:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 		pending:  make(map[uint32]*call),
+		tasks:    make(map[uint64]*Future),
 		rs:       rs,
+
+		taskWaiters: make(map[chan struct{}]struct{}),
 		r:        r,
 
 		readerFree: make(chan struct{}, 1),
@@ -215,6 +236,10 @@ func handshakeErr(ctx context.Context, err error) error {
 	}
 	return err
 }
+
+// MaxItem is the largest item (and task result) the broker accepts, in
+// bytes, as it said when the client connected.
+func (c *Client) MaxItem() int { return c.maxItem }
 
 // Close closes the connection; pending calls return ErrClosed, and items
 // this client holds in flight are requeued by the broker. Acknowledgements
@@ -247,6 +272,7 @@ func (c *Client) fail(err error) {
 	}
 	c.err = err
 	close(c.done)
+	c.endTasksLocked(err)
 	var consumers []*Consumer
 	for _, cl := range c.pending {
 		if cl.consumer != nil {
@@ -593,7 +619,7 @@ func (c *Client) GetBatch(ctx context.Context, queue string, max int) ([]*Delive
 	ds := make([]Delivery, len(f.Items))
 	out := make([]*Delivery, len(f.Items))
 	for i, it := range f.Items {
-		ds[i] = Delivery{Queue: queue, ID: it.Delivery, Deliveries: int(it.Deliveries), Body: it.Body}
+		ds[i] = Delivery{Queue: queue, ID: it.Delivery, Deliveries: int(it.Deliveries), Body: it.Body, Request: f.Requests, c: c}
 		out[i] = &ds[i]
 	}
 	return out, nil

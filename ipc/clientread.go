@@ -172,7 +172,7 @@ func (c *Client) stepDown(waiting bool) {
 // bgNeededLocked reports whether frames can come that nobody waits for:
 // a request is pending, or a write is held up. Called with c.mu held.
 func (c *Client) bgNeededLocked() bool {
-	return c.err == nil && (len(c.pending) > 0 || c.writeStalled || !c.lazyRead)
+	return c.err == nil && (len(c.pending) > 0 || len(c.tasks) > 0 || c.writeStalled || !c.lazyRead)
 }
 
 // await waits for a value on ch (cap 1: a call's reply, a consumer's
@@ -324,6 +324,9 @@ func (c *Client) readFrame() error {
 	case *fatalFrame:
 		c.fail(fmt.Errorf("%w: %w", ErrClosed, &StatusError{Code: f.Status, Message: f.Message}))
 		return c.gone()
+	case *outcomesFrame:
+		c.outcomes(f)
+		return nil
 	default:
 		c.fail(fmt.Errorf("%w: the broker sent an unexpected %T", ErrClosed, f))
 		return c.gone()

@@ -15,8 +15,10 @@ const (
 	// nothing left to hand out).
 	ackDelay = time.Millisecond
 	// ackBatch is how many queued acknowledgements are sent at once without
-	// waiting for ackDelay.
-	ackBatch = 256
+	// waiting for ackDelay; ackBatchBytes, how many bytes of queued
+	// replies' results.
+	ackBatch      = 256
+	ackBatchBytes = 256 << 10
 )
 
 // ErrConsumerClosed is wrapped by Consumer.Next's error once Close was
@@ -175,7 +177,7 @@ func (s *Consumer) push(f *itemsFrame) {
 	ds := make([]Delivery, len(f.Items))
 	out := make([]*Delivery, len(f.Items))
 	for i, it := range f.Items {
-		ds[i] = Delivery{Queue: s.queue, ID: it.Delivery, Deliveries: int(it.Deliveries), Body: it.Body}
+		ds[i] = Delivery{Queue: s.queue, ID: it.Delivery, Deliveries: int(it.Deliveries), Body: it.Body, Request: f.Requests, c: s.c, cons: s}
 		out[i] = &ds[i]
 	}
 	s.mu.Lock()
@@ -233,7 +235,7 @@ func (c *Client) queueAcks(nack bool, ds []*Delivery) error {
 			c.acks = append(c.acks, d.ID)
 		}
 	}
-	now := len(c.acks)+len(c.nacks) >= ackBatch
+	now := len(c.acks)+len(c.nacks)+len(c.answers) >= ackBatch || c.answerBytes >= ackBatchBytes
 	if !now && !c.ackTimerArmed {
 		c.ackTimerArmed = true
 		time.AfterFunc(ackDelay, c.flushAcks)
@@ -249,7 +251,7 @@ func (c *Client) queueAcks(nack bool, ds []*Delivery) error {
 func (c *Client) flushAcks() {
 	c.mu.Lock()
 	c.ackTimerArmed = false
-	queued := len(c.acks)+len(c.nacks) > 0 && c.err == nil
+	queued := len(c.acks)+len(c.nacks)+len(c.answers) > 0 && c.err == nil
 	c.mu.Unlock()
 	if queued {
 		c.flush()
@@ -262,9 +264,10 @@ func (c *Client) flushAcks() {
 // c.mu held, by whoever is about to write c.out. It reports whether there
 // were any.
 func (c *Client) encodeAcksLocked() (queued bool) {
-	if len(c.acks)+len(c.nacks) == 0 {
+	if len(c.acks)+len(c.nacks)+len(c.answers) == 0 {
 		return false
 	}
+	defer c.encodeAnswersLocked()
 	perFrame := (c.maxFrame - ackFixedLen) / 8
 	for _, q := range []struct {
 		nack bool
@@ -292,7 +295,7 @@ func (c *Client) flush() {
 			return
 		}
 		c.mu.Lock()
-		more := len(c.out)+len(c.acks)+len(c.nacks) > 0
+		more := len(c.out)+len(c.acks)+len(c.nacks)+len(c.answers) > 0
 		c.mu.Unlock()
 		if !more {
 			return

@@ -25,6 +25,9 @@ var (
 	ErrClosed = errors.New("connection to the queue broker closed")
 	// ErrShuttingDown: the broker is stopping (status SHUTTING_DOWN).
 	ErrShuttingDown = errors.New("queue broker shutting down")
+	// ErrUnsupported: the queue cannot do what was asked (status
+	// UNSUPPORTED): a task submitted to a queue kept in JetStream.
+	ErrUnsupported = errors.New("not supported by this queue")
 	// ErrQueueNotEmpty is wrapped by SetQueues' error when it would remove
 	// a queue that holds items (waiting or in flight).
 	ErrQueueNotEmpty = errors.New("queue not empty")
@@ -37,6 +40,7 @@ var statusSentinels = map[uint16]error{
 	statusTooLarge:     ErrTooLarge,
 	statusRefused:      ErrRefused,
 	statusShuttingDown: ErrShuttingDown,
+	statusUnsupported:  ErrUnsupported,
 }
 
 // StatusError is a status other than OK from the broker, in a RESULT or a

@@ -42,10 +42,11 @@ const (
 	statusRefused         uint16 = 8
 	statusShuttingDown    uint16 = 9
 	statusCancelled       uint16 = 10
+	statusUnsupported     uint16 = 11
 )
 
 var statusNames = [...]string{"OK", "TIMEOUT", "FULL", "NO_SUCH_QUEUE", "TOO_LARGE",
-	"UNKNOWN_DELIVERY", "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED"}
+	"UNKNOWN_DELIVERY", "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED", "UNSUPPORTED"}
 
 func statusName(code uint16) string {
 	if int(code) < len(statusNames) {
@@ -146,9 +147,12 @@ type wireItem struct {
 	Body       []byte // a slice of the frame's buffer when decoded
 }
 
+// itemsFrame is an ITEMS or, with Requests set, a REQUESTS: items that
+// want a reply (taskframe.go).
 type itemsFrame struct {
-	ID    uint32
-	Items []wireItem
+	ID       uint32
+	Items    []wireItem
+	Requests bool
 }
 
 type fatalFrame struct {
@@ -261,7 +265,11 @@ func appendResult(dst []byte, f *resultFrame) []byte {
 }
 
 func appendItems(dst []byte, f *itemsFrame) []byte {
-	dst, start := beginFrame(dst, typeItems)
+	typ := typeItems
+	if f.Requests {
+		typ = typeRequests
+	}
+	dst, start := beginFrame(dst, typ)
 	dst = binary.BigEndian.AppendUint32(dst, f.ID)
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(f.Items)))
 	for i := range f.Items {
@@ -302,6 +310,14 @@ func appendFrame(dst []byte, f any) []byte {
 		return appendItems(dst, f)
 	case *fatalFrame:
 		return appendFatal(dst, f)
+	case *submitFrame:
+		return appendSubmit(dst, f)
+	case *replyFrame:
+		return appendReply(dst, f)
+	case *withdrawFrame:
+		return appendWithdraw(dst, f)
+	case *outcomesFrame:
+		return appendOutcomes(dst, f)
 	}
 	panic(fmt.Sprintf("ipc: appendFrame of %T", f)) // a bug in this package, not bad input
 }
@@ -508,8 +524,8 @@ func decodeFrame(payload []byte) (any, error) {
 		f.N = d.u32("RESULT n")
 		f.Message = d.str8("RESULT message")
 		return &f, d.finish("RESULT")
-	case typeItems:
-		var f itemsFrame
+	case typeItems, typeRequests:
+		f := itemsFrame{Requests: typ == typeRequests}
 		f.ID = d.u32("ITEMS id")
 		n := d.count(itemsEntryLen, "ITEMS count")
 		if d.err == nil && n == 0 {
@@ -530,6 +546,9 @@ func decodeFrame(payload []byte) (any, error) {
 		f.Message = d.str8("FATAL message")
 		return &f, d.finish("FATAL")
 	default:
+		if f, ok, err := decodeTaskFrame(typ, &d); ok {
+			return f, err
+		}
 		return nil, badFrame("unknown frame type 0x%02x", typ)
 	}
 }

@@ -40,6 +40,28 @@ var consumeExample = []struct {
 	{"0000000c 82 00000004 000a 00000000 00", &resultFrame{ID: 4, Status: statusCancelled}},
 }
 
+// taskExample is the byte dump of PROTOCOL.md's "A worked example of
+// tasks".
+var taskExample = []struct {
+	hex   string
+	frame any
+}{
+	{"0000000c 01 47545951 0002 04 7375626d", &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: 2, Client: "subm"}},
+	{"0000000b 81 0002 00100000 000fffc0", &welcomeFrame{Version: 2, MaxFrame: 1 << 20, MaxItem: 1<<20 - 64}},
+	{"00000021 08 00000001 ffffffff 046a6f6273 00000001 0000000000000007 00000003 322b32", &submitFrame{ID: 1, TimeoutMS: waitForever, Queue: "jobs", Tasks: []task{{Tag: 7, Body: []byte("2+2")}}}},
+	{"0000000c 82 00000001 0000 00000001 00", &resultFrame{ID: 1, Status: statusOK, N: 1}},
+	{"00000013 03 00000001 000003e8 046a6f6273 00000001 00", &getFrame{ID: 1, TimeoutMS: 1000, Queue: "jobs", Max: 1}},
+	{"0000001c 84 00000001 00000001 0000000000000001 00000001 00000003 322b32", &itemsFrame{ID: 1, Requests: true, Items: []wireItem{{Delivery: 1, Deliveries: 1, Body: []byte("2+2")}}}},
+	{"00000017 09 00000002 00000001 0000000000000001 00 00000001 34", &replyFrame{ID: 2, Answers: []answer{{Delivery: 1, Status: outcomeDone, Body: []byte("4")}}}},
+	{"0000000c 82 00000002 0000 00000001 00", &resultFrame{ID: 2, Status: statusOK, N: 1}},
+	{"00000013 85 00000001 0000000000000007 00 00000001 34", &outcomesFrame{Outcomes: []outcome{{Tag: 7, Status: outcomeDone, Body: []byte("4")}}}},
+	{"00000021 08 00000003 ffffffff 046a6f6273 00000001 0000000000000008 00000003 332b33", &submitFrame{ID: 3, TimeoutMS: waitForever, Queue: "jobs", Tasks: []task{{Tag: 8, Body: []byte("3+3")}}}},
+	{"0000000c 82 00000003 0000 00000001 00", &resultFrame{ID: 3, Status: statusOK, N: 1}},
+	{"00000011 0a 00000004 00000001 0000000000000008", &withdrawFrame{ID: 4, Tags: []uint64{8}}},
+	{"00000012 85 00000001 0000000000000008 02 00000000", &outcomesFrame{Outcomes: []outcome{{Tag: 8, Status: outcomeCancelled, Body: []byte{}}}}},
+	{"0000000c 82 00000004 0000 00000001 00", &resultFrame{ID: 4, Status: statusOK, N: 1}},
+}
+
 func unhex(t testing.TB, s string) []byte {
 	t.Helper()
 	b, err := hex.DecodeString(strings.ReplaceAll(s, " ", ""))
@@ -52,7 +74,8 @@ func unhex(t testing.TB, s string) []byte {
 // The worked example of PROTOCOL.md, both ways: our encoder writes exactly
 // its bytes, our decoder reads them back as the frames it describes.
 func TestWorkedExampleBytes(t *testing.T) {
-	for i, ex := range append(workedExample[:len(workedExample):len(workedExample)], consumeExample...) {
+	examples := append(workedExample[:len(workedExample):len(workedExample)], consumeExample...)
+	for i, ex := range append(examples, taskExample...) {
 		want := unhex(t, ex.hex)
 		if got := appendFrame(nil, ex.frame); !bytes.Equal(got, want) {
 			t.Errorf("frame %d (%T): encoded\n %x\nwant\n %x", i, ex.frame, got, want)
@@ -79,7 +102,7 @@ func TestWorkedExampleBytes(t *testing.T) {
 func TestDecodeRejects(t *testing.T) {
 	for _, tc := range []struct{ name, hex string }{
 		{"empty", ""},
-		{"unknown type", "08 00000001"},
+		{"unknown type", "0b 00000001"},
 		{"trailing byte", "06 00000001 00"},
 		{"short", "06 000001"},
 		{"str8 past the end", "03 00000002 000003e8 ff6a6f6273 00000001 00"},
@@ -90,6 +113,11 @@ func TestDecodeRejects(t *testing.T) {
 		{"ITEMS count 0", "83 00000002 00000000"},
 		{"CONSUME prefetch 0", "07 00000004 046a6f6273 00000000 00"},
 		{"CONSUME flags", "07 00000004 046a6f6273 00000002 01"},
+		{"REPLY status 2", "09 00000002 00000001 0000000000000001 02 00000000"},
+		{"OUTCOMES count 0", "85 00000000"},
+		{"OUTCOMES status 3", "85 00000001 0000000000000008 03 00000000"},
+		{"SUBMIT count past the end", "08 00000001 ffffffff 00 00000002 0000000000000007 00000000"},
+		{"WITHDRAW count past the end", "0a 00000004 00000002 0000000000000008"},
 	} {
 		_, err := decodeFrame(unhex(t, tc.hex))
 		if !errors.Is(err, errBadFrame) {

@@ -21,6 +21,9 @@ func FuzzDecodeFrame(f *testing.F) {
 	for _, ex := range consumeExample {
 		f.Add(appendFrame(nil, ex.frame)[frameHeaderLen:])
 	}
+	for _, ex := range taskExample {
+		f.Add(appendFrame(nil, ex.frame)[frameHeaderLen:])
+	}
 	for _, fr := range []any{
 		&putFrame{ID: 9, TimeoutMS: 0, Queue: "q", Items: [][]byte{nil, []byte("a"), bytes.Repeat([]byte("b"), 300)}},
 		&putFrame{ID: 9, Queue: "empty"},

@@ -95,12 +95,17 @@ type queue struct {
 
 type counters struct {
 	put, delivered, acked, redelivered uint64
+	// Tasks (tasks.go): submitted (counted in put too), answered done or
+	// failed, withdrawn before a worker took them (WITHDRAW, or their
+	// submitter's connection closing).
+	submitted, done, failed, withdrawn uint64
 }
 
 // item is one item of a queue.
 type item struct {
 	body       []byte
-	deliveries uint32 // times handed out so far
+	deliveries uint32   // times handed out so far
+	req        *request // a task's: who wants its outcome (tasks.go); nil for a PUT's item
 }
 
 // waiter is a GET or PUT that waits. Its fields are guarded by q.mu.
@@ -119,8 +124,10 @@ type waiter struct {
 	prefetch    int
 	outstanding int
 	inGets      bool
-	// PUT: items not yet accepted, and how many were
+	// PUT: items not yet accepted, and how many were; a SUBMIT's
+	// tasks have their requests in reqs, beside items.
 	items    [][]byte
+	reqs     []*request
 	accepted int
 	held     int // bytes of items when it started waiting, for flow control
 	// stopTimer stops the timeout's timer; nil without a timeout.
@@ -169,10 +176,11 @@ func (r *ring) popFront() item {
 	return it
 }
 
-// put is a PUT: it queues what fits now and answers, or leaves the rest
-// waiting (timeoutMS > 0) behind the PUTs already waiting. Items must be
-// checked against max_item by the caller (TOO_LARGE queues nothing).
-func (q *queue) put(c *conn, id, timeoutMS uint32, items [][]byte) {
+// put is a PUT, or with reqs (one per item) a SUBMIT: it queues what fits
+// now and answers, or leaves the rest waiting (timeoutMS > 0) behind the
+// PUTs already waiting. Items must be checked against max_item by the
+// caller (TOO_LARGE queues nothing).
+func (q *queue) put(c *conn, id, timeoutMS uint32, items [][]byte, reqs []*request) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.closed {
@@ -183,7 +191,7 @@ func (q *queue) put(c *conn, id, timeoutMS uint32, items [][]byte) {
 		c.reply(id, statusNoSuchQueue, 0, "no queue "+q.name)
 		return
 	}
-	w := &waiter{q: q, c: c, id: id, items: items}
+	w := &waiter{q: q, c: c, id: id, items: items, reqs: reqs}
 	// Behind waiting PUTs nothing is accepted (FIFO); otherwise take room
 	// until there is none, letting waiting GETs drain the ring meanwhile.
 	for q.livePuts() == 0 && len(w.items) > 0 && q.ring.size < q.capacity {
@@ -302,7 +310,7 @@ func (q *queue) finishLocked(w *waiter, status uint16, message string) bool {
 // retire marks w answered and forgets it everywhere.
 func (q *queue) retire(w *waiter) {
 	w.done = true
-	w.items = nil
+	w.items, w.reqs = nil, nil
 	if w.stopTimer != nil {
 		w.stopTimer()
 	}
@@ -354,13 +362,25 @@ func (q *queue) accept(w *waiter) {
 	if n <= 0 {
 		return
 	}
-	for _, body := range w.items[:n] {
-		q.ring.pushBack(item{body: body})
+	for i, body := range w.items[:n] {
+		var req *request
+		if w.reqs != nil {
+			req = w.reqs[i]
+			if !w.c.addSubmission(req) {
+				continue // already submitted and not answered: accepted, not queued twice
+			}
+			q.stats.submitted++
+		}
+		q.ring.pushBack(item{body: body, req: req})
+		q.stats.put++
 	}
 	clear(w.items[:n])
 	w.items = w.items[n:]
+	if w.reqs != nil {
+		clear(w.reqs[:n])
+		w.reqs = w.reqs[n:]
+	}
 	w.accepted += n
-	q.stats.put += uint64(n)
 }
 
 // take hands w up to w.max items from the head of the ring, as many as fit
@@ -368,10 +388,16 @@ func (q *queue) accept(w *waiter) {
 // many. The ring is not empty; 0 means w's connection is gone.
 func (q *queue) take(w *waiter) int {
 	room := q.b.maxFrame - itemsFixedLen
+	// A connection that speaks tasks gets them in REQUESTS frames, plain
+	// items in ITEMS: one reply holds one kind, that of the head. An
+	// auto-ack GET cannot reply, so it gets tasks as plain items (and
+	// answers them, empty, as it takes them).
+	requests := q.ring.front().req != nil && w.c.version >= taskVersion && !w.autoAck
 	n := 0
 	for n < w.max && n < q.ring.size {
-		size := itemsEntryLen + len(q.ring.buf[(q.ring.head+n)%len(q.ring.buf)].body)
-		if n > 0 && size > room {
+		it := &q.ring.buf[(q.ring.head+n)%len(q.ring.buf)]
+		size := itemsEntryLen + len(it.body)
+		if n > 0 && (size > room || (w.c.version >= taskVersion && !w.autoAck && (it.req != nil) != requests)) {
 			break
 		}
 		room -= size
@@ -388,7 +414,7 @@ func (q *queue) take(w *waiter) int {
 	if w.consume {
 		cons = w
 	}
-	if !w.c.deliver(w.id, q, items, first, w.autoAck, cons) {
+	if !w.c.deliver(w.id, q, items, first, w.autoAck, requests, cons) {
 		// The connection is gone (its cleanup already ran): the items
 		// were never handed out, so they go back as they were.
 		for i := n - 1; i >= 0; i-- {
@@ -400,6 +426,12 @@ func (q *queue) take(w *waiter) int {
 	for i := range items {
 		if items[i].deliveries > 1 {
 			q.stats.redelivered++
+		}
+		if r := items[i].req; r != nil {
+			r.state = requestTaken
+			if w.autoAck {
+				q.endTasksLocked([]taskEnd{{req: r, status: outcomeDone}})
+			}
 		}
 	}
 	q.stats.delivered += uint64(n)
@@ -468,7 +500,8 @@ func (q *queue) ack(n int) {
 
 // requeue puts in-flight items back at the head of the ring, the first of
 // items at the very head (rule 4), past capacity if need be (rule 6), and
-// serves waiting GETs.
+// serves waiting GETs. A task whose submitter has gone is dropped instead:
+// nobody wants its outcome.
 func (q *queue) requeue(items []item) {
 	if len(items) == 0 {
 		return
@@ -476,6 +509,14 @@ func (q *queue) requeue(items []item) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for i := len(items) - 1; i >= 0; i-- {
+		if r := items[i].req; r != nil {
+			if r.state == requestOrphaned {
+				r.state = requestEnded
+				q.stats.withdrawn++
+				continue
+			}
+			r.state = requestQueued
+		}
 		q.ring.pushFront(items[i])
 	}
 	q.inFlight -= len(items)

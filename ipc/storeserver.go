@@ -441,13 +441,16 @@ func (c *storeConn) handshake() (*bufio.Reader, bool) {
 	case !ok:
 		c.fatal(statusBadHello, "expected HELLO, got "+frameName(f))
 		return nil, false
-	case string(h.Magic[:]) != helloMagic || h.Version != ProtocolVersion:
-		c.fatal(statusBadHello, fmt.Sprintf("want magic %q version %d", helloMagic, ProtocolVersion))
+	case string(h.Magic[:]) != helloMagic || h.Version < 1 || h.Version > ProtocolVersion:
+		c.fatal(statusBadHello, fmt.Sprintf("want magic %q version 1 to %d", helloMagic, ProtocolVersion))
 		return nil, false
 	}
+	// Tasks (version 2) are the broker's: a store server serves a version 2
+	// client as it does one of version 1, and refuses a SUBMIT, a REPLY or
+	// a WITHDRAW as requests it does not know.
 	c.nc.SetReadDeadline(time.Time{})
 	c.log = c.log.With(zap.String("client", h.Client))
-	c.send(storeReply{frame: appendWelcome(nil, &welcomeFrame{Version: ProtocolVersion, MaxFrame: uint32(c.s.maxFrame), MaxItem: uint32(c.s.maxItem)})})
+	c.send(storeReply{frame: appendWelcome(nil, &welcomeFrame{Version: h.Version, MaxFrame: uint32(c.s.maxFrame), MaxItem: uint32(c.s.maxItem)})})
 	return br, true
 }
 

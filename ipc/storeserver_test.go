@@ -985,7 +985,7 @@ func TestStoreServerBadFrameClosesOnlyThatConnection(t *testing.T) {
 	})
 	t.Run("bad version", func(t *testing.T) {
 		rc := h.raw(t, false)
-		rc.write(appendHello(nil, &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: 2}))
+		rc.write(appendHello(nil, &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: ProtocolVersion + 1}))
 		rc.expectFatalAndClose(statusBadHello)
 	})
 	t.Run("refused", func(t *testing.T) {

@@ -322,3 +322,41 @@ func TestForwardedQueueStats(t *testing.T) {
 		t.Fatalf("WithStoreStatus = %+v\nwant mem as it was and %+v", got, want)
 	}
 }
+
+// Tasks are the broker's: a SUBMIT to a forwarded queue is UNSUPPORTED,
+// and a REPLY of a store delivery (a plain item) acknowledges it there.
+func TestForwardedQueueAndTasks(t *testing.T) {
+	h := newForwardHarness(t, 0)
+	c := h.dial()
+	ctx := ctxT(t)
+	if _, err := c.Submit(ctx, "js", []byte("task")); !errors.Is(err, ErrUnsupported) {
+		t.Fatalf("Submit to a forwarded queue: %v, want ErrUnsupported", err)
+	}
+	if err := c.Put(ctx, "js", []byte("item")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Submit(ctx, "mem", []byte("task")); err != nil {
+		t.Fatal(err)
+	}
+	js, err := c.Get(ctx, "js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := c.Get(ctx, "mem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// One REPLY naming both, raw: the store's part goes on as an ACK.
+	cl := &call{ch: make(chan clientReply, 1)}
+	id, err := c.send(ctx, cl, func(dst []byte, id uint32) []byte {
+		return appendReply(dst, &replyFrame{ID: id, Answers: []answer{{Delivery: mem.ID, Body: []byte("r")}, {Delivery: js.ID, Body: []byte("x")}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.wait(ctx, id, cl, false, true)
+	if err != nil || r.result == nil || r.result.Status != statusOK || r.result.N != 2 {
+		t.Fatalf("REPLY of both answered %#v, %v; want OK n 2", r.result, err)
+	}
+	h.store.store.await(t, "the store's item acked", func(st fakeState) bool { return len(st.acks) == 1 })
+}

@@ -13,6 +13,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -545,4 +546,51 @@ func TestQueueConsumeBackoff(t *testing.T) {
 			t.Fatalf("pauses after failures in a row: %v, want %v ms", got, want)
 		}
 	}
+}
+
+// Tasks: the command's output is the result; exit 0 is done, another
+// code a failure with the exit status and output for message; a command
+// killed by a signal leaves the task to be delivered again.
+func TestQueueConsumeAnswersTasks(t *testing.T) {
+	t.Parallel()
+	sock, b := newBroker(t)
+	hs := listenHandlers(t)
+	ctx, cancel := context.WithTimeout(context.Background(), consumeWait)
+	defer cancel()
+	sub, err := ipc.Dial(ctx, sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	var fs []*ipc.Future
+	for _, in := range []string{"a", "b", "c"} {
+		f, err := sub.Submit(ctx, "jobs", []byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs = append(fs, f)
+	}
+	p := startConsumer(t, sock, hs)
+	startItem(t, hs, "a", 1).exit(t, 0)
+	startItem(t, hs, "b", 1).exit(t, 4)
+	h := startItem(t, hs, "c", 1)
+	if err := syscall.Kill(h.pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	p.says(t, `was killed by SIGKILL; item put back on "jobs" (delivery 1)`)
+	startItem(t, hs, "c", 2).exit(t, 0)
+	if r, err := fs[0].Result(ctx); err != nil || string(r) != "handled a\n" {
+		t.Errorf("task a: %q, %v; want its command's output", r, err)
+	}
+	var te *ipc.TaskError
+	if _, err := fs[1].Result(ctx); !errors.As(err, &te) || !strings.Contains(te.Message, "exited with code 4: handled b") {
+		t.Errorf("task b: %v; want a TaskError with the exit code and the output", err)
+	}
+	if r, err := fs[2].Result(ctx); err != nil || string(r) != "handled c\n" {
+		t.Errorf("task c: %q, %v", r, err)
+	}
+	if out := p.stdout.String(); out != "" {
+		t.Errorf("tasks' output reached the consumer's stdout: %q", out)
+	}
+	stats(t, b, ipc.QueueStats{Put: 3, Delivered: 4, Acked: 3, Redelivered: 1})
 }

@@ -2,6 +2,7 @@ package program
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -213,6 +214,7 @@ const (
 	EnvConsumeQueue      = "GOTYLEDON_QUEUE"       // the queue the item came from
 	EnvConsumeDeliveries = "GOTYLEDON_DELIVERIES"  // 1 the first time the item is handed out, 2 the next...
 	EnvConsumeDeliveryID = "GOTYLEDON_DELIVERY_ID" // the broker's id of this delivery (a redelivery has a new one)
+	EnvConsumeTask       = "GOTYLEDON_TASK"        // 1 for a task: the command's standard output is its result
 )
 
 type queueConsumeCommand struct {
@@ -242,6 +244,13 @@ After a failed item the consumer waits before it takes the next: 100ms,
 doubling with each failure in a row up to 5s; a success resets the wait.
 CMD can read GOTYLEDON_DELIVERIES to give up on an item that keeps failing
 (exit 0 after saying so).
+
+A task (an item submitted for a result, with Submit or Map) is answered
+rather than acknowledged: CMD's standard output is the task's result, and
+GOTYLEDON_TASK=1 is in its environment. CMD exits 0: the task is done,
+with that result. Any other exit code: the task failed, its message the
+exit status and the output. Death by a signal: the task is put back, as
+an item is. An output longer than the queue's max_item fails the task.
 
 Exit codes: 0 stopped by a signal; 1 an error (the queue, CMD cannot be
 started); 2 a wrong command line; 3 --timeout passed with no item.`
@@ -327,23 +336,24 @@ func (c *consumer) run(stop context.Context) error {
 		if stop.Err() != nil {
 			if err == nil {
 				// Stopped as the item came: it goes back untouched.
-				return c.settle(d, false)
+				return c.settle(d, itemOutcome{})
 			}
 			return nil
 		}
 		if err != nil {
 			return queueError(err)
 		}
-		ok, err := c.handle(stop, d)
+		out, err := c.handle(stop, d)
 		if err != nil {
 			// The command could not be started: it will not be for the
 			// next item either, so the worker ends (and its manager
 			// restarts it, with a backoff if it keeps failing).
-			return errors.Join(err, c.settle(d, false))
+			return errors.Join(err, c.settle(d, itemOutcome{}))
 		}
-		if err := c.settle(d, ok); err != nil {
+		if err := c.settle(d, out); err != nil {
 			return err
 		}
+		ok := out.ok || out.answered
 		if stop.Err() != nil {
 			return nil
 		}
@@ -398,10 +408,33 @@ func (c *consumer) take(stop context.Context) (*ipc.Delivery, error) {
 	return c.client.Get(ctx, c.queue)
 }
 
-// settle acknowledges the item when ok, and puts it back when not. Its
-// context is not the consumer's: a stop must not leave the item in doubt.
-func (c *consumer) settle(d *ipc.Delivery, ok bool) error {
-	if ok {
+// itemOutcome is what became of an item's command.
+type itemOutcome struct {
+	ok bool // exited 0
+	// A task's: answered (exited 0, or with another code), with result,
+	// or failed with message.
+	answered bool
+	result   []byte
+	message  string
+}
+
+// settle acknowledges the item when ok, and puts it back when not; a task
+// answered is answered. Its context is not the consumer's: a stop must not
+// leave the item in doubt.
+func (c *consumer) settle(d *ipc.Delivery, out itemOutcome) error {
+	switch {
+	case out.answered && out.ok:
+		if err := d.Reply(context.Background(), out.result); err != nil {
+			return fmt.Errorf("queue consume: answer task: %w", err)
+		}
+		return nil
+	case out.answered:
+		if err := d.Fail(context.Background(), errors.New(out.message)); err != nil {
+			return fmt.Errorf("queue consume: answer task: %w", err)
+		}
+		return nil
+	}
+	if out.ok {
 		if err := c.client.Ack(context.Background(), d); err != nil {
 			return fmt.Errorf("queue consume: acknowledge item: %w", err)
 		}
@@ -418,33 +451,41 @@ func consumerEnv(env []string) []string {
 	out := make([]string, 0, len(env)+3)
 	for _, kv := range env {
 		k, _, _ := strings.Cut(kv, "=")
-		if k != EnvConsumeQueue && k != EnvConsumeDeliveries && k != EnvConsumeDeliveryID {
+		if k != EnvConsumeQueue && k != EnvConsumeDeliveries && k != EnvConsumeDeliveryID && k != EnvConsumeTask {
 			out = append(out, kv)
 		}
 	}
 	return out
 }
 
-// handle runs the command for d and reports whether it succeeded (exit
-// code 0); an error means it could not be started. The command runs in a
+// handle runs the command for d and says what became of it (for a task,
+// its output is the result); an error means it could not be started. The command runs in a
 // process group of its own, so that a stop signal sent to the consumer's
 // group (the manager's, a terminal's Ctrl-C) leaves it to finish its item;
 // the consumer passes on the signals that come after the first. It dies
 // with the consumer (SIGKILL as the parent-death signal).
-func (c *consumer) handle(stop context.Context, d *ipc.Delivery) (bool, error) {
+func (c *consumer) handle(stop context.Context, d *ipc.Delivery) (itemOutcome, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
-		return false, fmt.Errorf("queue consume: %w", err)
+		return itemOutcome{}, fmt.Errorf("queue consume: %w", err)
+	}
+	stdout := c.e.stdout
+	var result *cappedBuffer
+	env := append(c.env[:len(c.env):len(c.env)],
+		EnvConsumeQueue+"="+d.Queue,
+		EnvConsumeDeliveries+"="+strconv.Itoa(d.Deliveries),
+		EnvConsumeDeliveryID+"="+strconv.FormatUint(d.ID, 10))
+	if d.Request {
+		result = &cappedBuffer{max: c.client.MaxItem()}
+		stdout = result
+		env = append(env, EnvConsumeTask+"=1")
 	}
 	cmd := &exec.Cmd{
 		Path: c.path,
 		Args: c.argv,
-		Env: append(c.env[:len(c.env):len(c.env)],
-			EnvConsumeQueue+"="+d.Queue,
-			EnvConsumeDeliveries+"="+strconv.Itoa(d.Deliveries),
-			EnvConsumeDeliveryID+"="+strconv.FormatUint(d.ID, 10)),
+		Env:         env,
 		Stdin:       r,
-		Stdout:      c.e.stdout,
+		Stdout:      stdout,
 		Stderr:      c.e.stderr,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL},
 	}
@@ -452,7 +493,7 @@ func (c *consumer) handle(stop context.Context, d *ipc.Delivery) (bool, error) {
 	r.Close()
 	if err != nil {
 		w.Close()
-		return false, fmt.Errorf("queue consume: %w", err)
+		return itemOutcome{}, fmt.Errorf("queue consume: %w", err)
 	}
 	// The item goes in from a goroutine of its own: a command that does
 	// not read it all must not stop us from waiting for it. Closing w
@@ -470,12 +511,16 @@ func (c *consumer) handle(stop context.Context, d *ipc.Delivery) (bool, error) {
 	for {
 		select {
 		case err := <-done:
-			if err == nil {
-				return true, nil
+			if result != nil {
+				if out, answered := taskOutcome(name, cmd.ProcessState, err, result); answered {
+					return out, nil
+				}
+			} else if err == nil {
+				return itemOutcome{ok: true}, nil
 			}
 			fmt.Fprintf(c.e.stderr, "%s: queue consume: %s %s; item put back on %q (delivery %d)\n",
 				c.e.name, name, exitStatus(cmd.ProcessState, err), d.Queue, d.Deliveries)
-			return false, nil
+			return itemOutcome{}, nil
 		case <-stopping:
 			stopping = nil
 			fmt.Fprintf(c.e.stderr, "%s: queue consume: stopping once %s (pid %d) has finished its item; another stop signal is passed on to it\n",
@@ -501,4 +546,43 @@ func exitStatus(ps *os.ProcessState, err error) string {
 		}
 	}
 	return "failed: " + err.Error()
+}
+
+// taskOutcome is a task's answer from its command's end: done with its
+// output when it exited 0, failed when it exited with another code or its
+// output was too long. A command killed by a signal did not answer: its
+// task is put back.
+func taskOutcome(name string, ps *os.ProcessState, err error, out *cappedBuffer) (itemOutcome, bool) {
+	ws, _ := ps.Sys().(syscall.WaitStatus)
+	switch {
+	case ps == nil || ws.Signaled():
+		return itemOutcome{}, false
+	case out.over:
+		return itemOutcome{answered: true, message: fmt.Sprintf("%s wrote more than max_item (%d bytes) as its result", name, out.max)}, true
+	case err == nil:
+		return itemOutcome{ok: true, answered: true, result: out.buf.Bytes()}, true
+	}
+	msg := name + " " + exitStatus(ps, err)
+	if o := strings.TrimSpace(out.buf.String()); o != "" {
+		msg += ": " + o
+	}
+	return itemOutcome{answered: true, message: msg}, true
+}
+
+// cappedBuffer keeps what is written to it up to max bytes, and whether
+// more came; a write never fails, so the command is not cut short.
+type cappedBuffer struct {
+	max  int
+	buf  bytes.Buffer
+	over bool
+}
+
+func (b *cappedBuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	if room := b.max - b.buf.Len(); n > room {
+		b.over = true
+		p = p[:max(room, 0)]
+	}
+	b.buf.Write(p)
+	return n, nil
 }
