@@ -532,13 +532,13 @@ type outMsg struct {
 	kind     msgKind
 	autoAck  bool
 	requests bool // msgItems: a REQUESTS frame (tasks), not ITEMS
-	status  uint16
-	id      uint32
-	n       uint32
-	message string
-	q       *queue
-	items   []item
-	first   uint64 // delivery id of items[0]; the others follow
+	status   uint16
+	id       uint32
+	n        uint32
+	message  string
+	q        *queue
+	items    []item
+	first    uint64    // delivery id of items[0]; the others follow
 	raw      []byte    // msgRaw: the frame's type and body
 	outcomes []outcome // msgOutcomes
 }
@@ -551,10 +551,10 @@ type inflightItem struct {
 
 // conn is one client connection.
 type conn struct {
-	b      *Broker
-	nc     net.Conn
-	id     uint64
-	peer   Peer
+	b       *Broker
+	nc      net.Conn
+	id      uint64
+	peer    Peer
 	client  string // from HELLO, for the logs
 	version uint16 // from HELLO: the protocol version spoken
 	log     *zap.Logger

@@ -212,7 +212,7 @@ func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
 		rs:       rs,
 
 		taskWaiters: make(map[chan struct{}]struct{}),
-		r:        r,
+		r:           r,
 
 		readerFree: make(chan struct{}, 1),
 		bgWake:     make(chan struct{}, 1),

@@ -481,8 +481,8 @@ func (c *consumer) handle(stop context.Context, d *ipc.Delivery) (itemOutcome, e
 		env = append(env, EnvConsumeTask+"=1")
 	}
 	cmd := &exec.Cmd{
-		Path: c.path,
-		Args: c.argv,
+		Path:        c.path,
+		Args:        c.argv,
 		Env:         env,
 		Stdin:       r,
 		Stdout:      stdout,
