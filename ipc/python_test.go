@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -396,5 +397,88 @@ func TestPythonBench(t *testing.T) {
 	t.Logf("%s", out)
 	if err != nil {
 		t.Fatalf("gotyledon_bench.py: %v", err)
+	}
+}
+
+// (e) Tasks across languages: a Python submitter's tasks answered by Go
+// workers (with one failure), and a Go submitter's Map answered by Python
+// workers, by GET and by CONSUME.
+func TestPythonTasks(t *testing.T) {
+	python3(t)
+	const n = 200
+	t.Run("python submits, go works", func(t *testing.T) {
+		b, sock := pyBroker(t, ipc.QueueConfig{Name: "jobs", Capacity: 16})
+		w := dial(t, sock)
+		p := startPython(t, sock, "tasks.py", "submit", "jobs", fmt.Sprint(n))
+		p.expectLine(t, "ready")
+		ctx, cancel := context.WithTimeout(context.Background(), pyWait)
+		defer cancel()
+		cons, err := w.Consume(ctx, "jobs", 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range n {
+			d, err := cons.Next(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !d.Request {
+				t.Fatalf("task %d arrived as a plain item", i)
+			}
+			if string(d.Body) == "task-7" {
+				err = d.Fail(ctx, errors.New("seven is out"))
+			} else {
+				err = d.Reply(ctx, bytes.ToUpper(d.Body))
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		lines := p.wait(t)
+		if len(lines) != n+1 || lines[n] != fmt.Sprintf("done %d", n) {
+			t.Fatalf("submitter printed %d lines, last %q", len(lines), lines[len(lines)-1])
+		}
+		for i, l := range lines[:n] {
+			want := fmt.Sprintf("TASK-%d", i)
+			if i == 7 {
+				want = "failed 7 seven is out"
+			}
+			if l != want {
+				t.Fatalf("line %d: %q, want %q", i, l, want)
+			}
+		}
+		if s := stats(t, b, "jobs"); s.Depth != 0 || s.InFlight != 0 || s.Acked != n {
+			t.Fatalf("stats after the run: %+v", s)
+		}
+	})
+	for _, mode := range []struct {
+		name string
+		args []string
+	}{{"get", nil}, {"consume", []string{"--prefetch", "8"}}} {
+		t.Run("go maps, python works by "+mode.name, func(t *testing.T) {
+			_, sock := pyBroker(t, ipc.QueueConfig{Name: "jobs", Capacity: 16})
+			p := startPython(t, sock, "tasks.py", append([]string{"work", "jobs", fmt.Sprint(n)}, mode.args...)...)
+			p.expectLine(t, "ready")
+			inputs := make([][]byte, n)
+			for i := range inputs {
+				inputs[i] = []byte(fmt.Sprintf("task-%d", i))
+			}
+			inputs[3] = []byte("bad-3")
+			ctx, cancel := context.WithTimeout(context.Background(), pyWait)
+			defer cancel()
+			results, err := dial(t, sock).Map(ctx, "jobs", inputs)
+			var te *ipc.TaskError
+			if !errors.As(err, &te) || te.Message != "cannot do bad-3" {
+				t.Fatalf("Map: %v; want input 3's failure", err)
+			}
+			for i, r := range results {
+				if i != 3 && string(r) != strings.ToUpper(string(inputs[i])) {
+					t.Fatalf("result %d: %q", i, r)
+				}
+			}
+			if rest := p.wait(t); len(rest) != 1 || rest[0] != fmt.Sprintf("done %d", n) {
+				t.Fatalf("worker printed %q", rest)
+			}
+		})
 	}
 }

@@ -1,4 +1,4 @@
-"""Client for the gotyledon queue broker, protocol version 1 (see ../PROTOCOL.md).
+"""Client for the gotyledon queue broker, protocol version 2 (see ../PROTOCOL.md).
 
 Standard library only, Python 3.9+.
 
@@ -27,6 +27,20 @@ set a status line:
     ...
     gq.ready()
 
+A submitter puts tasks, items that want a result, and waits for their
+outcomes (the shape of concurrent.futures, across processes):
+
+    with Client.connect() as c:
+        f = c.submit("compute", b"2+2")     # a Future
+        print(f.result(timeout=10))          # b"4"; raises TaskFailed if the worker failed it
+        print(c.map("compute", [b"1+1", b"3+3"]))   # results in input order
+        done, not_done = gq.wait(futures, timeout=5, return_when=gq.FIRST_COMPLETED)
+
+and a worker answers them (d.request is True for a task):
+
+        for d in c.consume("compute"):
+            d.reply(str(eval_sum(d.body)).encode())   # or d.fail("why")
+
 Timeouts are in seconds: None waits without limit, 0 does not wait at all.
 The client sends one request at a time (calls from several threads are
 serialised); replies are matched to requests by id all the same. It sends
@@ -49,15 +63,19 @@ import time
 __all__ = [
     "Client", "Consumer", "Delivery", "QueueError", "Timeout", "QueueFull", "NoSuchQueue",
     "TooLarge", "UnknownDelivery", "ProtocolError", "Refused", "ShuttingDown",
-    "Cancelled", "Closed", "ENV_SOCKET",
+    "Cancelled", "Closed", "Unsupported", "TaskFailed", "Future", "wait", "FIRST_COMPLETED",
+    "ALL_COMPLETED", "ENV_SOCKET",
 ]
 
 ENV_SOCKET = "GOTYLEDON_QUEUE_SOCKET"
-MAGIC, VERSION, WAIT_FOREVER = b"GTYQ", 1, 0xFFFFFFFF
+MAGIC, VERSION, WAIT_FOREVER = b"GTYQ", 2, 0xFFFFFFFF
 HELLO, PUT, GET, ACK, NACK, CANCEL, CONSUME = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07
-WELCOME, RESULT, ITEMS, FATAL = 0x81, 0x82, 0x83, 0xFF
+SUBMIT, REPLY, WITHDRAW = 0x08, 0x09, 0x0A
+WELCOME, RESULT, ITEMS, REQUESTS, OUTCOMES, FATAL = 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF
+DONE, FAILED, CANCELLED = 0, 1, 2  # outcome statuses
 STATUS_NAMES = ["OK", "TIMEOUT", "FULL", "NO_SUCH_QUEUE", "TOO_LARGE", "UNKNOWN_DELIVERY",
-                "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED"]
+                "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED", "UNSUPPORTED"]
+FIRST_COMPLETED, ALL_COMPLETED = "FIRST_COMPLETED", "ALL_COMPLETED"
 
 
 # ---- errors: one class per status code (QueueError.status), plus Closed
@@ -84,7 +102,8 @@ class UnknownDelivery(QueueError): status = 5  # ack/nack of deliveries not ours
 class ProtocolError(QueueError): status = 6    # BAD_FRAME/BAD_HELLO, or a broker frame we cannot parse
 class Refused(QueueError): status = 8          # FATAL: this uid/gid may not use the broker
 class ShuttingDown(QueueError): status = 9     # the broker is stopping
-class Cancelled(QueueError): status = 10       # the request was withdrawn by CANCEL
+class Cancelled(QueueError): status = 10       # the request was withdrawn by CANCEL; a task withdrawn
+class Unsupported(QueueError): status = 11     # the queue cannot carry tasks (kept in JetStream)
 class Closed(QueueError):
     """The client was closed or the connection is gone; .message keeps the
     broker's FATAL message if it sent one."""
@@ -110,8 +129,8 @@ def _str8(s):
         raise ValueError(f"name longer than 255 bytes: {b[:32]!r}...")
     return bytes([len(b)]) + b
 
-def encode_hello(client):
-    return _frame(HELLO, MAGIC + struct.pack(">H", VERSION) + _str8(client))
+def encode_hello(client, version=VERSION):
+    return _frame(HELLO, MAGIC + struct.pack(">H", version) + _str8(client))
 
 def encode_put(rid, timeout_ms, queue, items):
     parts = [struct.pack(">II", rid, timeout_ms), _str8(queue), struct.pack(">I", len(items))]
@@ -132,10 +151,28 @@ def encode_cancel(rid):
 def encode_consume(rid, queue, prefetch):
     return _frame(CONSUME, struct.pack(">I", rid) + _str8(queue) + struct.pack(">IB", prefetch, 0))
 
+def encode_submit(rid, timeout_ms, queue, tasks):
+    """tasks: [(tag, payload), ...]"""
+    parts = [struct.pack(">II", rid, timeout_ms), _str8(queue), struct.pack(">I", len(tasks))]
+    for tag, body in tasks:
+        parts += [struct.pack(">QI", tag, len(body)), body]
+    return _frame(SUBMIT, b"".join(parts))
+
+def encode_reply(rid, answers):
+    """answers: [(delivery, status DONE or FAILED, result), ...]"""
+    parts = [struct.pack(">II", rid, len(answers))]
+    for delivery, status, body in answers:
+        parts += [struct.pack(">QBI", delivery, status, len(body)), body]
+    return _frame(REPLY, b"".join(parts))
+
+def encode_withdraw(rid, tags):
+    return _frame(WITHDRAW, struct.pack(f">II{len(tags)}Q", rid, len(tags), *tags))
+
 def decode(ftype, body):
     """Decode the body of a broker frame into a tuple:
     ("WELCOME", version, max_frame, max_item) | ("RESULT", id, status, n, message)
-    | ("ITEMS", id, [(delivery, deliveries, item), ...]) | ("FATAL", status, message)."""
+    | ("ITEMS", id, [(delivery, deliveries, item), ...]) | ("REQUESTS", id, [the same])
+    | ("OUTCOMES", None, [(tag, status, result), ...]) | ("FATAL", status, message)."""
     try:
         if ftype == WELCOME:
             out, off = ("WELCOME",) + struct.unpack_from(">HII", body), 10
@@ -145,14 +182,22 @@ def decode(ftype, body):
         elif ftype == FATAL:
             status, ln = struct.unpack_from(">HB", body)
             out, off = ("FATAL", status, body[3:3 + ln].decode("utf-8", "replace")), 3 + ln
-        elif ftype == ITEMS:
+        elif ftype in (ITEMS, REQUESTS):
             rid, count = struct.unpack_from(">II", body)
             items, off = [], 8
             for _ in range(count):
                 delivery, deliveries, ln = struct.unpack_from(">QII", body, off)
                 items.append((delivery, deliveries, bytes(body[off + 16:off + 16 + ln])))
                 off += 16 + ln
-            out = ("ITEMS", rid, items)
+            out = ("ITEMS" if ftype == ITEMS else "REQUESTS", rid, items)
+        elif ftype == OUTCOMES:
+            count, = struct.unpack_from(">I", body)
+            outcomes, off = [], 4
+            for _ in range(count):
+                tag, status, ln = struct.unpack_from(">QBI", body, off)
+                outcomes.append((tag, status, bytes(body[off + 13:off + 13 + ln])))
+                off += 13 + ln
+            out = ("OUTCOMES", None, outcomes)
         else:
             raise ProtocolError(f"unknown frame type 0x{ftype:02x} from the broker")
     except struct.error as e:
@@ -173,14 +218,34 @@ def _timeout_ms(timeout):
 
 class Delivery:
     """An item handed out by get() or a Consumer: .queue, .id (delivery id; 0
-    if auto-acked), .deliveries (1 the first time), .body (bytes). Ack or
-    nack it exactly once: a get()'s waits for the broker's answer, a
-    Consumer's is queued and sent with others."""
-    __slots__ = ("queue", "id", "deliveries", "body", "_client", "_consumer")
+    if auto-acked), .deliveries (1 the first time), .body (bytes), .request
+    (True for a task, whose submitter waits for its outcome). Ack or nack
+    it exactly once, or answer a task with reply() or fail(): a get()'s
+    waits for the broker's answer, a Consumer's is queued and sent with
+    others."""
+    __slots__ = ("queue", "id", "deliveries", "body", "request", "_client", "_consumer")
 
-    def __init__(self, client, queue, id, deliveries, body, consumer=None):
+    def __init__(self, client, queue, id, deliveries, body, consumer=None, request=False):
         self._client, self.queue, self.id, self.deliveries, self.body = client, queue, id, deliveries, body
-        self._consumer = consumer
+        self._consumer, self.request = consumer, request
+
+    def reply(self, result=b""):
+        """Answer the task with result (bytes): it is acknowledged, and its
+        submitter's Future returns result. An item that is not a task is
+        only acknowledged."""
+        return self._answer(DONE, bytes(result))
+
+    def fail(self, message="failed"):
+        """Answer the task as failed: its submitter's Future raises
+        TaskFailed(message). An item that is not a task is only acknowledged."""
+        return self._answer(FAILED, str(message).encode("utf-8"))
+
+    def _answer(self, status, body):
+        if not self.request:
+            return self.ack()
+        if self._consumer is not None:
+            return self._consumer._answer(self, status, body)
+        return self._client._reply([(self.id, status, body)])
 
     def ack(self):
         """Done with the item: the broker forgets it."""
@@ -213,7 +278,7 @@ class Consumer:
         self._items = []       # pushed, not handed out yet (oldest first)
         self._ended = None     # why the broker ended the consume
         self._closed = False
-        self._acks, self._nacks, self._since = [], [], None
+        self._acks, self._nacks, self._answers, self._since = [], [], [], None
 
     def __iter__(self):
         return self
@@ -287,7 +352,18 @@ class Consumer:
             into += [d.id if isinstance(d, Delivery) else int(d) for d in deliveries]
             if self._since is None:
                 self._since = time.monotonic()
-            if len(self._acks) + len(self._nacks) >= self.ACK_BATCH:
+            if len(self._acks) + len(self._nacks) + len(self._answers) >= self.ACK_BATCH:
+                self._flush_locked()
+
+    def _answer(self, d, status, body):
+        c = self._client
+        if len(body) > c.max_item:
+            raise TooLarge(f"result of {len(body)} bytes, max_item is {c.max_item}")
+        with c._lock:
+            self._answers.append((d.id, status, body))
+            if self._since is None:
+                self._since = time.monotonic()
+            if len(self._acks) + len(self._nacks) + len(self._answers) >= self.ACK_BATCH:
                 self._flush_locked()
 
     def _flush_locked(self):
@@ -295,7 +371,7 @@ class Consumer:
         c = self._client
         self._since = None
         if c._closed is not None:
-            self._acks, self._nacks = [], []
+            self._acks, self._nacks, self._answers = [], [], []
             return
         per_frame = (c.max_frame - 9) // 8
         frames = []
@@ -304,19 +380,95 @@ class Consumer:
                 rid = c._new_id()
                 c._async.add(rid)
                 frames.append(encode_ack(rid, ids[k:k + per_frame], nack))
-        self._acks, self._nacks = [], []
+        for chunk in c._reply_chunks(self._answers):
+            rid = c._new_id()
+            c._async.add(rid)
+            frames.append(encode_reply(rid, chunk))
+        self._acks, self._nacks, self._answers = [], [], []
         if frames:
             c._send(b"".join(frames))
         if c._ack_error is not None:
             err, c._ack_error = c._ack_error, None
             raise err
 
-    def _push(self, items):
-        ds = [Delivery(self._client, self.queue, d, n, body, self) for d, n, body in items]
+    def _push(self, items, request=False):
+        ds = [Delivery(self._client, self.queue, d, n, body, self, request) for d, n, body in items]
         if self._closed:
             self._nacks += [d.id for d in ds]
         else:
             self._items += ds
+
+
+class TaskFailed(QueueError):
+    """A task's worker failed it (Delivery.fail): .message is the worker's;
+    .index, in map(), is the failed input's."""
+    index = None
+
+
+class Future:
+    """The outcome, still to come, of a task Client.submit() put on a queue."""
+
+    def __init__(self, client, queue, tag):
+        self._client, self.queue, self._tag = client, queue, tag
+        self._done, self._result, self._error = False, None, None
+
+    def _set(self, result, error):
+        self._done, self._result, self._error = True, result, error
+
+    def done(self):
+        """True once the outcome is known (this reads nothing from the socket)."""
+        return self._done
+
+    def result(self, timeout=None):
+        """The worker's result (bytes), waiting up to timeout s; raises
+        TaskFailed if the worker failed the task, Cancelled if it was
+        withdrawn, Closed if the connection ended first, Timeout."""
+        wait([self], timeout)
+        if not self._done:
+            raise Timeout(f"task on {self.queue!r} not done within {timeout} s")
+        if self._error is not None:
+            raise copy.copy(self._error)
+        return self._result
+
+    def cancel(self):
+        """Withdraw the task if no worker has taken it yet: True, and result()
+        raises Cancelled. A task a worker has taken runs on: False."""
+        if self._done:
+            return False
+        return self._client._withdraw([self._tag]) == 1
+
+    def __repr__(self):
+        return f"Future(queue={self.queue!r}, done={self._done})"
+
+
+def wait(futures, timeout=None, return_when=ALL_COMPLETED):
+    """Wait up to timeout s for futures (of one Client) to be done: all of
+    them, or with return_when=FIRST_COMPLETED one of them. Returns (done,
+    not_done), two sets, as concurrent.futures.wait does."""
+    futures = list(futures)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    clients = {id(f._client): f._client for f in futures}
+    if len(clients) > 1:
+        raise ValueError("wait() of futures of several clients")
+
+    def split():
+        done = {f for f in futures if f._done}
+        return done, set(futures) - done
+
+    for c in clients.values():
+        with c._lock:
+            while True:
+                done, not_done = split()
+                if not not_done or (return_when == FIRST_COMPLETED and done):
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                try:
+                    c._pump(left)
+                except Timeout:
+                    break
+    return split()
 
 
 def notify(state):
@@ -358,14 +510,18 @@ class Client:
         self._consumers = {}   # consume id -> Consumer, until the broker ends it
         self._async = set()    # ids of acks sent without waiting for their RESULT
         self._ack_error = None
+        self._tasks = {}       # tag -> Future of a task not yet answered
+        self._tags = itertools.count(1)
         self.max_frame = 1 << 20  # until WELCOME says
         self.max_item = 0
+        self.version = VERSION
 
     @classmethod
-    def connect(cls, path=None, timeout=None, name=None):
+    def connect(cls, path=None, timeout=None, name=None, version=VERSION):
         """Connect to the broker at path (default $GOTYLEDON_QUEUE_SOCKET) and
-        shake hands, within timeout seconds (None: no limit). Raises Closed if
-        it cannot connect, Timeout, Refused or ProtocolError."""
+        shake hands, within timeout seconds (None: no limit), speaking
+        protocol version (2: tasks; 1: items only). Raises Closed if it
+        cannot connect, Timeout, Refused or ProtocolError."""
         path = path or os.environ.get(ENV_SOCKET)
         if not path:
             raise Closed(f"no socket path given and ${ENV_SOCKET} is not set")
@@ -375,13 +531,13 @@ class Client:
             sock.connect(path)
             c = cls(sock)
             name = name or f"python:{os.path.basename(sys.argv[0] or 'python')}:{os.getpid()}"
-            sock.sendall(encode_hello(name.encode("utf-8")[:255].decode("utf-8", "ignore")))
+            sock.sendall(encode_hello(name.encode("utf-8")[:255].decode("utf-8", "ignore"), version))
             reply = c._read()
             if reply[0] != "WELCOME":
                 raise ProtocolError(f"expected WELCOME, got {reply[0]}")
-            _, version, c.max_frame, c.max_item = reply
-            if version != VERSION:
-                raise ProtocolError(f"broker speaks version {version}, we speak {VERSION}")
+            _, c.version, c.max_frame, c.max_item = reply
+            if c.version != version:
+                raise ProtocolError(f"broker speaks version {c.version}, we asked for {version}")
             sock.settimeout(None)
             return c
         except socket.timeout:
@@ -409,6 +565,9 @@ class Client:
                 self._lock.release()
         if self._closed is None:
             self._closed = Closed("client closed")
+        tasks, self._tasks = self._tasks, {}
+        for f in tasks.values():
+            f._set(None, copy.copy(self._closed))
         for step in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close):
             try:
                 step()
@@ -502,6 +661,121 @@ class Client:
         """Give deliveries back to the head of their queues, to be delivered again."""
         return self._ack(deliveries, True)
 
+    # ---- tasks
+
+    def submit(self, queue, payload, timeout=None):
+        """Put a task on queue: payload (bytes) is its item, and a worker's
+        reply (Delivery.reply, Delivery.fail) is its outcome. Waits up to
+        timeout s for room while the queue is full, and returns a Future once
+        the broker has queued the task. Its outcome comes to this connection
+        only: if it closes first, the tasks still queued are withdrawn."""
+        return self._submit(queue, [payload], timeout)[0]
+
+    def map(self, queue, inputs, timeout=None):
+        """Submit a task for each of inputs and wait, up to timeout s in all,
+        for their outcomes: their results, in input order. A failed task
+        raises its TaskFailed (with .index, its input's) once all are in; on
+        Timeout the tasks no worker has taken yet are withdrawn."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fs = self._submit(queue, inputs, timeout)
+        try:
+            done, not_done = wait(fs, None if deadline is None else max(deadline - time.monotonic(), 0))
+            if not_done:
+                raise Timeout(f"{len(not_done)} of {len(fs)} tasks on {queue!r} not done within {timeout} s")
+        except BaseException:
+            self._abandon(fs)
+            raise
+        results = []
+        for i, f in enumerate(fs):
+            if f._error is not None:
+                err = copy.copy(f._error)
+                err.index = i
+                raise err
+            results.append(f._result)
+        return results
+
+    def _submit(self, queue, inputs, timeout):
+        if self.version < 2:
+            raise Unsupported("tasks need protocol version 2; this client said version 1")
+        inputs = [p if isinstance(p, bytes) else bytes(p) for p in inputs]
+        for p in inputs:
+            if len(p) > self.max_item:
+                raise TooLarge(f"task of {len(p)} bytes, max_item is {self.max_item}")
+        qlen = len(_str8(queue))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fs, i = [], 0
+        while i < len(inputs):
+            j, size = i, 1 + 8 + qlen + 4  # SUBMIT frame length so far
+            while j < len(inputs) and (j == i or size + 12 + len(inputs[j]) <= self.max_frame):
+                size += 12 + len(inputs[j])
+                j += 1
+            if i == 0 or deadline is None or timeout <= 0:
+                ms = _timeout_ms(timeout)
+            else:
+                ms = max(1, _timeout_ms(deadline - time.monotonic()))
+            with self._lock:
+                batch = [Future(self, queue, next(self._tags)) for _ in range(i, j)]
+                for f in batch:  # before the SUBMIT: an outcome may come before its RESULT
+                    self._tasks[f._tag] = f
+                rid = self._new_id()
+                try:
+                    reply = self._request(rid, encode_submit(rid, ms, queue, [(f._tag, inputs[i + k]) for k, f in enumerate(batch)]))
+                    n = self._result(reply)
+                except QueueError as e:
+                    for f in batch[e.n:]:
+                        self._tasks.pop(f._tag, None)
+                    self._abandon(fs + batch[:e.n])
+                    raise
+                except BaseException:
+                    for f in batch:
+                        self._tasks.pop(f._tag, None)
+                    raise
+            fs += batch[:n]
+            i = j
+        return fs
+
+    def _abandon(self, fs):
+        """Withdraw what can be of fs, whose caller gives up on them."""
+        tags = [f._tag for f in fs if not f._done]
+        if not tags or self._closed is not None:
+            return
+        try:
+            self._withdraw(tags)
+        except QueueError:
+            pass
+        with self._lock:
+            for f in fs:
+                self._tasks.pop(f._tag, None)
+
+    def _withdraw(self, tags):
+        per_frame = (self.max_frame - 9) // 8
+        n = 0
+        for k in range(0, len(tags), per_frame):
+            rid = self._new_id()
+            n += self._result(self._request(rid, encode_withdraw(rid, tags[k:k + per_frame])))
+        return n
+
+    def _reply_chunks(self, answers):
+        """answers in as few REPLY frames as max_frame allows."""
+        i = 0
+        while i < len(answers):
+            j, size = i, 9
+            while j < len(answers) and (j == i or size + 13 + len(answers[j][2]) <= self.max_frame):
+                size += 13 + len(answers[j][2])
+                j += 1
+            yield answers[i:j]
+            i = j
+
+    def _reply(self, answers):
+        found = 0
+        for chunk in self._reply_chunks(answers):
+            for _, _, body in chunk:
+                if len(body) > self.max_item:
+                    raise TooLarge(f"result of {len(body)} bytes, max_item is {self.max_item}")
+            rid = self._new_id()
+            found += self._result(self._request(rid, encode_reply(rid, chunk)), found)
+        return found
+
     # ---- internals
 
     def _get(self, queue, max_items, timeout, auto_ack):
@@ -512,7 +786,8 @@ class Client:
         if reply[0] == "RESULT":
             self._result(reply)
             raise ProtocolError("RESULT OK for a GET")
-        return [Delivery(self, queue, d, n, body) for d, n, body in reply[2]]
+        request = reply[0] == "REQUESTS" and not auto_ack
+        return [Delivery(self, queue, d, n, body, None, request) for d, n, body in reply[2]]
 
     def _ack(self, deliveries, nack):
         ids = [d.id if isinstance(d, Delivery) else int(d) for d in deliveries]
@@ -572,11 +847,23 @@ class Client:
         """Take a frame that is not the reply a caller waits for: a consume's
         pushed items or end, an answer to an ack sent without waiting, or
         ITEMS nobody waits for any more (given back)."""
+        if reply[0] == "OUTCOMES":
+            for tag, status, body in reply[2]:
+                f = self._tasks.pop(tag, None)
+                if f is None:
+                    continue  # abandoned
+                if status == DONE:
+                    f._set(body, None)
+                elif status == FAILED:
+                    f._set(None, TaskFailed(body.decode("utf-8", "replace")))
+                else:
+                    f._set(None, Cancelled("task withdrawn"))
+            return
         rid = reply[1]
         s = self._consumers.get(rid)
         if s is not None:
-            if reply[0] == "ITEMS":
-                s._push(reply[2])
+            if reply[0] in ("ITEMS", "REQUESTS"):
+                s._push(reply[2], reply[0] == "REQUESTS")
             else:
                 del self._consumers[rid]
                 if s._ended is None or s._closed:
@@ -587,7 +874,7 @@ class Client:
             if reply[0] == "RESULT" and reply[2] != 0 and self._ack_error is None:
                 self._ack_error = error_for(reply[2], reply[4], reply[3])
             return
-        if reply[0] == "ITEMS":  # a reply nobody waits for: give the items back
+        if reply[0] in ("ITEMS", "REQUESTS"):  # a reply nobody waits for: give the items back
             ids = [d for d, _, _ in reply[2] if d]
             if ids:
                 self._io(lambda: self._sock.sendall(encode_ack(0, ids, nack=True)))

@@ -36,9 +36,26 @@ CANCEL4 = h("00 00 00 05  06  00 00 00 04")
 CANCELLED4 = h("00 00 00 0c  82  00 00 00 04  00 0a  00 00 00 00  00")
 
 
+# The worked example of tasks.
+T_HELLO = h("00 00 00 0c  01  47 54 59 51  00 02  04 73 75 62 6d")
+T_WELCOME = h("00 00 00 0b  81  00 02  00 10 00 00  00 0f ff c0")
+T_SUBMIT1 = h("00 00 00 21  08  00 00 00 01  ff ff ff ff  04 6a 6f 62 73  00 00 00 01  00 00 00 00 00 00 00 07  00 00 00 03 32 2b 32")
+T_RESULT1 = h("00 00 00 0c  82  00 00 00 01  00 00  00 00 00 01  00")
+T_GET = h("00 00 00 13  03  00 00 00 01  00 00 03 e8  04 6a 6f 62 73  00 00 00 01  00")
+T_REQUESTS = h("00 00 00 1c  84  00 00 00 01  00 00 00 01  00 00 00 00 00 00 00 01  00 00 00 01  00 00 00 03 32 2b 32")
+T_REPLY = h("00 00 00 17  09  00 00 00 02  00 00 00 01  00 00 00 00 00 00 00 01  00  00 00 00 01 34")
+T_RESULT2 = h("00 00 00 0c  82  00 00 00 02  00 00  00 00 00 01  00")
+T_OUTCOMES7 = h("00 00 00 13  85  00 00 00 01  00 00 00 00 00 00 00 07  00  00 00 00 01 34")
+T_SUBMIT3 = h("00 00 00 21  08  00 00 00 03  ff ff ff ff  04 6a 6f 62 73  00 00 00 01  00 00 00 00 00 00 00 08  00 00 00 03 33 2b 33")
+T_RESULT3 = h("00 00 00 0c  82  00 00 00 03  00 00  00 00 00 01  00")
+T_WITHDRAW = h("00 00 00 11  0a  00 00 00 04  00 00 00 01  00 00 00 00 00 00 00 08")
+T_OUTCOMES8 = h("00 00 00 12  85  00 00 00 01  00 00 00 00 00 00 00 08  02  00 00 00 00")
+T_RESULT4 = h("00 00 00 0c  82  00 00 00 04  00 00  00 00 00 01  00")
+
+
 class Encoding(unittest.TestCase):
     def test_client_frames(self):
-        self.assertEqual(gq.encode_hello("workr"), HELLO)
+        self.assertEqual(gq.encode_hello("workr", 1), HELLO)
         self.assertEqual(gq.encode_put(1, gq.WAIT_FOREVER, "jobs", [b"hi"]), PUT)
         self.assertEqual(gq.encode_get(2, 1000, "jobs", 1, False), GET)
         self.assertEqual(gq.encode_ack(3, [1]), ACK)
@@ -60,6 +77,18 @@ class Encoding(unittest.TestCase):
         for ftype, body in [(0x81, WELCOME[5:] + b"x"), (0x82, RESULT1[5:-1]), (0x83, ITEMS[5:-1]), (0x99, b"")]:
             with self.assertRaises(gq.ProtocolError):
                 gq.decode(ftype, body)
+
+    def test_task_frames(self):
+        self.assertEqual(gq.encode_hello("subm"), T_HELLO)
+        self.assertEqual(gq.encode_hello("workr", 1), HELLO)
+        self.assertEqual(gq.encode_submit(1, gq.WAIT_FOREVER, "jobs", [(7, b"2+2")]), T_SUBMIT1)
+        self.assertEqual(gq.encode_reply(2, [(1, gq.DONE, b"4")]), T_REPLY)
+        self.assertEqual(gq.encode_withdraw(4, [8]), T_WITHDRAW)
+        self.assertEqual(gq.decode(T_REQUESTS[4], T_REQUESTS[5:]), ("REQUESTS", 1, [(1, 1, b"2+2")]))
+        self.assertEqual(gq.decode(T_OUTCOMES7[4], T_OUTCOMES7[5:]), ("OUTCOMES", None, [(7, 0, b"4")]))
+        self.assertEqual(gq.decode(T_OUTCOMES8[4], T_OUTCOMES8[5:]), ("OUTCOMES", None, [(8, 2, b"")]))
+        with self.assertRaises(gq.ProtocolError):
+            gq.decode(T_OUTCOMES7[4], T_OUTCOMES7[5:-1])
 
     def test_timeouts(self):
         self.assertEqual(gq._timeout_ms(None), 0xFFFFFFFF)
@@ -115,7 +144,7 @@ class ScriptedPeer(unittest.TestCase):
 
     def test_worked_example(self):
         path = self.serve([(HELLO, WELCOME), (PUT, RESULT1), (GET, ITEMS), (ACK, RESULT3)])
-        with gq.Client.connect(path, timeout=5, name="workr") as c:
+        with gq.Client.connect(path, timeout=5, name="workr", version=1) as c:
             self.assertEqual((c.max_frame, c.max_item), (1 << 20, (1 << 20) - 64))
             c.put("jobs", b"hi")
             d = c.get("jobs", timeout=1)
@@ -127,7 +156,7 @@ class ScriptedPeer(unittest.TestCase):
     def test_consume_worked_example(self):
         path = self.serve([(HELLO, WELCOME), (PUT, RESULT1), (GET, ITEMS), (ACK, RESULT3),
                            (CONSUME, PUSHED), (ACK5 + CANCEL4, RESULT5 + CANCELLED4)])
-        with gq.Client.connect(path, timeout=5, name="workr") as c:
+        with gq.Client.connect(path, timeout=5, name="workr", version=1) as c:
             c.put("jobs", b"hi")
             c.get("jobs", timeout=1).ack()
             s = c.consume("jobs", prefetch=2)
@@ -141,9 +170,34 @@ class ScriptedPeer(unittest.TestCase):
         self.thread.join(5)
         self.assertEqual(self.failures, [])
 
+    def test_task_worked_example(self):
+        # The submitter's side, then the worker's, each against the peer.
+        path = self.serve([(T_HELLO, T_WELCOME), (T_SUBMIT1, T_RESULT1 + T_OUTCOMES7),
+                           (T_SUBMIT3, T_RESULT3), (T_WITHDRAW, T_OUTCOMES8 + T_RESULT4)])
+        with gq.Client.connect(path, timeout=5, name="subm") as c:
+            c._tags, c._ids = iter([7, 8]), iter([1, 3, 4])
+            f = c.submit("jobs", b"2+2")
+            self.assertEqual(f.result(timeout=1), b"4")
+            g = c.submit("jobs", b"3+3")
+            self.assertTrue(g.cancel())
+            with self.assertRaises(gq.Cancelled):
+                g.result(timeout=1)
+        self.thread.join(5)
+        self.assertEqual(self.failures, [])
+        worker_hello = gq.encode_hello("workr")
+        path = self.serve([(worker_hello, T_WELCOME), (T_GET, T_REQUESTS), (T_REPLY, T_RESULT2)])
+        with gq.Client.connect(path, timeout=5, name="workr") as c:
+            c._ids = iter([1, 2])
+            d = c.get("jobs", timeout=1)
+            self.assertTrue(d.request)
+            self.assertEqual(d.body, b"2+2")
+            self.assertEqual(d.reply(b"4"), 1)
+        self.thread.join(5)
+        self.assertEqual(self.failures, [])
+
     def test_consume_next_timeout(self):
         path = self.serve([(HELLO, WELCOME), (CONSUME, b"")])
-        with gq.Client.connect(path, timeout=5, name="workr") as c:
+        with gq.Client.connect(path, timeout=5, name="workr", version=1) as c:
             c._ids = iter(range(4, 100))  # the consume gets id 4, as in the example
             s = c.consume("jobs", prefetch=2)
             with self.assertRaises(gq.Timeout):
@@ -155,7 +209,7 @@ class ScriptedPeer(unittest.TestCase):
         stray = gq._frame(gq.ITEMS, struct.pack(">IIQII", 77, 1, 5, 1, 1) + b"z")
         nack5 = gq.encode_ack(0, [5], nack=True)
         path = self.serve([(HELLO, WELCOME), (PUT, stray + RESULT1), (nack5, b"")])
-        with gq.Client.connect(path, timeout=5, name="workr") as c:
+        with gq.Client.connect(path, timeout=5, name="workr", version=1) as c:
             c.put("jobs", b"hi")
         self.thread.join(5)
         self.assertEqual(self.failures, [])
@@ -165,7 +219,7 @@ class ScriptedPeer(unittest.TestCase):
         fatal = gq._frame(gq.FATAL, struct.pack(">HB", 9, 3) + b"bye")
         get1 = gq.encode_get(1, 0, "jobs")
         path = self.serve([(HELLO, WELCOME), (get1, timeout), (gq.encode_get(2, 0, "jobs"), fatal)])
-        c = gq.Client.connect(path, timeout=5, name="workr")
+        c = gq.Client.connect(path, timeout=5, name="workr", version=1)
         with self.assertRaises(gq.Timeout):
             c.get("jobs", timeout=0)
         with self.assertRaises(gq.ShuttingDown) as cm:
@@ -181,7 +235,7 @@ class ScriptedPeer(unittest.TestCase):
     def test_close_wakes_waiting_call(self):
         # Either close() wakes the waiting get, or it comes first: Closed both ways.
         path = self.serve([(HELLO, WELCOME), (gq.encode_get(1, gq.WAIT_FOREVER, "jobs"), b"")])
-        c = gq.Client.connect(path, timeout=5, name="workr")
+        c = gq.Client.connect(path, timeout=5, name="workr", version=1)
         t = threading.Timer(0.1, c.close)
         t.start()
         with self.assertRaises(gq.Closed):
@@ -192,7 +246,7 @@ class ScriptedPeer(unittest.TestCase):
 
     def test_broker_gone(self):
         path = self.serve([(HELLO, WELCOME), (gq.encode_get(1, 0, "jobs"), None)])  # None: hang up
-        c = gq.Client.connect(path, timeout=5, name="workr")
+        c = gq.Client.connect(path, timeout=5, name="workr", version=1)
         with self.assertRaises(gq.Closed):
             c.get("jobs", timeout=0)
         with self.assertRaises(gq.Closed):
@@ -201,7 +255,7 @@ class ScriptedPeer(unittest.TestCase):
 
     def test_too_large_client_side(self):
         path = self.serve([(HELLO, WELCOME)])
-        with gq.Client.connect(path, timeout=5, name="workr") as c:
+        with gq.Client.connect(path, timeout=5, name="workr", version=1) as c:
             with self.assertRaises(gq.TooLarge):
                 c.put("jobs", b"x" * ((1 << 20) - 63))
             with self.assertRaises(gq.TooLarge):  # fits max_item but not max_frame with a long name
