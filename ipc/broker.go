@@ -110,6 +110,10 @@ type BrokerOptions struct {
 	// must be safe for concurrent use. nil: the peer's uid is the broker
 	// process's uid, or 0.
 	Allow func(Peer) bool
+	// PeerService names the service a connected peer works for, for the
+	// per-service task figures (ServiceTaskStats); "" for none. Called
+	// once per connection, as Allow is. nil: no per-service figures.
+	PeerService func(Peer) string
 	// Logger receives connection events: refusals and protocol violations
 	// at Warn, connects and disconnects at Debug. nil: no logs.
 	Logger *zap.Logger
@@ -140,12 +144,17 @@ type Broker struct {
 	maxFrame      int
 	frameDeadline time.Duration
 	allow         func(Peer) bool
+	peerService   func(Peer) string
 	log           *zap.Logger
 	clock         clock // set before the first Serve; never changed after
 	storeSocket   string
 
 	nextDelivery atomic.Uint64 // last delivery id handed out
 	nextConn     atomic.Uint64
+
+	// svcMu guards svcTasks, the task figures by service (taskstats.go).
+	svcMu    sync.Mutex
+	svcTasks map[string]*taskCounters
 
 	mu        sync.Mutex
 	closing   bool
@@ -163,6 +172,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		maxItem:       opts.MaxItem,
 		frameDeadline: opts.FrameDeadline,
 		allow:         opts.Allow,
+		peerService:   opts.PeerService,
 		log:           opts.Logger,
 		clock:         realClock(),
 		storeSocket:   opts.StoreSocket,
@@ -406,6 +416,8 @@ type QueueStats struct {
 	// (a redelivery counts again), acked (auto-ack items count when written
 	// out), and handed out again after a NACK or a closed connection.
 	Put, Delivered, Acked, Redelivered uint64
+	// Tasks are the queue's task figures (none for a forwarded queue).
+	Tasks TaskStats
 	// Forwarded: a store server keeps the queue's items (QueueConfig's
 	// Forward), and the broker knows none of the figures above but Name
 	// and Capacity; WithStoreStatus asks the store server for them. Store
@@ -557,6 +569,7 @@ type conn struct {
 	peer    Peer
 	client  string // from HELLO, for the logs
 	version uint16 // from HELLO: the protocol version spoken
+	service string // BrokerOptions.PeerService's name for the peer; "" for none
 	log     *zap.Logger
 
 	wake       chan struct{} // an outbox append, for the writer (cap 1)
@@ -861,6 +874,9 @@ func (c *conn) handshake() (*bufio.Reader, bool) {
 		return nil, false
 	}
 	c.version = h.Version
+	if c.b.peerService != nil {
+		c.service = c.b.peerService(c.peer)
+	}
 	err = c.writeDirect(appendWelcome(nil, &welcomeFrame{Version: h.Version, MaxFrame: uint32(c.b.maxFrame), MaxItem: uint32(c.b.maxItem)}))
 	if err != nil {
 		c.log.Debug("queue client gone before WELCOME", zap.Error(err))

@@ -48,6 +48,22 @@ func AllowPeers(self int, rules PeerRules, groupsOf func(pid int) []int) func(Pe
 	}
 }
 
+// ProcessEnv returns the value of key in the environment process pid
+// was started with (/proc/PID/environ), or "" if it has none or cannot be
+// read (the process is gone, or belongs to another user).
+func ProcessEnv(pid int, key string) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+	if err != nil {
+		return ""
+	}
+	for _, kv := range strings.Split(string(b), "\x00") {
+		if v, ok := strings.CutPrefix(kv, key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
+
 // ProcessGroups returns the supplementary group ids of process pid, from
 // /proc/PID/status; none if it cannot be read (the process is gone).
 func ProcessGroups(pid int) []int {

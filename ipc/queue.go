@@ -91,14 +91,11 @@ type queue struct {
 	removed   bool // SetQueues removed it: requests that still found it get NO_SUCH_QUEUE
 	inFlight  int
 	stats     counters
+	tasks     taskCounters // taskstats.go
 }
 
 type counters struct {
 	put, delivered, acked, redelivered uint64
-	// Tasks (tasks.go): submitted (counted in put too), answered done or
-	// failed, withdrawn before a worker took them (WITHDRAW, or their
-	// submitter's connection closing).
-	submitted, done, failed, withdrawn uint64
 }
 
 // item is one item of a queue.
@@ -369,7 +366,8 @@ func (q *queue) accept(w *waiter) {
 			if !w.c.addSubmission(req) {
 				continue // already submitted and not answered: accepted, not queued twice
 			}
-			q.stats.submitted++
+			q.tasks.Submitted++
+			q.b.serviceTasks(w.c.service, func(t *taskCounters) { t.Submitted++ })
 		}
 		q.ring.pushBack(item{body: body, req: req})
 		q.stats.put++
@@ -428,7 +426,7 @@ func (q *queue) take(w *waiter) int {
 			q.stats.redelivered++
 		}
 		if r := items[i].req; r != nil {
-			r.state = requestTaken
+			q.takeTask(r, w.c.service, items[i].deliveries > 1)
 			if w.autoAck {
 				q.endTasksLocked([]taskEnd{{req: r, status: outcomeDone}})
 			}
@@ -510,9 +508,10 @@ func (q *queue) requeue(items []item) {
 	defer q.mu.Unlock()
 	for i := len(items) - 1; i >= 0; i-- {
 		if r := items[i].req; r != nil {
+			q.untakeTask(r)
 			if r.state == requestOrphaned {
 				r.state = requestEnded
-				q.stats.withdrawn++
+				q.orphanEnded(r)
 				continue
 			}
 			r.state = requestQueued
@@ -569,5 +568,6 @@ func (q *queue) snapshot() QueueStats {
 		Delivered:   q.stats.delivered,
 		Acked:       q.stats.acked,
 		Redelivered: q.stats.redelivered,
+		Tasks:       q.tasks.snapshot(),
 	}
 }

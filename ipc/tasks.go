@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"fmt"
+	"time"
 
 	"go.uber.org/zap"
 )
@@ -48,7 +49,41 @@ type request struct {
 	submitter *conn
 	tag       uint64
 	q         *queue
-	state     requestState // guarded by q.mu
+	// Guarded by q.mu: the state, and while taken (or orphaned) the
+	// service of the connection that took it and when.
+	state   requestState
+	takenBy string
+	takenAt time.Time
+}
+
+// takeTask records r handed out to a connection of service. Called under
+// q.mu.
+func (q *queue) takeTask(r *request, service string, again bool) {
+	r.state, r.takenBy, r.takenAt = requestTaken, service, time.Now()
+	q.tasks.Running++
+	if again {
+		q.tasks.Redelivered++
+	}
+	q.b.serviceTasks(service, func(t *taskCounters) {
+		t.Running++
+		if again {
+			t.Redelivered++
+		}
+	})
+}
+
+// orphanEnded counts r, whose submitter had gone, as cancelled as it
+// leaves the broker. Called under q.mu.
+func (q *queue) orphanEnded(r *request) {
+	q.tasks.Cancelled++
+	q.b.serviceTasks(r.submitter.service, func(t *taskCounters) { t.Cancelled++ })
+}
+
+// untakeTask records r, taken or orphaned, no longer in flight. Called
+// under q.mu.
+func (q *queue) untakeTask(r *request) {
+	q.tasks.Running--
+	q.b.serviceTasks(r.takenBy, func(t *taskCounters) { t.Running-- })
 }
 
 // addSubmission records r as submitted on its connection, and reports
@@ -98,15 +133,28 @@ func (q *queue) endTasksLocked(es []taskEnd) {
 			continue
 		}
 		taken := r.state == requestTaken
+		q.untakeTask(r)
 		r.state = requestEnded
 		if !taken {
+			q.orphanEnded(r)
 			continue
 		}
-		if e.status == outcomeFailed {
-			q.stats.failed++
+		ran := time.Since(r.takenAt)
+		q.tasks.ran(ran)
+		failed := e.status == outcomeFailed
+		if failed {
+			q.tasks.Failed++
 		} else {
-			q.stats.done++
+			q.tasks.Done++
 		}
+		q.b.serviceTasks(r.takenBy, func(t *taskCounters) {
+			t.ran(ran)
+			if failed {
+				t.Failed++
+			} else {
+				t.Done++
+			}
+		})
 		o := outcome{Tag: r.tag, Status: e.status, Body: e.body}
 		switch {
 		case last == nil || last == r.submitter:
@@ -236,6 +284,7 @@ func (q *queue) withdraw(rs []*request, answer bool) int {
 		case requestQueued:
 			r.state = requestEnded
 			n++
+			q.b.serviceTasks(r.submitter.service, func(t *taskCounters) { t.Cancelled++ })
 			if answer {
 				outs = append(outs, outcome{Tag: r.tag, Status: outcomeCancelled})
 			}
@@ -249,7 +298,7 @@ func (q *queue) withdraw(rs []*request, answer bool) int {
 		return 0
 	}
 	q.ring.removeIf(func(it *item) bool { return it.req != nil && it.req.state == requestEnded })
-	q.stats.withdrawn += uint64(n)
+	q.tasks.Cancelled += uint64(n)
 	if len(outs) > 0 {
 		rs[0].submitter.sendOutcomes(outs)
 	}

@@ -517,3 +517,76 @@ func TestIPCTaskHelper(t *testing.T) {
 	c.Close()
 	os.Exit(0)
 }
+
+// The task figures, of the queue and of the services of the connections
+// (PeerService): this process's connections are "submitters", the worker
+// processes' "workers".
+func TestTaskStats(t *testing.T) {
+	me := os.Getpid()
+	h := newBrokerHarness(t, BrokerOptions{PeerService: func(p Peer) string {
+		if p.PID == me {
+			return "submitters"
+		}
+		return "workers"
+	}})
+	ctx := ctxT(t)
+	sub := h.dial()
+	var fs []*Future
+	for _, in := range []string{"work", "cancelled"} {
+		f, err := sub.Submit(ctx, "jobs", []byte(in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs = append(fs, f)
+	}
+	holder := startTaskHelper(t, h.path, "hold")
+	if line := holder.line(t); line != "took work 1" {
+		t.Fatalf("holding worker says %q", line)
+	}
+	eventually(t, "the task running", func() bool { return h.stats("jobs").Tasks.Running == 1 })
+	if ok, err := fs[1].Cancel(ctx); !ok || err != nil {
+		t.Fatalf("Cancel: %v, %v", ok, err)
+	}
+	holder.cmd.Process.Signal(syscall.SIGKILL)
+	holder.cmd.Wait()
+	replier := startTaskHelper(t, h.path, "reply")
+	if line := replier.line(t); line != "replied work 2" {
+		t.Fatalf("replying worker says %q", line)
+	}
+	if _, err := fs[0].Result(ctx); err != nil {
+		t.Fatal(err)
+	}
+	q := h.stats("jobs").Tasks
+	if q.Submitted != 2 || q.Done != 1 || q.Failed != 0 || q.Cancelled != 1 || q.Redelivered != 1 || q.Running != 0 {
+		t.Errorf("queue's task figures %+v; want 2 submitted, 1 done, 1 cancelled, 1 redelivered, none running", q)
+	}
+	if q.Runtime.Count != 1 || q.Runtime.P50 <= 0 || q.Runtime.P99 != q.Runtime.P50 || q.Runtime.Sum != q.Runtime.P50 {
+		t.Errorf("queue's runtimes %+v; want one runtime", q.Runtime)
+	}
+	svc := h.b.ServiceTaskStats()
+	if s := svc["submitters"]; s.Submitted != 2 || s.Cancelled != 1 || s.Done != 0 || s.Running != 0 {
+		t.Errorf("submitters' figures %+v", s)
+	}
+	if s := svc["workers"]; s.Submitted != 0 || s.Done != 1 || s.Redelivered != 1 || s.Running != 0 || s.Runtime.Count != 1 {
+		t.Errorf("workers' figures %+v", s)
+	}
+}
+
+func TestRuntimePercentiles(t *testing.T) {
+	var tc taskCounters
+	if s := tc.snapshot(); s.Runtime != (RuntimeStats{}) {
+		t.Fatalf("no runtimes: %+v", s.Runtime)
+	}
+	// 2000 runtimes, 1 ms to 2000 ms: the window holds the latest 1024
+	// (977 ms to 2000 ms).
+	for i := 1; i <= 2000; i++ {
+		tc.ran(time.Duration(i) * time.Millisecond)
+	}
+	s := tc.snapshot().Runtime
+	if s.Count != 2000 || s.Sum != 2001000*time.Millisecond {
+		t.Errorf("count %d, sum %v", s.Count, s.Sum)
+	}
+	if s.P50 != 1489*time.Millisecond || s.P90 != 1898*time.Millisecond || s.P99 != 1990*time.Millisecond {
+		t.Errorf("percentiles %v %v %v", s.P50, s.P90, s.P99)
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gotyledon/gotyledon/ipc"
 	"github.com/gotyledon/gotyledon/supervisor/control"
 )
 
@@ -713,5 +714,71 @@ func TestRestartCommand(t *testing.T) {
 	}
 	if code, _, errOut := m.ctl(nil, "", "restart", "gen/5"); code != 1 || !strings.Contains(errOut, "no such worker") {
 		t.Errorf("restart gen/5: exit %d, %q; want 1 and no such worker", code, errOut)
+	}
+}
+
+// Tasks end to end: a Go submitter maps tasks over a service of `queue
+// consume` workers, which answer with their command's output; status
+// (text and JSON) and /metrics show the queue's figures and the
+// service's, the service known from its workers' environment.
+func TestTaskFiguresInStatusAndMetrics(t *testing.T) {
+	t.Parallel()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := startManager(t, fmt.Sprintf(`
+queues:
+  compute: {}
+services:
+  doubler:
+    command: [%q, queue, consume, compute, --, /bin/sh, -c, 'x=$(cat); echo $((x * 2))']
+    env: {TEST_HELPER: cli}
+    workers: 2
+`, exe))
+	m.waitN("2 doublers started", 2, func(e entry) bool { return e.is("worker started", "service", "doubler") })
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	c, err := ipc.Dial(ctx, filepath.Join(m.runtimeDir, "queue.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 20
+	inputs := make([][]byte, n)
+	for i := range inputs {
+		inputs[i] = []byte(fmt.Sprint(i))
+	}
+	results, err := c.Map(ctx, "compute", inputs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range results {
+		if want := fmt.Sprintf("%d\n", 2*i); string(r) != want {
+			t.Fatalf("result %d: %q, want %q", i, r, want)
+		}
+	}
+	doc := m.statusJSON()
+	q, s := doc.Queues[0].Tasks, doc.Services[serviceIndex(t, doc, "doubler")].Tasks
+	if q == nil || q.Submitted != n || q.Done != n || q.Running != 0 || q.RuntimeCount != n || q.RuntimeP50Seconds <= 0 {
+		t.Errorf("queue's task figures %+v", q)
+	}
+	if s == nil || s.Submitted != 0 || s.Done != n || s.RuntimeCount != n {
+		t.Errorf("doubler's task figures %+v", s)
+	}
+	code, table, _ := m.ctl(nil, "", "status")
+	if code != 0 || !regexp.MustCompile(`(?m)^queue compute +20 +0 +20 +0 +0 +0 `).MatchString(table) ||
+		!regexp.MustCompile(`(?m)^service doubler +0 +0 +20 +0 +0 +0 `).MatchString(table) {
+		t.Errorf("status table:\n%s", table)
+	}
+	metrics := m.get("/metrics")
+	for _, line := range []string{
+		`gotyledon_queue_tasks_total{outcome="done",queue="compute"} 20`,
+		`gotyledon_service_tasks_total{outcome="done",service="doubler"} 20`,
+		`gotyledon_service_task_runtime_seconds_count{service="doubler"} 20`,
+	} {
+		if !strings.Contains(metrics, line+"\n") {
+			t.Errorf("/metrics has no %s", line)
+		}
 	}
 }

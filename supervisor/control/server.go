@@ -79,6 +79,9 @@ type Options struct {
 	Restart func(ctx context.Context, service string, worker int, settle bool) error
 	// Queues returns the broker's figures; nil without a broker.
 	Queues func() []ipc.QueueStats
+	// ServiceTasks returns the task figures by service; nil without a
+	// broker.
+	ServiceTasks func() map[string]ipc.TaskStats
 	// Allow decides whether a connected peer may use the socket. Default:
 	// the manager's own user and root only.
 	Allow func(ipc.Peer) bool
@@ -101,6 +104,7 @@ type Server struct {
 	reload  func(ctx context.Context, settle bool) error
 	restart func(ctx context.Context, service string, worker int, settle bool) error
 	queues  func() []ipc.QueueStats
+	tasks   func() map[string]ipc.TaskStats
 	allow   func(ipc.Peer) bool
 	log     *zap.Logger // the manager's: for the socket itself
 	reqLog  *zap.Logger // "control": for what requests did
@@ -129,7 +133,7 @@ func NewServer(l net.Listener, opts Options) *Server {
 		allow = ipc.AllowPeers(os.Getuid(), ipc.PeerRules{}, nil)
 	}
 	return &Server{
-		l: l, status: opts.Status, scale: opts.Scale, reload: opts.Reload, restart: opts.Restart, queues: opts.Queues,
+		l: l, status: opts.Status, scale: opts.Scale, reload: opts.Reload, restart: opts.Restart, queues: opts.Queues, tasks: opts.ServiceTasks,
 		allow: allow, log: log, reqLog: log.Named("control"), now: time.Now, pid: os.Getpid(), path: opts.Path,
 		rates: &queueRates{}, metrics: opts.Metrics, quit: make(chan struct{}),
 	}
@@ -236,7 +240,11 @@ func (c *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 		queues = c.queues()
 	}
 	now := c.now()
-	writeJSON(w, http.StatusOK, NewStatus(st, queues, c.rates.perSecond(queues, now), c.pid, now))
+	doc := NewStatus(st, queues, c.rates.perSecond(queues, now), c.pid, now)
+	if c.tasks != nil {
+		doc.AddServiceTasks(c.tasks())
+	}
+	writeJSON(w, http.StatusOK, doc)
 }
 
 func (c *Server) serveScale(w http.ResponseWriter, r *http.Request) {

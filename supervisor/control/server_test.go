@@ -56,8 +56,10 @@ func keysOf(t *testing.T, v any) []string {
 // supervisor/README.md; renaming or removing one means a new schema number.
 func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	queues := []ipc.QueueStats{{Name: "jobs", Capacity: 10, Depth: 2, InFlight: 1, Put: 7, Delivered: 5, Acked: 4, Redelivered: 1}}
+	tasks := ipc.TaskStats{Submitted: 3, Done: 1, Running: 1, Runtime: ipc.RuntimeStats{Count: 1, Sum: time.Second, P50: time.Second, P90: time.Second, P99: time.Second}}
+	queues := []ipc.QueueStats{{Name: "jobs", Capacity: 10, Depth: 2, InFlight: 1, Put: 7, Delivered: 5, Acked: 4, Redelivered: 1, Tasks: tasks}}
 	doc := NewStatus(fullStatus(at), queues, map[string]QueueRate{"jobs": {Put: 1.5, Acked: 1}}, 4242, at.Add(time.Minute))
+	doc.AddServiceTasks(map[string]ipc.TaskStats{doc.Services[0].Name: tasks})
 	b, err := json.Marshal(doc)
 	if err != nil {
 		t.Fatal(err)
@@ -68,10 +70,11 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	}
 	pinned := map[string][]string{
 		"top":         {"config", "last_reload", "pid", "queues", "ready", "reloads", "schema", "services", "started_at", "stopping", "uptime_seconds"},
-		"service":     {"backoff", "configured", "desired", "exits", "name", "ready", "restarts", "running", "watchdog_aborts", "workers"},
+		"service":     {"backoff", "configured", "desired", "exits", "name", "ready", "restarts", "running", "tasks", "watchdog_aborts", "workers"},
 		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
 		"worker":      {"cpu_seconds", "failures", "id", "last_exit", "last_exit_at", "memory_bytes", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds"},
-		"queue":       {"acked_per_second", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_total", "redelivered_total"},
+		"queue":       {"acked_per_second", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_total", "redelivered_total", "tasks"},
+		"tasks":       {"cancelled", "done", "failed", "redelivered", "running", "runtime_count", "runtime_p50_seconds", "runtime_p90_seconds", "runtime_p99_seconds", "runtime_sum_seconds", "submitted"},
 		"last_reload": {"at", "error", "halted", "ok", "source"},
 		"reloads":     {"failed", "ok"},
 	}
@@ -82,6 +85,7 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		"exits":       keysOf(t, svc.(map[string]any)["exits"]),
 		"worker":      keysOf(t, svc.(map[string]any)["workers"].([]any)[1]),
 		"queue":       keysOf(t, top["queues"].([]any)[0]),
+		"tasks":       keysOf(t, top["queues"].([]any)[0].(map[string]any)["tasks"]),
 		"last_reload": keysOf(t, top["last_reload"]),
 		"reloads":     keysOf(t, top["reloads"]),
 	}

@@ -51,6 +51,44 @@ type ServiceStatus struct {
 	WatchdogAborts uint64            `json:"watchdog_aborts"`
 	Exits          map[string]uint64 `json:"exits"`
 	Workers        []WorkerStatus    `json:"workers"`
+	// Tasks are the task figures of the service's workers (submitted by
+	// them, taken by them); absent while they have had none.
+	Tasks *TaskStatus `json:"tasks,omitempty"`
+}
+
+// TaskStatus counts tasks (request and reply) since the manager started:
+// of a queue, or of a service's workers (see ipc.TaskStats).
+type TaskStatus struct {
+	Submitted   uint64 `json:"submitted"`
+	Running     int    `json:"running"`
+	Done        uint64 `json:"done"`
+	Failed      uint64 `json:"failed"`
+	Cancelled   uint64 `json:"cancelled"`
+	Redelivered uint64 `json:"redelivered"`
+	// Runtime is from hand-out to answer: count and sum of all, and the
+	// percentiles of the latest 1024 (0 before the first).
+	RuntimeCount      uint64  `json:"runtime_count"`
+	RuntimeSumSeconds float64 `json:"runtime_sum_seconds"`
+	RuntimeP50Seconds float64 `json:"runtime_p50_seconds"`
+	RuntimeP90Seconds float64 `json:"runtime_p90_seconds"`
+	RuntimeP99Seconds float64 `json:"runtime_p99_seconds"`
+}
+
+func newTaskStatus(t ipc.TaskStats) *TaskStatus {
+	return &TaskStatus{
+		Submitted: t.Submitted, Running: t.Running, Done: t.Done, Failed: t.Failed, Cancelled: t.Cancelled, Redelivered: t.Redelivered,
+		RuntimeCount: t.Runtime.Count, RuntimeSumSeconds: t.Runtime.Sum.Seconds(),
+		RuntimeP50Seconds: t.Runtime.P50.Seconds(), RuntimeP90Seconds: t.Runtime.P90.Seconds(), RuntimeP99Seconds: t.Runtime.P99.Seconds(),
+	}
+}
+
+// AddServiceTasks fills in the services' task figures, by service name.
+func (s *Status) AddServiceTasks(tasks map[string]ipc.TaskStats) {
+	for i := range s.Services {
+		if t, ok := tasks[s.Services[i].Name]; ok {
+			s.Services[i].Tasks = newTaskStatus(t)
+		}
+	}
 }
 
 // WorkerStatus is one worker slot, by id.
@@ -97,6 +135,9 @@ type QueueStatus struct {
 	Store            string `json:"store,omitempty"`
 	StoreState       string `json:"store_state,omitempty"`
 	StoreRedelivered int    `json:"store_redelivered,omitempty"`
+	// Tasks are the queue's task figures; absent until its first task, and
+	// for a queue kept in a store (which carries no tasks).
+	Tasks *TaskStatus `json:"tasks,omitempty"`
 }
 
 // ReloadStatus is the newest reload's result.
@@ -179,6 +220,9 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 			PutPerSecond: r.Put, AckedPerSecond: r.Acked,
 			Store: q.Store, StoreState: q.StoreState, StoreRedelivered: q.StoreRedelivered,
 		})
+		if !q.Forwarded && q.Tasks.Submitted > 0 {
+			doc.Queues[len(doc.Queues)-1].Tasks = newTaskStatus(q.Tasks)
+		}
 	}
 	if lr := st.LastReload; lr != nil {
 		doc.LastReload = &ReloadStatus{At: lr.At.UTC(), Source: lr.Source.String(), OK: lr.Error == "", Error: lr.Error, Halted: lr.Halted}

@@ -36,6 +36,7 @@ import (
 
 	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/service"
 	"github.com/gotyledon/gotyledon/supervisor"
 	"github.com/gotyledon/gotyledon/supervisor/configwatch"
 	"github.com/gotyledon/gotyledon/supervisor/control"
@@ -184,8 +185,11 @@ func New(opts Options) (_ *Manager, err error) {
 	var queues func() []ipc.QueueStats // nil without a broker
 	if len(cfg.Queues) > 0 {
 		m.broker, err = ipc.NewBroker(ipc.BrokerOptions{
-			Queues:      brokerQueues(cfg.Queues),
-			Allow:       ipc.AllowPeers(os.Getuid(), peerRules(cfg.Broker), ipc.ProcessGroups),
+			Queues: brokerQueues(cfg.Queues),
+			Allow:  ipc.AllowPeers(os.Getuid(), peerRules(cfg.Broker), ipc.ProcessGroups),
+			// A worker's service is in the environment the manager started
+			// it with (and its children inherit).
+			PeerService: func(p ipc.Peer) string { return ipc.ProcessEnv(p.PID, service.EnvService) },
 			Logger:      log.Named("broker"),
 			StoreSocket: bridgeSocket(socket),
 		})
@@ -233,7 +237,11 @@ func New(opts Options) (_ *Manager, err error) {
 
 	// The control socket listens before the workers start, so that status
 	// answers during start-up.
-	metricsHandler := metrics.NewHandler(m.sup.Status, queues, log)
+	var metricsOpts []metrics.HandlerOption
+	if m.broker != nil {
+		metricsOpts = append(metricsOpts, metrics.WithServiceTasks(m.broker.ServiceTaskStats))
+	}
+	metricsHandler := metrics.NewHandler(m.sup.Status, queues, log, metricsOpts...)
 	if err := m.listenControl(cfg, getenv, queues, metricsHandler); err != nil {
 		return nil, err
 	}
@@ -318,7 +326,13 @@ func (m *Manager) listenControl(cfg *config.Config, getenv func(string) string, 
 				return ctx.Err()
 			}
 		},
-		Queues:  queues,
+		Queues: queues,
+		ServiceTasks: func() map[string]ipc.TaskStats {
+			if m.broker == nil {
+				return nil
+			}
+			return m.broker.ServiceTaskStats()
+		},
 		Allow:   ipc.AllowPeers(os.Getuid(), peerRules(cfg.Control.SocketAccess), ipc.ProcessGroups),
 		Metrics: metricsHandler,
 		Logger:  m.log,

@@ -27,6 +27,15 @@
 //	gotyledon_queue_acked_total{queue}             counter  items acked (auto-ack items when written out)
 //	gotyledon_queue_redelivered_total{queue}       counter  items handed out again after a NACK or a closed connection
 //	gotyledon_queue_store_up{queue,store}          gauge    1 while the store of a queue not kept in memory answers, else 0
+//	gotyledon_queue_tasks_submitted_total{queue}   counter  tasks accepted by SUBMITs
+//	gotyledon_queue_tasks_running{queue}           gauge    tasks handed out and not yet answered
+//	gotyledon_queue_tasks_total{queue,outcome}     counter  tasks ended, by outcome: done, failed, cancelled
+//	gotyledon_queue_tasks_redelivered_total{queue} counter  tasks handed out again
+//	gotyledon_queue_task_runtime_seconds{queue}    summary  hand-out to answer: quantiles 0.5, 0.9, 0.99 of the latest 1024, sum and count of all
+//	gotyledon_service_tasks_*{service}             the same five, of the tasks a service's workers submitted (submitted, cancelled) and took (the others)
+//
+// A queue's task series are there once it has had a task; a service's once
+// its workers have submitted or taken one.
 //
 // The figures of a queue kept in a store (store: jetstream) are the
 // store's, of the queue as a whole (every manager sharing it counts): its
@@ -49,6 +58,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -77,19 +87,32 @@ const (
 // most 4 scrapes are served at once (a fifth gets 503 at once), and one
 // that takes more than 10 s gets 503; the answer is gzipped when the
 // scraper accepts it, as Prometheus does.
-func NewHandler(status func(context.Context) (supervisor.Status, error), queues func() []ipc.QueueStats, log *zap.Logger) http.Handler {
+func NewHandler(status func(context.Context) (supervisor.Status, error), queues func() []ipc.QueueStats, log *zap.Logger, opts ...HandlerOption) http.Handler {
 	h := &handler{
 		status:   status,
 		queues:   queues,
 		log:      log,
 		inFlight: make(chan struct{}, maxScrapesInFlight),
 	}
+	for _, o := range opts {
+		o(h)
+	}
 	return http.TimeoutHandler(h, scrapeTimeout, fmt.Sprintf("Exceeded configured timeout of %v.\n", scrapeTimeout))
+}
+
+// HandlerOption adds to what NewHandler serves.
+type HandlerOption func(*handler)
+
+// WithServiceTasks serves the task figures of each service, from tasks
+// (the broker's ServiceTaskStats).
+func WithServiceTasks(tasks func() map[string]ipc.TaskStats) HandlerOption {
+	return func(h *handler) { h.tasks = tasks }
 }
 
 type handler struct {
 	status   func(context.Context) (supervisor.Status, error)
 	queues   func() []ipc.QueueStats
+	tasks    func() map[string]ipc.TaskStats
 	log      *zap.Logger
 	inFlight chan struct{} // a token per scrape being served
 }
@@ -150,6 +173,19 @@ func (h *handler) gather(ctx context.Context) []*family {
 	}
 	if h.queues != nil {
 		fams = append(fams, queueFamilies(h.queues())...)
+	}
+	if h.tasks != nil {
+		tasks := h.tasks()
+		names := make([]string, 0, len(tasks))
+		for name := range tasks {
+			names = append(names, name)
+		}
+		slices.Sort(names)
+		tf := newTaskFamilies("service")
+		for _, name := range names {
+			tf.add(tasks[name], name)
+		}
+		fams = append(fams, tf.families()...)
 	}
 	fams = append(fams, goFamilies()...)
 	proc, err := processFamilies()
@@ -284,11 +320,64 @@ func queueFamilies(stats []ipc.QueueStats) []*family {
 		acked.add(float64(q.Acked), q.Name)
 		redelivered.add(float64(q.Redelivered), q.Name)
 	}
+	tasks := newTaskFamilies("queue")
+	for _, q := range stats {
+		if !q.Forwarded && q.Tasks.Submitted > 0 {
+			tasks.add(q.Tasks, q.Name)
+		}
+	}
 	fams := []*family{depth, inFlight, capacity, put, delivered, acked, redelivered}
 	if len(storeUp.series) > 0 {
 		fams = append(fams, storeUp)
 	}
-	return fams
+	return append(fams, tasks.families()...)
+}
+
+// taskFamilies are the task figures, of queues or of services (by).
+type taskFamilies struct {
+	by                                     string
+	submitted, running, ended, redelivered *family
+	runtime                                *family
+}
+
+func newTaskFamilies(by string) *taskFamilies {
+	name := by + "_tasks_"
+	return &taskFamilies{
+		by: by,
+		submitted: &family{desc: gotyledonDesc(name+"submitted_total",
+			"Tasks accepted by SUBMITs since the broker started (a service's: submitted by its workers).", counterType, by)},
+		running: &family{desc: gotyledonDesc(name+"running",
+			"Tasks handed out and not yet answered (a service's: taken by its workers).", gaugeType, by)},
+		ended: &family{desc: gotyledonDesc(name+"total",
+			"Tasks ended since the broker started, by outcome: done, failed (answered so; a service's: by its workers), cancelled (withdrawn before a worker took them, or ended after their submitter left; a service's: of its submissions).", counterType, by, "outcome")},
+		redelivered: &family{desc: gotyledonDesc(name+"redelivered_total",
+			"Tasks handed out again after a NACK or a closed connection, since the broker started (a service's: to its workers).", counterType, by)},
+		runtime: &family{desc: gotyledonDesc(by+"_task_runtime_seconds",
+			"Time from a task's hand-out to its answer: quantiles of the latest 1024, sum and count of all since the broker started.", summaryType, by)},
+	}
+}
+
+func (tf *taskFamilies) add(t ipc.TaskStats, name string) {
+	tf.submitted.add(float64(t.Submitted), name)
+	tf.running.add(float64(t.Running), name)
+	tf.ended.add(float64(t.Done), name, "done")
+	tf.ended.add(float64(t.Failed), name, "failed")
+	tf.ended.add(float64(t.Cancelled), name, "cancelled")
+	tf.redelivered.add(float64(t.Redelivered), name)
+	by := labelPair{tf.by, name}
+	for _, q := range []struct {
+		at string
+		d  time.Duration
+	}{{"0.5", t.Runtime.P50}, {"0.9", t.Runtime.P90}, {"0.99", t.Runtime.P99}} {
+		tf.runtime.series = append(tf.runtime.series, series{labels: []labelPair{{"quantile", q.at}, by}, value: q.d.Seconds()})
+	}
+	tf.runtime.series = append(tf.runtime.series,
+		series{suffix: "_sum", labels: []labelPair{by}, value: t.Runtime.Sum.Seconds()},
+		series{suffix: "_count", labels: []labelPair{by}, value: float64(t.Runtime.Count)})
+}
+
+func (tf *taskFamilies) families() []*family {
+	return []*family{tf.submitted, tf.running, tf.ended, tf.redelivered, tf.runtime}
 }
 
 func boolValue(b bool) float64 {

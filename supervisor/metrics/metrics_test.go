@@ -573,3 +573,57 @@ x_total{a="z",b="quote \" back \\ new\nline"} 1
 		}
 	}
 }
+
+// Task figures: a queue's once it has had a task, and a service's, as
+// counters, a gauge and a summary, which Prometheus's parser and linter
+// take.
+func TestMetricsTasks(t *testing.T) {
+	status := func(context.Context) (supervisor.Status, error) { return metricsStatus(), nil }
+	tasks := ipc.TaskStats{Submitted: 9, Running: 2, Done: 4, Failed: 1, Cancelled: 2, Redelivered: 3,
+		Runtime: ipc.RuntimeStats{Count: 5, Sum: 2500 * time.Millisecond, P50: 400 * time.Millisecond, P90: 900 * time.Millisecond, P99: time.Second}}
+	queues := func() []ipc.QueueStats {
+		return []ipc.QueueStats{{Name: "compute", Capacity: 10, Tasks: tasks}, {Name: "plain", Capacity: 10}}
+	}
+	svc := func() map[string]ipc.TaskStats { return map[string]ipc.TaskStats{"web": tasks} }
+	fams, body := scrapeMetrics(t, NewHandler(status, queues, zap.NewNop(), WithServiceTasks(svc)))
+	problems, err := promlint.New(strings.NewReader(body)).Lint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "gotyledon_") {
+			t.Errorf("lint: %s: %s", p.Metric, p.Text)
+		}
+	}
+	for _, by := range []struct{ label, name string }{{"queue", "compute"}, {"service", "web"}} {
+		prefix := "gotyledon_" + by.label + "_tasks_"
+		for _, c := range []struct {
+			name   string
+			typ    dto.MetricType
+			labels []string
+			want   float64
+		}{
+			{prefix + "submitted_total", dto.MetricType_COUNTER, nil, 9},
+			{prefix + "running", dto.MetricType_GAUGE, nil, 2},
+			{prefix + "total", dto.MetricType_COUNTER, []string{"outcome", "done"}, 4},
+			{prefix + "total", dto.MetricType_COUNTER, []string{"outcome", "failed"}, 1},
+			{prefix + "total", dto.MetricType_COUNTER, []string{"outcome", "cancelled"}, 2},
+			{prefix + "redelivered_total", dto.MetricType_COUNTER, nil, 3},
+		} {
+			if v := metricValue(t, fams, c.name, c.typ, append([]string{by.label, by.name}, c.labels...)...); v != c.want {
+				t.Errorf("%s%v = %v, want %v", c.name, c.labels, v, c.want)
+			}
+		}
+		rt := fams["gotyledon_"+by.label+"_task_runtime_seconds"]
+		if rt == nil || rt.GetType() != dto.MetricType_SUMMARY || len(rt.Metric) != 1 {
+			t.Fatalf("%s runtime: %v", by.label, rt)
+		}
+		s := rt.Metric[0].GetSummary()
+		if s.GetSampleCount() != 5 || s.GetSampleSum() != 2.5 || len(s.Quantile) != 3 || s.Quantile[1].GetQuantile() != 0.9 || s.Quantile[1].GetValue() != 0.9 {
+			t.Errorf("%s runtime summary %v", by.label, s)
+		}
+	}
+	if strings.Contains(body, `_tasks_submitted_total{queue="plain"}`) {
+		t.Errorf("a queue without tasks has task series:\n%s", body)
+	}
+}

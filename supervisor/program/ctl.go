@@ -343,7 +343,41 @@ func printStatus(w io.Writer, doc control.Status, now time.Time) error {
 			return err
 		}
 	}
-	return nil
+	return printTasks(w, doc)
+}
+
+// printTasks prints the task figures of the queues and services that have
+// had tasks, if any has.
+func printTasks(w io.Writer, doc control.Status) error {
+	type row struct {
+		kind, name string
+		t          *control.TaskStatus
+	}
+	var rows []row
+	for _, q := range doc.Queues {
+		if q.Tasks != nil {
+			rows = append(rows, row{"queue", q.Name, q.Tasks})
+		}
+	}
+	for _, s := range doc.Services {
+		if s.Tasks != nil {
+			rows = append(rows, row{"service", s.Name, s.Tasks})
+		}
+	}
+	if len(rows) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "TASKS OF	SUBMITTED	RUNNING	DONE	FAILED	CANCELLED	REDELIVERED	RUNTIME P50	P99")
+	for _, r := range rows {
+		p50, p99 := "-", "-"
+		if r.t.RuntimeCount > 0 {
+			p50, p99 = roundDuration(r.t.RuntimeP50Seconds), roundDuration(r.t.RuntimeP99Seconds)
+		}
+		fmt.Fprintf(tw, "%s %s\t%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", r.kind, r.name, r.t.Submitted, r.t.Running, r.t.Done, r.t.Failed, r.t.Cancelled, r.t.Redelivered, p50, p99)
+	}
+	return tw.Flush()
 }
 
 // roundDuration prints seconds as a short duration: 3m2s, 1.5s, 250ms.
