@@ -89,6 +89,10 @@ type Client struct {
 	nextTag     uint64
 	tasks       map[uint64]*Future
 	taskWaiters map[chan struct{}]struct{}
+	// watchedTasks counts the futures of tasks whose Done channel was
+	// asked for: their outcomes are read in the background. Result,
+	// WaitAll and WaitAny read the connection themselves.
+	watchedTasks int
 }
 
 // call is a request waiting for its reply.

@@ -172,7 +172,7 @@ func (c *Client) stepDown(waiting bool) {
 // bgNeededLocked reports whether frames can come that nobody waits for:
 // a request is pending, or a write is held up. Called with c.mu held.
 func (c *Client) bgNeededLocked() bool {
-	return c.err == nil && (len(c.pending) > 0 || len(c.tasks) > 0 || c.writeStalled || !c.lazyRead)
+	return c.err == nil && (len(c.pending) > 0 || c.watchedTasks > 0 || c.writeStalled || !c.lazyRead)
 }
 
 // await waits for a value on ch (cap 1: a call's reply, a consumer's

@@ -785,6 +785,8 @@ func xbHelper(role string) error {
 		return xbManagerMain(stdin)
 	case "raw-server":
 		return xbRawServer(mode, sock)
+	case "task-worker":
+		return xbTaskWorker(n)
 	}
 	// A client: connect, say ready, wait for go, work, say done.
 	var c *ipc.Client
@@ -819,6 +821,8 @@ func xbHelper(role string) error {
 		r, err = xbProducer(c, mode, n)
 	case "consumer":
 		r, err = xbConsumer(c, mode)
+	case "task-submitter":
+		r, err = xbTaskSubmitter(c, mode, n)
 	default:
 		err = fmt.Errorf("unknown role %q", role)
 	}

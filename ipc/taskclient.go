@@ -29,12 +29,30 @@ type Future struct {
 	queue string
 	done  chan struct{} // closed once result and err are set
 	// set once, before done is closed (under c.mu)
-	result []byte
-	err    error
+	result  []byte
+	err     error
+	watched bool // Done was called: the outcome is read in the background (c.mu)
 }
 
-// Done is closed once the task's outcome is known.
-func (f *Future) Done() <-chan struct{} { return f.done }
+// Done is closed once the task's outcome is known. Asking for it has the
+// client read the connection in the background until then, so that the
+// channel closes without a call that waits (Result, WaitAll and WaitAny
+// read the connection themselves).
+func (f *Future) Done() <-chan struct{} {
+	c := f.c
+	c.mu.Lock()
+	wake := false
+	if !f.watched && !isClosed(f.done) {
+		f.watched = true
+		c.watchedTasks++
+		wake = !c.reading
+	}
+	c.mu.Unlock()
+	if wake {
+		signal(c.bgWake)
+	}
+	return f.done
+}
 
 // Result waits for the task's outcome, as long as ctx allows, and returns
 // the worker's result, or an error: a *TaskError if the worker failed it,
@@ -223,13 +241,17 @@ func (c *Client) submit(ctx context.Context, queue string, inputs [][]byte) ([]*
 	return fs, nil
 }
 
-// forget drops futures of tasks the broker did not queue.
+// forget drops futures of tasks the broker did not queue, or whose
+// caller gave up on them.
 func (c *Client) forget(fs []*Future) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, f := range fs {
 		if c.tasks[f.tag] == f {
 			delete(c.tasks, f.tag)
+			if f.watched {
+				c.watchedTasks--
+			}
 		}
 	}
 }
@@ -317,6 +339,9 @@ func (c *Client) outcomes(f *outcomesFrame) {
 			continue // abandoned
 		}
 		delete(c.tasks, o.Tag)
+		if fut.watched {
+			c.watchedTasks--
+		}
 		switch o.Status {
 		case outcomeDone:
 			fut.result = o.Body
@@ -341,6 +366,7 @@ func (c *Client) endTasksLocked(err error) {
 		close(f.done)
 		delete(c.tasks, tag)
 	}
+	c.watchedTasks = 0
 	for ch := range c.taskWaiters {
 		signal(ch)
 	}
