@@ -613,6 +613,10 @@ type conn struct {
 	// for fatal to close: a reader blocked writing to it then returns.
 	up     *upstream
 	upConn net.Conn
+	// touched are the connections this one's reader queued replies for
+	// and has not written out yet (wakeFor, flushTouched); the reader's
+	// alone.
+	touched []*conn
 }
 
 func (b *Broker) newConn(nc net.Conn) *conn {
@@ -703,7 +707,7 @@ func (c *conn) reply(id uint32, status uint16, n uint32, message string) {
 // false, taking nothing, when the connection's cleanup already ran or a
 // FATAL is queued: the writer stops at the FATAL, so nothing queued behind
 // it would ever be written.
-func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck, requests bool, cons *waiter) bool {
+func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck, requests bool, cons *waiter, by *conn) bool {
 	c.mu.Lock()
 	if c.closed || c.fatalSet {
 		c.mu.Unlock()
@@ -716,9 +720,48 @@ func (c *conn) deliver(id uint32, q *queue, items []item, first uint64, autoAck,
 	wake := !c.handling
 	c.mu.Unlock()
 	if wake {
-		c.signal(c.wake)
+		c.wakeFor(by)
 	}
 	return true
+}
+
+// replyFor is reply, queued by by's reader (see wakeFor).
+func (c *conn) replyFor(by *conn, id uint32, status uint16, n uint32, message string) {
+	c.mu.Lock()
+	c.outbox = append(c.outbox, outMsg{kind: msgResult, id: id, status: status, n: n, message: message})
+	wake := !c.handling
+	c.mu.Unlock()
+	if wake {
+		c.wakeFor(by)
+	}
+}
+
+// wakeFor has what was just queued for c written out. When by is another
+// connection, whose reader queued it, that reader writes it itself at its
+// next flush (flushTouched), as nats-server's read loop flushes the
+// clients it delivered to: across processes a write from the goroutine
+// that is running costs less than waking c's writer, one more thread
+// switch on the path of every item handed from one connection to another.
+// Otherwise c's writer is woken.
+func (c *conn) wakeFor(by *conn) {
+	if by != nil && by != c {
+		if n := len(by.touched); n == 0 || by.touched[n-1] != c {
+			by.touched = append(by.touched, c)
+		}
+		return
+	}
+	c.signal(c.wake)
+}
+
+// flushTouched writes out what this reader queued for other connections
+// (wakeFor), or wakes their writers for what it cannot write at once.
+// Called by the reader only.
+func (c *conn) flushTouched() {
+	for i, t := range c.touched {
+		t.flushFrom()
+		c.touched[i] = nil
+	}
+	c.touched = c.touched[:0]
 }
 
 // addWaiter registers a request that starts waiting; removeWaiter, called
@@ -891,6 +934,7 @@ func (c *conn) handshake() (*bufio.Reader, bool) {
 // readLoop reads and carries out requests from br, the reader the
 // handshake used, until the connection ends or breaks the protocol.
 func (c *conn) readLoop(br *bufio.Reader) {
+	defer c.flushTouched()
 	fr := frameReader{
 		r:         br,
 		untrusted: true,
@@ -942,7 +986,11 @@ func (c *conn) readLoop(br *bufio.Reader) {
 		// never waits for the socket with handling set.
 		if !frameBuffered(br) {
 			c.flushUpstream()
+			// Others' first: what was handed on (an item to a waiting
+			// consumer, a task's outcome to its submitter) is what
+			// somebody waits for; this connection's own replies follow.
 			c.flushInline()
+			c.flushTouched()
 		}
 		// Flow control: let the writer catch up, and waiting requests be
 		// answered, before reading more.
@@ -959,6 +1007,7 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			}
 			c.flushUpstream()
 			c.endHandling(true)
+			c.flushTouched()
 			select {
 			case <-c.drained:
 			case <-c.unwaited:
@@ -1212,7 +1261,7 @@ func (c *conn) settleWith(f *ackFrame, answer func(i int) (byte, []byte)) uint32
 	}
 	c.mu.Unlock()
 	for q, es := range ends {
-		q.endTasks(es)
+		q.endTasks(es, c)
 	}
 	if ackQ != nil {
 		ackQ.ack(ackN)
@@ -1222,20 +1271,20 @@ func (c *conn) settleWith(f *ackFrame, answer func(i int) (byte, []byte)) uint32
 	}
 	if len(nacked) > 0 {
 		slices.SortFunc(nacked, func(a, b found) int { return cmp.Compare(a.delivery, b.delivery) })
-		requeueGrouped(len(nacked), func(i int) (*queue, item) { return nacked[i].q, nacked[i].it })
+		requeueGrouped(len(nacked), c, func(i int) (*queue, item) { return nacked[i].q, nacked[i].it })
 	}
 	if credW != nil {
-		credW.q.release(credW, credN)
+		credW.q.release(credW, credN, c)
 	}
 	for w, k := range credit {
-		w.q.release(w, k)
+		w.q.release(w, k, c)
 	}
 	return uint32(n)
 }
 
 // requeueGrouped requeues n items, given in delivery order, queue by queue,
 // each queue's items keeping that order.
-func requeueGrouped(n int, at func(int) (*queue, item)) {
+func requeueGrouped(n int, by *conn, at func(int) (*queue, item)) {
 	byQueue := make(map[*queue][]item)
 	var order []*queue
 	for i := range n {
@@ -1246,7 +1295,7 @@ func requeueGrouped(n int, at func(int) (*queue, item)) {
 		byQueue[q] = append(byQueue[q], it)
 	}
 	for _, q := range order {
-		q.requeue(byQueue[q])
+		q.requeue(byQueue[q], by)
 	}
 }
 
@@ -1422,6 +1471,33 @@ func (c *conn) flushInline() {
 	defer c.writeMu.Unlock()
 	c.mu.Lock()
 	c.handling = false
+	c.writeOutboxLocked()
+}
+
+// flushFrom is another connection's reader writing out what it queued
+// for c (wakeFor): as flushInline, when nobody else writes to c and c's
+// own reader is not about to; else c's writer is woken.
+func (c *conn) flushFrom() {
+	if !c.writeMu.TryLock() {
+		c.signal(c.wake)
+		return
+	}
+	defer c.writeMu.Unlock()
+	c.mu.Lock()
+	// Its reader writes it all at its own flush; a closed connection's
+	// cleanup takes what is queued.
+	if c.handling || c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.writeOutboxLocked()
+}
+
+// writeOutboxLocked writes the outbox from the calling goroutine, if it
+// holds small replies only and the socket takes them at once; anything
+// else is left to the writer goroutine, which it wakes. Called with
+// writeMu and c.mu held; it unlocks c.mu.
+func (c *conn) writeOutboxLocked() {
 	if len(c.outbox) == 0 {
 		c.mu.Unlock()
 		return
@@ -1455,9 +1531,20 @@ func (c *conn) flushInline() {
 	c.mu.Lock()
 	c.spare = batch[:0]
 	c.mu.Unlock()
-	if complete, err := c.writeBuffered(false); err != nil || !complete {
-		// The rest, or the failure (a write error ends the writer, which
-		// hands back what was not written), is the writer's.
+	complete, err := c.writeBuffered(false)
+	if err != nil && len(c.wenc) > 0 {
+		// Auto-ack items not written are still the broker's: cleanup
+		// requeues them (the writer may have stopped already, and would
+		// not hand them back).
+		c.mu.Lock()
+		c.unsent = append(c.unsent, c.wenc...)
+		c.mu.Unlock()
+		clear(c.wenc)
+		c.wenc = c.wenc[:0]
+	}
+	if err != nil || !complete {
+		// The rest, or the failure (a write error ends the writer), is
+		// the writer's.
 		c.signal(c.wake)
 	}
 }
@@ -1610,6 +1697,14 @@ func (c *conn) cleanup() {
 	c.closeUpstream()
 	c.stopWriter()
 	<-c.writerDone
+	// From now on nothing is handed to this connection, nor written to it
+	// by another's reader (flushFrom); one writing now finishes first, and
+	// hands back what it could not write.
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	c.writeMu.Lock()
+	c.writeMu.Unlock() //nolint:staticcheck // a barrier: flushFrom holds writeMu while it writes
 	// Only queues of the current set can hold this connection's waiting
 	// requests: a removed queue answered its own, and the reader, which
 	// alone adds waiting requests, has stopped.
@@ -1640,7 +1735,7 @@ func (c *conn) cleanup() {
 	c.dropSubmissions(subs)
 	if len(all) > 0 {
 		slices.SortFunc(all, func(a, b held) int { return cmp.Compare(a.delivery, b.delivery) })
-		requeueGrouped(len(all), func(i int) (*queue, item) { return all[i].q, all[i].it })
+		requeueGrouped(len(all), nil, func(i int) (*queue, item) { return all[i].q, all[i].it })
 		c.log.Debug("queue client connection closed; its in-flight items are requeued", zap.Int("items", len(all)))
 	}
 }

@@ -92,6 +92,22 @@ type queue struct {
 	inFlight  int
 	stats     counters
 	tasks     taskCounters // taskstats.go
+	// by is the connection whose reader is in the queue now, or nil (a
+	// timer, a connection's cleanup): what it hands to other connections
+	// it writes out itself at its next flush (conn.wakeFor).
+	by *conn
+}
+
+// enter locks the queue for by's reader (nil: for anyone else); leave
+// unlocks it.
+func (q *queue) enter(by *conn) {
+	q.mu.Lock()
+	q.by = by
+}
+
+func (q *queue) leave() {
+	q.by = nil
+	q.mu.Unlock()
 }
 
 type counters struct {
@@ -178,8 +194,8 @@ func (r *ring) popFront() item {
 // PUTs already waiting. Items must be checked against max_item by the
 // caller (TOO_LARGE queues nothing).
 func (q *queue) put(c *conn, id, timeoutMS uint32, items [][]byte, reqs []*request) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q.enter(c)
+	defer q.leave()
 	if q.closed {
 		c.reply(id, statusShuttingDown, 0, "broker shutting down")
 		return
@@ -212,8 +228,8 @@ func (q *queue) put(c *conn, id, timeoutMS uint32, items [][]byte, reqs []*reque
 // get is a GET: it hands out up to max items now, or waits (timeoutMS > 0)
 // for the first one behind the GETs already waiting.
 func (q *queue) get(c *conn, id, timeoutMS uint32, maxItems int, autoAck bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q.enter(c)
+	defer q.leave()
 	if q.closed {
 		c.reply(id, statusShuttingDown, 0, "broker shutting down")
 		return
@@ -239,8 +255,8 @@ func (q *queue) get(c *conn, id, timeoutMS uint32, maxItems int, autoAck bool) {
 // consume is a CONSUME: from now on the queue pushes items to c, at most
 // prefetch of them unacknowledged, until CANCEL or c goes away.
 func (q *queue) consume(c *conn, id uint32, prefetch int) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q.enter(c)
+	defer q.leave()
 	if q.closed {
 		c.reply(id, statusShuttingDown, 0, "broker shutting down")
 		return
@@ -257,10 +273,10 @@ func (q *queue) consume(c *conn, id uint32, prefetch int) {
 }
 
 // release gives the CONSUME w credit for n of its items that were acked or
-// NACKed: it takes its turn again if it had none.
-func (q *queue) release(w *waiter, n int) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+// NACKed by by's reader: it takes its turn again if it had none.
+func (q *queue) release(w *waiter, n int, by *conn) {
+	q.enter(by)
+	defer q.leave()
 	w.outstanding -= n
 	if w.done || w.inGets || w.outstanding >= w.prefetch {
 		return
@@ -412,7 +428,7 @@ func (q *queue) take(w *waiter) int {
 	if w.consume {
 		cons = w
 	}
-	if !w.c.deliver(w.id, q, items, first, w.autoAck, requests, cons) {
+	if !w.c.deliver(w.id, q, items, first, w.autoAck, requests, cons, q.by) {
 		// The connection is gone (its cleanup already ran): the items
 		// were never handed out, so they go back as they were.
 		for i := n - 1; i >= 0; i-- {
@@ -478,7 +494,7 @@ func (q *queue) serve() {
 			if len(w.items) == 0 {
 				n := w.accepted
 				q.retire(w)
-				w.c.reply(w.id, statusOK, uint32(n), "")
+				w.c.replyFor(q.by, w.id, statusOK, uint32(n), "")
 			}
 		}
 		if !progress {
@@ -499,13 +515,14 @@ func (q *queue) ack(n int) {
 // requeue puts in-flight items back at the head of the ring, the first of
 // items at the very head (rule 4), past capacity if need be (rule 6), and
 // serves waiting GETs. A task whose submitter has gone is dropped instead:
-// nobody wants its outcome.
-func (q *queue) requeue(items []item) {
+// nobody wants its outcome. by is the connection whose reader requeues
+// (nil: its cleanup, or a timer).
+func (q *queue) requeue(items []item, by *conn) {
 	if len(items) == 0 {
 		return
 	}
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q.enter(by)
+	defer q.leave()
 	for i := len(items) - 1; i >= 0; i-- {
 		if r := items[i].req; r != nil {
 			q.untakeTask(r)

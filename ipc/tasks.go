@@ -115,9 +115,9 @@ type taskEnd struct {
 
 // endTasks ends the tasks of es, which are this queue's (see
 // endTasksLocked).
-func (q *queue) endTasks(es []taskEnd) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+func (q *queue) endTasks(es []taskEnd, by *conn) {
+	q.enter(by)
+	defer q.leave()
 	q.endTasksLocked(es)
 }
 
@@ -168,17 +168,17 @@ func (q *queue) endTasksLocked(es []taskEnd) {
 		}
 	}
 	if last != nil {
-		last.sendOutcomes(outs)
+		last.sendOutcomes(outs, q.by)
 	}
 	for c, os := range more {
-		c.sendOutcomes(os)
+		c.sendOutcomes(os, q.by)
 	}
 }
 
 // sendOutcomes queues an OUTCOMES frame for this submitter and forgets its
 // tasks; a submitter that has gone gets nothing. Never blocks. Called
-// under the tasks' queue's mu.
-func (c *conn) sendOutcomes(os []outcome) {
+// under the tasks' queue's mu, by's (see wakeFor).
+func (c *conn) sendOutcomes(os []outcome, by *conn) {
 	c.mu.Lock()
 	if c.closed || c.fatalSet {
 		c.mu.Unlock()
@@ -191,7 +191,7 @@ func (c *conn) sendOutcomes(os []outcome) {
 	wake := !c.handling
 	c.mu.Unlock()
 	if wake {
-		c.signal(c.wake)
+		c.wakeFor(by)
 	}
 }
 
@@ -266,17 +266,18 @@ func (c *conn) withdraw(f *withdrawFrame) {
 	c.mu.Unlock()
 	var n uint32
 	for q, rs := range byQueue {
-		n += uint32(q.withdraw(rs, true))
+		n += uint32(q.withdraw(rs, true, c))
 	}
 	c.reply(f.ID, statusOK, n, "")
 }
 
 // withdraw takes the queued ones among rs out of the ring (ended) and
 // returns how many; with answer, their submitter gets CANCELLED for each,
-// else (the submitter has gone) those taken are orphaned.
-func (q *queue) withdraw(rs []*request, answer bool) int {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+// else (the submitter has gone) those taken are orphaned. by is the
+// connection whose reader withdraws (nil: a cleanup).
+func (q *queue) withdraw(rs []*request, answer bool, by *conn) int {
+	q.enter(by)
+	defer q.leave()
 	n := 0
 	var outs []outcome
 	for _, r := range rs {
@@ -300,7 +301,7 @@ func (q *queue) withdraw(rs []*request, answer bool) int {
 	q.ring.removeIf(func(it *item) bool { return it.req != nil && it.req.state == requestEnded })
 	q.tasks.Cancelled += uint64(n)
 	if len(outs) > 0 {
-		rs[0].submitter.sendOutcomes(outs)
+		rs[0].submitter.sendOutcomes(outs, q.by)
 	}
 	if !q.closed {
 		q.serve() // room for waiting PUTs
@@ -321,7 +322,7 @@ func (c *conn) dropSubmissions(subs map[uint64]*request) {
 	}
 	n := 0
 	for q, rs := range byQueue {
-		n += q.withdraw(rs, false)
+		n += q.withdraw(rs, false, nil)
 	}
 	c.log.Debug("queue client connection closed; its queued tasks are withdrawn, its tasks in flight will not be answered",
 		zap.Int("withdrawn", n), zap.Int("in_flight", len(subs)-n))
