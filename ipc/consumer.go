@@ -210,9 +210,10 @@ func (s *Consumer) end(err error) {
 	s.wake()
 }
 
-// queueAcks queues the acknowledgement (or NACK) of ds, to be sent with
-// others: at once when ackBatch are queued, else within ackDelay.
-func (c *Client) queueAcks(nack bool, ds []*Delivery) error {
+// queueAcks queues the acknowledgement (or NACK) of ds, and the replies
+// answers (taskclient.go), to be sent with others: at once when ackBatch
+// are queued, else within ackDelay.
+func (c *Client) queueAcks(nack bool, ds []*Delivery, answers ...answer) error {
 	c.mu.Lock()
 	if c.err != nil {
 		err := c.err
@@ -234,6 +235,10 @@ func (c *Client) queueAcks(nack bool, ds []*Delivery) error {
 		} else {
 			c.acks = append(c.acks, d.ID)
 		}
+	}
+	for _, a := range answers {
+		c.answers = append(c.answers, a)
+		c.answerBytes += len(a.Body)
 	}
 	now := len(c.acks)+len(c.nacks)+len(c.answers) >= ackBatch || c.answerBytes >= ackBatchBytes
 	if !now && !c.ackTimerArmed {

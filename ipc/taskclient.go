@@ -435,21 +435,7 @@ func (d *Delivery) answer(ctx context.Context, status byte, body []byte) error {
 // (queueAcks). The result is copied.
 func (c *Client) queueAnswer(a answer) error {
 	a.Body = append([]byte(nil), a.Body...)
-	c.mu.Lock()
-	if c.err != nil {
-		err := c.err
-		c.mu.Unlock()
-		return err
-	}
-	if err := c.ackErr; err != nil {
-		c.ackErr = nil
-		c.mu.Unlock()
-		return err
-	}
-	c.answers = append(c.answers, a)
-	c.answerBytes += len(a.Body)
-	c.mu.Unlock()
-	return c.queueAcks(false, nil)
+	return c.queueAcks(false, nil, a)
 }
 
 // encodeAnswersLocked moves the queued replies into c.out, as many to a
