@@ -985,12 +985,11 @@ func (c *conn) readLoop(br *bufio.Reader) {
 		// already: pipelined requests' replies go out together. The reader
 		// never waits for the socket with handling set.
 		if !frameBuffered(br) {
-			c.flushUpstream()
-			// Others' first: what was handed on (an item to a waiting
-			// consumer, a task's outcome to its submitter) is what
-			// somebody waits for; this connection's own replies follow.
+			// What was handed to other connections goes out before the
+			// upstream's flush, which may wait for the store server.
 			c.flushInline()
 			c.flushTouched()
+			c.flushUpstream()
 		}
 		// Flow control: let the writer catch up, and waiting requests be
 		// answered, before reading more.
@@ -1005,9 +1004,9 @@ func (c *conn) readLoop(br *bufio.Reader) {
 			if n < maxOutbox && !waits {
 				break
 			}
+			c.flushTouched()
 			c.flushUpstream()
 			c.endHandling(true)
-			c.flushTouched()
 			select {
 			case <-c.drained:
 			case <-c.unwaited:
@@ -1598,11 +1597,27 @@ func (c *conn) writeBuffered(block bool) (complete bool, err error) {
 		}
 	}
 	for i := range c.wenc {
-		c.wenc[i].q.ack(len(c.wenc[i].items)) // rule 5: gone once written
+		c.wenc[i].ackWritten()
 	}
 	clear(c.wenc)
 	c.wenc = c.wenc[:0]
 	return true, nil
+}
+
+// ackWritten ends the items of an auto-ack reply that has been written
+// (rule 5): they leave the broker, and the tasks among them are answered
+// done, with an empty result.
+func (m *outMsg) ackWritten() {
+	m.q.ack(len(m.items))
+	var ends []taskEnd
+	for _, it := range m.items {
+		if it.req != nil {
+			ends = append(ends, taskEnd{req: it.req, status: outcomeDone})
+		}
+	}
+	if len(ends) > 0 {
+		m.q.endTasks(ends, nil)
+	}
 }
 
 // tryWrite writes what the socket takes of b now, without waiting for
@@ -1704,7 +1719,14 @@ func (c *conn) cleanup() {
 	c.closed = true
 	c.mu.Unlock()
 	c.writeMu.Lock()
-	c.writeMu.Unlock() //nolint:staticcheck // a barrier: flushFrom holds writeMu while it writes
+	// Auto-ack replies encoded and not all written (a partial write the
+	// writer did not come back to) are still the broker's (rule 5).
+	c.mu.Lock()
+	c.unsent = append(c.unsent, c.wenc...)
+	c.mu.Unlock()
+	clear(c.wenc)
+	c.wenc = c.wenc[:0]
+	c.writeMu.Unlock()
 	// Only queues of the current set can hold this connection's waiting
 	// requests: a removed queue answered its own, and the reader, which
 	// alone adds waiting requests, has stopped.

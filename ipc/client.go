@@ -133,16 +133,31 @@ type Delivery struct {
 // Dial connects to the broker listening on the Unix socket at path and
 // shakes hands. ctx bounds the connect and handshake only. A broker that
 // refuses this process (SO_PEERCRED) makes an error wrapping ErrRefused.
+// It speaks protocol version 2; with a broker that knows only version 1
+// (an older manager, which refuses the HELLO) it connects again speaking
+// version 1, where everything but tasks works.
 func Dial(ctx context.Context, path string) (*Client, error) {
-	var d net.Dialer
-	nc, err := d.DialContext(ctx, "unix", path)
+	c, err := dial(ctx, path, ProtocolVersion)
+	var se *StatusError
+	if errors.As(err, &se) && se.Code == statusBadHello {
+		c, err = dial(ctx, path, 1)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)
 	}
-	c, err := handshakeClient(ctx, nc)
+	return c, nil
+}
+
+func dial(ctx context.Context, path string, version uint16) (*Client, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, err
+	}
+	c, err := handshakeClient(ctx, nc, version)
 	if err != nil {
 		nc.Close()
-		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)
+		return nil, err
 	}
 	return c, nil
 }
@@ -165,13 +180,13 @@ func clientName() string {
 	return fmt.Sprintf("%s[%d]", filepath.Base(os.Args[0]), os.Getpid())
 }
 
-func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
+func handshakeClient(ctx context.Context, nc net.Conn, version uint16) (*Client, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		nc.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	h := helloFrame{Version: ProtocolVersion, Client: clientName()}
+	h := helloFrame{Version: version, Client: clientName()}
 	copy(h.Magic[:], helloMagic)
 	if _, err := nc.Write(appendHello(nil, &h)); err != nil {
 		return nil, handshakeErr(ctx, fmt.Errorf("sending HELLO: %w", err))
@@ -195,7 +210,7 @@ func handshakeClient(ctx context.Context, nc net.Conn) (*Client, error) {
 	default:
 		return nil, fmt.Errorf("reading WELCOME: %w: got %T", errBadFrame, f)
 	}
-	if w.Version < 1 || w.Version > ProtocolVersion || int64(w.MaxFrame) < int64(w.MaxItem)+frameSlack {
+	if w.Version != version || int64(w.MaxFrame) < int64(w.MaxItem)+frameSlack {
 		return nil, fmt.Errorf("unusable WELCOME: version %d, max_frame %d, max_item %d", w.Version, w.MaxFrame, w.MaxItem)
 	}
 	if !stop() { // the AfterFunc ran, or runs: its deadline may land after ours

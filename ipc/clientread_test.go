@@ -200,7 +200,7 @@ func TestWriteThatWaitsHasAReader(t *testing.T) {
 		_, err = brokerEnd.Write(appendResult(nil, &resultFrame{ID: put.ID, Status: statusOK, N: uint32(len(put.Items))}))
 		served <- err
 	}()
-	c, err := handshakeClient(ctxT(t), clientEnd)
+	c, err := handshakeClient(ctxT(t), clientEnd, ProtocolVersion)
 	if err != nil {
 		t.Fatal(err)
 	}

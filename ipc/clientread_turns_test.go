@@ -66,7 +66,7 @@ func fakeBrokerOn(t *testing.T, cnc, bnc net.Conn) (*Client, *fakeBroker) {
 		_, err := bnc.Write(appendWelcome(nil, &welcomeFrame{Version: ProtocolVersion, MaxFrame: 1 << 20, MaxItem: 1<<20 - frameSlack}))
 		welcomed <- err
 	}()
-	c, err := handshakeClient(ctxT(t), cnc)
+	c, err := handshakeClient(ctxT(t), cnc, ProtocolVersion)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -404,8 +404,8 @@ func (q *queue) take(w *waiter) int {
 	room := q.b.maxFrame - itemsFixedLen
 	// A connection that speaks tasks gets them in REQUESTS frames, plain
 	// items in ITEMS: one reply holds one kind, that of the head. An
-	// auto-ack GET cannot reply, so it gets tasks as plain items (and
-	// answers them, empty, as it takes them).
+	// auto-ack GET cannot reply, so it gets tasks as plain items, which
+	// are answered, empty, once written (rule 5; ackWritten).
 	requests := q.ring.front().req != nil && w.c.version >= taskVersion && !w.autoAck
 	n := 0
 	for n < w.max && n < q.ring.size {
@@ -442,10 +442,8 @@ func (q *queue) take(w *waiter) int {
 			q.stats.redelivered++
 		}
 		if r := items[i].req; r != nil {
+			// An auto-ack GET's task is answered once written (ackWritten).
 			q.takeTask(r, w.c.service, items[i].deliveries > 1)
-			if w.autoAck {
-				q.endTasksLocked([]taskEnd{{req: r, status: outcomeDone}})
-			}
 		}
 	}
 	q.stats.delivered += uint64(n)

@@ -101,6 +101,7 @@ func isClosed(ch chan struct{}) bool {
 func (c *Client) Submit(ctx context.Context, queue string, payload []byte) (*Future, error) {
 	fs, err := c.submit(ctx, queue, [][]byte{payload})
 	if err != nil {
+		c.abandon(fs) // queued all the same (ctx ended as the broker answered): taken back if it can be
 		return nil, err
 	}
 	return fs[0], nil
@@ -231,6 +232,12 @@ func (c *Client) submit(ctx context.Context, queue string, inputs [][]byte) ([]*
 			}
 		} else if err == nil {
 			err = fmt.Errorf("%w: ITEMS in reply to a SUBMIT", errBadFrame)
+		}
+		if r.result == nil && err != nil {
+			// No answer (ctx ended, and the grace for the broker's answer
+			// to the CANCEL too): any of them may be queued.
+			c.abandon(batch)
+			return fs, fmt.Errorf("ipc: submit to %q: %w", queue, err)
 		}
 		fs = append(fs, batch[:accepted]...)
 		c.forget(batch[accepted:])

@@ -187,7 +187,17 @@ func (c *conn) sendOutcomes(os []outcome, by *conn) {
 	for _, o := range os {
 		delete(c.submissions, o.Tag)
 	}
-	c.outbox = append(c.outbox, outMsg{kind: msgOutcomes, outcomes: os})
+	// As many to a frame as max_frame allows: an OUTCOMES entry is longer
+	// than the ACK or WITHDRAW entry that may have ended its task.
+	for len(os) > 0 {
+		size, n := outcomesFixedLen, 0
+		for n < len(os) && (n == 0 || size+outcomeEntryLen+len(os[n].Body) <= c.b.maxFrame) {
+			size += outcomeEntryLen + len(os[n].Body)
+			n++
+		}
+		c.outbox = append(c.outbox, outMsg{kind: msgOutcomes, outcomes: os[:n:n]})
+		os = os[n:]
+	}
 	wake := !c.handling
 	c.mu.Unlock()
 	if wake {

@@ -6,8 +6,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -588,5 +590,164 @@ func TestRuntimePercentiles(t *testing.T) {
 	}
 	if s.P50 != 1489*time.Millisecond || s.P90 != 1898*time.Millisecond || s.P99 != 1990*time.Millisecond {
 		t.Errorf("percentiles %v %v %v", s.P50, s.P90, s.P99)
+	}
+}
+
+// A broker of version 1 only (an older manager) refuses a HELLO of version
+// 2: Dial connects again speaking version 1, and Submit says the broker
+// cannot carry tasks.
+func TestDialFallsBackToVersion1(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "old.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	versions := make(chan uint16, 2)
+	go func() {
+		for {
+			nc, err := l.Accept()
+			if err != nil {
+				return
+			}
+			fr := frameReader{r: bufio.NewReader(nc)}
+			p, err := fr.read(maxHelloLen, nil)
+			if err != nil {
+				nc.Close()
+				continue
+			}
+			f, _ := decodeFrame(p)
+			h, _ := f.(*helloFrame)
+			if h == nil {
+				nc.Close()
+				continue
+			}
+			versions <- h.Version
+			if h.Version != 1 {
+				nc.Write(appendFatal(nil, &fatalFrame{Status: statusBadHello, Message: `want magic "GTYQ" version 1`}))
+				nc.Close()
+				continue
+			}
+			nc.Write(appendWelcome(nil, &welcomeFrame{Version: 1, MaxFrame: 1 << 20, MaxItem: 1<<20 - frameSlack}))
+			defer nc.Close()
+		}
+	}()
+	ctx := ctxT(t)
+	c, err := Dial(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if v1, v2 := <-versions, <-versions; v1 != ProtocolVersion || v2 != 1 {
+		t.Errorf("HELLO versions %d then %d; want %d then 1", v1, v2, ProtocolVersion)
+	}
+	if _, err := c.Submit(ctx, "jobs", []byte("x")); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("Submit over version 1: %v, want ErrUnsupported", err)
+	}
+}
+
+// An auto-ack GET's task is answered once its ITEMS is written (rule 5):
+// one that is never written (its client does not read, then goes) is
+// delivered again, and its submitter gets one outcome, the reply's.
+func TestAutoAckTaskAnsweredOnceWritten(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{})
+	sub := dialRaw2(t, h.path)
+	big := bytes.Repeat([]byte("x"), 900<<10) // more than a socket's buffers: the write blocks
+	sub.write(appendSubmit(nil, &submitFrame{ID: 1, Queue: "jobs", Tasks: []task{{Tag: 7, Body: big}}}))
+	if r, ok := sub.read().(*resultFrame); !ok || r.N != 1 {
+		t.Fatalf("SUBMIT answered %#v", r)
+	}
+	g := h.raw(true)
+	g.write(appendGet(nil, &getFrame{ID: 1, TimeoutMS: 1000, Queue: "jobs", Max: 1, Flags: flagAutoAck}))
+	eventually(t, "the task taken", func() bool { return h.stats("jobs").Tasks.Running == 1 })
+	g.nc.Close()
+	eventually(t, "the task back in the queue", func() bool {
+		s := h.stats("jobs")
+		return s.Depth == 1 && s.Tasks.Running == 0
+	})
+	w := dialRaw2(t, h.path)
+	w.write(appendGet(nil, &getFrame{ID: 1, TimeoutMS: 1000, Queue: "jobs", Max: 1}))
+	reqs, ok := w.read().(*itemsFrame)
+	if !ok || !reqs.Requests || reqs.Items[0].Deliveries != 2 {
+		t.Fatalf("second worker got %#v, want the task's second delivery", reqs)
+	}
+	w.write(appendReply(nil, &replyFrame{ID: 2, Answers: []answer{{Delivery: reqs.Items[0].Delivery, Body: []byte("R")}}}))
+	if r, ok := w.read().(*resultFrame); !ok || r.N != 1 {
+		t.Fatalf("REPLY answered %#v", r)
+	}
+	out, ok := sub.read().(*outcomesFrame)
+	if !ok || len(out.Outcomes) != 1 || string(out.Outcomes[0].Body) != "R" {
+		t.Fatalf("submitter got %#v, want one outcome, the reply's", out)
+	}
+	sub.write(appendWithdraw(nil, &withdrawFrame{ID: 9, Tags: []uint64{7}}))
+	if r, ok := sub.read().(*resultFrame); !ok || r.ID != 9 {
+		t.Fatalf("after the outcome: %#v, want WITHDRAW's RESULT (no second outcome)", r)
+	}
+	if s := h.stats("jobs").Tasks; s.Done != 1 || s.Running != 0 || s.Redelivered != 1 {
+		t.Errorf("task figures %+v; want 1 done, none running, 1 redelivered", s)
+	}
+}
+
+// Outcomes go in frames of max_frame at most: a WITHDRAW's 8 bytes a tag
+// become 13 or more in OUTCOMES.
+func TestOutcomesSplitToMaxFrame(t *testing.T) {
+	h := newBrokerHarness(t, BrokerOptions{MaxItem: 1000})
+	maxFrame := h.b.maxFrame
+	sub := dialRaw2(t, h.path)
+	var tags []uint64
+	for id := uint32(1); id <= 2; id++ {
+		var ts []task
+		for range 60 {
+			tag := uint64(len(tags) + 1)
+			tags = append(tags, tag)
+			ts = append(ts, task{Tag: tag, Body: []byte("x")})
+		}
+		sub.write(appendSubmit(nil, &submitFrame{ID: id, Queue: "jobs", Tasks: ts}))
+		if r, ok := sub.read().(*resultFrame); !ok || r.N != 60 {
+			t.Fatalf("SUBMIT %d answered %#v", id, r)
+		}
+	}
+	sub.write(appendWithdraw(nil, &withdrawFrame{ID: 3, Tags: tags}))
+	got, frames := 0, 0
+	for {
+		f := sub.read()
+		if size := len(appendFrame(nil, f)) - frameHeaderLen; size > maxFrame {
+			t.Fatalf("a frame of %d bytes, max_frame is %d", size, maxFrame)
+		}
+		if r, ok := f.(*resultFrame); ok {
+			if r.ID != 3 || r.N != 120 {
+				t.Fatalf("WITHDRAW answered %#v", r)
+			}
+			break
+		}
+		got += len(f.(*outcomesFrame).Outcomes)
+		frames++
+	}
+	if got != 120 || frames < 2 {
+		t.Errorf("%d outcomes in %d frames, want 120 in at least 2", got, frames)
+	}
+	// And the Go client, whose reader holds the broker to max_frame,
+	// lives through a cancelled Map of as many.
+	c := h.dial()
+	ctx, cancel := context.WithCancel(ctxT(t))
+	go func() {
+		for h.stats("jobs").Depth < 120 { // the broker's state, which has no event: polled
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	inputs := make([][]byte, 120)
+	for i := range inputs {
+		inputs[i] = []byte("y")
+	}
+	if _, err := c.Map(ctx, "jobs", inputs); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Map with a cancelled context: %v", err)
+	}
+	if err := c.Put(ctxT(t), "jobs", []byte("z")); err != nil {
+		t.Errorf("Put after: %v", err)
+	}
+	if s := h.stats("jobs"); s.Depth != 1 || s.Tasks.Cancelled != 240 {
+		t.Errorf("depth %d, %d cancelled; want the item alone, 240 cancelled", s.Depth, s.Tasks.Cancelled)
 	}
 }

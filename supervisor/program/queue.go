@@ -553,9 +553,12 @@ func exitStatus(ps *os.ProcessState, err error) string {
 // output was too long. A command killed by a signal did not answer: its
 // task is put back.
 func taskOutcome(name string, ps *os.ProcessState, err error, out *cappedBuffer) (itemOutcome, bool) {
+	if ps == nil {
+		return itemOutcome{}, false
+	}
 	ws, _ := ps.Sys().(syscall.WaitStatus)
 	switch {
-	case ps == nil || ws.Signaled():
+	case ws.Signaled():
 		return itemOutcome{}, false
 	case out.over:
 		return itemOutcome{answered: true, message: fmt.Sprintf("%s wrote more than max_item (%d bytes) as its result", name, out.max)}, true
@@ -565,6 +568,9 @@ func taskOutcome(name string, ps *os.ProcessState, err error, out *cappedBuffer)
 	msg := name + " " + exitStatus(ps, err)
 	if o := strings.TrimSpace(out.buf.String()); o != "" {
 		msg += ": " + o
+	}
+	if len(msg) > out.max { // the output filled max_item: the message must fit too
+		msg = msg[:out.max]
 	}
 	return itemOutcome{answered: true, message: msg}, true
 }
