@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -16,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // A task answered three ways: Reply (the result), Fail (a *TaskError),
@@ -449,23 +452,43 @@ type taskHelper struct {
 
 func startTaskHelper(t *testing.T, socket, role string) *taskHelper {
 	t.Helper()
+	th, err := spawnTaskHelper(t, socket, role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return th
+}
+
+// spawnTaskHelper is startTaskHelper for any goroutine: it reports, where
+// startTaskHelper fails the test. The helper is killed when the test ends.
+func spawnTaskHelper(t *testing.T, socket, role string) (*taskHelper, error) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestIPCTaskHelper$")
 	cmd.Env = append(os.Environ(), helperEnv+"=task-"+role, EnvSocket+"="+socket)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	return &taskHelper{cmd: cmd, lines: bufio.NewScanner(out)}
+	return &taskHelper{cmd: cmd, lines: bufio.NewScanner(out)}, nil
 }
 
 // line reads the helper's next line, within the test's time.
 func (th *taskHelper) line(t *testing.T) string {
 	t.Helper()
+	l, err := th.lineWithin(testTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// lineWithin reads the helper's next line, waiting up to d; for any
+// goroutine.
+func (th *taskHelper) lineWithin(d time.Duration) (string, error) {
 	got := make(chan string, 1)
 	go func() {
 		if th.lines.Scan() {
@@ -476,18 +499,42 @@ func (th *taskHelper) line(t *testing.T) string {
 	select {
 	case l, ok := <-got:
 		if !ok {
-			t.Fatal("the helper ended without a line")
+			return "", errors.New("the helper ended without a line")
 		}
-		return l
-	case <-time.After(testTimeout):
-		t.Fatal("no line from the helper")
+		return l, nil
+	case <-time.After(d):
+		return "", fmt.Errorf("no line from the helper within %v", d)
 	}
-	return ""
+}
+
+// taskServe answers tasks in upper case, each after a millisecond of
+// "work" (so that a worker killed at any moment holds some), until it is
+// killed (the test's cleanup kills it at the latest).
+func taskServe(c *Client) {
+	ctx := context.Background()
+	tasks, err := c.Consume(ctx, "jobs", 8)
+	if err != nil {
+		fmt.Println("consume:", err)
+		os.Exit(1)
+	}
+	fmt.Println("serving")
+	for {
+		d, err := tasks.Next(ctx)
+		if err != nil {
+			os.Exit(0)
+		}
+		time.Sleep(time.Millisecond)
+		if err := d.Reply(ctx, bytes.ToUpper(d.Body)); err != nil {
+			fmt.Println("reply:", err)
+			os.Exit(1)
+		}
+	}
 }
 
 // TestIPCTaskHelper is not a test: it is the body of the worker processes
 // of the task tests. hold: take a task, say so, and wait to be killed;
-// reply: take a task and answer it in upper case.
+// reply: take a task and answer it in upper case; serve: answer tasks
+// until killed (taskServe).
 func TestIPCTaskHelper(t *testing.T) {
 	role, ok := strings.CutPrefix(os.Getenv(helperEnv), "task-")
 	if !ok {
@@ -499,6 +546,9 @@ func TestIPCTaskHelper(t *testing.T) {
 	if err != nil {
 		fmt.Println("dial:", err)
 		os.Exit(1)
+	}
+	if role == "serve" {
+		taskServe(c)
 	}
 	d, err := c.Get(ctx, "jobs")
 	if err != nil {
@@ -749,5 +799,88 @@ func TestOutcomesSplitToMaxFrame(t *testing.T) {
 	}
 	if s := h.stats("jobs"); s.Depth != 1 || s.Tasks.Cancelled != 240 {
 		t.Errorf("depth %d, %d cancelled; want the item alone, 240 cancelled", s.Depth, s.Tasks.Cancelled)
+	}
+}
+
+// Worker processes SIGKILLed while a Map runs, each replaced at once:
+// every result comes, right and in order, each task answered once (done
+// counts answers), and those the dead held are delivered again.
+func TestWorkerProcessesKilledDuringMap(t *testing.T) {
+	const n, workers, kills = 3000, 3, 6
+	h := newBrokerHarness(t, BrokerOptions{Queues: []QueueConfig{{Name: "jobs", Capacity: 200}}, Logger: zap.NewNop()})
+	ctx := ctxT(t)
+	// start runs a worker, from any goroutine.
+	start := func() (*taskHelper, error) {
+		w, err := spawnTaskHelper(t, h.path, "serve")
+		if err != nil {
+			return nil, err
+		}
+		if line, err := w.lineWithin(testTimeout); err != nil || line != "serving" {
+			return nil, fmt.Errorf("worker says %q, %v", line, err)
+		}
+		return w, nil
+	}
+	ws := make([]*taskHelper, workers)
+	for i := range ws {
+		w, err := start()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws[i] = w
+	}
+	killed := make(chan int, 1)
+	killCtx, stopKilling := context.WithCancel(ctx)
+	defer func() {
+		stopKilling()
+		for range killed { // the killer is done before the test is
+		}
+	}()
+	go func() {
+		defer close(killed)
+		rnd := rand.New(rand.NewPCG(7, 7))
+		done := 0
+		for k := range kills {
+			// After every n/(kills+1) answers, a worker holding tasks dies.
+			for h.stats("jobs").Tasks.Done < uint64((k+1)*n/(kills+1)) { // the broker's state: polled
+				if killCtx.Err() != nil {
+					return
+				}
+				time.Sleep(time.Millisecond)
+			}
+			i := rnd.IntN(workers)
+			ws[i].cmd.Process.Signal(syscall.SIGKILL)
+			ws[i].cmd.Wait()
+			w, err := start()
+			if err != nil {
+				t.Errorf("replacing worker %d: %v", i, err)
+				return
+			}
+			ws[i] = w
+			done++
+		}
+		killed <- done
+	}()
+	inputs := make([][]byte, n)
+	for i := range inputs {
+		inputs[i] = fmt.Appendf(nil, "task-%d", i)
+	}
+	results, err := h.dial().Map(ctx, "jobs", inputs)
+	if err != nil {
+		t.Fatalf("%v; queue %+v", err, h.stats("jobs"))
+	}
+	for i, r := range results {
+		if want := fmt.Sprintf("TASK-%d", i); string(r) != want {
+			t.Fatalf("result %d: %q, want %q", i, r, want)
+		}
+	}
+	if k := <-killed; k != kills {
+		t.Fatalf("%d workers killed, want %d", k, kills)
+	}
+	s := h.stats("jobs").Tasks
+	if s.Submitted != n || s.Done != n || s.Running != 0 || s.Failed != 0 || s.Cancelled != 0 {
+		t.Errorf("task figures %+v; want %d submitted and done, none running", s, n)
+	}
+	if s.Redelivered == 0 {
+		t.Errorf("no task delivered again after %d workers were killed holding tasks: %+v", kills, s)
 	}
 }
