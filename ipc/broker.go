@@ -1734,7 +1734,6 @@ func (c *conn) cleanup() {
 		q.dropConn(c)
 	}
 	c.mu.Lock()
-	c.closed = true
 	type held struct {
 		delivery uint64
 		inflightItem

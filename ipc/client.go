@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -139,8 +140,16 @@ type Delivery struct {
 func Dial(ctx context.Context, path string) (*Client, error) {
 	c, err := dial(ctx, path, ProtocolVersion)
 	var se *StatusError
-	if errors.As(err, &se) && se.Code == statusBadHello {
-		c, err = dial(ctx, path, 1)
+	// A broker refuses a version it does not speak with this message (a
+	// version 1 broker's is "want magic \"GTYQ\" version 1"); another
+	// BAD_HELLO would come again.
+	if errors.As(err, &se) && se.Code == statusBadHello && strings.HasPrefix(se.Message, "want magic") {
+		var err1 error
+		if c, err1 = dial(ctx, path, 1); err1 != nil {
+			err = fmt.Errorf("%w; then, speaking version 1: %w", err, err1)
+		} else {
+			err = nil
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("ipc: dial %s: %w", path, err)

@@ -178,6 +178,9 @@ func endFrame(dst []byte, start int) []byte {
 func appendStr8(dst []byte, s string) []byte {
 	if len(s) > maxStr8 {
 		s = s[:maxStr8]
+		for len(s) > 0 && !utf8.ValidString(s) { // cut at a character's start: a str8 is UTF-8
+			s = s[:len(s)-1]
+		}
 	}
 	dst = append(dst, byte(len(s)))
 	return append(dst, s...)

@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // workedExample is the byte dump of PROTOCOL.md's "A worked example",
@@ -175,5 +176,20 @@ func TestReadBodyHoldsWhatArrivedNotWhatWasAnnounced(t *testing.T) {
 	got, err = readBody(&readsRecorder{data: []byte("abc"), step: 10}, 3, scratch, 4096, false)
 	if err != nil || string(got) != "abc" || &got[0] != &scratch[:1][0] {
 		t.Errorf("short body %q, %v: want abc in the scratch buffer", got, err)
+	}
+}
+
+// A str8 too long is cut at a character's start, so that it stays UTF-8
+// (a client name of many non-ASCII characters must not break the HELLO).
+func TestStr8CutAtACharacter(t *testing.T) {
+	s := strings.Repeat("é", 200) // 400 bytes
+	b := appendStr8(nil, s)
+	n := int(b[0])
+	if n > maxStr8 || n != 254 || !utf8.Valid(b[1:]) {
+		t.Fatalf("str8 of %d bytes (valid UTF-8: %v), want 254, whole characters", n, utf8.Valid(b[1:]))
+	}
+	h := appendHello(nil, &helloFrame{Magic: [4]byte{'G', 'T', 'Y', 'Q'}, Version: 2, Client: s})
+	if _, err := decodeFrame(h[frameHeaderLen:]); err != nil {
+		t.Fatalf("a HELLO with a long non-ASCII name: %v", err)
 	}
 }

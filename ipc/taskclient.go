@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // The client's side of tasks (PROTOCOL.md, "Tasks"): a submitter's
@@ -264,7 +265,8 @@ func (c *Client) forget(fs []*Future) {
 }
 
 // abandon withdraws what it can of fs, whose caller gives up on them;
-// those a worker has taken run on, and their outcomes are dropped.
+// those a worker has taken run on, and their outcomes are dropped. It does
+// not wait for the broker: nobody is told how many were withdrawn.
 func (c *Client) abandon(fs []*Future) {
 	var tags []uint64
 	for _, f := range fs {
@@ -272,14 +274,25 @@ func (c *Client) abandon(fs []*Future) {
 			tags = append(tags, f.tag)
 		}
 	}
-	if len(tags) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), cancelGrace)
-	defer cancel()
-	c.withdraw(ctx, tags) //nolint:errcheck // best effort: the connection's end withdraws them too
 	c.forget(fs)
+	perFrame := (c.maxFrame - withdrawFixedLen) / 8
+	for len(tags) > 0 {
+		chunk := tags[:min(len(tags), perFrame)]
+		tags = tags[len(chunk):]
+		// Best effort, bounded: the connection's end withdraws them too.
+		ctx, cancel := context.WithTimeout(context.Background(), abandonSend)
+		_, err := c.send(ctx, nil, func(dst []byte, id uint32) []byte {
+			return appendWithdraw(dst, &withdrawFrame{ID: id, Tags: chunk})
+		})
+		cancel()
+		if err != nil {
+			return
+		}
+	}
 }
+
+// abandonSend bounds abandon's wait for room to send a WITHDRAW in.
+const abandonSend = 100 * time.Millisecond
 
 // withdraw sends WITHDRAW for tags and returns how many the broker took
 // out of their queues.

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -654,7 +655,9 @@ func TestDialFallsBackToVersion1(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	versions := make(chan uint16, 2)
+	versions := make(chan uint16, 4)
+	var refuse atomic.Value                       // what the broker says to a HELLO it refuses
+	refuse.Store("want magic \"GTYQ\" version 1") // as a version 1 broker says it
 	go func() {
 		for {
 			nc, err := l.Accept()
@@ -675,7 +678,7 @@ func TestDialFallsBackToVersion1(t *testing.T) {
 			}
 			versions <- h.Version
 			if h.Version != 1 {
-				nc.Write(appendFatal(nil, &fatalFrame{Status: statusBadHello, Message: `want magic "GTYQ" version 1`}))
+				nc.Write(appendFatal(nil, &fatalFrame{Status: statusBadHello, Message: refuse.Load().(string)}))
 				nc.Close()
 				continue
 			}
@@ -694,6 +697,20 @@ func TestDialFallsBackToVersion1(t *testing.T) {
 	}
 	if _, err := c.Submit(ctx, "jobs", []byte("x")); !errors.Is(err, ErrUnsupported) {
 		t.Errorf("Submit over version 1: %v, want ErrUnsupported", err)
+	}
+	// Another BAD_HELLO is not a version it does not speak: no second try.
+	refuse.Store("malformed HELLO: client name is not UTF-8")
+	var se *StatusError
+	if _, err := Dial(ctx, path); !errors.As(err, &se) || se.Code != statusBadHello || !strings.Contains(err.Error(), "malformed") {
+		t.Errorf("Dial refused for a malformed HELLO: %v", err)
+	}
+	if v := <-versions; v != ProtocolVersion {
+		t.Errorf("HELLO version %d", v)
+	}
+	select {
+	case v := <-versions:
+		t.Errorf("a second HELLO (version %d) after a BAD_HELLO that was not about the version", v)
+	default:
 	}
 }
 

@@ -26,6 +26,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -598,5 +599,18 @@ func TestQueueConsumeAnswersTasks(t *testing.T) {
 	stats(t, b, ipc.QueueStats{Put: 3, Delivered: 4, Acked: 3, Redelivered: 1})
 	if ts := b.Stats()[0].Tasks; ts.Submitted != 3 || ts.Done != 2 || ts.Failed != 1 || ts.Redelivered != 1 || ts.Running != 0 {
 		t.Errorf("task figures %+v; want 3 submitted, 2 done, 1 failed, 1 redelivered", ts)
+	}
+}
+
+// A failed task's message keeps the exit status when the output fills
+// max_item: the output is cut, at a character's start.
+func TestTaskFailureMessageFitsMaxItem(t *testing.T) {
+	cmd := exec.Command("sh", "-c", "exit 4")
+	err := cmd.Run()
+	out := &cappedBuffer{max: 64}
+	out.Write(bytes.Repeat([]byte("é"), 100))
+	o, answered := taskOutcome("cmd", cmd.ProcessState, err, out)
+	if !answered || o.ok || len(o.message) > 64 || !strings.HasPrefix(o.message, "cmd exited with code 4: é") || !utf8.ValidString(o.message) {
+		t.Fatalf("outcome %+v (answered %v, %d bytes); want a failure that starts with the status and fits 64 bytes", o, answered, len(o.message))
 	}
 }

@@ -560,17 +560,19 @@ func taskOutcome(name string, ps *os.ProcessState, err error, out *cappedBuffer)
 	switch {
 	case ws.Signaled():
 		return itemOutcome{}, false
-	case out.over:
+	case err == nil && out.over:
 		return itemOutcome{answered: true, message: fmt.Sprintf("%s wrote more than max_item (%d bytes) as its result", name, out.max)}, true
 	case err == nil:
 		return itemOutcome{ok: true, answered: true, result: out.buf.Bytes()}, true
 	}
 	msg := name + " " + exitStatus(ps, err)
 	if o := strings.TrimSpace(out.buf.String()); o != "" {
+		// The output is cut, not the status, when both do not fit in
+		// max_item (at a character's start).
+		if room := out.max - len(msg) - 2; len(o) > room {
+			o = strings.ToValidUTF8(o[:max(room, 0)], "")
+		}
 		msg += ": " + o
-	}
-	if len(msg) > out.max { // the output filled max_item: the message must fit too
-		msg = msg[:out.max]
 	}
 	return itemOutcome{answered: true, message: msg}, true
 }
