@@ -785,6 +785,10 @@ func xbHelper(role string) error {
 		return xbManagerMain(stdin)
 	case "raw-server":
 		return xbRawServer(mode, sock)
+	case "raw-relay":
+		return xbRawRelay(sock)
+	case "raw-echo":
+		return xbRawEcho(sock)
 	case "task-worker":
 		return xbTaskWorker(n)
 	}

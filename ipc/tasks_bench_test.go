@@ -1,10 +1,13 @@
 package ipc_test
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,11 +22,18 @@ import (
 // BenchmarkQueueProcesses (process_bench_test.go, whose helpers it uses):
 // a real manager, and every client a process of its own.
 //
+//	raw/relay              the layout of a task without the broker: a client
+//	                       process, a relay process and a worker process; the
+//	                       client's 100-byte frame goes to the relay, which
+//	                       writes it to the worker (from the goroutine that
+//	                       read it), which sends it back the same way: µs per
+//	                       round trip (mean), p50, p99
 //	submit/roundtrip       one submitter process, one worker process: Submit
 //	                       then Result, one task at a time: µs/roundtrip
-//	                       (mean), p50, p99, and rtt-vs-raw, the mean over
+//	                       (mean), p50, p99, rtt-vs-raw, the mean over
 //	                       raw/roundtrip's (BenchmarkQueueProcesses; measured
-//	                       here if it did not run)
+//	                       here if it did not run), and rtt-vs-relay, over
+//	                       raw/relay's
 //	map/go                 one submitter process maps b.N tasks over two
 //	                       worker processes (Consume, prefetch 256, Reply):
 //	                       tasks/s, and x-processpool and x-pool, the rate
@@ -38,6 +48,7 @@ import (
 //
 //	go test -run '^$' -bench 'Tasks' -benchtime 100000x -count 5 ./ipc/
 func BenchmarkTasks(b *testing.B) {
+	b.Run("raw/relay", func(b *testing.B) { xbRawRelayRoundTrip(b, b.N, xbTimed(b)) })
 	b.Run("map/python-processpool", func(b *testing.B) { xbPoolMap(b, "processpool") })
 	b.Run("map/python-pool", func(b *testing.B) { xbPoolMap(b, "pool") })
 	b.Run("map/go", xbTaskMap)
@@ -48,7 +59,31 @@ func BenchmarkTasks(b *testing.B) {
 const (
 	xbProcessPool = "processpool map tasks/s"
 	xbPool        = "pool map tasks/s"
+	xbRelayRTT    = "raw relay roundtrip µs"
 )
+
+// xbRawRelayRoundTrip: n round trips through a relay process to a worker
+// process and back.
+func xbRawRelayRoundTrip(b *testing.B, n int, t xbTiming) {
+	sock := filepath.Join(xbTempDir(b), "relay.sock")
+	relay := xbStart(b, t.name, "raw-relay", xbGoArgv(t.name, "raw-relay"), []string{ipc.EnvSocket + "=" + sock}, nil)
+	relay.expect(b, "ready", xbWait)
+	// The worker connects first: the relay takes its first connection as
+	// the worker's.
+	echo := xbStart(b, t.name, "raw-echo", xbGoArgv(t.name, "raw-echo"), []string{ipc.EnvSocket + "=" + sock}, nil)
+	echo.expect(b, "ready", xbWait)
+	cl := xbStart(b, t.name, "raw-client", xbGoArgv(t.name, "raw-client"), []string{xbModeEnv + "=roundtrip", xbNEnv + "=" + strconv.Itoa(n), ipc.EnvSocket + "=" + sock}, nil)
+	cl.expect(b, "ready", xbWait)
+	t.start()
+	cl.send(b, "go")
+	r := cl.done(b)
+	t.stop()
+	rt := r.Calls["roundtrip"]
+	t.report(rt.MeanUS, "µs/roundtrip")
+	t.report(rt.P50US, "p50-µs")
+	t.report(rt.P99US, "p99-µs")
+	xbRecord(xbRelayRTT, rt.MeanUS, time.Duration(r.ElapsedNS))
+}
 
 func xbPoolMap(b *testing.B, kind string) {
 	t := xbTimed(b)
@@ -146,6 +181,93 @@ func xbTaskRoundTrip(b *testing.B) {
 	t.report(rt.P99US, "p99-µs")
 	if raw, ok := xbBaseline(b, xbRawRTT); ok {
 		t.report(rt.MeanUS/raw, "rtt-vs-raw")
+	}
+	if _, ok := xbBaselineSamples(xbRelayRTT); !ok {
+		xbRawRelayRoundTrip(b, 20000, xbUntimed(b, "baseline"))
+	}
+	if relay, ok := xbBaseline(b, xbRelayRTT); ok {
+		t.report(rt.MeanUS/relay, "rtt-vs-relay")
+	}
+}
+
+// xbRawRelay is the relay of raw/relay: its first connection is the
+// worker's, its second the client's; each frame from one is written to the
+// other by the goroutine that read it.
+func xbRawRelay(path string) error {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	fmt.Printf("ready %d\n", os.Getpid())
+	worker, err := l.Accept()
+	if err != nil {
+		return err
+	}
+	defer worker.Close()
+	client, err := l.Accept()
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	errs := make(chan error, 2)
+	pass := func(from, to net.Conn) {
+		r := bufio.NewReaderSize(from, 64<<10)
+		var hdr [4]byte
+		buf := make([]byte, 1<<20)
+		for {
+			if _, err := io.ReadFull(r, hdr[:]); err != nil {
+				errs <- nil // the client is done
+				return
+			}
+			n := int(binary.BigEndian.Uint32(hdr[:]))
+			if n > len(buf) {
+				errs <- fmt.Errorf("frame of %d bytes", n)
+				return
+			}
+			if _, err := io.ReadFull(r, buf[:n]); err != nil {
+				errs <- err
+				return
+			}
+			if _, err := to.Write(append(hdr[:], buf[:n]...)); err != nil {
+				errs <- err
+				return
+			}
+		}
+	}
+	go pass(client, worker)
+	go pass(worker, client)
+	err = <-errs
+	client.Close()
+	worker.Close()
+	return err
+}
+
+// xbRawEcho is the worker of raw/relay: it sends back every frame.
+func xbRawEcho(path string) error {
+	nc, err := net.Dial("unix", path)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	fmt.Printf("ready %d\n", os.Getpid())
+	r := bufio.NewReaderSize(nc, 64<<10)
+	var hdr [4]byte
+	buf := make([]byte, 1<<20)
+	for {
+		if _, err := io.ReadFull(r, hdr[:]); err != nil {
+			return nil // the relay is done
+		}
+		n := int(binary.BigEndian.Uint32(hdr[:]))
+		if n > len(buf) {
+			return fmt.Errorf("frame of %d bytes", n)
+		}
+		if _, err := io.ReadFull(r, buf[:n]); err != nil {
+			return err
+		}
+		if _, err := nc.Write(append(hdr[:], buf[:n]...)); err != nil {
+			return err
+		}
 	}
 }
 
