@@ -266,7 +266,7 @@ func TestItemsOfAGetterThatWentAwayComeBackAfterAckWait(t *testing.T) {
 	}
 	other := open(t, s, cfg)
 	var got []Delivery
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for len(got) < 2 && time.Now().Before(deadline) {
 		got = append(got, get(t, other, 2-len(got), 10*time.Second)...)
 	}
