@@ -243,6 +243,13 @@ func xbRawRoundTrip(b *testing.B, n int, t xbTiming) {
 	sock := filepath.Join(xbTempDir(b), "raw.sock")
 	srv := xbStart(b, t.name, "raw-server", xbGoArgv(t.name, "raw-server"), []string{xbModeEnv + "=echo", ipc.EnvSocket + "=" + sock}, nil)
 	srv.expect(b, "ready", xbWait)
+	xbRawRoundTrips(b, n, t, sock, xbRawRTT)
+}
+
+// xbRawRoundTrips times n round trips of a raw client to the socket at
+// sock, which answers each frame, reports them, and records their mean
+// as baseline key.
+func xbRawRoundTrips(b *testing.B, n int, t xbTiming, sock, key string) {
 	cl := xbStart(b, t.name, "raw-client", xbGoArgv(t.name, "raw-client"), []string{xbModeEnv + "=roundtrip", xbNEnv + "=" + strconv.Itoa(n), ipc.EnvSocket + "=" + sock}, nil)
 	cl.expect(b, "ready", xbWait)
 	t.start()
@@ -253,7 +260,7 @@ func xbRawRoundTrip(b *testing.B, n int, t xbTiming) {
 	t.report(rt.MeanUS, "µs/roundtrip")
 	t.report(rt.P50US, "p50-µs")
 	t.report(rt.P99US, "p99-µs")
-	xbRecord(xbRawRTT, rt.MeanUS, time.Duration(r.ElapsedNS))
+	xbRecord(key, rt.MeanUS, time.Duration(r.ElapsedNS))
 }
 
 func xbRawStream(b *testing.B, n int, t xbTiming) {

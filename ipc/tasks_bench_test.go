@@ -72,17 +72,7 @@ func xbRawRelayRoundTrip(b *testing.B, n int, t xbTiming) {
 	// the worker's.
 	echo := xbStart(b, t.name, "raw-echo", xbGoArgv(t.name, "raw-echo"), []string{ipc.EnvSocket + "=" + sock}, nil)
 	echo.expect(b, "ready", xbWait)
-	cl := xbStart(b, t.name, "raw-client", xbGoArgv(t.name, "raw-client"), []string{xbModeEnv + "=roundtrip", xbNEnv + "=" + strconv.Itoa(n), ipc.EnvSocket + "=" + sock}, nil)
-	cl.expect(b, "ready", xbWait)
-	t.start()
-	cl.send(b, "go")
-	r := cl.done(b)
-	t.stop()
-	rt := r.Calls["roundtrip"]
-	t.report(rt.MeanUS, "µs/roundtrip")
-	t.report(rt.P50US, "p50-µs")
-	t.report(rt.P99US, "p99-µs")
-	xbRecord(xbRelayRTT, rt.MeanUS, time.Duration(r.ElapsedNS))
+	xbRawRoundTrips(b, n, t, sock, xbRelayRTT)
 }
 
 func xbPoolMap(b *testing.B, kind string) {
@@ -143,7 +133,7 @@ func xbTaskMap(b *testing.B) {
 // xbTaskBaseline is the median of a Python pool's runs so far, measured
 // once (20,000 tasks) if it has not run.
 func xbTaskBaseline(b *testing.B, key string) (float64, bool) {
-	if _, ok := xbBaselineSamples(key); !ok {
+	if !xbHasBaseline(key) {
 		kind := "processpool"
 		if key == xbPool {
 			kind = "pool"
@@ -156,12 +146,11 @@ func xbTaskBaseline(b *testing.B, key string) (float64, bool) {
 	return xbBaseline(b, key)
 }
 
-// xbBaselineSamples reports whether key has runs recorded.
-func xbBaselineSamples(key string) (int, bool) {
+// xbHasBaseline reports whether key has runs recorded.
+func xbHasBaseline(key string) bool {
 	xbBaselineMu.Lock()
 	defer xbBaselineMu.Unlock()
-	n := len(xbBaselines[key])
-	return n, n > 0
+	return len(xbBaselines[key]) > 0
 }
 
 func xbTaskRoundTrip(b *testing.B) {
@@ -182,7 +171,7 @@ func xbTaskRoundTrip(b *testing.B) {
 	if raw, ok := xbBaseline(b, xbRawRTT); ok {
 		t.report(rt.MeanUS/raw, "rtt-vs-raw")
 	}
-	if _, ok := xbBaselineSamples(xbRelayRTT); !ok {
+	if !xbHasBaseline(xbRelayRTT) {
 		xbRawRelayRoundTrip(b, 20000, xbUntimed(b, "baseline"))
 	}
 	if relay, ok := xbBaseline(b, xbRelayRTT); ok {
@@ -211,36 +200,34 @@ func xbRawRelay(path string) error {
 	}
 	defer client.Close()
 	errs := make(chan error, 2)
-	pass := func(from, to net.Conn) {
-		r := bufio.NewReaderSize(from, 64<<10)
-		var hdr [4]byte
-		buf := make([]byte, 1<<20)
-		for {
-			if _, err := io.ReadFull(r, hdr[:]); err != nil {
-				errs <- nil // the client is done
-				return
-			}
-			n := int(binary.BigEndian.Uint32(hdr[:]))
-			if n > len(buf) {
-				errs <- fmt.Errorf("frame of %d bytes", n)
-				return
-			}
-			if _, err := io.ReadFull(r, buf[:n]); err != nil {
-				errs <- err
-				return
-			}
-			if _, err := to.Write(append(hdr[:], buf[:n]...)); err != nil {
-				errs <- err
-				return
-			}
-		}
-	}
-	go pass(client, worker)
-	go pass(worker, client)
+	go func() { errs <- xbPassFrames(client, worker) }()
+	go func() { errs <- xbPassFrames(worker, client) }()
 	err = <-errs
 	client.Close()
 	worker.Close()
 	return err
+}
+
+// xbPassFrames writes each length-prefixed frame read from from to to,
+// from the goroutine that read it, until from ends between frames (nil).
+func xbPassFrames(from, to net.Conn) error {
+	r := bufio.NewReaderSize(from, 64<<10)
+	buf := make([]byte, 4, 1<<20)
+	for {
+		if _, err := io.ReadFull(r, buf[:4]); err != nil {
+			return nil // the other end is done
+		}
+		n := int(binary.BigEndian.Uint32(buf[:4]))
+		if 4+n > cap(buf) {
+			return fmt.Errorf("frame of %d bytes", n)
+		}
+		if _, err := io.ReadFull(r, buf[4:4+n]); err != nil {
+			return err
+		}
+		if _, err := to.Write(buf[:4+n]); err != nil {
+			return err
+		}
+	}
 }
 
 // xbRawEcho is the worker of raw/relay: it sends back every frame.
@@ -251,24 +238,7 @@ func xbRawEcho(path string) error {
 	}
 	defer nc.Close()
 	fmt.Printf("ready %d\n", os.Getpid())
-	r := bufio.NewReaderSize(nc, 64<<10)
-	var hdr [4]byte
-	buf := make([]byte, 1<<20)
-	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			return nil // the relay is done
-		}
-		n := int(binary.BigEndian.Uint32(hdr[:]))
-		if n > len(buf) {
-			return fmt.Errorf("frame of %d bytes", n)
-		}
-		if _, err := io.ReadFull(r, buf[:n]); err != nil {
-			return err
-		}
-		if _, err := nc.Write(append(hdr[:], buf[:n]...)); err != nil {
-			return err
-		}
-	}
+	return xbPassFrames(nc, nc)
 }
 
 // --- inside the helper processes ---
