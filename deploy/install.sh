@@ -5,13 +5,16 @@
 #
 #   --root DIR   install into DIR (an image or a chroot) instead of /
 #   --no-build   do not build: install the binary named by $GOTYLEDON_BIN
-#                (and the bridge named by $GOTYLEDON_JETSTREAM_BIN, if set)
+#                (and the bridge named by $GOTYLEDON_JETSTREAM_BIN, and the
+#                live view named by $GOTYLEDON_TOP_BIN, if set)
 #
 # It builds the binaries (static: CGO_ENABLED=0 go build -trimpath) and installs:
 #   /usr/local/bin/gotyledon                  0755, replaced on every run
 #   /usr/local/bin/gotyledon-jetstream        0755, replaced on every run: the
 #                                             bridge that queues with
 #                                             store: jetstream need
+#   /usr/local/bin/gotyledon-top              0755, replaced on every run: the
+#                                             live view gotyledon top runs
 #   user and group gotyledon                  system ones, created if absent
 #   /etc/systemd/system/gotyledon.service     0644, replaced on every run
 #   /etc/gotyledon/gotyledon.yaml             0640 root:gotyledon, only if absent
@@ -68,15 +71,22 @@ say() { echo "install.sh: $*"; }
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 bridge=
+top=
 if [ "$build" = yes ]; then
-	say "building $src/cmd/gotyledon and $src/cmd/gotyledon-jetstream"
-	(cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$tmp/" ./cmd/gotyledon ./cmd/gotyledon-jetstream)
+	say "building $src/cmd/gotyledon, $src/cmd/gotyledon-jetstream and $src/cmd/gotyledon-top"
+	(cd "$src" && CGO_ENABLED=0 go build -trimpath -o "$tmp/" ./cmd/gotyledon ./cmd/gotyledon-jetstream ./cmd/gotyledon-top)
 	bin=$tmp/gotyledon
 	bridge=$tmp/gotyledon-jetstream
+	top=$tmp/gotyledon-top
 else
 	bridge=${GOTYLEDON_JETSTREAM_BIN:-}
 	if [ -n "$bridge" ] && [ ! -x "$bridge" ]; then
 		echo "$0: GOTYLEDON_JETSTREAM_BIN is not an executable gotyledon-jetstream binary: $bridge" >&2
+		exit 2
+	fi
+	top=${GOTYLEDON_TOP_BIN:-}
+	if [ -n "$top" ] && [ ! -x "$top" ]; then
+		echo "$0: GOTYLEDON_TOP_BIN is not an executable gotyledon-top binary: $top" >&2
 		exit 2
 	fi
 	bin=${GOTYLEDON_BIN:-}
@@ -90,6 +100,10 @@ install -D -m 0755 "$bin" "$dest/usr/local/bin/gotyledon"
 if [ -n "$bridge" ]; then
 	say "installing $bridge to $dest/usr/local/bin/gotyledon-jetstream"
 	install -D -m 0755 "$bridge" "$dest/usr/local/bin/gotyledon-jetstream"
+fi
+if [ -n "$top" ]; then
+	say "installing $top to $dest/usr/local/bin/gotyledon-top"
+	install -D -m 0755 "$top" "$dest/usr/local/bin/gotyledon-top"
 fi
 
 # 2. The system group and user (no home, no login shell).
@@ -181,5 +195,6 @@ install.sh: done. Next:
   systemctl status gotyledon          (state and the manager's summary)
   journalctl -u gotyledon -f          (the manager's and the workers' logs)
   gotyledon status                    (the workers, from the control socket)
+  gotyledon top                       (the same, live; keys scale, restart, reload)
   usermod -aG gotyledon USER          (lets USER use the sockets)
 EOF

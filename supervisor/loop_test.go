@@ -546,9 +546,15 @@ func TestLoopRescaleAfterAHaltReplacesNothing(t *testing.T) {
 	r := newRig(t, "services:\n  w:\n    command: [/bin/true]\n    workers: 2\n    restart: {min_uptime: 1s}\n")
 	byID := r.startAllReady()
 	slot1 := r.rollOutUntilSlot1Starts(parse(t, "services:\n  w:\n    command: [/bin/false]\n    workers: 2\n    restart: {min_uptime: 1s}\n"), byID)
+	if got := r.s.status().Rolling; got != RollingReload {
+		t.Errorf("status during the rollout: rolling %q, want %q", got, RollingReload)
+	}
 	// Slot 1's replacement dies before it is ready: halt.
 	r.s.handle(workerExited{token: slot1, pid: 201, status: 256, at: r.clock.now.Add(time.Millisecond)})
 	r.requests()
+	if got := r.s.status().Rolling; got != RollingNone {
+		t.Errorf("status after the halt: rolling %q, want none", got)
+	}
 	if err := r.reconfigure("w", 3); err != nil {
 		t.Fatal(err)
 	}

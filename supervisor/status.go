@@ -20,6 +20,10 @@ type Status struct {
 	// service's ready_timeout has passed (see Supervisor.Ready); systemd
 	// is told READY=1 then. Stopping: a shutdown is under way.
 	Started, Ready, Stopping bool
+	// Rolling says what rolling change is under way, one worker at a
+	// time: RollingReload (a reload's), RollingRestart (Restart's), or
+	// RollingNone.
+	Rolling Rolling
 	// Services in the running configuration's order, then services a
 	// reload removed whose workers are still stopping.
 	Services []ServiceStatus
@@ -109,7 +113,9 @@ type WorkerStatus struct {
 	// StatusText is the last STATUS= the process sent (ready: notify).
 	StatusText string
 	// Usage is what the process and everything it forked use, read from
-	// its own cgroup; nil without one (see cgroup.go).
+	// its own cgroup (see cgroup.go); for a worker without one, what the
+	// process alone uses, read from /proc (Usage.ProcessOnly); nil
+	// without a process, or once it is gone.
 	Usage *WorkerUsage
 
 	cgroup string // where Usage is read from
@@ -123,6 +129,34 @@ type WorkerUsage struct {
 	// Memory is its memory in bytes: the cgroup's memory.current where the
 	// memory controller is enabled, else its processes' resident sets.
 	Memory uint64
+	// ProcessOnly: the worker has no cgroup, and the figures are of its
+	// process alone (what it forked is not counted), from /proc/PID/stat
+	// and statm.
+	ProcessOnly bool
+}
+
+// Rolling is the kind of rolling change under way.
+type Rolling int
+
+const (
+	// RollingNone: no rolling change is under way.
+	RollingNone Rolling = iota
+	// RollingReload: a reload replaces the workers whose definition it
+	// changed.
+	RollingReload
+	// RollingRestart: Restart replaces workers.
+	RollingRestart
+)
+
+// String is how the status document names it: "", "reload", "restart".
+func (r Rolling) String() string {
+	switch r {
+	case RollingReload:
+		return "reload"
+	case RollingRestart:
+		return "restart"
+	}
+	return ""
 }
 
 // ReloadResult is what became of one reload.
@@ -191,23 +225,32 @@ func (s *Supervisor) Status(ctx context.Context) (Status, error) {
 	}
 	select {
 	case st := <-reply:
-		// Read here, not in the loop: a file read per worker.
-		for i := range st.Services {
-			for j := range st.Services[i].Workers {
-				w := &st.Services[i].Workers[j]
-				if w.cgroup == "" {
-					continue
-				}
-				if u, ok := readCgroupStats(w.cgroup); ok {
-					w.Usage = &WorkerUsage{CPU: u.CPU, Memory: u.Memory}
-				}
-			}
-		}
+		st.readUsage() // here, not in the loop: file reads per worker
 		return st, nil
 	case <-s.loopEnded:
 		return Status{}, fmt.Errorf("status: %w", ErrStopped)
 	case <-ctx.Done():
 		return Status{}, fmt.Errorf("status: %w", ctx.Err())
+	}
+}
+
+// readUsage fills in each worker's Usage: from its cgroup, else from
+// /proc for its process alone.
+func (st *Status) readUsage() {
+	for i := range st.Services {
+		for j := range st.Services[i].Workers {
+			w := &st.Services[i].Workers[j]
+			switch {
+			case w.cgroup != "":
+				if u, ok := readCgroupStats(w.cgroup); ok {
+					w.Usage = &WorkerUsage{CPU: u.CPU, Memory: u.Memory}
+				}
+			case w.PID != 0:
+				if u, ok := readProcessStats(w.PID); ok {
+					w.Usage = &u
+				}
+			}
+		}
 	}
 }
 
@@ -295,6 +338,17 @@ func (s *Supervisor) recordReloadResult(source ReloadSource, err error, halted b
 	s.lastReload = r
 }
 
+// rolling says what rolling change is under way.
+func (s *Supervisor) rolling() Rolling {
+	switch {
+	case s.rollout == nil:
+		return RollingNone
+	case s.rollout.restart:
+		return RollingRestart
+	}
+	return RollingReload
+}
+
 // status builds the snapshot Status returns. Only the loop calls it.
 func (s *Supervisor) status() Status {
 	st := Status{
@@ -303,6 +357,7 @@ func (s *Supervisor) status() Status {
 		Started:       s.startedNoted,
 		Ready:         s.readyNoted,
 		Stopping:      s.stopping,
+		Rolling:       s.rolling(),
 		ReloadsOK:     s.reloadsOK,
 		ReloadsFailed: s.reloadsFailed,
 	}

@@ -8,11 +8,11 @@ import (
 )
 
 // queueRates keeps recent samples of the queues' totals, so that status
-// can say how fast items go in and out without the client waiting for a
-// second sample. Safe for concurrent use.
+// can say how fast items go in and out, now and over the last minute,
+// without the client waiting for a second sample. Safe for concurrent use.
 type queueRates struct {
 	mu      sync.Mutex
-	samples []rateSample // oldest first, at most rateSamples
+	samples []rateSample // oldest first, at most historySamples
 }
 
 type rateSample struct {
@@ -21,10 +21,13 @@ type rateSample struct {
 }
 
 const (
-	// rateEvery is how often the queues are sampled; rates cover the
-	// newest rateSamples samples (about 10 s).
-	rateEvery   = 2 * time.Second
-	rateSamples = 5
+	// rateEvery is how often the queues are sampled. The rates of the
+	// status document cover the newest rateSamples samples (about 10 s);
+	// its histories a rate per interval over the newest historySamples
+	// (a minute).
+	rateEvery      = 2 * time.Second
+	rateSamples    = 5
+	historySamples = 31
 )
 
 // sample records the totals of qs at now.
@@ -38,14 +41,15 @@ func (q *queueRates) sample(qs []ipc.QueueStats, now time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.samples = append(q.samples, s)
-	if len(q.samples) > rateSamples {
-		q.samples = q.samples[len(q.samples)-rateSamples:]
+	if len(q.samples) > historySamples {
+		q.samples = q.samples[len(q.samples)-historySamples:]
 	}
 }
 
-// perSecond returns each queue's put and ack rates between the oldest
-// sample and qs, taken at now; none for a queue not in that sample or when
-// the sample is less than a second old.
+// perSecond returns each queue's put and ack rates between the oldest of
+// the newest rateSamples samples and qs, taken at now (none for a queue
+// not in that sample, or when it is less than a second old), and the
+// rates between each two samples of the last minute, oldest first.
 func (q *queueRates) perSecond(qs []ipc.QueueStats, now time.Time) map[string]QueueRate {
 	out := make(map[string]QueueRate, len(qs))
 	q.mu.Lock()
@@ -53,17 +57,33 @@ func (q *queueRates) perSecond(qs []ipc.QueueStats, now time.Time) map[string]Qu
 	if len(q.samples) == 0 {
 		return out
 	}
-	oldest := q.samples[0]
+	oldest := q.samples[max(0, len(q.samples)-rateSamples)]
 	dt := now.Sub(oldest.at).Seconds()
-	if dt < 1 {
-		return out
-	}
 	for _, st := range qs {
-		if t, ok := oldest.totals[st.Name]; ok && st.Put >= t[0] && st.Acked >= t[1] {
-			out[st.Name] = QueueRate{Put: float64(st.Put-t[0]) / dt, Acked: float64(st.Acked-t[1]) / dt}
+		var r QueueRate
+		if t, ok := oldest.totals[st.Name]; ok && dt >= 1 && st.Put >= t[0] && st.Acked >= t[1] {
+			r.Put, r.Acked = float64(st.Put-t[0])/dt, float64(st.Acked-t[1])/dt
 		}
+		r.PutHistory, r.AckedHistory = q.history(st.Name)
+		out[st.Name] = r
 	}
 	return out
+}
+
+// history returns name's rates between each two consecutive samples that
+// both have it, oldest first. The caller holds mu.
+func (q *queueRates) history(name string) (put, acked []float64) {
+	for i := 1; i < len(q.samples); i++ {
+		a, okA := q.samples[i-1].totals[name]
+		b, okB := q.samples[i].totals[name]
+		dt := q.samples[i].at.Sub(q.samples[i-1].at).Seconds()
+		if !okA || !okB || dt <= 0 || b[0] < a[0] || b[1] < a[1] {
+			continue
+		}
+		put = append(put, float64(b[0]-a[0])/dt)
+		acked = append(acked, float64(b[1]-a[1])/dt)
+	}
+	return put, acked
 }
 
 // runSampler samples queues every rateEvery until quit is closed.

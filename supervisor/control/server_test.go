@@ -27,7 +27,7 @@ func fullStatus(at time.Time) supervisor.Status {
 			Name: "printer", Desired: 5, Configured: 2, Running: 4, Backoff: 1,
 			Counters: supervisor.ServiceCounters{Restarts: 3, Exits: map[supervisor.ExitReason]uint64{supervisor.ExitError: 3}},
 			Workers: []supervisor.WorkerStatus{
-				{ID: 0, State: "running", PID: 10, StartedAt: at},
+				{ID: 0, State: "running", PID: 10, StartedAt: at, Usage: &supervisor.WorkerUsage{CPU: time.Second, Memory: 4096, ProcessOnly: true}},
 				{ID: 1, State: "backoff", Restarts: 3, Failures: 3, LastExit: "exit code 1", LastExitAt: at, RetryAt: at.Add(time.Second)},
 			},
 		}},
@@ -69,11 +69,11 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		t.Fatal(err)
 	}
 	pinned := map[string][]string{
-		"top":         {"config", "last_reload", "pid", "queues", "ready", "reloads", "schema", "services", "started_at", "stopping", "uptime_seconds"},
+		"top":         {"config", "last_reload", "pid", "queues", "ready", "reloads", "rolling", "schema", "services", "started_at", "stopping", "uptime_seconds"},
 		"service":     {"backoff", "configured", "desired", "exits", "name", "ready", "restarts", "running", "tasks", "watchdog_aborts", "workers"},
 		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
-		"worker":      {"cpu_seconds", "failures", "id", "last_exit", "last_exit_at", "memory_bytes", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds"},
-		"queue":       {"acked_per_second", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_total", "redelivered_total", "tasks"},
+		"worker":      {"cpu_seconds", "failures", "id", "last_exit", "last_exit_at", "memory_bytes", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds", "usage_of"},
+		"queue":       {"acked_per_second", "acked_per_second_history", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_per_second_history", "put_total", "redelivered_total", "tasks"},
 		"tasks":       {"cancelled", "done", "failed", "redelivered", "running", "runtime_count", "runtime_p50_seconds", "runtime_p90_seconds", "runtime_p99_seconds", "runtime_sum_seconds", "submitted"},
 		"last_reload": {"at", "error", "halted", "ok", "source"},
 		"reloads":     {"failed", "ok"},
@@ -100,6 +100,12 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	w0 := svc.(map[string]any)["workers"].([]any)[0].(map[string]any)
 	if w0["retry_at"] != nil || w0["last_exit_at"] != nil || w0["started_at"] != "2026-11-25T12:00:00Z" {
 		t.Errorf("worker 0 times %v %v %v; want null, null and RFC 3339", w0["retry_at"], w0["last_exit_at"], w0["started_at"])
+	}
+	if w0["usage_of"] != "process" || w0["cpu_seconds"] != float64(1) || top["rolling"] != "" {
+		t.Errorf("worker 0 usage_of %v cpu_seconds %v, rolling %v; want process, 1 and \"\"", w0["usage_of"], w0["cpu_seconds"], top["rolling"])
+	}
+	if q := top["queues"].([]any)[0].(map[string]any); q["put_per_second_history"] == nil || len(q["acked_per_second_history"].([]any)) != 0 {
+		t.Errorf("queue histories %v %v without samples, want []", q["put_per_second_history"], q["acked_per_second_history"])
 	}
 	lr := top["last_reload"].(map[string]any)
 	if lr["ok"] != false || lr["source"] != "SIGHUP" || lr["error"] != "c.yaml:1:1: bad" {
@@ -225,18 +231,47 @@ func TestQueueRatesCoverTheOldestSample(t *testing.T) {
 		t.Errorf("rates %v with no sample, want none", got)
 	}
 	r.sample(stats(0, 0), t0)
-	if got := r.perSecond(stats(5, 5), t0.Add(500*time.Millisecond)); len(got) != 0 {
-		t.Errorf("rates %v over half a second, want none yet", got)
+	if got := r.perSecond(stats(5, 5), t0.Add(500*time.Millisecond))["jobs"]; got.Put != 0 || got.Acked != 0 || len(got.PutHistory) != 0 {
+		t.Errorf("rates %+v over half a second, want none yet", got)
 	}
 	for i := 1; i <= rateSamples; i++ {
 		r.sample(stats(uint64(10*i), uint64(5*i)), t0.Add(time.Duration(i)*rateEvery))
 	}
-	// The oldest kept sample is the first after t0: (10, 5) at t0+2s.
+	// The oldest of the newest rateSamples is the first after t0: (10, 5)
+	// at t0+2s.
 	now := t0.Add(time.Duration(rateSamples)*rateEvery + 2*time.Second)
-	got := r.perSecond(stats(10*(rateSamples+1), 5*(rateSamples+1)), now)
-	want := QueueRate{Put: 5, Acked: 2.5}
-	if got["jobs"] != want {
-		t.Errorf("rates %+v, want %+v", got["jobs"], want)
+	got := r.perSecond(stats(10*(rateSamples+1), 5*(rateSamples+1)), now)["jobs"]
+	if got.Put != 5 || got.Acked != 2.5 {
+		t.Errorf("rates %+v, want put 5, acked 2.5", got)
+	}
+	// The history has a rate per interval since t0.
+	if len(got.PutHistory) != rateSamples || got.PutHistory[0] != 5 || got.AckedHistory[rateSamples-1] != 2.5 {
+		t.Errorf("history put %v acked %v, want %d intervals of 5 and 2.5", got.PutHistory, got.AckedHistory, rateSamples)
+	}
+}
+
+// The history keeps a minute: historySamples samples, so one rate fewer,
+// oldest first; a queue's counters going back (a queue removed and added
+// again) leave that interval out.
+func TestQueueRatesHistoryKeepsAMinute(t *testing.T) {
+	var r queueRates
+	t0 := time.Unix(1000, 0)
+	for i := range 2 * historySamples {
+		put := uint64(i * i) // the rate grows: 2i-1 items in interval i
+		if i == 2*historySamples-3 {
+			put = 0 // reset
+		}
+		r.sample([]ipc.QueueStats{{Name: "jobs", Put: put}}, t0.Add(time.Duration(i)*time.Second))
+	}
+	got := r.perSecond([]ipc.QueueStats{{Name: "jobs"}}, t0.Add(2*historySamples*time.Second))["jobs"]
+	// Kept: the samples i = historySamples ... 2*historySamples-1, so
+	// historySamples-1 intervals, less the one into the reset.
+	if len(got.PutHistory) != historySamples-2 {
+		t.Fatalf("%d rates in the history, want %d: %v", len(got.PutHistory), historySamples-2, got.PutHistory)
+	}
+	first := float64(2*historySamples + 1) // (i+1)² - i² at i = historySamples
+	if got.PutHistory[0] != first || got.PutHistory[1] != first+2 {
+		t.Errorf("history %v: want it oldest first from %v, growing by 2", got.PutHistory, first)
 	}
 }
 

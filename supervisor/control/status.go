@@ -20,17 +20,20 @@ const Schema = 1
 // key is pinned by a test; the status section of supervisor/README.md
 // documents each.
 type Status struct {
-	Schema        int             `json:"schema"`
-	PID           int             `json:"pid"`
-	Config        string          `json:"config"`
-	StartedAt     *time.Time      `json:"started_at"`
-	UptimeSeconds float64         `json:"uptime_seconds"`
-	Ready         bool            `json:"ready"`
-	Stopping      bool            `json:"stopping"`
-	Services      []ServiceStatus `json:"services"`
-	Queues        []QueueStatus   `json:"queues"`
-	LastReload    *ReloadStatus   `json:"last_reload"`
-	Reloads       ReloadCounts    `json:"reloads"`
+	Schema        int        `json:"schema"`
+	PID           int        `json:"pid"`
+	Config        string     `json:"config"`
+	StartedAt     *time.Time `json:"started_at"`
+	UptimeSeconds float64    `json:"uptime_seconds"`
+	Ready         bool       `json:"ready"`
+	Stopping      bool       `json:"stopping"`
+	// Rolling is the rolling change under way, one worker at a time:
+	// "reload" (a reload's), "restart" (gotyledon restart's), or "".
+	Rolling    string          `json:"rolling"`
+	Services   []ServiceStatus `json:"services"`
+	Queues     []QueueStatus   `json:"queues"`
+	LastReload *ReloadStatus   `json:"last_reload"`
+	Reloads    ReloadCounts    `json:"reloads"`
 }
 
 // ServiceStatus is one service in a Status: in the configuration's order,
@@ -107,10 +110,14 @@ type WorkerStatus struct {
 	Outdated      bool       `json:"outdated"`    // waits to be replaced by a reload
 	Ready         bool       `json:"ready"`       // has run min_uptime, or sent READY=1
 	StatusText    string     `json:"status_text"` // the last STATUS= it sent
-	// CPUSeconds and MemoryBytes are what the process and everything it
-	// forked use, from its own cgroup; null where workers have none.
+	// CPUSeconds and MemoryBytes are what the worker uses: with UsageOf
+	// "cgroup", the process and everything it forked, from its own
+	// cgroup; with "process" (workers without cgroups), the process
+	// alone, from /proc (CPU time and resident set). Null, and UsageOf
+	// "", without a process.
 	CPUSeconds  *float64 `json:"cpu_seconds"`
 	MemoryBytes *uint64  `json:"memory_bytes"`
+	UsageOf     string   `json:"usage_of"`
 }
 
 // QueueStatus is one queue of the broker.
@@ -126,6 +133,10 @@ type QueueStatus struct {
 	RedeliveredTotal uint64  `json:"redelivered_total"`
 	PutPerSecond     float64 `json:"put_per_second"`
 	AckedPerSecond   float64 `json:"acked_per_second"`
+	// PutHistory and AckedHistory are the rates of the last minute, one
+	// per 2 s interval, oldest first ([] until the second sample).
+	PutHistory   []float64 `json:"put_per_second_history"`
+	AckedHistory []float64 `json:"acked_per_second_history"`
 	// Store is where a queue not kept in the manager's memory keeps its
 	// items ("jetstream"; "" for memory), StoreState how that store is
 	// ("connected", or why its figures are missing), and
@@ -160,8 +171,12 @@ type ReloadCounts struct {
 	Failed uint64 `json:"failed"`
 }
 
-// QueueRate is a queue's recent put and ack rates, items per second.
-type QueueRate struct{ Put, Acked float64 }
+// QueueRate is a queue's recent put and ack rates, items per second, and
+// the rates between each two samples of the last minute, oldest first.
+type QueueRate struct {
+	Put, Acked               float64
+	PutHistory, AckedHistory []float64
+}
 
 // NewStatus builds the status document of the manager process pid from a
 // supervisor snapshot, the broker's queue figures (nil without a broker)
@@ -173,6 +188,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 		Config:   st.Config,
 		Ready:    st.Ready,
 		Stopping: st.Stopping,
+		Rolling:  st.Rolling.String(),
 		Services: []ServiceStatus{},
 		Queues:   []QueueStatus{},
 		Reloads:  ReloadCounts{OK: st.ReloadsOK, Failed: st.ReloadsFailed},
@@ -206,7 +222,10 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 			}
 			if u := w.Usage; u != nil {
 				cpu, mem := u.CPU.Seconds(), u.Memory
-				wd.CPUSeconds, wd.MemoryBytes = &cpu, &mem
+				wd.CPUSeconds, wd.MemoryBytes, wd.UsageOf = &cpu, &mem, "cgroup"
+				if u.ProcessOnly {
+					wd.UsageOf = "process"
+				}
 			}
 			sd.Workers = append(sd.Workers, wd)
 		}
@@ -218,6 +237,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 			Name: q.Name, Capacity: q.Capacity, Depth: q.Depth, InFlight: q.InFlight, Consumers: q.Consumers,
 			PutTotal: q.Put, DeliveredTotal: q.Delivered, AckedTotal: q.Acked, RedeliveredTotal: q.Redelivered,
 			PutPerSecond: r.Put, AckedPerSecond: r.Acked,
+			PutHistory: nonNil(r.PutHistory), AckedHistory: nonNil(r.AckedHistory),
 			Store: q.Store, StoreState: q.StoreState, StoreRedelivered: q.StoreRedelivered,
 		})
 		if !q.Forwarded && q.Tasks.Submitted > 0 {
@@ -228,6 +248,14 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 		doc.LastReload = &ReloadStatus{At: lr.At.UTC(), Source: lr.Source.String(), OK: lr.Error == "", Error: lr.Error, Halted: lr.Halted}
 	}
 	return doc
+}
+
+// nonNil is xs, or [] for nil: the document's arrays are never null.
+func nonNil(xs []float64) []float64 {
+	if xs == nil {
+		return []float64{}
+	}
+	return xs
 }
 
 func timePtr(t time.Time) *time.Time {

@@ -52,16 +52,26 @@ func FindBridge(n *config.NATS) (string, error) {
 		}
 		return n.Bridge, nil
 	}
-	if self, err := os.Executable(); err == nil {
-		p := filepath.Join(filepath.Dir(self), BridgeProgram)
-		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
-			return p, nil
-		}
-	}
-	if p, err := exec.LookPath(BridgeProgram); err == nil {
+	if p, ok := FindCompanion(BridgeProgram); ok {
 		return p, nil
 	}
 	return "", fmt.Errorf("store jetstream: %w next to the manager's binary nor in $PATH (install it, or set nats.bridge to its path)", ErrNoBridge)
+}
+
+// FindCompanion finds a program installed with gotyledon (the JetStream
+// bridge, the live view): name next to this process's binary, else in
+// $PATH.
+func FindCompanion(name string) (string, bool) {
+	if self, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(self), name)
+		if st, err := os.Stat(p); err == nil && st.Mode().IsRegular() && st.Mode()&0o111 != 0 {
+			return p, true
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p, true
+	}
+	return "", false
 }
 
 // withBridge returns cfg with the bridge's service added when it has

@@ -264,7 +264,9 @@ func supervisorFamilies(st supervisor.Status) []*family {
 	cpu, mem := &family{desc: workerCPU}, &family{desc: workerMemory}
 	for _, s := range st.Services {
 		for _, w := range s.Workers {
-			if w.Usage != nil {
+			// A process's own figures without its descendants' would
+			// mix two meanings in one series: the cgroup's only.
+			if w.Usage != nil && !w.Usage.ProcessOnly {
 				id := strconv.Itoa(w.ID)
 				cpu.add(w.Usage.CPU.Seconds(), s.Name, id)
 				mem.add(float64(w.Usage.Memory), s.Name, id)

@@ -40,10 +40,12 @@ func metricsStatus() supervisor.Status {
 				Counters: supervisor.ServiceCounters{Restarts: 7, Exits: map[supervisor.ExitReason]uint64{
 					supervisor.ExitStopped: 11, supervisor.ExitError: 5, supervisor.ExitSignal: 2,
 				}, WatchdogAborts: 2},
-				// One worker with a cgroup, one without.
+				// One worker with a cgroup, one without a process, one
+				// without a cgroup (its process's own figures).
 				Workers: []supervisor.WorkerStatus{
 					{ID: 0, State: "running", Usage: &supervisor.WorkerUsage{CPU: 1500 * time.Millisecond, Memory: 2 << 20}},
 					{ID: 1, State: "backoff"},
+					{ID: 2, State: "running", Usage: &supervisor.WorkerUsage{CPU: time.Second, Memory: 1 << 20, ProcessOnly: true}},
 				},
 			},
 			// Removed by a reload, its workers still stopping; Exits nil.
@@ -222,7 +224,7 @@ func TestMetricsValues(t *testing.T) {
 	// Exactly the series of two queues, of the one kept in JetStream its
 	// capacity and its store (its store does not answer: its figures are
 	// unknown, not 0), and two services, nothing more: a worker's CPU and
-	// memory only where it has a cgroup (web's worker 0).
+	// memory only where it has a cgroup (web's worker 0, not 2).
 	metricValue(t, fams, "gotyledon_worker_cpu_seconds_total", counter, "service", "web", "worker", "0")
 	for prefix, want := range map[string]int{"gotyledon_queue_": 2*7 + 2, "gotyledon_worker": 2*(5+2+len(supervisor.ExitReasons)) + 2} {
 		if n := seriesCount(fams, prefix); n != want {

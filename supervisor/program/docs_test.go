@@ -62,8 +62,8 @@ package program_test
 // (bash, not sh, because it waits for a child that handles Ctrl-C and
 // exits as the child did, as an interactive shell lets it), one line at a
 // time, in a fresh copy of the repository (as from a clone's
-// top directory), with a gotyledon binary built from ./cmd/gotyledon first
-// on PATH, and RUNTIME_DIRECTORY set to a directory of the session's own,
+// top directory), with gotyledon and gotyledon-top binaries built from
+// ./cmd first on PATH (and GOBIN there), and RUNTIME_DIRECTORY set to a directory of the session's own,
 // so that the sockets of parallel sessions (and of a manager already on
 // the machine) never meet. /run/gotyledon in a command stands for that
 // directory. Placeholders in test commands are read from the running
@@ -428,15 +428,18 @@ func matchSequence(shown, actual []string, eq func(s, a string) bool, anchored b
 	return match(0, 0)
 }
 
-// buildGotyledon builds ./cmd/gotyledon into a directory of the test's
-// own, for the sessions' PATH.
+// buildGotyledon builds ./cmd/gotyledon and ./cmd/gotyledon-top (which
+// `gotyledon top` runs) into a directory of the test's own, for the
+// sessions' PATH; it is their GOBIN too, for a doc's `go install`.
 func buildGotyledon(t *testing.T, root string) string {
 	t.Helper()
 	dir := t.TempDir()
-	cmd := exec.Command(goTool(), "build", "-o", filepath.Join(dir, "gotyledon"), "./cmd/gotyledon")
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/gotyledon: %v\n%s", err, out)
+	for _, name := range []string{"gotyledon", "gotyledon-top"} {
+		cmd := exec.Command(goTool(), "build", "-o", filepath.Join(dir, name), "./cmd/"+name)
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, out)
+		}
 	}
 	return dir
 }
@@ -545,12 +548,12 @@ func runSession(t *testing.T, root, bin, doc string, blocks []block) {
 		switch {
 		case strings.HasPrefix(name, "GOTYLEDON_"), name == "NOTIFY_SOCKET", name == "JOURNAL_STREAM",
 			strings.HasPrefix(name, "LISTEN_"), strings.HasPrefix(name, "WATCHDOG_"),
-			name == "RUNTIME_DIRECTORY", name == "XDG_RUNTIME_DIR", name == "PATH":
+			name == "RUNTIME_DIRECTORY", name == "XDG_RUNTIME_DIR", name == "PATH", name == "GOBIN":
 			continue
 		}
 		s.env = append(s.env, kv)
 	}
-	s.env = append(s.env, "RUNTIME_DIRECTORY="+rt, "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	s.env = append(s.env, "RUNTIME_DIRECTORY="+rt, "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"), "GOBIN="+bin)
 	t.Cleanup(s.killBackground)
 
 	for _, st := range steps {

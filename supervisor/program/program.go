@@ -74,6 +74,7 @@ type commandLine struct {
 	Scale   scaleCommand   `cmd:"" help:"Set services' worker counts in a running manager (SERVICE=N ...), until the file's next reload."`
 	Reload  reloadCommand  `cmd:"" help:"Have a running manager reload its configuration file, and say whether it could."`
 	Restart restartCommand `cmd:"" help:"Replace a running service's workers (or one: SERVICE/ID) with new processes, one at a time, each once the one before is ready."`
+	Top     topCommand     `cmd:"" help:"Watch a running manager live: services, workers, queues; scale, restart and reload from the keyboard (runs gotyledon-top)."`
 
 	VersionCommand versionCommand `cmd:"" name:"version" help:"Print the version: the module's, the source revision it was built from, and Go's."`
 }

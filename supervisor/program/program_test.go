@@ -210,3 +210,17 @@ func TestRunAndCheckNeedAFileWithoutDeclarations(t *testing.T) {
 		}
 	}
 }
+
+// `top` runs gotyledon-top: where it is not installed it says so and how
+// to install it, and execs nothing; a too short interval is a usage error.
+func TestTopWithoutGotyledonTop(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	code, stdout, stderr := runCLI(nil, "top", "--socket", filepath.Join(t.TempDir(), "control.sock"))
+	if code != ExitError || stdout != "" || !strings.Contains(stderr, "gotyledon-top is not installed next to this program's binary nor in $PATH") ||
+		!strings.Contains(stderr, "go build -o DIR/gotyledon-top ./cmd/gotyledon-top") {
+		t.Errorf("top without gotyledon-top: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	if code, _, stderr := runCLI(nil, "top", "--interval", "10ms"); code != ExitUsage || !strings.Contains(stderr, "want 100ms or more") {
+		t.Errorf("top --interval 10ms: exit %d, stderr %q", code, stderr)
+	}
+}

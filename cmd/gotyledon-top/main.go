@@ -1,0 +1,103 @@
+// Command gotyledon-top is the live view of a running gotyledon manager
+// (supervisor/control/top), a binary of its own so that the terminal
+// library it links is not loaded by every gotyledon command and worker:
+// `gotyledon top` finds the manager's control socket and runs it.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kong"
+	"golang.org/x/sys/unix"
+
+	"github.com/gotyledon/gotyledon/config"
+	"github.com/gotyledon/gotyledon/supervisor/control"
+	"github.com/gotyledon/gotyledon/supervisor/control/top"
+)
+
+type commandLine struct {
+	Socket   string        `placeholder:"PATH" help:"The manager's control socket. Default: control.sock in the first that has one of $RUNTIME_DIRECTORY, $XDG_RUNTIME_DIR/gotyledon, /run/gotyledon and /tmp/gotyledon-UID (gotyledon top passes it)."`
+	Once     bool          `help:"Print one frame and exit (1 if the manager does not answer): for scripts. It takes two status documents --interval apart, for CPU%."`
+	Interval time.Duration `default:"1s" help:"Time between two refreshes."`
+	Width    int           `help:"The frame's width with --once. Default: the terminal's, else 80."`
+}
+
+func main() {
+	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdin, stdout, stderr *os.File) int {
+	var cl commandLine
+	helpShown := false
+	parser, err := kong.New(&cl,
+		kong.Name("gotyledon top"),
+		kong.Description("A live view of a running gotyledon manager: its services, workers and queues. Keys: arrows select, + and - scale, r restarts, R reloads, / filters, ? helps, q quits."),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(int) { helpShown = true }),
+	)
+	if err != nil {
+		fmt.Fprintf(stderr, "gotyledon top: %v\n", err)
+		return 1
+	}
+	if _, err := parser.Parse(args[1:]); helpShown {
+		return 0
+	} else if err != nil {
+		fmt.Fprintf(stderr, "gotyledon top: %v (see gotyledon top --help)\n", err)
+		return 2
+	}
+	if cl.Interval < 100*time.Millisecond {
+		fmt.Fprintln(stderr, "gotyledon top: --interval: want 100ms or more")
+		return 2
+	}
+	getenv := os.Getenv
+	path := cl.Socket
+	if path == "" {
+		if path, err = control.FindSocket(getenv); err != nil {
+			if cl.Once {
+				fmt.Fprintf(stderr, "gotyledon top: %v\n", err)
+				return 1
+			}
+			// The live view waits for a manager where one would be.
+			path = control.SocketPath(&config.Config{}, getenv)
+		}
+	}
+	mgr := control.NewClient(path)
+	opt := top.Options{Interval: cl.Interval}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	if cl.Once {
+		width := cl.Width
+		if width <= 0 {
+			var ok bool
+			if width, ok = top.TerminalWidth(stdout); !ok {
+				width = 80
+			}
+		}
+		if err := top.Once(ctx, mgr, opt, stdout, os.Environ(), width); err != nil {
+			fmt.Fprintf(stderr, "gotyledon top: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if !isTerminal(stdin) || !isTerminal(stdout) {
+		fmt.Fprintln(stderr, "gotyledon top: the live view needs a terminal; --once prints one frame")
+		return 2
+	}
+	if err := top.Run(ctx, mgr, opt, stdin, io.Writer(stdout)); err != nil && !errors.Is(err, context.Canceled) {
+		fmt.Fprintf(stderr, "gotyledon top: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func isTerminal(f *os.File) bool {
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
+}
