@@ -105,6 +105,14 @@ if [ -n "$top" ]; then
 	say "installing $top to $dest/usr/local/bin/gotyledon-top"
 	install -D -m 0755 "$top" "$dest/usr/local/bin/gotyledon-top"
 fi
+# An older companion left in place would run beside the new binary.
+warn_kept() { # warn_kept NAME VARIABLE VALUE
+	if [ -z "$3" ] && [ -e "$dest/usr/local/bin/$1" ]; then
+		say "WARNING: $dest/usr/local/bin/$1 is left as it was, and may be older than the binary just installed (set $2 to replace it)"
+	fi
+}
+warn_kept gotyledon-jetstream GOTYLEDON_JETSTREAM_BIN "$bridge"
+warn_kept gotyledon-top GOTYLEDON_TOP_BIN "$top"
 
 # 2. The system group and user (no home, no login shell).
 if [ -z "$dest" ]; then

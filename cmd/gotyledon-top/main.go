@@ -11,13 +11,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/alecthomas/kong"
 	"golang.org/x/sys/unix"
 
-	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/supervisor/control"
 	"github.com/gotyledon/gotyledon/supervisor/control/top"
 )
@@ -56,19 +56,12 @@ func run(args []string, stdin, stdout, stderr *os.File) int {
 		fmt.Fprintln(stderr, "gotyledon top: --interval: want 100ms or more")
 		return 2
 	}
-	getenv := os.Getenv
-	path := cl.Socket
-	if path == "" {
-		if path, err = control.FindSocket(getenv); err != nil {
-			if cl.Once {
-				fmt.Fprintf(stderr, "gotyledon top: %v\n", err)
-				return 1
-			}
-			// The live view waits for a manager where one would be.
-			path = control.SocketPath(&config.Config{}, getenv)
-		}
+	var mgr top.Manager
+	if cl.Socket != "" {
+		mgr = control.NewClient(cl.Socket)
+	} else {
+		mgr = &discovered{getenv: os.Getenv}
 	}
-	mgr := control.NewClient(path)
 	opt := top.Options{Interval: cl.Interval}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
 	defer stop()
@@ -100,4 +93,71 @@ func run(args []string, stdin, stdout, stderr *os.File) int {
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// discovered is the manager whose control socket FindSocket finds, looked
+// for again at every status request until one is found, and again when
+// the one found stops answering: the view waits for a manager that is not
+// there yet, and shows why it is not found (no socket, or one this user
+// may not reach). Safe for concurrent use.
+type discovered struct {
+	getenv func(string) string
+	mu     sync.Mutex
+	cl     *control.Client // nil until a socket is found
+}
+
+// client returns the client of the socket found now.
+func (d *discovered) client() (*control.Client, error) {
+	path, err := control.FindSocket(d.getenv)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cl == nil || d.cl.Path() != path {
+		d.cl = control.NewClient(path)
+	}
+	return d.cl, nil
+}
+
+// Path is the socket found, or where it is looked for.
+func (d *discovered) Path() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cl != nil {
+		return d.cl.Path()
+	}
+	return "the default places of the control socket"
+}
+
+func (d *discovered) Status(ctx context.Context) (control.Status, error) {
+	cl, err := d.client()
+	if err != nil {
+		return control.Status{}, err
+	}
+	return cl.Status(ctx)
+}
+
+func (d *discovered) Scale(ctx context.Context, service string, workers int) error {
+	cl, err := d.client()
+	if err != nil {
+		return err
+	}
+	return cl.Scale(ctx, service, workers)
+}
+
+func (d *discovered) Restart(ctx context.Context, service string, worker int, settle bool) error {
+	cl, err := d.client()
+	if err != nil {
+		return err
+	}
+	return cl.Restart(ctx, service, worker, settle)
+}
+
+func (d *discovered) Reload(ctx context.Context) error {
+	cl, err := d.client()
+	if err != nil {
+		return err
+	}
+	return cl.Reload(ctx)
 }

@@ -112,7 +112,8 @@ func (m *manager) waitStatus(cl *control.Client, what string, ok func(control.St
 		}
 		select {
 		case <-m.exited:
-			m.t.Fatalf("the manager exited while waiting for %s", what)
+			log, _ := os.ReadFile(m.log.Name())
+			m.t.Fatalf("the manager exited while waiting for %s; its log:\n%s", what, log)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -126,16 +127,14 @@ type terminal struct {
 	sock string
 }
 
-// newTerminal starts command in an 80×24 tmux window, with env added.
+// newTerminal starts command in an 80×24 tmux window, with env added to
+// an environment without the test's own colour settings.
 func newTerminal(t *testing.T, dir string, env []string, command ...string) *terminal {
 	t.Helper()
 	tm := &terminal{t: t, sock: filepath.Join(dir, "tmux.sock")}
-	args := []string{"new-session", "-d", "-s", "top", "-x", "80", "-y", "24"}
-	for _, e := range env {
-		args = append(args, "-e", e)
-	}
-	args = append(args, strings.Join(command, " "))
-	tm.run(args...)
+	line := append([]string{"env", "-u", "NO_COLOR", "-u", "CLICOLOR", "-u", "CLICOLOR_FORCE"}, env...)
+	line = append(line, command...)
+	tm.run("new-session", "-d", "-s", "top", "-x", "80", "-y", "24", strings.Join(line, " "))
 	t.Cleanup(func() { _ = exec.Command("tmux", "-S", tm.sock, "kill-server").Run() })
 	return tm
 }
@@ -248,7 +247,11 @@ queues:
 	// A bad save: R says where, and nothing changes.
 	writeFile(t, cfg, strings.Replace(good, "workers: 2", "workers: two", 1))
 	tm.keys("R")
-	s := tm.waitScreen("the refused reload", contains("! reload:", cfg+":5:14:"))
+	// The error's FILE:LINE:COL starts a line, and goes on on the next
+	// where the screen is too narrow for it.
+	s := tm.waitScreen("the refused reload", func(screen string) bool {
+		return strings.Contains(screen, "! reload:") && strings.Contains(strings.ReplaceAll(screen, "\n", ""), cfg+":5:14:")
+	})
 	if st := mgr.waitStatus(cl, "the status", func(control.Status) bool { return true }); st.Service("printer").Running != 2 {
 		t.Errorf("a refused reload changed printer: %+v\n%s", st.Service("printer"), s)
 	}
@@ -307,4 +310,20 @@ services:
 		}
 		tm.keys("q")
 	}
+}
+
+// Started before any manager, without --socket: the view says there is
+// none, and shows the manager once one starts where it looks.
+func TestTopInTmuxWaitsForAManager(t *testing.T) {
+	needTmux(t)
+	prog := binaries(t)
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "gotyledon.yaml")
+	writeFile(t, cfg, "services:\n  sleeper:\n    command: [/bin/sleep, \"3600\"]\n")
+	tm := newTerminal(t, dir, []string{"RUNTIME_DIRECTORY=" + dir}, prog, "top")
+	// (What it says depends on the machine: nothing at the places it
+	// looks, or a socket left at /run/gotyledon.)
+	tm.waitScreen("no manager", contains("! no answer from the manager", "no manager is running"))
+	mgr := startManager(t, prog, cfg, dir, nil)
+	tm.waitScreen("the manager", contains(fmt.Sprintf("manager pid %d", mgr.cmd.Process.Pid), "sleeper  1/1 running"))
 }

@@ -70,14 +70,21 @@ func (q *queueRates) perSecond(qs []ipc.QueueStats, now time.Time) map[string]Qu
 	return out
 }
 
-// history returns name's rates between each two consecutive samples that
-// both have it, oldest first. The caller holds mu.
+// history returns name's rates between each two consecutive samples
+// since the first that has it, oldest first: 0 for an interval whose
+// rate is unknown (the queue missing from a sample, its counters gone
+// back as a queue removed and added again), so that the history keeps
+// its time. The caller holds mu.
 func (q *queueRates) history(name string) (put, acked []float64) {
 	for i := 1; i < len(q.samples); i++ {
 		a, okA := q.samples[i-1].totals[name]
 		b, okB := q.samples[i].totals[name]
+		if put == nil && !okA {
+			continue // before the queue's first sample
+		}
 		dt := q.samples[i].at.Sub(q.samples[i-1].at).Seconds()
 		if !okA || !okB || dt <= 0 || b[0] < a[0] || b[1] < a[1] {
+			put, acked = append(put, 0), append(acked, 0)
 			continue
 		}
 		put = append(put, float64(b[0]-a[0])/dt)

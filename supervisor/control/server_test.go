@@ -252,7 +252,7 @@ func TestQueueRatesCoverTheOldestSample(t *testing.T) {
 
 // The history keeps a minute: historySamples samples, so one rate fewer,
 // oldest first; a queue's counters going back (a queue removed and added
-// again) leave that interval out.
+// again) make that interval's rate 0.
 func TestQueueRatesHistoryKeepsAMinute(t *testing.T) {
 	var r queueRates
 	t0 := time.Unix(1000, 0)
@@ -265,9 +265,9 @@ func TestQueueRatesHistoryKeepsAMinute(t *testing.T) {
 	}
 	got := r.perSecond([]ipc.QueueStats{{Name: "jobs"}}, t0.Add(2*historySamples*time.Second))["jobs"]
 	// Kept: the samples i = historySamples ... 2*historySamples-1, so
-	// historySamples-1 intervals, less the one into the reset.
-	if len(got.PutHistory) != historySamples-2 {
-		t.Fatalf("%d rates in the history, want %d: %v", len(got.PutHistory), historySamples-2, got.PutHistory)
+	// historySamples-1 intervals, the one into the reset at 0.
+	if len(got.PutHistory) != historySamples-1 || got.PutHistory[historySamples-4] != 0 {
+		t.Fatalf("%d rates in the history, want %d, the third last 0: %v", len(got.PutHistory), historySamples-1, got.PutHistory)
 	}
 	first := float64(2*historySamples + 1) // (i+1)² - i² at i = historySamples
 	if got.PutHistory[0] != first || got.PutHistory[1] != first+2 {

@@ -65,10 +65,8 @@ func (f *controlFlags) client(e *env) (*control.Client, error) {
 		return control.NewClient(control.SocketPath(cfg, os.Getenv)), nil
 	}
 	// A program that declares its control socket finds it without a file.
-	if e.declared {
-		if cfg, err := e.decl.Resolve(e.registry.Names()); err == nil && cfg.Control.Socket != "" {
-			return control.NewClient(cfg.Control.Socket), nil
-		}
+	if path := e.declaredSocket(); path != "" {
+		return control.NewClient(path), nil
 	}
 	path, err := control.FindSocket(os.Getenv)
 	if err != nil {

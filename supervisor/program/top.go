@@ -16,7 +16,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/gotyledon/gotyledon/supervisor/control"
 	"github.com/gotyledon/gotyledon/supervisor/manager"
 )
 
@@ -39,14 +38,17 @@ func (c *topCommand) Run(e *env) error {
 	if c.Interval < 100*time.Millisecond {
 		return usageError("top --interval: want 100ms or more")
 	}
-	argv := []string{TopProgram, "--interval", c.Interval.String()}
-	switch cl, err := c.client(e); {
-	case err == nil:
-		argv = append(argv, "--socket", cl.Path())
-	case errors.Is(err, control.ErrNoManager) && !c.Once:
-		// No manager yet: the view waits for one where it would be.
-	default:
-		return err
+	argv := []string{TopProgram, "--interval=" + c.Interval.String()}
+	// A socket this command knows (--socket, --config, the program's
+	// declaration) is passed on. Else gotyledon-top looks for one as
+	// status does, and looks again while none answers: a manager started
+	// after the view is found.
+	if c.Socket != "" || c.Config != "" || e.declaredSocket() != "" {
+		cl, err := c.client(e)
+		if err != nil {
+			return err
+		}
+		argv = append(argv, "--socket="+cl.Path())
 	}
 	prog, err := findTop()
 	if err != nil {
@@ -56,7 +58,7 @@ func (c *topCommand) Run(e *env) error {
 		argv = append(argv, "--once")
 	}
 	if c.Width > 0 {
-		argv = append(argv, "--width", strconv.Itoa(c.Width))
+		argv = append(argv, "--width="+strconv.Itoa(c.Width))
 	}
 	// Exec, not a child: the view owns the terminal, its signals and its
 	// exit code.
@@ -64,6 +66,18 @@ func (c *topCommand) Run(e *env) error {
 		return fmt.Errorf("top: exec %s: %w", prog, err)
 	}
 	return nil // not reached
+}
+
+// declaredSocket is the control socket the program declares, "" if
+// none.
+func (e *env) declaredSocket() string {
+	if !e.declared {
+		return ""
+	}
+	if cfg, err := e.decl.Resolve(e.registry.Names()); err == nil {
+		return cfg.Control.Socket
+	}
+	return ""
 }
 
 // findTop finds gotyledon-top next to this program's binary, else in

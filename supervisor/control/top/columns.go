@@ -14,14 +14,17 @@ type column struct {
 	// the lowest drop goes first; 0 never goes.
 	drop int
 	// shrink, if not 0, is the least width the column may be cut to
-	// (its cells end in "…") before any column is dropped.
-	shrink int
+	// (its cells end in "…"): before any column is dropped, or, with
+	// cutLast, once every column that may go has gone.
+	shrink  int
+	cutLast bool
 }
 
 // layout fits cols, whose cells are rows, into width: it returns each
 // column's width, 0 for a dropped one, and the gap between columns. It
-// first tries a gap of two, then one; then cuts a shrinkable column down
-// to its least width; then drops columns in their drop order.
+// first tries a gap of two, then one; then cuts the columns that shrink
+// down to their least width; then drops columns in their drop order;
+// then cuts those that shrink last.
 func layout(cols []column, rows [][]string, width int) (widths []int, gap int) {
 	natural := make([]int, len(cols))
 	for i, c := range cols {
@@ -46,11 +49,14 @@ func layout(cols []column, rows [][]string, width int) (widths []int, gap int) {
 			return widths, gap
 		}
 	}
-	for i, c := range cols {
-		if over := total(widths, gap) - width; over > 0 && c.shrink > 0 {
-			widths[i] = min(widths[i], max(c.shrink, widths[i]-over))
+	cut := func(last bool) {
+		for i, c := range cols {
+			if over := total(widths, gap) - width; over > 0 && c.shrink > 0 && c.cutLast == last && widths[i] > 0 {
+				widths[i] = min(widths[i], max(c.shrink, widths[i]-over))
+			}
 		}
 	}
+	cut(false)
 	for total(widths, gap) > width {
 		next := -1
 		for i, c := range cols {
@@ -63,6 +69,7 @@ func layout(cols []column, rows [][]string, width int) (widths []int, gap int) {
 		}
 		widths[next] = 0
 	}
+	cut(true)
 	return widths, gap
 }
 

@@ -73,8 +73,8 @@ var sparkBars = []rune("▁▂▃▄▅▆▇█")
 
 // sparkline draws rates (oldest first) in width cells, right-aligned so
 // that the newest is last: each cell the mean of the rates it covers,
-// scaled to the largest cell. All zero draws the lowest bar; cells
-// before the first rate are blank.
+// scaled to the largest cell. Zero draws the lowest bar, any other rate
+// one higher at least; cells before the first rate are blank.
 func sparkline(rates []float64, width int) string {
 	if width <= 0 {
 		return ""
@@ -104,6 +104,9 @@ func sparkline(rates []float64, width int) string {
 		i := 0
 		if top > 0 {
 			i = int(c / top * float64(len(sparkBars)-1))
+		}
+		if c > 0 {
+			i = max(i, 1) // some is not none
 		}
 		b.WriteRune(sparkBars[i])
 	}

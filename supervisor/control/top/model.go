@@ -63,8 +63,9 @@ func (o Options) withDefaults() Options {
 type (
 	// refreshDue: time to ask for the status again.
 	refreshDue struct{}
-	// statusArrived is the answer to a status request.
+	// statusArrived is the answer to status request number seq.
 	statusArrived struct {
+		seq int
 		doc control.Status
 		err error
 	}
@@ -133,10 +134,27 @@ type rowKey struct {
 	worker  int
 }
 
-// cpuSample is a worker process's CPU time when a document was taken.
+// processKey names a worker's process: a pid, and when it started (a pid
+// is reused).
+type processKey struct {
+	pid     int
+	started time.Time
+}
+
+// cpuSample is a worker process's CPU time in a document, and the
+// manager's uptime then: the interval between two documents is the
+// manager's, not the time their answers took to arrive.
 type cpuSample struct {
-	cpu float64 // seconds
-	at  time.Time
+	cpu, uptime float64 // seconds
+}
+
+// scaleTarget is a worker count asked for with + or -, shown until a
+// document the manager made after it applied the count arrives.
+type scaleTarget struct {
+	workers int
+	// appliedBefore: the scale was applied before status request number
+	// appliedBefore+1 was sent; 0 while its request is out or queued.
+	appliedBefore int
 }
 
 // Model is the state of the view. Use New; a Model is not safe for
@@ -147,14 +165,15 @@ type Model struct {
 
 	width, height int
 
-	doc       *control.Status // the newest document, nil before the first
-	docAt     time.Time
-	fetching  bool
-	lost      error     // why the newest request failed; nil while connected
-	lostSince time.Time // when the manager first failed to answer
+	doc      *control.Status // the newest document, nil before the first
+	docAt    time.Time
+	seq      int   // status requests sent
+	fetching bool  // a status request is out
+	ticking  bool  // the timer of the next refresh is set
+	lost     error // why the newest status request failed; nil while connected
 
-	cpu    map[int]cpuSample // by pid: the previous document's CPU times
-	cpuPct map[int]float64   // by pid: CPU % between the last two documents
+	cpu    map[processKey]cpuSample // the previous document's CPU times
+	cpuPct map[processKey]float64   // CPU % between the last two documents
 
 	selected  rowKey
 	collapsed map[string]bool // services whose worker rows are hidden
@@ -167,10 +186,9 @@ type Model struct {
 	message      string // the status line: what the last action did
 	messageError bool
 
-	running *action        // the action whose request is out
-	queued  []action       // the actions waiting for it, in order
-	targets map[string]int // service → worker count asked for, until a document shows it
-	quit    bool
+	running *action                // the action whose request is out
+	queued  []action               // the actions waiting for it, in order
+	targets map[string]scaleTarget // by service: counts asked for, until a document shows them
 }
 
 // New returns a Model of the manager m, 80×24 until Bubble Tea says the
@@ -178,8 +196,8 @@ type Model struct {
 func New(m Manager, opt Options) *Model {
 	return &Model{
 		mgr: m, opt: opt.withDefaults(), width: 80, height: 24,
-		cpu: map[int]cpuSample{}, cpuPct: map[int]float64{},
-		collapsed: map[string]bool{}, targets: map[string]int{},
+		cpu: map[processKey]cpuSample{}, cpuPct: map[processKey]float64{},
+		collapsed: map[string]bool{}, targets: map[string]scaleTarget{},
 		selected: rowKey{worker: -1},
 	}
 }
@@ -193,12 +211,13 @@ func (m *Model) fetch() tea.Cmd {
 		return nil
 	}
 	m.fetching = true
-	mgr, timeout := m.mgr, m.opt.Timeout
+	m.seq++
+	mgr, timeout, seq := m.mgr, m.opt.Timeout, m.seq
 	return func() tea.Msg {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		defer cancel()
 		doc, err := mgr.Status(ctx)
-		return statusArrived{doc: doc, err: err}
+		return statusArrived{seq: seq, doc: doc, err: err}
 	}
 }
 
@@ -208,12 +227,18 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
 	case refreshDue:
+		m.ticking = false
 		return m, m.fetch()
 	case statusArrived:
 		m.fetching = false
-		m.took(msg.doc, msg.err)
-		interval := m.opt.Interval
-		return m, tea.Tick(interval, func(time.Time) tea.Msg { return refreshDue{} })
+		m.took(msg.seq, msg.doc, msg.err)
+		// One timer at a time: an answer to a request sent early (after
+		// an action) must not start a second refresh cycle.
+		if m.ticking {
+			return m, nil
+		}
+		m.ticking = true
+		return m, tea.Tick(m.opt.Interval, func(time.Time) tea.Msg { return refreshDue{} })
 	case actionDone:
 		return m, m.finished(msg.act, msg.err)
 	case tea.KeyPressMsg:
@@ -222,13 +247,10 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	return m, nil
 }
 
-// took records a status request's answer.
-func (m *Model) took(doc control.Status, err error) {
+// took records the answer to status request number seq.
+func (m *Model) took(seq int, doc control.Status, err error) {
 	now := m.opt.Now()
 	if err != nil {
-		if m.lost == nil {
-			m.lostSince = now
-		}
 		m.lost = err
 		return
 	}
@@ -237,29 +259,32 @@ func (m *Model) took(doc control.Status, err error) {
 	}
 	m.lost = nil
 	if m.doc != nil && m.doc.PID != doc.PID {
-		m.cpu = map[int]cpuSample{} // another manager: pids mean other processes
+		m.cpu = map[processKey]cpuSample{} // another manager: another clock
 	}
 	// CPU % from the change in each process's CPU time since the previous
-	// document.
-	cpu, pct := make(map[int]cpuSample), make(map[int]float64)
+	// document, over the manager's time between the two.
+	cpu, pct := make(map[processKey]cpuSample), make(map[processKey]float64)
 	for _, s := range doc.Services {
 		for _, w := range s.Workers {
-			if w.PID == 0 || w.CPUSeconds == nil {
+			if w.PID == 0 || w.CPUSeconds == nil || w.StartedAt == nil {
 				continue
 			}
-			cpu[w.PID] = cpuSample{cpu: *w.CPUSeconds, at: now}
-			if prev, ok := m.cpu[w.PID]; ok {
-				if dt := now.Sub(prev.at).Seconds(); dt > 0 && *w.CPUSeconds >= prev.cpu {
-					pct[w.PID] = (*w.CPUSeconds - prev.cpu) / dt * 100
+			key := processKey{w.PID, *w.StartedAt}
+			cpu[key] = cpuSample{cpu: *w.CPUSeconds, uptime: doc.UptimeSeconds}
+			if prev, ok := m.cpu[key]; ok {
+				if dt := doc.UptimeSeconds - prev.uptime; dt > 0 && *w.CPUSeconds >= prev.cpu {
+					pct[key] = (*w.CPUSeconds - prev.cpu) / dt * 100
 				}
 			}
 		}
 	}
 	m.cpu, m.cpuPct = cpu, pct
 	m.doc, m.docAt = &doc, now
-	// A scale asked for is shown as pending until the document has it.
-	for name, n := range m.targets {
-		if s := doc.Service(name); s == nil || (s.Desired == n && !m.scalePending(name)) {
+	// A count asked for shows until a document made after the manager
+	// applied it: whatever that document says (a reload, another
+	// operator, may have changed it since), the next + counts from it.
+	for name, t := range m.targets {
+		if t.appliedBefore > 0 && seq > t.appliedBefore && !m.scalePending(name) {
 			delete(m.targets, name)
 		}
 	}
@@ -315,32 +340,38 @@ func (m *Model) next() tea.Cmd {
 // the status at once so that the screen shows the change.
 func (m *Model) finished(a action, err error) tea.Cmd {
 	m.running = nil
-	if err != nil {
-		if a.kind == scaleAction && !m.scalePending(a.service) {
+	if a.kind == scaleAction && !m.scalePending(a.service) {
+		if err != nil {
 			delete(m.targets, a.service)
+		} else if t, ok := m.targets[a.service]; ok {
+			t.appliedBefore = m.seq
+			m.targets[a.service] = t
 		}
-		m.say(true, a.String()+": "+oneLine(err))
-	} else {
-		switch a.kind {
-		case scaleAction:
-			m.say(false, fmt.Sprintf("%s: %d workers (until the file's next reload)", a.service, a.workers))
-		case restartAction:
-			m.say(false, a.String()+": replacing one worker at a time, each once the one before is ready")
-		case reloadAction:
-			m.say(false, "reloaded: the file is applied")
-		}
+	}
+	switch {
+	case err != nil:
+		m.say(true, a.String()+": "+detailLines(err))
+	case a.kind == scaleAction:
+		m.say(false, fmt.Sprintf("%s: %d workers (until the file's next reload)", a.service, a.workers))
+	case a.kind == restartAction:
+		m.say(false, a.String()+": under way, as gotyledon restart replaces workers")
+	default:
+		m.say(false, "reloaded: the file is applied")
 	}
 	return tea.Batch(m.next(), m.fetch())
 }
 
-// oneLine is err's message, a failed reload's FILE:LINE:COL details
-// joined with "; ".
-func oneLine(err error) string {
+// oneLine is err's message on one line.
+func oneLine(err error) string { return strings.Join(strings.Fields(err.Error()), " ") }
+
+// detailLines is err's message, and a failed reload's FILE:LINE:COL
+// details each on a line of its own.
+func detailLines(err error) string {
 	var ce *control.Error
 	if errors.As(err, &ce) && len(ce.Details) > 0 {
-		return ce.Message + ": " + strings.Join(ce.Details, "; ")
+		return ce.Message + ":\n" + strings.Join(ce.Details, "\n")
 	}
-	return strings.Join(strings.Fields(err.Error()), " ")
+	return oneLine(err)
 }
 
 // key handles one key press.
@@ -357,7 +388,9 @@ func (m *Model) key(k string) tea.Cmd {
 		case "enter":
 			m.filter, m.mode = m.filterInput, browsing
 			m.keepSelection()
-		case "esc", "ctrl+c":
+		case "ctrl+c":
+			return m.exit()
+		case "esc":
 			m.filter, m.filterInput, m.mode = "", "", browsing
 			m.keepSelection()
 		case "backspace":
@@ -418,10 +451,7 @@ func (m *Model) key(k string) tea.Cmd {
 }
 
 // exit ends the program.
-func (m *Model) exit() tea.Cmd {
-	m.quit = true
-	return tea.Quit
-}
+func (m *Model) exit() tea.Cmd { return tea.Quit }
 
 // scale asks for one worker more or fewer in the selected service.
 func (m *Model) scale(by int) tea.Cmd {
@@ -430,16 +460,16 @@ func (m *Model) scale(by int) tea.Cmd {
 		m.say(true, "scale: select a service first")
 		return nil
 	}
-	n, ok := m.targets[s.Name]
-	if !ok {
-		n = s.Desired
+	n := s.Desired
+	if t, ok := m.targets[s.Name]; ok {
+		n = t.workers
 	}
 	n += by
 	if n < 0 || n > config.MaxWorkers {
 		m.say(true, fmt.Sprintf("scale %s: %d workers is outside 0 to %d", s.Name, n, config.MaxWorkers))
 		return nil
 	}
-	m.targets[s.Name] = n
+	m.targets[s.Name] = scaleTarget{workers: n}
 	return m.request(action{kind: scaleAction, service: s.Name, workers: n})
 }
 

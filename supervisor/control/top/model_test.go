@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -45,8 +46,18 @@ func (f *fakeManager) record(call string) error {
 	return f.actErr[strings.Fields(call)[0]]
 }
 
+// Scale records the request and, if it is not refused, applies it to
+// the fake's document, as a manager would.
 func (f *fakeManager) Scale(_ context.Context, service string, n int) error {
-	return f.record(fmt.Sprintf("scale %s %d", service, n))
+	if err := f.record(fmt.Sprintf("scale %s %d", service, n)); err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if s := f.doc.Service(service); s != nil {
+		s.Desired = n
+	}
+	return nil
 }
 
 func (f *fakeManager) Restart(_ context.Context, service string, worker int, settle bool) error {
@@ -171,8 +182,8 @@ func TestFrameShowsManagerServicesAndQueues(t *testing.T) {
 		"12.0M", "13.0M",
 		"backoff 3s",
 		"exit 3, 2s ago",
-		"jobs", "▁▂▃▄▅▆▇█", "█▇▆▅▄▃▂▁",
-		"↑↓ select  +/- scale  r restart  R reload  / filter  ? help  q quit",
+		"jobs", "▂▂▃▄▅▆▇█", "█▇▆▅▄▃▂▂",
+		"↑↓ select  enter fold  +/- scale  r restart  R reload  / filter  ? help  q quit",
 	} {
 		if !strings.Contains(frame, want) {
 			t.Errorf("the frame lacks %q:\n%s", want, frame)
@@ -200,6 +211,7 @@ func TestCPUPercentFromTwoDocuments(t *testing.T) {
 	m := newTestModel(t, f, c)
 	c.t = c.t.Add(2 * time.Second)
 	doc := sampleDoc()
+	doc.UptimeSeconds += 2                           // the manager's clock: 2 s later
 	doc.Services[0].Workers[0].CPUSeconds = ptr(2.0) // 1 s in 2 s: 50%
 	doc.Services[0].Workers[1].CPUSeconds = ptr(5.0) // 3 s in 2 s: 150% (threads)
 	m.Update(statusArrived{doc: doc})
@@ -212,6 +224,7 @@ func TestCPUPercentFromTwoDocuments(t *testing.T) {
 	}
 	// Another manager (another pid): the figures start again.
 	doc.PID = 5000
+	doc.UptimeSeconds++
 	c.t = c.t.Add(time.Second)
 	m.Update(statusArrived{doc: doc})
 	if l := lineWith(plain(m), "12.0M"); strings.Contains(l, "0.0") {
@@ -219,19 +232,21 @@ func TestCPUPercentFromTwoDocuments(t *testing.T) {
 	}
 }
 
-func TestKeysScaleRestartAndReloadThroughTheManager(t *testing.T) {
+// Presses made before the manager answers wait their turn, one request
+// out at a time, and count from what was asked before them.
+func TestScalePressesQueueAndAddUp(t *testing.T) {
 	f, c := &fakeManager{doc: sampleDoc()}, &clock{t0}
 	m := newTestModel(t, f, c)
-	// Two presses before any answer: the second waits for the first,
-	// and counts from what the first asked.
-	m.Update(tea.KeyPressMsg{Code: '+', Text: "+"})
+	if _, cmd := m.Update(tea.KeyPressMsg{Code: '+', Text: "+"}); cmd == nil {
+		t.Fatal("+ sent no request")
+	}
 	if cmd := m.key("+"); cmd != nil {
 		t.Errorf("the second + sent a request while one was out")
 	}
 	if m.running == nil || m.running.workers != 3 || len(m.queued) != 1 || m.queued[0].workers != 4 {
 		t.Fatalf("after ++: running %+v, queued %+v; want scale to 3 out, to 4 queued", m.running, m.queued)
 	}
-	// A third: the queued scale asks for 5 instead, not a second one.
+	// A third, and a -: the queued scale is replaced, not added to.
 	m.key("+")
 	m.key("-")
 	if len(m.queued) != 1 || m.queued[0].workers != 4 {
@@ -240,9 +255,13 @@ func TestKeysScaleRestartAndReloadThroughTheManager(t *testing.T) {
 	if l := lineWith(plain(m), "printer  2/2"); !strings.Contains(l, "scaling to 4") {
 		t.Errorf("service row %q: want the pending count shown", l)
 	}
-	// Again, each request answered: scale 3, 4, back to 3; restart a
-	// worker, the service; reload.
-	m.running, m.queued, m.targets = nil, nil, map[string]int{}
+}
+
+func TestKeysScaleRestartAndReloadThroughTheManager(t *testing.T) {
+	f, c := &fakeManager{doc: sampleDoc()}, &clock{t0}
+	m := newTestModel(t, f, c)
+	// Each request answered before the next key: scale 3, 4, back to 3;
+	// restart a worker, the service; reload.
 	press(t, m, "+", "+", "-", "down", "r", "up", "r", "R")
 	want := []string{"scale printer 3", "scale printer 4", "scale printer 3", "restart printer 0 settle=false", "restart printer -1 settle=false", "reload"}
 	if got := f.called(); !slices.Equal(got, want) {
@@ -258,11 +277,60 @@ func TestKeysScaleRestartAndReloadThroughTheManager(t *testing.T) {
 	}
 	// - at 0 workers is refused here, without a request.
 	f.doc.Services[1].Desired = 0
-	m.Update(statusArrived{doc: f.doc})
+	m.Update(statusArrived{seq: m.seq, doc: f.doc})
 	n := len(f.called())
 	press(t, m, "-")
 	if len(f.called()) != n || !strings.Contains(m.message, "outside 0 to") {
 		t.Errorf("- at 0 workers: requests %q, message %q", f.called()[n:], m.message)
+	}
+}
+
+// A count asked for is shown until a document asked for after the scale
+// was applied, whatever it says: another operator, or a reload, may have
+// set another count since, and the next + counts from the document.
+func TestScaleTargetEndsWithALaterDocument(t *testing.T) {
+	f, c := &fakeManager{doc: sampleDoc()}, &clock{t0}
+	m := newTestModel(t, f, c)
+	m.fetching = true // a refresh is out when the scale is answered
+	inFlight := m.seq
+	m.Update(run(t, m.key("+"))[0]) // scale printer 3, answered
+	// The refresh that was out answers with the count before the scale:
+	// still shown as pending.
+	m.Update(statusArrived{seq: inFlight, doc: sampleDoc()})
+	if l := lineWith(plain(m), "printer  2/2"); !strings.Contains(l, "scaling to 3") {
+		t.Errorf("service row %q after an older document: want scaling to 3", l)
+	}
+	// A later one says 2 (a reload set the file's count back): the target
+	// goes, and + counts from 2.
+	f.doc = sampleDoc()
+	m.fetching = false
+	msgs := run(t, m.fetch())
+	m.Update(msgs[0])
+	if l := lineWith(plain(m), "printer  2/2"); strings.Contains(l, "scaling") {
+		t.Errorf("service row %q after a later document: want no pending count", l)
+	}
+	f.calls = nil
+	press(t, m, "+")
+	if got := f.called(); !slices.Equal(got, []string{"scale printer 3"}) {
+		t.Errorf("+ after: requests %q, want scale printer 3", got)
+	}
+}
+
+// Requests sent early (after an action) do not add refresh timers: one
+// timer is set at a time.
+func TestOneRefreshTimerAtATime(t *testing.T) {
+	f := &fakeManager{doc: sampleDoc()}
+	m := newTestModel(t, f, &clock{t0}) // its first answer set the timer
+	if _, cmd := m.Update(statusArrived{seq: m.seq, doc: f.doc}); cmd != nil {
+		t.Errorf("an answer while the timer is set returned a command (a second timer)")
+	}
+	_, cmd := m.Update(refreshDue{})
+	msgs := run(t, cmd)
+	if len(msgs) != 1 {
+		t.Fatalf("the timer's refresh gave %v, want one status request", msgs)
+	}
+	if _, cmd := m.Update(msgs[0]); cmd == nil {
+		t.Errorf("the answer to the timer's refresh set no next timer")
 	}
 }
 
@@ -283,7 +351,8 @@ func TestRefusedActionsShowTheManagersMessage(t *testing.T) {
 		t.Errorf("service row %q still shows a refused scale", l)
 	}
 	press(t, m, "R")
-	if frame := strings.Join(plain(m), " "); !strings.Contains(frame, "! reload: reload refused: nothing changed:") || !strings.Contains(frame, "gotyledon.yaml:4:14: workers: want a number") {
+	lines = plain(m)
+	if lineWith(lines, "! reload: reload refused: nothing changed:") == "" || !slices.Contains(lines, "gotyledon.yaml:4:14: workers: want a number") {
 		t.Errorf("no FILE:LINE:COL of the refused reload:\n%s", strings.Join(plain(m), "\n"))
 	}
 }
@@ -338,12 +407,22 @@ func TestManagerOfAnotherUser(t *testing.T) {
 	}
 }
 
-// Columns go in the stated order as the screen narrows; what is left
-// still fits.
-func TestNarrowScreensDropColumnsInOrder(t *testing.T) {
-	f := &fakeManager{doc: sampleDoc()}
-	m := newTestModel(t, f, &clock{t0})
-	header := func(width int) (workers, queues string) {
+// dropOrder narrows the screen from 120 cells to 20 and returns the
+// headers of the workers' and the queues' tables in the order they go,
+// checking that every line fits each width.
+func dropOrder(t *testing.T, m *Model) (workers, queues []string) {
+	t.Helper()
+	headers := func(line string, cols []column) []string {
+		var out []string
+		for _, c := range cols {
+			if strings.Contains(line, c.header) && !slices.Contains(out, c.header) {
+				out = append(out, c.header)
+			}
+		}
+		return out
+	}
+	prevW, prevQ := headers("WORKER STATE READY PID UPTIME CPU% MEM RESTARTS LAST EXIT", workerColumns), headers("QUEUE DEPTH IN FLIGHT CONSUMERS PUT/S LAST MIN ACKED/S LAST MIN REDELIVERED", queueColumns)
+	for width := 120; width >= 20; width-- {
 		m.width = width
 		lines := plain(m)
 		for i, l := range lines {
@@ -351,29 +430,72 @@ func TestNarrowScreensDropColumnsInOrder(t *testing.T) {
 				t.Errorf("width %d: line %d is %d wide: %q", width, i, w, l)
 			}
 		}
-		return lineWith(lines, "WORKER"), lineWith(lines, "QUEUE")
+		w, q := headers(lineWith(lines, "WORKER"), workerColumns), headers(lineWith(lines, "QUEUE"), queueColumns)
+		for _, h := range prevW {
+			if !slices.Contains(w, h) {
+				workers = append(workers, h)
+			}
+		}
+		for _, h := range prevQ {
+			if !slices.Contains(q, h) {
+				queues = append(queues, h)
+			}
+		}
+		prevW, prevQ = w, q
 	}
-	w, q := header(120)
-	for _, col := range []string{"READY", "PID", "UPTIME", "CPU%", "MEM", "RESTARTS", "LAST EXIT"} {
-		if !strings.Contains(w, col) {
-			t.Errorf("120 columns: workers header %q lacks %s", w, col)
+	return workers, queues
+}
+
+// Columns go in the order the README states as the screen narrows, and
+// what is left fits; a long queue name is cut only once no column is left
+// to drop.
+func TestNarrowScreensDropColumnsInOrder(t *testing.T) {
+	doc := sampleDoc()
+	doc.Queues = append(doc.Queues, control.QueueStatus{Name: "orders-inbound", Capacity: 10})
+	m := newTestModel(t, &fakeManager{doc: doc}, &clock{t0})
+	m.width = 80
+	if l := lineWith(plain(m), "orders"); !strings.Contains(l, "orders-inbound") {
+		t.Errorf("80 columns: queue row %q, want the whole name", l)
+	}
+	workers, queues := dropOrder(t, m)
+	// LAST MIN is the put sparkline, then the acked one.
+	wantW := []string{"LAST EXIT", "RESTARTS", "UPTIME", "READY", "MEM", "CPU%", "PID"}
+	wantQ := []string{"REDELIVERED", "CONSUMERS", "LAST MIN", "PUT/S", "IN FLIGHT", "ACKED/S"}
+	if !slices.Equal(workers, wantW) || !slices.Equal(queues, wantQ) {
+		t.Errorf("columns went in the order %q and %q, want %q and %q", workers, queues, wantW, wantQ)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := strings.Join(strings.Fields(string(readme)), " ")
+	for _, want := range []string{
+		"the workers' LAST EXIT (first cut to 10 cells), RESTARTS, UPTIME, READY, MEM, CPU%, PID (WORKER and STATE stay)",
+		"the queues' REDELIVERED, CONSUMERS, the put sparkline, the acked sparkline, PUT/S, IN FLIGHT, ACKED/S (QUEUE and DEPTH stay)",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("supervisor/README.md does not say %q", want)
 		}
 	}
-	for _, col := range []string{"IN FLIGHT", "CONSUMERS", "PUT/S", "ACKED/S", "LAST MIN", "REDELIVERED"} {
-		if !strings.Contains(q, col) {
-			t.Errorf("120 columns: queues header %q lacks %s", q, col)
-		}
+}
+
+// Many queues: those that do not fit are counted; a service in trouble
+// scrolled out of sight is named.
+func TestQueuesThatDoNotFitAndTroubleOutOfSight(t *testing.T) {
+	doc := sampleDoc()
+	for i := range 25 {
+		doc.Queues = append(doc.Queues, control.QueueStatus{Name: fmt.Sprintf("q%02d", i)})
 	}
-	w, _ = header(50)
-	if strings.Contains(w, "LAST EXIT") || strings.Contains(w, "RESTARTS") || !strings.Contains(w, "UPTIME") || !strings.Contains(w, "MEM") {
-		t.Errorf("50 columns: workers header %q; want LAST EXIT and RESTARTS gone first, UPTIME and MEM kept", w)
+	for i := 2; i < 20; i++ {
+		doc.Services[0].Workers = append(doc.Services[0].Workers, control.WorkerStatus{ID: i, State: "running", PID: 1000 + i})
 	}
-	w, q = header(20)
-	if got := strings.Fields(w); !slices.Equal(got, []string{"WORKER", "STATE"}) {
-		t.Errorf("20 columns: workers header %q; want WORKER and STATE only", w)
+	m := newTestModel(t, &fakeManager{doc: doc}, &clock{t0})
+	lines := plain(m)
+	if len(lines) != 24 || lineWith(lines, "more (/ filters)") == "" {
+		t.Errorf("26 queues on 24 lines: want the hidden ones counted:\n%s", strings.Join(lines, "\n"))
 	}
-	if got := strings.Fields(q); !slices.Equal(got, []string{"QUEUE", "DEPTH"}) {
-		t.Errorf("20 columns: queues header %q; want QUEUE and DEPTH only", q)
+	if l := lineWith(lines, "rows 1-"); !strings.Contains(l, "! also: crasher") {
+		t.Errorf("the flapping crasher is out of sight, and line %q does not name it:\n%s", l, strings.Join(lines, "\n"))
 	}
 }
 
@@ -454,6 +576,24 @@ func TestOnceHonoursNoColor(t *testing.T) {
 	}
 }
 
+func TestWrapped(t *testing.T) {
+	plainStyle := newStyles().faint.UnsetFaint()
+	for _, c := range []struct {
+		text  string
+		width int
+		n     int
+		want  []string
+	}{
+		{"a reload-failed /a/long-path/x.yaml:5:14: workers", 20, 4, []string{"a reload-failed", "/a/long-path/x.yaml:", "5:14: workers"}},
+		{"one two three four", 10, 4, []string{"one two", "three four"}},
+		{"one two three four five six", 10, 2, []string{"one two", "three fou…"}},
+	} {
+		if got := wrapped(plainStyle, c.text, c.width, c.n); !slices.Equal(got, c.want) {
+			t.Errorf("wrapped(%q, %d, %d) = %q, want %q", c.text, c.width, c.n, got, c.want)
+		}
+	}
+}
+
 func TestSparklineAndFormats(t *testing.T) {
 	for _, c := range []struct {
 		rates []float64
@@ -462,7 +602,8 @@ func TestSparklineAndFormats(t *testing.T) {
 	}{
 		{nil, 4, "    "},
 		{[]float64{0, 0}, 4, "  ▁▁"},
-		{[]float64{1, 2, 3, 4, 5, 6, 7, 8}, 8, "▁▂▃▄▅▆▇█"},
+		{[]float64{1, 2, 3, 4, 5, 6, 7, 8}, 8, "▂▂▃▄▅▆▇█"},
+		{[]float64{0, 0.01, 100}, 3, "▁▂█"},
 		{[]float64{0, 0, 8, 8}, 2, "▁█"},
 	} {
 		if got := sparkline(c.rates, c.width); got != c.want {

@@ -17,7 +17,8 @@ import (
 func readmeDoc(now time.Time, cpu float64) control.Status {
 	at := func(ago time.Duration) *time.Time { t := now.Add(-ago); return &t }
 	worker := func(id, pid int, up time.Duration, cpuSec float64, mem uint64, restarts int, exit string) control.WorkerStatus {
-		w := control.WorkerStatus{ID: id, State: "running", PID: pid, Ready: true, StartedAt: at(up), UptimeSeconds: up.Seconds(),
+		started := t0.Add(-up) // the same in both documents: the same process
+		w := control.WorkerStatus{ID: id, State: "running", PID: pid, Ready: true, StartedAt: &started, UptimeSeconds: up.Seconds(),
 			Restarts: restarts, CPUSeconds: ptr(cpuSec + cpu*float64(id+1)/100), MemoryBytes: ptr(mem), UsageOf: "process"}
 		if exit != "" {
 			w.LastExit, w.LastExitAt = exit, at(up)
@@ -29,7 +30,7 @@ func readmeDoc(now time.Time, cpu float64) control.Status {
 		history = append(history, 1)
 	}
 	return control.Status{
-		Schema: 1, PID: 7217, Config: "deploy/seed.yaml", Ready: true, UptimeSeconds: 192,
+		Schema: 1, PID: 7217, Config: "deploy/seed.yaml", Ready: true, UptimeSeconds: 191 + cpu,
 		Services: []control.ServiceStatus{
 			{Name: "producer", Desired: 1, Configured: 1, Running: 1, Ready: 1, Workers: []control.WorkerStatus{
 				worker(0, 7226, 192*time.Second, 1, 10589184, 0, ""),

@@ -46,7 +46,7 @@ func Once(ctx context.Context, mgr Manager, opt Options, w io.Writer, environ []
 		if err != nil {
 			return err
 		}
-		m.took(doc, nil)
+		m.took(i+1, doc, nil)
 	}
 	cw := colorprofile.NewWriter(w, environ)
 	_, err := fmt.Fprintln(cw, m.Frame())

@@ -2,6 +2,7 @@ package top
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,7 +51,7 @@ var (
 		{header: "LAST EXIT", drop: 1, shrink: 10},
 	}
 	queueColumns = []column{
-		{header: "QUEUE", shrink: 8},
+		{header: "QUEUE", shrink: 8, cutLast: true},
 		{header: "DEPTH", right: true},
 		{header: "IN FLIGHT", right: true, drop: 6},
 		{header: "CONSUMERS", right: true, drop: 2},
@@ -74,7 +75,6 @@ func flapping(w control.WorkerStatus) bool { return w.State == "backoff" || w.Fa
 func (m *Model) View() tea.View {
 	v := tea.NewView(m.Frame())
 	v.AltScreen = true
-	v.WindowTitle = "gotyledon top"
 	return v
 }
 
@@ -84,7 +84,9 @@ func (m *Model) View() tea.View {
 func (m *Model) Frame() string {
 	st := newStyles()
 	var lines []string
-	lines = append(lines, m.managerLine(st), m.reloadLine(st), "")
+	lines = append(lines, m.managerLine(st))
+	lines = append(lines, m.reloadLines(st)...)
+	lines = append(lines, "")
 	if m.mode == helping {
 		lines = append(lines, helpLines(m.opt.Interval)...)
 		return m.fit(lines, nil)
@@ -92,23 +94,34 @@ func (m *Model) Frame() string {
 	if m.doc == nil {
 		return m.fit(lines, m.bottomLines(st))
 	}
-	svcHeader, svcRows, selectedAt := m.serviceLines(st)
+	svcHeader, svcRows, selectedAt, trouble := m.serviceLines(st)
 	queueLines := m.queueLines(st)
 	bottom := m.bottomLines(st)
 	if m.height > 0 {
-		// The services' rows get what the rest leaves, at least three; the
-		// queues give up rows for them, but keep one.
+		// The queues show as long as the services keep three rows, and
+		// one queue at least; the services get the rest.
 		fixed := len(lines) + 1 + len(bottom)
 		room := m.height - fixed
-		if len(queueLines) > 0 {
-			keep := max(3, min(len(queueLines), room-min(len(svcRows), 3)))
-			queueLines = queueLines[:min(len(queueLines), keep)]
+		if keep := max(4, room-min(len(svcRows), 3)); len(queueLines) > keep {
+			hidden := len(queueLines) - (keep - 1)
+			queueLines = append(queueLines[:keep-1], st.faint.Render(fmt.Sprintf("  … %d more (/ filters)", hidden)))
 		}
 		svcRoom := max(1, room-len(queueLines))
 		m.scrollTo(selectedAt, svcRoom, len(svcRows))
 		end := min(len(svcRows), m.top+svcRoom)
 		if m.top > 0 || end < len(svcRows) {
-			lines[2] = st.faint.Render(fmt.Sprintf("  rows %d-%d of %d (↑↓ PgUp PgDn Home End)", m.top+1, end, len(svcRows)))
+			note := st.faint.Render(fmt.Sprintf("  rows %d-%d of %d (↑↓ PgUp PgDn Home End)", m.top+1, end, len(svcRows)))
+			// Trouble stands out even where its row is scrolled away.
+			var away []string
+			for _, i := range slices.Sorted(maps.Keys(trouble)) {
+				if i < m.top || i >= end {
+					away = append(away, trouble[i])
+				}
+			}
+			if len(away) > 0 {
+				note += st.bad.Render(" ! also: " + strings.Join(away, ", "))
+			}
+			lines[len(lines)-1] = note
 		}
 		svcRows = svcRows[m.top:end]
 	}
@@ -194,11 +207,55 @@ func (m *Model) managerLine(st styles) string {
 		" · up " + compactDuration(seconds(d.UptimeSeconds)) + " · " + from
 }
 
-// reloadLine is the second line: the last reload and its result.
-func (m *Model) reloadLine(st styles) string {
+// reloadLines are the lines below the manager's: its last reload and
+// the result, or why the manager does not answer (up to three lines).
+func (m *Model) reloadLines(st styles) []string {
 	if m.lost != nil {
-		return st.bad.Render(oneLine(m.lost))
+		return wrapped(st.bad, oneLine(m.lost), m.width, 3)
 	}
+	return []string{m.reloadLine(st)}
+}
+
+// wrapped cuts text into lines of width cells at its spaces (a word
+// wider than that is cut where the screen ends and goes on on the next
+// line), at most n (the last ending in "…" if more is cut), each styled.
+func wrapped(style lipgloss.Style, text string, width, n int) []string {
+	width = max(10, width)
+	var lines []string
+	line := ""
+	for _, word := range strings.Fields(text) {
+		for ansi.StringWidth(word) > width {
+			if line != "" {
+				lines, line = append(lines, line), ""
+			}
+			head := ansi.Truncate(word, width, "")
+			lines, word = append(lines, head), word[len(head):]
+		}
+		switch {
+		case word == "":
+		case line == "":
+			line = word
+		case ansi.StringWidth(line)+1+ansi.StringWidth(word) <= width:
+			line += " " + word
+		default:
+			lines, line = append(lines, line), word
+		}
+	}
+	if line != "" {
+		lines = append(lines, line)
+	}
+	if len(lines) > n {
+		lines = lines[:n]
+		lines[n-1] = ansi.Truncate(lines[n-1], width-1, "") + "…"
+	}
+	for i, l := range lines {
+		lines[i] = style.Render(l)
+	}
+	return lines
+}
+
+// reloadLine is the last reload and its result.
+func (m *Model) reloadLine(st styles) string {
 	if m.doc == nil {
 		return ""
 	}
@@ -224,8 +281,10 @@ func (m *Model) reloadLine(st styles) string {
 }
 
 // serviceLines draws the services table: its header, its rows (each
-// service's, then its workers'), and the index of the selected row.
-func (m *Model) serviceLines(st styles) (header string, rows []string, selectedAt int) {
+// service's, then its workers'), the index of the selected row, and the
+// names of the services in trouble by the index of their rows.
+func (m *Model) serviceLines(st styles) (header string, rows []string, selectedAt int, trouble map[int]string) {
+	trouble = map[int]string{}
 	now := m.opt.Now()
 	type workerRow struct {
 		key     rowKey
@@ -265,8 +324,10 @@ func (m *Model) serviceLines(st styles) (header string, rows []string, selectedA
 			if w.StartedAt != nil {
 				uptime = compactDuration(seconds(w.UptimeSeconds))
 			}
-			if p, ok := m.cpuPct[w.PID]; ok && w.PID != 0 {
-				cpu = fmt.Sprintf("%.1f", p)
+			if w.PID != 0 && w.StartedAt != nil {
+				if p, ok := m.cpuPct[processKey{w.PID, *w.StartedAt}]; ok {
+					cpu = fmt.Sprintf("%.1f", p)
+				}
 			}
 			if w.MemoryBytes != nil {
 				mem = compactBytes(*w.MemoryBytes)
@@ -296,9 +357,12 @@ func (m *Model) serviceLines(st styles) (header string, rows []string, selectedA
 			continue
 		}
 		key := rowKey{s.Name, -1}
-		trouble := slices.ContainsFunc(s.Workers, flapping)
+		bad := slices.ContainsFunc(s.Workers, flapping)
+		if bad {
+			trouble[len(rows)] = s.Name
+		}
 		line := m.serviceSummary(st, s)
-		rows = append(rows, m.decorate(st, key, trouble, line, &selectedAt, len(rows)))
+		rows = append(rows, m.decorate(st, key, bad, line, &selectedAt, len(rows)))
 		if m.collapsed[s.Name] {
 			continue
 		}
@@ -318,7 +382,7 @@ func (m *Model) serviceLines(st styles) (header string, rows []string, selectedA
 	if len(rows) == 0 && m.filter != "" {
 		rows = append(rows, st.faint.Render(fmt.Sprintf("  no service matches %q (esc clears the filter)", m.filter)))
 	}
-	return header, rows, selectedAt
+	return header, rows, selectedAt, trouble
 }
 
 // decorate puts the selection and trouble markers before a row, and
@@ -340,8 +404,8 @@ func (m *Model) decorate(st styles, key rowKey, trouble bool, line string, selec
 func (m *Model) serviceSummary(st styles, s control.ServiceStatus) string {
 	parts := []string{}
 	count := fmt.Sprintf("%d/%d running", s.Running, s.Desired)
-	if n, ok := m.targets[s.Name]; ok && n != s.Desired {
-		count = fmt.Sprintf("%d/%d running, scaling to %d", s.Running, s.Desired, n)
+	if t, ok := m.targets[s.Name]; ok && t.workers != s.Desired {
+		count = fmt.Sprintf("%d/%d running, scaling to %d", s.Running, s.Desired, t.workers)
 	}
 	parts = append(parts, count, fmt.Sprintf("%d ready", s.Ready))
 	if s.Configured != s.Desired {
@@ -423,16 +487,18 @@ func (m *Model) bottomLines(st styles) []string {
 		if m.messageError {
 			text, style = "! "+text, st.bad
 		}
-		for i, l := range strings.Split(ansi.Wrap(text, max(10, m.width), " ;,"), "\n") {
-			if i == 3 {
-				break
-			}
-			status = append(status, style.Render(l))
+		// A refused reload's FILE:LINE:COL lines each start a line, cut
+		// where the screen ends and continued on the next.
+		for _, l := range strings.Split(text, "\n") {
+			status = append(status, wrapped(style, l, m.width, 4)...)
+		}
+		if len(status) > 4 {
+			status = status[:4]
 		}
 	default:
 		status = []string{""}
 	}
-	keys := st.faint.Render("↑↓ select  +/- scale  r restart  R reload  / filter  ? help  q quit")
+	keys := st.faint.Render("↑↓ select  enter fold  +/- scale  r restart  R reload  / filter  ? help  q quit")
 	switch {
 	case m.mode == filtering:
 		keys = "filter: " + m.filterInput + "█" + st.faint.Render("  (enter applies, esc clears)")
@@ -463,7 +529,9 @@ func helpLines(interval time.Duration) []string {
 		"  R             reload the configuration file, as gotyledon reload: a file",
 		"                with errors is refused and changes nothing",
 		"  /             show only services and queues whose name holds a text",
-		"  q             quit",
+		"                (enter applies it, esc clears it)",
+		"  ?             this screen",
+		"  q  ctrl+c     quit",
 		"",
 		"Marks: > the selected row; ! a worker in backoff or flapping (two quick",
 		"exits or more in a row), a failed reload, a queue store that does not",
