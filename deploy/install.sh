@@ -10,11 +10,12 @@
 #
 # It builds the binaries (static: CGO_ENABLED=0 go build -trimpath) and installs:
 #   /usr/local/bin/gotyledon                  0755, replaced on every run
-#   /usr/local/bin/gotyledon-jetstream        0755, replaced on every run: the
+#   /usr/local/bin/gotyledon-jetstream        0755, replaced on every run (with
+#                                             --no-build, if named): the
 #                                             bridge that queues with
 #                                             store: jetstream need
-#   /usr/local/bin/gotyledon-top              0755, replaced on every run: the
-#                                             live view gotyledon top runs
+#   /usr/local/bin/gotyledon-top              0755, the same: the live view
+#                                             gotyledon top runs
 #   user and group gotyledon                  system ones, created if absent
 #   /etc/systemd/system/gotyledon.service     0644, replaced on every run
 #   /etc/gotyledon/gotyledon.yaml             0640 root:gotyledon, only if absent

@@ -95,29 +95,44 @@ func isTerminal(f *os.File) bool {
 	return err == nil
 }
 
-// discovered is the manager whose control socket FindSocket finds, looked
-// for again at every status request until one is found, and again when
-// the one found stops answering: the view waits for a manager that is not
-// there yet, and shows why it is not found (no socket, or one this user
-// may not reach). Safe for concurrent use.
+// discovered is the manager whose control socket FindSocket finds: looked
+// for at every request until one is found, then kept until it is no
+// longer there (no manager answers on it), so that the view waits for a
+// manager that is not there yet and shows why it is not found (no
+// socket, or one this user may not reach), and does not move to another
+// manager while its own answers. Safe for concurrent use.
 type discovered struct {
 	getenv func(string) string
 	mu     sync.Mutex
 	cl     *control.Client // nil until a socket is found
 }
 
-// client returns the client of the socket found now.
+// client returns the client of the socket found.
 func (d *discovered) client() (*control.Client, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.cl != nil {
+		return d.cl, nil
+	}
 	path, err := control.FindSocket(d.getenv)
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.cl == nil || d.cl.Path() != path {
-		d.cl = control.NewClient(path)
-	}
+	d.cl = control.NewClient(path)
 	return d.cl, nil
+}
+
+// done looks for the socket again at the next request if err says no
+// manager answers on cl's.
+func (d *discovered) done(cl *control.Client, err error) error {
+	if errors.Is(err, control.ErrNoManager) {
+		d.mu.Lock()
+		if d.cl == cl {
+			d.cl = nil
+		}
+		d.mu.Unlock()
+	}
+	return err
 }
 
 // Path is the socket found, or where it is looked for.
@@ -135,7 +150,8 @@ func (d *discovered) Status(ctx context.Context) (control.Status, error) {
 	if err != nil {
 		return control.Status{}, err
 	}
-	return cl.Status(ctx)
+	doc, err := cl.Status(ctx)
+	return doc, d.done(cl, err)
 }
 
 func (d *discovered) Scale(ctx context.Context, service string, workers int) error {
@@ -143,7 +159,7 @@ func (d *discovered) Scale(ctx context.Context, service string, workers int) err
 	if err != nil {
 		return err
 	}
-	return cl.Scale(ctx, service, workers)
+	return d.done(cl, cl.Scale(ctx, service, workers))
 }
 
 func (d *discovered) Restart(ctx context.Context, service string, worker int, settle bool) error {
@@ -151,7 +167,7 @@ func (d *discovered) Restart(ctx context.Context, service string, worker int, se
 	if err != nil {
 		return err
 	}
-	return cl.Restart(ctx, service, worker, settle)
+	return d.done(cl, cl.Restart(ctx, service, worker, settle))
 }
 
 func (d *discovered) Reload(ctx context.Context) error {
@@ -159,5 +175,5 @@ func (d *discovered) Reload(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return cl.Reload(ctx)
+	return d.done(cl, cl.Reload(ctx))
 }

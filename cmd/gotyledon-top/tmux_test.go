@@ -326,4 +326,9 @@ func TestTopInTmuxWaitsForAManager(t *testing.T) {
 	tm.waitScreen("no manager", contains("! no answer from the manager", "no manager is running"))
 	mgr := startManager(t, prog, cfg, dir, nil)
 	tm.waitScreen("the manager", contains(fmt.Sprintf("manager pid %d", mgr.cmd.Process.Pid), "sleeper  1/1 running"))
+	// Gone, then another in its place: found too.
+	mgr.stop()
+	tm.waitScreen("the manager gone", contains("! no answer from the manager"))
+	mgr = startManager(t, prog, cfg, dir, nil)
+	tm.waitScreen("the next manager", contains(fmt.Sprintf("manager pid %d", mgr.cmd.Process.Pid), "reconnected"))
 }

@@ -138,7 +138,7 @@ type rowKey struct {
 // is reused).
 type processKey struct {
 	pid     int
-	started time.Time
+	started int64 // Unix nanoseconds: whatever the zone it was written in
 }
 
 // cpuSample is a worker process's CPU time in a document, and the
@@ -169,6 +169,7 @@ type Model struct {
 	docAt    time.Time
 	seq      int   // status requests sent
 	fetching bool  // a status request is out
+	again    bool  // ask again as soon as it is answered: an action was answered meanwhile
 	ticking  bool  // the timer of the next refresh is set
 	lost     error // why the newest status request failed; nil while connected
 
@@ -208,6 +209,7 @@ func (m *Model) Init() tea.Cmd { return m.fetch() }
 // fetch asks for the status, unless a request is already out.
 func (m *Model) fetch() tea.Cmd {
 	if m.fetching {
+		m.again = true
 		return nil
 	}
 	m.fetching = true
@@ -232,13 +234,20 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case statusArrived:
 		m.fetching = false
 		m.took(msg.seq, msg.doc, msg.err)
+		var next tea.Cmd
+		if m.again {
+			// An action was answered while this request was out: its
+			// document may be from before it.
+			m.again = false
+			next = m.fetch()
+		}
 		// One timer at a time: an answer to a request sent early (after
 		// an action) must not start a second refresh cycle.
 		if m.ticking {
-			return m, nil
+			return m, next
 		}
 		m.ticking = true
-		return m, tea.Tick(m.opt.Interval, func(time.Time) tea.Msg { return refreshDue{} })
+		return m, tea.Batch(next, tea.Tick(m.opt.Interval, func(time.Time) tea.Msg { return refreshDue{} }))
 	case actionDone:
 		return m, m.finished(msg.act, msg.err)
 	case tea.KeyPressMsg:
@@ -269,7 +278,7 @@ func (m *Model) took(seq int, doc control.Status, err error) {
 			if w.PID == 0 || w.CPUSeconds == nil || w.StartedAt == nil {
 				continue
 			}
-			key := processKey{w.PID, *w.StartedAt}
+			key := processKey{w.PID, w.StartedAt.UnixNano()}
 			cpu[key] = cpuSample{cpu: *w.CPUSeconds, uptime: doc.UptimeSeconds}
 			if prev, ok := m.cpu[key]; ok {
 				if dt := doc.UptimeSeconds - prev.uptime; dt > 0 && *w.CPUSeconds >= prev.cpu {

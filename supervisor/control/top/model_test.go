@@ -357,6 +357,40 @@ func TestRefusedActionsShowTheManagersMessage(t *testing.T) {
 	}
 }
 
+// A reload refused for many reasons: the first ones, and how many more.
+func TestLongRefusalsAreCounted(t *testing.T) {
+	f := &fakeManager{doc: sampleDoc(), actErr: map[string]error{
+		"reload": &control.Error{Code: 422, Message: "reload refused", Details: []string{"a.yaml:1:1: a", "a.yaml:2:1: b", "a.yaml:3:1: c", "a.yaml:4:1: d", "a.yaml:5:1: e"}},
+	}}
+	m := newTestModel(t, f, &clock{t0})
+	press(t, m, "R")
+	lines := plain(m)
+	if !slices.Contains(lines, "a.yaml:2:1: b") || slices.Contains(lines, "a.yaml:3:1: c") || lineWith(lines, "… and 3 more lines") == "" {
+		t.Errorf("a refusal of 6 lines on 24:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+// An action answered while a refresh is out: that refresh's document may
+// be from before the action, so another is asked for at once.
+func TestActionAnsweredDuringARefreshAsksAgain(t *testing.T) {
+	f := &fakeManager{doc: sampleDoc()}
+	m := newTestModel(t, f, &clock{t0})
+	m.opt.Interval = time.Millisecond // the next timer, run below, is not waited for
+	m.Update(refreshDue{})            // a refresh goes out, not answered yet
+	out := m.seq
+	m.Update(run(t, m.key("R"))[0])
+	_, cmd := m.Update(statusArrived{seq: out, doc: f.doc})
+	var asked bool
+	for _, msg := range run(t, cmd) {
+		if sa, ok := msg.(statusArrived); ok && sa.seq == out+1 {
+			asked = true
+		}
+	}
+	if !asked {
+		t.Errorf("no status request after the answer that was out during the action")
+	}
+}
+
 func TestManagerGoneThenBack(t *testing.T) {
 	f, c := &fakeManager{doc: sampleDoc()}, &clock{t0}
 	m := newTestModel(t, f, c)
@@ -486,16 +520,47 @@ func TestQueuesThatDoNotFitAndTroubleOutOfSight(t *testing.T) {
 	for i := range 25 {
 		doc.Queues = append(doc.Queues, control.QueueStatus{Name: fmt.Sprintf("q%02d", i)})
 	}
+	doc.Queues[25].Store, doc.Queues[25].StoreState = "jetstream", "reconnecting" // the last: out of sight
 	for i := 2; i < 20; i++ {
 		doc.Services[0].Workers = append(doc.Services[0].Workers, control.WorkerStatus{ID: i, State: "running", PID: 1000 + i})
 	}
 	m := newTestModel(t, &fakeManager{doc: doc}, &clock{t0})
 	lines := plain(m)
-	if len(lines) != 24 || lineWith(lines, "more (/ filters)") == "" {
+	if len(lines) != 24 || lineWith(lines, "more queues, ! 1 in trouble (/ filters)") == "" {
 		t.Errorf("26 queues on 24 lines: want the hidden ones counted:\n%s", strings.Join(lines, "\n"))
 	}
 	if l := lineWith(lines, "rows 1-"); !strings.Contains(l, "! also: crasher") {
 		t.Errorf("the flapping crasher is out of sight, and line %q does not name it:\n%s", l, strings.Join(lines, "\n"))
+	}
+}
+
+// On any screen from 9 lines, every queue is on it or counted as not.
+func TestEveryQueueShownOrCounted(t *testing.T) {
+	for _, queues := range []int{0, 1, 2, 3, 10} {
+		for _, message := range []bool{false, true} {
+			doc := sampleDoc()
+			doc.Queues = nil
+			for i := range queues {
+				doc.Queues = append(doc.Queues, control.QueueStatus{Name: fmt.Sprintf("queue%02d", i)})
+			}
+			f := &fakeManager{doc: doc}
+			m := newTestModel(t, f, &clock{t0})
+			if message {
+				m.say(true, "reload: refused:\na.yaml:1:1: x\na.yaml:2:1: y\na.yaml:3:1: z")
+			}
+			for height := 9; height <= 16; height++ {
+				m.height = height
+				frame := strings.Join(plain(m), "\n")
+				if n := strings.Count(frame, "\n") + 1; n != height {
+					t.Errorf("%d queues, height %d: %d lines", queues, height, n)
+				}
+				shown := strings.Count(frame, "  queue")
+				if shown < queues && !strings.Contains(frame, fmt.Sprintf("%d more queues", queues-shown)) &&
+					!strings.Contains(frame, fmt.Sprintf("%s not shown", countOf(queues-shown, "queue"))) {
+					t.Errorf("%d queues, message %v, height %d: %d shown, the others not counted:\n%s", queues, message, height, shown, frame)
+				}
+			}
+		}
 	}
 }
 

@@ -95,16 +95,39 @@ func (m *Model) Frame() string {
 		return m.fit(lines, m.bottomLines(st))
 	}
 	svcHeader, svcRows, selectedAt, trouble := m.serviceLines(st)
-	queueLines := m.queueLines(st)
+	queueLines, queueTrouble := m.queueLines(st)
 	bottom := m.bottomLines(st)
 	if m.height > 0 {
 		// The queues show as long as the services keep three rows, and
-		// one queue at least; the services get the rest.
+		// one queue at least while the screen has room for it; the
+		// services get the rest. Queues cut off are counted, and those of
+		// them in trouble.
 		fixed := len(lines) + 1 + len(bottom)
 		room := m.height - fixed
-		if keep := max(4, room-min(len(svcRows), 3)); len(queueLines) > keep {
-			hidden := len(queueLines) - (keep - 1)
-			queueLines = append(queueLines[:keep-1], st.faint.Render(fmt.Sprintf("  … %d more (/ filters)", hidden)))
+		if keep := min(max(4, room-min(len(svcRows), 3)), room-1); len(queueLines) > keep {
+			shown := max(0, keep-3) // the blank line, the header, the count
+			hidden, bad := len(queueTrouble)-shown, 0
+			for _, t := range queueTrouble[shown:] {
+				if t {
+					bad++
+				}
+			}
+			count := fmt.Sprintf("  … %d more queues", hidden)
+			if shown == 0 {
+				count = fmt.Sprintf("  %s not shown", countOf(hidden, "queue"))
+			}
+			note := st.faint.Render(count + " (/ filters)")
+			if bad > 0 {
+				note = st.bad.Render(fmt.Sprintf("%s, ! %d in trouble (/ filters)", count, bad))
+			}
+			switch {
+			case shown > 0:
+				queueLines = append(queueLines[:2+shown], note)
+			case keep >= 1:
+				queueLines = []string{note}
+			default:
+				queueLines = nil
+			}
 		}
 		svcRoom := max(1, room-len(queueLines))
 		m.scrollTo(selectedAt, svcRoom, len(svcRows))
@@ -220,7 +243,8 @@ func (m *Model) reloadLines(st styles) []string {
 // wider than that is cut where the screen ends and goes on on the next
 // line), at most n (the last ending in "…" if more is cut), each styled.
 func wrapped(style lipgloss.Style, text string, width, n int) []string {
-	width = max(10, width)
+	width = max(10, width) // 2 at least: a wide character must fit
+	text = ansi.Strip(text)
 	var lines []string
 	line := ""
 	for _, word := range strings.Fields(text) {
@@ -325,7 +349,7 @@ func (m *Model) serviceLines(st styles) (header string, rows []string, selectedA
 				uptime = compactDuration(seconds(w.UptimeSeconds))
 			}
 			if w.PID != 0 && w.StartedAt != nil {
-				if p, ok := m.cpuPct[processKey{w.PID, *w.StartedAt}]; ok {
+				if p, ok := m.cpuPct[processKey{w.PID, w.StartedAt.UnixNano()}]; ok {
 					cpu = fmt.Sprintf("%.1f", p)
 				}
 			}
@@ -429,8 +453,8 @@ func (m *Model) serviceSummary(st styles, s control.ServiceStatus) string {
 }
 
 // queueLines draws the queues table: a blank line, its header and a row
-// per queue; none without queues.
-func (m *Model) queueLines(st styles) []string {
+// per queue (none without queues), and which rows are in trouble.
+func (m *Model) queueLines(st styles) ([]string, []bool) {
 	var cells [][]string
 	var trouble []bool
 	for _, q := range m.doc.Queues {
@@ -452,7 +476,7 @@ func (m *Model) queueLines(st styles) []string {
 		trouble = append(trouble, bad)
 	}
 	if len(cells) == 0 {
-		return nil
+		return nil, nil
 	}
 	widths, gap := layout(queueColumns, cells, m.width-2)
 	hdr := make([]string, len(queueColumns))
@@ -467,7 +491,7 @@ func (m *Model) queueLines(st styles) []string {
 		}
 		lines = append(lines, mark+renderRow(queueColumns, c, widths, gap, nil))
 	}
-	return lines
+	return lines, trouble
 }
 
 // bottomLines are the status line and the keys (or the filter being
@@ -492,8 +516,14 @@ func (m *Model) bottomLines(st styles) []string {
 		for _, l := range strings.Split(text, "\n") {
 			status = append(status, wrapped(style, l, m.width, 4)...)
 		}
-		if len(status) > 4 {
-			status = status[:4]
+		// Four lines at most, fewer on a short screen.
+		switch limit := min(4, max(1, m.height/4)); {
+		case len(status) <= limit:
+		case limit == 1:
+			status = status[:1]
+		default:
+			more := len(status) - (limit - 1)
+			status = append(status[:limit-1], style.Render(fmt.Sprintf("… and %d more lines (the command prints them all)", more)))
 		}
 	default:
 		status = []string{""}
@@ -537,6 +567,6 @@ func helpLines(interval time.Duration) []string {
 		"exits or more in a row), a failed reload, a queue store that does not",
 		"answer. CPU% is over the last refresh (every " + interval.String() + ").",
 		"",
-		"Press any key to go back.",
+		"Press any key to go back (q quits).",
 	}
 }
