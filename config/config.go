@@ -257,8 +257,13 @@ type Service struct {
 	// Workers is the number of worker processes, ids 0..Workers-1
 	// (default 1; 0 keeps the service defined but stopped).
 	Workers int
-	// Env is added to the worker's environment, over the manager's own.
+	// Env is added to the worker's environment, over the manager's own:
+	// `env`, and the variables of EnvFiles that `env` does not set.
 	Env map[string]string
+	// EnvFiles are the dotenv files of `env_file`, read at every load of
+	// the configuration (a reload rereads them): their variables are in
+	// Env, later files over earlier ones, `env` over them all.
+	EnvFiles []EnvFile
 	// Dir is the worker's working directory, made absolute against the
 	// config file's directory (against the working directory when declared
 	// in Go); empty means the manager's working directory.

@@ -33,7 +33,7 @@ var (
 	queueKeys   = []string{"ack_wait", "capacity", "pack", "replicas", "store"}
 	natsKeys    = []string{"bridge", "creds", "local_dir", "nkey", "sync", "tls", "url"}
 	tlsKeys     = []string{"ca", "cert", "key"}
-	serviceKeys = []string{"command", "dir", "env", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
+	serviceKeys = []string{"command", "dir", "env", "env_file", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
 )
 
@@ -734,6 +734,8 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 			}
 		case "env":
 			d.env(f, s.Env)
+		case "env_file":
+			s.EnvFiles = d.envFiles(f)
 		case "dir":
 			s.Dir = d.dir(f)
 		case "stop_signal":
@@ -781,6 +783,7 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 			d.unknownKey(f, fmt.Sprintf(" in service %q", e.key), serviceKeys)
 		}
 	}
+	d.readEnvFiles(s)
 	// A command in the file replaces a declared run, and the other way
 	// round; both in the file is an error as ever.
 	switch {

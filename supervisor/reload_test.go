@@ -637,3 +637,49 @@ services:
 		return output("pinger", "serving p")(e) && e.int("pid") != pinger.int("pid")
 	})
 }
+
+// Env files: later over earlier, env over both; a reload rereads them and
+// replaces only the workers whose environment changed; a broken one is
+// refused with its line, and nothing stops.
+func TestEnvFilesAreReadAtEachReload(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	write := func(name, text string) {
+		t.Helper()
+		if err := os.WriteFile(dir+"/"+name, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("a.env", "A=a1\nB=a1\nC=a1\n")
+	write("b.env", "B=b1\n")
+	m := startManager(t, fmt.Sprintf(`
+services:
+  other:
+    run: sleeper
+  gen:
+    command: ["/bin/sh", "-c", "echo gen $A $B $C; exec /bin/sleep 1000"]
+    workers: 2
+    env: {C: env}
+    env_file: [%[1]s/a.env, %[1]s/b.env, {path: %[1]s/none.env, optional: true}]
+`, dir))
+	m.waitN("2 of gen a1 b1 env", 2, output("gen", "gen a1 b1 env"))
+	other := startsOf(m, "other")
+
+	write("b.env", "B=b2\n")
+	m.signal(syscall.SIGHUP)
+	m.waitN("2 of gen a1 b2 env", 2, output("gen", "gen a1 b2 env"))
+	if got := startsOf(m, "other"); len(got[0]) != 1 || got[0][0] != other[0][0] {
+		t.Errorf("a service without env files was replaced: before %v, after %v", other, got)
+	}
+
+	write("a.env", "A=a1\nthis is not a variable\n")
+	m.signal(syscall.SIGHUP)
+	m.waitFor("the refused reload", func(e entry) bool { return e.str("msg") == "reload failed: the running services are unchanged" })
+	if len(m.all(func(e entry) bool { return strings.Contains(e.str("msg"), "env_file "+dir+"/a.env:2: missing =") })) != 1 {
+		t.Error("the refused reload does not name the env file's line")
+	}
+	stopped := m.all(func(e entry) bool { return e.str("msg") == "worker stopped" })
+	if len(stopped) != 2 { // gen's two, replaced by the first reload
+		t.Errorf("%d workers stopped, want the 2 the good reload replaced", len(stopped))
+	}
+}

@@ -1,0 +1,208 @@
+package config
+
+// env_file: dotenv files whose variables a service's workers get.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/goccy/go-yaml/ast"
+	"github.com/hashicorp/go-envparse"
+)
+
+// EnvFile is one entry of a service's `env_file`.
+type EnvFile struct {
+	// Path is absolute: a relative one is taken from the config file's
+	// directory.
+	Path string
+	// Optional: a file that does not exist is skipped (`{path: P,
+	// optional: true}`, or systemd's `-P`); else it is an error.
+	Optional bool
+	// Pos is where the entry stands in the file.
+	Pos Position
+}
+
+// envFiles decodes env_file: a path, or a list of paths and {path,
+// optional} mappings.
+func (d *decoder) envFiles(e entry) []EnvFile {
+	n, ok := d.deref(e.val)
+	if !ok {
+		return nil
+	}
+	const want = `env_file must be a path or a list of them, each a path or {path: P, optional: true}`
+	var items []entry
+	switch n := n.(type) {
+	case *ast.SequenceNode:
+		for i, v := range n.Values {
+			items = append(items, d.element(fmt.Sprintf("env_file[%d]", i), v))
+		}
+	case *ast.StringNode, *ast.LiteralNode:
+		items = []entry{e}
+	default:
+		d.errorf(e.pos, "%s (got %s)", want, describe(n))
+		return nil
+	}
+	var out []EnvFile
+	for _, it := range items {
+		f := EnvFile{Pos: it.pos}
+		v, ok := d.deref(it.val)
+		if !ok {
+			continue
+		}
+		if _, isMap := v.(*ast.MappingNode); isMap {
+			errs := len(d.errs)
+			fields, _ := d.expectMapping(it, want, "key")
+			for _, fe := range fields {
+				switch fe.key {
+				case "path":
+					f.Path, _ = d.text(fe, "a file path")
+				case "optional":
+					fv, ok := d.deref(fe.val)
+					if b, isBool := fv.(*ast.BoolNode); ok && isBool {
+						f.Optional = b.Value
+					} else if ok {
+						d.errorf(fe.pos, "optional must be true or false (got %s)", describe(fv))
+					}
+				default:
+					d.unknownKey(fe, " in env_file", []string{"optional", "path"})
+				}
+			}
+			if f.Path == "" {
+				d.errorf(it.pos, "env_file entry has no path (write {path: .env, optional: true})")
+				continue
+			}
+			if len(d.errs) > errs {
+				continue // not read: the entry is wrong
+			}
+		} else {
+			p, ok := d.text(it, "a file path")
+			if !ok {
+				continue
+			}
+			// systemd's EnvironmentFile=-PATH: optional.
+			if rest, dash := strings.CutPrefix(p, "-"); dash {
+				p, f.Optional = rest, true
+			}
+			f.Path = p
+		}
+		abs, msg := envFileRule(f.Path, fileBase(d.file))
+		if !d.problem(f.Pos, msg) {
+			continue
+		}
+		f.Path = abs
+		out = append(out, f)
+	}
+	return out
+}
+
+// envFileRule is the rule for a path of env_file: no NUL, no "~", made
+// absolute against base. It returns the absolute path, or "" and the
+// message.
+func envFileRule(path string, base baseDir) (string, string) {
+	switch {
+	case path == "":
+		return "", `env_file path is empty (write the path of a file of NAME=value lines)`
+	case strings.IndexByte(path, 0) >= 0:
+		return "", `env_file path contains a NUL byte (a path cannot hold "\0")`
+	case path == "~" || strings.HasPrefix(path, "~/"):
+		return "", fmt.Sprintf(`env_file %q starts with "~" (gotyledon does not expand "~"; write the full path)`, path)
+	case filepath.IsAbs(path):
+		return filepath.Clean(path), ""
+	}
+	abs, err := base.abs()
+	if err != nil {
+		return "", fmt.Sprintf("cannot resolve env_file %q against %s: %v (write an absolute path)", path, base.name, err)
+	}
+	return filepath.Join(abs, path), ""
+}
+
+// maxEnvFile bounds what an env file may hold: it is read at every load of
+// the configuration.
+const maxEnvFile = 1 << 20
+
+// readEnvFile reads the regular file path, at most maxEnvFile bytes: a
+// FIFO or a device would block the load, or never end.
+func readEnvFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("env_file %s is not a regular file", path)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxEnvFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxEnvFile {
+		return nil, fmt.Errorf("env_file %s is larger than %d bytes", path, maxEnvFile)
+	}
+	return data, nil
+}
+
+// readEnvFiles reads s's env files, in order, and adds their variables to
+// s.Env where env did not set them: later files override earlier ones,
+// env overrides them all. A file that cannot be read (but an optional one
+// that does not exist) or parsed, or a variable env could not hold, is an
+// error at its entry.
+func (d *decoder) readEnvFiles(s *Service) {
+	fromFiles := map[string]string{}
+	for _, f := range s.EnvFiles {
+		data, err := readEnvFile(f.Path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && f.Optional:
+			continue
+		case errors.Is(err, fs.ErrNotExist):
+			d.errorf(f.Pos, "env_file %s does not exist (create it, or mark it optional: {path: %s, optional: true})", f.Path, strconv.Quote(f.Path))
+			continue
+		case err != nil && strings.HasPrefix(err.Error(), "env_file "):
+			d.errorf(f.Pos, "%v", err)
+			continue
+		case err != nil:
+			d.errorf(f.Pos, "env_file: %v", err)
+			continue
+		}
+		vars, err := envparse.Parse(strings.NewReader(string(data)))
+		if err != nil {
+			var pe *envparse.ParseError
+			if errors.As(err, &pe) && pe.Line > 0 {
+				d.errorf(f.Pos, "env_file %s:%d: %v (want NAME=value, a value in quotes to hold spaces or #)", f.Path, pe.Line, pe.Err)
+			} else {
+				d.errorf(f.Pos, "env_file %s: %v", f.Path, err)
+			}
+			continue
+		}
+		bad := false
+		for name, val := range vars {
+			if msg := envNameProblem(name); msg != "" {
+				d.errorf(f.Pos, "env_file %s: %s", f.Path, msg)
+				bad = true
+			} else if msg := envValueProblem(name, val); msg != "" {
+				d.errorf(f.Pos, "env_file %s: %s", f.Path, msg)
+				bad = true
+			}
+		}
+		if bad {
+			continue
+		}
+		for name, val := range vars {
+			fromFiles[name] = val
+		}
+	}
+	for name, val := range fromFiles {
+		if _, set := s.Env[name]; !set {
+			s.Env[name] = val
+		}
+	}
+}
