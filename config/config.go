@@ -360,6 +360,35 @@ type Restart struct {
 	MinUptime      time.Duration // `min_uptime`, default 1s, at least MinUptimeFloor
 	BackoffInitial time.Duration // `backoff_initial`, default 100ms, at least BackoffFloor
 	BackoffMax     time.Duration // `backoff_max`, default 30s
+	// Policy says which exits are restarted (`policy`, default
+	// RestartAlways).
+	Policy RestartPolicy
+}
+
+// RestartPolicy says which exits of a worker are followed by a new
+// process.
+type RestartPolicy int
+
+const (
+	// RestartAlways: every exit (`always`).
+	RestartAlways RestartPolicy = iota
+	// RestartOnFailure: an exit with a non-zero code or by a signal
+	// (`on-failure`); an exit with code 0 completes the worker.
+	RestartOnFailure
+	// RestartNever: none (`never`); the worker completes at its first
+	// exit, whatever its status: a one-shot task.
+	RestartNever
+)
+
+// String is the policy as the file writes it.
+func (p RestartPolicy) String() string {
+	switch p {
+	case RestartOnFailure:
+		return "on-failure"
+	case RestartNever:
+		return "never"
+	}
+	return "always"
 }
 
 // Position is where a value was set: a place in a configuration file,

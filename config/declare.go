@@ -67,6 +67,7 @@ type serviceDecl struct {
 	stopTimeout                           setting[time.Duration]
 	minUptime, backoffInitial, backoffMax setting[time.Duration]
 	replace                               setting[Replace]
+	restartPolicy                         setting[RestartPolicy]
 	ready                                 setting[Ready]
 	readyTimeout, watchdog                setting[time.Duration]
 }
@@ -243,6 +244,12 @@ func BackoffInitial(t time.Duration) ServiceOption {
 // BackoffMax sets `restart.backoff_max` (default 30s).
 func BackoffMax(t time.Duration) ServiceOption {
 	return func(s *serviceDecl) { s.backoffMax.set(t, s.now) }
+}
+
+// RestartWith sets `restart.policy` (default RestartAlways): which exits
+// are followed by a new process.
+func RestartWith(p RestartPolicy) ServiceOption {
+	return func(s *serviceDecl) { s.restartPolicy.set(p, s.now) }
 }
 
 // ReplaceWith sets `replace` (default ReplaceRolling): how a reload
@@ -635,6 +642,9 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 	}
 	if rp := sd.replace; rp.isSet() && r.problem(rp.seq, path+".replace", replaceProblem(rp.v, fmt.Sprintf("Replace(%d)", int(rp.v)))) {
 		s.Replace = rp.v
+	}
+	if rp := sd.restartPolicy; rp.isSet() && r.problem(rp.seq, path+".restart.policy", restartPolicyProblem(rp.v, fmt.Sprintf("RestartPolicy(%d)", int(rp.v)))) {
+		s.Restart.Policy = rp.v
 	}
 	if rd := sd.ready; rd.isSet() && r.problem(rd.seq, path+".ready", readyProblem(rd.v, fmt.Sprintf("Ready(%d)", int(rd.v)))) {
 		s.Ready = rd.v

@@ -34,7 +34,7 @@ var (
 	natsKeys    = []string{"bridge", "creds", "local_dir", "nkey", "sync", "tls", "url"}
 	tlsKeys     = []string{"ca", "cert", "key"}
 	serviceKeys = []string{"command", "dir", "env", "env_file", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
-	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime"}
+	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime", "policy"}
 )
 
 // IsManagerOnlyEnv reports whether name is one of the variables systemd
@@ -918,7 +918,14 @@ func upperASCII(s string) string {
 // declared values. maxWhence says where r's backoff_max comes from, for
 // an error about backoff_initial.
 func (d *decoder) restart(m entry, service string, r *Restart, maxWhence string) {
-	ents, _ := d.expectMapping(m, "restart must be a mapping of min_uptime, backoff_initial and backoff_max", "key")
+	mustBe := "restart must be a mapping of policy, min_uptime, backoff_initial and backoff_max"
+	// Compose and PM2 write `restart: always`: say where the word goes.
+	if n, ok := d.deref(m.val); ok {
+		if v, isText := scalarText(n); isText && isStringNode(n) && wordIndex[RestartPolicy](v, "always", "on-failure", "never") >= 0 {
+			mustBe += fmt.Sprintf(" (write restart: {policy: %s})", v)
+		}
+	}
+	ents, _ := d.expectMapping(m, mustBe, "key")
 	var initialAt, maxAt *Position // where valid backoff values were set
 	valid := true
 	for _, e := range ents {
@@ -926,6 +933,13 @@ func (d *decoder) restart(m entry, service string, r *Restart, maxWhence string)
 		case "min_uptime":
 			if t, ok := d.duration(e); ok {
 				r.MinUptime = t
+			}
+		case "policy":
+			if v, ok := d.text(e, `"always", "on-failure" or "never"`); ok {
+				p := wordIndex[RestartPolicy](v, "always", "on-failure", "never")
+				if d.problem(e.pos, restartPolicyProblem(p, strconv.Quote(v))) {
+					r.Policy = p
+				}
 			}
 		case "backoff_initial", "backoff_max":
 			t, ok := d.duration(e)

@@ -74,7 +74,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown restart key",
 			src:  "services:\n  web:\n    command: [a]\n    restart:\n      min_uptme: 2s\n",
-			want: `c.yaml:5:7: unknown key "min_uptme" in restart of service "web" (did you mean "min_uptime"? known keys: backoff_initial, backoff_max, min_uptime)`,
+			want: `c.yaml:5:7: unknown key "min_uptme" in restart of service "web" (did you mean "min_uptime"? known keys: backoff_initial, backoff_max, min_uptime, policy)`,
 		},
 		{
 			name: "duplicate top-level key",
@@ -169,7 +169,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "restart not a mapping",
 			src:  "services:\n  web:\n    command: [a]\n    restart: always\n",
-			want: `c.yaml:4:14: restart must be a mapping of min_uptime, backoff_initial and backoff_max (got "always")`,
+			want: `c.yaml:4:14: restart must be a mapping of policy, min_uptime, backoff_initial and backoff_max (write restart: {policy: always}) (got "always")`,
 		},
 		{
 			name: "bad duration",

@@ -579,3 +579,12 @@ func syncRule(v, got string) (bool, time.Duration, string) {
 	}
 	return false, t, ""
 }
+
+// restartPolicyProblem is the rule for restart.policy: one of its words
+// (p < 0 when got is not), or of its constants.
+func restartPolicyProblem(p RestartPolicy, got string) string {
+	if p < RestartAlways || p > RestartNever {
+		return fmt.Sprintf(`restart policy must be "always", "on-failure" or "never" (got %s)`, got)
+	}
+	return ""
+}

@@ -105,8 +105,13 @@ const (
 	// stateBackoff: the process exited soon after its start and the slot
 	// waits out its restart delay with no process.
 	stateBackoff
+	// stateCompleted: the process exited and its service's restart policy
+	// does not restart it (a one-shot task); the slot stays, with no
+	// process, until a reload changes its definition, a restart asks for
+	// it, or the service goes.
+	stateCompleted
 )
 
-var stateNames = [...]string{"starting", "running", "stopping", "backoff"}
+var stateNames = [...]string{"starting", "running", "stopping", "backoff", "completed"}
 
 func (s workerState) String() string { return stateNames[s] }

@@ -62,7 +62,15 @@ func (s *Supervisor) onRestart(r restartRequested) {
 	}
 	marked := 0
 	for _, w := range s.workers {
-		if w.key.service == r.service && (r.id < 0 || w.key.id == r.id) && w.state == stateRunning && w.prevSvc == nil {
+		if w.key.service != r.service || r.id >= 0 && w.key.id != r.id {
+			continue
+		}
+		switch {
+		case w.state == stateCompleted:
+			// A one-shot asked for again runs again: nothing to replace.
+			s.start(w)
+			marked++
+		case w.state == stateRunning && w.prevSvc == nil:
 			w.stale = true
 			marked++
 		}

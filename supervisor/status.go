@@ -42,8 +42,9 @@ type ServiceStatus struct {
 	Desired, Configured int
 	// Running counts the workers whose process is up and not stopping;
 	// Ready those of them that are ready; Backoff those waiting out a
-	// restart delay.
-	Running, Ready, Backoff int
+	// restart delay; Completed those whose process exited and that their
+	// restart policy does not restart (one-shot tasks).
+	Running, Ready, Backoff, Completed int
 	// Counters since the manager started, kept across reloads.
 	Counters ServiceCounters
 	// Workers by id, including surplus ones still stopping.
@@ -84,7 +85,8 @@ var ExitReasons = []ExitReason{ExitStopped, ExitClean, ExitError, ExitSignal, Ex
 // WorkerStatus is one worker slot in a ServiceStatus.
 type WorkerStatus struct {
 	ID int
-	// State is "starting", "running", "stopping" or "backoff".
+	// State is "starting", "running", "stopping", "backoff" or
+	// "completed".
 	State string
 	// PID of the current process; 0 when there is none (backoff, or a
 	// start not yet answered).
@@ -396,6 +398,8 @@ func (s *Supervisor) status() Status {
 			}
 		case stateBackoff:
 			sv.Backoff++
+		case stateCompleted:
+			sv.Completed++
 		}
 		ws := WorkerStatus{
 			ID: w.key.id, State: w.state.String(), PID: w.pid, Restarts: w.restarts, Failures: w.failures,

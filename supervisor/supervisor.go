@@ -729,12 +729,63 @@ func (s *Supervisor) onExited(ev workerExited) {
 		s.replaceNext(w.key.service)
 		return
 	}
+	if completes(w.svc.Restart.Policy, ev.status) {
+		s.complete(w, ev.status, fields)
+		return
+	}
 	s.log.Warn("worker exited", fields...)
 	if !wasReady && s.replacementFailed(w) {
 		s.halt(w, fmt.Errorf("%s worker %d %s before ready", w.key.service, w.key.id, status))
 		return
 	}
 	s.scheduleRestart(w, uptime)
+}
+
+// completes reports whether an exit with status ends a worker under
+// policy rather than being restarted.
+func completes(policy config.RestartPolicy, status unix.WaitStatus) bool {
+	switch policy {
+	case config.RestartNever:
+		return true
+	case config.RestartOnFailure:
+		return status.Exited() && status.ExitStatus() == 0
+	}
+	return false
+}
+
+// complete leaves w's slot without a process, not to be restarted: its
+// one-shot task is done (or failed, under restart policy never). A
+// success counts as ready for the manager's start and for a rolling
+// change; a failure as a worker that never became ready, and, if it was
+// a rolling change's new process, halts it.
+func (s *Supervisor) complete(w *worker, status unix.WaitStatus, fields []zap.Field) {
+	ok := status.Exited() && status.ExitStatus() == 0
+	if !ok && s.replacementFailed(w) {
+		s.log.Warn("worker exited", fields...)
+		s.halt(w, fmt.Errorf("%s worker %d %s", w.key.service, w.key.id, describeStatus(status)))
+		return
+	}
+	w.state = stateCompleted
+	w.pid = 0
+	w.failures = 0
+	if ok {
+		s.log.Info("worker completed", fields...)
+	} else {
+		s.log.Warn("worker failed; its restart policy does not restart it", append(fields, zap.Stringer("policy", w.svc.Restart.Policy))...)
+	}
+	if w.awaited {
+		w.awaited = false
+		if !ok {
+			s.notReadyAtStart = append(s.notReadyAtStart, fmt.Sprintf("%s/%d (%s)", w.key.service, w.key.id, describeStatus(status)))
+		}
+		s.checkReady()
+	}
+	if w.prevSvc != nil {
+		w.prevSvc = nil
+		s.log.Info("replacement worker completed", s.fields(w)...)
+	}
+	s.replaceNext(w.key.service)
+	s.rolloutProgressed()
 }
 
 // exitReason classifies how a process in state ended, for the counters.
@@ -857,6 +908,16 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 			}
 		case w.state == stateBackoff:
 			w.svc = svc // its next start uses the new definition
+		case w.state == stateCompleted:
+			// A one-shot runs again when what it runs changed (by the
+			// file: a rescale changes nothing), or when its policy now
+			// restarts it.
+			rerun := processChanged(w.svc, svc) && fromFile || svc.Restart.Policy == config.RestartAlways
+			w.svc = svc
+			if rerun {
+				starting++
+				s.start(w)
+			}
 		case processChanged(w.svc, svc) && !fromFile:
 			// A rescale: a process that runs another definition than the
 			// configuration's (one a halted rollout left on the new
@@ -989,10 +1050,11 @@ func (s *Supervisor) stopLastWhenAlone() {
 
 // stop ends w's slot: its process group gets the stop signal (SIGKILL in a
 // fast shutdown), and SIGKILL when the stop timeout, counted from the
-// signal's delivery, is over; a slot waiting out a backoff is dropped.
+// signal's delivery, is over; a slot waiting out a backoff, or completed,
+// is dropped.
 func (s *Supervisor) stop(w *worker) {
 	switch w.state {
-	case stateBackoff:
+	case stateBackoff, stateCompleted:
 		cancel(&w.cancelRestart)
 		delete(s.workers, w.key)
 		s.checkReady()

@@ -70,7 +70,7 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	}
 	pinned := map[string][]string{
 		"top":         {"config", "last_reload", "pid", "queues", "ready", "reloads", "rolling", "schema", "services", "started_at", "stopping", "uptime_seconds"},
-		"service":     {"backoff", "configured", "desired", "exits", "name", "ready", "restarts", "running", "tasks", "watchdog_aborts", "workers"},
+		"service":     {"backoff", "completed", "configured", "desired", "exits", "name", "ready", "restarts", "running", "tasks", "watchdog_aborts", "workers"},
 		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
 		"worker":      {"cpu_seconds", "failures", "id", "last_exit", "last_exit_at", "memory_bytes", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds", "usage_of"},
 		"queue":       {"acked_per_second", "acked_per_second_history", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_per_second_history", "put_total", "redelivered_total", "tasks"},

@@ -48,6 +48,10 @@ type ServiceStatus struct {
 	Running    int `json:"running"`
 	Ready      int `json:"ready"` // running workers that are ready
 	Backoff    int `json:"backoff"`
+	// Completed counts workers whose process exited and that their
+	// restart policy does not restart (one-shot tasks): state
+	// "completed", last_exit and last_exit_at say how and when.
+	Completed int `json:"completed"`
 	// Restarts and Exits count since the manager started; Exits by
 	// reason: stopped, clean, error, signal, start_failed.
 	Restarts       uint64            `json:"restarts"`
@@ -97,7 +101,7 @@ func (s *Status) AddServiceTasks(tasks map[string]ipc.TaskStats) {
 // WorkerStatus is one worker slot, by id.
 type WorkerStatus struct {
 	ID int `json:"id"`
-	// State is starting, running, stopping or backoff.
+	// State is starting, running, stopping, backoff or completed.
 	State         string     `json:"state"`
 	PID           int        `json:"pid"` // 0 without a process
 	StartedAt     *time.Time `json:"started_at"`
@@ -199,7 +203,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 	}
 	for _, sv := range st.Services {
 		sd := ServiceStatus{
-			Name: sv.Name, Desired: sv.Desired, Configured: sv.Configured, Running: sv.Running, Ready: sv.Ready, Backoff: sv.Backoff,
+			Name: sv.Name, Desired: sv.Desired, Configured: sv.Configured, Running: sv.Running, Ready: sv.Ready, Backoff: sv.Backoff, Completed: sv.Completed,
 			Restarts: sv.Counters.Restarts, WatchdogAborts: sv.Counters.WatchdogAborts, Exits: map[string]uint64{}, Workers: []WorkerStatus{},
 		}
 		for _, reason := range supervisor.ExitReasons {
@@ -300,6 +304,9 @@ func (s *Status) Summary() string {
 		if sv.Backoff > 0 {
 			notes = append(notes, fmt.Sprintf("%d in backoff", sv.Backoff))
 		}
+		if sv.Completed > 0 {
+			notes = append(notes, fmt.Sprintf("%d completed", sv.Completed))
+		}
 		if len(notes) > 0 {
 			fmt.Fprintf(&b, " (%s)", strings.Join(notes, "; "))
 		}
@@ -340,7 +347,7 @@ func notReady(sv ServiceStatus) string {
 	var ids []string
 	n := 0
 	for _, w := range sv.Workers {
-		if w.Ready || w.State == "backoff" || w.ID >= sv.Desired {
+		if w.Ready || w.State == "backoff" || w.State == "completed" || w.ID >= sv.Desired {
 			continue
 		}
 		n++

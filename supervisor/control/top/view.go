@@ -71,6 +71,15 @@ const sparkWidth = 8
 // in a row.
 func flapping(w control.WorkerStatus) bool { return w.State == "backoff" || w.Failures >= 2 }
 
+// failedOnce: a one-shot worker whose run failed (completed, not with
+// exit code 0).
+func failedOnce(w control.WorkerStatus) bool {
+	return w.State == "completed" && w.LastExit != "exit code 0"
+}
+
+// troubled: what the view marks with "!".
+func troubled(w control.WorkerStatus) bool { return flapping(w) || failedOnce(w) }
+
 // View is the screen, in the terminal's alternate screen.
 func (m *Model) View() tea.View {
 	v := tea.NewView(m.Frame())
@@ -330,7 +339,9 @@ func (m *Model) serviceLines(st styles) (header string, rows []string, selectedA
 				if w.RetryAt != nil {
 					state = "backoff " + compactDuration(w.RetryAt.Sub(now))
 				}
-			case w.State == "stopping":
+			case failedOnce(w):
+				style = st.bad
+			case w.State == "stopping", w.State == "completed":
 				style = st.faint
 			case w.State != "running" || !w.Ready:
 				style = st.warn
@@ -364,7 +375,7 @@ func (m *Model) serviceLines(st styles) (header string, rows []string, selectedA
 			}
 			c := []string{"  #" + strconv.Itoa(w.ID), state, ready, pid, uptime, cpu, mem, strconv.Itoa(w.Restarts), exit}
 			cells = append(cells, c)
-			workers = append(workers, workerRow{key: rowKey{s.Name, w.ID}, cells: c, trouble: flapping(w), state: style})
+			workers = append(workers, workerRow{key: rowKey{s.Name, w.ID}, cells: c, trouble: troubled(w), state: style})
 		}
 	}
 	widths, gap := layout(workerColumns, cells, m.width-2)
@@ -381,7 +392,7 @@ func (m *Model) serviceLines(st styles) (header string, rows []string, selectedA
 			continue
 		}
 		key := rowKey{s.Name, -1}
-		bad := slices.ContainsFunc(s.Workers, flapping)
+		bad := slices.ContainsFunc(s.Workers, troubled)
 		if bad {
 			trouble[len(rows)] = s.Name
 		}
@@ -438,6 +449,14 @@ func (m *Model) serviceSummary(st styles, s control.ServiceStatus) string {
 	parts = append(parts, countOf(int(s.Restarts), "restart"))
 	if s.Backoff > 0 {
 		parts = append(parts, st.bad.Render(fmt.Sprintf("%d in backoff", s.Backoff)))
+	}
+	if s.Completed > 0 {
+		done := fmt.Sprintf("%d completed", s.Completed)
+		if failed := countFunc(s.Workers, failedOnce); failed > 0 {
+			parts = append(parts, st.bad.Render(fmt.Sprintf("%s, %d failed", done, failed)))
+		} else {
+			parts = append(parts, done)
+		}
 	}
 	if slices.ContainsFunc(s.Workers, func(w control.WorkerStatus) bool { return w.Failures >= 2 }) {
 		parts = append(parts, st.bad.Render("FLAPPING"))
@@ -538,6 +557,17 @@ func (m *Model) bottomLines(st styles) []string {
 	return append(status, keys)
 }
 
+// countFunc counts the elements of xs for which f is true.
+func countFunc[T any](xs []T, f func(T) bool) int {
+	n := 0
+	for _, x := range xs {
+		if f(x) {
+			n++
+		}
+	}
+	return n
+}
+
 // countOf says n things: "1 worker", "3 workers".
 func countOf(n int, thing string) string {
 	if n == 1 {
@@ -564,8 +594,9 @@ func helpLines(interval time.Duration) []string {
 		"  q  ctrl+c     quit",
 		"",
 		"Marks: > the selected row; ! a worker in backoff or flapping (two quick",
-		"exits or more in a row), a failed reload, a queue store that does not",
-		"answer. CPU% is over the last refresh (every " + interval.String() + ").",
+		"exits or more in a row), a one-shot worker whose run failed, a failed",
+		"reload, a queue store that does not answer. CPU% is over the last",
+		"refresh (every " + interval.String() + ").",
 		"",
 		"Press any key to go back (q quits).",
 	}
