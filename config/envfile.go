@@ -3,14 +3,18 @@ package config
 // env_file: dotenv files whose variables a service's workers get.
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/goccy/go-yaml/ast"
 	"github.com/hashicorp/go-envparse"
@@ -126,10 +130,18 @@ func envFileRule(path string, base baseDir) (string, string) {
 // the configuration.
 const maxEnvFile = 1 << 20
 
-// readEnvFile reads the regular file path, at most maxEnvFile bytes: a
-// FIFO or a device would block the load, or never end.
+// readEnvFile reads the regular file path, at most maxEnvFile bytes. What
+// is not a regular file is refused before it is opened (opening a FIFO
+// blocks, a device may act), and the file is opened without blocking and
+// without becoming a terminal, in case it was swapped meanwhile.
 func readEnvFile(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	notRegular := fmt.Errorf("env_file %s is not a regular file", path)
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, notRegular
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +151,7 @@ func readEnvFile(path string) ([]byte, error) {
 		return nil, err
 	}
 	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("env_file %s is not a regular file", path)
+		return nil, notRegular
 	}
 	data, err := io.ReadAll(io.LimitReader(f, maxEnvFile+1))
 	if err != nil {
@@ -151,12 +163,13 @@ func readEnvFile(path string) ([]byte, error) {
 	return data, nil
 }
 
-// readEnvFiles reads s's env files, in order, and adds their variables to
-// s.Env where env did not set them: later files override earlier ones,
-// env overrides them all. A file that cannot be read (but an optional one
-// that does not exist) or parsed, or a variable env could not hold, is an
-// error at its entry.
-func (d *decoder) readEnvFiles(s *Service) {
+// readEnvFiles reads s's env files, in order, into s.Env, then fileEnv
+// (the file's env): later files override earlier ones and what the
+// program declared, the file's env overrides them all. A file that cannot
+// be read (but an optional one that does not exist) or parsed, or a
+// variable env could not hold, is an error at its entry.
+func (d *decoder) readEnvFiles(s *Service, fileEnv map[string]string) {
+	defer maps.Copy(s.Env, fileEnv)
 	fromFiles := map[string]string{}
 	for _, f := range s.EnvFiles {
 		data, err := readEnvFile(f.Path)
@@ -176,20 +189,25 @@ func (d *decoder) readEnvFiles(s *Service) {
 		vars, err := envparse.Parse(strings.NewReader(string(data)))
 		if err != nil {
 			var pe *envparse.ParseError
-			if errors.As(err, &pe) && pe.Line > 0 {
+			switch {
+			case errors.As(err, &pe) && errors.Is(pe.Err, bufio.ErrTooLong):
+				// The scanner stops before it counts the long line.
+				d.errorf(f.Pos, "env_file %s:%d: a line longer than %d KiB", f.Path, pe.Line+1, bufio.MaxScanTokenSize>>10)
+			case errors.As(err, &pe) && pe.Line > 0:
 				d.errorf(f.Pos, "env_file %s:%d: %v (want NAME=value, a value in quotes to hold spaces or #)", f.Path, pe.Line, pe.Err)
-			} else {
+			default:
 				d.errorf(f.Pos, "env_file %s: %v", f.Path, err)
 			}
 			continue
 		}
 		bad := false
-		for name, val := range vars {
-			if msg := envNameProblem(name); msg != "" {
-				d.errorf(f.Pos, "env_file %s: %s", f.Path, msg)
-				bad = true
-			} else if msg := envValueProblem(name, val); msg != "" {
-				d.errorf(f.Pos, "env_file %s: %s", f.Path, msg)
+		for _, name := range slices.Sorted(maps.Keys(vars)) {
+			msg := envNameProblem(name)
+			if msg == "" {
+				msg = envValueProblem(name, vars[name])
+			}
+			if msg != "" {
+				d.errorf(f.Pos, "env_file %s:%d: %s", f.Path, lineOf(data, name), msg)
 				bad = true
 			}
 		}
@@ -200,9 +218,19 @@ func (d *decoder) readEnvFiles(s *Service) {
 			fromFiles[name] = val
 		}
 	}
-	for name, val := range fromFiles {
-		if _, set := s.Env[name]; !set {
-			s.Env[name] = val
+	maps.Copy(s.Env, fromFiles)
+}
+
+// lineOf is the line of data that sets name last (as the parser keeps
+// the last), 0 if none seems to.
+func lineOf(data []byte, name string) int {
+	line := 0
+	for i, l := range strings.Split(string(data), "\n") {
+		l = strings.TrimSpace(l)
+		l = strings.TrimSpace(strings.TrimPrefix(l, "export "))
+		if k, _, ok := strings.Cut(l, "="); ok && strings.TrimSpace(k) == name {
+			line = i + 1
 		}
 	}
+	return line
 }

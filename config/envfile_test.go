@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -62,16 +63,24 @@ func TestEnvFileErrors(t *testing.T) {
 	dir := writeFiles(t, map[string]string{
 		"bad.env":      "A=1\nnot a variable\n",
 		"reserved.env": "NOTIFY_SOCKET=/x\n",
+		"long.env":     "A=1\nB=" + strings.Repeat("x", 70_000) + "\n",
 	})
 	if err := os.Mkdir(filepath.Join(dir, "a-dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// A FIFO is refused before it is opened: opening it would block the
+	// load until something writes to it.
+	if err := syscall.Mkfifo(filepath.Join(dir, "fifo.env"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	head := "services:\n  web:\n    command: [/bin/true]\n    env_file: "
 	for _, tt := range []struct{ value, want string }{
 		{"[missing.env]", `c.yaml:4:16: env_file ` + dir + `/missing.env does not exist (create it, or mark it optional: {path: "` + dir + `/missing.env", optional: true})`},
 		{"[bad.env]", `c.yaml:4:16: env_file ` + dir + `/bad.env:2: missing = (want NAME=value, a value in quotes to hold spaces or #)`},
-		{"reserved.env", `c.yaml:4:15: env_file ` + dir + `/reserved.env: env name "NOTIFY_SOCKET" is reserved`},
+		{"reserved.env", `c.yaml:4:15: env_file ` + dir + `/reserved.env:1: env name "NOTIFY_SOCKET" is reserved`},
 		{"a-dir", `c.yaml:4:15: env_file ` + dir + `/a-dir is not a regular file`},
+		{"fifo.env", `c.yaml:4:15: env_file ` + dir + `/fifo.env is not a regular file`},
+		{"long.env", `c.yaml:4:15: env_file ` + dir + `/long.env:2: a line longer than 64 KiB`},
 		{"/dev/null", `c.yaml:4:15: env_file /dev/null is not a regular file`},
 		{"3", `c.yaml:4:15: env_file must be a path or a list of them, each a path or {path: P, optional: true} (got 3)`},
 		{"[{optional: true}]", `c.yaml:4:16: env_file entry has no path (write {path: .env, optional: true})`},
@@ -83,5 +92,21 @@ func TestEnvFileErrors(t *testing.T) {
 		if err == nil || !strings.HasPrefix(err.Error(), filepath.Join(dir, tt.want)) {
 			t.Errorf("env_file: %s:\n got %v\nwant %s...", tt.value, err, tt.want)
 		}
+	}
+}
+
+// What the file sets wins over what the program declares: its env files
+// over the declared env, its env over both.
+func TestEnvFilesOverADeclaration(t *testing.T) {
+	dir := writeFiles(t, map[string]string{"app.env": "LOG_LEVEL=debug\nPORT=1\n"})
+	var d Declaration
+	d.Service("web", Command("/bin/true"), Env(map[string]string{"LOG_LEVEL": "info", "PORT": "80", "KEEP": "k"}))
+	src := "services:\n  web:\n    env: {PORT: \"2\"}\n    env_file: app.env\n"
+	cfg, err := ParseOver(&d, filepath.Join(dir, "c.yaml"), []byte(src), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := cfg.Service("web").Env, map[string]string{"LOG_LEVEL": "debug", "PORT": "2", "KEEP": "k"}; !maps.Equal(got, want) {
+		t.Errorf("env %v, want %v", got, want)
 	}
 }

@@ -719,6 +719,10 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 		return s
 	}
 	var hasCommand, hasRun bool
+	// The file's env is kept apart until its env files are read: they
+	// override what the program declared, and the file's env overrides
+	// them.
+	fileEnv := map[string]string{}
 	var reloadPos Position // of a valid reload_signal, if the file set one
 	for _, f := range ents {
 		switch f.key {
@@ -733,7 +737,7 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 				s.Workers = int(n)
 			}
 		case "env":
-			d.env(f, s.Env)
+			d.env(f, fileEnv)
 		case "env_file":
 			s.EnvFiles = d.envFiles(f)
 		case "dir":
@@ -783,7 +787,7 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 			d.unknownKey(f, fmt.Sprintf(" in service %q", e.key), serviceKeys)
 		}
 	}
-	d.readEnvFiles(s)
+	d.readEnvFiles(s, fileEnv)
 	// A command in the file replaces a declared run, and the other way
 	// round; both in the file is an error as ever.
 	switch {

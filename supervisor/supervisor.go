@@ -675,8 +675,21 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 		s.halt(w, fmt.Errorf("%s worker %d failed to start: %w", w.key.service, w.key.id, ev.err))
 		return
 	}
+	if s.policy(w) == config.RestartNever {
+		s.complete(w, false, "failed to start: "+ev.err.Error(), s.fields(w, zap.Error(ev.err)))
+		return
+	}
 	// A start that fails is the quickest of quick exits.
 	s.scheduleRestart(w, 0)
+}
+
+// policy is the restart policy of w's service as the configuration has it
+// now (it applies from a reload on), else of w's own definition.
+func (s *Supervisor) policy(w *worker) config.RestartPolicy {
+	if svc := s.cfg.Service(w.key.service); svc != nil {
+		return svc.Restart.Policy
+	}
+	return w.svc.Restart.Policy
 }
 
 func (s *Supervisor) onExited(ev workerExited) {
@@ -718,6 +731,13 @@ func (s *Supervisor) onExited(ev workerExited) {
 		// of quick exits.
 		if s.wanted(w.key) {
 			if aborted {
+				// Its watchdog or ready_timeout stopped it: a failure,
+				// restarted as after a crash, unless its policy says
+				// never.
+				if completes(s.policy(w), ev.status) {
+					s.complete(w, false, status, fields)
+					return
+				}
 				s.scheduleRestart(w, uptime)
 				return
 			}
@@ -729,8 +749,8 @@ func (s *Supervisor) onExited(ev workerExited) {
 		s.replaceNext(w.key.service)
 		return
 	}
-	if completes(w.svc.Restart.Policy, ev.status) {
-		s.complete(w, ev.status, fields)
+	if completes(s.policy(w), ev.status) {
+		s.complete(w, ev.status.Exited() && ev.status.ExitStatus() == 0, status, fields)
 		return
 	}
 	s.log.Warn("worker exited", fields...)
@@ -754,15 +774,23 @@ func completes(policy config.RestartPolicy, status unix.WaitStatus) bool {
 }
 
 // complete leaves w's slot without a process, not to be restarted: its
-// one-shot task is done (or failed, under restart policy never). A
-// success counts as ready for the manager's start and for a rolling
-// change; a failure as a worker that never became ready, and, if it was
-// a rolling change's new process, halts it.
-func (s *Supervisor) complete(w *worker, status unix.WaitStatus, fields []zap.Field) {
-	ok := status.Exited() && status.ExitStatus() == 0
+// one-shot task is done (ok), or failed (under restart policy never; how
+// says how). A success counts as ready for the manager's start and for a
+// rolling change; a failure as a worker that never became ready, and, if
+// it was a rolling change's new process, halts it. A slot a rolling
+// change had yet to replace runs again at once on the new definition.
+func (s *Supervisor) complete(w *worker, ok bool, how string, fields []zap.Field) {
 	if !ok && s.replacementFailed(w) {
 		s.log.Warn("worker exited", fields...)
-		s.halt(w, fmt.Errorf("%s worker %d %s", w.key.service, w.key.id, describeStatus(status)))
+		s.halt(w, fmt.Errorf("%s worker %d %s", w.key.service, w.key.id, how))
+		return
+	}
+	if w.stale {
+		w.stale = false
+		w.svc = s.cfg.Service(w.key.service)
+		s.log.Info("worker ended before its turn in a rolling change; starting it on the new definition", fields...)
+		s.start(w)
+		s.rolloutProgressed()
 		return
 	}
 	w.state = stateCompleted
@@ -771,12 +799,12 @@ func (s *Supervisor) complete(w *worker, status unix.WaitStatus, fields []zap.Fi
 	if ok {
 		s.log.Info("worker completed", fields...)
 	} else {
-		s.log.Warn("worker failed; its restart policy does not restart it", append(fields, zap.Stringer("policy", w.svc.Restart.Policy))...)
+		s.log.Warn("worker failed; its restart policy does not restart it", append(fields, zap.Stringer("policy", s.policy(w)))...)
 	}
 	if w.awaited {
 		w.awaited = false
 		if !ok {
-			s.notReadyAtStart = append(s.notReadyAtStart, fmt.Sprintf("%s/%d (%s)", w.key.service, w.key.id, describeStatus(status)))
+			s.notReadyAtStart = append(s.notReadyAtStart, fmt.Sprintf("%s/%d (%s)", w.key.service, w.key.id, how))
 		}
 		s.checkReady()
 	}
@@ -912,9 +940,9 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 			// A one-shot runs again when what it runs changed (by the
 			// file: a rescale changes nothing), or when its policy now
 			// restarts it.
-			rerun := processChanged(w.svc, svc) && fromFile || svc.Restart.Policy == config.RestartAlways
-			w.svc = svc
-			if rerun {
+			// A rescale leaves the definition it ran on record.
+			if processChanged(w.svc, svc) && fromFile || svc.Restart.Policy == config.RestartAlways {
+				w.svc = svc
 				starting++
 				s.start(w)
 			}

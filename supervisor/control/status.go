@@ -305,7 +305,17 @@ func (s *Status) Summary() string {
 			notes = append(notes, fmt.Sprintf("%d in backoff", sv.Backoff))
 		}
 		if sv.Completed > 0 {
-			notes = append(notes, fmt.Sprintf("%d completed", sv.Completed))
+			failed := 0
+			for _, w := range sv.Workers {
+				if w.State == "completed" && w.LastExit != "exit code 0" {
+					failed++
+				}
+			}
+			note := fmt.Sprintf("%d completed", sv.Completed)
+			if failed > 0 {
+				note += fmt.Sprintf(", %d failed", failed)
+			}
+			notes = append(notes, note)
 		}
 		if len(notes) > 0 {
 			fmt.Fprintf(&b, " (%s)", strings.Join(notes, "; "))

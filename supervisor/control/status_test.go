@@ -36,6 +36,11 @@ func TestStatusSummary(t *testing.T) {
 			{Name: "mail", Forwarded: true, Store: "jetstream", StoreState: "unavailable: connection refused"},
 		}, "printer 5/5; jobs: 12 queued, 2 in flight, mail: jetstream unavailable: connection refused"},
 		{"services only", supervisor.Status{Ready: true, Services: services[:1]}, nil, "printer 5/5"},
+		{"one-shots", supervisor.Status{Ready: true, Services: []supervisor.ServiceStatus{
+			{Name: "migrate", Desired: 1, Completed: 1, Workers: []supervisor.WorkerStatus{{ID: 0, State: "completed", LastExit: "exit code 0"}}},
+			{Name: "check", Desired: 2, Completed: 2, Workers: []supervisor.WorkerStatus{
+				{ID: 0, State: "completed", LastExit: "exit code 0"}, {ID: 1, State: "completed", LastExit: "exit code 3"}}},
+		}}, nil, "migrate 0/1 (1 completed), check 0/2 (2 completed, 1 failed)"},
 		{"starting", supervisor.Status{Services: services[:1]}, nil, "starting: printer 5/5"},
 		{"stopping", supervisor.Status{Ready: true, Stopping: true, Services: services}, queues[:1],
 			"stopping: printer 5/5, producer 1/2 (1 in backoff); jobs: 12 queued, 2 in flight"},

@@ -9,6 +9,7 @@
 //	gotyledon_workers_running{service}             gauge    workers whose process is up and not stopping
 //	gotyledon_workers_ready{service}               gauge    running workers that are ready (ran min_uptime, or sent READY=1)
 //	gotyledon_workers_backoff{service}             gauge    worker slots waiting out a restart delay
+//	gotyledon_workers_completed{service}           gauge    worker slots whose process exited and that the restart policy does not restart
 //	gotyledon_worker_restarts_total{service}       counter  processes started to replace one that exited on its own
 //	gotyledon_worker_exits_total{service,reason}   counter  processes that ended, by reason: stopped, clean, error, signal, start_failed
 //	gotyledon_worker_watchdog_aborts_total{service} counter processes aborted for missing their watchdog
@@ -219,6 +220,8 @@ var (
 		"Memory of a worker's current process and everything it forked, read from its own cgroup (memory.current, else the resident sets); absent where workers have none.", gaugeType, "service", "worker")
 	workersBackoff = gotyledonDesc("workers_backoff",
 		"Worker slots waiting out a restart delay after their process exited.", gaugeType, "service")
+	workersCompleted = gotyledonDesc("workers_completed",
+		"Worker slots whose process exited and that their service's restart policy does not restart (one-shot tasks, done or failed).", gaugeType, "service")
 	workerRestarts = gotyledonDesc("worker_restarts_total",
 		"Processes started to replace one that exited on its own, since the manager started.", counterType, "service")
 	workerExits = gotyledonDesc("worker_exits_total",
@@ -259,6 +262,7 @@ var (
 func supervisorFamilies(st supervisor.Status) []*family {
 	desired, configured := &family{desc: workersDesired}, &family{desc: workersConfigured}
 	running, backoff := &family{desc: workersRunning}, &family{desc: workersBackoff}
+	completed := &family{desc: workersCompleted}
 	restarts, exits := &family{desc: workerRestarts}, &family{desc: workerExits}
 	readyWorkers, aborts := &family{desc: workersReady}, &family{desc: workerWatchdogAborts}
 	cpu, mem := &family{desc: workerCPU}, &family{desc: workerMemory}
@@ -278,6 +282,7 @@ func supervisorFamilies(st supervisor.Status) []*family {
 		configured.add(float64(s.Configured), s.Name)
 		running.add(float64(s.Running), s.Name)
 		backoff.add(float64(s.Backoff), s.Name)
+		completed.add(float64(s.Completed), s.Name)
 		restarts.add(float64(s.Counters.Restarts), s.Name)
 		// Every reason, zeros too, so that rate() works from the first
 		// scrape; a nil map reads 0.
@@ -288,7 +293,7 @@ func supervisorFamilies(st supervisor.Status) []*family {
 	rl := &family{desc: reloads}
 	rl.add(float64(st.ReloadsOK), "ok")
 	rl.add(float64(st.ReloadsFailed), "failed")
-	fams := []*family{desired, configured, running, readyWorkers, backoff, restarts, exits, aborts, cpu, mem, rl,
+	fams := []*family{desired, configured, running, readyWorkers, backoff, completed, restarts, exits, aborts, cpu, mem, rl,
 		one(ready, boolValue(st.Ready)), one(stopping, boolValue(st.Stopping))}
 	if r := st.LastReload; r != nil {
 		fams = append(fams,

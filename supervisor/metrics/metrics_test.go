@@ -36,7 +36,7 @@ func metricsStatus() supervisor.Status {
 		Ready: true,
 		Services: []supervisor.ServiceStatus{
 			{
-				Name: "web", Desired: 4, Configured: 3, Running: 2, Ready: 1, Backoff: 1,
+				Name: "web", Desired: 4, Configured: 3, Running: 2, Ready: 1, Backoff: 1, Completed: 5,
 				Counters: supervisor.ServiceCounters{Restarts: 7, Exits: map[supervisor.ExitReason]uint64{
 					supervisor.ExitStopped: 11, supervisor.ExitError: 5, supervisor.ExitSignal: 2,
 				}, WatchdogAborts: 2},
@@ -226,7 +226,7 @@ func TestMetricsValues(t *testing.T) {
 	// unknown, not 0), and two services, nothing more: a worker's CPU and
 	// memory only where it has a cgroup (web's worker 0, not 2).
 	metricValue(t, fams, "gotyledon_worker_cpu_seconds_total", counter, "service", "web", "worker", "0")
-	for prefix, want := range map[string]int{"gotyledon_queue_": 2*7 + 2, "gotyledon_worker": 2*(5+2+len(supervisor.ExitReasons)) + 2} {
+	for prefix, want := range map[string]int{"gotyledon_queue_": 2*7 + 2, "gotyledon_worker": 2*(6+2+len(supervisor.ExitReasons)) + 2} {
 		if n := seriesCount(fams, prefix); n != want {
 			t.Errorf("%d %s* series, want %d", n, prefix, want)
 		}
@@ -358,7 +358,8 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 // Status and queue stats): names, help, types, labels, order and numbers.
 // The families added since (gotyledon_workers_ready,
 // gotyledon_worker_watchdog_aborts_total, gotyledon_worker_cpu_seconds_total,
-// gotyledon_worker_memory_bytes, gotyledon_queue_store_up, and the series
+// gotyledon_worker_memory_bytes, gotyledon_queue_store_up,
+// gotyledon_workers_completed, and the series
 // of a queue kept in JetStream), and the help of
 // gotyledon_reloads_total since halted rollouts count as failed, were
 // written into it by hand, in the same format; promlint checks them
