@@ -194,11 +194,15 @@ const (
 	managerRestartWait = 30 * time.Second
 )
 
-// loop runs actions until end: first one of each kind (in a seeded order),
-// then random ones, 100-500 ms apart.
+// loop runs actions until end: first one of each kind (the bad edit
+// first, then the others in a seeded order), then random ones, 100-500 ms
+// apart. The bad edit goes first because it needs a quiet manager and 2 s
+// before the end: after the others, which wait for a stopped worker or a
+// rescale to settle, a loaded machine could push it out of a short run.
 func (c *chaos) loop(ctx context.Context, end time.Time) {
-	first := slices.Clone(actionKinds)
+	first := slices.DeleteFunc(slices.Clone(actionKinds), func(k string) bool { return k == "bad-edit" })
 	c.rnd.Shuffle(len(first), func(i, j int) { first[i], first[j] = first[j], first[i] })
+	first = append([]string{"bad-edit"}, first...)
 	if c.opts.Store == "jetstream" {
 		// First, so that a short run has one.
 		first = append([]string{"manager-kill"}, first...)
