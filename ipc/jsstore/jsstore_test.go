@@ -404,9 +404,12 @@ func TestDrainKeepsItemsGivenBackAcrossRestart(t *testing.T) {
 		}
 		q := NewQueues(nil, st)
 		var got []ipc.StoredItem
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		// Lost NAKs would hold the items for AckWait, an hour: a minute
+		// tells them from a restarted server slow to hand them out on a
+		// loaded machine.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		for len(got) < n {
-			more, err := q.Get(ctx, "jobs", n-len(got), 5*time.Second, nil)
+			more, err := q.Get(ctx, "jobs", n-len(got), time.Minute, nil)
 			if err != nil || len(more) == 0 {
 				cancel()
 				t.Fatalf("round %d: %d of %d items deliverable (%v): the NAKs before the last restart were lost", round, len(got), n, err)
