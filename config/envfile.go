@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,7 +94,7 @@ func (d *decoder) envFiles(e entry) []EnvFile {
 			}
 			f.Path = p
 		}
-		abs, msg := envFileRule(f.Path, fileBase(d.file))
+		abs, msg := pathRule("env_file", f.Path, fileBase(d.file))
 		if !d.problem(f.Pos, msg) {
 			continue
 		}
@@ -103,27 +102,6 @@ func (d *decoder) envFiles(e entry) []EnvFile {
 		out = append(out, f)
 	}
 	return out
-}
-
-// envFileRule is the rule for a path of env_file: no NUL, no "~", made
-// absolute against base. It returns the absolute path, or "" and the
-// message.
-func envFileRule(path string, base baseDir) (string, string) {
-	switch {
-	case path == "":
-		return "", `env_file path is empty (write the path of a file of NAME=value lines)`
-	case strings.IndexByte(path, 0) >= 0:
-		return "", `env_file path contains a NUL byte (a path cannot hold "\0")`
-	case path == "~" || strings.HasPrefix(path, "~/"):
-		return "", fmt.Sprintf(`env_file %q starts with "~" (gotyledon does not expand "~"; write the full path)`, path)
-	case filepath.IsAbs(path):
-		return filepath.Clean(path), ""
-	}
-	abs, err := base.abs()
-	if err != nil {
-		return "", fmt.Sprintf("cannot resolve env_file %q against %s: %v (write an absolute path)", path, base.name, err)
-	}
-	return filepath.Join(abs, path), ""
 }
 
 // maxEnvFile bounds what an env file may hold: it is read at every load of

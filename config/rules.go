@@ -272,21 +272,7 @@ var workingDirBase = baseDir{"the working directory", func() (string, error) { r
 // absolute against base. It returns the absolute path, or "" and the
 // message.
 func dirRule(dir string, base baseDir) (string, string) {
-	switch {
-	case dir == "":
-		return "", `dir is empty (write a directory path, or leave dir out to run in gotyledon's working directory)`
-	case strings.IndexByte(dir, 0) >= 0:
-		return "", `dir contains a NUL byte (a path cannot hold "\0")`
-	case dir == "~" || strings.HasPrefix(dir, "~/"):
-		return "", fmt.Sprintf(`dir %q starts with "~" (gotyledon does not expand "~"; write the full path)`, dir)
-	case filepath.IsAbs(dir):
-		return filepath.Clean(dir), ""
-	}
-	abs, err := base.abs()
-	if err != nil {
-		return "", fmt.Sprintf("cannot resolve dir %q against %s: %v (write an absolute path)", dir, base.name, err)
-	}
-	return filepath.Join(abs, dir), ""
+	return pathRule("dir", dir, base)
 }
 
 // socketRule is the rule for a socket path: no NUL, absolute against
@@ -492,11 +478,15 @@ func urlProblem(key, u string) string {
 	return ""
 }
 
-// pathRule is the rule for the paths of nats: (key names the one): no
-// NUL, no "~", made absolute against base. It returns the clean absolute
-// path, or "" and the message.
+// pathRule is the rule for a path of key (a service's dir or env_file,
+// the paths of nats:): not empty, no NUL, no "~", made absolute against
+// base. It returns the clean absolute path, or "" and the message.
 func pathRule(key, p string, base baseDir) (string, string) {
 	switch {
+	case p == "" && key == "dir":
+		return "", `dir is empty (write a directory path, or leave dir out to run in gotyledon's working directory)`
+	case p == "" && key == "env_file":
+		return "", "env_file path is empty (write the path of a file of NAME=value lines)"
 	case p == "" && key == "bridge":
 		return "", "bridge is empty (write the path of gotyledon-jetstream, or leave bridge out to find it next to gotyledon or in $PATH)"
 	case p == "" && key == "local_dir":
