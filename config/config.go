@@ -302,6 +302,14 @@ type Service struct {
 	// (`ready_timeout`, default DefaultReadyTimeout): a worker not ready by
 	// then counts as failed to start.
 	ReadyTimeout time.Duration
+	// DependsOn are the services this one waits for (`depends_on`): its
+	// workers start only once each of these meets its condition, and a
+	// graceful shutdown stops them before those they depend on. Names are
+	// services of the same configuration, without cycles.
+	DependsOn []Dependency
+	// OnExit says what an exit of one of the service's workers does to
+	// the manager (`on_exit`, default OnExitContinue).
+	OnExit OnExit
 	// Pos is where the service's name stands in the file, or its declared
 	// field when only a Declaration names it.
 	Pos Position
@@ -389,6 +397,70 @@ func (p RestartPolicy) String() string {
 		return "never"
 	}
 	return "always"
+}
+
+// Dependency is one entry of a service's `depends_on`: a service it waits
+// for, and what it waits for.
+type Dependency struct {
+	// Service names a service of the same configuration.
+	Service string
+	// Condition is what each of Service's workers must have done.
+	Condition Condition
+	// Pos is where the dependency stands in the file (its service name),
+	// or its declared field.
+	Pos Position
+}
+
+// Condition is what a service waits for in a service it depends on.
+type Condition int
+
+const (
+	// ConditionStarted (`started`): each worker of the dependency has a
+	// process running (or has completed, if it is a one-shot).
+	ConditionStarted Condition = iota
+	// ConditionReady (`ready`): each worker of the dependency is ready, as
+	// its `ready:` setting says (or has completed with exit code 0).
+	ConditionReady
+	// ConditionCompleted (`completed`): each worker of the dependency has
+	// exited with code 0 and is not restarted: a one-shot task that
+	// succeeded. Its restart policy must be on-failure or never.
+	ConditionCompleted
+)
+
+// String is the condition as the file writes it.
+func (c Condition) String() string {
+	switch c {
+	case ConditionReady:
+		return "ready"
+	case ConditionCompleted:
+		return "completed"
+	}
+	return "started"
+}
+
+// OnExit says what an exit of a service's worker does to the manager.
+type OnExit int
+
+const (
+	// OnExitContinue (`on_exit: continue`, the default): nothing; the
+	// worker's restart policy says whether it starts again.
+	OnExitContinue OnExit = iota
+	// OnExitStopManager (`on_exit: stop_manager`): an exit of one of the
+	// service's workers that its restart policy would restart, or that
+	// completes it (under policy on-failure: a failure only), stops the
+	// manager: every other service stops in order, and the manager exits
+	// with the worker's exit code (128 plus the signal's number if a
+	// signal ended it). For an essential service, so that what runs the
+	// manager (systemd's Restart=, a container runtime) takes over.
+	OnExitStopManager
+)
+
+// String is the setting as the file writes it.
+func (o OnExit) String() string {
+	if o == OnExitStopManager {
+		return "stop_manager"
+	}
+	return "continue"
 }
 
 // Position is where a value was set: a place in a configuration file,

@@ -70,6 +70,10 @@ type serviceDecl struct {
 	restartPolicy                         setting[RestartPolicy]
 	ready                                 setting[Ready]
 	readyTimeout, watchdog                setting[time.Duration]
+	// dependsOn in the order first declared; a service declared again
+	// takes the later condition.
+	dependsOn []setting[Dependency]
+	onExit    setting[OnExit]
 }
 
 type queueDecl struct {
@@ -252,6 +256,27 @@ func RestartWith(p RestartPolicy) ServiceOption {
 	return func(s *serviceDecl) { s.restartPolicy.set(p, s.now) }
 }
 
+// DependsOn adds service to `depends_on`: the declared service's workers
+// start only once each worker of service meets c. Declaring the same
+// service again replaces its condition. A file that sets depends_on for
+// the service replaces the whole declared list.
+func DependsOn(service string, c Condition) ServiceOption {
+	return func(s *serviceDecl) {
+		dep := setting[Dependency]{v: Dependency{Service: service, Condition: c}, seq: s.now}
+		if i := slices.IndexFunc(s.dependsOn, func(d setting[Dependency]) bool { return d.v.Service == service }); i >= 0 {
+			s.dependsOn[i] = dep
+			return
+		}
+		s.dependsOn = append(s.dependsOn, dep)
+	}
+}
+
+// ExitAction sets `on_exit` (default OnExitContinue): what an exit of one
+// of the service's workers does to the manager.
+func ExitAction(o OnExit) ServiceOption {
+	return func(s *serviceDecl) { s.onExit.set(o, s.now) }
+}
+
 // ReplaceWith sets `replace` (default ReplaceRolling): how a reload
 // replaces workers whose definition changed.
 func ReplaceWith(r Replace) ServiceOption {
@@ -360,6 +385,9 @@ func (d *Declaration) Resolve(goServices []string) (*Config, error) {
 		return nil, errs
 	}
 	finish(base.cfg)
+	if probs := dependencyProblems(base.cfg); len(probs) > 0 {
+		return nil, ErrorList(probs)
+	}
 	return base.cfg, nil
 }
 
@@ -654,6 +682,17 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 	}
 	if t := sd.watchdog; t.isSet() && r.problem(t.seq, path+".watchdog", durationProblem("watchdog", t.v, shortDuration(t.v))) {
 		s.Watchdog = t.v
+	}
+	for _, dep := range sd.dependsOn {
+		field := path + ".depends_on." + fieldName(dep.v.Service, validServiceName)
+		if r.problem(dep.seq, field, conditionProblem(dep.v.Condition, fmt.Sprintf("Condition(%d)", int(dep.v.Condition)))) {
+			d := dep.v
+			d.Pos = Position{Field: field}
+			s.DependsOn = append(s.DependsOn, d)
+		}
+	}
+	if o := sd.onExit; o.isSet() && r.problem(o.seq, path+".on_exit", onExitProblem(o.v, fmt.Sprintf("OnExit(%d)", int(o.v)))) {
+		s.OnExit = o.v
 	}
 	if sig := sd.reloadSignal; sig.isSet() && !r.problem(sig.seq, path+".reload_signal", reloadSignalProblem(s.ReloadSignal, s.StopSignal, s.Run != "")) {
 		s.ReloadSignal = 0

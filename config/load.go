@@ -33,7 +33,7 @@ var (
 	queueKeys   = []string{"ack_wait", "capacity", "pack", "replicas", "store"}
 	natsKeys    = []string{"bridge", "creds", "local_dir", "nkey", "sync", "tls", "url"}
 	tlsKeys     = []string{"ca", "cert", "key"}
-	serviceKeys = []string{"command", "dir", "env", "env_file", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
+	serviceKeys = []string{"command", "depends_on", "dir", "env", "env_file", "on_exit", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime", "policy"}
 )
 
@@ -639,6 +639,9 @@ func (d *decoder) config(top entry) *Config {
 		}
 	}
 	finish(cfg)
+	for _, e := range dependencyProblems(cfg) {
+		d.errorf(e.Pos, "%s", e.Msg)
+	}
 	return cfg
 }
 
@@ -776,6 +779,15 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 			if t, ok := d.duration(f); ok {
 				s.Watchdog = t
 			}
+		case "depends_on":
+			s.DependsOn = d.dependsOn(f)
+		case "on_exit":
+			if v, ok := d.text(f, `"continue" or "stop_manager"`); ok {
+				o := wordIndex[OnExit](v, "continue", "stop_manager")
+				if d.problem(f.pos, onExitProblem(o, strconv.Quote(v))) {
+					s.OnExit = o
+				}
+			}
 		case "replace":
 			if v, ok := d.text(f, `"rolling" or "all"`); ok {
 				r := wordIndex[Replace](v, "rolling", "all")
@@ -809,6 +821,47 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 		s.ReloadSignal = 0
 	}
 	return s
+}
+
+// dependsOn decodes depends_on: a mapping of service names to
+// conditions, or a list of service names, each waited for to be started
+// (as Compose's short form). Whether the names are services, and form no
+// cycle, is for dependencyProblems to say once every service is known.
+func (d *decoder) dependsOn(e entry) []Dependency {
+	n, ok := d.deref(e.val)
+	if !ok {
+		return nil
+	}
+	deps := []Dependency{}
+	if seq, isList := n.(*ast.SequenceNode); isList {
+		first := map[string]Position{}
+		for i, v := range seq.Values {
+			el := d.element(fmt.Sprintf("depends_on[%d]", i), v)
+			name, ok := d.text(el, "a service name")
+			if !ok {
+				continue
+			}
+			if at, dup := first[name]; dup {
+				d.errorf(el.pos, "depends_on lists %q twice (first at line %d, col %d)", name, at.Line, at.Col)
+				continue
+			}
+			first[name] = el.pos
+			deps = append(deps, Dependency{Service: name, Condition: ConditionStarted, Pos: el.pos})
+		}
+		return deps
+	}
+	ents, _ := d.expectMapping(e, `depends_on must be a mapping of service names to conditions, like {db: ready, migrate: completed}, or a list of service names`, "service name")
+	for _, f := range ents {
+		v, ok := d.text(f, `"started", "ready" or "completed"`)
+		if !ok {
+			continue
+		}
+		c := wordIndex[Condition](v, "started", "ready", "completed")
+		if d.problem(f.pos, conditionProblem(c, strconv.Quote(v))) {
+			deps = append(deps, Dependency{Service: f.key, Condition: c, Pos: f.keyPos})
+		}
+	}
+	return deps
 }
 
 // command decodes command:, an argv list.

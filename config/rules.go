@@ -578,3 +578,17 @@ func restartPolicyProblem(p RestartPolicy, got string) string {
 	}
 	return ""
 }
+
+func conditionProblem(c Condition, got string) string {
+	if c < ConditionStarted || c > ConditionCompleted {
+		return fmt.Sprintf(`a depends_on condition must be "started", "ready" or "completed" (got %s)`, got)
+	}
+	return ""
+}
+
+func onExitProblem(o OnExit, got string) string {
+	if o < OnExitContinue || o > OnExitStopManager {
+		return fmt.Sprintf(`on_exit must be "continue" or "stop_manager" (got %s)`, got)
+	}
+	return ""
+}

@@ -145,8 +145,8 @@ func haltedError(reason error) error { return &RolloutHaltedError{Reason: reason
 // after which the manager stops waiting for its workers to be ready.
 func (s *Supervisor) awaitInitialReady() {
 	for _, svc := range s.cfg.Services {
-		if svc.Workers == 0 {
-			continue
+		if svc.Workers == 0 || !s.released[svc.Name] {
+			continue // a held service's timer starts at its release
 		}
 		service := svc.Name
 		s.cancelInitialReady = append(s.cancelInitialReady,

@@ -110,8 +110,11 @@ const (
 	// process, until a reload changes its definition, a restart asks for
 	// it, or the service goes.
 	stateCompleted
+	// stateWaiting: the slot has not started: its service waits for its
+	// dependencies to meet their conditions (depends.go).
+	stateWaiting
 )
 
-var stateNames = [...]string{"starting", "running", "stopping", "backoff", "completed"}
+var stateNames = [...]string{"starting", "running", "stopping", "backoff", "completed", "waiting"}
 
 func (s workerState) String() string { return stateNames[s] }

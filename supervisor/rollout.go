@@ -93,6 +93,7 @@ func (s *Supervisor) replacementFailed(w *worker) bool {
 // onReady records that w's process is ready, and moves its service's
 // rolling change on.
 func (s *Supervisor) onReady(w *worker) {
+	s.log.Debug("worker ready", s.fields(w)...)
 	w.ready = true
 	w.cancelReady = nil
 	s.changed = true

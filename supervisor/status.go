@@ -43,8 +43,11 @@ type ServiceStatus struct {
 	// Running counts the workers whose process is up and not stopping;
 	// Ready those of them that are ready; Backoff those waiting out a
 	// restart delay; Completed those whose process exited and that their
-	// restart policy does not restart (one-shot tasks).
-	Running, Ready, Backoff, Completed int
+	// restart policy does not restart (one-shot tasks); Waiting those
+	// not started because the service waits for its dependencies.
+	Running, Ready, Backoff, Completed, Waiting int
+	// WaitingFor are the dependencies not met yet, while Waiting is not 0.
+	WaitingFor []DependencyWait
 	// Counters since the manager started, kept across reloads.
 	Counters ServiceCounters
 	// Workers by id, including surplus ones still stopping.
@@ -85,8 +88,8 @@ var ExitReasons = []ExitReason{ExitStopped, ExitClean, ExitError, ExitSignal, Ex
 // WorkerStatus is one worker slot in a ServiceStatus.
 type WorkerStatus struct {
 	ID int
-	// State is "starting", "running", "stopping", "backoff" or
-	// "completed".
+	// State is "starting", "running", "stopping", "backoff",
+	// "completed" or "waiting" (for the service's dependencies).
 	State string
 	// PID of the current process; 0 when there is none (backoff, or a
 	// start not yet answered).
@@ -400,6 +403,8 @@ func (s *Supervisor) status() Status {
 			sv.Backoff++
 		case stateCompleted:
 			sv.Completed++
+		case stateWaiting:
+			sv.Waiting++
 		}
 		ws := WorkerStatus{
 			ID: w.key.id, State: w.state.String(), PID: w.pid, Restarts: w.restarts, Failures: w.failures,
@@ -415,6 +420,10 @@ func (s *Supervisor) status() Status {
 		sv.Workers = append(sv.Workers, ws)
 	}
 	for i := range st.Services {
+		sv := &st.Services[i]
+		if svc := s.cfg.Service(sv.Name); svc != nil && sv.Waiting > 0 {
+			sv.WaitingFor = s.waitsFor(svc)
+		}
 		slices.SortFunc(st.Services[i].Workers, func(a, b WorkerStatus) int { return cmp.Compare(a.ID, b.ID) })
 	}
 	return st

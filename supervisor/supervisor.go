@@ -147,6 +147,10 @@ type Supervisor struct {
 	rollout *rollout
 	// notifyDir holds the workers' notify sockets; made on first use.
 	notifyDir string
+	// released holds the services whose dependencies were met, or that
+	// have none: their slots start; a service not in it has its slots
+	// wait (depends.go).
+	released map[string]bool
 }
 
 // worker is one slot: a service's worker id, and the process filling it.
@@ -204,6 +208,10 @@ type worker struct {
 	lastExit      string // how the previous process ended
 	lastExitAt    time.Time
 	cgroup        string // the current process's own cgroup; "" without one
+	// ran: the current or last process started (not a failed start);
+	// succeeded: the slot completed with exit code 0. For its dependents
+	// (depends.go).
+	ran, succeeded bool
 }
 
 // New prepares a Supervisor for cfg, which must come from config.Load or
@@ -236,6 +244,7 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		received:    cfg,
 		overrides:   make(map[string]int),
 		totals:      make(map[string]*ServiceCounters),
+		released:    make(map[string]bool),
 	}
 	s.exitAfterRun = opts.ExitAfterRun
 	if s.log == nil {
@@ -497,15 +506,23 @@ func closeInheritedOnExec() error {
 // (and so outlived it) can hold them that long.
 const defaultOutputGrace = time.Second
 
-// startAll starts every worker of every service, in the file's order.
+// startAll starts every worker of every service, in the file's order,
+// but for those of services that wait for their dependencies: their slots
+// wait (depends.go), and are not part of the first round of starts.
 func (s *Supervisor) startAll() {
 	s.startedAt = s.now()
 	total := 0
 	for _, svc := range s.cfg.Services {
 		total += svc.Workers
+		start := s.mayStart(svc)
 		for id := range svc.Workers {
-			w := &worker{svc: svc, key: workerKey{svc.Name, id}, initial: true, awaited: true}
+			w := &worker{svc: svc, key: workerKey{svc.Name, id}, awaited: true}
 			s.workers[w.key] = w
+			if !start {
+				w.state = stateWaiting
+				continue
+			}
+			w.initial = true
 			s.pendingUp++
 			s.start(w)
 		}
@@ -525,8 +542,12 @@ func (s *Supervisor) handle(ev event) {
 		s.changed = true
 	}
 	// After whatever ev did: in a shutdown, it may have ended the last
-	// worker that a StopLast service waits for.
-	defer s.stopLastWhenAlone()
+	// worker of a service that another waits for to stop; otherwise, it
+	// may have met the dependencies of a service that waits.
+	defer func() {
+		s.stopInOrder()
+		s.releaseWaiting()
+	}()
 	switch ev := ev.(type) {
 	case workerStarted:
 		s.onStarted(ev)
@@ -597,6 +618,7 @@ func (s *Supervisor) start(w *worker) {
 		w.svc = svc // the current definition, after a reload too
 	}
 	w.stale = false
+	w.ran, w.succeeded = false, false
 	s.nextToken++
 	w.token = s.nextToken
 	w.pid = 0
@@ -628,6 +650,7 @@ func (s *Supervisor) onStarted(ev workerStarted) {
 	w.pid = ev.pid
 	w.cgroup = ev.cgroup
 	w.startedAt = ev.at
+	w.ran = true
 	if w.initial {
 		s.startedUp++
 	}
@@ -796,6 +819,7 @@ func (s *Supervisor) complete(w *worker, ok bool, how string, fields []zap.Field
 	w.state = stateCompleted
 	w.pid = 0
 	w.failures = 0
+	w.succeeded = ok
 	if ok {
 		s.log.Info("worker completed", fields...)
 	} else {
@@ -934,7 +958,7 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 				stopping++
 				s.stop(w)
 			}
-		case w.state == stateBackoff:
+		case w.state == stateBackoff || w.state == stateWaiting:
 			w.svc = svc // its next start uses the new definition
 		case w.state == stateCompleted:
 			// A one-shot runs again when what it runs changed (by the
@@ -961,12 +985,21 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 			}
 		}
 	}
+	for name := range s.released {
+		if cfg.Service(name) == nil {
+			delete(s.released, name) // added again, it waits for its dependencies again
+		}
+	}
 	for _, svc := range cfg.Services {
 		for id := range svc.Workers {
 			key := workerKey{svc.Name, id}
 			if s.workers[key] == nil {
 				w := &worker{svc: svc, key: key}
 				s.workers[key] = w
+				if !s.mayStart(svc) {
+					w.state = stateWaiting
+					continue
+				}
 				starting++
 				s.start(w)
 			}
@@ -1051,38 +1084,16 @@ func (s *Supervisor) onShutdown(fast bool) {
 	}
 	s.stopping, s.fast = true, fast
 	s.settle(fmt.Errorf("reload: %w", ErrStopped))
-	for _, w := range s.workers {
-		if !w.svc.StopLast || fast {
-			s.stop(w)
-		}
-	}
-}
-
-// stopLastWhenAlone stops the StopLast services' workers, in a shutdown,
-// once they are the only ones left.
-func (s *Supervisor) stopLastWhenAlone() {
-	if !s.stopping {
-		return
-	}
-	for _, w := range s.workers {
-		if !w.svc.StopLast {
-			return
-		}
-	}
-	for _, w := range s.workers {
-		if w.state != stateStopping {
-			s.stop(w)
-		}
-	}
+	s.stopInOrder()
 }
 
 // stop ends w's slot: its process group gets the stop signal (SIGKILL in a
 // fast shutdown), and SIGKILL when the stop timeout, counted from the
-// signal's delivery, is over; a slot waiting out a backoff, or completed,
-// is dropped.
+// signal's delivery, is over; a slot without a process (waiting out a
+// backoff, completed, waiting for its dependencies) is dropped.
 func (s *Supervisor) stop(w *worker) {
 	switch w.state {
-	case stateBackoff, stateCompleted:
+	case stateBackoff, stateCompleted, stateWaiting:
 		cancel(&w.cancelRestart)
 		delete(s.workers, w.key)
 		s.checkReady()

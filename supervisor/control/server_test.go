@@ -25,7 +25,8 @@ func fullStatus(at time.Time) supervisor.Status {
 		Config: "/etc/gotyledon/gotyledon.yaml", StartedAt: at, Ready: true,
 		Services: []supervisor.ServiceStatus{{
 			Name: "printer", Desired: 5, Configured: 2, Running: 4, Backoff: 1,
-			Counters: supervisor.ServiceCounters{Restarts: 3, Exits: map[supervisor.ExitReason]uint64{supervisor.ExitError: 3}},
+			Counters:   supervisor.ServiceCounters{Restarts: 3, Exits: map[supervisor.ExitReason]uint64{supervisor.ExitError: 3}},
+			WaitingFor: []supervisor.DependencyWait{{Service: "db", Condition: "ready", Reason: "worker 0 running, not ready"}},
 			Workers: []supervisor.WorkerStatus{
 				{ID: 0, State: "running", PID: 10, StartedAt: at, Usage: &supervisor.WorkerUsage{CPU: time.Second, Memory: 4096, ProcessOnly: true}},
 				{ID: 1, State: "backoff", Restarts: 3, Failures: 3, LastExit: "exit code 1", LastExitAt: at, RetryAt: at.Add(time.Second)},
@@ -70,7 +71,8 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	}
 	pinned := map[string][]string{
 		"top":         {"config", "last_reload", "pid", "queues", "ready", "reloads", "rolling", "schema", "services", "started_at", "stopping", "uptime_seconds"},
-		"service":     {"backoff", "completed", "configured", "desired", "exits", "name", "ready", "restarts", "running", "tasks", "watchdog_aborts", "workers"},
+		"service":     {"backoff", "completed", "configured", "desired", "exits", "name", "ready", "restarts", "running", "tasks", "waiting", "waiting_for", "watchdog_aborts", "workers"},
+		"waiting_for": {"condition", "failed", "reason", "service"},
 		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
 		"worker":      {"cpu_seconds", "failures", "id", "last_exit", "last_exit_at", "memory_bytes", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds", "usage_of"},
 		"queue":       {"acked_per_second", "acked_per_second_history", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_per_second_history", "put_total", "redelivered_total", "tasks"},
@@ -83,6 +85,7 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		"top":         keysOf(t, top),
 		"service":     keysOf(t, svc),
 		"exits":       keysOf(t, svc.(map[string]any)["exits"]),
+		"waiting_for": keysOf(t, svc.(map[string]any)["waiting_for"].([]any)[0]),
 		"worker":      keysOf(t, svc.(map[string]any)["workers"].([]any)[1]),
 		"queue":       keysOf(t, top["queues"].([]any)[0]),
 		"tasks":       keysOf(t, top["queues"].([]any)[0].(map[string]any)["tasks"]),

@@ -52,6 +52,11 @@ type ServiceStatus struct {
 	// restart policy does not restart (one-shot tasks): state
 	// "completed", last_exit and last_exit_at say how and when.
 	Completed int `json:"completed"`
+	// Waiting counts workers not started because the service waits for
+	// its dependencies (state "waiting"); WaitingFor says which are not
+	// met yet, and why ([] when none).
+	Waiting    int              `json:"waiting"`
+	WaitingFor []DependencyWait `json:"waiting_for"`
 	// Restarts and Exits count since the manager started; Exits by
 	// reason: stopped, clean, error, signal, start_failed.
 	Restarts       uint64            `json:"restarts"`
@@ -61,6 +66,18 @@ type ServiceStatus struct {
 	// Tasks are the task figures of the service's workers (submitted by
 	// them, taken by them); absent while they have had none.
 	Tasks *TaskStatus `json:"tasks,omitempty"`
+}
+
+// DependencyWait is a dependency a service waits for.
+type DependencyWait struct {
+	Service   string `json:"service"`
+	Condition string `json:"condition"` // started, ready or completed
+	// Reason says which of its workers do not meet the condition, and
+	// what they do instead: "worker 0 failed (exit code 1)".
+	Reason string `json:"reason"`
+	// Failed: a worker of it failed and its restart policy does not run
+	// it again: only a reload or gotyledon restart ends the wait.
+	Failed bool `json:"failed"`
 }
 
 // TaskStatus counts tasks (request and reply) since the manager started:
@@ -101,7 +118,8 @@ func (s *Status) AddServiceTasks(tasks map[string]ipc.TaskStats) {
 // WorkerStatus is one worker slot, by id.
 type WorkerStatus struct {
 	ID int `json:"id"`
-	// State is starting, running, stopping, backoff or completed.
+	// State is starting, running, stopping, backoff, completed or
+	// waiting (for the service's dependencies).
 	State         string     `json:"state"`
 	PID           int        `json:"pid"` // 0 without a process
 	StartedAt     *time.Time `json:"started_at"`
@@ -204,7 +222,11 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 	for _, sv := range st.Services {
 		sd := ServiceStatus{
 			Name: sv.Name, Desired: sv.Desired, Configured: sv.Configured, Running: sv.Running, Ready: sv.Ready, Backoff: sv.Backoff, Completed: sv.Completed,
+			Waiting: sv.Waiting, WaitingFor: []DependencyWait{},
 			Restarts: sv.Counters.Restarts, WatchdogAborts: sv.Counters.WatchdogAborts, Exits: map[string]uint64{}, Workers: []WorkerStatus{},
+		}
+		for _, wt := range sv.WaitingFor {
+			sd.WaitingFor = append(sd.WaitingFor, DependencyWait{Service: wt.Service, Condition: wt.Condition, Reason: wt.Reason, Failed: wt.Failed})
 		}
 		for _, reason := range supervisor.ExitReasons {
 			sd.Exits[string(reason)] = sv.Counters.Exits[reason]
@@ -304,6 +326,13 @@ func (s *Status) Summary() string {
 		if sv.Backoff > 0 {
 			notes = append(notes, fmt.Sprintf("%d in backoff", sv.Backoff))
 		}
+		for _, wt := range sv.WaitingFor {
+			note := fmt.Sprintf("waiting for %s %s", wt.Service, wt.Condition)
+			if wt.Failed {
+				note += " (it failed)"
+			}
+			notes = append(notes, note)
+		}
 		if sv.Completed > 0 {
 			failed := 0
 			for _, w := range sv.Workers {
@@ -357,7 +386,7 @@ func notReady(sv ServiceStatus) string {
 	var ids []string
 	n := 0
 	for _, w := range sv.Workers {
-		if w.Ready || w.State == "backoff" || w.State == "completed" || w.ID >= sv.Desired {
+		if w.Ready || w.State == "backoff" || w.State == "completed" || w.State == "waiting" || w.ID >= sv.Desired {
 			continue
 		}
 		n++

@@ -316,6 +316,15 @@ func printStatus(w io.Writer, doc control.Status, now time.Time) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	for _, s := range doc.Services {
+		for _, wt := range s.WaitingFor {
+			fmt.Fprintf(w, "%s waits for %s %s: %s", s.Name, wt.Service, wt.Condition, wt.Reason)
+			if wt.Failed {
+				fmt.Fprintf(w, "; a reload that changes %s, or gotyledon restart %s, runs it again", wt.Service, wt.Service)
+			}
+			fmt.Fprintln(w)
+		}
+	}
 	if len(doc.Queues) == 0 {
 		return nil
 	}
