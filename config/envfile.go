@@ -220,6 +220,13 @@ func optionalHint(f EnvFile) string {
 	return fmt.Sprintf("{path: %s, optional: true}", strconv.Quote(f.Path))
 }
 
+// ReadEnvFile reads the env file at path as a load of the configuration
+// does: a regular file only (a FIFO or a device is refused before it is
+// opened), opened without blocking, at most 1 MiB. It does not parse it.
+// It is for a program that must tell whether an env file changed since a
+// load read it (the manager's watch of the env files).
+func ReadEnvFile(path string) ([]byte, error) { return readEnvFile(path) }
+
 // lineOf is the line of data that sets name last (as the parser keeps
 // the last), 0 if none seems to.
 func lineOf(data []byte, name string) int {
