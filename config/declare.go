@@ -62,6 +62,7 @@ type serviceDecl struct {
 	run                                   setting[string]
 	workers                               setting[int]
 	env                                   map[string]setting[string]
+	envFiles                              setting[[]EnvFile]
 	dir                                   setting[string]
 	stopSignal, reloadSignal              setting[syscall.Signal]
 	stopTimeout                           setting[time.Duration]
@@ -207,6 +208,22 @@ func Env(vars map[string]string) ServiceOption {
 			s.env[k] = setting[string]{v, s.now}
 		}
 	}
+}
+
+// EnvFiles sets `env_file`, the dotenv files whose variables the workers
+// get, as a file's env_file does: later files over earlier ones, over what
+// Env declares; a file's `env` overrides them all. A relative Path is
+// taken from the working directory (see [Declaration]); a Path is taken as
+// written (a leading "-" does not mark it optional: set Optional). A file
+// that does not exist is an error unless Optional. The files are read at
+// every Resolve, ParseOver and LoadOver, so each reload rereads them. A
+// later EnvFiles replaces the list, and so does a file's `env_file` for
+// the service. files is copied; their Pos is ignored.
+//
+//	config.EnvFiles(config.EnvFile{Path: "/etc/default/web"}, config.EnvFile{Path: ".env.local", Optional: true})
+func EnvFiles(files ...EnvFile) ServiceOption {
+	files = slices.Clone(files)
+	return func(s *serviceDecl) { s.envFiles.set(files, s.now) }
 }
 
 // Dir sets `dir`, the workers' working directory; a relative path is taken
@@ -653,6 +670,7 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 			s.Env[name] = v.v
 		}
 	}
+	r.envFiles(path, sd.envFiles, s)
 	if dir := sd.dir; dir.isSet() {
 		abs, msg := dirRule(dir.v, workingDirBase)
 		if r.problem(dir.seq, path+".dir", msg) {
@@ -698,6 +716,28 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 		s.ReloadSignal = 0
 	}
 	return s, r.restart(path+".restart", sd, &s.Restart)
+}
+
+// envFiles resolves declared env files into s.EnvFiles, each at its
+// declared field. Without a file on top they are read into s.Env, over
+// the declared env, at once; with one, the decoder reads whichever list
+// the file leaves in force (its own env_file replaces the declared one).
+func (r *resolver) envFiles(path string, files setting[[]EnvFile], s *Service) {
+	if !files.isSet() {
+		return
+	}
+	for i, f := range files.v {
+		field := fmt.Sprintf("%s.env_file[%d]", path, i)
+		abs, msg := pathRule("env_file", f.Path, workingDirBase)
+		if r.problem(files.seq, field, msg) {
+			s.EnvFiles = append(s.EnvFiles, EnvFile{Path: abs, Optional: f.Optional, Pos: Position{Field: field}})
+		}
+	}
+	if r.withFile {
+		return
+	}
+	vars := readEnvFiles(s.EnvFiles, func(f EnvFile, msg string) { r.problem(files.seq, f.Pos.Field, msg) })
+	maps.Copy(s.Env, vars)
 }
 
 // restart resolves a service's restart policy into rp, which holds the

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -773,6 +774,9 @@ func TestDeclarationAndFileAgree(t *testing.T) {
 		{"env NUL", func(d *Declaration) { d.Service("web", web, Env(map[string]string{"A": "\x00"})) }, "    env: {A: \"\\0\"}\n"},
 		{"dir tilde", func(d *Declaration) { d.Service("web", web, Dir("~/x")) }, "    dir: ~/x\n"},
 		{"dir NUL", func(d *Declaration) { d.Service("web", web, Dir("a\x00")) }, "    dir: \"a\\0\"\n"},
+		{"env_file tilde", func(d *Declaration) { d.Service("web", web, EnvFiles(EnvFile{Path: "~/x.env"})) }, "    env_file: [\"~/x.env\"]\n"},
+		{"env_file empty", func(d *Declaration) { d.Service("web", web, EnvFiles(EnvFile{Path: ""})) }, "    env_file: [\"\"]\n"},
+		{"env_file not regular", func(d *Declaration) { d.Service("web", web, EnvFiles(EnvFile{Path: "/dev/null"})) }, "    env_file: /dev/null\n"},
 		{"command[0]", func(d *Declaration) { d.Service("web", Command("")) }, "services:\n  web:\n    command: [\"\"]\n"},
 		{"command NUL", func(d *Declaration) { d.Service("web", Command("a", "\x00")) }, "services:\n  web:\n    command: [a, \"\\0\"]\n"},
 		{"empty command", func(d *Declaration) { d.Service("web", Command()) }, "services:\n  web:\n    command: []\n"},
@@ -843,6 +847,138 @@ func TestParseOverConcurrently(t *testing.T) {
 	for range 8 {
 		if err := <-errs; err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// Declared env files: read at every Resolve, ParseOver and LoadOver, over
+// the declared env, under the file's env; a relative path is the working
+// directory's; a file's env_file for the service replaces the declared
+// list, so that a declared file it names no longer is not read at all.
+func TestDeclaredEnvFiles(t *testing.T) {
+	t.Parallel()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := writeFiles(t, map[string]string{
+		"a.env":     "A=a\nB=a\n",
+		"b.env":     "B=b\nC=b\n",
+		"other.env": "O=o\n",
+	})
+	var d Declaration
+	d.Service("web", web, Env(map[string]string{"A": "decl", "D": "decl"}),
+		EnvFiles(EnvFile{Path: filepath.Join(dir, "a.env")}, EnvFile{Path: filepath.Join(dir, "b.env")},
+			EnvFile{Path: "no-such.env", Optional: true}))
+	d.Service("printer", Run("printer"))
+	cfg, err := d.Resolve(testGoServices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Service("web")
+	if want := map[string]string{"A": "a", "B": "b", "C": "b", "D": "decl"}; !reflect.DeepEqual(s.Env, want) {
+		t.Errorf("Resolve: env %v, want %v", s.Env, want)
+	}
+	if want := []EnvFile{
+		{Path: filepath.Join(dir, "a.env"), Pos: Position{Field: "services.web.env_file[0]"}},
+		{Path: filepath.Join(dir, "b.env"), Pos: Position{Field: "services.web.env_file[1]"}},
+		{Path: filepath.Join(wd, "no-such.env"), Optional: true, Pos: Position{Field: "services.web.env_file[2]"}},
+	}; !reflect.DeepEqual(s.EnvFiles, want) {
+		t.Errorf("Resolve: env files %+v, want %+v", s.EnvFiles, want)
+	}
+
+	// Each resolution reads the files again.
+	writeFile(t, filepath.Join(dir, "b.env"), "B=b2\n")
+	cfg, err = d.Resolve(testGoServices)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := map[string]string{"A": "a", "B": "b2", "D": "decl"}; !reflect.DeepEqual(cfg.Service("web").Env, want) {
+		t.Errorf("Resolve again: env %v, want %v", cfg.Service("web").Env, want)
+	}
+
+	for _, tt := range []struct {
+		name, src string
+		want      map[string]string
+	}{
+		{"file's env over the declared files", "services:\n  web: {env: {B: file}}\n", map[string]string{"A": "a", "B": "file", "D": "decl"}},
+		{"service left out", "services:\n  printer: {workers: 2}\n", map[string]string{"A": "a", "B": "b2", "D": "decl"}},
+		{"empty file", "", map[string]string{"A": "a", "B": "b2", "D": "decl"}},
+		{"file's env_file replaces", "services:\n  web: {env_file: other.env}\n", map[string]string{"A": "decl", "D": "decl", "O": "o"}},
+		{"file's env_file empty", "services:\n  web: {env_file: []}\n", map[string]string{"A": "decl", "D": "decl"}},
+	} {
+		path := filepath.Join(dir, "c.yaml")
+		writeFile(t, path, tt.src)
+		cfg, err := LoadOver(&d, path, testGoServices)
+		if err != nil {
+			t.Errorf("%s: %v", tt.name, err)
+			continue
+		}
+		if got := cfg.Service("web").Env; !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("%s: env %v, want %v", tt.name, got, tt.want)
+		}
+	}
+
+	// Replaced, a declared file is not read: one that does not exist is
+	// no error.
+	d.Service("web", EnvFiles(EnvFile{Path: filepath.Join(dir, "missing.env")}))
+	if _, err := ParseOver(&d, filepath.Join(dir, "c.yaml"), []byte("services:\n  web: {env_file: other.env}\n"), testGoServices); err != nil {
+		t.Errorf("a declared env file the file replaced was read: %v", err)
+	}
+	if _, err := ParseOver(&d, filepath.Join(dir, "c.yaml"), []byte("services:\n  web: {workers: 2}\n"), testGoServices); err == nil || !strings.Contains(err.Error(), "missing.env does not exist") {
+		t.Errorf("a declared env file the file leaves in force was not read: %v", err)
+	}
+}
+
+func writeFile(t *testing.T, path, text string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// What is wrong with a declared env file names the declared entry, in
+// the order of the declaration, whether or not a file is applied on top
+// (as long as the file leaves the declared list in force).
+func TestDeclaredEnvFileErrors(t *testing.T) {
+	t.Parallel()
+	dir := writeFiles(t, map[string]string{"bad.env": "A=1\nnot a variable\n", "good.env": "G=1\n"})
+	missing := filepath.Join(dir, "missing.env")
+	var d Declaration
+	d.Service("web", web, Workers(-1))
+	d.Service("web", EnvFiles(
+		EnvFile{Path: filepath.Join(dir, "good.env")},
+		EnvFile{Path: missing},
+		EnvFile{Path: filepath.Join(dir, "bad.env")},
+		EnvFile{Path: "~/x.env"},
+		EnvFile{Path: ""},
+	))
+	d.Service("printer", Run("printer"), StopTimeout(-1))
+	want := []string{
+		`services.web.workers (declared in Go): workers must be a whole number from 0 to 10000 (got -1)`,
+		`services.web.env_file[3] (declared in Go): env_file "~/x.env" starts with "~" (gotyledon does not expand "~"; write the full path)`,
+		`services.web.env_file[4] (declared in Go): env_file path is empty (write the path of a file of NAME=value lines)`,
+		`services.web.env_file[1] (declared in Go): env_file ` + missing + ` does not exist (create it, or mark it optional: config.EnvFile{Path: "` + missing + `", Optional: true})`,
+		`services.web.env_file[2] (declared in Go): env_file ` + dir + `/bad.env:2: missing = (want NAME=value, a value in quotes to hold spaces or #)`,
+		`services.printer.stop_timeout (declared in Go): stop_timeout must be more than 0 (got -1ns)`,
+	}
+	_, err := d.Resolve(testGoServices)
+	var l ErrorList
+	if !errors.As(err, &l) || !reflect.DeepEqual(errorStrings(l), want) {
+		t.Errorf("Resolve:\n%v\nwant\n%s", err, strings.Join(want, "\n"))
+	}
+	// Over a file, the files are read once the file is decoded: their
+	// errors come after the other declared ones, before the file's.
+	declared := append(slices.Clone(want[:3]), want[5], want[3], want[4])
+	for _, tt := range []struct{ src, fileErr string }{
+		{"services:\n  printer: {}\n  web:\n    workers: x\n", "c.yaml:4:14: workers must be a whole number from 0 to 10000 (got \"x\")"},
+		{"services:\n  printer:\n    workers: x\n", "c.yaml:3:14: workers must be a whole number from 0 to 10000 (got \"x\")"},
+	} {
+		_, err = ParseOver(&d, "c.yaml", []byte(tt.src), testGoServices)
+		want := append(slices.Clone(declared), tt.fileErr)
+		var l ErrorList
+		if !errors.As(err, &l) || !reflect.DeepEqual(strings.Split(l.Error(), "\n"), want) {
+			t.Errorf("ParseOver %q:\n%v\nwant\n%s", tt.src, err, strings.Join(want, "\n"))
 		}
 	}
 }

@@ -19,15 +19,18 @@ import (
 	"github.com/hashicorp/go-envparse"
 )
 
-// EnvFile is one entry of a service's `env_file`.
+// EnvFile is one entry of a service's `env_file`, from the file or
+// declared in Go ([EnvFiles]).
 type EnvFile struct {
-	// Path is absolute: a relative one is taken from the config file's
+	// Path is absolute in a Config: a relative one is taken from the
+	// config file's directory, or, declared in Go, from the working
 	// directory.
 	Path string
 	// Optional: a file that does not exist is skipped (`{path: P,
 	// optional: true}`, or systemd's `-P`); else it is an error.
 	Optional bool
-	// Pos is where the entry stands in the file.
+	// Pos is where the entry stands in the file, or the declared field
+	// (`services.web.env_file[0]`). EnvFiles ignores it.
 	Pos Position
 }
 
@@ -147,21 +150,32 @@ func readEnvFile(path string) ([]byte, error) {
 // be read (but an optional one that does not exist) or parsed, or a
 // variable env could not hold, is an error at its entry.
 func (d *decoder) readEnvFiles(s *Service, fileEnv map[string]string) {
-	defer maps.Copy(s.Env, fileEnv)
+	vars := readEnvFiles(s.EnvFiles, func(f EnvFile, msg string) { d.errorf(f.Pos, "%s", msg) })
+	maps.Copy(s.Env, vars)
+	maps.Copy(s.Env, fileEnv)
+}
+
+// readEnvFiles reads files, in order, and returns their variables, later
+// files over earlier ones. What is wrong with a file (it cannot be read,
+// but for an optional one that does not exist; a line does not parse; a
+// variable env could not hold) is told to fail, with the entry, and the
+// file's variables are left out. The file and the Go declaration share
+// it, each with its own way to place an error.
+func readEnvFiles(files []EnvFile, fail func(f EnvFile, msg string)) map[string]string {
 	fromFiles := map[string]string{}
-	for _, f := range s.EnvFiles {
+	for _, f := range files {
 		data, err := readEnvFile(f.Path)
 		switch {
 		case errors.Is(err, fs.ErrNotExist) && f.Optional:
 			continue
 		case errors.Is(err, fs.ErrNotExist):
-			d.errorf(f.Pos, "env_file %s does not exist (create it, or mark it optional: {path: %s, optional: true})", f.Path, strconv.Quote(f.Path))
+			fail(f, fmt.Sprintf("env_file %s does not exist (create it, or mark it optional: %s)", f.Path, optionalHint(f)))
 			continue
 		case err != nil && strings.HasPrefix(err.Error(), "env_file "):
-			d.errorf(f.Pos, "%v", err)
+			fail(f, err.Error())
 			continue
 		case err != nil:
-			d.errorf(f.Pos, "env_file: %v", err)
+			fail(f, fmt.Sprintf("env_file: %v", err))
 			continue
 		}
 		vars, err := envparse.Parse(strings.NewReader(string(data)))
@@ -170,11 +184,11 @@ func (d *decoder) readEnvFiles(s *Service, fileEnv map[string]string) {
 			switch {
 			case errors.As(err, &pe) && errors.Is(pe.Err, bufio.ErrTooLong):
 				// The scanner stops before it counts the long line.
-				d.errorf(f.Pos, "env_file %s:%d: a line longer than %d KiB", f.Path, pe.Line+1, bufio.MaxScanTokenSize>>10)
+				fail(f, fmt.Sprintf("env_file %s:%d: a line longer than %d KiB", f.Path, pe.Line+1, bufio.MaxScanTokenSize>>10))
 			case errors.As(err, &pe) && pe.Line > 0:
-				d.errorf(f.Pos, "env_file %s:%d: %v (want NAME=value, a value in quotes to hold spaces or #)", f.Path, pe.Line, pe.Err)
+				fail(f, fmt.Sprintf("env_file %s:%d: %v (want NAME=value, a value in quotes to hold spaces or #)", f.Path, pe.Line, pe.Err))
 			default:
-				d.errorf(f.Pos, "env_file %s: %v", f.Path, err)
+				fail(f, fmt.Sprintf("env_file %s: %v", f.Path, err))
 			}
 			continue
 		}
@@ -185,19 +199,33 @@ func (d *decoder) readEnvFiles(s *Service, fileEnv map[string]string) {
 				msg = envValueProblem(name, vars[name])
 			}
 			if msg != "" {
-				d.errorf(f.Pos, "env_file %s:%d: %s", f.Path, lineOf(data, name), msg)
+				fail(f, fmt.Sprintf("env_file %s:%d: %s", f.Path, lineOf(data, name), msg))
 				bad = true
 			}
 		}
 		if bad {
 			continue
 		}
-		for name, val := range vars {
-			fromFiles[name] = val
-		}
+		maps.Copy(fromFiles, vars)
 	}
-	maps.Copy(s.Env, fromFiles)
+	return fromFiles
 }
+
+// optionalHint says how f would be marked optional where it was given:
+// in the file, or declared in Go.
+func optionalHint(f EnvFile) string {
+	if f.Pos.Declared() {
+		return fmt.Sprintf("config.EnvFile{Path: %s, Optional: true}", strconv.Quote(f.Path))
+	}
+	return fmt.Sprintf("{path: %s, optional: true}", strconv.Quote(f.Path))
+}
+
+// ReadEnvFile reads the env file at path as a load of the configuration
+// does: a regular file only (a FIFO or a device is refused before it is
+// opened), opened without blocking, at most 1 MiB. It does not parse it.
+// It is for a program that must tell whether an env file changed since a
+// load read it (the manager's watch of the env files).
+func ReadEnvFile(path string) ([]byte, error) { return readEnvFile(path) }
 
 // lineOf is the line of data that sets name last (as the parser keeps
 // the last), 0 if none seems to.

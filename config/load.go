@@ -617,6 +617,7 @@ func (d *decoder) config(top entry) *Config {
 		d.problem(d.brokerSocketAt, sameSocketProblem(cfg.Control.Socket, cfg.Broker.Socket, true))
 	}
 	hasDeclared := len(cfg.Services) > 0
+	nDeclared, inFile := len(cfg.Services), map[*Service]bool{}
 	switch {
 	case services == nil && hasDeclared:
 	case services == nil:
@@ -633,9 +634,17 @@ func (d *decoder) config(top entry) *Config {
 		for _, e := range svcs {
 			if i := slices.IndexFunc(cfg.Services, func(s *Service) bool { return s.Name == e.key }); i >= 0 {
 				cfg.Services[i] = d.service(e, cfg.Services[i])
+				inFile[cfg.Services[i]] = true
 				continue
 			}
 			cfg.Services = append(cfg.Services, d.service(e, nil))
+		}
+	}
+	// A declared service the file leaves out keeps its declared env
+	// files, read now as service reads those of the file's services.
+	for _, s := range cfg.Services[:nDeclared] {
+		if !inFile[s] {
+			d.readEnvFiles(s, nil)
 		}
 	}
 	finish(cfg)

@@ -1,8 +1,10 @@
-// Package configwatch sees edits of the manager's configuration file, so
-// that an edit is applied as SIGHUP applies it.
+// Package configwatch sees edits of the manager's configuration file, and
+// of the env files the configuration uses, so that an edit is applied as
+// SIGHUP applies it.
 package configwatch
 
 import (
+	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -17,11 +19,12 @@ import (
 // temporary file, a rename, a chmod), and only the end state matters.
 const Quiet = 150 * time.Millisecond
 
-// Watch is the actor that reports edits of a configuration file. It watches
-// the file's directory, not the file: editors replace a file by renaming
-// another over it, and Kubernetes ConfigMaps swap a "..data" symlink; either
-// way a watched inode would be gone. Any event in the directory starts a
-// quiet period, after which the change is reported on Changes.
+// Watch is the actor that reports edits of a configuration file and of
+// the env files it uses (WatchFiles). It watches their directories, not
+// the files: editors replace a file by renaming another over it, and
+// Kubernetes ConfigMaps swap a "..data" symlink; either way a watched
+// inode would be gone. Any event in a watched directory starts a quiet
+// period, after which the change is reported on Changes.
 //
 // Whether the content changed is for the reader to say: it alone knows
 // what every reload read (a SIGHUP may have read a content the watch never
@@ -33,8 +36,11 @@ type Watch struct {
 	events  <-chan fsnotify.Event
 	errors  <-chan error
 	release func() error // closes the inotify descriptor
-	changes chan struct{}
-	quiet   time.Duration
+	// add and remove watch and stop watching a directory (fsnotify's Add
+	// and Remove, safe beside Run).
+	add, remove func(dir string) error
+	changes     chan struct{}
+	quiet       time.Duration
 	// after returns a channel that receives once d has passed: time.After,
 	// or a fake clock in tests.
 	after func(d time.Duration) <-chan time.Time
@@ -46,11 +52,21 @@ type Watch struct {
 	// report nothing more.
 	unwatch     chan struct{}
 	unwatchOnce sync.Once
+
+	mu sync.Mutex // guards what follows: WatchFiles may be called from any goroutine
+	// configDir is the config file's directory, always watched ("": no
+	// file). dirs are the other directories of the files WatchFiles
+	// named last: true if watched, false if that failed (and was said).
+	configDir string
+	dirs      map[string]bool
 }
 
-// New starts watching path's directory. It fails if the directory cannot
-// be watched (no inotify, say): the manager then runs without the watch.
-// Watch errors (an inotify overflow) are logged to log (nil: not logged).
+// New starts watching path's directory; with path "" (a program that
+// declares its configuration in Go) it watches nothing until WatchFiles.
+// It fails if the directory cannot be watched (no inotify, say): the
+// manager then runs without the watch. Watch errors (an inotify overflow,
+// a directory WatchFiles cannot watch) are logged to log (nil: not
+// logged).
 func New(path string, log *zap.Logger) (*Watch, error) {
 	if log == nil {
 		log = zap.NewNop()
@@ -59,15 +75,61 @@ func New(path string, log *zap.Logger) (*Watch, error) {
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
-	if err := fs.Add(filepath.Dir(path)); err != nil {
-		fs.Close()
-		return nil, fmt.Errorf("watch %s: %w", filepath.Dir(path), err)
+	var dir string
+	if path != "" {
+		dir = filepath.Dir(path)
+		if err := fs.Add(dir); err != nil {
+			fs.Close()
+			return nil, fmt.Errorf("watch %s: %w", dir, err)
+		}
 	}
 	return &Watch{
-		log: log, events: fs.Events, errors: fs.Errors, release: fs.Close,
+		log: log, events: fs.Events, errors: fs.Errors, release: fs.Close, add: fs.Add, remove: fs.Remove,
 		changes: make(chan struct{}, 1), quiet: Quiet, after: time.After, quit: make(chan struct{}),
-		unwatch: make(chan struct{}),
+		unwatch: make(chan struct{}), configDir: dir, dirs: map[string]bool{},
 	}, nil
+}
+
+// WatchFiles watches the directories of paths (the env files of the
+// configuration last loaded) besides the config file's, and stops
+// watching those that only the previous call's paths had: an edit of a
+// file in one of them is reported as an edit of the config file is. A
+// directory that cannot be watched (it does not exist, say) is logged once
+// and left out, and tried again at a later call that still names it.
+// Safe to call from any goroutine, beside Run, and after Release or Close
+// (it then watches nothing).
+func (w *Watch) WatchFiles(paths []string) {
+	want := map[string]bool{}
+	for _, p := range paths {
+		if d := filepath.Dir(p); d != w.configDir {
+			want[d] = true
+		}
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for d, watched := range w.dirs {
+		if !want[d] {
+			if watched {
+				_ = w.remove(d) // gone with its directory, or the watch released
+			}
+			delete(w.dirs, d)
+		}
+	}
+	for d := range want {
+		if w.dirs[d] {
+			continue
+		}
+		err := w.add(d)
+		switch _, said := w.dirs[d]; {
+		case err == nil:
+			w.dirs[d] = true
+		case errors.Is(err, fsnotify.ErrClosed):
+			return
+		case !said:
+			w.log.Warn("env file directory not watched; after an edit there, reload by hand", zap.String("dir", d), zap.Error(err))
+			w.dirs[d] = false
+		}
+	}
 }
 
 // Changes receives a value once the directory has been quiet for Quiet

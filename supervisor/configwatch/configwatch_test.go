@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -245,4 +246,97 @@ func TestWatchReleaseStopsWatchingButNotRun(t *testing.T) {
 		t.Fatal("Run did not return at Interrupt after Release")
 	}
 	f.done <- nil // for the cleanup's receive
+}
+
+// Against the real file system: an edit of a file in a directory
+// WatchFiles named is reported, as an edit of the config file is; one in
+// a directory it no longer names, or never named, is not even seen. The
+// events are recorded on their way to Run: inotify delivers them in the
+// order they happened, so once the edit after an unwatched one is seen,
+// the unwatched one would have been seen before it.
+func TestWatchFilesFollowsTheEnvFiles(t *testing.T) {
+	t.Parallel()
+	confDir, envDir, otherDir := t.TempDir(), t.TempDir(), t.TempDir()
+	w, err := New(filepath.Join(confDir, "g.yaml"), zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 64)
+	events := make(chan fsnotify.Event)
+	real := w.events
+	w.events = events
+	done := make(chan error, 1)
+	go func() {
+		for e := range real {
+			seen <- e.Name
+			select {
+			case events <- e:
+			case <-w.quit:
+				return
+			}
+		}
+	}()
+	go func() { done <- w.Run() }()
+	defer func() {
+		w.Interrupt(nil)
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	write := func(path string) {
+		t.Helper()
+		if err := os.WriteFile(path, []byte("A=1\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// seenUpTo waits for an event of path and returns every name seen
+	// up to it.
+	seenUpTo := func(path string) []string {
+		t.Helper()
+		var names []string
+		deadline := time.After(10 * time.Second)
+		for {
+			select {
+			case name := <-seen:
+				names = append(names, name)
+				if name == path {
+					return names
+				}
+			case <-deadline:
+				t.Fatalf("no event of %s; seen %v", path, names)
+			}
+		}
+	}
+
+	// The config file's directory stays watched whatever WatchFiles says.
+	w.WatchFiles([]string{filepath.Join(envDir, "a.env"), filepath.Join(envDir, "b.env"), filepath.Join(confDir, ".env")})
+	write(filepath.Join(otherDir, "x.env"))
+	write(filepath.Join(envDir, "b.env"))
+	names := seenUpTo(filepath.Join(envDir, "b.env"))
+	if slices.Contains(names, filepath.Join(otherDir, "x.env")) {
+		t.Errorf("an edit in a directory never named was seen: %v", names)
+	}
+	select {
+	case <-w.Changes():
+	case <-time.After(10 * time.Second):
+		t.Fatal("no change reported for an edit of an env file")
+	}
+
+	w.WatchFiles([]string{filepath.Join(otherDir, "x.env")})
+	write(filepath.Join(envDir, "a.env"))
+	write(filepath.Join(confDir, "g.yaml"))
+	names = seenUpTo(filepath.Join(confDir, "g.yaml"))
+	if slices.Contains(names, filepath.Join(envDir, "a.env")) {
+		t.Errorf("an edit in a directory no longer named was seen: %v", names)
+	}
+	write(filepath.Join(otherDir, "x.env"))
+	seenUpTo(filepath.Join(otherDir, "x.env"))
+
+	// A directory that cannot be watched is left out; the others are
+	// watched all the same. After Close, WatchFiles does nothing.
+	w.WatchFiles([]string{"/nonexistent/dir/x.env", filepath.Join(envDir, "a.env")})
+	write(filepath.Join(envDir, "a.env"))
+	seenUpTo(filepath.Join(envDir, "a.env"))
+	w.Close()
+	w.WatchFiles([]string{filepath.Join(t.TempDir(), "y.env")})
 }

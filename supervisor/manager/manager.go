@@ -49,9 +49,10 @@ import (
 type Options struct {
 	// ConfigFile is the YAML configuration to run, applied on top of
 	// Declaration. It is read again on each reload: SIGHUP, an edit of the
-	// file (its directory is watched), or `gotyledon reload`. Empty: the
+	// file or of an env file the running configuration uses (their
+	// directories are watched), or `gotyledon reload`. Empty: the
 	// Declaration alone, which each reload applies again (running the
-	// OnReload hook).
+	// OnReload hook), and which an edit of its env files reloads.
 	ConfigFile string
 	// Declaration is what the program declares in Go; nil: nothing.
 	Declaration *config.Declaration
@@ -255,8 +256,11 @@ func New(opts Options) (_ *Manager, err error) {
 		log.Info("metrics listening", zap.String("address", l.Addr().String()))
 	}
 	// Without the watch (no inotify, say) the manager still runs, and
-	// SIGHUP still reloads.
-	if opts.ConfigFile == "" {
+	// SIGHUP still reloads. The env files are watched too, a declared
+	// configuration's without a file; the reloader has the watch follow
+	// them from one configuration to the next.
+	envFiles := envFilePaths(cfg)
+	if opts.ConfigFile == "" && len(envFiles) == 0 {
 		return m, nil
 	}
 	if m.watch, err = configwatch.New(opts.ConfigFile, log); err != nil {
@@ -264,7 +268,8 @@ func New(opts Options) (_ *Manager, err error) {
 		m.watch, err = nil, nil
 	} else {
 		watch, sup := m.watch, m.sup
-		m.reloads.fileChanges = watch.Changes()
+		watch.WatchFiles(envFiles)
+		m.reloads.fileChanges, m.reloads.watchFiles = watch.Changes(), watch.WatchFiles
 		m.reloads.unwatch = func() { go releaseAfterStopSignals(watch, sup) }
 	}
 	return m, nil

@@ -3,8 +3,10 @@ package manager
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"sync"
@@ -39,13 +41,16 @@ type reloader struct {
 	broker  queueSetter // nil without queues
 	notify  notifier
 	summary func() string
-	// fileChanges reports edits of the file's directory (configwatch);
-	// nil without a watch. unwatch, called once a shutdown is under way
+	// fileChanges reports edits of the file's directory, and of the env
+	// files' (configwatch); nil without a watch. unwatch, called once a shutdown is under way
 	// (nil without a watch), lets the watch go beside the workers'
 	// stopping, rather than after it, when the manager's own stop waits
 	// for it. It must not block.
 	fileChanges <-chan struct{}
 	unwatch     func()
+	// watchFiles, told the env files of each configuration applied, has
+	// the watch follow them (nil without a watch). It must not block.
+	watchFiles func(paths []string)
 
 	asks     chan any // reloadAsk and stopAsk, in the order they were made
 	quit     chan struct{}
@@ -59,6 +64,10 @@ type reloader struct {
 	// lastRead is the file's content as the last reload (or the start)
 	// read it, good or bad.
 	lastRead []byte
+	// lastEnv is what the env files of the configuration then running
+	// held just before the last reload read them, good or bad (at the
+	// start, just after the first load, before the watch begins).
+	lastEnv envSnapshot
 	// announced: systemd has been told the first READY=1; reloads are
 	// told to it only from then on. reloading: a RELOADING=1 went out and
 	// its READY=1 has not. stopping: a shutdown is under way.
@@ -125,7 +134,7 @@ type stopAsk struct{ escalate bool }
 // newReloader returns the reloader of the configuration cfg, read from the
 // file's content data.
 func newReloader(cfg *config.Config, data []byte) *reloader {
-	return &reloader{current: cfg, lastRead: data, asks: make(chan any, 16), quit: make(chan struct{})}
+	return &reloader{current: cfg, lastRead: data, lastEnv: takeEnvSnapshot(cfg), asks: make(chan any, 16), quit: make(chan struct{})}
 }
 
 // Reload asks for a reload, as SIGHUP does, and waits for its outcome:
@@ -306,8 +315,9 @@ func (r *reloader) reload(a reloadAsk) {
 	if r.file != "" {
 		data, readErr = os.ReadFile(r.file)
 	}
-	// The watch reports any change of the file's directory. A content the
-	// last reload read already is not reloaded: a touch, the same bytes
+	// The watch reports any change of the file's directory (or an env
+	// file's). A content the last reload read already, the env files'
+	// too, is not reloaded: a touch, the same bytes
 	// written again, and an edit saved and then signalled (or `systemctl
 	// reload` after an edit), which reaches us from the watch and as
 	// SIGHUP, are applied, counted and told to systemd once. Compared with
@@ -316,6 +326,10 @@ func (r *reloader) reload(a reloadAsk) {
 	// always reload: they are asked for on purpose. The file is read here,
 	// not by the watch, so that what is applied is never older than what
 	// a reload before it applied.
+	// The env files are looked at before the configuration is loaded, so
+	// that an edit made meanwhile, which the load may or may not read, is
+	// one a later report sees as a change.
+	env := takeEnvSnapshot(r.current)
 	if a.source == supervisor.ReloadByFile {
 		switch {
 		case readErr != nil:
@@ -334,13 +348,17 @@ func (r *reloader) reload(a reloadAsk) {
 			r.unreadable = false
 			r.log.Info("config file can be read again", zap.String("config", r.file))
 		}
+		changedEnv := env.changedSince(r.lastEnv)
 		switch {
-		case bytes.Equal(data, r.lastRead):
+		case !bytes.Equal(data, r.lastRead):
+			r.log.Info("config file changed; reloading", zap.String("config", r.file))
+		case len(changedEnv) > 0:
+			r.log.Info("env file changed; reloading", zap.Strings("env_files", changedEnv))
+		default:
 			r.log.Debug("config file unchanged; nothing to do", zap.String("config", r.file))
 			a.answer(nil)
 			return
 		}
-		r.log.Info("config file changed; reloading", zap.String("config", r.file))
 	}
 	// A stop told while the file was read: the reload would be refused
 	// anyway; it must not reach systemd or the broker first.
@@ -356,7 +374,7 @@ func (r *reloader) reload(a reloadAsk) {
 		r.notify.Reloading()
 		r.reloading = true
 	}
-	outcome, err := r.apply(a.source, data, readErr)
+	outcome, err := r.apply(a.source, data, readErr, env)
 	if err != nil {
 		r.sup.ReloadRefused(a.source, err)
 		r.reloadDone()
@@ -410,13 +428,13 @@ func (r *reloader) reloadDone() {
 // apply loads the file's content data (or reports readErr) and hands the
 // result to the broker and the supervisor. It returns the channel of the
 // reload's settlement, or why it changed nothing.
-func (r *reloader) apply(source supervisor.ReloadSource, data []byte, readErr error) (<-chan error, error) {
+func (r *reloader) apply(source supervisor.ReloadSource, data []byte, readErr error, env envSnapshot) (<-chan error, error) {
 	if readErr != nil {
 		err := fmt.Errorf("load config: %w", readErr)
 		logConfigError(r.log, err, "reload failed: the running services are unchanged")
 		return nil, err
 	}
-	r.lastRead = data
+	r.lastRead, r.lastEnv = data, env
 	next, err := r.parse(data)
 	if err != nil {
 		logConfigError(r.log, err, "reload failed: the running services are unchanged")
@@ -435,7 +453,57 @@ func (r *reloader) apply(source supervisor.ReloadSource, data []byte, readErr er
 		}
 	}
 	r.current = next
+	if r.watchFiles != nil {
+		r.watchFiles(envFilePaths(next))
+	}
 	return r.sup.ReloadSettled(context.Background(), source, next)
+}
+
+// envFilePaths are the env files cfg's services read, each once (none
+// for a nil cfg).
+func envFilePaths(cfg *config.Config) []string {
+	var paths []string
+	if cfg == nil {
+		return nil
+	}
+	for _, svc := range cfg.Services {
+		for _, f := range svc.EnvFiles {
+			if !slices.Contains(paths, f.Path) {
+				paths = append(paths, f.Path)
+			}
+		}
+	}
+	return paths
+}
+
+// envSnapshot is what env files held: by path, a digest of the content,
+// or why it could not be read.
+type envSnapshot map[string]string
+
+// takeEnvSnapshot reads the env files of cfg.
+func takeEnvSnapshot(cfg *config.Config) envSnapshot {
+	s := envSnapshot{}
+	for _, p := range envFilePaths(cfg) {
+		data, err := config.ReadEnvFile(p)
+		if err != nil {
+			s[p] = "error: " + err.Error()
+			continue
+		}
+		s[p] = fmt.Sprintf("%x", sha256.Sum256(data))
+	}
+	return s
+}
+
+// changedSince lists the files of s that hold something else than in
+// old, or that old did not look at, sorted.
+func (s envSnapshot) changedSince(old envSnapshot) []string {
+	var changed []string
+	for _, p := range slices.Sorted(maps.Keys(s)) {
+		if was, ok := old[p]; !ok || was != s[p] {
+			changed = append(changed, p)
+		}
+	}
+	return changed
 }
 
 // socketsChange says what a reload cannot change: the broker's and the

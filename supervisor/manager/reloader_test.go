@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -587,5 +588,40 @@ func TestAReloadReadDuringAStopIsRefused(t *testing.T) {
 		if strings.HasPrefix(call, "reload ") {
 			t.Errorf("supervisor asked %q, want no reload", rig.loop.all())
 		}
+	}
+}
+
+// The watch follows the env files of each configuration applied, and of
+// none refused; a watch report with the file and its env files as the
+// last reload found them is dropped, one with an env file changed is not.
+func TestReloadFollowsTheEnvFiles(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.env"), filepath.Join(dir, "b.env")
+	write(t, a, "A=1\n")
+	write(t, b, "B=1\n")
+	rig := newReloadRig(t, "services:\n  a: {command: [/bin/true], env_file: "+a+"}\n", true)
+	var watched [][]string
+	rig.r.watchFiles = func(paths []string) { watched = append(watched, paths) }
+	byFile := func() {
+		t.Helper()
+		reply := make(chan error, 1)
+		rig.r.reload(reloadAsk{source: supervisor.ReloadByFile, reply: reply})
+		<-reply
+	}
+	byFile() // nothing changed since the start's load
+	write(t, a, "A=2\n")
+	byFile()
+	write(t, rig.path, "services:\n  a: {command: [/bin/true], env_file: ["+a+", "+b+"]}\n")
+	byFile()
+	write(t, rig.path, "services:\n  a: {command: [/bin/true], env_file: "+filepath.Join(dir, "missing.env")+"}\n")
+	byFile()
+	if want := []string{"reload file a=1", "reload file a=1", "refused file"}; !slices.Equal(rig.loop.all(), want) {
+		t.Errorf("supervisor asked %q, want %q", rig.loop.all(), want)
+	}
+	if want := [][]string{{a}, {a, b}}; !reflect.DeepEqual(watched, want) {
+		t.Errorf("watch told %q, want %q", watched, want)
+	}
+	if n := rig.logs.FilterMessage("env file changed; reloading").Len(); n != 1 {
+		t.Errorf("%d env file reloads logged, want 1", n)
 	}
 }
