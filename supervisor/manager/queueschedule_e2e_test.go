@@ -13,6 +13,7 @@ import (
 
 	"github.com/gotyledon/gotyledon/config"
 	"github.com/gotyledon/gotyledon/ipc"
+	"github.com/gotyledon/gotyledon/supervisor/control"
 )
 
 // This test binary, run with envScheduleConsumer set to a Unix socket, is
@@ -109,8 +110,19 @@ func TestScheduledItemReachesAWorker(t *testing.T) {
 			t.Fatalf("item %d: the worker reported %q, want \"got tick\"", i, got)
 		}
 	}
-	st := m.schedules.addStats(m.broker.Stats())
-	if sc := st[0].Scheduled; sc == nil || sc.Put < 2 || len(sc.Next) != 1 || !strings.HasSuffix(sc.Next[0].At.Format(time.RFC3339), "Z") {
-		t.Errorf("the queue's schedule figures %+v, want 2 puts or more and the next time in UTC", sc)
+	// The status document counts the puts and shows the next time, in
+	// the schedule's zone. The second put may be counted only after the
+	// worker has its item: one at least.
+	st, err := control.NewClient(filepath.Join(dir, "control.sock")).Status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Queues) != 1 || st.Queues[0].Schedule == nil {
+		t.Fatalf("status queues %+v, want jobs with its schedule", st.Queues)
+	}
+	sc := st.Queues[0].Schedule
+	if sc.PutTotal < 1 || sc.FailedTotal != 0 || len(sc.Schedules) != 1 || sc.Schedules[0].Cron != "@every 1s" || sc.Schedules[0].TimeZone != "UTC" ||
+		sc.Schedules[0].NextAt == nil || !strings.HasSuffix(sc.Schedules[0].NextAt.Format(time.RFC3339), "Z") {
+		t.Errorf("the queue's schedule in the status %+v, want a put or more and the next time in UTC", sc)
 	}
 }
