@@ -63,6 +63,9 @@ func (d *decoder) queue(name string, settings []entry, q *Queue) {
 			if n, ok := d.intRange(f, packRule); ok {
 				q.Pack, packAt = int(n), f.keyPos
 			}
+		case "schedule":
+			// The file's list replaces the declared one.
+			q.Schedules = d.schedules(f)
 		default:
 			d.unknownKey(f, fmt.Sprintf(" in queue %q", name), queueKeys)
 		}

@@ -63,7 +63,7 @@ func TestParseBrokerAndQueueErrors(t *testing.T) {
 		{"capacity absurd", "queues:\n  jobs: {capacity: 100000000}\n" + svc,
 			`g.yaml:2:20: capacity must be a whole number from 1 to 10000000 (got 100000000)`},
 		{"unknown queue key", "queues:\n  jobs: {capactiy: 10}\n" + svc,
-			`g.yaml:2:10: unknown key "capactiy" in queue "jobs" (did you mean "capacity"? known keys: ack_wait, capacity, pack, replicas, store)`},
+			`g.yaml:2:10: unknown key "capactiy" in queue "jobs" (did you mean "capacity"? known keys: ack_wait, capacity, pack, replicas, schedule, store)`},
 		{"duplicate queue", "queues:\n  jobs: {}\n  jobs: {}\n" + svc,
 			`g.yaml:3:3: duplicate queue name "jobs" (first at line 2, col 3; each queue name may appear once)`},
 		{"socket too long", "broker: {socket: " + long + "}\n" + svc,

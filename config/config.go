@@ -192,6 +192,10 @@ type Queue struct {
 	// jetstream queue; always 0 for a memory queue. Above 1, the queue's
 	// capacity, depth and in-flight count messages, not items.
 	Pack int
+	// Schedules put items into the queue at set times (`schedule`: one
+	// mapping or a list), through the broker as any producer's put;
+	// none by default.
+	Schedules []QueueSchedule
 	// Pos is where the queue's name stands in the file, or its declared
 	// field when only a Declaration names it.
 	Pos Position

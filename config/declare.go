@@ -85,7 +85,12 @@ type queueDecl struct {
 	ackWait  setting[time.Duration]
 	replicas setting[int]
 	pack     setting[int]
+	// schedules accumulate, one per Scheduled option.
+	schedules []setting[scheduleDecl]
 }
+
+// scheduleDecl is one declared schedule of a queue.
+type scheduleDecl struct{ cron, item, timeZone string }
 
 type socketDecl struct {
 	now                  int
@@ -350,6 +355,18 @@ func Replicas(n int) QueueOption {
 // count messages, not items.
 func Pack(n int) QueueOption {
 	return func(q *queueDecl) { q.pack.set(n, q.now) }
+}
+
+// Scheduled adds a schedule to a queue (`schedule`, none by default):
+// at each time of the cron expression (five fields, minute hour
+// day-of-month month day-of-week, or a descriptor such as @hourly or
+// "@every 1h"), read in timeZone (an IANA name; "" for the manager's
+// local time zone), the manager puts item into the queue. Each call adds
+// one; a file that sets the queue's schedule replaces them all.
+func Scheduled(cron, item, timeZone string) QueueOption {
+	return func(q *queueDecl) {
+		q.schedules = append(q.schedules, setting[scheduleDecl]{scheduleDecl{cron, item, timeZone}, q.now})
+	}
 }
 
 // Socket sets `socket`, the socket's path; a relative path is taken from
@@ -625,6 +642,23 @@ func (r *resolver) queue(qd *queueDecl) *Queue {
 	if n := qd.pack; n.isSet() && r.problem(n.seq, path+".pack", packRule.problem("pack", int64(n.v), strconv.Itoa(n.v))) &&
 		storeValid && r.problem(n.seq, path+".pack", jetStreamOnlyProblem("pack", q.Store)) {
 		q.Pack = n.v
+	}
+	for i, s := range qd.schedules {
+		field := fmt.Sprintf("%s.schedule[%d]", path, i)
+		loc := time.Local
+		if s.v.timeZone != "" {
+			l, msg := timeZoneRule(s.v.timeZone)
+			if !r.problem(s.seq, field+".time_zone", msg) {
+				continue
+			}
+			loc = l
+		}
+		sched, msg := scheduleRule(s.v.cron, loc)
+		if !r.problem(s.seq, field+".cron", msg) {
+			continue
+		}
+		sched.Pos = Position{Field: field}
+		q.Schedules = append(q.Schedules, QueueSchedule{Schedule: sched, Item: s.v.item})
 	}
 	return q
 }

@@ -30,7 +30,7 @@ var (
 	topKeys     = []string{"broker", "control", "nats", "queues", "services", "shutdown_timeout"}
 	brokerKeys  = []string{"allow_gids", "allow_uids", "group", "socket"}
 	controlKeys = []string{"allow_gids", "allow_uids", "group", "metrics_listen", "socket"}
-	queueKeys   = []string{"ack_wait", "capacity", "pack", "replicas", "store"}
+	queueKeys   = []string{"ack_wait", "capacity", "pack", "replicas", "schedule", "store"}
 	natsKeys    = []string{"bridge", "creds", "local_dir", "nkey", "sync", "tls", "url"}
 	tlsKeys     = []string{"ca", "cert", "key"}
 	serviceKeys = []string{"command", "depends_on", "dir", "env", "env_file", "on_exit", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}

@@ -184,7 +184,7 @@ func TestParseNATSErrors(t *testing.T) {
 		{"jetstream without nats, block style", "services:\n  web: {command: [a]}\nqueues:\n  jobs:\n    capacity: 5\n    store: jetstream\n",
 			`6:12: ` + needs},
 		{"unknown queue key", "queues:\n  jobs: {stor: jetstream}\n" + svc,
-			`2:10: unknown key "stor" in queue "jobs" (did you mean "store"? known keys: ack_wait, capacity, pack, replicas, store)`},
+			`2:10: unknown key "stor" in queue "jobs" (did you mean "store"? known keys: ack_wait, capacity, pack, replicas, schedule, store)`},
 
 		// The nats: section itself.
 		{"nats left empty", "nats:\nqueues:\n  jobs: {store: jetstream}\n" + svc,

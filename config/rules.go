@@ -592,3 +592,73 @@ func onExitProblem(o OnExit, got string) string {
 	}
 	return ""
 }
+
+// minEvery is the shortest @every interval: the cron library rounds to
+// whole seconds, and would take a shorter one as one second.
+const minEvery = time.Second
+
+// cronExample is a right value, for the messages.
+const cronExample = `as in "0 3 * * *" (03:00 every day), "*/5 * * * *" or "@hourly"`
+
+// scheduleRule is the rule for a schedule: its expression parses as
+// cron, and names a time that comes, read in loc. It returns the
+// Schedule (Pos left to the caller), or the message.
+func scheduleRule(expr string, loc *time.Location) (Schedule, string) {
+	const fields = "minute hour day-of-month month day-of-week"
+	trimmed := strings.TrimSpace(expr)
+	switch {
+	case trimmed == "":
+		return Schedule{}, fmt.Sprintf("cron is empty (write 5 fields, %s, %s)", fields, cronExample)
+	case strings.HasPrefix(trimmed, "TZ=") || strings.HasPrefix(trimmed, "CRON_TZ="):
+		return Schedule{}, fmt.Sprintf(`cron %q names its time zone in the expression (write it in time_zone instead, as in {cron: "0 3 * * *", time_zone: Europe/Paris})`, expr)
+	}
+	spec, err := cronParser.Parse(trimmed)
+	if err != nil {
+		return Schedule{}, cronMessage(expr, trimmed, err)
+	}
+	// The library takes an interval under a second as one second.
+	if every, ok := strings.CutPrefix(trimmed, "@every "); ok {
+		if t, err := time.ParseDuration(strings.TrimSpace(every)); err == nil && t < minEvery {
+			return Schedule{}, fmt.Sprintf(`cron %q repeats more often than once a second (write "@every 1s" or longer)`, expr)
+		}
+	}
+	s := Schedule{Cron: expr, Location: loc, spec: spec}
+	if s.Next(time.Now()).IsZero() {
+		return Schedule{}, fmt.Sprintf(`cron %q names no date that comes (such as the 30th of February): it would never fire (%s)`, expr, cronExample)
+	}
+	return s, ""
+}
+
+// cronMessage says in plain words what the cron library found wrong with
+// expr, and what a right one looks like.
+func cronMessage(expr, trimmed string, err error) string {
+	reason := err.Error()
+	n := len(strings.Fields(trimmed))
+	switch {
+	case strings.HasPrefix(trimmed, "@every"):
+		return fmt.Sprintf(`cron %q: @every needs a duration, as in "@every 90s" or "@every 1h30m"`, expr)
+	case strings.HasPrefix(trimmed, "@"):
+		return fmt.Sprintf(`cron %q is not a known descriptor (use @yearly, @monthly, @weekly, @daily, @hourly or "@every 1h30m", or 5 fields %s)`, expr, cronExample)
+	case n == 6:
+		return fmt.Sprintf("cron %q has 6 fields; gotyledon's cron has no seconds field (write 5 fields: minute hour day-of-month month day-of-week, %s)", expr, cronExample)
+	case n != 5:
+		return fmt.Sprintf("cron %q has %d fields (write 5: minute hour day-of-month month day-of-week, %s)", expr, n, cronExample)
+	case strings.Contains(reason, "above maximum"), strings.Contains(reason, "below minimum"):
+		return fmt.Sprintf("cron %q has a value out of range: %s (minute 0-59, hour 0-23, day of month 1-31, month 1-12 or JAN-DEC, day of week 0-6 or SUN-SAT; %s)", expr, reason, cronExample)
+	}
+	return fmt.Sprintf("cron %q is not a valid cron expression: %s (%s)", expr, reason, cronExample)
+}
+
+// timeZoneRule is the rule for time_zone: an IANA time zone name this
+// machine knows. It returns the location, or nil and the message.
+func timeZoneRule(name string) (*time.Location, string) {
+	const example = `as in "Europe/Paris" or "UTC"`
+	if name == "" {
+		return nil, fmt.Sprintf("time_zone is empty (write an IANA time zone name %s, or leave time_zone out for the manager's local time zone)", example)
+	}
+	loc, err := time.LoadLocation(name)
+	if err != nil {
+		return nil, fmt.Sprintf("unknown time_zone %q (write an IANA time zone name %s; this machine's are under /usr/share/zoneinfo)", name, example)
+	}
+	return loc, ""
+}

@@ -429,6 +429,31 @@ type QueueStats struct {
 	Store            string
 	StoreState       string
 	StoreRedelivered int
+	// Scheduled are the figures of the queue's schedules, which the
+	// manager fills in (its scheduler puts through the broker like any
+	// producer); nil for a queue that has had no schedule.
+	Scheduled *ScheduledStats
+}
+
+// ScheduledStats are the figures of a queue's schedules
+// (queues.NAME.schedule) since the manager started; they survive reloads.
+type ScheduledStats struct {
+	// Put counts items the schedules put; Failed the times a schedule's
+	// item was not put (the queue stayed full past the wait, or the put
+	// failed).
+	Put, Failed uint64
+	// Next are the schedules the queue has now, in the configuration's
+	// order.
+	Next []ScheduleNext
+}
+
+// ScheduleNext is one schedule and its next time.
+type ScheduleNext struct {
+	Cron string
+	// TimeZone is the IANA name the cron is read in, or "Local".
+	TimeZone string
+	// At is the next time, in the schedule's time zone.
+	At time.Time
 }
 
 // HasFigures reports whether q's figures are known: a memory queue's

@@ -58,7 +58,12 @@ func keysOf(t *testing.T, v any) []string {
 func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	at := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
 	tasks := ipc.TaskStats{Submitted: 3, Done: 1, Running: 1, Runtime: ipc.RuntimeStats{Count: 1, Sum: time.Second, P50: time.Second, P90: time.Second, P99: time.Second}}
-	queues := []ipc.QueueStats{{Name: "jobs", Capacity: 10, Depth: 2, InFlight: 1, Put: 7, Delivered: 5, Acked: 4, Redelivered: 1, Tasks: tasks}}
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		t.Fatal(err)
+	}
+	scheduled := &ipc.ScheduledStats{Put: 3, Failed: 1, Next: []ipc.ScheduleNext{{Cron: "0 3 * * *", TimeZone: "Europe/Paris", At: time.Date(2026, 11, 26, 3, 0, 0, 0, paris)}}}
+	queues := []ipc.QueueStats{{Name: "jobs", Capacity: 10, Depth: 2, InFlight: 1, Put: 7, Delivered: 5, Acked: 4, Redelivered: 1, Tasks: tasks, Scheduled: scheduled}}
 	doc := NewStatus(fullStatus(at), queues, map[string]QueueRate{"jobs": {Put: 1.5, Acked: 1}}, 4242, at.Add(time.Minute))
 	doc.AddServiceTasks(map[string]ipc.TaskStats{doc.Services[0].Name: tasks})
 	b, err := json.Marshal(doc)
@@ -75,7 +80,9 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		"waiting_for": {"condition", "failed", "reason", "service"},
 		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
 		"worker":      {"cpu_seconds", "failures", "id", "last_exit", "last_exit_at", "memory_bytes", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds", "usage_of"},
-		"queue":       {"acked_per_second", "acked_per_second_history", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_per_second_history", "put_total", "redelivered_total", "tasks"},
+		"queue":       {"acked_per_second", "acked_per_second_history", "acked_total", "capacity", "consumers", "delivered_total", "depth", "in_flight", "name", "put_per_second", "put_per_second_history", "put_total", "redelivered_total", "schedule", "tasks"},
+		"schedule":    {"failed_total", "put_total", "schedules"},
+		"schedules":   {"cron", "next_at", "time_zone"},
 		"tasks":       {"cancelled", "done", "failed", "redelivered", "running", "runtime_count", "runtime_p50_seconds", "runtime_p90_seconds", "runtime_p99_seconds", "runtime_sum_seconds", "submitted"},
 		"last_reload": {"at", "error", "halted", "ok", "source"},
 		"reloads":     {"failed", "ok"},
@@ -89,6 +96,8 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		"worker":      keysOf(t, svc.(map[string]any)["workers"].([]any)[1]),
 		"queue":       keysOf(t, top["queues"].([]any)[0]),
 		"tasks":       keysOf(t, top["queues"].([]any)[0].(map[string]any)["tasks"]),
+		"schedule":    keysOf(t, top["queues"].([]any)[0].(map[string]any)["schedule"]),
+		"schedules":   keysOf(t, top["queues"].([]any)[0].(map[string]any)["schedule"].(map[string]any)["schedules"].([]any)[0]),
 		"last_reload": keysOf(t, top["last_reload"]),
 		"reloads":     keysOf(t, top["reloads"]),
 	}
@@ -109,6 +118,10 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	}
 	if q := top["queues"].([]any)[0].(map[string]any); q["put_per_second_history"] == nil || len(q["acked_per_second_history"].([]any)) != 0 {
 		t.Errorf("queue histories %v %v without samples, want []", q["put_per_second_history"], q["acked_per_second_history"])
+	}
+	if sc := top["queues"].([]any)[0].(map[string]any)["schedule"].(map[string]any); sc["put_total"] != float64(3) || sc["failed_total"] != float64(1) ||
+		sc["schedules"].([]any)[0].(map[string]any)["next_at"] != "2026-11-26T03:00:00+01:00" {
+		t.Errorf("queue schedule %v, want 3 put, 1 failed, next_at with Paris's offset", sc)
 	}
 	lr := top["last_reload"].(map[string]any)
 	if lr["ok"] != false || lr["source"] != "SIGHUP" || lr["error"] != "c.yaml:1:1: bad" {

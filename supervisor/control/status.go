@@ -16,7 +16,7 @@ const Schema = 1
 
 // Status is the status document: the JSON of GET /v1/status and of
 // `gotyledon status --json`, and what Client.Status returns. Times are
-// RFC 3339 in UTC, null when there is none; durations are seconds. Every
+// RFC 3339 in UTC (but a schedule's next_at, in its own zone), null when there is none; durations are seconds. Every
 // key is pinned by a test; the status section of supervisor/README.md
 // documents each.
 type Status struct {
@@ -171,6 +171,44 @@ type QueueStatus struct {
 	// Tasks are the queue's task figures; absent until its first task, and
 	// for a queue kept in a store (which carries no tasks).
 	Tasks *TaskStatus `json:"tasks,omitempty"`
+	// Schedule is what the queue's schedules (queues.NAME.schedule) put;
+	// absent for a queue that has had none.
+	Schedule *QueueScheduleStatus `json:"schedule,omitempty"`
+}
+
+// QueueScheduleStatus counts a queue's scheduled puts since the manager
+// started, and lists its schedules now.
+type QueueScheduleStatus struct {
+	PutTotal uint64 `json:"put_total"`
+	// FailedTotal counts the times an item was not put: the queue stayed
+	// full past the put's wait, or the put failed.
+	FailedTotal uint64           `json:"failed_total"`
+	Schedules   []ScheduleStatus `json:"schedules"`
+}
+
+// ScheduleStatus is one schedule of a queue.
+type ScheduleStatus struct {
+	Cron     string `json:"cron"`
+	TimeZone string `json:"time_zone"` // an IANA name, or "Local"
+	// NextAt is the next time, RFC 3339 with the schedule's own offset
+	// (not UTC: "2026-12-07T03:00:00+01:00"); null if none.
+	NextAt *time.Time `json:"next_at"`
+}
+
+func newQueueScheduleStatus(s *ipc.ScheduledStats) *QueueScheduleStatus {
+	if s == nil {
+		return nil
+	}
+	out := &QueueScheduleStatus{PutTotal: s.Put, FailedTotal: s.Failed, Schedules: []ScheduleStatus{}}
+	for _, n := range s.Next {
+		st := ScheduleStatus{Cron: n.Cron, TimeZone: n.TimeZone}
+		if !n.At.IsZero() {
+			at := n.At
+			st.NextAt = &at
+		}
+		out.Schedules = append(out.Schedules, st)
+	}
+	return out
 }
 
 // ReloadStatus is the newest reload's result.
@@ -265,6 +303,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 			PutPerSecond: r.Put, AckedPerSecond: r.Acked,
 			PutHistory: nonNil(r.PutHistory), AckedHistory: nonNil(r.AckedHistory),
 			Store: q.Store, StoreState: q.StoreState, StoreRedelivered: q.StoreRedelivered,
+			Schedule: newQueueScheduleStatus(q.Scheduled),
 		})
 		if !q.Forwarded && q.Tasks.Submitted > 0 {
 			doc.Queues[len(doc.Queues)-1].Tasks = newTaskStatus(q.Tasks)

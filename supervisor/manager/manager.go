@@ -102,6 +102,8 @@ type Manager struct {
 
 	broker        *ipc.Broker  // nil without queues
 	queueListener net.Listener // nil without queues
+	schedules     *queueScheduler
+	schedulePut   *brokerPut // the schedules' connection to the broker; nil without queues
 	control       *control.Server
 	metricsServer *metrics.Server // nil without control.metrics_listen
 	notify        *sdnotify.Notifier
@@ -209,8 +211,12 @@ func New(opts Options) (_ *Manager, err error) {
 			}
 			return nil, fmt.Errorf("%w: %w", ErrNotStarted, err)
 		}
+		// The queues' schedules put through the queue socket, as any
+		// producer does.
+		m.schedulePut = &brokerPut{socket: socket}
+		m.schedules = newQueueScheduler(cfg.Queues, m.schedulePut.put, log.Named("schedule"))
 		queues = func() []ipc.QueueStats {
-			return ipc.WithStoreStatus(m.broker.Stats(), string(config.StoreJetStream), bridgeStatusSocket(socket))
+			return m.schedules.addStats(ipc.WithStoreStatus(m.broker.Stats(), string(config.StoreJetStream), bridgeStatusSocket(socket)))
 		}
 		log.Info("queue broker listening", zap.String("socket", socket), zap.Int("queues", len(cfg.Queues)))
 	}
@@ -220,6 +226,7 @@ func New(opts Options) (_ *Manager, err error) {
 	m.reloads.sup, m.reloads.notify = m.sup, m.notify
 	if m.broker != nil {
 		m.reloads.broker = m.broker
+		m.reloads.schedules = m.schedules
 	}
 	m.reloads.summary = func() string {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -411,6 +418,11 @@ func (m *Manager) Run(ctx context.Context) error {
 	// lost with the manager (at least once holds while the manager lives).
 	if m.broker != nil {
 		g.Add(func() error { return m.broker.Serve(m.queueListener) }, func(error) { m.broker.Close() })
+	}
+	// Queue schedules: each schedule's item put at its times, through the
+	// broker; a reload hands it the new schedules.
+	if m.schedules != nil {
+		g.Add(func() error { defer m.schedulePut.close(); return m.schedules.Run() }, m.schedules.Interrupt)
 	}
 	// Control socket: status, scale, reload and metrics.
 	if m.control != nil {

@@ -35,12 +35,15 @@ type reloader struct {
 	// parse turns the file's content into a configuration: config.ParseOver
 	// with the program's declaration and Go services. Without a file it
 	// is called with nil, and resolves the declaration alone.
-	parse   func(data []byte) (*config.Config, error)
-	log     *zap.Logger
-	sup     loop
-	broker  queueSetter // nil without queues
-	notify  notifier
-	summary func() string
+	parse  func(data []byte) (*config.Config, error)
+	log    *zap.Logger
+	sup    loop
+	broker queueSetter // nil without queues
+	// schedules receives the queues of each configuration applied, for
+	// their schedules; nil without queues.
+	schedules scheduleSetter
+	notify    notifier
+	summary   func() string
 	// fileChanges reports edits of the file's directory, and of the env
 	// files' (configwatch); nil without a watch. unwatch, called once a shutdown is under way
 	// (nil without a watch), lets the watch go beside the workers'
@@ -101,6 +104,12 @@ type loop interface {
 // queueSetter is what the reloader asks of the broker (*ipc.Broker).
 type queueSetter interface {
 	SetQueues(qs []ipc.QueueConfig) error
+}
+
+// scheduleSetter is what the reloader asks of the queues' scheduler
+// (*queueScheduler).
+type scheduleSetter interface {
+	SetQueues(qs []*config.Queue)
 }
 
 // notifier is what the reloader tells systemd (*sdnotify.Notifier).
@@ -455,6 +464,9 @@ func (r *reloader) apply(source supervisor.ReloadSource, data []byte, readErr er
 	r.current = next
 	if r.watchFiles != nil {
 		r.watchFiles(envFilePaths(next))
+	}
+	if r.schedules != nil {
+		r.schedules.SetQueues(next.Queues)
 	}
 	return r.sup.ReloadSettled(context.Background(), source, next)
 }

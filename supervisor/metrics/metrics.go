@@ -28,6 +28,8 @@
 //	gotyledon_queue_acked_total{queue}             counter  items acked (auto-ack items when written out)
 //	gotyledon_queue_redelivered_total{queue}       counter  items handed out again after a NACK or a closed connection
 //	gotyledon_queue_store_up{queue,store}          gauge    1 while the store of a queue not kept in memory answers, else 0
+//	gotyledon_queue_scheduled_put_total{queue}     counter  items the queue's schedules put
+//	gotyledon_queue_scheduled_failed_total{queue}  counter  times a schedule's item was not put (the queue stayed full past the wait, or the put failed)
 //	gotyledon_queue_tasks_submitted_total{queue}   counter  tasks accepted by SUBMITs
 //	gotyledon_queue_tasks_running{queue}           gauge    tasks handed out and not yet answered
 //	gotyledon_queue_tasks_total{queue,outcome}     counter  tasks ended, by outcome: done, failed, cancelled
@@ -36,7 +38,8 @@
 //	gotyledon_service_tasks_*{service}             the same five, of the tasks a service's workers submitted (submitted, cancelled) and took (the others)
 //
 // A queue's task series are there once it has had a task; a service's once
-// its workers have submitted or taken one.
+// its workers have submitted or taken one. A queue's scheduled series are
+// there once it has had a schedule (queues.NAME.schedule).
 //
 // The figures of a queue kept in a store (store: jetstream) are the
 // store's, of the queue as a whole (every manager sharing it counts): its
@@ -256,6 +259,10 @@ var (
 		"Items handed out again after a NACK or a closed connection, since the broker started.", counterType, "queue")
 	queueStoreUp = gotyledonDesc("queue_store_up",
 		"1 while the store of a queue not kept in the manager's memory answers, else 0.", gaugeType, "queue", "store")
+	queueScheduledPut = gotyledonDesc("queue_scheduled_put_total",
+		"Items the queue's schedules put since the manager started.", counterType, "queue")
+	queueScheduledFailed = gotyledonDesc("queue_scheduled_failed_total",
+		"Times one of the queue's schedules did not put its item since the manager started: the queue stayed full past the put's wait, or the put failed.", counterType, "queue")
 )
 
 // supervisorFamilies are the figures of st.
@@ -333,9 +340,20 @@ func queueFamilies(stats []ipc.QueueStats) []*family {
 			tasks.add(q.Tasks, q.Name)
 		}
 	}
+	// Counted by the manager, not the store: there whatever the store says.
+	scheduledPut, scheduledFailed := &family{desc: queueScheduledPut}, &family{desc: queueScheduledFailed}
+	for _, q := range stats {
+		if q.Scheduled != nil {
+			scheduledPut.add(float64(q.Scheduled.Put), q.Name)
+			scheduledFailed.add(float64(q.Scheduled.Failed), q.Name)
+		}
+	}
 	fams := []*family{depth, inFlight, capacity, put, delivered, acked, redelivered}
 	if len(storeUp.series) > 0 {
 		fams = append(fams, storeUp)
+	}
+	if len(scheduledPut.series) > 0 {
+		fams = append(fams, scheduledPut, scheduledFailed)
 	}
 	return append(fams, tasks.families()...)
 }

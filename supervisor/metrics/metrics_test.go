@@ -59,9 +59,11 @@ func metricsStatus() supervisor.Status {
 
 func metricsQueues() []ipc.QueueStats {
 	return []ipc.QueueStats{
-		{Name: "jobs", Capacity: 100, Depth: 12, InFlight: 3, Put: 1000, Delivered: 990, Acked: 985, Redelivered: 4},
+		{Name: "jobs", Capacity: 100, Depth: 12, InFlight: 3, Put: 1000, Delivered: 990, Acked: 985, Redelivered: 4,
+			Scheduled: &ipc.ScheduledStats{Put: 24, Failed: 1}},
 		{Name: "mail", Capacity: 10000},
-		{Name: "durable", Capacity: 500, Depth: 7, Put: 20, Forwarded: true, Store: "jetstream", StoreState: "reconnecting"},
+		{Name: "durable", Capacity: 500, Depth: 7, Put: 20, Forwarded: true, Store: "jetstream", StoreState: "reconnecting",
+			Scheduled: &ipc.ScheduledStats{Put: 2}},
 	}
 }
 
@@ -207,6 +209,9 @@ func TestMetricsValues(t *testing.T) {
 		{"gotyledon_queue_depth", gauge, []string{"queue", "mail"}, 0},
 		{"gotyledon_queue_capacity", gauge, []string{"queue", "mail"}, 10000},
 		{"gotyledon_queue_put_total", counter, []string{"queue", "mail"}, 0},
+		{"gotyledon_queue_scheduled_put_total", counter, []string{"queue", "jobs"}, 24},
+		{"gotyledon_queue_scheduled_failed_total", counter, []string{"queue", "jobs"}, 1},
+		{"gotyledon_queue_scheduled_put_total", counter, []string{"queue", "durable"}, 2},
 		{"gotyledon_queue_capacity", gauge, []string{"queue", "durable"}, 500},
 		{"gotyledon_queue_store_up", gauge, []string{"queue", "durable", "store", "jetstream"}, 0},
 	} {
@@ -223,10 +228,11 @@ func TestMetricsValues(t *testing.T) {
 	}
 	// Exactly the series of two queues, of the one kept in JetStream its
 	// capacity and its store (its store does not answer: its figures are
-	// unknown, not 0), and two services, nothing more: a worker's CPU and
+	// unknown, not 0), the scheduled puts of two queues (counted by the
+	// manager, known whatever the store says), and two services, nothing more: a worker's CPU and
 	// memory only where it has a cgroup (web's worker 0, not 2).
 	metricValue(t, fams, "gotyledon_worker_cpu_seconds_total", counter, "service", "web", "worker", "0")
-	for prefix, want := range map[string]int{"gotyledon_queue_": 2*7 + 2, "gotyledon_worker": 2*(6+2+len(supervisor.ExitReasons)) + 2} {
+	for prefix, want := range map[string]int{"gotyledon_queue_": 2*7 + 2 + 2*2, "gotyledon_worker": 2*(6+2+len(supervisor.ExitReasons)) + 2} {
 		if n := seriesCount(fams, prefix); n != want {
 			t.Errorf("%d %s* series, want %d", n, prefix, want)
 		}
@@ -340,7 +346,7 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 	if v := metricValue(t, fams, "gotyledon_queue_depth", dto.MetricType_GAUGE, "queue", "jobs"); v != 12 {
 		t.Errorf("gotyledon_queue_depth{queue=jobs} = %v, want 12", v)
 	}
-	if seriesCount(fams, "gotyledon_queue_") != 2*7+2 {
+	if seriesCount(fams, "gotyledon_queue_") != 2*7+2+2*2 {
 		t.Errorf("queue series missing:\n%s", body)
 	}
 	metricValue(t, fams, "go_goroutines", dto.MetricType_GAUGE)
@@ -359,7 +365,8 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 // The families added since (gotyledon_workers_ready,
 // gotyledon_worker_watchdog_aborts_total, gotyledon_worker_cpu_seconds_total,
 // gotyledon_worker_memory_bytes, gotyledon_queue_store_up,
-// gotyledon_workers_completed, and the series
+// gotyledon_workers_completed, gotyledon_queue_scheduled_put_total,
+// gotyledon_queue_scheduled_failed_total, and the series
 // of a queue kept in JetStream), and the help of
 // gotyledon_reloads_total since halted rollouts count as failed, were
 // written into it by hand, in the same format; promlint checks them
