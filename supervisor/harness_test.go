@@ -266,8 +266,13 @@ func testHooks() supervisor.Hooks {
 			}
 		},
 		OnNewWorker: func(w supervisor.WorkerEvent) { say("new-worker %s %d %d", w.Service, w.ID, w.PID) },
-		OnDeadWorker: func(w supervisor.WorkerEvent) {
+		OnDeadWorker: func(w supervisor.WorkerEvent) supervisor.DeadWorkerAction {
 			say("dead-worker %s %d %d %s %d %d", w.Service, w.ID, w.PID, w.Status, w.ExitCode, w.Signal)
+			// A service named so is essential by the hook's word.
+			if w.Service == "essential-by-hook" && !w.Stopped {
+				return supervisor.StopManager
+			}
+			return supervisor.KeepRunning
 		},
 		OnTerminate: func() { say("terminate") },
 	}
@@ -367,13 +372,14 @@ var helperCommands = map[string]func() int{
 		var sup *supervisor.Supervisor
 		sup, err = supervisor.New(cfg, supervisor.Options{Logger: zap.NewNop(), Hooks: supervisor.Hooks{
 			OnNewWorker: func(w supervisor.WorkerEvent) { pids <- w.PID },
-			OnDeadWorker: func(supervisor.WorkerEvent) {
+			OnDeadWorker: func(supervisor.WorkerEvent) supervisor.DeadWorkerAction {
 				time.Sleep(50 * time.Millisecond) // the sweep and more would be done by now
 				select {
 				case <-sup.Stopped():
 					fmt.Println("stopped while a hook ran")
 				default:
 				}
+				return supervisor.KeepRunning
 			},
 		}})
 		if err != nil {
@@ -483,7 +489,7 @@ var helperCommands = map[string]func() int{
 		}
 		hooks := supervisor.Hooks{
 			OnNewWorker: func(supervisor.WorkerEvent) { sup.Shutdown(false) },
-			OnDeadWorker: func(supervisor.WorkerEvent) {
+			OnDeadWorker: func(supervisor.WorkerEvent) supervisor.DeadWorkerAction {
 				for {
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 					_, err := sup.Status(ctx)
@@ -496,6 +502,7 @@ var helperCommands = map[string]func() int{
 				call("reconfigure", func(ctx context.Context) error { return sup.Reconfigure(ctx, "s", 2) })
 				call("reload", func(ctx context.Context) error { return sup.Reload(ctx, supervisor.ReloadByProgram, cfg) })
 				fmt.Println("hook done")
+				return supervisor.KeepRunning
 			},
 		}
 		if sup, err = supervisor.New(cfg, supervisor.Options{Hooks: hooks}); err != nil {

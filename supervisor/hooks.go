@@ -30,8 +30,11 @@ type Hooks struct {
 	// OnNewWorker runs when a worker process has started.
 	OnNewWorker func(w WorkerEvent)
 	// OnDeadWorker runs when a worker process has exited, for any reason;
-	// w.Status says how.
-	OnDeadWorker func(w WorkerEvent)
+	// w.Status says how, w.Stopped whether the manager stopped it. Its
+	// result is what the manager does next: KeepRunning, or StopManager
+	// (as `on_exit: stop_manager`, cotyledon's use of on_dead_worker for
+	// an essential worker).
+	OnDeadWorker func(w WorkerEvent) DeadWorkerAction
 	// OnTerminate runs once, when a shutdown begins.
 	OnTerminate func()
 }
@@ -47,6 +50,10 @@ type WorkerEvent struct {
 	Status   string
 	ExitCode int
 	Signal   syscall.Signal
+	// Stopped: the manager asked the process to stop (a shutdown, a
+	// rescale, a replacement, its watchdog); false for an exit of its
+	// own.
+	Stopped bool
 	// Supervisor is the one that runs the worker, for a hook to call its
 	// Reconfigure, RunCommand or Shutdown.
 	Supervisor *Supervisor

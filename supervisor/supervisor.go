@@ -147,6 +147,9 @@ type Supervisor struct {
 	rollout *rollout
 	// notifyDir holds the workers' notify sockets; made on first use.
 	notifyDir string
+	// exitCause is the essential service's exit that stopped the manager
+	// (onexit.go); nil otherwise.
+	exitCause *ServiceExitError
 	// released holds the services whose dependencies were met, or that
 	// have none: their slots start; a service not in it has its slots
 	// wait (depends.go).
@@ -447,9 +450,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		err := &ShutdownKillError{Workers: s.killedAtStop, Leftovers: leftoversKilled}
 		s.log.Warn("manager stopped: every worker has exited, "+err.Error(),
 			zap.Int("workers_killed", s.killedAtStop), zap.Int("leftovers_killed", leftoversKilled))
+		if s.exitCause != nil {
+			return fmt.Errorf("%w; %w", s.exitCause, err)
+		}
 		return err
 	}
 	s.log.Info("manager stopped: every worker has exited")
+	if s.exitCause != nil {
+		return s.exitCause
+	}
 	return nil
 }
 
@@ -588,6 +597,12 @@ func (s *Supervisor) handle(ev event) {
 		}
 	case shutdownRequested:
 		s.onShutdown(ev.fast)
+	case stopManagerRequested:
+		if !s.stopping {
+			s.log.Error("an OnDeadWorker hook asked to stop the manager", zap.String("service", ev.cause.Service),
+				zap.Int("worker", ev.cause.ID), zap.String("status", ev.cause.Status), zap.Int("exit_code", ev.cause.Code))
+		}
+		s.onStopManager(ev.cause)
 	case reloadRequested:
 		err := s.onReload(ev.cfg, ev.source, ev.settled)
 		if ev.reply != nil {
@@ -698,6 +713,11 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 		s.halt(w, fmt.Errorf("%s worker %d failed to start: %w", w.key.service, w.key.id, ev.err))
 		return
 	}
+	if s.stopsManager(w, false) {
+		s.stopManager(w, &ServiceExitError{Service: w.key.service, ID: w.key.id, Status: "failed to start: " + ev.err.Error(), Code: startFailedCode},
+			s.fields(w, zap.Error(ev.err)))
+		return
+	}
 	if s.policy(w) == config.RestartNever {
 		s.complete(w, false, "failed to start: "+ev.err.Error(), s.fields(w, zap.Error(ev.err)))
 		return
@@ -736,11 +756,17 @@ func (s *Supervisor) onExited(ev workerExited) {
 	s.counters(w.key.service).Exits[exitReason(w.state, ev.status)]++
 	fields := s.fields(w, zap.String("status", status), zap.Duration("uptime", uptime))
 	if s.hooks.OnDeadWorker != nil {
-		dead := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: ev.pid, Status: status, ExitCode: ev.status.ExitStatus(), Supervisor: s}
+		dead := WorkerEvent{Service: w.key.service, ID: w.key.id, PID: ev.pid, Status: status, ExitCode: ev.status.ExitStatus(),
+			Stopped: w.state == stateStopping, Supervisor: s}
 		if ev.status.Signaled() {
 			dead.Signal = ev.status.Signal()
 		}
-		s.hook(func() { s.hooks.OnDeadWorker(dead) })
+		cause := &ServiceExitError{Service: w.key.service, ID: w.key.id, Status: status, Code: managerExitCode(ev.status), ByHook: true}
+		s.hook(func() {
+			if s.hooks.OnDeadWorker(dead) == StopManager {
+				s.inbox.put(stopManagerRequested{cause: cause})
+			}
+		})
 	}
 	if w.state == stateStopping {
 		cancel(&w.cancelKill)
@@ -756,7 +782,11 @@ func (s *Supervisor) onExited(ev workerExited) {
 			if aborted {
 				// Its watchdog or ready_timeout stopped it: a failure,
 				// restarted as after a crash, unless its policy says
-				// never.
+				// never, or its service is essential.
+				if s.stopsManager(w, false) {
+					s.stopManager(w, &ServiceExitError{Service: w.key.service, ID: w.key.id, Status: status, Code: managerExitCode(ev.status)}, fields)
+					return
+				}
 				if completes(s.policy(w), ev.status) {
 					s.complete(w, false, status, fields)
 					return
@@ -772,8 +802,20 @@ func (s *Supervisor) onExited(ev workerExited) {
 		s.replaceNext(w.key.service)
 		return
 	}
+	clean := ev.status.Exited() && ev.status.ExitStatus() == 0
+	if s.stopsManager(w, clean) {
+		// A rolling change's new process that fails halts the change, as
+		// for any service: the previous definition is still there.
+		if !wasReady && s.replacementFailed(w) {
+			s.log.Warn("worker exited", fields...)
+			s.halt(w, fmt.Errorf("%s worker %d %s before ready", w.key.service, w.key.id, status))
+			return
+		}
+		s.stopManager(w, &ServiceExitError{Service: w.key.service, ID: w.key.id, Status: status, Code: managerExitCode(ev.status)}, fields)
+		return
+	}
 	if completes(s.policy(w), ev.status) {
-		s.complete(w, ev.status.Exited() && ev.status.ExitStatus() == 0, status, fields)
+		s.complete(w, clean, status, fields)
 		return
 	}
 	s.log.Warn("worker exited", fields...)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 
+	"github.com/gotyledon/gotyledon/supervisor"
 	"github.com/gotyledon/gotyledon/supervisor/logging"
 	"github.com/gotyledon/gotyledon/supervisor/manager"
 )
@@ -52,5 +53,12 @@ func (c *runCommand) Run(e *env) error {
 	if err != nil {
 		return err
 	}
-	return m.Run(context.Background())
+	err = m.Run(context.Background())
+	// An essential service stopped the manager: exit with its code, which
+	// the log has explained, so that what runs the manager (systemd's
+	// Restart=, a container runtime) sees it.
+	if se, ok := errors.AsType[*supervisor.ServiceExitError](err); ok {
+		return exitCode(se.Code)
+	}
+	return err
 }
