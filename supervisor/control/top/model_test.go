@@ -686,3 +686,21 @@ func TestSparklineAndFormats(t *testing.T) {
 		}
 	}
 }
+
+// A service that waits for its dependencies says for what; a failed
+// dependency is trouble.
+func TestWaitingServiceSaysForWhat(t *testing.T) {
+	doc := sampleDoc()
+	doc.Services = append(doc.Services, control.ServiceStatus{Name: "web", Desired: 1, Configured: 1, Waiting: 1,
+		WaitingFor: []control.DependencyWait{{Service: "migrate", Condition: "completed", Reason: "worker 0 failed (exit code 3)", Failed: true}},
+		Workers:    []control.WorkerStatus{{ID: 0, State: "waiting"}}})
+	m := newTestModel(t, &fakeManager{doc: doc}, &clock{t0})
+	m.width, m.height = 120, 40
+	lines := plain(m)
+	if l := lineWith(lines, "web  0/1"); !strings.Contains(l, "0 restarts · waiting for migrate completed (it failed)") {
+		t.Errorf("web's row %q, want what it waits for", l)
+	}
+	if l := lineWith(lines, "waiting  "); !strings.Contains(l, "#0") {
+		t.Errorf("web's worker row %q, want its waiting state", l)
+	}
+}

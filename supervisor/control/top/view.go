@@ -458,6 +458,13 @@ func (m *Model) serviceSummary(st styles, s control.ServiceStatus) string {
 			parts = append(parts, done)
 		}
 	}
+	for _, wt := range s.WaitingFor {
+		note := fmt.Sprintf("waiting for %s %s", wt.Service, wt.Condition)
+		if wt.Failed {
+			note = st.bad.Render(note + " (it failed)")
+		}
+		parts = append(parts, note)
+	}
 	if slices.ContainsFunc(s.Workers, func(w control.WorkerStatus) bool { return w.Failures >= 2 }) {
 		parts = append(parts, st.bad.Render("FLAPPING"))
 	}
