@@ -91,10 +91,14 @@ services:
 		m.dump()
 		t.Fatalf("manager exit code %d, want 5 (the hook's worker's)", code)
 	}
-	if len(m.all(func(e entry) bool { return e.is("an OnDeadWorker hook asked to stop the manager", "service", "essential-by-hook") })) != 1 {
+	if len(m.all(func(e entry) bool {
+		return e.is("an OnDeadWorker hook asked to stop the manager", "service", "essential-by-hook")
+	})) != 1 {
 		t.Error("no log of the hook's request")
 	}
-	if len(m.all(func(e entry) bool { return e.str("msg") == "an essential service's worker exited; stopping the manager" })) != 0 {
+	if len(m.all(func(e entry) bool {
+		return e.str("msg") == "an essential service's worker exited; stopping the manager"
+	})) != 0 {
 		t.Error("warmup's clean exit under on-failure stopped the manager")
 	}
 }
