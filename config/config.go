@@ -82,6 +82,21 @@ const (
 	MaxWorkers = 10000
 	// MaxDuration bounds every duration in the file, for the same reason.
 	MaxDuration = 24 * time.Hour
+
+	// MaxRecycleAge bounds recycle.max_age, the one duration allowed past
+	// MaxDuration.
+	MaxRecycleAge = 30 * 24 * time.Hour
+	// MinRecycleAge is the least recycle.max_age: shorter, a worker would
+	// be recycled before it has done anything.
+	MinRecycleAge = time.Second
+	// MinMemoryMax is the least recycle.memory_max: 1 MiB.
+	MinMemoryMax = 1 << 20
+	// MaxRecycleJobs bounds recycle.max_jobs.
+	MaxRecycleJobs = 1_000_000_000_000
+	// DefaultRecycleJitter and MaxRecycleJitter: recycle.jitter's default
+	// and bound.
+	DefaultRecycleJitter = 0.1
+	MaxRecycleJitter     = 0.5
 )
 
 // Config is one loaded, validated and defaulted configuration file.
@@ -314,6 +329,10 @@ type Service struct {
 	// OnExit says what an exit of one of the service's workers does to
 	// the manager (`on_exit`, default OnExitContinue).
 	OnExit OnExit
+	// Recycle says when a worker is replaced before it fails: after so
+	// many jobs, so long, or past so much memory (`recycle`; the zero
+	// value: never).
+	Recycle Recycle
 	// Pos is where the service's name stands in the file, or its declared
 	// field when only a Declaration names it.
 	Pos Position
@@ -402,6 +421,34 @@ func (p RestartPolicy) String() string {
 	}
 	return "always"
 }
+
+// Recycle is a service's `recycle:` mapping: limits past which a worker is
+// drained (the broker hands it no more items and takes back those it has
+// not started), stopped and replaced, one worker of the service at a
+// time. Each limit of each worker is lowered by a random fraction of
+// Jitter, drawn when it starts, so that a pool started together is not
+// recycled together; the configured value is the most it gets.
+type Recycle struct {
+	// MaxJobs (`max_jobs`): items the worker's processes have
+	// acknowledged on the queue socket. 0: no limit.
+	MaxJobs uint64
+	// MaxAge (`max_age`): time since the worker started. 0: no limit.
+	MaxAge time.Duration
+	// MemoryMax (`memory_max`, bytes): the memory of its cgroup
+	// (memory.current) where it has one, else its resident set. 0: no
+	// limit.
+	MemoryMax uint64
+	// Jitter (`jitter`, 0 to MaxRecycleJitter, default
+	// DefaultRecycleJitter): the fraction by which each limit may be
+	// lowered.
+	Jitter float64
+	// MaxJobsPos is where max_jobs was set, for an error that only the
+	// whole configuration shows (max_jobs without any queue).
+	MaxJobsPos Position
+}
+
+// Enabled reports whether any limit is set.
+func (r Recycle) Enabled() bool { return r.MaxJobs > 0 || r.MaxAge > 0 || r.MemoryMax > 0 }
 
 // Dependency is one entry of a service's `depends_on`: a service it waits
 // for, and what it waits for.

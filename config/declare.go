@@ -75,6 +75,10 @@ type serviceDecl struct {
 	// takes the later condition.
 	dependsOn []setting[Dependency]
 	onExit    setting[OnExit]
+	maxJobs   setting[uint64]
+	maxAge    setting[time.Duration]
+	memoryMax setting[uint64]
+	jitter    setting[float64]
 }
 
 type queueDecl struct {
@@ -293,6 +297,28 @@ func DependsOn(service string, c Condition) ServiceOption {
 	}
 }
 
+// MaxJobs sets `recycle.max_jobs`: a worker is recycled once its
+// processes have acknowledged n items on the queue socket.
+func MaxJobs(n uint64) ServiceOption {
+	return func(s *serviceDecl) { s.maxJobs.set(n, s.now) }
+}
+
+// MaxAge sets `recycle.max_age`: a worker is recycled once it has run t.
+func MaxAge(t time.Duration) ServiceOption {
+	return func(s *serviceDecl) { s.maxAge.set(t, s.now) }
+}
+
+// MemoryMax sets `recycle.memory_max`, in bytes: a worker is recycled
+// once it uses more.
+func MemoryMax(bytes uint64) ServiceOption {
+	return func(s *serviceDecl) { s.memoryMax.set(bytes, s.now) }
+}
+
+// RecycleJitter sets `recycle.jitter` (default DefaultRecycleJitter).
+func RecycleJitter(fraction float64) ServiceOption {
+	return func(s *serviceDecl) { s.jitter.set(fraction, s.now) }
+}
+
 // ExitAction sets `on_exit` (default OnExitContinue): what an exit of one
 // of the service's workers does to the manager.
 func ExitAction(o OnExit) ServiceOption {
@@ -419,7 +445,7 @@ func (d *Declaration) Resolve(goServices []string) (*Config, error) {
 		return nil, errs
 	}
 	finish(base.cfg)
-	if probs := dependencyProblems(base.cfg); len(probs) > 0 {
+	if probs := wholeConfigProblems(base.cfg); len(probs) > 0 {
 		return nil, ErrorList(probs)
 	}
 	return base.cfg, nil
@@ -742,6 +768,20 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 			d.Pos = Position{Field: field}
 			s.DependsOn = append(s.DependsOn, d)
 		}
+	}
+	if n := sd.maxJobs; n.isSet() && r.problem(n.seq, path+".recycle.max_jobs", maxJobsRule.problem("max_jobs", int64(min(n.v, MaxRecycleJobs+1)), strconv.FormatUint(n.v, 10))) {
+		s.Recycle.MaxJobs, s.Recycle.MaxJobsPos = n.v, Position{Field: path + ".recycle.max_jobs"}
+	}
+	if t := sd.maxAge; t.isSet() && r.problem(t.seq, path+".recycle.max_age", durationProblem("max_age", t.v, shortDuration(t.v))) {
+		s.Recycle.MaxAge = t.v
+	}
+	if m := sd.memoryMax; m.isSet() {
+		if _, msg := memoryRule(strconv.FormatUint(m.v, 10)); r.problem(m.seq, path+".recycle.memory_max", msg) {
+			s.Recycle.MemoryMax = m.v
+		}
+	}
+	if j := sd.jitter; j.isSet() && r.problem(j.seq, path+".recycle.jitter", jitterProblem(j.v, strconv.FormatFloat(j.v, 'g', -1, 64))) {
+		s.Recycle.Jitter = j.v
 	}
 	if o := sd.onExit; o.isSet() && r.problem(o.seq, path+".on_exit", onExitProblem(o.v, fmt.Sprintf("OnExit(%d)", int(o.v)))) {
 		s.OnExit = o.v

@@ -6,13 +6,13 @@ import (
 	"strings"
 )
 
-// dependencyProblems checks what only the whole configuration shows about
-// the services' depends_on: each names another service of it, a
+// wholeConfigProblems checks what only the whole configuration shows about
+// the services: recycle.max_jobs needs queues; and their depends_on: each names another service of it, a
 // `completed` condition names a service that can complete, and no
 // service waits, even through others, for itself. Each error stands at
 // the dependency at fault; a cycle at the dependency that closes it,
 // the first time the services' order meets it.
-func dependencyProblems(cfg *Config) []*Error {
+func wholeConfigProblems(cfg *Config) []*Error {
 	var errs []*Error
 	names := make([]string, 0, len(cfg.Services))
 	for _, s := range cfg.Services {
@@ -73,6 +73,16 @@ func dependencyProblems(cfg *Config) []*Error {
 	for _, s := range cfg.Services {
 		if mark[s.Name] == unseen {
 			visit(s.Name)
+		}
+	}
+	// max_jobs counts items acknowledged on the queue socket, which only
+	// a configuration with queues serves.
+	if len(cfg.Queues) == 0 {
+		for _, s := range cfg.Services {
+			if s.Recycle.MaxJobs > 0 {
+				errs = append(errs, &Error{Pos: s.Recycle.MaxJobsPos, Msg: fmt.Sprintf("service %q recycles its workers after max_jobs items, "+
+					"counted on the queue socket, but this configuration has no queues (add one under queues:, or use max_age or memory_max)", s.Name)})
+			}
 		}
 	}
 	return errs

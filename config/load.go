@@ -33,8 +33,9 @@ var (
 	queueKeys   = []string{"ack_wait", "capacity", "pack", "replicas", "schedule", "store"}
 	natsKeys    = []string{"bridge", "creds", "local_dir", "nkey", "sync", "tls", "url"}
 	tlsKeys     = []string{"ca", "cert", "key"}
-	serviceKeys = []string{"command", "depends_on", "dir", "env", "env_file", "on_exit", "ready", "ready_timeout", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
+	serviceKeys = []string{"command", "depends_on", "dir", "env", "env_file", "on_exit", "ready", "ready_timeout", "recycle", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime", "policy"}
+	recycleKeys = []string{"jitter", "max_age", "max_jobs", "memory_max"}
 )
 
 // IsManagerOnlyEnv reports whether name is one of the variables systemd
@@ -648,7 +649,7 @@ func (d *decoder) config(top entry) *Config {
 		}
 	}
 	finish(cfg)
-	for _, e := range dependencyProblems(cfg) {
+	for _, e := range wholeConfigProblems(cfg) {
 		d.errorf(e.Pos, "%s", e.Msg)
 	}
 	return cfg
@@ -672,6 +673,7 @@ func newService(name string, pos Position) *Service {
 		Env:          map[string]string{},
 		StopSignal:   DefaultStopSignal,
 		ReadyTimeout: DefaultReadyTimeout,
+		Recycle:      Recycle{Jitter: DefaultRecycleJitter},
 		Restart: Restart{
 			MinUptime:      DefaultMinUptime,
 			BackoffInitial: DefaultBackoffInitial,
@@ -790,6 +792,8 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 			}
 		case "depends_on":
 			s.DependsOn = d.dependsOn(f)
+		case "recycle":
+			d.recycle(f, e.key, &s.Recycle)
 		case "on_exit":
 			if v, ok := d.text(f, `"continue" or "stop_manager"`); ok {
 				o := wordIndex[OnExit](v, "continue", "stop_manager")
@@ -832,10 +836,48 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 	return s
 }
 
+// recycle decodes recycle: into r, which holds the defaults or the
+// declared values.
+func (d *decoder) recycle(m entry, service string, r *Recycle) {
+	ents, _ := d.expectMapping(m, "recycle must be a mapping of max_jobs, max_age, memory_max and jitter", "key")
+	for _, e := range ents {
+		switch e.key {
+		case "max_jobs":
+			if n, ok := d.intRange(e, maxJobsRule); ok {
+				r.MaxJobs, r.MaxJobsPos = uint64(n), e.pos
+			}
+		case "max_age":
+			if t, ok := d.duration(e); ok {
+				r.MaxAge = t
+			}
+		case "memory_max":
+			if v, ok := d.text(e, `a size as in "512MiB"`); ok {
+				if n, msg := memoryRule(v); d.problem(e.pos, msg) {
+					r.MemoryMax = n
+				}
+			}
+		case "jitter":
+			v, ok := d.text(e, "a fraction as in 0.1")
+			if !ok {
+				continue
+			}
+			j, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				j = -1
+			}
+			if d.problem(e.pos, jitterProblem(j, strconv.Quote(v))) {
+				r.Jitter = j
+			}
+		default:
+			d.unknownKey(e, fmt.Sprintf(" in recycle of service %q", service), recycleKeys)
+		}
+	}
+}
+
 // dependsOn decodes depends_on: a mapping of service names to
 // conditions, or a list of service names, each waited for to be started
 // (as Compose's short form). Whether the names are services, and form no
-// cycle, is for dependencyProblems to say once every service is known.
+// cycle, is for wholeConfigProblems to say once every service is known.
 func (d *decoder) dependsOn(e entry) []Dependency {
 	n, ok := d.deref(e.val)
 	if !ok {

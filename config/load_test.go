@@ -69,7 +69,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown service key with suggestion",
 			src:  "services:\n  printer:\n    run: printer\n    wokers: 2\n",
-			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, depends_on, dir, env, env_file, on_exit, ready, ready_timeout, reload_signal, replace, restart, run, stop_signal, stop_timeout, watchdog, workers)`,
+			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, depends_on, dir, env, env_file, on_exit, ready, ready_timeout, recycle, reload_signal, replace, restart, run, stop_signal, stop_timeout, watchdog, workers)`,
 		},
 		{
 			name: "unknown restart key",
@@ -523,7 +523,7 @@ services:
 			StopSignal:  syscall.SIGINT,
 			StopTimeout: 5 * time.Second,
 			Restart:     restart,
-			Ready:       ReadyNotify, ReadyTimeout: 10 * time.Second, Watchdog: 30 * time.Second,
+			Ready:       ReadyNotify, ReadyTimeout: 10 * time.Second, Watchdog: 30 * time.Second, Recycle: Recycle{Jitter: DefaultRecycleJitter},
 			Pos: Position{File: file, Line: 4, Col: 3},
 		}, {
 			Name:         "printer",
@@ -534,8 +534,8 @@ services:
 			StopSignal:   syscall.SIGHUP,
 			StopTimeout:  time.Minute,
 			Restart:      restart,
-			ReadyTimeout: DefaultReadyTimeout,
-			Pos:          Position{File: file, Line: 26, Col: 3},
+			ReadyTimeout: DefaultReadyTimeout, Recycle: Recycle{Jitter: DefaultRecycleJitter},
+			Pos: Position{File: file, Line: 26, Col: 3},
 		}, {
 			Name:         "ticker",
 			Run:          "ticker",
@@ -544,8 +544,8 @@ services:
 			StopSignal:   syscall.SIGTERM,
 			StopTimeout:  time.Minute,
 			Restart:      Restart{MinUptime: DefaultMinUptime, BackoffInitial: DefaultBackoffInitial, BackoffMax: DefaultBackoffMax},
-			ReadyTimeout: DefaultReadyTimeout,
-			Pos:          Position{File: file, Line: 33, Col: 3},
+			ReadyTimeout: DefaultReadyTimeout, Recycle: Recycle{Jitter: DefaultRecycleJitter},
+			Pos: Position{File: file, Line: 33, Col: 3},
 		}},
 		Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}},
 	}
@@ -594,8 +594,8 @@ func TestParseDefaults(t *testing.T) {
 				BackoffMax:     DefaultBackoffMax,
 			},
 			Ready:        ReadyUptime,
-			ReadyTimeout: DefaultReadyTimeout,
-			Pos:          Position{File: "c.yaml", Line: 2, Col: 3},
+			ReadyTimeout: DefaultReadyTimeout, Recycle: Recycle{Jitter: DefaultRecycleJitter},
+			Pos: Position{File: "c.yaml", Line: 2, Col: 3},
 		}},
 		Broker: SocketAccess{GID: -1}, Control: Control{SocketAccess: SocketAccess{GID: -1}},
 	}

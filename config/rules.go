@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/dustin/go-humanize"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,6 +35,7 @@ var (
 	replicasRule = wholeRule{1, MaxReplicas}
 	packRule     = wholeRule{1, MaxPack}
 	idRule       = wholeRule{0, 1<<31 - 1}
+	maxJobsRule  = wholeRule{1, MaxRecycleJobs}
 )
 
 // problem is the rule: x in [lo, hi]. key names the value in the message
@@ -61,7 +63,11 @@ func durationProblem(key string, t time.Duration, got string) string {
 	switch {
 	case t <= 0:
 		return fmt.Sprintf(`%s must be more than 0 (got %s)`, key, got)
-	case t > MaxDuration:
+	case key == "max_age" && t > MaxRecycleAge:
+		return fmt.Sprintf(`max_age must be at most %s, 30 days (got %s)`, shortDuration(MaxRecycleAge), got)
+	case key == "max_age" && t < MinRecycleAge:
+		return fmt.Sprintf(`max_age must be at least %s (got %s)`, shortDuration(MinRecycleAge), got)
+	case t > MaxDuration && key != "max_age":
 		return fmt.Sprintf(`%s must be at most %s (got %s)`, key, shortDuration(MaxDuration), got)
 	case key == "min_uptime" && t < MinUptimeFloor:
 		return fmt.Sprintf("min_uptime must be at least %s (got %s; a shorter one would let a crashing worker restart in a busy loop)",
@@ -661,4 +667,37 @@ func timeZoneRule(name string) (*time.Location, string) {
 		return nil, fmt.Sprintf("unknown time_zone %q (write an IANA time zone name %s; this machine's are under /usr/share/zoneinfo)", name, example)
 	}
 	return loc, ""
+}
+
+// memoryRule is the rule for recycle.memory_max: a size in bytes, written
+// as a whole number of bytes or with a unit that says its base (KB, MB,
+// GB, TB: powers of 1000; KiB, MiB, GiB, TiB: powers of 1024), at least
+// MinMemoryMax. A bare K, M, G or T is refused: systemd reads it as a
+// power of 1024, most other tools as a power of 1000.
+func memoryRule(text string) (uint64, string) {
+	const example = `as in "512MiB" or "2GB"`
+	trimmed := strings.TrimSpace(text)
+	unit := strings.TrimLeft(trimmed, "0123456789. ")
+	switch strings.ToLower(unit) {
+	case "", "b", "kb", "kib", "mb", "mib", "gb", "gib", "tb", "tib":
+	case "k", "m", "g", "t":
+		return 0, fmt.Sprintf("memory_max %q is ambiguous: write %siB for powers of 1024 or %sB for powers of 1000", text, strings.ToUpper(unit), strings.ToUpper(unit))
+	default:
+		return 0, fmt.Sprintf("memory_max must be a size %s (got %q)", example, text)
+	}
+	n, err := humanize.ParseBytes(trimmed)
+	switch {
+	case err != nil:
+		return 0, fmt.Sprintf("memory_max must be a size %s (got %q)", example, text)
+	case n < MinMemoryMax:
+		return 0, fmt.Sprintf("memory_max must be at least 1MiB (got %q)", text)
+	}
+	return n, ""
+}
+
+func jitterProblem(j float64, got string) string {
+	if j < 0 || j > MaxRecycleJitter || j != j {
+		return fmt.Sprintf("jitter must be a fraction from 0 to %g, as in 0.1 for up to 10%% below each limit (got %s)", MaxRecycleJitter, got)
+	}
+	return ""
 }

@@ -179,3 +179,24 @@ func TestDeclaredQueueSchedules(t *testing.T) {
 		t.Errorf("file positions %v and %v", fl[0].Pos, fl[1].Pos)
 	}
 }
+
+// Daylight saving time, as the docs state it: a time in the hour skipped
+// in spring does not come that day; one in the hour repeated in autumn
+// comes twice.
+func TestScheduleAcrossDaylightSavingTime(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte("services:\n  w: {command: [a]}\nqueues:\n  q:\n    schedule: {cron: \"30 2 * * *\", item: x, time_zone: Europe/Paris}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &cfg.Queues[0].Schedules[0].Schedule
+	paris := s.Location
+	spring := s.Next(time.Date(2025, 3, 30, 0, 0, 0, 0, paris))
+	if want := time.Date(2025, 3, 31, 2, 30, 0, 0, paris); !spring.Equal(want) {
+		t.Errorf("after the spring change: next %v, want %v (the skipped 02:30 does not come)", spring, want)
+	}
+	first := s.Next(time.Date(2025, 10, 26, 0, 0, 0, 0, paris))
+	second := s.Next(first)
+	if first.Day() != 26 || second.Day() != 26 || second.Sub(first) != time.Hour {
+		t.Errorf("autumn: %v then %v, want 02:30 twice on the 26th, an hour apart", first, second)
+	}
+}

@@ -141,10 +141,11 @@ func (e *RolloutHaltedError) Is(target error) bool { return target == ErrRollout
 // reason.
 func haltedError(reason error) error { return &RolloutHaltedError{Reason: reason.Error()} }
 
-// awaitInitialReady arms, for each service of the first start, the timer
-// after which the manager stops waiting for its workers to be ready.
-func (s *Supervisor) awaitInitialReady() {
-	for _, svc := range s.cfg.Services {
+// awaitInitialReady arms, for each of services, of the first start, the
+// timer after which the manager stops waiting for its workers to be
+// ready.
+func (s *Supervisor) awaitInitialReady(services []*config.Service) {
+	for _, svc := range services {
 		if svc.Workers == 0 || !s.released[svc.Name] {
 			continue // a held service's timer starts at its release
 		}
@@ -168,6 +169,7 @@ func (s *Supervisor) onInitialReadyDue(service string) {
 		}
 	}
 	if len(late) > 0 {
+		s.gaveUp[service] = true
 		slices.Sort(late)
 		s.notReadyAtStart = append(s.notReadyAtStart, late...)
 		svc := s.cfg.Service(service)

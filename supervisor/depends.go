@@ -114,13 +114,19 @@ func meets(w *worker, c config.Condition) (note string, ok, gone bool) {
 // held services whose dependencies it no longer waits for. It runs after
 // every event: a service released may be what another waits for.
 func (s *Supervisor) releaseWaiting() {
-	if s.stopping || s.startedAt.IsZero() {
+	if s.waiting == 0 || s.stopping || s.startedAt.IsZero() {
 		return
 	}
-	for changed := true; changed; {
+	for changed := true; changed && s.waiting > 0; {
 		changed = false
+		held := make(map[string]bool)
+		for _, w := range s.workers {
+			if w.state == stateWaiting {
+				held[w.key.service] = true
+			}
+		}
 		for _, svc := range s.cfg.Services {
-			if !s.hasWaiting(svc.Name) {
+			if !held[svc.Name] {
 				continue
 			}
 			// Released already: a rescale's new slots started, these
@@ -138,15 +144,26 @@ func (s *Supervisor) releaseWaiting() {
 	}
 }
 
-// hasWaiting reports whether a slot of service waits for its
-// dependencies.
-func (s *Supervisor) hasWaiting(service string) bool {
-	for _, w := range s.workers {
-		if w.key.service == service && w.state == stateWaiting {
-			return true
-		}
+// addSlot adds w to the worker table.
+func (s *Supervisor) addSlot(w *worker) {
+	s.workers[w.key] = w
+	s.slotsOf[w.key.service]++
+}
+
+// dropSlot removes w from the worker table.
+func (s *Supervisor) dropSlot(w *worker) {
+	delete(s.workers, w.key)
+	if s.slotsOf[w.key.service]--; s.slotsOf[w.key.service] == 0 {
+		delete(s.slotsOf, w.key.service)
+		s.emptied = true
 	}
-	return false
+}
+
+// wait puts w's slot, which has no process, in stateWaiting.
+func (s *Supervisor) wait(w *worker) {
+	w.state = stateWaiting
+	w.pid = 0
+	s.waiting++
 }
 
 // mayStart reports whether a new slot of svc may start now (its service is
@@ -177,30 +194,31 @@ func (s *Supervisor) release(svc *config.Service) {
 	if awaited && !s.readyNoted {
 		// Its ready_timeout counts from now, not from the first start:
 		// the wait for its dependencies is not its workers' fault.
-		name := svc.Name
-		s.cancelInitialReady = append(s.cancelInitialReady,
-			s.afterFunc(svc.ReadyTimeout, func() { s.inbox.put(initialReadyDue{service: name}) }))
+		s.awaitInitialReady([]*config.Service{svc})
 	}
 }
 
 // giveUpHeld stops the first start's readiness waiting for svc, held by
 // waits, if it no longer waits for one of the dependencies in waits: one
-// that failed for good, or whose own workers it gave up on. It reports
-// whether it did.
+// that failed for good, or one it gave up on itself (its ready_timeout
+// passed, or it is held by a dependency given up on). A dependency that
+// is merely slow, or restarting, is waited for. It reports whether it
+// did.
 func (s *Supervisor) giveUpHeld(svc *config.Service, waits []DependencyWait) bool {
 	if s.readyNoted {
 		return false
 	}
 	var why *DependencyWait
 	for i, wt := range waits {
-		if wt.Failed || !s.awaitsService(wt.Service) {
+		if wt.Failed || s.gaveUp[wt.Service] {
 			why = &waits[i]
 			break
 		}
 	}
-	if why == nil {
+	if why == nil || s.gaveUp[svc.Name] {
 		return false
 	}
+	s.gaveUp[svc.Name] = true
 	gave := false
 	for _, w := range s.workers {
 		if w.key.service == svc.Name && w.awaited {
@@ -219,21 +237,11 @@ func (s *Supervisor) giveUpHeld(svc *config.Service, waits []DependencyWait) boo
 	return gave
 }
 
-// awaitsService reports whether the first start's readiness still waits
-// for a worker of service.
-func (s *Supervisor) awaitsService(service string) bool {
-	for _, w := range s.workers {
-		if w.key.service == service && w.awaited {
-			return true
-		}
-	}
-	return false
-}
-
 // stopInOrder, in a shutdown, stops every worker whose service nothing
 // left depends on: no worker of a service that depends on it remains and,
-// for a StopLast service, no worker of any other service. It runs after
-// every event, since each exit may free a service to stop. A fast
+// for a StopLast service, no worker of any other service. It runs when
+// the shutdown starts or turns fast, and after an event that left a
+// service without workers, which may free those it depends on. A fast
 // shutdown stops every worker at once.
 func (s *Supervisor) stopInOrder() {
 	if !s.stopping {
@@ -241,41 +249,52 @@ func (s *Supervisor) stopInOrder() {
 	}
 	for progress := true; progress; {
 		progress = false
+		s.emptied = false
+		// Who depends on whom: by the configuration, and by the
+		// definitions the workers run (a removed service still
+		// stopping, a process a reload has yet to replace).
+		dependents := make(map[string][]string)
+		addDeps := func(svc *config.Service) {
+			for _, dep := range svc.DependsOn {
+				dependents[dep.Service] = append(dependents[dep.Service], svc.Name)
+			}
+		}
+		for _, svc := range s.cfg.Services {
+			addDeps(svc)
+		}
 		left := make(map[string]bool, len(s.cfg.Services))
 		othersLeft := false
 		for _, w := range s.workers {
 			left[w.key.service] = true
 			othersLeft = othersLeft || !w.svc.StopLast
+			if s.cfg.Service(w.key.service) != w.svc {
+				addDeps(w.svc)
+			}
 		}
 		for _, w := range s.workers {
 			// A fast shutdown kills a stopping worker too, once.
-			if w.state == stateStopping && (!s.fast || w.killedAtStop) || !s.fast && !s.mayStop(w, left, othersLeft) {
+			if w.state == stateStopping && (!s.fast || w.killedAtStop) || !s.fast && !mayStop(w, dependents, left, othersLeft) {
 				continue
 			}
-			n := len(s.workers)
 			s.stop(w)
 			// A slot without a process is gone at once: what waited
 			// for it may stop now.
-			progress = progress || len(s.workers) < n
+			progress = progress || s.emptied
 		}
 	}
 }
 
-// mayStop reports whether w may be stopped in a graceful shutdown: left
-// holds the services with workers, othersLeft says a worker of a service
-// that is not StopLast remains.
-func (s *Supervisor) mayStop(w *worker, left map[string]bool, othersLeft bool) bool {
+// mayStop reports whether w may be stopped in a graceful shutdown:
+// dependents names the services that depend on each, left the services
+// with workers, othersLeft says a worker of a service that is not
+// StopLast remains.
+func mayStop(w *worker, dependents map[string][]string, left map[string]bool, othersLeft bool) bool {
 	if w.svc.StopLast {
 		return !othersLeft
 	}
-	for _, svc := range s.cfg.Services {
-		if svc.Name == w.key.service || !left[svc.Name] {
-			continue
-		}
-		for _, dep := range svc.DependsOn {
-			if dep.Service == w.key.service {
-				return false
-			}
+	for _, d := range dependents[w.key.service] {
+		if d != w.key.service && left[d] {
+			return false
 		}
 	}
 	return true

@@ -152,8 +152,18 @@ type Supervisor struct {
 	exitCause *ServiceExitError
 	// released holds the services whose dependencies were met, or that
 	// have none: their slots start; a service not in it has its slots
-	// wait (depends.go).
+	// wait (depends.go). waiting counts the slots in stateWaiting, so
+	// that a configuration without dependencies pays nothing for them;
+	// gaveUp holds the services whose first start's readiness is no
+	// longer waited for.
 	released map[string]bool
+	waiting  int
+	gaveUp   map[string]bool
+	// slotsOf counts each service's slots; emptied says a service lost
+	// its last one since a shutdown last looked, which may let what it
+	// depends on stop (stopInOrder).
+	slotsOf map[string]int
+	emptied bool
 }
 
 // worker is one slot: a service's worker id, and the process filling it.
@@ -248,6 +258,8 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		overrides:   make(map[string]int),
 		totals:      make(map[string]*ServiceCounters),
 		released:    make(map[string]bool),
+		gaveUp:      make(map[string]bool),
+		slotsOf:     make(map[string]int),
 	}
 	s.exitAfterRun = opts.ExitAfterRun
 	if s.log == nil {
@@ -526,9 +538,9 @@ func (s *Supervisor) startAll() {
 		start := s.mayStart(svc)
 		for id := range svc.Workers {
 			w := &worker{svc: svc, key: workerKey{svc.Name, id}, awaited: true}
-			s.workers[w.key] = w
+			s.addSlot(w)
 			if !start {
-				w.state = stateWaiting
+				s.wait(w)
 				continue
 			}
 			w.initial = true
@@ -539,7 +551,7 @@ func (s *Supervisor) startAll() {
 	s.log.Info("manager started", zap.Int("pid", os.Getpid()), zap.Int("services", len(s.cfg.Services)),
 		zap.Int("workers", total), zap.String("config", s.cfg.File))
 	s.changed = true
-	s.awaitInitialReady()
+	s.awaitInitialReady(s.cfg.Services)
 	s.noteStarted()
 }
 
@@ -554,7 +566,9 @@ func (s *Supervisor) handle(ev event) {
 	// worker of a service that another waits for to stop; otherwise, it
 	// may have met the dependencies of a service that waits.
 	defer func() {
-		s.stopInOrder()
+		if s.stopping && s.emptied {
+			s.stopInOrder()
+		}
 		s.releaseWaiting()
 	}()
 	switch ev := ev.(type) {
@@ -584,7 +598,7 @@ func (s *Supervisor) handle(ev event) {
 			s.onReadyTimedOut(w)
 		}
 	case restartDue:
-		if w := s.workers[ev.key]; w != nil && w.state == stateBackoff && w.timerSeq == ev.seq {
+		if w := s.workers[ev.key]; w != nil && w.state == stateBackoff && w.timerSeq == ev.seq && !s.stopping {
 			w.cancelRestart = nil
 			s.counters(w.key.service).Restarts++
 			s.start(w)
@@ -631,6 +645,9 @@ func (s *Supervisor) handle(ev event) {
 func (s *Supervisor) start(w *worker) {
 	if svc := s.cfg.Service(w.key.service); svc != nil {
 		w.svc = svc // the current definition, after a reload too
+	}
+	if w.state == stateWaiting {
+		s.waiting--
 	}
 	w.stale = false
 	w.ran, w.succeeded = false, false
@@ -703,7 +720,7 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 	if w.state == stateStopping {
 		cancel(&w.cancelKill)
 		if !s.wanted(w.key) {
-			delete(s.workers, w.key)
+			s.dropSlot(w)
 			s.checkReady()
 			s.replaceNext(w.key.service)
 			return
@@ -794,10 +811,16 @@ func (s *Supervisor) onExited(ev workerExited) {
 				s.scheduleRestart(w, uptime)
 				return
 			}
+			// A service a reload removed and added back waits for its
+			// dependencies again.
+			if !s.mayStart(s.cfg.Service(w.key.service)) {
+				s.wait(w)
+				return
+			}
 			s.start(w)
 			return
 		}
-		delete(s.workers, w.key)
+		s.dropSlot(w)
 		s.checkReady()
 		s.replaceNext(w.key.service)
 		return
@@ -898,6 +921,15 @@ func exitReason(state workerState, ws unix.WaitStatus) ExitReason {
 
 // scheduleRestart starts w again, at once or after its backoff delay.
 func (s *Supervisor) scheduleRestart(w *worker, uptime time.Duration) {
+	if s.stopping {
+		// A worker a shutdown has yet to stop (its dependents stop
+		// first) that exits is not started again: the shutdown drops
+		// its slot in its turn.
+		s.log.Info("worker exited during the shutdown; not restarted", s.fields(w)...)
+		w.state = stateCompleted
+		w.pid = 0
+		return
+	}
 	w.restarts++
 	delay, failures := restartDelay(w.svc.Restart, uptime, w.failures, s.rnd)
 	w.failures = failures
@@ -1037,9 +1069,9 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 			key := workerKey{svc.Name, id}
 			if s.workers[key] == nil {
 				w := &worker{svc: svc, key: key}
-				s.workers[key] = w
+				s.addSlot(w)
 				if !s.mayStart(svc) {
-					w.state = stateWaiting
+					s.wait(w)
 					continue
 				}
 				starting++
@@ -1136,8 +1168,11 @@ func (s *Supervisor) onShutdown(fast bool) {
 func (s *Supervisor) stop(w *worker) {
 	switch w.state {
 	case stateBackoff, stateCompleted, stateWaiting:
+		if w.state == stateWaiting {
+			s.waiting--
+		}
 		cancel(&w.cancelRestart)
-		delete(s.workers, w.key)
+		s.dropSlot(w)
 		s.checkReady()
 		return
 	case stateStopping:

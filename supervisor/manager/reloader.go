@@ -449,6 +449,16 @@ func (r *reloader) apply(source supervisor.ReloadSource, data []byte, readErr er
 		logConfigError(r.log, err, "reload failed: the running services are unchanged")
 		return nil, err
 	}
+	// The env files only next names were not in the snapshot: what they
+	// hold now is what a later report is measured against, lest the
+	// next report of anything in a watched directory reload again. (An
+	// edit of one between the parse and this read is seen at the next
+	// reload only; the window is the parse's.)
+	for p, v := range takeEnvSnapshot(next) {
+		if _, ok := env[p]; !ok {
+			env[p] = v
+		}
+	}
 	if why := socketsChange(r.current, next); why != "" {
 		r.log.Error("reload refused: the running services are unchanged", zap.String("reason", why))
 		return nil, errors.New(why)

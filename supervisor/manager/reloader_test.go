@@ -625,3 +625,31 @@ func TestReloadFollowsTheEnvFiles(t *testing.T) {
 		t.Errorf("%d env file reloads logged, want 1", n)
 	}
 }
+
+// An env file only the new configuration names is measured from the
+// reload that added it: a later report with nothing changed reloads
+// nothing.
+func TestEnvFileAddedByAReloadIsNotAChangeLater(t *testing.T) {
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.env"), filepath.Join(dir, "b.env")
+	write(t, a, "A=1\n")
+	write(t, b, "B=1\n")
+	rig := newReloadRig(t, "services:\n  a: {command: [/bin/true], env_file: "+a+"}\n", true)
+	rig.r.watchFiles = func([]string) {}
+	byFile := func() {
+		reply := make(chan error, 1)
+		rig.r.reload(reloadAsk{source: supervisor.ReloadByFile, reply: reply})
+		<-reply
+	}
+	write(t, rig.path, "services:\n  a: {command: [/bin/true], env_file: ["+a+", "+b+"]}\n")
+	byFile()
+	byFile() // a report of something else in the directory
+	if got := rig.loop.all(); len(got) != 1 {
+		t.Errorf("the supervisor was asked %q, want one reload", got)
+	}
+	write(t, b, "B=2\n")
+	byFile()
+	if got := rig.loop.all(); len(got) != 2 {
+		t.Errorf("after an edit of b: the supervisor was asked %q, want a second reload", got)
+	}
+}
