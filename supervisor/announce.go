@@ -220,7 +220,7 @@ func isChange(ev event) bool {
 		// stops the worker; a STATUS= is shown for a worker not ready.
 		// Pings alone change nothing.
 		return ev.trigger || ev.status != nil
-	case statusRequested, probeRequested, commandRequested, commandCancelRequested:
+	case statusRequested, probeRequested, commandRequested, commandCancelRequested, recycleCandidatesRequested:
 		return false
 	}
 	return true

@@ -106,6 +106,10 @@ func (s *Supervisor) onReady(w *worker) {
 		w.prevSvc = nil
 		s.log.Info("replacement worker ready", s.fields(w)...)
 	}
+	if w.recycling == recycleReplacing {
+		s.log.Info("recycled worker's replacement ready", s.fields(w)...)
+		s.endRecycle(w)
+	}
 	s.replaceNext(w.key.service)
 }
 

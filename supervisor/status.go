@@ -63,6 +63,9 @@ type ServiceCounters struct {
 	Exits map[ExitReason]uint64
 	// WatchdogAborts counts processes aborted for missing their watchdog.
 	WatchdogAborts uint64
+	// Recycles counts workers recycled (drained, stopped and replaced),
+	// by the limit they crossed.
+	Recycles map[RecycleReason]uint64
 }
 
 // ExitReason says why a worker's process ended, for counting.
@@ -88,8 +91,9 @@ var ExitReasons = []ExitReason{ExitStopped, ExitClean, ExitError, ExitSignal, Ex
 // WorkerStatus is one worker slot in a ServiceStatus.
 type WorkerStatus struct {
 	ID int
-	// State is "starting", "running", "stopping", "backoff",
-	// "completed" or "waiting" (for the service's dependencies).
+	// State is "starting", "running", "draining" (running, and being
+	// recycled: it gets no new item), "stopping", "backoff", "completed"
+	// or "waiting" (for the service's dependencies).
 	State string
 	// PID of the current process; 0 when there is none (backoff, or a
 	// start not yet answered).
@@ -320,7 +324,7 @@ func (s *Supervisor) Stopped() <-chan struct{} { return s.stopped }
 func (s *Supervisor) counters(service string) *ServiceCounters {
 	c := s.totals[service]
 	if c == nil {
-		c = &ServiceCounters{Exits: make(map[ExitReason]uint64)}
+		c = &ServiceCounters{Exits: make(map[ExitReason]uint64), Recycles: make(map[RecycleReason]uint64)}
 		s.totals[service] = c
 	}
 	return c
@@ -376,7 +380,7 @@ func (s *Supervisor) status() Status {
 		c := s.counters(name)
 		st.Services = append(st.Services, ServiceStatus{
 			Name: name, Desired: desired, Configured: configured,
-			Counters: ServiceCounters{Restarts: c.Restarts, Exits: cloneExits(c.Exits), WatchdogAborts: c.WatchdogAborts},
+			Counters: ServiceCounters{Restarts: c.Restarts, Exits: cloneExits(c.Exits), WatchdogAborts: c.WatchdogAborts, Recycles: cloneRecycles(c.Recycles)},
 		})
 	}
 	for _, svc := range s.cfg.Services {
@@ -407,7 +411,7 @@ func (s *Supervisor) status() Status {
 			sv.Waiting++
 		}
 		ws := WorkerStatus{
-			ID: w.key.id, State: w.state.String(), PID: w.pid, Restarts: w.restarts, Failures: w.failures,
+			ID: w.key.id, State: w.stateName(), PID: w.pid, Restarts: w.restarts, Failures: w.failures,
 			LastExit: w.lastExit, LastExitAt: w.lastExitAt, Outdated: w.stale, Ready: w.ready, StatusText: w.statusText,
 		}
 		if w.pid != 0 {
@@ -427,6 +431,14 @@ func (s *Supervisor) status() Status {
 		slices.SortFunc(st.Services[i].Workers, func(a, b WorkerStatus) int { return cmp.Compare(a.ID, b.ID) })
 	}
 	return st
+}
+
+func cloneRecycles(m map[RecycleReason]uint64) map[RecycleReason]uint64 {
+	out := make(map[RecycleReason]uint64, len(RecycleReasons))
+	for _, r := range RecycleReasons {
+		out[r] = m[r]
+	}
+	return out
 }
 
 func cloneExits(m map[ExitReason]uint64) map[ExitReason]uint64 {

@@ -60,6 +60,11 @@ type Options struct {
 	// over Environ (the queue socket's path, for one). A service's own env
 	// cannot override them: the config refuses GOTYLEDON_ names.
 	WorkerEnv []string
+	// Queue is the queue broker, for recycle.max_jobs (the items a
+	// worker acknowledged) and for draining a worker before it is
+	// recycled. Default nil: no max_jobs is ever reached, and a recycled
+	// worker is stopped at once.
+	Queue QueueDrainer
 	// ExitAfterRun says the process exits once Run returns: Run then
 	// leaves SIGCHLD caught (see manager.Options.ExitAfterRun) rather
 	// than give it back, and the cgroup sentinel, told to leave, to be
@@ -164,6 +169,10 @@ type Supervisor struct {
 	// depends on stop (stopInOrder).
 	slotsOf map[string]int
 	emptied bool
+	// queue is Options.Queue; recycleQueue holds the services with a
+	// worker due for recycling that waits its turn (recycle.go).
+	queue        QueueDrainer
+	recycleQueue map[string]bool
 }
 
 // worker is one slot: a service's worker id, and the process filling it.
@@ -221,6 +230,15 @@ type worker struct {
 	lastExit      string // how the previous process ended
 	lastExitAt    time.Time
 	cgroup        string // the current process's own cgroup; "" without one
+	// recycling is where the slot is in its recycling, recycleReason and
+	// recycleDetail why it is due; jitterShare (0 to 1) is the share of
+	// its service's recycle jitter that lowers the current process's
+	// limits; cancelDrain ends the wait for its drain (recycle.go).
+	recycling     recyclePhase
+	recycleReason RecycleReason
+	recycleDetail string
+	jitterShare   float64
+	cancelDrain   func() bool
 	// ran: the current or last process started (not a failed start);
 	// succeeded: the slot completed with exit code 0. For its dependents
 	// (depends.go).
@@ -234,32 +252,34 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		return nil, errors.New("supervisor: a configuration with at least one service is required")
 	}
 	s := &Supervisor{
-		cfg:         cfg,
-		log:         opts.Logger,
-		exe:         opts.Executable,
-		program:     opts.ProgramName,
-		now:         time.Now,
-		afterFunc:   func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
-		rnd:         rand.Float64,
-		inbox:       newMailbox[event](),
-		finished:    make(chan struct{}),
-		loopEnded:   make(chan struct{}),
-		tableEnded:  make(chan struct{}),
-		stopped:     make(chan struct{}),
-		outputGrace: defaultOutputGrace,
-		hooks:       opts.Hooks,
-		hooksInbox:  newMailbox[func()](),
-		workers:     make(map[workerKey]*worker),
-		byToken:     make(map[uint64]*worker),
-		started:     make(chan struct{}),
-		ready:       make(chan struct{}),
-		changes:     make(chan struct{}, 1),
-		received:    cfg,
-		overrides:   make(map[string]int),
-		totals:      make(map[string]*ServiceCounters),
-		released:    make(map[string]bool),
-		gaveUp:      make(map[string]bool),
-		slotsOf:     make(map[string]int),
+		cfg:          cfg,
+		log:          opts.Logger,
+		exe:          opts.Executable,
+		program:      opts.ProgramName,
+		now:          time.Now,
+		afterFunc:    func(d time.Duration, f func()) func() bool { return time.AfterFunc(d, f).Stop },
+		rnd:          rand.Float64,
+		inbox:        newMailbox[event](),
+		finished:     make(chan struct{}),
+		loopEnded:    make(chan struct{}),
+		tableEnded:   make(chan struct{}),
+		stopped:      make(chan struct{}),
+		outputGrace:  defaultOutputGrace,
+		hooks:        opts.Hooks,
+		hooksInbox:   newMailbox[func()](),
+		workers:      make(map[workerKey]*worker),
+		byToken:      make(map[uint64]*worker),
+		started:      make(chan struct{}),
+		ready:        make(chan struct{}),
+		changes:      make(chan struct{}, 1),
+		received:     cfg,
+		overrides:    make(map[string]int),
+		totals:       make(map[string]*ServiceCounters),
+		released:     make(map[string]bool),
+		gaveUp:       make(map[string]bool),
+		slotsOf:      make(map[string]int),
+		recycleQueue: make(map[string]bool),
+		queue:        opts.Queue,
 	}
 	s.exitAfterRun = opts.ExitAfterRun
 	if s.log == nil {
@@ -348,6 +368,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	defer stopWatch()
 	hooksQuit, hooksDone := make(chan struct{}), make(chan struct{})
 	go s.runHooks(hooksQuit, hooksDone)
+	recyclerQuit := make(chan struct{})
+	go s.runRecycler(recyclerQuit)
+	defer close(recyclerQuit)
 	var hooksOnce sync.Once
 	endHooks := func() {
 		hooksOnce.Do(func() {
@@ -570,6 +593,7 @@ func (s *Supervisor) handle(ev event) {
 			s.stopInOrder()
 		}
 		s.releaseWaiting()
+		s.recyclePending()
 	}()
 	switch ev := ev.(type) {
 	case workerStarted:
@@ -632,6 +656,12 @@ func (s *Supervisor) handle(ev event) {
 		s.onRestart(ev)
 	case statusRequested:
 		ev.reply <- s.status()
+	case recycleCandidatesRequested:
+		ev.reply <- s.recycleCandidates()
+	case recycleDue:
+		s.onRecycleDue(ev)
+	case drainDone:
+		s.onDrainDone(ev)
 	case probeRequested:
 		s.procs.inbox.put(procProbe(ev))
 	case commandRequested:
@@ -651,6 +681,8 @@ func (s *Supervisor) start(w *worker) {
 	}
 	w.stale = false
 	w.ran, w.succeeded = false, false
+	w.jitterShare = s.rnd()
+	w.recycleReason, w.recycleDetail = "", ""
 	s.nextToken++
 	w.token = s.nextToken
 	w.pid = 0
@@ -710,6 +742,9 @@ func (s *Supervisor) onStartFailed(ev startFailed) {
 	w.token = 0
 	w.notify.close()
 	w.notify = nil
+	if w.recycling != recycleNone || w.recycleReason != "" {
+		s.endRecycle(w)
+	}
 	s.log.Error("worker failed to start", s.fields(w, zap.Error(ev.err))...)
 	w.lastExit, w.lastExitAt = "failed to start: "+ev.err.Error(), ev.at
 	s.counters(w.key.service).Exits[ExitStartFailed]++
@@ -763,6 +798,15 @@ func (s *Supervisor) onExited(ev workerExited) {
 	w.notify = nil
 	cancel(&w.cancelReady)
 	cancel(&w.cancelWatchdog)
+	if s.queue != nil {
+		s.queue.Forget(ev.pid)
+	}
+	// A recycled worker's old process that stopped is replaced below, and
+	// its new one is waited for; any other exit ends its recycling.
+	recycled := w.recycling == recycleStopping
+	if w.recycling != recycleNone || w.recycleReason != "" {
+		s.endRecycle(w)
+	}
 	uptime := ev.at.Sub(w.startedAt)
 	// An exit after min_uptime is a healthy one (restartDelay), even if its
 	// readiness timer's event is still on its way.
@@ -818,6 +862,9 @@ func (s *Supervisor) onExited(ev workerExited) {
 				return
 			}
 			s.start(w)
+			if recycled {
+				w.recycling = recycleReplacing
+			}
 			return
 		}
 		s.dropSlot(w)
@@ -1124,8 +1171,9 @@ func (s *Supervisor) replaceNext(service string) {
 			continue
 		}
 		// A replacement under way (its old process stopping, its new one
-		// starting or not yet ready) holds the next one back.
-		if w.state == stateStarting || w.state == stateStopping || w.prevSvc != nil {
+		// starting or not yet ready), or a recycling, holds the next one
+		// back.
+		if w.state == stateStarting || w.state == stateStopping || w.prevSvc != nil || w.recycling != recycleNone {
 			return
 		}
 		if w.stale && w.state == stateRunning && (next == nil || w.key.id < next.key.id) {

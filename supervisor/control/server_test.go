@@ -76,7 +76,8 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 	}
 	pinned := map[string][]string{
 		"top":         {"config", "last_reload", "pid", "queues", "ready", "reloads", "rolling", "schema", "services", "started_at", "stopping", "uptime_seconds"},
-		"service":     {"backoff", "completed", "configured", "desired", "exits", "name", "ready", "restarts", "running", "tasks", "waiting", "waiting_for", "watchdog_aborts", "workers"},
+		"service":     {"backoff", "completed", "configured", "desired", "exits", "name", "ready", "recycles", "restarts", "running", "tasks", "waiting", "waiting_for", "watchdog_aborts", "workers"},
+		"recycles":    {"max_age", "max_jobs", "memory_max"},
 		"waiting_for": {"condition", "failed", "reason", "service"},
 		"exits":       {"clean", "error", "signal", "start_failed", "stopped"},
 		"worker":      {"cpu_seconds", "failures", "id", "last_exit", "last_exit_at", "memory_bytes", "outdated", "pid", "ready", "restarts", "retry_at", "started_at", "state", "status_text", "uptime_seconds", "usage_of"},
@@ -93,6 +94,7 @@ func TestStatusJSONSchemaIsPinned(t *testing.T) {
 		"service":     keysOf(t, svc),
 		"exits":       keysOf(t, svc.(map[string]any)["exits"]),
 		"waiting_for": keysOf(t, svc.(map[string]any)["waiting_for"].([]any)[0]),
+		"recycles":    keysOf(t, svc.(map[string]any)["recycles"]),
 		"worker":      keysOf(t, svc.(map[string]any)["workers"].([]any)[1]),
 		"queue":       keysOf(t, top["queues"].([]any)[0]),
 		"tasks":       keysOf(t, top["queues"].([]any)[0].(map[string]any)["tasks"]),

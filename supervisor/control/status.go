@@ -62,7 +62,10 @@ type ServiceStatus struct {
 	Restarts       uint64            `json:"restarts"`
 	WatchdogAborts uint64            `json:"watchdog_aborts"`
 	Exits          map[string]uint64 `json:"exits"`
-	Workers        []WorkerStatus    `json:"workers"`
+	// Recycles counts workers recycled (drained, stopped, replaced) by
+	// the limit they crossed: max_jobs, max_age, memory_max.
+	Recycles map[string]uint64 `json:"recycles"`
+	Workers  []WorkerStatus    `json:"workers"`
 	// Tasks are the task figures of the service's workers (submitted by
 	// them, taken by them); absent while they have had none.
 	Tasks *TaskStatus `json:"tasks,omitempty"`
@@ -118,8 +121,9 @@ func (s *Status) AddServiceTasks(tasks map[string]ipc.TaskStats) {
 // WorkerStatus is one worker slot, by id.
 type WorkerStatus struct {
 	ID int `json:"id"`
-	// State is starting, running, stopping, backoff, completed or
-	// waiting (for the service's dependencies).
+	// State is starting, running, draining (being recycled: it gets no
+	// new item), stopping, backoff, completed or waiting (for the
+	// service's dependencies).
 	State         string     `json:"state"`
 	PID           int        `json:"pid"` // 0 without a process
 	StartedAt     *time.Time `json:"started_at"`
@@ -260,7 +264,7 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 	for _, sv := range st.Services {
 		sd := ServiceStatus{
 			Name: sv.Name, Desired: sv.Desired, Configured: sv.Configured, Running: sv.Running, Ready: sv.Ready, Backoff: sv.Backoff, Completed: sv.Completed,
-			Waiting: sv.Waiting, WaitingFor: []DependencyWait{},
+			Waiting: sv.Waiting, WaitingFor: []DependencyWait{}, Recycles: map[string]uint64{},
 			Restarts: sv.Counters.Restarts, WatchdogAborts: sv.Counters.WatchdogAborts, Exits: map[string]uint64{}, Workers: []WorkerStatus{},
 		}
 		for _, wt := range sv.WaitingFor {
@@ -268,6 +272,9 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 		}
 		for _, reason := range supervisor.ExitReasons {
 			sd.Exits[string(reason)] = sv.Counters.Exits[reason]
+		}
+		for _, reason := range supervisor.RecycleReasons {
+			sd.Recycles[string(reason)] = sv.Counters.Recycles[reason]
 		}
 		for _, w := range sv.Workers {
 			wd := WorkerStatus{

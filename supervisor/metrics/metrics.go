@@ -10,7 +10,9 @@
 //	gotyledon_workers_ready{service}               gauge    running workers that are ready (ran min_uptime, or sent READY=1)
 //	gotyledon_workers_backoff{service}             gauge    worker slots waiting out a restart delay
 //	gotyledon_workers_completed{service}           gauge    worker slots whose process exited and that the restart policy does not restart
+//	gotyledon_workers_waiting{service}             gauge    worker slots not started: their service waits for its depends_on
 //	gotyledon_worker_restarts_total{service}       counter  processes started to replace one that exited on its own
+//	gotyledon_worker_recycles_total{service,reason} counter workers recycled (drained, stopped, replaced), by limit: max_jobs, max_age, memory_max
 //	gotyledon_worker_exits_total{service,reason}   counter  processes that ended, by reason: stopped, clean, error, signal, start_failed
 //	gotyledon_worker_watchdog_aborts_total{service} counter processes aborted for missing their watchdog
 //	gotyledon_worker_cpu_seconds_total{service,worker} counter CPU time of a worker's process and its descendants (from its cgroup)
@@ -225,6 +227,10 @@ var (
 		"Worker slots waiting out a restart delay after their process exited.", gaugeType, "service")
 	workersCompleted = gotyledonDesc("workers_completed",
 		"Worker slots whose process exited and that their service's restart policy does not restart (one-shot tasks, done or failed).", gaugeType, "service")
+	workersWaiting = gotyledonDesc("workers_waiting",
+		"Worker slots not started because their service waits for its depends_on.", gaugeType, "service")
+	workerRecycles = gotyledonDesc("worker_recycles_total",
+		"Workers recycled (drained, stopped and replaced) since the manager started, by the limit they crossed: max_jobs, max_age, memory_max.", counterType, "service", "reason")
 	workerRestarts = gotyledonDesc("worker_restarts_total",
 		"Processes started to replace one that exited on its own, since the manager started.", counterType, "service")
 	workerExits = gotyledonDesc("worker_exits_total",
@@ -269,7 +275,8 @@ var (
 func supervisorFamilies(st supervisor.Status) []*family {
 	desired, configured := &family{desc: workersDesired}, &family{desc: workersConfigured}
 	running, backoff := &family{desc: workersRunning}, &family{desc: workersBackoff}
-	completed := &family{desc: workersCompleted}
+	completed, waiting := &family{desc: workersCompleted}, &family{desc: workersWaiting}
+	recycles := &family{desc: workerRecycles}
 	restarts, exits := &family{desc: workerRestarts}, &family{desc: workerExits}
 	readyWorkers, aborts := &family{desc: workersReady}, &family{desc: workerWatchdogAborts}
 	cpu, mem := &family{desc: workerCPU}, &family{desc: workerMemory}
@@ -290,6 +297,10 @@ func supervisorFamilies(st supervisor.Status) []*family {
 		running.add(float64(s.Running), s.Name)
 		backoff.add(float64(s.Backoff), s.Name)
 		completed.add(float64(s.Completed), s.Name)
+		waiting.add(float64(s.Waiting), s.Name)
+		for _, r := range supervisor.RecycleReasons {
+			recycles.add(float64(s.Counters.Recycles[r]), s.Name, string(r))
+		}
 		restarts.add(float64(s.Counters.Restarts), s.Name)
 		// Every reason, zeros too, so that rate() works from the first
 		// scrape; a nil map reads 0.
@@ -300,7 +311,7 @@ func supervisorFamilies(st supervisor.Status) []*family {
 	rl := &family{desc: reloads}
 	rl.add(float64(st.ReloadsOK), "ok")
 	rl.add(float64(st.ReloadsFailed), "failed")
-	fams := []*family{desired, configured, running, readyWorkers, backoff, completed, restarts, exits, aborts, cpu, mem, rl,
+	fams := []*family{desired, configured, running, readyWorkers, backoff, completed, waiting, restarts, exits, recycles, aborts, cpu, mem, rl,
 		one(ready, boolValue(st.Ready)), one(stopping, boolValue(st.Stopping))}
 	if r := st.LastReload; r != nil {
 		fams = append(fams,

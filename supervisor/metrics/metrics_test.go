@@ -232,7 +232,7 @@ func TestMetricsValues(t *testing.T) {
 	// manager, known whatever the store says), and two services, nothing more: a worker's CPU and
 	// memory only where it has a cgroup (web's worker 0, not 2).
 	metricValue(t, fams, "gotyledon_worker_cpu_seconds_total", counter, "service", "web", "worker", "0")
-	for prefix, want := range map[string]int{"gotyledon_queue_": 2*7 + 2 + 2*2, "gotyledon_worker": 2*(6+2+len(supervisor.ExitReasons)) + 2} {
+	for prefix, want := range map[string]int{"gotyledon_queue_": 2*7 + 2 + 2*2, "gotyledon_worker": 2*(7+2+len(supervisor.ExitReasons)+len(supervisor.RecycleReasons)) + 2} {
 		if n := seriesCount(fams, prefix); n != want {
 			t.Errorf("%d %s* series, want %d", n, prefix, want)
 		}
@@ -366,7 +366,8 @@ func TestMetricsWhenStatusFails(t *testing.T) {
 // gotyledon_worker_watchdog_aborts_total, gotyledon_worker_cpu_seconds_total,
 // gotyledon_worker_memory_bytes, gotyledon_queue_store_up,
 // gotyledon_workers_completed, gotyledon_queue_scheduled_put_total,
-// gotyledon_queue_scheduled_failed_total, and the series
+// gotyledon_queue_scheduled_failed_total, gotyledon_workers_waiting,
+// gotyledon_worker_recycles_total, and the series
 // of a queue kept in JetStream), and the help of
 // gotyledon_reloads_total since halted rollouts count as failed, were
 // written into it by hand, in the same format; promlint checks them
