@@ -3,6 +3,7 @@ package config
 import (
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestDependsOnForms(t *testing.T) {
@@ -133,5 +134,54 @@ func TestDependsOnDeclared(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("cyclic declaration: %v\nwant %s", err, want)
 		}
+	}
+}
+
+func TestRecycle(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte("services:\n  w:\n    command: [a]\n    recycle: {max_jobs: 10000, max_age: 168h, memory_max: 512MiB, jitter: 0.2}\nqueues:\n  q: {}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Service("w").Recycle; r.MaxJobs != 10000 || r.MaxAge != 168*time.Hour || r.MemoryMax != 512<<20 || r.Jitter != 0.2 || !r.Enabled() {
+		t.Errorf("recycle %+v", r)
+	}
+	for _, tc := range []struct{ val, want string }{
+		{"{memory_max: 512M}", `c.yaml:4:27: memory_max "512M" is ambiguous: write MiB for powers of 1024 or MB for powers of 1000`},
+		{"{memory_max: 2GB}", ""},
+		{"{memory_max: 1000}", `c.yaml:4:27: memory_max must be at least 1MiB (got "1000")`},
+		{"{memory_max: lots}", `c.yaml:4:27: memory_max must be a size as in "512MiB" or "2GB" (got "lots")`},
+		{"{max_jobs: 0}", `c.yaml:4:25: max_jobs must be a whole number from 1 to 1000000000000 (got 0)`},
+		{"{max_age: 800h}", `c.yaml:4:24: max_age must be at most 720h, 30 days (got "800h")`},
+		{"{max_age: 10ms}", `c.yaml:4:24: max_age must be at least 1s (got "10ms")`},
+		{"{jitter: 0.9}", `c.yaml:4:23: jitter must be a fraction from 0 to 0.5, as in 0.1 for up to 10% below each limit (got "0.9")`},
+		{"{max_job: 5}", `c.yaml:4:15: unknown key "max_job" in recycle of service "w" (did you mean "max_jobs"?`},
+	} {
+		_, err := Parse("c.yaml", []byte("services:\n  w:\n    command: [a]\n    recycle: "+tc.val+"\nqueues:\n  q: {}\n"), nil)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: %v", tc.val, err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s:\n got: %v\nwant: %s", tc.val, err, tc.want)
+		}
+	}
+	_, err = Parse("c.yaml", []byte("services:\n  w:\n    command: [a]\n    recycle: {max_jobs: 5}\n"), nil)
+	if err == nil || !strings.Contains(err.Error(), `c.yaml:4:25: service "w" recycles its workers after max_jobs items, counted on the queue socket, but this configuration has no queues`) {
+		t.Errorf("max_jobs without queues: %v", err)
+	}
+	var d Declaration
+	d.Service("w", Command("/bin/w"), MaxAge(time.Hour), MemoryMax(64<<20), RecycleJitter(0), MaxJobs(3))
+	d.Queue("q")
+	cfg, err = d.Resolve(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Service("w").Recycle; r.MaxAge != time.Hour || r.MemoryMax != 64<<20 || r.Jitter != 0 || r.MaxJobs != 3 {
+		t.Errorf("declared recycle %+v", r)
+	}
+	var bad Declaration
+	bad.Service("w", Command("/bin/w"), MemoryMax(10), RecycleJitter(-1))
+	if _, err := bad.Resolve(nil); err == nil || !strings.Contains(err.Error(), `services.w.recycle.memory_max (declared in Go): memory_max must be at least 1MiB (got "10")`) ||
+		!strings.Contains(err.Error(), "services.w.recycle.jitter (declared in Go): jitter must be a fraction") {
+		t.Errorf("bad declared recycle: %v", err)
 	}
 }

@@ -72,6 +72,31 @@ func addTestServices(reg *service.Registry) {
 			return nil
 		}), nil
 	})
+	// hog grows its memory by 2 MiB every 20ms, up to 256 MiB, touching
+	// every page, until asked to stop.
+	reg.Register("hog", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			fmt.Printf("hog up pid=%d\n", w.PID)
+			var held [][]byte
+			tick := time.NewTicker(20 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					fmt.Printf("hog stopping, holding %d MiB\n", 2*len(held))
+					return nil
+				case <-tick.C:
+				}
+				if len(held) < 128 {
+					b := make([]byte, 2<<20)
+					for i := 0; i < len(b); i += 4096 {
+						b[i] = 1
+					}
+					held = append(held, b)
+				}
+			}
+		}), nil
+	})
 	// late-ready reports its own readiness: STATUS=loading at once, READY=1
 	// and STATUS=loaded on SIGUSR1.
 	reg.Register("late-ready", func(w service.Worker) (service.Service, error) { return lateReady{}, nil })
