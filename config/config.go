@@ -329,6 +329,11 @@ type Service struct {
 	// OnExit says what an exit of one of the service's workers does to
 	// the manager (`on_exit`, default OnExitContinue).
 	OnExit OnExit
+	// Schedule, if not nil (`schedule`), runs the service's workers at
+	// each of its times, rather than at the manager's start: a cron job.
+	// Its restart policy is on-failure or never; a run still going when
+	// the next time comes makes that time skipped.
+	Schedule *Schedule
 	// Recycle says when a worker is replaced before it fails: after so
 	// many jobs, so long, or past so much memory (`recycle`; the zero
 	// value: never).

@@ -79,6 +79,7 @@ type serviceDecl struct {
 	maxAge    setting[time.Duration]
 	memoryMax setting[uint64]
 	jitter    setting[float64]
+	schedule  setting[scheduleDecl]
 }
 
 type queueDecl struct {
@@ -317,6 +318,14 @@ func MemoryMax(bytes uint64) ServiceOption {
 // RecycleJitter sets `recycle.jitter` (default DefaultRecycleJitter).
 func RecycleJitter(fraction float64) ServiceOption {
 	return func(s *serviceDecl) { s.jitter.set(fraction, s.now) }
+}
+
+// RunOnSchedule sets `schedule`: the service's workers run at each time
+// of cron, read in timeZone (an IANA name; "" for the manager's local time
+// zone), rather than at the manager's start. Its restart policy must be
+// on-failure or never (RestartWith).
+func RunOnSchedule(cron, timeZone string) ServiceOption {
+	return func(s *serviceDecl) { s.schedule.set(scheduleDecl{cron: cron, timeZone: timeZone}, s.now) }
 }
 
 // ExitAction sets `on_exit` (default OnExitContinue): what an exit of one
@@ -782,6 +791,20 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 	}
 	if j := sd.jitter; j.isSet() && r.problem(j.seq, path+".recycle.jitter", jitterProblem(j.v, strconv.FormatFloat(j.v, 'g', -1, 64))) {
 		s.Recycle.Jitter = j.v
+	}
+	if sc := sd.schedule; sc.isSet() {
+		loc, ok := time.Local, true
+		if sc.v.timeZone != "" {
+			var msg string
+			loc, msg = timeZoneRule(sc.v.timeZone)
+			ok = r.problem(sc.seq, path+".schedule.time_zone", msg)
+		}
+		if sched, msg := scheduleRule(sc.v.cron, loc); ok && r.problem(sc.seq, path+".schedule.cron", msg) {
+			sched.Pos = Position{Field: path + ".schedule"}
+			if r.problem(sc.seq, path+".schedule", scheduledPolicyProblem(sd.name, s.Restart.Policy)) {
+				s.Schedule = &sched
+			}
+		}
 	}
 	if o := sd.onExit; o.isSet() && r.problem(o.seq, path+".on_exit", onExitProblem(o.v, fmt.Sprintf("OnExit(%d)", int(o.v)))) {
 		s.OnExit = o.v

@@ -553,7 +553,7 @@ func TestParseOverErrors(t *testing.T) {
 			`c.yaml:1:1: missing "services" key (add "services:" with at least one service under it)`},
 		{"unknown keys are still unknown", func(d *Declaration) { d.Service("printer", Run("printer")) },
 			"services:\n  printer: {wokers: 5}\n",
-			`c.yaml:2:13: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, depends_on, dir, env, env_file, on_exit, ready, ready_timeout, recycle, reload_signal, replace, restart, run, stop_signal, stop_timeout, watchdog, workers)`},
+			`c.yaml:2:13: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, depends_on, dir, env, env_file, on_exit, ready, ready_timeout, recycle, reload_signal, replace, restart, run, schedule, stop_signal, stop_timeout, watchdog, workers)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -185,3 +185,39 @@ func TestRecycle(t *testing.T) {
 		t.Errorf("bad declared recycle: %v", err)
 	}
 }
+
+func TestServiceSchedule(t *testing.T) {
+	cfg, err := Parse("c.yaml", []byte("services:\n  a: {command: [a], schedule: \"*/5 * * * *\", restart: {policy: never}}\n"+
+		"  b: {command: [b], schedule: {cron: \"0 3 * * *\", time_zone: Europe/Paris}, restart: {policy: on-failure}}\n"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := cfg.Service("a").Schedule, cfg.Service("b").Schedule
+	if a == nil || a.Cron != "*/5 * * * *" || a.Location != time.Local || b == nil || b.TimeZone() != "Europe/Paris" {
+		t.Fatalf("schedules %+v %+v", a, b)
+	}
+	if next := b.Next(time.Date(2026, 12, 6, 12, 0, 0, 0, time.UTC)); !next.Equal(time.Date(2026, 12, 7, 2, 0, 0, 0, time.UTC)) {
+		t.Errorf("b's next %v, want 03:00 in Paris", next)
+	}
+	for _, tc := range []struct{ svc, want string }{
+		{"{command: [a], schedule: \"* * * * *\"}", `c.yaml:2:31: service "a" runs on a schedule, so each run must end: its restart policy is always (add restart: {policy: never}, or on-failure to retry a failed run)`},
+		{"{command: [a], schedule: \"61 * * * *\", restart: {policy: never}}", `c.yaml:2:31: cron "61 * * * *" has a value out of range`},
+		{"{command: [a], schedule: {time_zone: UTC}, restart: {policy: never}}", `c.yaml:2:31: schedule needs cron`},
+		{"{command: [a], schedule: {cron: \"@daily\", item: x}, restart: {policy: never}}", `unknown key "item" in schedule`},
+	} {
+		_, err := Parse("c.yaml", []byte("services:\n  a: "+tc.svc+"\n"), nil)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s:\n got: %v\nwant: %s", tc.svc, err, tc.want)
+		}
+	}
+	var d Declaration
+	d.Service("a", Command("/bin/a"), RunOnSchedule("@hourly", "UTC"), RestartWith(RestartNever))
+	if cfg, err := d.Resolve(nil); err != nil || cfg.Service("a").Schedule.Cron != "@hourly" {
+		t.Errorf("declared: %v", err)
+	}
+	var bad Declaration
+	bad.Service("a", Command("/bin/a"), RunOnSchedule("@hourly", ""))
+	if _, err := bad.Resolve(nil); err == nil || !strings.Contains(err.Error(), `services.a.schedule (declared in Go): service "a" runs on a schedule`) {
+		t.Errorf("declared with policy always: %v", err)
+	}
+}

@@ -33,7 +33,7 @@ var (
 	queueKeys   = []string{"ack_wait", "capacity", "pack", "replicas", "schedule", "store"}
 	natsKeys    = []string{"bridge", "creds", "local_dir", "nkey", "sync", "tls", "url"}
 	tlsKeys     = []string{"ca", "cert", "key"}
-	serviceKeys = []string{"command", "depends_on", "dir", "env", "env_file", "on_exit", "ready", "ready_timeout", "recycle", "reload_signal", "replace", "restart", "run", "stop_signal", "stop_timeout", "watchdog", "workers"}
+	serviceKeys = []string{"command", "depends_on", "dir", "env", "env_file", "on_exit", "ready", "ready_timeout", "recycle", "reload_signal", "replace", "restart", "run", "schedule", "stop_signal", "stop_timeout", "watchdog", "workers"}
 	restartKeys = []string{"backoff_initial", "backoff_max", "min_uptime", "policy"}
 	recycleKeys = []string{"jitter", "max_age", "max_jobs", "memory_max"}
 )
@@ -794,6 +794,8 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 			s.DependsOn = d.dependsOn(f)
 		case "recycle":
 			d.recycle(f, e.key, &s.Recycle)
+		case "schedule":
+			s.Schedule = d.serviceSchedule(f)
 		case "on_exit":
 			if v, ok := d.text(f, `"continue" or "stop_manager"`); ok {
 				o := wordIndex[OnExit](v, "continue", "stop_manager")
@@ -811,6 +813,9 @@ func (d *decoder) service(e entry, decl *Service) *Service {
 		default:
 			d.unknownKey(f, fmt.Sprintf(" in service %q", e.key), serviceKeys)
 		}
+	}
+	if s.Schedule != nil {
+		d.problem(s.Schedule.Pos, scheduledPolicyProblem(e.key, s.Restart.Policy))
 	}
 	d.readEnvFiles(s, fileEnv)
 	// A command in the file replaces a declared run, and the other way

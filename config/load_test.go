@@ -69,7 +69,7 @@ func TestParseErrors(t *testing.T) {
 		{
 			name: "unknown service key with suggestion",
 			src:  "services:\n  printer:\n    run: printer\n    wokers: 2\n",
-			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, depends_on, dir, env, env_file, on_exit, ready, ready_timeout, recycle, reload_signal, replace, restart, run, stop_signal, stop_timeout, watchdog, workers)`,
+			want: `c.yaml:4:5: unknown key "wokers" in service "printer" (did you mean "workers"? known keys: command, depends_on, dir, env, env_file, on_exit, ready, ready_timeout, recycle, reload_signal, replace, restart, run, schedule, stop_signal, stop_timeout, watchdog, workers)`,
 		},
 		{
 			name: "unknown restart key",

@@ -701,3 +701,13 @@ func jitterProblem(j float64, got string) string {
 	}
 	return ""
 }
+
+// scheduledPolicyProblem is the rule between a service's schedule and its
+// restart policy: a scheduled run must end.
+func scheduledPolicyProblem(service string, p RestartPolicy) string {
+	if p == RestartAlways {
+		return fmt.Sprintf("service %q runs on a schedule, so each run must end: its restart policy is always "+
+			"(add restart: {policy: never}, or on-failure to retry a failed run)", service)
+	}
+	return ""
+}

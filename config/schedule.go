@@ -152,3 +152,59 @@ func (d *decoder) schedule(e entry, what string) (QueueSchedule, bool) {
 	s.Pos = e.pos
 	return QueueSchedule{Schedule: s, Item: item}, true
 }
+
+// serviceScheduleKeys are the keys of a service's schedule, sorted.
+var serviceScheduleKeys = []string{"cron", "time_zone"}
+
+// serviceSchedule decodes a service's schedule: a cron expression, or a
+// mapping of cron and time_zone; nil if it is not valid.
+func (d *decoder) serviceSchedule(e entry) *Schedule {
+	n, ok := d.deref(e.val)
+	if !ok {
+		return nil
+	}
+	expr, exprAt, loc := "", e.pos, time.Local
+	switch n.(type) {
+	case *ast.MappingNode, *ast.MappingValueNode:
+		ents, _ := d.expectMapping(e, "", "key")
+		hasCron, valid := false, true
+		for _, f := range ents {
+			switch f.key {
+			case "cron":
+				hasCron = true
+				v, ok := d.text(f, `a cron expression like "*/5 * * * *"`)
+				expr, exprAt, valid = v, f.pos, valid && ok
+			case "time_zone":
+				name, ok := d.text(f, `an IANA time zone name like "Europe/Paris"`)
+				if ok {
+					l, msg := timeZoneRule(name)
+					if ok = d.problem(f.pos, msg); ok {
+						loc = l
+					}
+				}
+				valid = valid && ok
+			default:
+				d.unknownKey(f, " in schedule", serviceScheduleKeys)
+			}
+		}
+		if !hasCron {
+			d.errorf(e.pos, `schedule needs cron, when to run the service (%s)`, cronExample)
+			return nil
+		}
+		if !valid {
+			return nil
+		}
+	default:
+		v, ok := d.text(e, `a cron expression like "*/5 * * * *", or a mapping {cron: "0 3 * * *", time_zone: Europe/Paris}`)
+		if !ok {
+			return nil
+		}
+		expr = v
+	}
+	s, msg := scheduleRule(expr, loc)
+	if !d.problem(exprAt, msg) {
+		return nil
+	}
+	s.Pos = e.pos
+	return &s
+}

@@ -188,6 +188,11 @@ func (s *Supervisor) release(svc *config.Service) {
 	for id := range svc.Workers {
 		if w := s.workers[workerKey{svc.Name, id}]; w != nil && w.state == stateWaiting {
 			awaited = awaited || w.awaited
+			if svc.Schedule != nil {
+				s.waiting--
+				s.schedule(w) // its time will come
+				continue
+			}
 			s.start(w)
 		}
 	}

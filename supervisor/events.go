@@ -113,8 +113,12 @@ const (
 	// stateWaiting: the slot has not started: its service waits for its
 	// dependencies to meet their conditions (depends.go).
 	stateWaiting
+	// stateScheduled: the slot, of a scheduled service, has not run since
+	// the manager started (or since it was added): it waits for the
+	// schedule's next time (schedule.go).
+	stateScheduled
 )
 
-var stateNames = [...]string{"starting", "running", "stopping", "backoff", "completed", "waiting"}
+var stateNames = [...]string{"starting", "running", "stopping", "backoff", "completed", "waiting", "scheduled"}
 
 func (s workerState) String() string { return stateNames[s] }

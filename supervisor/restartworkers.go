@@ -66,8 +66,9 @@ func (s *Supervisor) onRestart(r restartRequested) {
 			continue
 		}
 		switch {
-		case w.state == stateCompleted:
-			// A one-shot asked for again runs again: nothing to replace.
+		case w.state == stateCompleted || w.state == stateScheduled:
+			// A one-shot asked for again runs again, a scheduled one
+			// outside its schedule: nothing to replace.
 			s.start(w)
 			marked++
 		case w.state == stateRunning && w.prevSvc == nil:

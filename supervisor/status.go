@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"time"
+
+	"github.com/gotyledon/gotyledon/config"
 )
 
 // Status is a snapshot of the supervisor, taken by its loop at one instant:
@@ -48,6 +50,10 @@ type ServiceStatus struct {
 	Running, Ready, Backoff, Completed, Waiting int
 	// WaitingFor are the dependencies not met yet, while Waiting is not 0.
 	WaitingFor []DependencyWait
+	// Schedule is the service's schedule, nil if it has none; NextRunAt
+	// its next time (zero if none comes).
+	Schedule  *config.Schedule
+	NextRunAt time.Time
 	// Counters since the manager started, kept across reloads.
 	Counters ServiceCounters
 	// Workers by id, including surplus ones still stopping.
@@ -63,6 +69,9 @@ type ServiceCounters struct {
 	Exits map[ExitReason]uint64
 	// WatchdogAborts counts processes aborted for missing their watchdog.
 	WatchdogAborts uint64
+	// ScheduledRuns counts the runs a schedule started; ScheduleSkips
+	// the times it skipped (a run still going, dependencies not met).
+	ScheduledRuns, ScheduleSkips uint64
 	// Recycles counts workers recycled (drained, stopped and replaced),
 	// by the limit they crossed.
 	Recycles map[RecycleReason]uint64
@@ -92,8 +101,9 @@ var ExitReasons = []ExitReason{ExitStopped, ExitClean, ExitError, ExitSignal, Ex
 type WorkerStatus struct {
 	ID int
 	// State is "starting", "running", "draining" (running, and being
-	// recycled: it gets no new item), "stopping", "backoff", "completed"
-	// or "waiting" (for the service's dependencies).
+	// recycled: it gets no new item), "stopping", "backoff", "completed",
+	// "waiting" (for the service's dependencies) or "scheduled" (not run
+	// yet: it waits for its schedule's next time).
 	State string
 	// PID of the current process; 0 when there is none (backoff, or a
 	// start not yet answered).
@@ -380,7 +390,8 @@ func (s *Supervisor) status() Status {
 		c := s.counters(name)
 		st.Services = append(st.Services, ServiceStatus{
 			Name: name, Desired: desired, Configured: configured,
-			Counters: ServiceCounters{Restarts: c.Restarts, Exits: cloneExits(c.Exits), WatchdogAborts: c.WatchdogAborts, Recycles: cloneRecycles(c.Recycles)},
+			Counters: ServiceCounters{Restarts: c.Restarts, Exits: cloneExits(c.Exits), WatchdogAborts: c.WatchdogAborts, Recycles: cloneRecycles(c.Recycles),
+				ScheduledRuns: c.ScheduledRuns, ScheduleSkips: c.ScheduleSkips},
 		})
 	}
 	for _, svc := range s.cfg.Services {
@@ -427,6 +438,9 @@ func (s *Supervisor) status() Status {
 		sv := &st.Services[i]
 		if svc := s.cfg.Service(sv.Name); svc != nil && sv.Waiting > 0 {
 			sv.WaitingFor = s.waitsFor(svc)
+		}
+		if t := s.schedules[sv.Name]; t != nil {
+			sv.Schedule, sv.NextRunAt = t.schedule, t.next
 		}
 		slices.SortFunc(st.Services[i].Workers, func(a, b WorkerStatus) int { return cmp.Compare(a.ID, b.ID) })
 	}

@@ -173,6 +173,8 @@ type Supervisor struct {
 	// worker due for recycling that waits its turn (recycle.go).
 	queue        QueueDrainer
 	recycleQueue map[string]bool
+	// schedules are the scheduled services' timers (schedule.go).
+	schedules map[string]*scheduleTimer
 }
 
 // worker is one slot: a service's worker id, and the process filling it.
@@ -279,6 +281,7 @@ func New(cfg *config.Config, opts Options) (*Supervisor, error) {
 		gaveUp:       make(map[string]bool),
 		slotsOf:      make(map[string]int),
 		recycleQueue: make(map[string]bool),
+		schedules:    make(map[string]*scheduleTimer),
 		queue:        opts.Queue,
 	}
 	s.exitAfterRun = opts.ExitAfterRun
@@ -560,10 +563,14 @@ func (s *Supervisor) startAll() {
 		total += svc.Workers
 		start := s.mayStart(svc)
 		for id := range svc.Workers {
-			w := &worker{svc: svc, key: workerKey{svc.Name, id}, awaited: true}
+			w := &worker{svc: svc, key: workerKey{svc.Name, id}, awaited: svc.Schedule == nil}
 			s.addSlot(w)
 			if !start {
 				s.wait(w)
+				continue
+			}
+			if svc.Schedule != nil {
+				s.schedule(w)
 				continue
 			}
 			w.initial = true
@@ -574,6 +581,7 @@ func (s *Supervisor) startAll() {
 	s.log.Info("manager started", zap.Int("pid", os.Getpid()), zap.Int("services", len(s.cfg.Services)),
 		zap.Int("workers", total), zap.String("config", s.cfg.File))
 	s.changed = true
+	s.updateSchedules(s.cfg)
 	s.awaitInitialReady(s.cfg.Services)
 	s.noteStarted()
 }
@@ -635,6 +643,8 @@ func (s *Supervisor) handle(ev event) {
 		}
 	case shutdownRequested:
 		s.onShutdown(ev.fast)
+	case scheduleDue:
+		s.onScheduleDue(ev)
 	case stopManagerRequested:
 		if !s.stopping {
 			s.log.Error("an OnDeadWorker hook asked to stop the manager", zap.String("service", ev.cause.Service),
@@ -1081,6 +1091,13 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 			}
 		case w.state == stateBackoff || w.state == stateWaiting:
 			w.svc = svc // its next start uses the new definition
+		case w.state == stateScheduled && svc.Schedule == nil:
+			// No longer scheduled: it runs as any service.
+			w.svc = svc
+			starting++
+			s.start(w)
+		case w.state == stateScheduled || w.state == stateCompleted && svc.Schedule != nil:
+			w.svc = svc // its next run, at its next time, uses it
 		case w.state == stateCompleted:
 			// A one-shot runs again when what it runs changed (by the
 			// file: a rescale changes nothing), or when its policy now
@@ -1121,12 +1138,17 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 					s.wait(w)
 					continue
 				}
+				if svc.Schedule != nil {
+					s.schedule(w)
+					continue
+				}
 				starting++
 				s.start(w)
 			}
 		}
 		s.replaceNext(svc.Name)
 	}
+	s.updateSchedules(cfg)
 	desired := 0
 	for _, svc := range cfg.Services {
 		desired += svc.Workers
@@ -1215,7 +1237,7 @@ func (s *Supervisor) onShutdown(fast bool) {
 // backoff, completed, waiting for its dependencies) is dropped.
 func (s *Supervisor) stop(w *worker) {
 	switch w.state {
-	case stateBackoff, stateCompleted, stateWaiting:
+	case stateBackoff, stateCompleted, stateWaiting, stateScheduled:
 		if w.state == stateWaiting {
 			s.waiting--
 		}

@@ -65,10 +65,25 @@ type ServiceStatus struct {
 	// Recycles counts workers recycled (drained, stopped, replaced) by
 	// the limit they crossed: max_jobs, max_age, memory_max.
 	Recycles map[string]uint64 `json:"recycles"`
-	Workers  []WorkerStatus    `json:"workers"`
+	// Schedule is the service's schedule; null without one.
+	Schedule *ServiceSchedule `json:"schedule"`
+	Workers  []WorkerStatus   `json:"workers"`
 	// Tasks are the task figures of the service's workers (submitted by
 	// them, taken by them); absent while they have had none.
 	Tasks *TaskStatus `json:"tasks,omitempty"`
+}
+
+// ServiceSchedule is a scheduled service's schedule and its runs.
+type ServiceSchedule struct {
+	Cron     string `json:"cron"`
+	TimeZone string `json:"time_zone"` // an IANA name, or Local
+	// NextRunAt is its next time, with its time zone's offset (not UTC);
+	// null if none comes.
+	NextRunAt *time.Time `json:"next_run_at"`
+	// Runs counts the runs it started, Skipped the times it skipped (a
+	// run still going, dependencies not met), since the manager started.
+	Runs    uint64 `json:"runs"`
+	Skipped uint64 `json:"skipped"`
 }
 
 // DependencyWait is a dependency a service waits for.
@@ -122,8 +137,9 @@ func (s *Status) AddServiceTasks(tasks map[string]ipc.TaskStats) {
 type WorkerStatus struct {
 	ID int `json:"id"`
 	// State is starting, running, draining (being recycled: it gets no
-	// new item), stopping, backoff, completed or waiting (for the
-	// service's dependencies).
+	// new item), stopping, backoff, completed, waiting (for the
+	// service's dependencies) or scheduled (not run yet: its schedule's
+	// time has not come).
 	State         string     `json:"state"`
 	PID           int        `json:"pid"` // 0 without a process
 	StartedAt     *time.Time `json:"started_at"`
@@ -275,6 +291,13 @@ func NewStatus(st supervisor.Status, queues []ipc.QueueStats, rates map[string]Q
 		}
 		for _, reason := range supervisor.RecycleReasons {
 			sd.Recycles[string(reason)] = sv.Counters.Recycles[reason]
+		}
+		if sc := sv.Schedule; sc != nil {
+			sd.Schedule = &ServiceSchedule{Cron: sc.Cron, TimeZone: sc.TimeZone(), Runs: sv.Counters.ScheduledRuns, Skipped: sv.Counters.ScheduleSkips}
+			if !sv.NextRunAt.IsZero() {
+				next := sv.NextRunAt
+				sd.Schedule.NextRunAt = &next
+			}
 		}
 		for _, w := range sv.Workers {
 			wd := WorkerStatus{
@@ -432,7 +455,7 @@ func notReady(sv ServiceStatus) string {
 	var ids []string
 	n := 0
 	for _, w := range sv.Workers {
-		if w.Ready || w.State == "backoff" || w.State == "completed" || w.State == "waiting" || w.ID >= sv.Desired {
+		if w.Ready || w.State == "backoff" || w.State == "completed" || w.State == "waiting" || w.State == "scheduled" || w.ID >= sv.Desired {
 			continue
 		}
 		n++

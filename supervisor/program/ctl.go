@@ -317,6 +317,13 @@ func printStatus(w io.Writer, doc control.Status, now time.Time) error {
 		return err
 	}
 	for _, s := range doc.Services {
+		if sc := s.Schedule; sc != nil {
+			next := "none comes"
+			if sc.NextRunAt != nil {
+				next = fmt.Sprintf("in %s (%s)", roundDuration(max(0, sc.NextRunAt.Sub(now).Seconds())), sc.NextRunAt.Format(time.RFC3339))
+			}
+			fmt.Fprintf(w, "%s runs on schedule %q (%s): next run %s; %d runs, %d skipped\n", s.Name, sc.Cron, sc.TimeZone, next, sc.Runs, sc.Skipped)
+		}
 		for _, wt := range s.WaitingFor {
 			fmt.Fprintf(w, "%s waits for %s %s: %s", s.Name, wt.Service, wt.Condition, wt.Reason)
 			if wt.Failed {
