@@ -156,6 +156,15 @@ type Broker struct {
 	svcMu    sync.Mutex
 	svcTasks map[string]*taskCounters
 
+	// groupMu guards groups, the process groups of the connections'
+	// peers, and groupPrune (drain.go).
+	groupMu    sync.Mutex
+	groups     map[int]*pgroup
+	groupPrune int
+	// pgidOf is the process group of a peer's pid (processGroupOf); set
+	// before the first Serve, never changed after (tests set their own).
+	pgidOf func(pid int) int
+
 	mu        sync.Mutex
 	closing   bool
 	listeners map[net.Listener]struct{}
@@ -176,6 +185,7 @@ func NewBroker(opts BrokerOptions) (*Broker, error) {
 		log:           opts.Logger,
 		clock:         realClock(),
 		storeSocket:   opts.StoreSocket,
+		pgidOf:        processGroupOf,
 		listeners:     make(map[net.Listener]struct{}),
 		conns:         make(map[*conn]struct{}),
 	}
@@ -588,14 +598,20 @@ type inflightItem struct {
 
 // conn is one client connection.
 type conn struct {
-	b       *Broker
-	nc      net.Conn
-	id      uint64
-	peer    Peer
-	client  string // from HELLO, for the logs
-	version uint16 // from HELLO: the protocol version spoken
-	service string // BrokerOptions.PeerService's name for the peer; "" for none
-	log     *zap.Logger
+	b    *Broker
+	nc   net.Conn
+	id   uint64
+	peer Peer
+	// pgid is the peer's process group, read at accept; -1 for none
+	// (drain.go). group is its figures and drain, nil for none; draining
+	// says the group drains: no item is handed to the connection.
+	pgid     int
+	group    atomic.Pointer[pgroup]
+	draining atomic.Bool
+	client   string // from HELLO, for the logs
+	version  uint16 // from HELLO: the protocol version spoken
+	service  string // BrokerOptions.PeerService's name for the peer; "" for none
+	log      *zap.Logger
 
 	wake       chan struct{} // an outbox append, for the writer (cap 1)
 	drained    chan struct{} // the writer took the outbox (cap 1)
@@ -638,6 +654,14 @@ type conn struct {
 	// for fatal to close: a reader blocked writing to it then returns.
 	up     *upstream
 	upConn net.Conn
+	// upCur is up, for a drain to cancel what waits there (guarded by
+	// mu). fwdHeld counts the items the upstreams handed the connection
+	// and it has not settled; fwdTakers its GETs and CONSUMEs waiting
+	// there; upReaders the upstream readers running. cleaned: cleanup
+	// requeued what the connection held. All guarded by mu.
+	upCur                         *upstream
+	fwdHeld, fwdTakers, upReaders int
+	cleaned                       bool
 	// touched are the connections this one's reader queued replies for
 	// and has not written out yet (wakeFor, flushTouched); the reader's
 	// alone.
@@ -657,7 +681,9 @@ func (b *Broker) newConn(nc net.Conn) *conn {
 		writerDone: make(chan struct{}),
 		waiting:    make(map[uint32]*waiter),
 	}
+	c.pgid = b.pgidOf(c.peer.PID)
 	c.log = b.log.With(zap.Uint64("conn", c.id), zap.Int("pid", c.peer.PID), zap.Int("uid", c.peer.UID), zap.Int("gid", c.peer.GID))
+	b.joinGroup(c)
 	return c
 }
 
@@ -861,6 +887,7 @@ func (c *conn) serve() {
 		c.mu.Lock()
 		c.closed = true
 		c.mu.Unlock()
+		c.b.leaveGroup(c)
 		return
 	}
 	if c.fatalPending() { // Close came during the handshake, which reset the deadlines
@@ -1090,7 +1117,11 @@ func (c *conn) handle(payload []byte) error {
 		q := c.b.queue(f.Queue)
 		if q == nil {
 			if c.b.forwardedQueue(f.Queue) {
-				c.forward(payload, f.ID, pendingFwd{kind: fwdOne}, timeoutDuration(f.TimeoutMS))
+				if c.draining.Load() {
+					c.replyDraining(f.ID)
+					return nil
+				}
+				c.forward(payload, f.ID, pendingFwd{kind: fwdOne, take: true, autoAck: f.Flags&flagAutoAck != 0}, timeoutDuration(f.TimeoutMS))
 				return nil
 			}
 			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))
@@ -1103,7 +1134,11 @@ func (c *conn) handle(payload []byte) error {
 		q := c.b.queue(f.Queue)
 		if q == nil {
 			if c.b.forwardedQueue(f.Queue) {
-				c.forward(payload, f.ID, pendingFwd{kind: fwdConsume}, upstreamDialTimeout)
+				if c.draining.Load() {
+					c.replyDraining(f.ID)
+					return nil
+				}
+				c.forward(payload, f.ID, pendingFwd{kind: fwdConsume, take: true}, upstreamDialTimeout)
 				return nil
 			}
 			c.reply(f.ID, statusNoSuchQueue, 0, c.b.noSuchQueue(f.Queue))
@@ -1205,7 +1240,7 @@ func (c *conn) ack(f *ackFrame) {
 		n = c.settle(&ackFrame{Nack: f.Nack, ID: f.ID, Deliveries: local})
 	}
 	fwd := appendAck(nil, &ackFrame{Nack: f.Nack, ID: f.ID, Deliveries: remote})
-	c.forward(fwd[frameHeaderLen:], f.ID, pendingFwd{kind: fwdAck, merge: ackMerge{found: n, unknown: uint32(len(local)) - n}}, upstreamDialTimeout)
+	c.forward(fwd[frameHeaderLen:], f.ID, pendingFwd{kind: fwdAck, nack: f.Nack, merge: ackMerge{found: n, unknown: uint32(len(local)) - n}}, upstreamDialTimeout)
 }
 
 // replyAck answers an ACK or NACK of which found deliveries were found
@@ -1302,6 +1337,12 @@ func (c *conn) settleWith(f *ackFrame, answer func(i int) (byte, []byte)) uint32
 	}
 	for w, k := range credit {
 		w.q.release(w, k, c)
+	}
+	if !f.Nack {
+		c.countAcked(n)
+	}
+	if n > 0 {
+		c.drainCheck()
 	}
 	return uint32(n)
 }
@@ -1623,6 +1664,7 @@ func (c *conn) writeBuffered(block bool) (complete bool, err error) {
 	}
 	for i := range c.wenc {
 		c.wenc[i].ackWritten()
+		c.countAcked(len(c.wenc[i].items))
 	}
 	clear(c.wenc)
 	c.wenc = c.wenc[:0]
@@ -1783,6 +1825,15 @@ func (c *conn) cleanup() {
 		slices.SortFunc(all, func(a, b held) int { return cmp.Compare(a.delivery, b.delivery) })
 		requeueGrouped(len(all), nil, func(i int) (*queue, item) { return all[i].q, all[i].it })
 		c.log.Debug("queue client connection closed; its in-flight items are requeued", zap.Int("items", len(all)))
+	}
+	// The connection leaves its group once its upstreams' readers have
+	// ended too: until then a store server may still hold items for it.
+	c.mu.Lock()
+	c.cleaned = true
+	last := c.upReaders == 0
+	c.mu.Unlock()
+	if last {
+		c.b.leaveGroup(c)
 	}
 }
 

@@ -762,6 +762,10 @@ func TestIPCHelperProcess(t *testing.T) {
 			c.Close()
 			fmt.Println("WELCOME")
 		}
+	case "drain-consumer":
+		drainConsumerHelper()
+	case "acker":
+		ackerHelper()
 	}
 	os.Exit(0)
 }

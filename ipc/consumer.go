@@ -85,7 +85,10 @@ func (c *Client) Consume(ctx context.Context, queue string, prefetch int) (*Cons
 // queued so far, which give the broker room to push more. Its error wraps
 // ctx's, ErrConsumerClosed after Close, ErrClosed when the connection has
 // ended, or the broker's reason when it ended the consume (a
-// *StatusError: NO_SUCH_QUEUE, SHUTTING_DOWN).
+// *StatusError: NO_SUCH_QUEUE, SHUTTING_DOWN, or DRAINING, which matches
+// ErrDraining). After ErrDraining, the items pushed and not yet handed out
+// have gone back to the queue; those Next handed out are still the
+// caller's to Ack or Nack.
 func (s *Consumer) Next(ctx context.Context) (*Delivery, error) {
 	for {
 		s.mu.Lock()
@@ -200,14 +203,31 @@ func (s *Consumer) push(f *itemsFrame) {
 }
 
 // end records why pushes ended; it runs on the read loop, or when the
-// connection ends.
+// connection ends. When the worker drains (DRAINING), the items pushed and
+// not yet handed out go back to the queue at once, for other workers:
+// Next hands out no more.
 func (s *Consumer) end(err error) {
 	s.mu.Lock()
 	if s.ended == nil {
 		s.ended = err
 	}
+	var back []*Delivery
+	if errors.Is(err, ErrDraining) {
+		back = s.buf
+		s.buf = nil
+	}
 	s.mu.Unlock()
 	s.wake()
+	if len(back) > 0 {
+		// Queued for the writer, never written here, as push's.
+		c := s.c
+		c.mu.Lock()
+		for _, d := range back {
+			c.nacks = append(c.nacks, d.ID)
+		}
+		c.mu.Unlock()
+		c.wakeWriter()
+	}
 }
 
 // queueAcks queues the acknowledgement (or NACK) of ds, and the replies

@@ -28,6 +28,13 @@ var (
 	// ErrUnsupported: the queue cannot do what was asked (status
 	// UNSUPPORTED): a task submitted to a queue kept in JetStream.
 	ErrUnsupported = errors.New("not supported by this queue")
+	// ErrDraining: the worker this connection belongs to is being drained
+	// before it is stopped (status DRAINING, see Broker.Drain): a GET or a
+	// CONSUME (Consumer.Next) takes no more items. The items already handed
+	// to the caller are still its own: acknowledge (or NACK) them, then
+	// wait for the stop signal. It is not a failure: the worker should
+	// not exit with an error, nor ask again.
+	ErrDraining = errors.New("draining: this worker takes no more items")
 	// ErrQueueNotEmpty is wrapped by SetQueues' error when it would remove
 	// a queue that holds items (waiting or in flight).
 	ErrQueueNotEmpty = errors.New("queue not empty")
@@ -41,6 +48,7 @@ var statusSentinels = map[uint16]error{
 	statusRefused:      ErrRefused,
 	statusShuttingDown: ErrShuttingDown,
 	statusUnsupported:  ErrUnsupported,
+	statusDraining:     ErrDraining,
 }
 
 // StatusError is a status other than OK from the broker, in a RESULT or a

@@ -43,10 +43,11 @@ const (
 	statusShuttingDown    uint16 = 9
 	statusCancelled       uint16 = 10
 	statusUnsupported     uint16 = 11
+	statusDraining        uint16 = 12
 )
 
 var statusNames = [...]string{"OK", "TIMEOUT", "FULL", "NO_SUCH_QUEUE", "TOO_LARGE",
-	"UNKNOWN_DELIVERY", "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED", "UNSUPPORTED"}
+	"UNKNOWN_DELIVERY", "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED", "UNSUPPORTED", "DRAINING"}
 
 func statusName(code uint16) string {
 	if int(code) < len(statusNames) {

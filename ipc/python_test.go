@@ -10,10 +10,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -70,11 +72,21 @@ type pyProc struct {
 
 func startPython(t *testing.T, sock, script string, args ...string) *pyProc {
 	t.Helper()
+	return startPythonWith(t, sock, nil, script, args...)
+}
+
+// startPythonWith is startPython, setup changing the command before it
+// starts (nil: nothing).
+func startPythonWith(t *testing.T, sock string, setup func(*exec.Cmd), script string, args ...string) *pyProc {
+	t.Helper()
 	py := python3(t)
 	p := &pyProc{lines: make(chan string, 4096), done: make(chan error, 1)}
 	p.cmd = exec.Command(py, append([]string{filepath.Join("python", script)}, args...)...)
 	p.cmd.Env = append(os.Environ(), ipc.EnvSocket+"="+sock, "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1")
 	p.cmd.Stderr = &p.stderr
+	if setup != nil {
+		setup(p.cmd)
+	}
 	out, err := p.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -480,5 +492,64 @@ func TestPythonTasks(t *testing.T) {
 				t.Fatalf("worker printed %q", rest)
 			}
 		})
+	}
+}
+
+// A prefetching Python worker (a process group of its own) drained while
+// it holds 3 items of its prefetch of 10: once it reads the end of its
+// consume it gives the 7 others back, its next() raises Draining, its acks
+// of the 3 go through, and the drain ends; a Go consumer gets the 7.
+func TestPythonDrainedConsumer(t *testing.T) {
+	python3(t)
+	b, sock := pyBroker(t, ipc.QueueConfig{Name: "work"})
+	c := dial(t, sock)
+	ctx, cancel := context.WithTimeout(context.Background(), pyWait)
+	defer cancel()
+	for i := range 10 {
+		if err := c.Put(ctx, "work", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+	}
+	var stdin io.WriteCloser
+	p := startPythonWith(t, sock, func(cmd *exec.Cmd) {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		var err error
+		if stdin, err = cmd.StdinPipe(); err != nil {
+			t.Fatal(err)
+		}
+	}, "consumer.py", "work", "3", "--hold", "--drain", "--prefetch", "10")
+	defer stdin.Close()
+	p.expectLine(t, "ready")
+	for i := range 3 {
+		p.expectLine(t, fmt.Sprintf("holding 1 %d", i))
+	}
+	if s := stats(t, b, "work"); s.InFlight != 10 {
+		t.Fatalf("stats while held: %+v", s)
+	}
+	drained := b.Drain(p.cmd.Process.Pid)
+	select {
+	case <-drained:
+		t.Fatal("the drain ended while the worker holds 10 items")
+	default:
+	}
+	fmt.Fprintln(stdin, "ack")
+	p.expectLine(t, "draining")
+	select {
+	case <-drained:
+	case <-time.After(pyWait):
+		t.Fatalf("the drain did not end; stats %+v", stats(t, b, "work"))
+	}
+	for i := 3; i < 10; i++ {
+		d := getOne(t, c, "work")
+		if string(d.Body) != fmt.Sprint(i) || d.Deliveries != 2 {
+			t.Fatalf("got %q (deliveries %d), want %d given back", d.Body, d.Deliveries, i)
+		}
+		ack(t, c, d)
+	}
+	if s := stats(t, b, "work"); s.Acked != 10 || s.InFlight != 0 || s.Depth != 0 {
+		t.Fatalf("stats after: %+v", s)
+	}
+	if n := b.Acked(p.cmd.Process.Pid); n != 3 {
+		t.Errorf("Acked(the Python worker) = %d, want 3", n)
 	}
 }

@@ -31,6 +31,11 @@ import (
 //  6. Capacity bounds the items waiting in the queue, not those in flight. A
 //     requeue never waits and never fails, even past capacity: nothing in
 //     flight is ever dropped to make room.
+//  7. A connection of a draining worker (Broker.Drain) is handed no more
+//     items: its waiting GETs and its CONSUMEs end DRAINING, and a later
+//     GET or CONSUME of it is answered DRAINING at once. What it holds
+//     stays its own, under rules 3 and 4: its ACKs, NACKs and PUTs work as
+//     before, and the drain is over once it holds nothing.
 //
 // How this file keeps them: waiting items are a ring (FIFO; a requeue
 // pushes at the head). take (rule 2) moves items from the ring to a
@@ -238,6 +243,10 @@ func (q *queue) get(c *conn, id, timeoutMS uint32, maxItems int, autoAck bool) {
 		c.reply(id, statusNoSuchQueue, 0, "no queue "+q.name)
 		return
 	}
+	if c.draining.Load() { // under q.mu: see drainWaiters
+		c.replyDraining(id)
+		return
+	}
 	w := &waiter{q: q, c: c, id: id, get: true, max: maxItems, autoAck: autoAck}
 	if q.ring.size > 0 && q.liveGets() == 0 {
 		q.take(w)
@@ -263,6 +272,10 @@ func (q *queue) consume(c *conn, id uint32, prefetch int) {
 	}
 	if q.removed {
 		c.reply(id, statusNoSuchQueue, 0, "no queue "+q.name)
+		return
+	}
+	if c.draining.Load() {
+		c.replyDraining(id)
 		return
 	}
 	w := &waiter{q: q, c: c, id: id, get: true, consume: true, prefetch: prefetch, inGets: true}
@@ -547,6 +560,22 @@ func (q *queue) shutdown() {
 	q.closed = true
 	for _, w := range slices.Concat(q.gets, q.puts, q.consumers) {
 		q.finishLocked(w, statusShuttingDown, "broker shutting down")
+	}
+}
+
+// drainWaiters answers DRAINING the waiting GETs and the CONSUMEs of
+// draining connections (rule 7). Broker.Drain marks the connections
+// before it calls this, and get and consume look at the mark under q.mu:
+// a request either saw it or was waiting here before this locked the
+// queue, so none is left to take an item. The CONSUMEs' items in flight
+// stay their connections' (rules 3 and 4).
+func (q *queue) drainWaiters() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, w := range slices.Concat(q.gets, q.consumers) {
+		if !w.done && w.c.draining.Load() {
+			q.finishLocked(w, statusDraining, drainingMessage)
+		}
 	}
 }
 

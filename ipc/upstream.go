@@ -57,15 +57,26 @@ type pendingFwd struct {
 	kind  fwdKind
 	merge ackMerge
 	held  int // a PUT's bytes, counted as a waiting PUT's (flow control)
+	// take: a GET or CONSUME, which a drain ends (autoAck: a GET's
+	// flag); drained: the drain sent its CANCEL, so the CANCELLED that
+	// ends it is answered DRAINING. nack: an ACK's kind.
+	take, autoAck, drained, nack bool
 }
 
 // upstream is one connection's connection to the store server.
 type upstream struct {
 	c        *conn
 	nc       net.Conn
-	bw       *bufio.Writer // the client's reader's alone
 	maxFrame int
 	dead     atomic.Bool // the reader stopped: the next forward dials again
+	// wmu guards bw: the client's reader writes its requests, and a drain
+	// its CANCELs (drainUpstream). A request is registered and written
+	// under it, so a CANCEL never goes ahead of what it cancels.
+	wmu sync.Mutex
+	bw  *bufio.Writer
+	// held counts the items this upstream handed the connection that it
+	// has not settled (guarded by c.mu; c.fwdHeld sums them).
+	held int
 
 	mu      sync.Mutex
 	pending map[uint32]pendingFwd // forwarded requests not yet answered, by id
@@ -113,10 +124,14 @@ func (c *conn) upstream(wait time.Duration) (*upstream, error) {
 		return nil, fmt.Errorf("queue store handshake: %w", err)
 	}
 	c.b.wg.Add(1)
+	c.mu.Lock()
+	c.upReaders++
+	c.mu.Unlock()
 	go u.readLoop(br)
 	c.up = u
 	c.mu.Lock()
 	c.upConn = nc
+	c.upCur = u
 	fatal := c.fatalSet
 	c.mu.Unlock()
 	if fatal { // the connection is ending: fatal closed the last one
@@ -171,19 +186,23 @@ func (c *conn) forward(payload []byte, id uint32, p pendingFwd, wait time.Durati
 		}
 	}
 	u, err := c.upstream(min(wait, upstreamDialTimeout))
-	if err == nil && (p.kind == fwdCancel || u.register(id, p)) {
-		var hdr [frameHeaderLen]byte
-		binary.BigEndian.PutUint32(hdr[:], uint32(len(payload)))
-		// A store server that stops reading fails the write within the
-		// frame deadline, rather than holding up this reader for ever.
-		u.nc.SetWriteDeadline(deadlineIn(c.b.frameDeadline))
-		u.bw.Write(hdr[:])
-		if _, err := u.bw.Write(payload); err != nil {
-			u.nc.Close() // its reader answers what is pending, this one too
-		}
-		return
-	}
 	if err == nil {
+		u.wmu.Lock()
+		ok, draining := p.kind == fwdCancel, false
+		if !ok {
+			ok, draining = u.register(id, p)
+		}
+		if ok {
+			u.write(payload)
+		}
+		u.wmu.Unlock()
+		switch {
+		case ok:
+			return
+		case draining:
+			c.replyDraining(id)
+			return
+		}
 		err = errors.New("connection to the queue store lost")
 	}
 	c.log.Warn("queue store unavailable", zap.Error(err))
@@ -192,6 +211,66 @@ func (c *conn) forward(payload []byte, id uint32, p pendingFwd, wait time.Durati
 		return
 	}
 	c.reply(id, statusTimeout, 0, "queue store unavailable: "+err.Error())
+}
+
+// write writes a frame (payload: type and body) to the store server.
+// Called with wmu held.
+func (u *upstream) write(payload []byte) {
+	var hdr [frameHeaderLen]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(payload)))
+	// A store server that stops reading fails the write within the
+	// frame deadline, rather than holding up this reader for ever.
+	u.nc.SetWriteDeadline(deadlineIn(u.c.b.frameDeadline))
+	u.bw.Write(hdr[:])
+	if _, err := u.bw.Write(payload); err != nil {
+		u.nc.Close() // its reader answers what is pending, this one too
+	}
+}
+
+// drainUpstream cancels the connection's GETs and CONSUMEs that wait on
+// its store server, a drain having begun (drain.go): their CANCELLED is
+// answered DRAINING. It writes from a goroutine of its own, since the
+// write may wait for the store server, and Drain does not wait.
+func (c *conn) drainUpstream() {
+	c.mu.Lock()
+	u := c.upCur
+	c.mu.Unlock()
+	if u == nil {
+		return
+	}
+	b := c.b
+	b.mu.Lock()
+	if b.closing { // Close answers everything; its wait must not miss a goroutine
+		b.mu.Unlock()
+		return
+	}
+	b.wg.Add(1)
+	b.mu.Unlock()
+	go func() {
+		defer b.wg.Done()
+		u.wmu.Lock()
+		defer u.wmu.Unlock()
+		u.mu.Lock()
+		var ids []uint32
+		for id, p := range u.pending {
+			if p.take && !p.drained {
+				p.drained = true
+				u.pending[id] = p
+				ids = append(ids, id)
+			}
+		}
+		u.mu.Unlock()
+		if len(ids) == 0 {
+			return
+		}
+		for _, id := range ids {
+			u.write(appendCancel(nil, &cancelFrame{ID: id})[frameHeaderLen:])
+		}
+		u.nc.SetWriteDeadline(deadlineIn(b.frameDeadline))
+		if err := u.bw.Flush(); err != nil {
+			u.nc.Close()
+		}
+	}()
 }
 
 // forwarded reports whether request id was forwarded and waits there.
@@ -207,7 +286,12 @@ func (c *conn) forwarded(id uint32) bool {
 
 // flushUpstream writes what was forwarded. Called by the reader only.
 func (c *conn) flushUpstream() {
-	if c.up == nil || c.up.bw.Buffered() == 0 {
+	if c.up == nil {
+		return
+	}
+	c.up.wmu.Lock()
+	defer c.up.wmu.Unlock()
+	if c.up.bw.Buffered() == 0 {
 		return
 	}
 	c.up.nc.SetWriteDeadline(deadlineIn(c.b.frameDeadline))
@@ -232,6 +316,8 @@ func (c *conn) closeUpstream() {
 		return
 	}
 	c.flushUpstream()
+	c.up.wmu.Lock() // a drain's CANCELs go before, or fail
+	defer c.up.wmu.Unlock()
 	if uc, ok := c.up.nc.(interface{ CloseWrite() error }); ok && uc.CloseWrite() == nil {
 		c.up.nc.SetReadDeadline(deadlineIn(c.b.frameDeadline))
 		return
@@ -240,41 +326,86 @@ func (c *conn) closeUpstream() {
 }
 
 // register records a forwarded request as waiting; false once the
-// upstream is gone.
-func (u *upstream) register(id uint32, p pendingFwd) bool {
+// upstream is gone, or, with draining, for a GET or CONSUME of a draining
+// connection. Under mu, as drainUpstream's look at what is pending, so a
+// GET or CONSUME is either refused or cancelled by the drain.
+func (u *upstream) register(id uint32, p pendingFwd) (ok, draining bool) {
 	u.mu.Lock()
 	if u.gone {
 		u.mu.Unlock()
-		return false
+		return false, false
+	}
+	if p.take && u.c.draining.Load() {
+		u.mu.Unlock()
+		return false, true
 	}
 	u.pending[id] = p
 	u.mu.Unlock()
 	u.c.mu.Lock()
 	u.c.nWaiting++
 	u.c.waitingBytes += p.held
+	if p.take {
+		u.c.fwdTakers++
+	}
 	u.c.mu.Unlock()
-	return true
+	return true, false
 }
 
 // answered forgets request id if the reply ends it (end), returning what
-// it was.
-func (u *upstream) answered(id uint32, end bool) (pendingFwd, bool) {
+// it was and whether it ended; known says whether it was pending. items
+// is the number of items the reply hands the connection (ITEMS), which it
+// holds from now on but for an auto-ack GET's, acknowledged as they pass.
+func (u *upstream) answered(id uint32, end bool, items int) (p pendingFwd, ended, known bool) {
 	u.mu.Lock()
-	p, ok := u.pending[id]
-	if ok && (end || p.kind == fwdOne) {
+	p, known = u.pending[id]
+	ended = known && (end || p.kind == fwdOne)
+	if ended {
 		delete(u.pending, id)
-	} else {
-		ok = false
 	}
 	u.mu.Unlock()
-	if ok {
-		u.c.mu.Lock()
-		u.c.nWaiting--
-		u.c.waitingBytes -= p.held
-		u.c.mu.Unlock()
-		u.c.signal(u.c.unwaited)
+	c := u.c
+	if items > 0 && known && p.autoAck {
+		c.countAcked(items)
+		items = 0
 	}
-	return p, ok
+	if !ended && items == 0 {
+		return p, false, known
+	}
+	c.mu.Lock()
+	u.held += items
+	c.fwdHeld += items
+	if ended {
+		c.nWaiting--
+		c.waitingBytes -= p.held
+		if p.take {
+			c.fwdTakers--
+		}
+	}
+	c.mu.Unlock()
+	if ended {
+		c.signal(c.unwaited)
+		if p.take {
+			c.drainCheck()
+		}
+	}
+	return p, ended, known
+}
+
+// settled records that the store server found n of the connection's
+// deliveries in an ACK or NACK: they are no longer held.
+func (u *upstream) settled(n uint32, nack bool) {
+	c := u.c
+	c.mu.Lock()
+	k := min(int(n), u.held)
+	u.held -= k
+	c.fwdHeld -= k
+	c.mu.Unlock()
+	if !nack {
+		c.countAcked(int(n))
+	}
+	if k > 0 {
+		c.drainCheck()
+	}
 }
 
 // readLoop passes the store server's replies to the client until the
@@ -301,11 +432,15 @@ func (u *upstream) readLoop(br *bufio.Reader) {
 		}
 		id := binary.BigEndian.Uint32(payload[1:5])
 		if payload[0] == typeItems {
-			u.answered(id, false)
+			n := 0
+			if len(payload) >= 9 {
+				n = int(binary.BigEndian.Uint32(payload[5:9]))
+			}
+			u.answered(id, false, n)
 			u.c.passOn(payload)
 			continue
 		}
-		p, ok := u.answered(id, true)
+		p, ok, _ := u.answered(id, true, 0)
 		if len(payload) >= 7 && binary.BigEndian.Uint16(payload[5:7]) == statusShuttingDown {
 			// The store server stops, not the broker: its bridge is
 			// restarted, and the request may be made again.
@@ -327,11 +462,17 @@ func (u *upstream) readLoop(br *bufio.Reader) {
 				break
 			}
 			r := f.(*resultFrame)
+			u.settled(r.N, p.nack)
 			status, msg := r.Status, r.Message
 			if status == statusOK && p.merge.unknown > 0 {
 				status, msg = statusUnknownDelivery, fmt.Sprintf("%d deliveries are not this connection's in-flight items", p.merge.unknown)
 			}
 			u.c.reply(id, status, r.N+p.merge.found, msg)
+			continue
+		}
+		if ok && p.drained && len(payload) >= 11 && binary.BigEndian.Uint16(payload[5:7]) == statusCancelled {
+			// Ended by the drain's CANCEL, not the client's.
+			u.c.reply(id, statusDraining, binary.BigEndian.Uint32(payload[7:11]), drainingMessage)
 			continue
 		}
 		u.c.passOn(payload)
@@ -355,9 +496,26 @@ func (u *upstream) readLoop(br *bufio.Reader) {
 		u.c.mu.Lock()
 		u.c.nWaiting--
 		u.c.waitingBytes -= p.held
+		if p.take {
+			u.c.fwdTakers--
+		}
 		u.c.mu.Unlock()
 	}
 	u.c.signal(u.c.unwaited)
+	// The store server has let go of what it handed out here (it
+	// delivers those items again): the connection holds none of them.
+	c := u.c
+	c.mu.Lock()
+	c.fwdHeld -= u.held
+	u.held = 0
+	c.upReaders--
+	leave := c.upReaders == 0 && c.cleaned
+	c.mu.Unlock()
+	if leave {
+		c.b.leaveGroup(c)
+	} else {
+		c.drainCheck()
+	}
 }
 
 // passOn queues a frame from the store server for the client as it is.

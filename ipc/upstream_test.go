@@ -22,14 +22,14 @@ type forwardHarness struct {
 	store *storeHarness
 }
 
-func newForwardHarness(t *testing.T, capacity int) *forwardHarness {
+func newForwardHarness(t *testing.T, capacity int, setup ...func(*Broker)) *forwardHarness {
 	t.Helper()
 	fake := newFakeStore(capacity, "js")
 	sh := newStoreHarness(t, fake, StoreServerOptions{Queues: []string{"js"}, FirstDelivery: StoreDeliveryBase})
 	bh := newBrokerHarness(t, BrokerOptions{
 		Queues:      []QueueConfig{{Name: "mem"}, {Name: "js", Forward: true}},
 		StoreSocket: sh.path,
-	})
+	}, setup...)
 	return &forwardHarness{brokerHarness: bh, store: sh}
 }
 

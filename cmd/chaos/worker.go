@@ -14,6 +14,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -109,6 +110,12 @@ func (c consumer) Run(ctx context.Context) error {
 	}
 	for {
 		job, err := next()
+		if errors.Is(err, ipc.ErrDraining) {
+			// Drained before a recycle: what was taken is acknowledged;
+			// the stop comes next.
+			<-ctx.Done()
+			return nil
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil

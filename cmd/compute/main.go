@@ -17,6 +17,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -72,6 +73,12 @@ func newWorker(service.Worker) (service.Service, error) {
 		}
 		for {
 			t, err := tasks.Next(ctx)
+			if errors.Is(err, ipc.ErrDraining) {
+				// Recycled: the task in hand was answered; wait for
+				// the stop rather than end as a crash would.
+				<-ctx.Done()
+				return nil
+			}
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil

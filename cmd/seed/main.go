@@ -97,6 +97,13 @@ func (p printer) Run(ctx context.Context) error {
 	}
 	for {
 		job, err := jobs.Next(ctx)
+		if errors.Is(err, ipc.ErrDraining) {
+			// The manager recycles this worker: every number taken is
+			// printed and acknowledged (Close sends the acks still
+			// queued); the stop comes next.
+			<-ctx.Done()
+			return nil
+		}
 		if err != nil {
 			return stopped(ctx, fmt.Errorf("next: %w", err))
 		}

@@ -2,16 +2,20 @@
 
     GOTYLEDON_QUEUE_SOCKET=... python3 consumer.py QUEUE N [--batch K | --prefetch K] [--auto-ack]
     GOTYLEDON_QUEUE_SOCKET=... python3 consumer.py QUEUE N --hold [--prefetch N]
+    GOTYLEDON_QUEUE_SOCKET=... python3 consumer.py QUEUE N --hold --drain --prefetch K
 
 --prefetch consumes (the broker pushes up to K items ahead; acks are queued).
 --hold takes N items without acking them, prints "holding DELIVERIES BODY" for
 each and then waits forever (the test kills it: the broker must requeue them).
+With --drain, it waits instead for a line on stdin, acks the N items, asks
+for the next one and prints "draining" if the consume ended Draining (the
+test drained it meanwhile), then waits for the end of stdin.
 """
 import argparse
 import signal
 import sys
 
-from gotyledon_queue import Client
+from gotyledon_queue import Client, Draining
 
 p = argparse.ArgumentParser()
 p.add_argument("queue")
@@ -20,6 +24,7 @@ p.add_argument("--batch", type=int, default=1, help="use get_batch with up to K 
 p.add_argument("--prefetch", type=int, default=0, help="consume with this prefetch instead of get")
 p.add_argument("--auto-ack", action="store_true")
 p.add_argument("--hold", action="store_true")
+p.add_argument("--drain", action="store_true")
 a = p.parse_args()
 
 out = sys.stdout
@@ -27,9 +32,21 @@ with Client.connect(timeout=10) as c:
     print("ready", flush=True)
     if a.hold:
         items = c.consume(a.queue, prefetch=a.prefetch) if a.prefetch else None
+        held = []
         for _ in range(a.n):
             d = items.next(timeout=30) if items else c.get(a.queue, timeout=30)
+            held.append(d)
             print("holding", d.deliveries, d.body.decode(), flush=True)
+        if a.drain:
+            sys.stdin.readline()
+            items.ack(*held)
+            try:
+                d = items.next(timeout=30)
+                print("got", d.body.decode(), flush=True)
+            except Draining:
+                print("draining", flush=True)
+            sys.stdin.read()
+            sys.exit(0)
         while True:
             signal.pause()
     if a.prefetch:

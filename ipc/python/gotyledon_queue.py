@@ -63,7 +63,7 @@ import time
 __all__ = [
     "Client", "Consumer", "Delivery", "QueueError", "Timeout", "QueueFull", "NoSuchQueue",
     "TooLarge", "UnknownDelivery", "ProtocolError", "Refused", "ShuttingDown",
-    "Cancelled", "Closed", "Unsupported", "TaskFailed", "Future", "wait", "FIRST_COMPLETED",
+    "Cancelled", "Closed", "Unsupported", "Draining", "TaskFailed", "Future", "wait", "FIRST_COMPLETED",
     "ALL_COMPLETED", "ENV_SOCKET",
 ]
 
@@ -74,7 +74,7 @@ SUBMIT, REPLY, WITHDRAW = 0x08, 0x09, 0x0A
 WELCOME, RESULT, ITEMS, REQUESTS, OUTCOMES, FATAL = 0x81, 0x82, 0x83, 0x84, 0x85, 0xFF
 DONE, FAILED, CANCELLED = 0, 1, 2  # outcome statuses
 STATUS_NAMES = ["OK", "TIMEOUT", "FULL", "NO_SUCH_QUEUE", "TOO_LARGE", "UNKNOWN_DELIVERY",
-                "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED", "UNSUPPORTED"]
+                "BAD_FRAME", "BAD_HELLO", "REFUSED", "SHUTTING_DOWN", "CANCELLED", "UNSUPPORTED", "DRAINING"]
 FIRST_COMPLETED, ALL_COMPLETED = "FIRST_COMPLETED", "ALL_COMPLETED"
 
 
@@ -104,12 +104,17 @@ class Refused(QueueError): status = 8          # FATAL: this uid/gid may not use
 class ShuttingDown(QueueError): status = 9     # the broker is stopping
 class Cancelled(QueueError): status = 10       # the request was withdrawn by CANCEL; a task withdrawn
 class Unsupported(QueueError): status = 11     # the queue cannot carry tasks (kept in JetStream)
+class Draining(QueueError):
+    """The manager drains this worker before it stops it (recycling): get()
+    and a consumer's next() take no more items. Not a failure: ack (or nack)
+    the items you hold, then wait for the stop signal (SIGTERM)."""
+    status = 12
 class Closed(QueueError):
     """The client was closed or the connection is gone; .message keeps the
     broker's FATAL message if it sent one."""
 
 _ERRORS = {c.status: c for c in (Timeout, QueueFull, NoSuchQueue, TooLarge, UnknownDelivery,
-                                  Refused, ShuttingDown, Cancelled)}
+                                  Refused, ShuttingDown, Cancelled, Draining)}
 _ERRORS[7] = ProtocolError
 
 
@@ -294,11 +299,18 @@ class Consumer:
     def next(self, timeout=None):
         """The next pushed item, waiting up to timeout s (None: no limit).
         Raises Timeout, Cancelled after close(), Closed, or the broker's
-        reason for ending the consume (NoSuchQueue, ShuttingDown)."""
+        reason for ending the consume (NoSuchQueue, ShuttingDown, or
+        Draining: the items pushed and not handed out have gone back to the
+        queue; those handed out are still yours to ack)."""
         c = self._client
         deadline = None if timeout is None else time.monotonic() + timeout
         with c._lock:
             while True:
+                if self._items:
+                    # What came meanwhile, without waiting (one select): a
+                    # drain ends the consume, and the pushed items go back
+                    # rather than out.
+                    c._pump_ready()
                 if self._items and not (self._since and time.monotonic() - self._since > self.ACK_DELAY):
                     return self._items.pop(0)
                 self._flush_locked()
@@ -843,6 +855,19 @@ class Client:
                 raise Timeout(f"nothing from the broker within {timeout} s")
         self._route(self._io(self._read))
 
+    def _pump_ready(self):
+        """Read and route the frames that have come, without waiting for
+        more; the caller holds the lock."""
+        while self._closed is None:
+            if not self._buf:
+                try:
+                    ready, _, _ = select.select([self._sock], [], [], 0)
+                except (OSError, ValueError) as e:
+                    self._lost(e)
+                if not ready:
+                    return
+            self._route(self._io(self._read))
+
     def _route(self, reply):
         """Take a frame that is not the reply a caller waits for: a consume's
         pushed items or end, an answer to an ack sent without waiting, or
@@ -868,6 +893,12 @@ class Client:
                 del self._consumers[rid]
                 if s._ended is None or s._closed:
                     s._ended = error_for(reply[2], reply[4], reply[3]) if reply[2] else Closed("consume ended")
+                if reply[2] == Draining.status and s._items:
+                    # Drained: what was pushed and not handed out goes back
+                    # at once, for other workers.
+                    ids = [d.id for d in s._items]
+                    s._items = []
+                    self._io(lambda: self._sock.sendall(encode_ack(0, ids, nack=True)))
             return
         if rid in self._async:
             self._async.discard(rid)

@@ -103,6 +103,8 @@ class Encoding(unittest.TestCase):
         self.assertEqual((e.status, e.message), (3, 'no queue "x"'))
         self.assertIsInstance(gq.error_for(1), gq.Timeout)
         self.assertIsInstance(gq.error_for(7), gq.ProtocolError)
+        self.assertIsInstance(gq.error_for(12), gq.Draining)
+        self.assertEqual(gq.STATUS_NAMES[12], "DRAINING")
         self.assertIsInstance(gq.error_for(99), gq.QueueError)
         self.assertTrue(all(issubclass(c, gq.QueueError) for c in (gq.Closed, gq.Refused, gq.Cancelled)))
 

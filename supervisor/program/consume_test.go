@@ -614,3 +614,43 @@ func TestTaskFailureMessageFitsMaxItem(t *testing.T) {
 		t.Fatalf("outcome %+v (answered %v, %d bytes); want a failure that starts with the status and fits 64 bytes", o, answered, len(o.message))
 	}
 }
+
+// A consumer drained while its command runs (the manager is about to
+// recycle the worker): the command finishes and its item is acknowledged,
+// the consumer takes no other item and, rather than exit (as --timeout
+// would have it do), waits for the stop signal, then exits 0. The drain
+// ends once the item is acknowledged.
+func TestQueueConsumeDrainedWaitsForTheStop(t *testing.T) {
+	t.Parallel()
+	sock, b := newBroker(t)
+	hs := listenHandlers(t)
+	put(t, sock, "first", "second")
+	p := startConsumer(t, sock, hs, "--timeout", "100ms")
+	h := startItem(t, hs, "first", 1)
+	drained := b.Drain(p.cmd.Process.Pid)
+	select {
+	case <-drained:
+		t.Fatal("the drain ended while the command works on its item")
+	default:
+	}
+	h.exit(t, 0)
+	h.event(t, "")
+	select {
+	case <-drained:
+	case <-time.After(consumeWait):
+		t.Fatal("the drain did not end once the item was acknowledged")
+	}
+	p.says(t, `draining: no more items from "jobs"; waiting for the stop signal`)
+	select {
+	case <-p.done:
+		t.Fatalf("the drained consumer exited (%d) before its stop signal; stderr:\n%s", p.code, p.stderr.String())
+	case <-time.After(300 * time.Millisecond): // thrice its --timeout
+	}
+	stats(t, b, ipc.QueueStats{Put: 2, Delivered: 1, Acked: 1, Depth: 1})
+	if n := b.Acked(p.cmd.Process.Pid); n != 1 {
+		t.Errorf("Acked = %d, want 1", n)
+	}
+	p.signalGroup(t, syscall.SIGTERM)
+	p.exited(t, ExitOK, 5*time.Second)
+	hs.none(t)
+}

@@ -233,7 +233,12 @@ exits 0: the item is acknowledged (gone). Any other exit, or death by a
 signal: the item is put back at the head of the queue, to be handed out
 again with GOTYLEDON_DELIVERIES one higher.
 
-SIGTERM or SIGINT while waiting for an item: exit 0 at once. While CMD
+SIGTERM or SIGINT while waiting for an item: exit 0 at once.
+
+When the manager drains the worker before it recycles it (max_jobs,
+max_age, memory_max), the broker hands it no more items: the consumer
+settles the item in hand as usual, takes no other, and waits for the stop
+signal, then exits 0 (--timeout does not apply while it waits). While CMD
 runs: CMD (in a process group of its own) is left to finish its item, which
 is then acknowledged or put back as above, and the consumer exits 0; a
 second SIGTERM or SIGINT is passed on to CMD's process group. Under a
@@ -329,7 +334,9 @@ type consumer struct {
 }
 
 // run handles items until stop ends (nil: exit 0), the wait for one
-// outlasts the timeout, or something fails.
+// outlasts the timeout, or something fails. Once the broker says the
+// worker drains (ErrDraining), it takes no more items and waits for stop:
+// the timeout no longer applies.
 func (c *consumer) run(stop context.Context) error {
 	for {
 		d, err := c.take(stop)
@@ -338,6 +345,15 @@ func (c *consumer) run(stop context.Context) error {
 				// Stopped as the item came: it goes back untouched.
 				return c.settle(d, itemOutcome{})
 			}
+			return nil
+		}
+		if errors.Is(err, ipc.ErrDraining) {
+			// The manager is about to stop this worker: it holds no
+			// item (the last one was settled), takes no other, and
+			// waits for the stop signal rather than exit, which would
+			// look like a crash.
+			fmt.Fprintf(c.e.stderr, "%s: queue consume: draining: no more items from %q; waiting for the stop signal\n", c.e.name, c.queue)
+			<-stop.Done()
 			return nil
 		}
 		if err != nil {
