@@ -228,6 +228,40 @@ func addTestServices(reg *service.Registry) {
 	// consumer takes items from $QUEUE one at a time and prints each as
 	// "got ITEM deliveries N", then acknowledges it; with HOLD=1 it keeps
 	// the first item it gets, unacknowledged, until it is killed.
+	// streamer consumes QUEUE with a prefetch of 8, says "done ITEM" for
+	// each item, 10ms apart, and acknowledges it; drained, it says so and
+	// waits for its stop.
+	reg.Register("streamer", func(w service.Worker) (service.Service, error) {
+		return service.Func(func(ctx context.Context) error {
+			q, err := ipc.DialEnv(ctx)
+			if err != nil {
+				return err
+			}
+			defer q.Close()
+			c, err := q.Consume(ctx, os.Getenv("QUEUE"), 8)
+			if err != nil {
+				return err
+			}
+			for {
+				d, err := c.Next(ctx)
+				switch {
+				case errors.Is(err, ipc.ErrDraining):
+					fmt.Println("drained")
+					<-ctx.Done()
+					return nil
+				case ctx.Err() != nil:
+					return nil
+				case err != nil:
+					return err
+				}
+				time.Sleep(10 * time.Millisecond)
+				fmt.Printf("done %s\n", d.Body)
+				if err := c.Ack(d); err != nil {
+					return err
+				}
+			}
+		}), nil
+	})
 	reg.Register("consumer", func(w service.Worker) (service.Service, error) {
 		return service.Func(func(ctx context.Context) error {
 			q, err := ipc.DialEnv(ctx)

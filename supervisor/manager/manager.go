@@ -181,10 +181,6 @@ func New(opts Options) (_ *Manager, err error) {
 	if len(cfg.Queues) > 0 {
 		workerEnv = append(workerEnv, ipc.EnvSocket+"="+socket)
 	}
-	m.sup, err = supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: opts.ProgramName, WorkerEnv: workerEnv, Hooks: opts.Hooks, ExitAfterRun: opts.ExitAfterRun})
-	if err != nil {
-		return nil, err
-	}
 	var queues func() []ipc.QueueStats // nil without a broker
 	if len(cfg.Queues) > 0 {
 		m.broker, err = ipc.NewBroker(ipc.BrokerOptions{
@@ -221,6 +217,17 @@ func New(opts Options) (_ *Manager, err error) {
 		log.Info("queue broker listening", zap.String("socket", socket), zap.Int("queues", len(cfg.Queues)))
 	}
 
+	// The broker drains the workers recycling replaces, and counts the
+	// items they acknowledge (recycle.max_jobs).
+	var drainer supervisor.QueueDrainer
+	if m.broker != nil {
+		drainer = m.broker
+	}
+	m.sup, err = supervisor.New(cfg, supervisor.Options{Logger: log, ProgramName: opts.ProgramName, WorkerEnv: workerEnv, Hooks: opts.Hooks,
+		ExitAfterRun: opts.ExitAfterRun, Queue: drainer})
+	if err != nil {
+		return nil, err
+	}
 	m.reloads = newReloader(cfg, data)
 	m.reloads.file, m.reloads.parse, m.reloads.log = opts.ConfigFile, parse, log
 	m.reloads.sup, m.reloads.notify = m.sup, m.notify
