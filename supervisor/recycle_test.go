@@ -80,7 +80,9 @@ func TestMaxJobsRecyclesWithoutLosingAnItem(t *testing.T) {
 			t.Errorf("item %d done %d times, want once", i, n)
 		}
 	}
-	recycles := m.all(func(e entry) bool { return e.is("recycling worker: draining it first", "service", "streamer", "reason", "max_jobs") })
+	recycles := m.all(func(e entry) bool {
+		return e.is("recycling worker: draining it first", "service", "streamer", "reason", "max_jobs")
+	})
 	drained := m.all(func(e entry) bool { return e.is("worker drained; stopping it", "service", "streamer") })
 	if len(recycles) < 2 || len(drained) < 2 || len(m.all(output("streamer", "drained"))) < 2 {
 		m.dump()
