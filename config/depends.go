@@ -36,6 +36,10 @@ func wholeConfigProblems(cfg *Config) []*Error {
 				errs = append(errs, &Error{Pos: dep.Pos, Msg: fmt.Sprintf("service %q depends on %q, which is not a service of this configuration (%sservices: %s)",
 					s.Name, dep.Service, hint, strings.Join(names, ", "))})
 				continue
+			case target.Schedule != nil:
+				errs = append(errs, &Error{Pos: dep.Pos, Msg: fmt.Sprintf("service %q depends on %q, which runs on a schedule: it would wait for its next run, "+
+					"and the manager's start with it (depend on a service that starts with the manager)", s.Name, dep.Service)})
+				continue
 			case dep.Condition == ConditionCompleted && target.Restart.Policy == RestartAlways:
 				errs = append(errs, &Error{Pos: dep.Pos, Msg: fmt.Sprintf("service %q waits for %q to complete, which never happens: its restart policy is always "+
 					"(give %s restart: {policy: never} or on-failure, or wait for it to be ready)", s.Name, dep.Service, dep.Service)})

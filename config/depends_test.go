@@ -67,6 +67,8 @@ func TestDependsOnErrors(t *testing.T) {
 			`c.yaml:3:40: depends_on lists "db" twice (first at line 3, col 36)`},
 		{"services:\n  db: {command: [a]}\n  web: {command: [a], depends_on: db}\n",
 			`c.yaml:3:35: depends_on must be a mapping of service names to conditions, like {db: ready, migrate: completed}, or a list of service names (got`},
+		{"services:\n  job: {command: [a], schedule: \"@daily\", restart: {policy: never}}\n  web: {command: [a], depends_on: [job]}\n",
+			`c.yaml:3:36: service "web" depends on "job", which runs on a schedule: it would wait for its next run`},
 		{"services:\n  web: {command: [a], on_exit: stop}\n",
 			`c.yaml:2:32: on_exit must be "continue" or "stop_manager" (got "stop")`},
 		{"services:\n  web: {command: [a], depend_on: [x]}\n",

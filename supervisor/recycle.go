@@ -268,6 +268,11 @@ func (s *Supervisor) onDrainDone(ev drainDone) {
 		return
 	}
 	cancel(&w.cancelDrain)
+	if s.stopping {
+		// The shutdown stops it in its turn (stopInOrder), not the
+		// drain: what depends on it may still run.
+		return
+	}
 	w.recycling = recycleStopping
 	msg := "worker drained; stopping it"
 	if ev.timedOut {

@@ -40,13 +40,21 @@ const recycled = "services:\n  w:\n    command: [/bin/true]\n    workers: 2\n   
 // drain's goroutine to post.
 func (r *loopRig) waitEvent() {
 	r.t.Helper()
-	select {
-	case <-r.s.inbox.wake:
-		for _, ev := range r.s.inbox.take(nil) {
-			r.s.handle(ev)
+	deadline := time.After(10 * time.Second)
+	for {
+		// A wake left by an event delivered already brings nothing.
+		select {
+		case <-r.s.inbox.wake:
+			evs := r.s.inbox.take(nil)
+			for _, ev := range evs {
+				r.s.handle(ev)
+			}
+			if len(evs) > 0 {
+				return
+			}
+		case <-deadline:
+			r.t.Fatal("no event from the drain")
 		}
-	case <-time.After(10 * time.Second):
-		r.t.Fatal("no event from the drain")
 	}
 }
 
@@ -163,5 +171,54 @@ func TestRecycleReasonFor(t *testing.T) {
 		if got != tc.want || (got != "") != (detail != "") {
 			t.Errorf("%+v: %q (%s), want %q", tc, got, detail, tc.want)
 		}
+	}
+}
+
+// A drain that ends during a graceful shutdown does not stop the worker
+// before what depends on it; a worker that crashes mid-drain lets the
+// next due one go.
+func TestLoopDrainsInAShutdownAndACrashMidDrain(t *testing.T) {
+	r := newRig(t, "services:\n  db:\n    command: [/bin/true]\n    restart: {min_uptime: 1s}\n    recycle: {max_age: 1h, jitter: 0}\n"+
+		"  web: {command: [/bin/true], depends_on: [db]}\n")
+	q := &fakeDrainer{acked: map[int]uint64{}, drains: map[int]chan struct{}{}}
+	r.s.queue = q
+	r.s.startAll()
+	db := r.startSpawns(r.requests())["db"]
+	web := r.startSpawns(r.requests())["web"]
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	r.readyAll(db[0])
+	r.s.handle(recycleDue{token: db[0], reason: RecycleMaxAge})
+	r.s.Shutdown(false)
+	r.deliver()
+	if sg := signals(r.requests()); len(sg) != 1 || sg[0].token != web[0] {
+		t.Fatalf("shutdown: %+v, want web's stop alone", sg)
+	}
+	close(q.drains[r.s.byToken[db[0]].pid])
+	r.waitEvent()
+	if sg := signals(r.requests()); len(sg) != 0 {
+		t.Fatalf("the drain ended while web stops: %+v, want db left alone", sg)
+	}
+	r.s.handle(workerExited{token: web[0], pid: 1, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	if sg := signals(r.requests()); len(sg) != 1 || sg[0].token != db[0] {
+		t.Fatalf("web gone: %+v, want db's stop", sg)
+	}
+
+	// A crash mid-drain.
+	r = newRig(t, recycled)
+	q = &fakeDrainer{acked: map[int]uint64{}, drains: map[int]chan struct{}{}}
+	r.s.queue = q
+	byID := r.startAllReady()
+	r.s.handle(recycleDue{token: byID[0], reason: RecycleMaxJobs})
+	r.s.handle(recycleDue{token: byID[1], reason: RecycleMaxJobs})
+	r.s.handle(workerExited{token: byID[0], pid: 1, status: unix.WaitStatus(syscall.SIGSEGV), at: r.clock.now})
+	// Restarted at once; once its new process runs, worker 1's turn.
+	for _, sp := range spawned(r.requests()) {
+		r.s.handle(workerStarted{token: sp.token, pid: 500, at: r.clock.now})
+	}
+	if len(q.order) != 2 {
+		t.Errorf("after worker 0 crashed mid-drain: drained %v, want worker 1 next", q.order)
+	}
+	if w := r.s.workers[workerKey{"w", 0}]; w.recycling != recycleNone || w.recycleReason != "" {
+		t.Errorf("worker 0 after its crash: phase %v, reason %q; want its recycling over", w.recycling, w.recycleReason)
 	}
 }

@@ -177,8 +177,8 @@ func (s *Supervisor) rolloutProgressed() {
 // prev, the definition before a rolling change (what its processes run,
 // how they say they are ready, their watchdog), but for what applies
 // without a restart, kept from cfg: the worker count, the restart policy,
-// the stop timeout, replace, reload_signal, depends_on, on_exit and
-// recycle. cfg is returned as is if it has no such service.
+// the stop timeout, replace, reload_signal, depends_on, on_exit,
+// recycle and schedule. cfg is returned as is if it has no such service.
 func withDefinition(cfg *config.Config, service string, prev *config.Service) *config.Config {
 	i := slices.IndexFunc(cfg.Services, func(svc *config.Service) bool { return svc.Name == service })
 	if i < 0 || prev == nil {
@@ -190,7 +190,7 @@ func withDefinition(cfg *config.Config, service string, prev *config.Service) *c
 	reverted := *prev
 	reverted.Workers, reverted.Restart, reverted.StopTimeout, reverted.Replace, reverted.ReloadSignal, reverted.Pos =
 		cur.Workers, cur.Restart, cur.StopTimeout, cur.Replace, cur.ReloadSignal, cur.Pos
-	reverted.DependsOn, reverted.OnExit, reverted.Recycle = cur.DependsOn, cur.OnExit, cur.Recycle
+	reverted.DependsOn, reverted.OnExit, reverted.Recycle, reverted.Schedule = cur.DependsOn, cur.OnExit, cur.Recycle, cur.Schedule
 	c.Services[i] = &reverted
 	return &c
 }

@@ -19,11 +19,16 @@ import (
 //     starting, stopping, or waiting out a backoff) makes that time
 //     skipped, logged and counted: never two runs at once. So does a
 //     service that still waits for its dependencies.
-//   - The next time is counted from the one that fired, or from now if
-//     the clock jumped past it (a suspend): a time missed is not made up.
+//   - The next time is counted from now, once a time has come: a time
+//     missed (a run too long, a manager down, a machine suspended, seen
+//     within scheduleRecheck of its resume) is not made up.
 //   - A reload that changes the schedule counts its next time from the
 //     reload; one that keeps it keeps its next time. `gotyledon restart`
 //     runs a scheduled service at once, outside its schedule.
+
+// scheduleRecheck bounds a schedule timer's wait, so that a wall clock
+// moved (set, or a suspend) is seen within it.
+const scheduleRecheck = time.Minute
 
 // scheduleTimer is a scheduled service's next time and its timer.
 type scheduleTimer struct {
@@ -45,6 +50,11 @@ func (scheduleDue) isEvent() {}
 // armSchedule (re)arms svc's timer for its schedule's first time after
 // from.
 func (s *Supervisor) armSchedule(svc *config.Service, from time.Time) {
+	s.armScheduleAt(svc, svc.Schedule.Next(from))
+}
+
+// armScheduleAt (re)arms svc's timer for next.
+func (s *Supervisor) armScheduleAt(svc *config.Service, next time.Time) {
 	t := s.schedules[svc.Name]
 	if t == nil {
 		t = &scheduleTimer{}
@@ -54,7 +64,7 @@ func (s *Supervisor) armSchedule(svc *config.Service, from time.Time) {
 		t.cancel()
 	}
 	t.schedule = svc.Schedule
-	t.next = svc.Schedule.Next(from)
+	t.next = next
 	s.nextSeq++
 	t.seq = s.nextSeq
 	if t.next.IsZero() {
@@ -62,7 +72,11 @@ func (s *Supervisor) armSchedule(svc *config.Service, from time.Time) {
 		return
 	}
 	name, seq := svc.Name, t.seq
-	t.cancel = s.afterFunc(t.next.Sub(s.now()), func() { s.inbox.put(scheduleDue{service: name, seq: seq}) })
+	// Timers run on the monotonic clock, which stands still while the
+	// machine is suspended: woken at least once a minute, the loop looks
+	// at the wall clock again (onScheduleDue's early path).
+	wait := min(t.next.Sub(s.now()), scheduleRecheck)
+	t.cancel = s.afterFunc(wait, func() { s.inbox.put(scheduleDue{service: name, seq: seq}) })
 	s.log.Debug("next scheduled run", zap.String("service", svc.Name), zap.String("cron", svc.Schedule.Cron),
 		zap.String("time_zone", svc.Schedule.TimeZone()), zap.Time("at", t.next))
 }
@@ -102,9 +116,9 @@ func (s *Supervisor) onScheduleDue(ev scheduleDue) {
 	}
 	now := s.now()
 	if now.Before(t.next) {
-		// Early by the wall clock (set back since the timer was armed):
-		// wait for the time itself.
-		s.armSchedule(svc, t.next.Add(-time.Nanosecond))
+		// Not yet: a wait bounded by scheduleRecheck, or a wall clock
+		// set back since the timer was armed. Wait for the time itself.
+		s.armScheduleAt(svc, t.next)
 		return
 	}
 	at := t.next

@@ -106,3 +106,45 @@ func TestLoopScheduleAcrossReloads(t *testing.T) {
 		t.Errorf("unscheduled: spawns %+v, timers %d; want it run, no timer", sp, len(r.s.schedules))
 	}
 }
+
+// An @every schedule whose timer fires early by the wall clock runs at
+// its time, not an interval later; a reload that changes a scheduled
+// service mid-run lets the run go on.
+func TestLoopEveryScheduleEarlyAndAChangeMidRun(t *testing.T) {
+	conf := "services:\n  job:\n    command: [%s]\n    workers: 2\n    schedule: \"@every 1m\"\n    restart: {policy: never}\n"
+	r := newRig(t, fmt.Sprintf(conf, "/bin/true"))
+	r.clock.now = time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	r.s.startAll()
+	tm := r.timerOf(time.Minute)
+	r.clock.now = time.Date(2026, 12, 6, 10, 0, 59, 500_000_000, time.UTC)
+	tm.fire()
+	r.deliver()
+	if tm := r.timerOf(500 * time.Millisecond); tm == nil {
+		t.Fatal("not re-armed for its time")
+	}
+	r.clock.now = time.Date(2026, 12, 6, 10, 1, 0, 0, time.UTC)
+	r.timerOf(500 * time.Millisecond).fire()
+	r.deliver()
+	sp := spawned(r.requests())
+	if len(sp) != 2 {
+		t.Fatalf("at 10:01: %d spawns, want the run of both workers", len(sp))
+	}
+	for i, x := range sp {
+		r.s.handle(workerStarted{token: x.token, pid: 100 + i, at: r.clock.now})
+	}
+	r.reloadSettled(parse(t, fmt.Sprintf(conf, "/bin/false")))
+	if sg := signals(r.requests()); len(sg) != 0 {
+		t.Fatalf("a reload mid-run stopped %+v, want the run to go on", sg)
+	}
+	r.s.handle(workerExited{token: sp[1].token, pid: 101, status: 0, at: r.clock.now})
+	if sp := spawned(r.requests()); len(sp) != 0 {
+		t.Fatalf("a worker that ended its run started again: %+v", sp)
+	}
+	r.s.handle(workerExited{token: sp[0].token, pid: 100, status: 0, at: r.clock.now})
+	r.clock.now = time.Date(2026, 12, 6, 10, 2, 0, 0, time.UTC)
+	r.timerOf(time.Minute).fire()
+	r.deliver()
+	if next := spawned(r.requests()); len(next) != 2 || next[0].spec.argv0 != "/bin/false" {
+		t.Fatalf("the next run: %+v, want both on the new definition", next)
+	}
+}

@@ -871,6 +871,11 @@ func (s *Supervisor) onExited(ev workerExited) {
 				s.wait(w)
 				return
 			}
+			if recycled && w.stale {
+				// A reload changed it while it drained: its new process
+				// is that change's replacement too, followed as one.
+				w.prevSvc = w.svc
+			}
 			s.start(w)
 			if recycled {
 				w.recycling = recycleReplacing
@@ -1108,6 +1113,9 @@ func (s *Supervisor) apply(cfg *config.Config, fromFile bool) {
 				starting++
 				s.start(w)
 			}
+		case processChanged(w.svc, svc) && svc.Schedule != nil:
+			// A scheduled run goes on as it started; the next run runs
+			// the new definition.
 		case processChanged(w.svc, svc) && !fromFile:
 			// A rescale: a process that runs another definition than the
 			// configuration's (one a halted rollout left on the new
