@@ -679,23 +679,29 @@ func (r *resolver) queue(qd *queueDecl) *Queue {
 		q.Pack = n.v
 	}
 	for i, s := range qd.schedules {
-		field := fmt.Sprintf("%s.schedule[%d]", path, i)
-		loc := time.Local
-		if s.v.timeZone != "" {
-			l, msg := timeZoneRule(s.v.timeZone)
-			if !r.problem(s.seq, field+".time_zone", msg) {
-				continue
-			}
-			loc = l
+		if sched, ok := r.schedule(s.seq, fmt.Sprintf("%s.schedule[%d]", path, i), s.v); ok {
+			q.Schedules = append(q.Schedules, QueueSchedule{Schedule: sched, Item: s.v.item})
 		}
-		sched, msg := scheduleRule(s.v.cron, loc)
-		if !r.problem(s.seq, field+".cron", msg) {
-			continue
-		}
-		sched.Pos = Position{Field: field}
-		q.Schedules = append(q.Schedules, QueueSchedule{Schedule: sched, Item: s.v.item})
 	}
 	return q
+}
+
+// schedule resolves a declared schedule, at field.
+func (r *resolver) schedule(seq int, field string, sd scheduleDecl) (Schedule, bool) {
+	loc := time.Local
+	if sd.timeZone != "" {
+		l, msg := timeZoneRule(sd.timeZone)
+		if !r.problem(seq, field+".time_zone", msg) {
+			return Schedule{}, false
+		}
+		loc = l
+	}
+	sched, msg := scheduleRule(sd.cron, loc)
+	if !r.problem(seq, field+".cron", msg) {
+		return Schedule{}, false
+	}
+	sched.Pos = Position{Field: field}
+	return sched, true
 }
 
 // service resolves one declared service, and reports whether its
@@ -793,17 +799,8 @@ func (r *resolver) service(sd *serviceDecl) (*Service, bool) {
 		s.Recycle.Jitter = j.v
 	}
 	if sc := sd.schedule; sc.isSet() {
-		loc, ok := time.Local, true
-		if sc.v.timeZone != "" {
-			var msg string
-			loc, msg = timeZoneRule(sc.v.timeZone)
-			ok = r.problem(sc.seq, path+".schedule.time_zone", msg)
-		}
-		if sched, msg := scheduleRule(sc.v.cron, loc); ok && r.problem(sc.seq, path+".schedule.cron", msg) {
-			sched.Pos = Position{Field: path + ".schedule"}
-			if r.problem(sc.seq, path+".schedule", scheduledPolicyProblem(sd.name, s.Restart.Policy)) {
-				s.Schedule = &sched
-			}
+		if sched, ok := r.schedule(sc.seq, path+".schedule", sc.v); ok && r.problem(sc.seq, path+".schedule", scheduledPolicyProblem(sd.name, s.Restart.Policy)) {
+			s.Schedule = &sched
 		}
 	}
 	if o := sd.onExit; o.isSet() && r.problem(o.seq, path+".on_exit", onExitProblem(o.v, fmt.Sprintf("OnExit(%d)", int(o.v)))) {

@@ -123,13 +123,9 @@ func (d *decoder) schedule(e entry, what string) (QueueSchedule, bool) {
 			v, ok := d.text(f, "a string (the item's bytes)")
 			item, valid = v, valid && ok
 		case "time_zone":
-			name, ok := d.text(f, `an IANA time zone name like "Europe/Paris"`)
+			l, ok := d.timeZone(f)
 			if ok {
-				l, msg := timeZoneRule(name)
-				ok = d.problem(f.pos, msg)
-				if ok {
-					loc = l
-				}
+				loc = l
 			}
 			valid = valid && ok
 		default:
@@ -175,12 +171,9 @@ func (d *decoder) serviceSchedule(e entry) *Schedule {
 				v, ok := d.text(f, `a cron expression like "*/5 * * * *"`)
 				expr, exprAt, valid = v, f.pos, valid && ok
 			case "time_zone":
-				name, ok := d.text(f, `an IANA time zone name like "Europe/Paris"`)
+				l, ok := d.timeZone(f)
 				if ok {
-					l, msg := timeZoneRule(name)
-					if ok = d.problem(f.pos, msg); ok {
-						loc = l
-					}
+					loc = l
 				}
 				valid = valid && ok
 			default:
@@ -207,4 +200,14 @@ func (d *decoder) serviceSchedule(e entry) *Schedule {
 	}
 	s.Pos = e.pos
 	return &s
+}
+
+// timeZone decodes time_zone: an IANA time zone name this machine knows.
+func (d *decoder) timeZone(e entry) (*time.Location, bool) {
+	name, ok := d.text(e, `an IANA time zone name like "Europe/Paris"`)
+	if !ok {
+		return nil, false
+	}
+	l, msg := timeZoneRule(name)
+	return l, d.problem(e.pos, msg)
 }
