@@ -1,0 +1,34 @@
+package ipc
+
+import "testing"
+
+// What the tests of package ipc_test take from this package's tests and
+// internals. Those that run the broker with the JetStream bridge
+// (drain_jetstream_test.go) cannot be in package ipc: package jsstore
+// imports it.
+
+// DrainWorkerScenario is drainWorkerScenario (drain_test.go).
+func DrainWorkerScenario(t *testing.T, b *Broker, socket, queue string, c *Client, inFlight func(worker int) int) {
+	t.Helper()
+	drainWorkerScenario(t, b, socket, queue, c, inFlight)
+}
+
+// GroupHeld is how many items the connections of process group pgid hold:
+// in flight from the broker's own queues, and handed them by a store
+// server and not settled. A forwarded queue's figures are the store's, of
+// the queue as a whole; this is the only count of what one worker holds.
+func GroupHeld(b *Broker, pgid int) int {
+	b.groupMu.Lock()
+	defer b.groupMu.Unlock()
+	g := b.groups[pgid]
+	if g == nil {
+		return 0
+	}
+	n := 0
+	for c := range g.conns {
+		c.mu.Lock()
+		n += c.inflight.len() + c.fwdHeld
+		c.mu.Unlock()
+	}
+	return n
+}
