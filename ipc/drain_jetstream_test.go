@@ -142,3 +142,47 @@ func TestDrainJetStreamPrefetchingWorker(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A worker's GET that waits on an empty JetStream queue is answered
+// DRAINING when the worker is drained (the bridge's GET is cancelled), its
+// next GET is answered DRAINING at once, and the drain ends, the worker
+// holding nothing; an item put after goes to another worker.
+func TestDrainJetStreamWaitingGet(t *testing.T) {
+	bridge, _ := jsBridge(t, "jobs", time.Minute)
+	b, sock := jsBroker(t, "jobs", bridge)
+	c := dial(t, sock)
+	worker, line := ipc.StartGroupHelper(t, sock, "drain-getter", "DRAIN_QUEUE=jobs")
+	waitFor(t, "the worker's GET waiting on the bridge", func() bool { return ipc.GroupTakers(b, worker) == 1 })
+	drained := b.Drain(worker)
+	if l := line(); l != "get: draining" {
+		t.Fatalf("the worker's waiting GET: %q, want it answered DRAINING", l)
+	}
+	if l := line(); l != "again: draining" {
+		t.Fatalf("the worker's next GET: %q, want it answered DRAINING", l)
+	}
+	select {
+	case <-drained:
+	case <-time.After(jsWait):
+		t.Fatalf("the drain did not end within %v; the worker holds %d items, waits on %d GETs",
+			jsWait, ipc.GroupHeld(b, worker), ipc.GroupTakers(b, worker))
+	}
+	if err := c.Put(context.Background(), "jobs", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	if d := getOne(t, c, "jobs"); string(d.Body) != "after" || d.Deliveries != 1 {
+		t.Fatalf("got %q (deliveries %d), want the item put after, first delivery", d.Body, d.Deliveries)
+	}
+}
+
+// waitFor polls cond (the broker's state, which has no event to wait on)
+// until it holds, or fails the test after jsWait.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(jsWait)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -72,6 +72,33 @@ func drainConsumerHelper() {
 	io.Copy(io.Discard, os.Stdin)
 }
 
+// drainGetterHelper GETs from queue $DRAIN_QUEUE, waiting, and says "get:
+// draining" if the GET ended ErrDraining (else what it got); then it GETs
+// again and says "again: draining" (or what it got), and waits for the end
+// of its stdin, connected.
+func drainGetterHelper() {
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	c, err := Dial(ctx, os.Getenv(EnvSocket))
+	if err != nil {
+		fmt.Println("ERROR", err)
+		return
+	}
+	defer c.Close()
+	for _, say := range []string{"get:", "again:"} {
+		d, err := c.Get(ctx, os.Getenv("DRAIN_QUEUE"))
+		switch {
+		case errors.Is(err, ErrDraining):
+			fmt.Println(say, "draining")
+		case err != nil:
+			fmt.Println(say, err)
+		default:
+			fmt.Println(say, "got", string(d.Body))
+		}
+	}
+	io.Copy(io.Discard, os.Stdin)
+}
+
 // ackerHelper, on queue "jobs", GETs and ACKs $ACKS items, GETs one and
 // NACKs it, takes $AUTOACKS with auto-ack GETs, says "done", and waits for
 // the end of its stdin, connected.

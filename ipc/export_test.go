@@ -13,6 +13,33 @@ func DrainWorkerScenario(t *testing.T, b *Broker, socket, queue string, c *Clien
 	drainWorkerScenario(t, b, socket, queue, c, inFlight)
 }
 
+// StartGroupHelper starts helper mode (TestIPCHelperProcess) in a process
+// group of its own, dialing socket, and returns its pid and a function
+// that returns its next line of output (startGroupHelper).
+func StartGroupHelper(t *testing.T, socket, mode string, env ...string) (pid int, line func() string) {
+	t.Helper()
+	p := startGroupHelper(t, socket, mode, env...)
+	return p.cmd.Process.Pid, func() string { t.Helper(); return p.line(t) }
+}
+
+// GroupTakers is how many GETs and CONSUMEs of the connections of process
+// group pgid wait on a store server.
+func GroupTakers(b *Broker, pgid int) int {
+	b.groupMu.Lock()
+	defer b.groupMu.Unlock()
+	g := b.groups[pgid]
+	if g == nil {
+		return 0
+	}
+	n := 0
+	for c := range g.conns {
+		c.mu.Lock()
+		n += c.fwdTakers
+		c.mu.Unlock()
+	}
+	return n
+}
+
 // GroupHeld is how many items the connections of process group pgid hold:
 // in flight from the broker's own queues, and handed them by a store
 // server and not settled. A forwarded queue's figures are the store's, of
