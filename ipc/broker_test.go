@@ -764,6 +764,8 @@ func TestIPCHelperProcess(t *testing.T) {
 		}
 	case "drain-consumer":
 		drainConsumerHelper()
+	case "drain-getter":
+		drainGetterHelper()
 	case "acker":
 		ackerHelper()
 	}

@@ -28,6 +28,9 @@ func TestMain(m *testing.M) {
 	if role := os.Getenv(sbRoleEnv); role != "" {
 		os.Exit(storeBenchRole(role))
 	}
+	if os.Getenv(envStreamer) == "1" {
+		os.Exit(streamer())
+	}
 	dir, err := os.MkdirTemp("", "gtyjs-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
