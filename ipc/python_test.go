@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -66,8 +67,27 @@ func pyBroker(t *testing.T, queues ...ipc.QueueConfig) (*ipc.Broker, string) {
 type pyProc struct {
 	cmd    *exec.Cmd
 	lines  chan string
-	stderr bytes.Buffer
+	stderr lockedBuffer
 	done   chan error // the result of Wait, after stdout is drained
+}
+
+// lockedBuffer is the script's stderr: written by os/exec's copying
+// goroutine while a failing test reads it for its message.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func startPython(t *testing.T, sock, script string, args ...string) *pyProc {

@@ -39,7 +39,11 @@ with Client.connect(timeout=10) as c:
             print("holding", d.deliveries, d.body.decode(), flush=True)
         if a.drain:
             sys.stdin.readline()
-            items.ack(*held)
+            # A waited-for ack: its RESULT comes after whatever the broker
+            # wrote before it on this connection, the DRAINING that ended
+            # the consume among it, so next() cannot hand out an item the
+            # drain has taken back.
+            assert c.ack(*held) == len(held)
             try:
                 d = items.next(timeout=30)
                 print("got", d.body.decode(), flush=True)
