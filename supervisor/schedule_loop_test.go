@@ -4,8 +4,11 @@ package supervisor
 
 import (
 	"fmt"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // timerOf returns the pending timer that fires after d, or fails.
@@ -146,5 +149,55 @@ func TestLoopEveryScheduleEarlyAndAChangeMidRun(t *testing.T) {
 	r.deliver()
 	if next := spawned(r.requests()); len(next) != 2 || next[0].spec.argv0 != "/bin/false" {
 		t.Fatalf("the next run: %+v, want both on the new definition", next)
+	}
+}
+
+// A scheduled worker scaled down and up again while it stops waits for
+// the next time; one `gotyledon restart` replaces runs again at once,
+// and the restart settles.
+func TestLoopScheduledWorkerStoppedThenWantedAgain(t *testing.T) {
+	conf := "services:\n  job:\n    command: [/bin/true]\n    workers: %d\n    schedule: \"@every 1m\"\n    restart: {policy: never, min_uptime: 1s}\n"
+	r := newRig(t, fmt.Sprintf(conf, 2))
+	r.clock.now = time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	r.s.startAll()
+	r.clock.now = r.clock.now.Add(time.Minute)
+	r.timerOf(time.Minute).fire()
+	r.deliver()
+	sp := spawned(r.requests())
+	for i, x := range sp {
+		r.s.handle(workerStarted{token: x.token, pid: 100 + i, at: r.clock.now})
+	}
+	if err := r.reconfigure("job", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.reconfigure("job", 2); err != nil {
+		t.Fatal(err)
+	}
+	r.requests() // worker 1's stop
+	r.s.handle(workerExited{token: sp[1].token, pid: 101, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	if again := spawned(r.requests()); len(again) != 0 || r.s.workers[workerKey{"job", 1}].state != stateScheduled {
+		t.Fatalf("scaled down and up mid-run: spawns %+v, state %v; want it scheduled", again, r.s.workers[workerKey{"job", 1}].state)
+	}
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	r.readyAll(sp[0].token)
+	reply, settled := make(chan error, 1), make(chan error, 1)
+	r.s.handle(restartRequested{service: "job", id: 0, reply: reply, settled: settled})
+	if err := <-reply; err != nil {
+		t.Fatal(err)
+	}
+	sg := signals(r.requests())
+	if len(sg) != 1 || sg[0].token != sp[0].token {
+		t.Fatalf("restart of worker 0: %+v, want its stop", sg)
+	}
+	r.s.handle(workerExited{token: sp[0].token, pid: 100, status: unix.WaitStatus(syscall.SIGTERM), at: r.clock.now})
+	now := spawned(r.requests())
+	if len(now) != 1 || now[0].spec.id != 0 {
+		t.Fatalf("after the restart's stop: %+v, want worker 0 run again now", now)
+	}
+	r.s.handle(workerStarted{token: now[0].token, pid: 200, at: r.clock.now})
+	r.clock.now = r.clock.now.Add(2 * time.Second)
+	r.readyAll(now[0].token)
+	if err, ok := pendingOutcome(settled); !ok || err != nil {
+		t.Errorf("the restart settled %v with %v, want nil", ok, err)
 	}
 }

@@ -867,8 +867,17 @@ func (s *Supervisor) onExited(ev workerExited) {
 			}
 			// A service a reload removed and added back waits for its
 			// dependencies again.
-			if !s.mayStart(s.cfg.Service(w.key.service)) {
+			svc := s.cfg.Service(w.key.service)
+			if !s.mayStart(svc) {
 				s.wait(w)
+				return
+			}
+			if svc.Schedule != nil && w.prevSvc == nil && !recycled {
+				// Scaled down and up again, or removed and added back,
+				// while it stopped: its next run comes at its time. (A
+				// replacement, `gotyledon restart`'s, or a recycle runs
+				// again now.)
+				s.schedule(w)
 				return
 			}
 			if recycled && w.stale {
