@@ -223,3 +223,18 @@ func TestServiceSchedule(t *testing.T) {
 		t.Errorf("declared with policy always: %v", err)
 	}
 }
+
+func TestMemorySizes(t *testing.T) {
+	for text, want := range map[string]uint64{
+		"512MiB": 512 << 20, "2GB": 2e9, "1.5 GiB": 3 << 29, "1048576": 1 << 20, "1048576B": 1 << 20, "3tib": 3 << 40, "64mb": 64e6,
+	} {
+		if got, msg := memoryRule(text); msg != "" || got != want {
+			t.Errorf("%q: %d %q, want %d", text, got, msg, want)
+		}
+	}
+	for _, text := range []string{"512M", "1g", "MiB", "-5MiB", "5 PiB", "1e30GiB", "12 MiB extra"} {
+		if _, msg := memoryRule(text); msg == "" {
+			t.Errorf("%q accepted", text)
+		}
+	}
+}
