@@ -61,15 +61,21 @@ func drainConsumerHelper() {
 		return
 	}
 	d, err := cons.Next(ctx)
+	sayWhatCame("next:", d, err)
+	io.Copy(io.Discard, os.Stdin)
+}
+
+// sayWhatCame prints, after say, "draining" for ErrDraining, the error,
+// or "got BODY".
+func sayWhatCame(say string, d *Delivery, err error) {
 	switch {
 	case errors.Is(err, ErrDraining):
-		fmt.Println("next: draining")
+		fmt.Println(say, "draining")
 	case err != nil:
-		fmt.Println("next:", err)
+		fmt.Println(say, err)
 	default:
-		fmt.Println("next: got", string(d.Body))
+		fmt.Println(say, "got", string(d.Body))
 	}
-	io.Copy(io.Discard, os.Stdin)
 }
 
 // drainGetterHelper GETs from queue $DRAIN_QUEUE, waiting, and says "get:
@@ -87,14 +93,7 @@ func drainGetterHelper() {
 	defer c.Close()
 	for _, say := range []string{"get:", "again:"} {
 		d, err := c.Get(ctx, os.Getenv("DRAIN_QUEUE"))
-		switch {
-		case errors.Is(err, ErrDraining):
-			fmt.Println(say, "draining")
-		case err != nil:
-			fmt.Println(say, err)
-		default:
-			fmt.Println(say, "got", string(d.Body))
-		}
+		sayWhatCame(say, d, err)
 	}
 	io.Copy(io.Discard, os.Stdin)
 }

@@ -25,19 +25,7 @@ func StartGroupHelper(t *testing.T, socket, mode string, env ...string) (pid int
 // GroupTakers is how many GETs and CONSUMEs of the connections of process
 // group pgid wait on a store server.
 func GroupTakers(b *Broker, pgid int) int {
-	b.groupMu.Lock()
-	defer b.groupMu.Unlock()
-	g := b.groups[pgid]
-	if g == nil {
-		return 0
-	}
-	n := 0
-	for c := range g.conns {
-		c.mu.Lock()
-		n += c.fwdTakers
-		c.mu.Unlock()
-	}
-	return n
+	return sumOverGroup(b, pgid, func(c *conn) int { return c.fwdTakers })
 }
 
 // GroupHeld is how many items the connections of process group pgid hold:
@@ -45,6 +33,12 @@ func GroupTakers(b *Broker, pgid int) int {
 // server and not settled. A forwarded queue's figures are the store's, of
 // the queue as a whole; this is the only count of what one worker holds.
 func GroupHeld(b *Broker, pgid int) int {
+	return sumOverGroup(b, pgid, func(c *conn) int { return c.inflight.len() + c.fwdHeld })
+}
+
+// sumOverGroup sums count, read under each connection's lock, over the
+// connections of process group pgid.
+func sumOverGroup(b *Broker, pgid int, count func(*conn) int) int {
 	b.groupMu.Lock()
 	defer b.groupMu.Unlock()
 	g := b.groups[pgid]
@@ -54,7 +48,7 @@ func GroupHeld(b *Broker, pgid int) int {
 	n := 0
 	for c := range g.conns {
 		c.mu.Lock()
-		n += c.inflight.len() + c.fwdHeld
+		n += count(c)
 		c.mu.Unlock()
 	}
 	return n
